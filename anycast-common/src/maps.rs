@@ -1,0 +1,72 @@
+//! Every map of the data path, in one place: name (the eBPF static's name, which is what
+//! userspace looks up and pins), kind, key → value, and size.
+//!
+//! | name | kind | key → value | entries |
+//! | --- | --- | --- | --- |
+//! | `CONFIG` | Array | 0 → [`LocalConfig`](crate::LocalConfig) | 1 |
+//! | `ADDR_FILTER` | Array | [`filter_index_v4`](crate::addr::filter_index_v4) / `_v6` → u8 bits ([`filter`](crate::addr::filter)) | [`ADDR_FILTER_SIZE`] |
+//! | `VIPS` | HashMap | [`VipKey`](crate::VipKey) → [`VipInfo`](crate::VipInfo) | [`MAX_VIPS`] |
+//! | `MAGLEV` | ArrayOfMaps (BTF) | VIP index → inner Array u32 | [`MAX_VIPS`] outer; inner [`maglev_inner_len`] |
+//! | `SITES` | Array | site index → [`SiteInfo`](crate::SiteInfo) | [`MAX_SITES`] |
+//! | `TUNNEL_PEERS` | HashMap | [`AddrKey`](crate::AddrKey) → site index (u32) | [`MAX_TUNNEL_PEERS`] |
+//! | `FLOWS` | LruHashMap | [`FlowKey`](crate::FlowKey) → [`FlowValue`](crate::FlowValue) | [`FLOW_TABLE_DEFAULT`] (set at load) |
+//! | `DEVMAP` | DevMapHash | ifindex → ifindex | [`MAX_IFACES`] |
+//! | `SITE_STATS` | PerCpuArray | site index → [`SiteCounters`](crate::SiteCounters) | [`MAX_SITES`] |
+//! | `VIP_STATS` | PerCpuArray | VIP index → [`VipCounters`](crate::VipCounters) | [`MAX_VIPS`] |
+//! | `EXCEPTIONS` | PerCpuArray | [`Exception`](crate::Exception) → u64 | [`Exception::COUNT`](crate::Exception::COUNT) |
+//!
+//! A Maglev inner table of size M has M + 1 entries: entry 0 holds M, entries 1..=M the
+//! site index of each slot. Keeping the size inside the table makes a swap of the outer
+//! entry atomic for both at once: a packet never sees a new size with an old table.
+
+pub const CONFIG: &str = "CONFIG";
+pub const ADDR_FILTER: &str = "ADDR_FILTER";
+pub const VIPS: &str = "VIPS";
+pub const MAGLEV: &str = "MAGLEV";
+pub const SITES: &str = "SITES";
+pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
+pub const FLOWS: &str = "FLOWS";
+pub const DEVMAP: &str = "DEVMAP";
+pub const SITE_STATS: &str = "SITE_STATS";
+pub const VIP_STATS: &str = "VIP_STATS";
+pub const EXCEPTIONS: &str = "EXCEPTIONS";
+
+/// Every map name, for pinning and adoption.
+pub const ALL: [&str; 11] = [
+    CONFIG,
+    ADDR_FILTER,
+    VIPS,
+    MAGLEV,
+    SITES,
+    TUNNEL_PEERS,
+    FLOWS,
+    DEVMAP,
+    SITE_STATS,
+    VIP_STATS,
+    EXCEPTIONS,
+];
+
+/// Name of the XDP program in the object.
+pub const PROGRAM: &str = "anycast";
+
+/// 2^16 one-byte slots: one array lookup (~2 ns) decides that a packet is not for us.
+pub const ADDR_FILTER_SIZE: u32 = 1 << 16;
+pub const MAX_VIPS: u32 = 256;
+pub const MAX_SITES: u32 = 1024;
+/// An IPv4 and an IPv6 tunnel address per site.
+pub const MAX_TUNNEL_PEERS: u32 = 2 * MAX_SITES;
+pub const MAX_IFACES: u32 = 64;
+/// Default flow-table capacity; the controller sets the configured size at load time.
+pub const FLOW_TABLE_DEFAULT: u32 = 1 << 18;
+/// Default Maglev table size (prime), as in Katran.
+pub const MAGLEV_DEFAULT_SIZE: u32 = 65_537;
+/// Largest Maglev table size accepted (prime, ~ 4 × the default).
+pub const MAGLEV_MAX_SIZE: u32 = 262_147;
+
+/// Entries of an inner Maglev array for a table of `m` slots (slot 0 holds `m`).
+pub const fn maglev_inner_len(m: u32) -> u32 {
+    m + 1
+}
+
+/// `BPF_F_INNER_MAP`: inner maps of `MAGLEV` may differ in size from the template.
+pub const BPF_F_INNER_MAP: usize = 1 << 12;

@@ -1,0 +1,53 @@
+//! Sites: where a flow can be handled.
+
+/// Site slot is in use.
+pub const SITE_CONFIGURED: u32 = 1;
+/// Site is healthy; a flow pinned to a site without this flag is re-steered.
+pub const SITE_UP: u32 = 2;
+/// This host's own site: its flows are passed to the local stack (XDP_PASS).
+pub const SITE_LOCAL: u32 = 4;
+
+/// Maglev entry meaning "no site" (an empty table).
+pub const SITE_NONE: u32 = u32::MAX;
+
+/// How packets are carried to a remote site.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encap {
+    /// IP in IP: protocol 4 for an IPv4 inner packet, 41 for IPv6, in an outer header of
+    /// the tunnel endpoint's family (IPIP, IPv6-in-IPv6, and the mixed 4in6 / 6in4).
+    Ip = 1,
+    /// GUE variant 1 (RFC draft "direct IP encapsulation": UDP payload is the inner IP
+    /// packet, no GUE header), UDP source port from the flow hash so that the receiver's
+    /// RSS spreads flows across queues.
+    Gue = 2,
+}
+
+impl Encap {
+    pub const fn from_u8(v: u8) -> Option<Encap> {
+        match v {
+            1 => Some(Encap::Ip),
+            2 => Some(Encap::Gue),
+            _ => None,
+        }
+    }
+}
+
+/// Value of [`crate::maps::SITES`], indexed by site index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SiteInfo {
+    /// `SITE_*` bits.
+    pub flags: u32,
+    /// Bumped by the controller whenever the slot gets a different site, so that flows
+    /// remembered for the old occupant are re-steered.
+    pub generation: u32,
+    /// Tunnel endpoint of a remote site (network order; IPv4 in the first 4 bytes).
+    pub tunnel_addr: [u8; 16],
+    /// [`crate::Family`] of `tunnel_addr`.
+    pub tunnel_family: u8,
+    /// [`Encap`] as u8.
+    pub encap: u8,
+    /// Destination UDP port for [`Encap::Gue`], host order.
+    pub gue_port: u16,
+}

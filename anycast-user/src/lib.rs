@@ -1,0 +1,2 @@
+//! The anycast controller library.
+pub mod object;

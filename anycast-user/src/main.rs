@@ -1,0 +1,3 @@
+fn main() {
+    println!("{}", anycast_user::object::ANYCAST.len());
+}
