@@ -1,2 +1,3 @@
 //! The anycast controller library.
+pub mod maps;
 pub mod object;

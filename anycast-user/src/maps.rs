@@ -1,0 +1,257 @@
+//! Typed access to every map of the data path (the list and sizes are in
+//! `anycast_common::maps`). The controller, the tests and the benchmarks all write and read
+//! the data path through this one type, so the layout rules (filter bits, Maglev header
+//! slot, per-CPU sums) live in one place.
+
+use std::path::Path;
+
+use anycast_common::{
+    AddrKey, Exception, FlowKey, FlowValue, LocalConfig, SiteCounters, SiteInfo, VipCounters,
+    VipInfo, VipKey,
+    addr::{filter_index_v4, filter_index_v6},
+    maps::{self, ADDR_FILTER_SIZE, BPF_F_INNER_MAP, maglev_inner_len},
+};
+use aya::{
+    Ebpf, Pod,
+    maps::{
+        Array, ArrayOfMaps, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray,
+        xdp::XdpMapError,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("the XDP object has no map named {0}")]
+    Missing(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("map {name}: {source}")]
+    Devmap { name: &'static str, source: XdpMapError },
+    #[error("Maglev table of {0} slots: sizes are 1..={max}", max = maps::MAGLEV_MAX_SIZE)]
+    MaglevSize(usize),
+}
+
+type Result<T, E = MapsError> = std::result::Result<T, E>;
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError::Map { name, source }
+}
+
+/// Which filter bits an address gets, for [`DataPathMaps::set_filter`].
+pub fn filter_index(addr: &AddrKey) -> u32 {
+    if addr.family == anycast_common::Family::V4 as u8 {
+        filter_index_v4([addr.addr[0], addr.addr[1], addr.addr[2], addr.addr[3]])
+    } else {
+        filter_index_v6(addr.addr)
+    }
+}
+
+/// Every map of one data-path instance, typed.
+pub struct DataPathMaps {
+    config: Array<MapData, LocalConfig>,
+    addr_filter: Array<MapData, u8>,
+    /// What `addr_filter` holds, so that a filter update writes only the slots that change.
+    filter_shadow: Vec<u8>,
+    vips: HashMap<MapData, VipKey, VipInfo>,
+    maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    sites: Array<MapData, SiteInfo>,
+    tunnel_peers: HashMap<MapData, AddrKey, u32>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    devmap: DevMapHash<MapData>,
+    site_stats: PerCpuArray<MapData, SiteCounters>,
+    vip_stats: PerCpuArray<MapData, VipCounters>,
+    exceptions: PerCpuArray<MapData, u64>,
+}
+
+impl DataPathMaps {
+    /// Takes the maps out of a loaded object (the program keeps its references).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing(name)))
+    }
+
+    /// Opens the maps pinned under `dir` (one file per map name) by a running instance.
+    /// (Pinning itself happens at load: `EbpfLoader::map_pin_path` for every name in
+    /// `anycast_common::maps::ALL` reuses a pinned map or creates and pins it.)
+    pub fn from_pins(dir: &Path) -> Result<Self> {
+        Self::build(|name| {
+            let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
+            Map::from_map_data(data).map_err(map_err(name))
+        })
+    }
+
+    fn build(mut get: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+        fn typed<T: TryFrom<Map, Error = MapError>>(
+            get: &mut impl FnMut(&'static str) -> Result<Map>,
+            name: &'static str,
+        ) -> Result<T> {
+            T::try_from(get(name)?).map_err(map_err(name))
+        }
+        let addr_filter: Array<MapData, u8> = typed(&mut get, maps::ADDR_FILTER)?;
+        let filter_shadow = addr_filter
+            .iter()
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(map_err(maps::ADDR_FILTER))?;
+        Ok(DataPathMaps {
+            config: typed(&mut get, maps::CONFIG)?,
+            addr_filter,
+            filter_shadow,
+            vips: typed(&mut get, maps::VIPS)?,
+            maglev: typed(&mut get, maps::MAGLEV)?,
+            sites: typed(&mut get, maps::SITES)?,
+            tunnel_peers: typed(&mut get, maps::TUNNEL_PEERS)?,
+            flows: typed(&mut get, maps::FLOWS)?,
+            devmap: typed(&mut get, maps::DEVMAP)?,
+            site_stats: typed(&mut get, maps::SITE_STATS)?,
+            vip_stats: typed(&mut get, maps::VIP_STATS)?,
+            exceptions: typed(&mut get, maps::EXCEPTIONS)?,
+        })
+    }
+
+    pub fn config(&self) -> Result<LocalConfig> {
+        self.config.get(&0, 0).map_err(map_err(maps::CONFIG))
+    }
+
+    pub fn set_config(&mut self, config: &LocalConfig) -> Result<()> {
+        self.config.set(0, config, 0).map_err(map_err(maps::CONFIG))
+    }
+
+    /// Makes the filter hold exactly these addresses with these bits (OR-ed on collision);
+    /// writes only the slots that change.
+    pub fn set_filter(&mut self, addrs: impl IntoIterator<Item = (AddrKey, u8)>) -> Result<()> {
+        let mut want = vec![0u8; ADDR_FILTER_SIZE as usize];
+        for (addr, bits) in addrs {
+            want[filter_index(&addr) as usize] |= bits;
+        }
+        for (i, (&w, have)) in want.iter().zip(self.filter_shadow.iter_mut()).enumerate() {
+            if w != *have {
+                self.addr_filter.set(i as u32, w, 0).map_err(map_err(maps::ADDR_FILTER))?;
+                *have = w;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
+        collect(self.vips.iter(), maps::VIPS)
+    }
+
+    pub fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
+        self.vips.insert(key, info, 0).map_err(map_err(maps::VIPS))
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.vips.remove(key).map_err(map_err(maps::VIPS))
+    }
+
+    pub fn site(&self, index: u32) -> Result<SiteInfo> {
+        self.sites.get(&index, 0).map_err(map_err(maps::SITES))
+    }
+
+    pub fn set_site(&mut self, index: u32, site: &SiteInfo) -> Result<()> {
+        self.sites.set(index, site, 0).map_err(map_err(maps::SITES))
+    }
+
+    pub fn tunnel_peers(&self) -> Result<Vec<(AddrKey, u32)>> {
+        collect(self.tunnel_peers.iter(), maps::TUNNEL_PEERS)
+    }
+
+    pub fn set_tunnel_peer(&mut self, addr: &AddrKey, site: u32) -> Result<()> {
+        self.tunnel_peers.insert(addr, site, 0).map_err(map_err(maps::TUNNEL_PEERS))
+    }
+
+    pub fn remove_tunnel_peer(&mut self, addr: &AddrKey) -> Result<()> {
+        self.tunnel_peers.remove(addr).map_err(map_err(maps::TUNNEL_PEERS))
+    }
+
+    /// Builds a new inner table for VIP slot `vip` and swaps it in with one update of the
+    /// outer map: the kernel replaces the pointer atomically, so every packet sees either the
+    /// whole old table or the whole new one. Slot 0 holds the table size.
+    pub fn set_maglev(&mut self, vip: u32, table: &[u32]) -> Result<()> {
+        let size = table.len();
+        if size == 0 || size > maps::MAGLEV_MAX_SIZE as usize {
+            return Err(MapsError::MaglevSize(size));
+        }
+        let mut inner = Array::<MapData, u32>::create(maglev_inner_len(size as u32), BPF_F_INNER_MAP as u32)
+            .map_err(map_err(maps::MAGLEV))?;
+        inner.set(0, size as u32, 0).map_err(map_err(maps::MAGLEV))?;
+        for (i, &site) in table.iter().enumerate() {
+            inner.set(i as u32 + 1, site, 0).map_err(map_err(maps::MAGLEV))?;
+        }
+        self.maglev.set(vip, &inner, 0).map_err(map_err(maps::MAGLEV))
+    }
+
+    /// The table currently in VIP slot `vip` (without the size slot), if any.
+    pub fn maglev(&self, vip: u32) -> Result<Option<Vec<u32>>> {
+        let inner = match self.maglev.get(&vip, 0) {
+            Ok(inner) => inner,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(map_err(maps::MAGLEV)(e)),
+        };
+        let mut all = collect_array(inner.iter(), maps::MAGLEV)?;
+        let size = all.first().copied().unwrap_or(0) as usize;
+        all.truncate(size + 1);
+        all.remove(0);
+        Ok(Some(all))
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>> {
+        match self.flows.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(maps::FLOWS)(e)),
+        }
+    }
+
+    /// Entries in the flow table (walks the keys: O(entries) syscalls).
+    pub fn flow_count(&self) -> usize {
+        self.flows.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Lets the data path redirect (XDP_REDIRECT) to this interface.
+    pub fn add_egress(&mut self, ifindex: u32) -> Result<()> {
+        self.devmap
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|source| MapsError::Devmap { name: maps::DEVMAP, source })
+    }
+
+    pub fn site_counters(&self, index: u32) -> Result<SiteCounters> {
+        let per_cpu = self.site_stats.get(&index, 0).map_err(map_err(maps::SITE_STATS))?;
+        Ok(per_cpu.iter().fold(SiteCounters::default(), |a, c| SiteCounters {
+            local_packets: a.local_packets + c.local_packets,
+            local_bytes: a.local_bytes + c.local_bytes,
+            forwarded_packets: a.forwarded_packets + c.forwarded_packets,
+            forwarded_bytes: a.forwarded_bytes + c.forwarded_bytes,
+            received_packets: a.received_packets + c.received_packets,
+            received_bytes: a.received_bytes + c.received_bytes,
+        }))
+    }
+
+    pub fn vip_counters(&self, index: u32) -> Result<VipCounters> {
+        let per_cpu = self.vip_stats.get(&index, 0).map_err(map_err(maps::VIP_STATS))?;
+        Ok(per_cpu.iter().fold(VipCounters::default(), |a, c| VipCounters {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        }))
+    }
+
+    /// Every exception counter, summed over CPUs, in [`Exception::ALL`] order.
+    pub fn exceptions(&self) -> Result<[u64; Exception::COUNT as usize]> {
+        let mut out = [0u64; Exception::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self.exceptions.get(&(i as u32), 0).map_err(map_err(maps::EXCEPTIONS))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn collect<K: Pod, V: Pod>(
+    iter: impl Iterator<Item = Result<(K, V), MapError>>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>> {
+    iter.collect::<Result<Vec<_>, _>>().map_err(map_err(name))
+}
+
+fn collect_array<V: Pod>(iter: impl Iterator<Item = Result<V, MapError>>, name: &'static str) -> Result<Vec<V>> {
+    iter.collect::<Result<Vec<_>, _>>().map_err(map_err(name))
+}
