@@ -1,4 +1,4 @@
-//! Builds the XDP objects (`anycast`, and the `noop` baseline used by benchmarks) from the
+//! Builds the XDP objects (`anycast`; `noop` and `bench_reset` used by benchmarks) from the
 //! `anycast-ebpf` crate and leaves them in OUT_DIR, where `src/object.rs` embeds them. This
 //! is the one code path that builds eBPF: `cargo build`, `cargo test`, `cargo clippy` and
 //! every xtask command go through it.
@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 const TARGET: &str = "bpfel-unknown-none";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_BPF_CORE: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
-const OBJECTS: [&str; 2] = ["anycast", "noop"];
+const OBJECTS: [&str; 3] = ["anycast", "noop", "bench_reset"];
 
 enum Toolchain {
     Debian,
@@ -89,10 +89,8 @@ fn build() -> Result<()> {
         );
     }
 
-    let target_dir = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("bpf");
+    let target_dir =
+        env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("bpf");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR is not set")?);
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -131,7 +129,9 @@ fn build() -> Result<()> {
     }
     let status = cmd.status().context("running cargo for the BPF target")?;
     if !status.success() {
-        bail!("`cargo build --package anycast-ebpf --target {TARGET}` failed ({status}); see the compiler output above");
+        bail!(
+            "`cargo build --package anycast-ebpf --target {TARGET}` failed ({status}); see the compiler output above"
+        );
     }
     for name in OBJECTS {
         let built = target_dir.join(TARGET).join("release").join(name);

@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod bench;
 pub mod config;
 pub mod counters;
 pub mod flow;

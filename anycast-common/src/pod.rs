@@ -9,6 +9,7 @@ macro_rules! pod {
 
 pod!(
     crate::AddrKey,
+    crate::bench::ResetFrame,
     crate::LocalConfig,
     crate::SiteCounters,
     crate::VipCounters,

@@ -6,3 +6,7 @@ pub static ANYCAST: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// A pass-everything program: the baseline of every per-packet benchmark.
 pub static NOOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/noop.bpf.o"));
+
+/// The benchmark reset harness: restores the input frame before each BPF_PROG_RUN
+/// repetition and tail-calls the program under test.
+pub static BENCH_RESET: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_reset.bpf.o"));
