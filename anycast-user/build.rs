@@ -1,6 +1,6 @@
-//! Builds the XDP objects (`anycast`; `noop` and `bench_reset` used by benchmarks) from the
-//! `anycast-ebpf` crate and leaves them in OUT_DIR, where `src/object.rs` embeds them. This
-//! is the one code path that builds eBPF: `cargo build`, `cargo test`, `cargo clippy` and
+//! Builds the XDP objects (`anycast`; `noop`, `bench_reset` and `bench_sink` used by
+//! benchmarks) from the `anycast-ebpf` crate and leaves them in OUT_DIR, where
+//! `src/object.rs` embeds them. This is the one code path that builds eBPF: `cargo build`, `cargo test`, `cargo clippy` and
 //! every xtask command go through it.
 //!
 //! Two toolchains can build `bpfel-unknown-none` (see ../shared/TOOLCHAIN.md):
@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 const TARGET: &str = "bpfel-unknown-none";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_BPF_CORE: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
-const OBJECTS: [&str; 3] = ["anycast", "noop", "bench_reset"];
+const OBJECTS: [&str; 4] = ["anycast", "noop", "bench_reset", "bench_sink"];
 
 enum Toolchain {
     Debian,

@@ -10,3 +10,7 @@ pub static NOOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 /// The benchmark reset harness: restores the input frame before each BPF_PROG_RUN
 /// repetition and tail-calls the program under test.
 pub static BENCH_RESET: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_reset.bpf.o"));
+
+/// The benchmark sink: counts and drops what reaches the far end of a veth pair.
+pub static BENCH_SINK: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_sink.bpf.o"));
