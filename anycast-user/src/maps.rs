@@ -3,18 +3,21 @@
 //! the data path through this one type, so the layout rules (filter bits, Maglev header
 //! slot, per-CPU sums) live in one place.
 
-use std::path::Path;
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
+    path::Path,
+};
 
 use anycast_common::{
-    AddrKey, Exception, FlowKey, FlowValue, LocalConfig, SiteCounters, SiteInfo, VipCounters,
-    VipInfo, VipKey,
+    AddrKey, Exception, FlowKey, FlowValue, LocalConfig, SiteCounters, SiteInfo, VipCounters, VipInfo,
+    VipKey,
     addr::{filter_index_v4, filter_index_v6},
     maps::{self, ADDR_FILTER_SIZE, BPF_F_INNER_MAP, maglev_inner_len},
 };
 use aya::{
     Ebpf, Pod,
     maps::{
-        Array, ArrayOfMaps, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray,
+        Array, ArrayOfMaps, DevMapHash, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray,
         xdp::XdpMapError,
     },
 };
@@ -54,6 +57,8 @@ pub struct DataPathMaps {
     filter_shadow: Vec<u8>,
     vips: HashMap<MapData, VipKey, VipInfo>,
     maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    /// The outer map's fd again, for batch updates (aya's `ArrayOfMaps` does not expose it).
+    maglev_fd: OwnedFd,
     sites: Array<MapData, SiteInfo>,
     tunnel_peers: HashMap<MapData, AddrKey, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
@@ -87,16 +92,25 @@ impl DataPathMaps {
             T::try_from(get(name)?).map_err(map_err(name))
         }
         let addr_filter: Array<MapData, u8> = typed(&mut get, maps::ADDR_FILTER)?;
-        let filter_shadow = addr_filter
-            .iter()
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(map_err(maps::ADDR_FILTER))?;
+        let filter_shadow =
+            addr_filter.iter().collect::<Result<Vec<u8>, _>>().map_err(map_err(maps::ADDR_FILTER))?;
+        let maglev = get(maps::MAGLEV)?;
+        let maglev_fd = match &maglev {
+            Map::ArrayOfMaps(data) => data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+                map_err(maps::MAGLEV)(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error,
+                }))
+            })?,
+            _ => return Err(map_err(maps::MAGLEV)(MapError::InvalidMapType { map_type: 0 })),
+        };
         Ok(DataPathMaps {
             config: typed(&mut get, maps::CONFIG)?,
             addr_filter,
             filter_shadow,
             vips: typed(&mut get, maps::VIPS)?,
-            maglev: typed(&mut get, maps::MAGLEV)?,
+            maglev: maglev.try_into().map_err(map_err(maps::MAGLEV))?,
+            maglev_fd,
             sites: typed(&mut get, maps::SITES)?,
             tunnel_peers: typed(&mut get, maps::TUNNEL_PEERS)?,
             flows: typed(&mut get, maps::FLOWS)?,
@@ -167,17 +181,52 @@ impl DataPathMaps {
     /// outer map: the kernel replaces the pointer atomically, so every packet sees either the
     /// whole old table or the whole new one. Slot 0 holds the table size.
     pub fn set_maglev(&mut self, vip: u32, table: &[u32]) -> Result<()> {
-        let size = table.len();
-        if size == 0 || size > maps::MAGLEV_MAX_SIZE as usize {
-            return Err(MapsError::MaglevSize(size));
+        self.set_maglev_tables(&[(vip, table)])
+    }
+
+    /// [`Self::set_maglev`] for several VIPs at once. VIPs with equal tables (same sites,
+    /// same weights: the usual case) share one inner map, built and written once; all outer
+    /// entries change in one batch update, and the kernel waits for running programs once
+    /// per batch (since 6.7) instead of ~8 ms per entry.
+    pub fn set_maglev_tables(&mut self, tables: &[(u32, &[u32])]) -> Result<()> {
+        let mut inners: Vec<(&[u32], Array<MapData, u32>)> = Vec::new();
+        let mut slots = Vec::with_capacity(tables.len());
+        for &(vip, table) in tables {
+            // Pointer equality first: the reconciler shares equal tables (`Arc`).
+            let i = match inners.iter().position(|(t, _)| std::ptr::eq(*t, table) || *t == table) {
+                Some(i) => i,
+                None => {
+                    inners.push((table, new_maglev_inner(table)?));
+                    inners.len() - 1
+                }
+            };
+            slots.push((vip, i));
         }
-        let mut inner = Array::<MapData, u32>::create(maglev_inner_len(size as u32), BPF_F_INNER_MAP as u32)
-            .map_err(map_err(maps::MAGLEV))?;
-        inner.set(0, size as u32, 0).map_err(map_err(maps::MAGLEV))?;
-        for (i, &site) in table.iter().enumerate() {
-            inner.set(i as u32 + 1, site, 0).map_err(map_err(maps::MAGLEV))?;
+        let keys: Vec<u32> = slots.iter().map(|&(vip, _)| vip).collect();
+        let fds: Vec<u32> = slots
+            .iter()
+            .map(|&(_, i)| IterableMap::<u32, u32>::map(&inners[i].1).fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        if update_batch(self.maglev_fd.as_raw_fd(), &keys, &fds).is_err() {
+            // Older kernels: one update (and one wait) per VIP.
+            for &(vip, i) in &slots {
+                self.maglev.set(vip, &inners[i].1, 0).map_err(map_err(maps::MAGLEV))?;
+            }
         }
-        self.maglev.set(vip, &inner, 0).map_err(map_err(maps::MAGLEV))
+        Ok(())
+    }
+
+    /// Kernel id of the inner map in VIP slot `vip`, if any: VIPs sharing a table share it,
+    /// which lets a reader fetch each distinct table once.
+    pub fn maglev_id(&self, vip: u32) -> Result<Option<u32>> {
+        match self.maglev.get(&vip, 0) {
+            Ok(inner) => {
+                let info = IterableMap::<u32, u32>::map(&inner).info().map_err(map_err(maps::MAGLEV))?;
+                Ok(Some(info.id()))
+            }
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(maps::MAGLEV)(e)),
+        }
     }
 
     /// The table currently in VIP slot `vip` (without the size slot), if any.
@@ -187,7 +236,12 @@ impl DataPathMaps {
             Err(MapError::KeyNotFound) => return Ok(None),
             Err(e) => return Err(map_err(maps::MAGLEV)(e)),
         };
-        let mut all = collect_array(inner.iter(), maps::MAGLEV)?;
+        let fd = IterableMap::<u32, u32>::map(&inner).fd().as_fd().as_raw_fd();
+        let mut all = match lookup_batch(fd, inner.len()) {
+            Ok(all) => all,
+            // Kernels before 5.6: one syscall per entry.
+            Err(_) => collect_array(inner.iter(), maps::MAGLEV)?,
+        };
         let size = all.first().copied().unwrap_or(0) as usize;
         all.truncate(size + 1);
         all.remove(0);
@@ -202,6 +256,16 @@ impl DataPathMaps {
         }
     }
 
+    /// Empties the flow table (every flow is re-steered on its next packet); returns how
+    /// many entries it held. Walks the keys: O(entries) syscalls.
+    pub fn clear_flows(&mut self) -> Result<usize> {
+        let keys = self.flows.keys().collect::<Result<Vec<_>, _>>().map_err(map_err(maps::FLOWS))?;
+        for key in &keys {
+            self.flows.remove(key).map_err(map_err(maps::FLOWS))?;
+        }
+        Ok(keys.len())
+    }
+
     /// Entries in the flow table (walks the keys: O(entries) syscalls).
     pub fn flow_count(&self) -> usize {
         self.flows.keys().filter(|k| k.is_ok()).count()
@@ -212,6 +276,15 @@ impl DataPathMaps {
         self.devmap
             .insert(ifindex, ifindex, None, 0)
             .map_err(|source| MapsError::Devmap { name: maps::DEVMAP, source })
+    }
+
+    /// The interfaces the data path may redirect to.
+    pub fn egress(&self) -> Result<Vec<u32>> {
+        self.devmap.keys().collect::<Result<Vec<_>, _>>().map_err(map_err(maps::DEVMAP))
+    }
+
+    pub fn remove_egress(&mut self, ifindex: u32) -> Result<()> {
+        self.devmap.remove(ifindex).map_err(map_err(maps::DEVMAP))
     }
 
     pub fn site_counters(&self, index: u32) -> Result<SiteCounters> {
@@ -245,6 +318,94 @@ impl DataPathMaps {
     }
 }
 
+/// `union bpf_attr`'s `batch` member (linux/bpf.h). aya 0.14 has no batch operations,
+/// hence the raw `bpf(2)` calls below: a Maglev table is 65 538 entries, ~170 ms one
+/// syscall each, a few ms in one batch.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: attr is a valid, fully initialised bpf_attr prefix; the callers make its
+    // pointers cover `count` entries and outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, size_of::<BatchAttr>()) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// An inner Maglev array holding `table` (size in slot 0), written in one batch.
+fn new_maglev_inner(table: &[u32]) -> Result<Array<MapData, u32>> {
+    let size = table.len();
+    if size == 0 || size > maps::MAGLEV_MAX_SIZE as usize {
+        return Err(MapsError::MaglevSize(size));
+    }
+    let mut inner = Array::<MapData, u32>::create(maglev_inner_len(size as u32), BPF_F_INNER_MAP as u32)
+        .map_err(map_err(maps::MAGLEV))?;
+    let values: Vec<u32> = std::iter::once(size as u32).chain(table.iter().copied()).collect();
+    let keys: Vec<u32> = (0..values.len() as u32).collect();
+    let fd = IterableMap::<u32, u32>::map(&inner).fd().as_fd().as_raw_fd();
+    if update_batch(fd, &keys, &values).is_err() {
+        // Kernels before 5.6 have no batch updates for arrays: one syscall per entry.
+        for (i, &v) in values.iter().enumerate() {
+            inner.set(i as u32, v, 0).map_err(map_err(maps::MAGLEV))?;
+        }
+    }
+    Ok(inner)
+}
+
+/// Writes `values` at `keys` of an array map in one syscall.
+fn update_batch(fd: RawFd, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+    assert_eq!(keys.len(), values.len());
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: values.len() as u32,
+        map_fd: fd as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr)
+}
+
+/// Reads all `len` entries of a u32 array map in one syscall.
+fn lookup_batch(fd: RawFd, len: u32) -> std::io::Result<Vec<u32>> {
+    let mut keys = vec![0u32; len as usize];
+    let mut values = vec![0u32; len as usize];
+    let mut out_batch = 0u32;
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: &mut out_batch as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: len,
+        map_fd: fd as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    match bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        Ok(()) => {}
+        // ENOENT: the batch reached the end of the map, which it does when it read all.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
+    if attr.count != len {
+        return Err(std::io::Error::other(format!("batch read {} of {len} entries", attr.count)));
+    }
+    Ok(values)
+}
+
 fn collect<K: Pod, V: Pod>(
     iter: impl Iterator<Item = Result<(K, V), MapError>>,
     name: &'static str,
@@ -252,6 +413,9 @@ fn collect<K: Pod, V: Pod>(
     iter.collect::<Result<Vec<_>, _>>().map_err(map_err(name))
 }
 
-fn collect_array<V: Pod>(iter: impl Iterator<Item = Result<V, MapError>>, name: &'static str) -> Result<Vec<V>> {
+fn collect_array<V: Pod>(
+    iter: impl Iterator<Item = Result<V, MapError>>,
+    name: &'static str,
+) -> Result<Vec<V>> {
     iter.collect::<Result<Vec<_>, _>>().map_err(map_err(name))
 }

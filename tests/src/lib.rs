@@ -1,1 +1,23 @@
-//! Test support
+//! Test support for anycast: everything the kernel-level tests of every issue share.
+//!
+//! - [`root`]: tests that need root say so loudly and skip when not root (CI is root).
+//! - [`netns`]: network-namespace topologies (veth, addresses, routes, static neighbours,
+//!   sysctls) with unique names and guaranteed teardown; code run inside a namespace.
+//! - [`harness`]: the embedded XDP object loaded into the kernel, frames run through it
+//!   with BPF_PROG_RUN, maps reached through `anycast_user::maps::DataPathMaps`.
+//! - [`packet`]: frames built with etherparse (VLAN, IPv4 options, IPv6 extension headers,
+//!   fragments, ICMP errors, tunnels, padding).
+//! - [`checksum`]: an Internet checksum of our own, to verify what the program computes.
+//! - [`expect`]: expected encapsulated / decapsulated / ICMP-reply frames, from the rules
+//!   of docs/datapath.md.
+//! - [`diff`]: readable differences between an expected and an actual frame.
+//! - [`fixture`]: the data-driven runner behind `tests/datapath.rs`.
+
+pub mod checksum;
+pub mod diff;
+pub mod expect;
+pub mod fixture;
+pub mod harness;
+pub mod netns;
+pub mod packet;
+pub mod root;

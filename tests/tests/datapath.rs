@@ -1,0 +1,820 @@
+//! The data-path fixture suite: every rule of docs/datapath.md, packet by packet, in the
+//! real kernel (BPF_PROG_RUN on the embedded `anycast` object).
+//!
+//! The table [`cases`] comes first: one row per case — name, input frame, expected action
+//! and output frame (byte-exact for encapsulation, decapsulation and ICMP replies, built by
+//! `anycast_tests::expect` from the document's rules, never from the program's output),
+//! expected counter changes (every other watched counter must stay put). Scenario rows
+//! (several frames with map changes between them) follow the single-frame rows.
+//!
+//! The map state every case starts from ([`world`]) and the network namespace the suite runs
+//! in ([`Topology`], so that `bpf_fib_lookup` finds routes, neighbours and MTUs) are below
+//! the table. Run only this suite: `cargo xtask test datapath` (or `cargo test datapath`);
+//! one case: `FIXTURE_FILTER=name cargo test datapath`.
+
+use anycast_common::{
+    AddrKey, Encap, Exception as E, FlowValue, LocalConfig, SiteInfo, VipInfo, VipKey,
+    addr::filter,
+    config::{CONFIG_TUNNEL_V4, CONFIG_TUNNEL_V6},
+    flow_hash,
+    site::{SITE_CONFIGURED, SITE_LOCAL, SITE_NONE, SITE_UP},
+};
+use anycast_tests::{
+    expect::{self, Tunnel},
+    fixture::{Case, Count, Count::*, Expect, Frame, Instance, MapsCheck, MapsOp, Step, Suite},
+    netns::Netns,
+    packet::*,
+    root::require_root,
+};
+use anycast_user::maps::{DataPathMaps, filter_index};
+
+// Exception counters, short.
+const TRUNC: Count = Exc(E::Truncated);
+const BAD: Count = Exc(E::BadHeader);
+const FRAG: Count = Exc(E::Fragment);
+
+const C4: &str = "192.168.1.42"; // client
+const C6: &str = "2001:db8::42";
+const R4: &str = "192.168.1.254"; // a router on the path (ICMP errors)
+const R6: &str = "2001:db8::fe";
+
+/// The table. Row shapes:
+/// - `one(name, input frame, expected action/output, counter changes)`;
+/// - `local(name, packet, vip)`: PASS untouched, `Vip(vip)` and `Local(S_LOCAL)`;
+/// - `fwd(name, packet, vip)`: encapsulated towards the site of the VIP's one-slot table
+///   (XDP_TX, or XDP_REDIRECT for another egress), `Vip(vip)` and `Fwd(site)`;
+/// - `decap(name, tunnel packet, site)`: stripped, PASS, `Rcvd(site)`.
+#[rustfmt::skip]
+fn cases() -> Vec<Case> {
+    let v4 = |site: u32| format!("10.200.0.{site}"); // VIP served by `site` (VIP index = site)
+    let v6 = |site: u32| format!("fd00:200::{site}"); // VIP index 16 + site
+    let (v4, v6) = (&v4, &v6);
+    let big4 = |site: u32, len: usize| udp(C4, &v4(site), 40000, 53).ip_len(len);
+    let big6 = |site: u32, len: usize| udp(C6, &v6(site), 40000, 53).ip_len(len);
+    let mut c = vec![
+        // ---- Layer 2 -------------------------------------------------------------------
+        one("arp_passes_uncounted", arp_request([10, 0, 0, 2], [10, 0, 0, 1]), Expect::Pass, &[]),
+        one("lldp_ethertype_passes", set(udp(C4, &v4(0), 1, 53).frame(), 12, &[0x88, 0xcc]), Expect::Pass, &[]),
+        one("three_vlan_tags_pass_uncounted", udp(C4, &v4(0), 1, 53).tags(&[(TPID_8021AD, 1), (TPID_8021Q, 2), (TPID_8021Q, 3)]).frame(), Expect::Pass, &[]),
+        local("vlan_single_tcp4_local", tcp(C4, &v4(0), 40000, 80, SYN).vlan(100), 0),
+        local("vlan_double_udp6_local", udp(C6, &v6(0), 40000, 53).qinq(10, 20), 16),
+        fwd("vlan_single_tcp4_forward_ipip", tcp(C4, &v4(1), 40000, 80, SYN).vlan(100), 1),
+        fwd("vlan_double_udp6_forward_gue6", udp(C6, &v6(4), 40000, 53).qinq(10, 20), 20),
+        // ---- Not for us: PASS, untouched, no counter ------------------------------------
+        one("ipv4_non_vip_passes", udp(C4, "10.9.9.9", 1, 53).frame(), Expect::Pass, &[]),
+        one("ipv6_non_vip_passes", tcp(C6, "2001:db8::99", 1, 80, SYN).frame(), Expect::Pass, &[]),
+        one("vip_address_other_port_passes", tcp(C4, &v4(0), 1, 8080, SYN).frame(), Expect::Pass, &[]),
+        one("vip_address_other_proto_passes", udp(C4, &v4(0), 1, 80).frame(), Expect::Pass, &[]),
+        one("icmp_echo_to_tcp_vip_passes", echo(C4, &v4(0)).frame(), Expect::Pass, &[]),
+        one("non_vip_ihl_below_5_not_inspected", set(udp(C4, "10.9.9.9", 1, 53).frame(), 14, &[0x44]), Expect::Pass, &[]),
+        // ---- VIP, local site ------------------------------------------------------------
+        local("tcp4_vip_local", tcp(C4, &v4(0), 40000, 80, SYN), 0),
+        local("udp4_vip_local", udp(C4, &v4(0), 40000, 53), 0),
+        local("tcp6_vip_local", tcp(C6, &v6(0), 40000, 80, SYN), 16),
+        local("udp6_vip_local", udp(C6, &v6(0), 40000, 53), 16),
+        local("tcp4_vip_local_ethernet_padding", tcp(C4, &v4(0), 40000, 80, SYN).payload_len(0).pad_to(60), 0),
+        local("ipv4_options_vip_local", tcp(C4, &v4(0), 40000, 80, SYN).options(&[1, 1, 1, 1, 0x94, 4, 0, 0]), 0),
+        local("icmp_echo_to_icmp_vip_local", echo(C4, "10.200.3.1"), 36),
+        local("icmpv6_echo_to_icmpv6_vip_local", echo(C6, "fd00:200:3::1"), 37),
+        local("vip_any_port_entry", udp(C4, "10.200.9.1", 40000, 5353), 32),
+        // ---- VIP, remote site: each encapsulation, TCP and UDP, v4 and v6 --------------
+        fwd("tcp4_forward_ipip", tcp(C4, &v4(1), 40000, 80, SYN), 1),
+        fwd("udp4_forward_ipip", udp(C4, &v4(1), 40000, 53), 1),
+        fwd("tcp6_forward_6in4", tcp(C6, &v6(1), 40000, 80, SYN), 17),
+        fwd("udp6_forward_6in4", udp(C6, &v6(1), 40000, 53), 17),
+        fwd("tcp6_forward_ip6ip6", tcp(C6, &v6(2), 40000, 80, SYN), 18),
+        fwd("udp6_forward_ip6ip6", udp(C6, &v6(2), 40000, 53), 18),
+        fwd("tcp4_forward_4in6", tcp(C4, &v4(2), 40000, 80, SYN), 2),
+        fwd("udp4_forward_4in6", udp(C4, &v4(2), 40000, 53), 2),
+        fwd("tcp4_forward_gue4", tcp(C4, &v4(3), 40000, 80, SYN), 3),
+        fwd("udp4_forward_gue4", udp(C4, &v4(3), 40000, 53), 3),
+        fwd("tcp6_forward_gue4", tcp(C6, &v6(3), 40000, 80, SYN), 19),
+        fwd("udp6_forward_gue4", udp(C6, &v6(3), 40000, 53), 19),
+        fwd("tcp4_forward_gue6", tcp(C4, &v4(4), 40000, 80, SYN), 4),
+        fwd("udp4_forward_gue6", udp(C4, &v4(4), 40000, 53), 4),
+        fwd("tcp6_forward_gue6", tcp(C6, &v6(4), 40000, 80, SYN), 20),
+        fwd("udp6_forward_gue6", udp(C6, &v6(4), 40000, 53), 20),
+        fwd("forward_ipip_copies_tos", udp(C4, &v4(1), 40000, 53).tos(0xb8), 1),
+        fwd("forward_ip6ip6_copies_traffic_class", udp(C6, &v6(2), 40000, 53).tos(0x2e), 18),
+        fwd("forward_keeps_ethernet_padding", tcp(C4, &v4(1), 40000, 80, SYN).payload_len(0).pad_to(60), 1),
+        fwd("forward_sets_df_on_outer_even_without_inner_df", udp(C4, &v4(1), 40000, 53).df(false), 1),
+        fwd("forward_ipv4_max_options", tcp(C4, &v4(1), 40000, 80, SYN).options(&[1; 40]), 1),
+        fwd("vip_exact_port_beats_any_port", udp(C4, "10.200.9.1", 40000, 443), 33),
+        fwd("forward_redirect_to_other_interface", tcp(C4, &v4(8), 40000, 80, SYN), 8),
+        // ---- Remote site unusable: handled locally, counted ----------------------------
+        one("forward_egress_not_in_devmap", tcp(C4, &v4(9), 40000, 80, SYN).frame(), Expect::Pass, &[Vip(9), Exc(E::FibFailed)]),
+        one("forward_no_route", tcp(C4, &v4(10), 40000, 80, SYN).frame(), Expect::Pass, &[Vip(10), Exc(E::FibFailed)]),
+        one("forward_no_neighbour_v4", tcp(C4, &v4(6), 40000, 80, SYN).frame(), Expect::Pass, &[Vip(6), Exc(E::FibNoNeigh)]),
+        one("forward_no_neighbour_v6", tcp(C6, &v6(11), 40000, 80, SYN).frame(), Expect::Pass, &[Vip(27), Exc(E::FibNoNeigh)]),
+        one("vip_without_maglev_table", tcp(C4, "10.200.4.1", 40000, 80, SYN).frame(), Expect::Pass, &[Vip(38), Exc(E::NoSite)]),
+        one("maglev_table_of_site_none", tcp(C4, "10.200.4.2", 40000, 80, SYN).frame(), Expect::Pass, &[Vip(39), Exc(E::NoSite)]),
+        one("maglev_names_site_down", tcp(C4, &v4(5), 40000, 80, SYN).frame(), Expect::Pass, &[Vip(5), Exc(E::SiteDown)]),
+        one("maglev_names_unconfigured_site", tcp(C4, &v4(7), 40000, 80, SYN).frame(), Expect::Pass, &[Vip(7), Exc(E::SiteDown)]),
+        one("tcp_ack_without_flow_counts_evicted", tcp(C4, &v4(0), 40000, 80, ACK).frame(), Expect::Pass, &[Vip(0), Local(0), Exc(E::FlowEvicted)]),
+        // ---- Too big for the egress MTU (lb0: 1400) --------------------------------------
+        fwd("ipip_exactly_at_mtu_forwarded", big4(1, 1380), 1),
+        one("ipip_df_over_mtu_icmp_reply", big4(1, 1381).frame(), Expect::Tx(expect::too_big_reply(&big4(1, 1381), 1380)), &[Vip(1), Exc(E::TooBig)]),
+        one("ipip_no_df_over_mtu_passes", big4(1, 1381).df(false).frame(), Expect::Pass, &[Vip(1), Exc(E::TooBig)]),
+        one("gue4_over_mtu_reply_counts_udp", big4(3, 1373).frame(), Expect::Tx(expect::too_big_reply(&big4(3, 1373), 1372)), &[Vip(3), Exc(E::TooBig)]),
+        one("ip6ip6_over_mtu_ptb_reply", big6(2, 1361).frame(), Expect::Tx(expect::too_big_reply(&big6(2, 1361), 1360)), &[Vip(18), Exc(E::TooBig)]),
+        one("ptb_reply_quotes_8_bytes_after_fixed_header", big6(2, 1380).ext(Ext::HopByHop(0)).frame(),
+            Expect::Tx(expect::too_big_reply(&big6(2, 1380).ext(Ext::HopByHop(0)), 1360)), &[Vip(18), Exc(E::TooBig)]),
+        one("gue6_over_mtu_ptb_reply", big6(4, 1353).frame(), Expect::Tx(expect::too_big_reply(&big6(4, 1353), 1352)), &[Vip(20), Exc(E::TooBig)]),
+        one("too_big_reply_keeps_vlan_and_quotes_options", big4(1, 1390).vlan(7).options(&[1, 1, 1, 1]).frame(),
+            Expect::Tx(expect::too_big_reply(&big4(1, 1390).vlan(7).options(&[1, 1, 1, 1]), 1380)), &[Vip(1), Exc(E::TooBig)]),
+        // ---- IPv4 header validation (VIP candidates) ---------------------------------------
+        one("ipv4_ihl_below_5", set(tcp(C4, &v4(0), 1, 80, SYN).frame(), 14, &[0x44]), Expect::Pass, &[BAD]),
+        one("ipv4_wrong_version", set(tcp(C4, &v4(0), 1, 80, SYN).frame(), 14, &[0x65]), Expect::Pass, &[BAD]),
+        one("ipv4_total_length_beyond_frame", set(tcp(C4, &v4(0), 1, 80, SYN).frame(), 16, &[0x05, 0xdc]), Expect::Pass, &[BAD]),
+        one("ipv4_total_length_below_header", set(tcp(C4, &v4(0), 1, 80, SYN).frame(), 16, &[0, 19]), Expect::Pass, &[BAD]),
+        one("ipv4_frame_cut_short_of_total_length", cut(tcp(C4, &v4(0), 1, 80, SYN).frame(), 60), Expect::Pass, &[BAD]),
+        one("ipv6_payload_length_beyond_frame", set(tcp(C6, &v6(0), 1, 80, SYN).frame(), 18, &[0x05, 0xdc]), Expect::Pass, &[BAD]),
+        one("ipv6_wrong_version", set(tcp(C6, &v6(0), 1, 80, SYN).frame(), 14, &[0x40]), Expect::Pass, &[BAD]),
+        // ---- IPv6 extension headers ---------------------------------------------------
+        local("ipv6_hop_by_hop_vip_local", tcp(C6, &v6(0), 40000, 80, SYN).ext(Ext::HopByHop(0)), 16),
+        local("ipv6_routing_vip_local", tcp(C6, &v6(0), 40000, 80, SYN).ext(Ext::Routing(2)), 16),
+        local("ipv6_dst_opts_vip_local", udp(C6, &v6(0), 40000, 53).ext(Ext::DstOpts(1)), 16),
+        local("ipv6_atomic_fragment_is_no_fragment", udp(C6, &v6(0), 40000, 53).ext(Ext::Fragment { offset: 0, more: false, id: 9 }), 16),
+        fwd("ipv6_four_ext_headers_forwarded_whole", tcp(C6, &v6(2), 40000, 80, SYN)
+            .ext(Ext::HopByHop(0)).ext(Ext::DstOpts(0)).ext(Ext::Routing(0)).ext(Ext::DstOpts(1)), 18),
+        one("ipv6_five_ext_headers_limit", tcp(C6, &v6(0), 40000, 80, SYN)
+            .ext(Ext::HopByHop(0)).ext(Ext::DstOpts(0)).ext(Ext::Routing(0)).ext(Ext::DstOpts(0)).ext(Ext::DstOpts(0)).frame(),
+            Expect::Pass, &[Exc(E::ExtHeaderLimit)]),
+        // ---- Fragments: keyed without ports, any-port entry only --------------------------
+        fwd_with("ipv4_first_fragment_any_port", udp(C4, "10.200.2.1", 40000, 53).payload_len(64).first_fragment(4), 34, &[FRAG]),
+        fwd_with("ipv4_later_fragment_any_port", udp(C4, "10.200.2.1", 40000, 53).payload_len(64).last_fragment(4), 34, &[FRAG]),
+        fwd_with("ipv6_first_fragment_any_port", udp(C6, "fd00:200:2::1", 40000, 53).payload_len(64).first_fragment(4), 35, &[FRAG]),
+        fwd_with("ipv6_later_fragment_any_port", udp(C6, "fd00:200:2::1", 40000, 53).payload_len(64).last_fragment(4), 35, &[FRAG]),
+        one("fragment_without_any_port_entry_passes", udp(C4, "10.200.5.1", 40000, 53).payload_len(64).first_fragment(4).frame(), Expect::Pass, &[FRAG]),
+        one("later_fragment_without_any_port_entry_passes", udp(C4, "10.200.5.1", 40000, 53).payload_len(64).last_fragment(4).frame(), Expect::Pass, &[FRAG]),
+        // ---- Truncated at every header boundary ------------------------------------------
+        // (A frame shorter than Ethernet's 14 bytes never reaches XDP: BPF_PROG_RUN refuses
+        // it with EINVAL, and a device drops it before its driver runs the program.)
+        one("truncated_in_vlan_tag", cut(udp(C4, &v4(0), 1, 53).vlan(5).frame(), 16), Expect::Pass, &[TRUNC]),
+        one("truncated_in_second_vlan_tag", cut(udp(C4, &v4(0), 1, 53).qinq(5, 6).frame(), 20), Expect::Pass, &[TRUNC]),
+        one("truncated_ipv4_header", cut(udp(C4, &v4(0), 1, 53).frame(), 14 + 19), Expect::Pass, &[TRUNC]),
+        one("truncated_ipv4_header_after_vlan", cut(udp(C4, &v4(0), 1, 53).vlan(5).frame(), 18 + 19), Expect::Pass, &[TRUNC]),
+        one("truncated_ipv6_header", cut(udp(C6, &v6(0), 1, 53).frame(), 14 + 39), Expect::Pass, &[TRUNC]),
+        one("truncated_in_ipv4_options", cut(udp(C4, &v4(0), 1, 53).options(&[1; 8]).frame(), 14 + 24), Expect::Pass, &[TRUNC]),
+        one("truncated_in_ipv6_ext_header", ip6_cut(udp(C6, &v6(0), 1, 53).ext(Ext::HopByHop(1)), 12), Expect::Pass, &[TRUNC]),
+        one("truncated_in_ipv6_fragment_header", ip6_cut(udp(C6, &v6(0), 1, 53).ext(Ext::Fragment { offset: 0, more: true, id: 1 }), 6), Expect::Pass, &[TRUNC]),
+        one("truncated_tcp4", ip4_cut(tcp(C4, &v4(0), 1, 80, SYN), 19), Expect::Pass, &[TRUNC]),
+        one("truncated_udp4", ip4_cut(udp(C4, &v4(0), 1, 53), 7), Expect::Pass, &[TRUNC]),
+        one("truncated_tcp6", ip6_cut(tcp(C6, &v6(0), 1, 80, SYN), 19), Expect::Pass, &[TRUNC]),
+        one("truncated_udp6", ip6_cut(udp(C6, &v6(0), 1, 53), 7), Expect::Pass, &[TRUNC]),
+        one("truncated_icmp", ip4_cut(echo(C4, "10.200.3.1"), 7), Expect::Pass, &[TRUNC]),
+        one("truncated_icmpv6", ip6_cut(echo(C6, "fd00:200:3::1"), 7), Expect::Pass, &[TRUNC]),
+        one("truncated_frag_needed_inner_ip", too_big_error(R4, &v4(0), 1300, &tcp(&v4(0), C4, 80, 40000, ACK)).quote_len(19).frame(), Expect::Pass, &[TRUNC]),
+        one("truncated_frag_needed_inner_ports", too_big_error(R4, &v4(0), 1300, &tcp(&v4(0), C4, 80, 40000, ACK)).quote_len(23).frame(), Expect::Pass, &[TRUNC]),
+        one("truncated_ptb_inner_ip", too_big_error(R6, &v6(0), 1300, &tcp(&v6(0), C6, 80, 40000, ACK)).quote_len(39).frame(), Expect::Pass, &[TRUNC]),
+        one("truncated_ptb_inner_ports", too_big_error(R6, &v6(0), 1300, &tcp(&v6(0), C6, 80, 40000, ACK)).quote_len(43).frame(), Expect::Pass, &[TRUNC]),
+        // ---- ICMP errors follow the flow they are about -----------------------------------
+        local("frag_needed_for_local_flow", too_big_error(R4, &v4(0), 1300, &tcp(&v4(0), C4, 80, 40000, ACK)), 0),
+        fwd("frag_needed_for_remote_flow_gue4", too_big_error(R4, &v4(3), 1300, &tcp(&v4(3), C4, 80, 40000, ACK)), 3),
+        fwd("ptb_for_remote_flow_ip6ip6", too_big_error(R6, &v6(2), 1280, &udp(&v6(2), C6, 53, 40000)), 18),
+        fwd("ptb_for_remote_flow_gue6", too_big_error(R6, &v6(4), 1280, &tcp(&v6(4), C6, 80, 40000, ACK)), 20),
+        one("frag_needed_about_non_vip_passes", too_big_error(R4, &v4(0), 1300, &tcp(&v4(0), C4, 8080, 40000, ACK)).frame(), Expect::Pass, &[]),
+        one("other_icmp_error_is_plain_icmp", set(too_big_error(R4, &v4(0), 1300, &tcp(&v4(0), C4, 80, 40000, ACK)).frame(), 35, &[1]), Expect::Pass, &[]),
+        // ---- Decapsulation: stripped, counted as received from the sender, not steered ----
+        decap("decap_ipip", ip_in_ip("10.0.0.2", "10.0.0.1", &tcp(C4, &v4(1), 40000, 80, SYN)), 1),
+        decap("decap_6in4", ip_in_ip("10.0.0.2", "10.0.0.1", &tcp(C6, &v6(1), 40000, 80, SYN)), 1),
+        decap("decap_ip6ip6", ip_in_ip("fd00::2", "fd00::1", &udp(C6, &v6(2), 40000, 53)), 2),
+        decap("decap_4in6", ip_in_ip("fd00::2", "fd00::1", &udp(C4, &v4(2), 40000, 53)), 2),
+        decap("decap_gue4_inner_v4", gue("10.0.0.3", "10.0.0.1", 49999, 6080, &tcp(C4, &v4(3), 40000, 80, SYN)), 3),
+        decap("decap_gue4_inner_v6", gue("10.0.0.3", "10.0.0.1", 49999, 6080, &tcp(C6, &v6(3), 40000, 80, SYN)), 3),
+        decap("decap_gue6_inner_v4", gue("fd00::3", "fd00::1", 49999, 6080, &udp(C4, &v4(4), 40000, 53)), 4),
+        decap("decap_gue6_inner_v6", gue("fd00::3", "fd00::1", 49999, 6080, &udp(C6, &v6(4), 40000, 53)), 4),
+        decap("decap_under_two_vlan_tags", ip_in_ip("fd00::3", "fd00::1", &udp(C6, &v6(4), 40000, 53)).qinq(3, 4), 4),
+        decap("decap_under_vlan", ip_in_ip("10.0.0.2", "10.0.0.1", &tcp(C4, &v4(1), 40000, 80, SYN)).vlan(42), 1),
+        decap("decap_outer_ipv4_options", ip_in_ip("10.0.0.2", "10.0.0.1", &tcp(C4, &v4(1), 40000, 80, SYN)).options(&[1; 12]), 1),
+        decap("decap_outer_ipv6_ext_header", ip_in_ip("fd00::2", "fd00::1", &udp(C6, &v6(2), 40000, 53)).ext(Ext::DstOpts(0)), 2),
+        decap("decap_keeps_ethernet_padding", ip_in_ip("10.0.0.2", "10.0.0.1", &udp(C4, "10.9.9.9", 1, 53).payload_len(0)).pad_to(64), 1),
+        decap("decapsulated_vip_flow_not_resteered", ip_in_ip("10.0.0.3", "10.0.0.1", &tcp(C4, &v4(1), 40000, 80, SYN)), 3),
+        one("decap_unknown_peer", ip_in_ip("10.0.0.77", "10.0.0.1", &tcp(C4, &v4(1), 40000, 80, SYN)).frame(), Expect::Pass, &[Exc(E::DecapUnknownPeer)]),
+        one("decap_inner_version_mismatch", set(ip_in_ip("10.0.0.2", "10.0.0.1", &udp(C4, &v4(0), 1, 53)).frame(), 34, &[0x65]), Expect::Drop, &[Exc(E::DecapBadInner)]),
+        one("decap_inner_ipv6_too_short", ip_in_ip("fd00::2", "fd00::1", &udp(C6, &v6(0), 1, 53)).cut_l4(39).frame(), Expect::Drop, &[Exc(E::DecapBadInner)]),
+        one("decap_inner_too_short", ip_in_ip("10.0.0.2", "10.0.0.1", &udp(C4, &v4(0), 1, 53)).cut_l4(12).frame(), Expect::Drop, &[Exc(E::DecapBadInner)]),
+        one("decap_gue_payload_not_ip", set(gue("10.0.0.3", "10.0.0.1", 49999, 6080, &udp(C4, &v4(0), 1, 53)).frame(), 42, &[0x15]), Expect::Drop, &[Exc(E::DecapBadInner)]),
+        one("udp_to_tunnel_address_other_port_passes", udp("10.0.0.3", "10.0.0.1", 49999, 6081).frame(), Expect::Pass, &[]),
+        // ---- The anchor frames (../shared/anchor-packets.md) ------------------------------
+        one("anchor_non_vip_udp", hex(ANCHOR_NON_VIP), Expect::Pass, &[]),
+        raw_fwd("anchor_tcp_syn_new_flow", &hex(ANCHOR_SYN), 50, &[]),
+        raw_fwd("anchor_udp_vip", &hex(ANCHOR_UDP), 50, &[]),
+        Case { name: "anchor_tcp_ack_established", instance: Instance::Shared, steps: vec![
+            raw_fwd_step(&hex(ANCHOR_SYN), 50, &[]),
+            raw_fwd_step(&hex(ANCHOR_ACK), 50, &[]),
+        ] },
+    ];
+    c.extend(scenarios());
+    c
+}
+
+/// Cases of several frames with map changes between them; each on its own loaded program.
+fn scenarios() -> Vec<Case> {
+    let f4 = |sport: u16, flags: u8| tcp(C4, "10.200.0.1", sport, 80, flags);
+    let u4 = |sport: u16| udp(C4, "10.200.0.1", sport, 53);
+    let swap = |vip: u32, table: &'static [u32]| -> MapsOp {
+        Box::new(move |m: &mut DataPathMaps| Ok(m.set_maglev(vip, table)?))
+    };
+    let flow_is = |key: anycast_common::FlowKey, site: u32, generation: u32| -> MapsCheck {
+        Box::new(move |m: &DataPathMaps| match m.flow(&key).map_err(|e| e.to_string())? {
+            Some(v) if v == (FlowValue { site, generation }) => Ok(()),
+            other => {
+                Err(format!("flow table entry: expected site {site} generation {generation}, got {other:?}"))
+            }
+        })
+    };
+    let mut out = vec![
+        own(
+            "flow_sticks_across_maglev_swap",
+            None,
+            vec![
+                send_fwd(f4(41000, SYN), 1, &[]),
+                Step::Maps("VIP 1's table now names site 3 only", swap(1, &[S_GUE4])),
+                send_fwd(f4(41000, ACK), 1, &[]),
+                send_to(f4(41001, SYN), 1, S_GUE4, &[]),
+                Step::Check("old flow → site 1, new flow → site 3", {
+                    let (a, b) =
+                        (flow_is(f4(41000, SYN).key(), S_IPIP, 1), flow_is(f4(41001, SYN).key(), S_GUE4, 1));
+                    Box::new(move |m| {
+                        a(m)?;
+                        b(m)
+                    })
+                }),
+            ],
+        ),
+        own(
+            "flow_resteered_after_site_down",
+            None,
+            vec![
+                send_fwd(u4(42000), 1, &[]),
+                Step::Maps(
+                    "site 1 down (configured, not up); table names site 3",
+                    Box::new(|m| {
+                        let mut s = m.site(S_IPIP)?;
+                        s.flags &= !SITE_UP;
+                        m.set_site(S_IPIP, &s)?;
+                        Ok(m.set_maglev(1, &[S_GUE4])?)
+                    }),
+                ),
+                send_to(u4(42000), 1, S_GUE4, &[]),
+                Step::Check("flow entry rewritten to site 3", flow_is(u4(42000).key(), S_GUE4, 1)),
+            ],
+        ),
+        own(
+            "flow_resteered_after_generation_change",
+            None,
+            vec![
+                send_fwd(u4(43000), 1, &[]),
+                Step::Maps(
+                    "site 1's slot re-used (generation 2); table names site 3",
+                    Box::new(|m| {
+                        let mut s = m.site(S_IPIP)?;
+                        s.generation = 2;
+                        m.set_site(S_IPIP, &s)?;
+                        Ok(m.set_maglev(1, &[S_GUE4])?)
+                    }),
+                ),
+                send_to(u4(43000), 1, S_GUE4, &[]),
+            ],
+        ),
+        own(
+            "frag_needed_sticks_to_flow_site_after_swap",
+            None,
+            vec![
+                send_fwd(tcp(C4, "10.200.0.3", 44000, 80, SYN), 3, &[]),
+                Step::Maps("VIP 3's table now names the local site", swap(3, &[S_LOCAL])),
+                send_fwd(
+                    too_big_error(R4, "10.200.0.3", 1300, &tcp("10.200.0.3", C4, 80, 44000, ACK)),
+                    3,
+                    &[],
+                ),
+                send(tcp(C4, "10.200.0.3", 44001, 80, SYN).frame(), Expect::Pass, &[Vip(3), Local(S_LOCAL)]),
+            ],
+        ),
+    ];
+    // Flow-table eviction: 64 flows through a 16-entry table.
+    let mut steps: Vec<Step> = (0..64).map(|i| send_fwd(f4(45000 + i, SYN), 1, &[])).collect();
+    steps.push(Step::Check("at most 16 flows kept; the first evicted, the last kept", {
+        let (first, last) = (f4(45000, SYN).key(), f4(45063, SYN).key());
+        Box::new(move |m| {
+            let n = m.flow_count();
+            let f = m.flow(&first).map_err(|e| e.to_string())?;
+            let l = m.flow(&last).map_err(|e| e.to_string())?;
+            if n > 16 || f.is_some() || l.is_none() {
+                return Err(format!("{n} entries, first flow {f:?}, last flow {l:?}"));
+            }
+            Ok(())
+        })
+    }));
+    steps.push(send_fwd(f4(45063, ACK), 1, &[]));
+    steps.push(send_fwd(f4(45000, ACK), 1, &[Exc(E::FlowEvicted)]));
+    out.push(own("flow_table_eviction_small_table", Some(16), steps));
+
+    // Fragments of one datagram land together, for datagrams spread over several sites.
+    let table: &[u32] = &[S_GUE4, S_IPIP, S_IP6, S_GUE6, S_LOCAL];
+    let mut steps = vec![Step::Maps("VIP 34's table spreads over 5 sites", swap(34, table))];
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..12u8 {
+        let d = udp(&format!("192.168.7.{i}"), "10.200.2.1", 40000, 53).payload_len(64);
+        let site = table[(flow_hash(&d.clone().first_fragment(4).key()) % table.len() as u32) as usize];
+        seen.insert(site);
+        steps.push(send_to(d.clone().first_fragment(4), 34, site, &[FRAG]));
+        steps.push(send_to(d.last_fragment(4), 34, site, &[FRAG]));
+    }
+    assert!(seen.len() >= 3, "12 datagrams should reach several of the 5 sites, reached {seen:?}");
+    out.push(own("fragments_of_a_datagram_land_together", None, steps));
+
+    // Maglev choice by flow hash over many flows (shared code: anycast_common::flow_hash),
+    // IPv4 (VIP 1) and IPv6 (VIP 17: the hash mixes all address words).
+    let table: &'static [u32] = &[S_IPIP, S_GUE4, S_LOCAL, S_IP6, S_GUE6, S_IPIP, S_GUE4];
+    for (name, vip, flow) in [
+        ("maglev_hash_choice_over_40_ipv4_flows", 1, Box::new(u4) as Box<dyn Fn(u16) -> Packet>),
+        ("maglev_hash_choice_over_40_ipv6_flows", 17, Box::new(|sport| udp(C6, "fd00:200::1", sport, 53))),
+    ] {
+        let mut steps = vec![Step::Maps("the VIP's table spreads over 5 sites", swap(vip, table))];
+        let mut seen = std::collections::BTreeSet::new();
+        for sport in 20000..20040 {
+            let p = flow(sport);
+            let site = table[(flow_hash(&p.key()) % table.len() as u32) as usize];
+            seen.insert(site);
+            steps.push(send_to(p, vip, site, &[]));
+        }
+        assert!(seen.len() >= 4, "40 flows should reach most of the 5 sites, reached {seen:?}");
+        out.push(own(name, None, steps));
+    }
+
+    out.push(own(
+        "gue_decap_off_when_port_zero",
+        None,
+        vec![
+            Step::Maps(
+                "CONFIG.gue_port = 0",
+                Box::new(|m| {
+                    let mut c = m.config()?;
+                    c.gue_port = 0;
+                    Ok(m.set_config(&c)?)
+                }),
+            ),
+            send(
+                gue("10.0.0.3", "10.0.0.1", 49999, 6080, &udp(C4, "10.200.0.0", 1, 53)).frame(),
+                Expect::Pass,
+                &[],
+            ),
+        ],
+    ));
+    out.push(own(
+        "no_ipv4_tunnel_address_encap_failed",
+        None,
+        vec![
+            Step::Maps(
+                "CONFIG without an IPv4 tunnel address",
+                Box::new(|m| {
+                    let mut c = m.config()?;
+                    c.flags &= !CONFIG_TUNNEL_V4;
+                    Ok(m.set_config(&c)?)
+                }),
+            ),
+            send(tcp(C4, "10.200.0.1", 46000, 80, SYN).frame(), Expect::Pass, &[Vip(1), Exc(E::EncapFailed)]),
+        ],
+    ));
+    out
+}
+
+// ---- Row constructors ------------------------------------------------------------------
+
+fn one(name: &'static str, input: Vec<u8>, expect: Expect, counts: &[Count]) -> Case {
+    Case { name, instance: Instance::Shared, steps: vec![send(input, expect, counts)] }
+}
+
+fn own(name: &'static str, flows: Option<u32>, steps: Vec<Step>) -> Case {
+    Case { name, instance: Instance::Own { flows, tweak: None }, steps }
+}
+
+fn send(input: Vec<u8>, expect: Expect, counts: &[Count]) -> Step {
+    Step::Send(Frame { input, expect, counts: counts.to_vec() })
+}
+
+/// A VIP packet of VIP `vip` served locally: PASS untouched, VIP and local counters.
+fn local(name: &'static str, p: Packet, vip: u32) -> Case {
+    one(name, p.frame(), Expect::Pass, &[Vip(vip), Local(S_LOCAL)])
+}
+
+/// A packet of VIP `vip` whose table names one site: that VIP's site (index = vip % 16,
+/// see [`world`]).
+fn fwd(name: &'static str, p: Packet, vip: u32) -> Case {
+    fwd_with(name, p, vip, &[])
+}
+
+fn fwd_with(name: &'static str, p: Packet, vip: u32, extra: &[Count]) -> Case {
+    Case { name, instance: Instance::Shared, steps: vec![send_fwd(p, vip, extra)] }
+}
+
+fn send_fwd(p: Packet, vip: u32, extra: &[Count]) -> Step {
+    send_to(p, vip, single_site(vip), extra)
+}
+
+/// `p` (of VIP `vip`) steered to `site`: PASS for the local site, else encapsulated
+/// towards it (XDP_TX out of lb0, or XDP_REDIRECT to another interface).
+fn send_to(p: Packet, vip: u32, site: u32, extra: &[Count]) -> Step {
+    let mut counts = vec![Vip(vip)];
+    counts.extend_from_slice(extra);
+    if site == S_LOCAL {
+        counts.push(Local(site));
+        return send(p.frame(), Expect::Pass, &counts);
+    }
+    counts.push(Fwd(site));
+    let def = site_def(site);
+    let out = expect::encapsulated(&p, &def.tunnel());
+    let expect = if def.egress == Egress::Lb0 { Expect::Tx(out) } else { Expect::Redirect(out) };
+    send(p.frame(), expect, &counts)
+}
+
+fn raw_fwd_step(frame: &[u8], vip: u32, extra: &[Count]) -> Step {
+    let p = Packet::parse(frame);
+    let site = ANCHOR_TABLE[(flow_hash(&p.key()) % ANCHOR_TABLE.len() as u32) as usize];
+    send_to(p, vip, site, extra)
+}
+
+fn raw_fwd(name: &'static str, frame: &[u8], vip: u32, extra: &[Count]) -> Case {
+    Case { name, instance: Instance::Shared, steps: vec![raw_fwd_step(frame, vip, extra)] }
+}
+
+/// A tunnel packet from a known peer: decapsulated, PASS, counted as received from `site`.
+fn decap(name: &'static str, outer: Packet, site: u32) -> Case {
+    one(name, outer.frame(), Expect::PassAs(expect::decapsulated(&outer)), &[Rcvd(site)])
+}
+
+/// The IPv4 packet `p` with only `l4` bytes after its header, lengths consistent (the
+/// frame ends inside the L4 header and says so).
+fn ip4_cut(p: Packet, l4: usize) -> Vec<u8> {
+    p.cut_l4(l4).frame()
+}
+
+/// Same for IPv6: `after` bytes after the fixed 40-byte header, payload length consistent.
+fn ip6_cut(p: Packet, after: usize) -> Vec<u8> {
+    let f = p.frame();
+    let start = p.l2.header_len();
+    let mut f = cut(f, start + 40 + after);
+    f[start + 4..start + 6].copy_from_slice(&(after as u16).to_be_bytes());
+    f
+}
+
+// ---- The world: topology and map state ---------------------------------------------------
+
+/// Site indices. Remote endpoints are reached through lb0 unless noted.
+const S_LOCAL: u32 = 0;
+const S_IPIP: u32 = 1;
+const S_IP6: u32 = 2;
+const S_GUE4: u32 = 3;
+const S_GUE6: u32 = 4;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Egress {
+    Lb0,
+    Lb1,
+    Lb2,
+}
+
+struct SiteDef {
+    index: u32,
+    flags: u32,
+    endpoint: &'static str,
+    encap: Encap,
+    gue_port: u16,
+    egress: Egress,
+}
+
+const UP: u32 = SITE_CONFIGURED | SITE_UP;
+
+/// Every site of the world. VIP `10.200.0.S` (index S) and `fd00:200::S` (index 16 + S)
+/// have a one-slot Maglev table naming site S.
+const SITES: &[SiteDef] = &[
+    SiteDef {
+        index: 0,
+        flags: UP | SITE_LOCAL,
+        endpoint: "0.0.0.0",
+        encap: Encap::Ip,
+        gue_port: 0,
+        egress: Egress::Lb0,
+    },
+    SiteDef { index: 1, flags: UP, endpoint: "10.0.0.2", encap: Encap::Ip, gue_port: 0, egress: Egress::Lb0 },
+    SiteDef { index: 2, flags: UP, endpoint: "fd00::2", encap: Encap::Ip, gue_port: 0, egress: Egress::Lb0 },
+    SiteDef {
+        index: 3,
+        flags: UP,
+        endpoint: "10.0.0.3",
+        encap: Encap::Gue,
+        gue_port: 7080,
+        egress: Egress::Lb0,
+    },
+    SiteDef {
+        index: 4,
+        flags: UP,
+        endpoint: "fd00::3",
+        encap: Encap::Gue,
+        gue_port: 7080,
+        egress: Egress::Lb0,
+    },
+    // Configured but down.
+    SiteDef {
+        index: 5,
+        flags: SITE_CONFIGURED,
+        endpoint: "10.0.0.4",
+        encap: Encap::Ip,
+        gue_port: 0,
+        egress: Egress::Lb0,
+    },
+    // On lb0's subnet, but no neighbour entry.
+    SiteDef { index: 6, flags: UP, endpoint: "10.0.0.9", encap: Encap::Ip, gue_port: 0, egress: Egress::Lb0 },
+    // Slot 7: not configured.
+    SiteDef { index: 7, flags: 0, endpoint: "10.0.0.2", encap: Encap::Ip, gue_port: 0, egress: Egress::Lb0 },
+    // Through lb1, which is in DEVMAP.
+    SiteDef { index: 8, flags: UP, endpoint: "10.0.1.2", encap: Encap::Ip, gue_port: 0, egress: Egress::Lb1 },
+    // Through lb2, which is not in DEVMAP.
+    SiteDef { index: 9, flags: UP, endpoint: "10.0.2.2", encap: Encap::Ip, gue_port: 0, egress: Egress::Lb2 },
+    // No route at all.
+    SiteDef {
+        index: 10,
+        flags: UP,
+        endpoint: "198.51.100.7",
+        encap: Encap::Ip,
+        gue_port: 0,
+        egress: Egress::Lb0,
+    },
+    // On lb0's IPv6 subnet, no neighbour entry.
+    SiteDef { index: 11, flags: UP, endpoint: "fd00::9", encap: Encap::Ip, gue_port: 0, egress: Egress::Lb0 },
+    // The anchor configuration: three IPIP sites.
+    SiteDef {
+        index: 12,
+        flags: UP,
+        endpoint: "10.0.0.2",
+        encap: Encap::Ip,
+        gue_port: 0,
+        egress: Egress::Lb0,
+    },
+    SiteDef {
+        index: 13,
+        flags: UP,
+        endpoint: "10.0.0.3",
+        encap: Encap::Ip,
+        gue_port: 0,
+        egress: Egress::Lb0,
+    },
+    SiteDef {
+        index: 14,
+        flags: UP,
+        endpoint: "10.0.0.4",
+        encap: Encap::Ip,
+        gue_port: 0,
+        egress: Egress::Lb0,
+    },
+];
+
+/// Tunnel peers: outer source → sending site.
+const PEERS: &[(&str, u32)] = &[("10.0.0.2", 1), ("fd00::2", 2), ("10.0.0.3", 3), ("fd00::3", 4)];
+
+const TUNNEL_V4: &str = "10.0.0.1";
+const TUNNEL_V6: &str = "fd00::1";
+const GUE_PORT: u16 = 6080;
+
+/// VIPs besides the per-site ones: (address, port, protocol, VIP index).
+const EXTRA_VIPS: &[(&str, u16, u8, u32)] = &[
+    ("10.200.9.1", 0, PROTO_UDP, 32),   // any port → local
+    ("10.200.9.1", 443, PROTO_UDP, 33), // exact port → site 1
+    ("10.200.2.1", 0, PROTO_UDP, 34),   // fragments → site 3 (GUE: the hash shows in the output)
+    ("10.200.2.1", 53, PROTO_UDP, 34),
+    ("fd00:200:2::1", 0, PROTO_UDP, 35), // fragments → site 4
+    ("10.200.3.1", 0, PROTO_ICMP, 36),
+    ("fd00:200:3::1", 0, PROTO_ICMPV6, 37),
+    ("10.200.4.1", 80, PROTO_TCP, 38), // no Maglev table
+    ("10.200.4.2", 80, PROTO_TCP, 39), // table of SITE_NONE
+    ("10.200.5.1", 53, PROTO_UDP, 40), // exact port only
+    ("10.200.1.1", 80, PROTO_TCP, 50), // anchor VIP
+    ("10.200.1.1", 53, PROTO_UDP, 50),
+];
+
+const ANCHOR_TABLE: &[u32] = &[12, 13, 14, 12, 13, 14, 12];
+
+const EXTRA_TABLES: &[(u32, &[u32])] = &[
+    (32, &[S_LOCAL]),
+    (33, &[S_IPIP]),
+    (34, &[S_GUE4]),
+    (35, &[S_GUE6]),
+    (36, &[S_LOCAL]),
+    (37, &[S_LOCAL]),
+    (39, &[SITE_NONE]),
+    (40, &[S_LOCAL]),
+    (50, ANCHOR_TABLE),
+];
+
+const ANCHOR_NON_VIP: &str = "02000000000102000000000208004500003412344000401153a1c0a8012a0a0909097a69003500200a86787878787878787878787878787878787878787878787878";
+const ANCHOR_SYN: &str = "0200000000010200000000020800450000341234400040065af5c0a8012a0ac801017a690050000003e8000000008002faf027e40000020405b40103030701010402";
+const ANCHOR_ACK: &str = "0200000000010200000000020800450000341234400040065af5c0a8012a0ac801017a690050000003e9000013898010faf01c0300000101080a0000000200000001";
+const ANCHOR_UDP: &str = "0200000000010200000000020800450000341234400040115aeac0a8012a0ac801017a690035002011cf787878787878787878787878787878787878787878787878";
+
+/// Next-hop MACs (the PERMANENT neighbours) and our interface MACs per egress.
+const NH0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa2];
+const NH1_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0xa2];
+const NH2_MAC: [u8; 6] = [0x02, 0, 0, 0, 2, 0xa2];
+const LB1_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
+const LB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 2, 0x01];
+/// lb0's MTU: an IPIP packet fits when its inner packet has at most 1380 bytes.
+const LB0_MTU: u32 = 1400;
+
+fn site_def(index: u32) -> &'static SiteDef {
+    SITES.iter().find(|s| s.index == index).unwrap_or_else(|| panic!("no site {index} in the world"))
+}
+
+/// The site a one-slot-table VIP goes to.
+fn single_site(vip: u32) -> u32 {
+    EXTRA_TABLES.iter().find(|(v, _)| *v == vip).map_or(vip % 16, |(_, t)| t[0])
+}
+
+impl SiteDef {
+    fn tunnel(&self) -> Tunnel {
+        let dst = addr(self.endpoint);
+        let (smac, dmac) = match self.egress {
+            Egress::Lb0 => (HOST_MAC, NH0_MAC),
+            Egress::Lb1 => (LB1_MAC, NH1_MAC),
+            Egress::Lb2 => (LB2_MAC, NH2_MAC),
+        };
+        let src = addr(if dst.is_ipv4() { TUNNEL_V4 } else { TUNNEL_V6 });
+        let gue_port = (self.encap == Encap::Gue).then_some(self.gue_port);
+        Tunnel { smac, dmac, src, dst, gue_port }
+    }
+
+    fn info(&self) -> SiteInfo {
+        let (tunnel_addr, family) = addr16(addr(self.endpoint));
+        SiteInfo {
+            flags: self.flags,
+            generation: 1,
+            tunnel_addr,
+            tunnel_family: family as u8,
+            encap: self.encap as u8,
+            gue_port: self.gue_port,
+        }
+    }
+}
+
+fn key_of(a: &str) -> AddrKey {
+    match addr16(addr(a)) {
+        (b, anycast_common::Family::V4) => AddrKey::v4([b[0], b[1], b[2], b[3]]),
+        (b, _) => AddrKey::v6(b),
+    }
+}
+
+fn vip_key(a: &str, port: u16, proto: u8) -> VipKey {
+    let (addr, family) = addr16(addr(a));
+    VipKey { addr, port, proto, family: family as u8 }
+}
+
+/// Every VIP: (address, port, protocol, index).
+fn all_vips() -> Vec<(String, u16, u8, u32)> {
+    let mut v = Vec::new();
+    for s in SITES.iter().filter(|s| s.index < 12) {
+        for (a, idx) in
+            [(format!("10.200.0.{}", s.index), s.index), (format!("fd00:200::{}", s.index), 16 + s.index)]
+        {
+            v.push((a.clone(), 80, PROTO_TCP, idx));
+            v.push((a, 53, PROTO_UDP, idx));
+        }
+    }
+    v.extend(EXTRA_VIPS.iter().map(|&(a, p, pr, i)| (a.to_string(), p, pr, i)));
+    v
+}
+
+/// Writes the world into a freshly loaded program's maps.
+fn world(m: &mut DataPathMaps, lb1_ifindex: u32) -> anyhow::Result<()> {
+    let (t4, _) = addr16(addr(TUNNEL_V4));
+    let (t6, _) = addr16(addr(TUNNEL_V6));
+    m.set_config(&LocalConfig {
+        flags: CONFIG_TUNNEL_V4 | CONFIG_TUNNEL_V6,
+        tunnel_v4: [t4[0], t4[1], t4[2], t4[3]],
+        tunnel_v6: t6,
+        gue_port: GUE_PORT,
+        pad: [0; 2],
+    })?;
+    for s in SITES {
+        m.set_site(s.index, &s.info())?;
+    }
+    for (a, site) in PEERS {
+        m.set_tunnel_peer(&key_of(a), *site)?;
+    }
+    let vips = all_vips();
+    for (a, port, proto, index) in &vips {
+        m.set_vip(&vip_key(a, *port, *proto), &VipInfo { index: *index })?;
+    }
+    for s in SITES.iter().filter(|s| s.index < 12) {
+        m.set_maglev(s.index, &[s.index])?;
+        m.set_maglev(16 + s.index, &[s.index])?;
+    }
+    for (vip, table) in EXTRA_TABLES {
+        m.set_maglev(*vip, table)?;
+    }
+    let mut filter_entries: Vec<(AddrKey, u8)> =
+        vips.iter().map(|(a, ..)| (key_of(a), filter::VIP)).collect();
+    filter_entries.push((key_of(TUNNEL_V4), filter::TUNNEL));
+    filter_entries.push((key_of(TUNNEL_V6), filter::TUNNEL));
+    // The non-VIP addresses the table uses must not share a filter slot with a VIP, or the
+    // "not inspected" cases would not test the pre-filter.
+    for other in ["10.9.9.9", "2001:db8::99"] {
+        let i = filter_index(&key_of(other));
+        if let Some((k, _)) = filter_entries.iter().find(|(k, _)| filter_index(k) == i) {
+            anyhow::bail!("{other} shares filter slot {i} with {k:?}: pick another test address");
+        }
+    }
+    m.set_filter(filter_entries)?;
+    m.add_egress(lb1_ifindex)?;
+    Ok(())
+}
+
+/// Two namespaces: `lb` (the host under test: lb0, lb1, lb2) and `nb` (their veth peers).
+struct Topology {
+    lb: Netns,
+    _nb: Netns,
+    lb0: u32,
+    lb1: u32,
+}
+
+impl Topology {
+    fn build() -> anyhow::Result<Topology> {
+        let lb = Netns::new("dp-lb")?;
+        let nb = Netns::new("dp-nb")?;
+        for (i, (mac, nh)) in
+            [(HOST_MAC, NH0_MAC), (LB1_MAC, NH1_MAC), (LB2_MAC, NH2_MAC)].into_iter().enumerate()
+        {
+            let (ifname, peer) = (format!("lb{i}"), format!("nb{i}"));
+            lb.add_veth(&ifname, &nb, &peer)?;
+            lb.set_mac(&ifname, mac)?;
+            nb.set_mac(&peer, nh)?;
+            lb.add_addr(&ifname, &format!("10.0.{i}.1/24"))?;
+        }
+        lb.set_mtu("lb0", LB0_MTU)?;
+        nb.set_mtu("nb0", LB0_MTU)?;
+        lb.add_addr("lb0", "fd00::1/64")?;
+        for a in ["10.0.0.2", "10.0.0.3", "10.0.0.4", "fd00::2", "fd00::3"] {
+            lb.add_neigh("lb0", a, NH0_MAC)?;
+        }
+        lb.add_neigh("lb1", "10.0.1.2", NH1_MAC)?;
+        lb.add_neigh("lb2", "10.0.2.2", NH2_MAC)?;
+        lb.enable_forwarding()?;
+        let (lb0, lb1) = (lb.ifindex("lb0")?, lb.ifindex("lb1")?);
+        Ok(Topology { lb, _nb: nb, lb0, lb1 })
+    }
+}
+
+fn watched_vips() -> Vec<u32> {
+    let mut v: Vec<u32> = all_vips().into_iter().map(|(.., i)| i).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Pins the calling thread to the CPU it runs on: BPF_PROG_RUN runs the program on the
+/// current CPU, and the LRU flow table keeps per-CPU free lists, so a small-table eviction
+/// case is only deterministic when every packet runs on the same CPU.
+fn pin_to_current_cpu() {
+    // SAFETY: sched_getcpu has no preconditions; a zeroed cpu_set_t is valid and CPU_SET
+    // writes within it.
+    unsafe {
+        let cpu = libc::sched_getcpu().max(0) as usize;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(rc, 0, "pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[test]
+fn datapath_fixtures() {
+    if !require_root("datapath_fixtures") {
+        return;
+    }
+    let topo = Topology::build().expect("building the test topology");
+    let (lb0, lb1) = (topo.lb0, topo.lb1);
+    let report = topo.lb.run(move || {
+        pin_to_current_cpu();
+        let world = move |m: &mut DataPathMaps| world(m, lb1);
+        let suite = Suite {
+            world: &world,
+            ingress: Some(lb0),
+            sites: SITES.iter().map(|s| s.index).collect(),
+            vips: watched_vips(),
+        };
+        let cases = cases();
+        suite.run(&cases)
+    });
+    report.assert_all_passed();
+}
+
+#[test]
+fn datapath_table_has_enough_unique_cases() {
+    let cases = cases();
+    let mut names: Vec<&str> = cases.iter().map(|c| c.name).collect();
+    names.sort_unstable();
+    let n = names.len();
+    names.dedup();
+    assert_eq!(names.len(), n, "duplicate case names");
+    assert!(n >= 60, "{n} cases");
+}
