@@ -22,5 +22,5 @@ pub use addr::{AddrKey, Family};
 pub use config::LocalConfig;
 pub use counters::{Exception, SiteCounters, VipCounters};
 pub use flow::{FlowKey, FlowValue, flow_hash};
-pub use site::{Encap, SiteInfo};
+pub use site::{Encap, NextHop, SiteInfo};
 pub use vip::{VipInfo, VipKey};

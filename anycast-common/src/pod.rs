@@ -11,6 +11,7 @@ pod!(
     crate::AddrKey,
     crate::bench::ResetFrame,
     crate::LocalConfig,
+    crate::NextHop,
     crate::SiteCounters,
     crate::VipCounters,
     crate::FlowKey,

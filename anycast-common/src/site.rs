@@ -51,3 +51,23 @@ pub struct SiteInfo {
     /// Destination UDP port for [`Encap::Gue`], host order.
     pub gue_port: u16,
 }
+
+/// Value of [`crate::maps::FIB_CACHE`] (per CPU, indexed by site index): the last successful
+/// `bpf_fib_lookup` towards the site's tunnel endpoint, reused until `expires`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// The endpoint it was looked up for (a changed endpoint misses).
+    pub dst: [u8; 16],
+    /// Ingress ifindex of the lookup (the FIB input interface).
+    pub ingress: u32,
+    /// Egress ifindex the FIB chose.
+    pub egress: u32,
+    /// `bpf_jiffies64()` after which the entry is stale; 0 = empty.
+    pub expires: u64,
+    /// Route MTU (`mtu_result`), checked against the encapsulated length.
+    pub mtu: u16,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub pad: [u8; 2],
+}

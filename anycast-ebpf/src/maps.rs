@@ -1,0 +1,66 @@
+//! Every map of the data path, declared once. Names, kinds and sizes come from
+//! `anycast_common::maps` (the statics' names are the map names userspace looks up).
+
+use anycast_common::{
+    AddrKey, Exception, FlowKey, FlowValue, LocalConfig, NextHop, SiteCounters, SiteInfo, VipCounters,
+    VipInfo, VipKey,
+    maps::{
+        ADDR_FILTER_SIZE, BPF_F_INNER_MAP, FLOW_TABLE_DEFAULT, MAGLEV_DEFAULT_SIZE, MAX_IFACES, MAX_SITES,
+        MAX_TUNNEL_PEERS, MAX_VIPS, maglev_inner_len,
+    },
+};
+use aya_ebpf::{
+    btf_maps,
+    macros::{btf_map, map},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+
+#[map]
+pub static CONFIG: Array<LocalConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static ADDR_FILTER: Array<u8> = Array::with_max_entries(ADDR_FILTER_SIZE, 0);
+
+#[map]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Inner template of `MAGLEV`. `BPF_F_INNER_MAP` lets the controller install tables of any
+/// size; the verifier then cannot inline inner lookups, which costs one helper call each.
+type MaglevTable = btf_maps::Array<u32, { maglev_inner_len(MAGLEV_DEFAULT_SIZE) as usize }, BPF_F_INNER_MAP>;
+
+/// A map of maps: the controller builds a new table aside and swaps the outer entry, so a
+/// packet sees either the whole old table or the whole new one (size included: entry 0).
+#[btf_map]
+pub static MAGLEV: btf_maps::ArrayOfMaps<MaglevTable, { MAX_VIPS as usize }> = btf_maps::ArrayOfMaps::new();
+
+#[map]
+pub static SITES: Array<SiteInfo> = Array::with_max_entries(MAX_SITES, 0);
+
+#[map]
+pub static TUNNEL_PEERS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_TUNNEL_PEERS, 0);
+
+/// Capacity is overridden by the controller at load time (`EbpfLoader::map_max_entries`).
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
+
+#[map]
+pub static DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
+
+#[map]
+pub static SITE_STATS: PerCpuArray<SiteCounters> = PerCpuArray::with_max_entries(MAX_SITES, 0);
+
+#[map]
+pub static VIP_STATS: PerCpuArray<VipCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map]
+pub static EXCEPTIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Exception::COUNT, 0);
+
+/// Per CPU, so that an entry is never read half-written by another CPU.
+#[map]
+pub static FIB_CACHE: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_SITES, 0);
+
+/// The host-wide settings (slot 0 of `CONFIG`, always present in an array map).
+#[inline(always)]
+pub fn config() -> Option<&'static LocalConfig> {
+    CONFIG.get(0)
+}

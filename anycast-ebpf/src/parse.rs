@@ -1,0 +1,325 @@
+//! Layers 2 to 4 (docs/datapath.md §1–§3): Ethernet and VLAN tags, the address pre-filter,
+//! IPv4 (options skipped) and IPv6 (extension headers walked), fragments, TCP/UDP ports and
+//! the inner packet of ICMP "too big" errors.
+
+use anycast_common::{
+    Exception, Family, FlowKey,
+    addr::{filter_index_v4, filter_index_v6},
+};
+
+use crate::{frame::Frame, maps::ADDR_FILTER};
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
+pub const UDP_HLEN: usize = 8;
+const TCP_HLEN: usize = 20;
+const ICMP_HLEN: usize = 8;
+/// Extension headers walked before giving up (§2).
+const MAX_EXT_HEADERS: usize = 4;
+
+const IP_MF: u16 = 0x2000;
+const IP_DF: u16 = 0x4000;
+const IP_OFFSET: u16 = 0x1fff;
+const TCP_SYN: u8 = 0x02;
+
+/// Where layer 3 starts and which IP family it is.
+#[derive(Clone, Copy)]
+pub struct Ethernet {
+    /// Length of Ethernet + VLAN tags: 14, 18 or 22.
+    pub l2_len: usize,
+    pub v6: bool,
+}
+
+/// A VIP or tunnel candidate, parsed and validated.
+#[derive(Default)]
+pub struct Packet {
+    pub l2_len: usize,
+    pub v6: bool,
+    /// IPv4 header length with options (IHL × 4), or 40.
+    pub l3_hdr_len: usize,
+    /// IP packet length: IPv4 total length, or 40 + IPv6 payload length.
+    pub ip_len: usize,
+    /// Offset of the L4 header (after options / extension headers).
+    pub l4: usize,
+    /// The protocol after the extension headers, of this packet (not of an ICMP error's
+    /// inner packet).
+    pub l4_proto: u8,
+    /// IPv4 TOS / IPv6 traffic class.
+    pub tos: u8,
+    /// IPv4 DF bit (IPv6 never fragments in flight).
+    pub df: bool,
+    pub fragment: bool,
+    /// A TCP packet (not an ICMP error about one, not a fragment) without SYN.
+    pub tcp_mid_flow: bool,
+    /// The flow: for an ICMP too-big error, the reversed inner tuple (§3).
+    pub key: FlowKey,
+}
+
+#[inline(always)]
+const fn v4_addr(a: [u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// §1: Ethernet and up to two VLAN tags. `None`: not IP (or a third tag), PASS uncounted.
+#[inline(always)]
+pub fn ethernet(frame: &Frame) -> Result<Option<Ethernet>, Exception> {
+    let mut ethertype = frame.be16(12).ok_or(Exception::Truncated)?;
+    let mut l2_len = ETH_HLEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = frame.be16(16).ok_or(Exception::Truncated)?;
+        l2_len += VLAN_HLEN;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            ethertype = frame.be16(20).ok_or(Exception::Truncated)?;
+            l2_len += VLAN_HLEN;
+        }
+    }
+    Ok(match ethertype {
+        ETH_P_IP => Some(Ethernet { l2_len, v6: false }),
+        ETH_P_IPV6 => Some(Ethernet { l2_len, v6: true }),
+        _ => None,
+    })
+}
+
+/// §2: the `ADDR_FILTER` bits of the destination address. This is all the host's other
+/// traffic pays: one inlined array lookup.
+#[inline(always)]
+pub fn prefilter(frame: &Frame, eth: Ethernet) -> Result<u8, Exception> {
+    let index = if eth.v6 {
+        frame.at::<IPV6_HLEN>(eth.l2_len).ok_or(Exception::Truncated)?;
+        filter_index_v6(frame.bytes::<16>(eth.l2_len + 24).ok_or(Exception::Truncated)?)
+    } else {
+        frame.at::<IPV4_HLEN>(eth.l2_len).ok_or(Exception::Truncated)?;
+        filter_index_v4(frame.bytes::<4>(eth.l2_len + 16).ok_or(Exception::Truncated)?)
+    };
+    Ok(ADDR_FILTER.get(index).copied().unwrap_or(0))
+}
+
+/// §2–§3 for a candidate: validates the IP header, finds L4 and builds the flow key.
+/// Fills `pkt` in place (a Packet moved through Results costs stack copies).
+#[inline(always)]
+pub fn packet(frame: &Frame, eth: Ethernet, pkt: &mut Packet) -> Result<(), Exception> {
+    pkt.l2_len = eth.l2_len;
+    pkt.v6 = eth.v6;
+    if eth.v6 { ipv6(frame, pkt) } else { ipv4(frame, pkt) }
+}
+
+#[inline(always)]
+fn ipv4(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
+    let l3 = pkt.l2_len;
+    let h = frame.view::<IPV4_HLEN>(l3).ok_or(Exception::Truncated)?;
+    if h[0] >> 4 != 4 {
+        return Err(Exception::BadHeader);
+    }
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    if ihl < IPV4_HLEN {
+        return Err(Exception::BadHeader);
+    }
+    if !frame.holds(l3 + ihl) {
+        return Err(Exception::Truncated);
+    }
+    let ip_len = be16([h[2], h[3]]) as usize;
+    if ip_len < ihl || !frame.holds(l3 + ip_len) {
+        return Err(Exception::BadHeader);
+    }
+    let frag = be16([h[6], h[7]]);
+    pkt.key.src = v4_addr([h[12], h[13], h[14], h[15]]);
+    pkt.key.dst = v4_addr([h[16], h[17], h[18], h[19]]);
+    pkt.key.proto = h[9];
+    pkt.key.family = Family::V4 as u8;
+    pkt.l3_hdr_len = ihl;
+    pkt.ip_len = ip_len;
+    pkt.l4 = l3 + ihl;
+    pkt.l4_proto = h[9];
+    pkt.tos = h[1];
+    pkt.df = frag & IP_DF != 0;
+    pkt.fragment = frag & (IP_MF | IP_OFFSET) != 0;
+    transport(frame, pkt, frag & IP_OFFSET != 0)
+}
+
+#[inline(always)]
+fn ipv6(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
+    let l3 = pkt.l2_len;
+    let h = frame.view::<IPV6_HLEN>(l3).ok_or(Exception::Truncated)?;
+    if h[0] >> 4 != 6 {
+        return Err(Exception::BadHeader);
+    }
+    let ip_len = IPV6_HLEN + be16([h[4], h[5]]) as usize;
+    if !frame.holds(l3 + ip_len) {
+        return Err(Exception::BadHeader);
+    }
+    let end = l3 + ip_len;
+    let mut next = h[6];
+    let mut l4 = l3 + IPV6_HLEN;
+    let mut fragment = false;
+    let mut later_fragment = false;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let e = frame.view::<2>(l4).ok_or(Exception::Truncated)?;
+                let len = (e[1] as usize + 1) * 8;
+                if l4 + len > end {
+                    return Err(Exception::Truncated);
+                }
+                next = e[0];
+                l4 += len;
+            }
+            IPPROTO_FRAGMENT => {
+                let e = frame.view::<8>(l4).ok_or(Exception::Truncated)?;
+                if l4 + 8 > end {
+                    return Err(Exception::Truncated);
+                }
+                // Offset in the upper 13 bits, M in bit 0. Offset 0 with M 0 is an atomic
+                // fragment (RFC 6946): a whole datagram, treated as such.
+                let off_m = be16([e[2], e[3]]);
+                if off_m & 0xfff9 != 0 {
+                    fragment = true;
+                    later_fragment = off_m & 0xfff8 != 0;
+                }
+                next = e[0];
+                l4 += 8;
+            }
+            _ => break,
+        }
+    }
+    if matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT) {
+        return Err(Exception::ExtHeaderLimit);
+    }
+    pkt.key.src.copy_from_slice(&h[8..24]);
+    pkt.key.dst.copy_from_slice(&h[24..40]);
+    pkt.key.proto = next;
+    pkt.key.family = Family::V6 as u8;
+    pkt.l3_hdr_len = IPV6_HLEN;
+    pkt.ip_len = ip_len;
+    pkt.l4 = l4;
+    pkt.l4_proto = next;
+    pkt.tos = (h[0] << 4) | (h[1] >> 4);
+    pkt.fragment = fragment;
+    transport(frame, pkt, later_fragment)
+}
+
+/// Checks that `len` bytes of L4 are inside the IP packet (not just the frame: Ethernet
+/// padding is no header).
+#[inline(always)]
+fn l4_bytes<'a, const N: usize>(frame: &'a Frame, pkt: &Packet) -> Result<&'a [u8; N], Exception> {
+    // Frame check first: after the IP-length check LLVM would drop it as implied, and the
+    // verifier cannot follow that implication.
+    let b = frame.view::<N>(pkt.l4).ok_or(Exception::Truncated)?;
+    if pkt.l4 + N > pkt.l2_len + pkt.ip_len {
+        return Err(Exception::Truncated);
+    }
+    Ok(b)
+}
+
+/// §3. `later_fragment`: a non-first fragment, which carries no L4 header.
+#[inline(always)]
+fn transport(frame: &Frame, pkt: &mut Packet, later_fragment: bool) -> Result<(), Exception> {
+    if later_fragment {
+        return Ok(());
+    }
+    match (pkt.l4_proto, pkt.v6) {
+        (IPPROTO_TCP, _) => {
+            let t = l4_bytes::<TCP_HLEN>(frame, pkt)?;
+            if !pkt.fragment {
+                pkt.key.sport = be16([t[0], t[1]]);
+                pkt.key.dport = be16([t[2], t[3]]);
+                pkt.tcp_mid_flow = t[13] & TCP_SYN == 0;
+            }
+        }
+        (IPPROTO_UDP, _) => {
+            let u = l4_bytes::<UDP_HLEN>(frame, pkt)?;
+            if !pkt.fragment {
+                pkt.key.sport = be16([u[0], u[1]]);
+                pkt.key.dport = be16([u[2], u[3]]);
+            }
+        }
+        (IPPROTO_ICMP, false) => {
+            let i = l4_bytes::<ICMP_HLEN>(frame, pkt)?;
+            // Type 3 code 4: fragmentation needed.
+            if !pkt.fragment && i[0] == 3 && i[1] == 4 {
+                icmp_inner_v4(frame, pkt)?;
+            }
+        }
+        (IPPROTO_ICMPV6, true) => {
+            let i = l4_bytes::<ICMP_HLEN>(frame, pkt)?;
+            // Type 2: packet too big.
+            if !pkt.fragment && i[0] == 2 {
+                icmp_inner_v6(frame, pkt)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The inner IPv4 header (with options) and 4 bytes of ports quoted by frag-needed. A TCP
+/// or UDP inner packet re-keys `pkt` as the flow it belongs to, reversed (we sent it).
+#[inline(always)]
+fn icmp_inner_v4(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
+    let inner = pkt.l4 + ICMP_HLEN;
+    let end = pkt.l2_len + pkt.ip_len;
+    let h = frame.view::<IPV4_HLEN>(inner).ok_or(Exception::Truncated)?;
+    if inner + IPV4_HLEN > end {
+        return Err(Exception::Truncated);
+    }
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    if h[0] >> 4 != 4 || ihl < IPV4_HLEN {
+        return Err(Exception::BadHeader);
+    }
+    let ports = frame.view::<4>(inner + ihl).ok_or(Exception::Truncated)?;
+    if inner + ihl + 4 > end {
+        return Err(Exception::Truncated);
+    }
+    if matches!(h[9], IPPROTO_TCP | IPPROTO_UDP) {
+        pkt.key.src = v4_addr([h[16], h[17], h[18], h[19]]);
+        pkt.key.dst = v4_addr([h[12], h[13], h[14], h[15]]);
+        pkt.key.sport = be16([ports[2], ports[3]]);
+        pkt.key.dport = be16([ports[0], ports[1]]);
+        pkt.key.proto = h[9];
+    }
+    Ok(())
+}
+
+/// Same for ICMPv6 packet-too-big: the inner IPv6 header (extension headers not walked)
+/// and 4 bytes of ports.
+#[inline(always)]
+fn icmp_inner_v6(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
+    let inner = pkt.l4 + ICMP_HLEN;
+    let h = frame.view::<{ IPV6_HLEN + 4 }>(inner).ok_or(Exception::Truncated)?;
+    if inner + IPV6_HLEN + 4 > pkt.l2_len + pkt.ip_len {
+        return Err(Exception::Truncated);
+    }
+    if h[0] >> 4 != 6 {
+        return Err(Exception::BadHeader);
+    }
+    if matches!(h[6], IPPROTO_TCP | IPPROTO_UDP) {
+        pkt.key.src.copy_from_slice(&h[24..40]);
+        pkt.key.dst.copy_from_slice(&h[8..24]);
+        pkt.key.sport = be16([h[42], h[43]]);
+        pkt.key.dport = be16([h[40], h[41]]);
+        pkt.key.proto = h[6];
+    }
+    Ok(())
+}

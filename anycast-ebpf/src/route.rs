@@ -1,0 +1,110 @@
+//! §7: the next hop towards a site's tunnel endpoint, from `bpf_fib_lookup`, and a short
+//! per-site cache of its successful answers.
+//!
+//! The lookup (route, nexthop, neighbour) costs ~190 ns on the reference VM, three times the
+//! whole forwarding budget, while its answer for one site changes only with routes and
+//! neighbours. A success is therefore reused for `FIB_CACHE_TTL_JIFFIES` (`bpf_jiffies64`
+//! is nearly free, unlike the ns clocks): a route or neighbour change takes effect within
+//! that time. Failures are never cached, so NO_NEIGH and friends are re-asked every packet.
+
+use anycast_common::{Exception, NextHop, maps::FIB_CACHE_TTL_JIFFIES};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams,
+    },
+    helpers::{bpf_fib_lookup, bpf_jiffies64},
+    programs::XdpContext,
+};
+
+use crate::{maps::FIB_CACHE, steer::Site};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// What the FIB says about an encapsulated packet of `tot_len` bytes.
+pub enum Route {
+    /// Send it: MACs and egress.
+    Via { egress: u32, dmac: [u8; 6], smac: [u8; 6] },
+    /// Above the route MTU (the kernel's FRAG_NEEDED).
+    TooBig { mtu: u16 },
+}
+
+/// The lookup's input, all in the outer (tunnel) family.
+pub struct Query<'a> {
+    pub v6: bool,
+    /// Outer protocol: 4, 41 or 17.
+    pub proto: u8,
+    pub tos: u8,
+    pub src: &'a [u8; 16],
+    /// Outer IP length.
+    pub tot_len: u16,
+}
+
+#[inline(always)]
+fn word(a: &[u8; 16], i: usize) -> u32 {
+    u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
+}
+
+#[inline(always)]
+pub fn next_hop(ctx: &XdpContext, site: &Site, q: &Query) -> Result<Route, Exception> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let dst = &site.info.tunnel_addr;
+    // SAFETY: plain helper call, no arguments.
+    let now = unsafe { bpf_jiffies64() };
+    let cache = FIB_CACHE.get_ptr_mut(site.index);
+    if let Some(c) = cache {
+        // SAFETY: this CPU's slot; nothing else writes it while we run.
+        let c = unsafe { &*c };
+        if now < c.expires && c.ingress == ingress && c.dst == *dst {
+            if q.tot_len > c.mtu {
+                return Ok(Route::TooBig { mtu: c.mtu });
+            }
+            return Ok(Route::Via { egress: c.egress, dmac: c.dmac, smac: c.smac });
+        }
+    }
+
+    // SAFETY: an all-zero bpf_fib_lookup is the documented "no input" state.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.l4_protocol = q.proto;
+    p.__bindgen_anon_1.tot_len = q.tot_len;
+    p.ifindex = ingress;
+    if q.v6 {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = [word(q.src, 0), word(q.src, 4), word(q.src, 8), word(q.src, 12)];
+        p.__bindgen_anon_4.ipv6_dst = [word(dst, 0), word(dst, 4), word(dst, 8), word(dst, 12)];
+    } else {
+        p.family = AF_INET;
+        p.__bindgen_anon_2.tos = q.tos;
+        p.__bindgen_anon_3.ipv4_src = word(q.src, 0);
+        p.__bindgen_anon_4.ipv4_dst = word(dst, 0);
+    }
+    // SAFETY: `p` is a valid bpf_fib_lookup of the size passed.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, core::mem::size_of::<FibParams>() as i32, 0) };
+    // SAFETY: SUCCESS and FRAG_NEEDED both store the route MTU in the tot_len union member.
+    let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            if let Some(c) = cache {
+                // SAFETY: this CPU's slot.
+                unsafe {
+                    *c = NextHop {
+                        dst: *dst,
+                        ingress,
+                        egress: p.ifindex,
+                        expires: now + FIB_CACHE_TTL_JIFFIES,
+                        mtu,
+                        dmac: p.dmac,
+                        smac: p.smac,
+                        pad: [0; 2],
+                    };
+                }
+            }
+            Ok(Route::Via { egress: p.ifindex, dmac: p.dmac, smac: p.smac })
+        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Ok(Route::TooBig { mtu }),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Exception::FibNoNeigh),
+        _ => Err(Exception::FibFailed),
+    }
+}
