@@ -12,5 +12,4 @@ pub static NOOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 pub static BENCH_RESET: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_reset.bpf.o"));
 
 /// The benchmark sink: counts and drops what reaches the far end of a veth pair.
-pub static BENCH_SINK: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_sink.bpf.o"));
+pub static BENCH_SINK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_sink.bpf.o"));

@@ -1,0 +1,702 @@
+//! The controller's config file (TOML): parsing and whole-file validation.
+//!
+//! A file is either entirely valid or refused with *every* problem found, each with its
+//! line and column. To get more than serde's first error, the document is parsed into
+//! toml's spanned tree first (`DeTable::parse_recoverable` reports every syntax error),
+//! then each section and each `[[sites]]` / `[[vips]]` entry is deserialized on its own
+//! (type errors, unknown and missing fields, one per entry), and finally the semantic
+//! checks run over everything that deserialized, using `toml::Spanned` positions.
+//! `deploy/anycast.toml` is a commented example.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use anycast_common::maps::{MAGLEV_DEFAULT_SIZE, MAGLEV_MAX_SIZE, MAX_SITES, MAX_VIPS};
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
+use toml::{
+    Spanned,
+    de::{DeTable, DeValue, ValueDeserializer},
+};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9100";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/anycast";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/anycast";
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = anycast_common::maps::FLOW_TABLE_DEFAULT;
+/// Flow table bounds: below 1024 the LRU thrashes; 2^24 entries are ~1.5 GiB of kernel memory.
+pub const FLOW_TABLE_MIN: u32 = 1 << 10;
+pub const FLOW_TABLE_MAX: u32 = 1 << 24;
+/// Linux IFNAMSIZ is 16 including the terminating NUL.
+const IFNAME_MAX: usize = 15;
+const NAME_MAX: usize = 64;
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub local: Local,
+    pub datapath: Datapath,
+    pub admin: Admin,
+    pub sites: Vec<Site>,
+    pub vips: Vec<Vip>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Local {
+    pub interfaces: Vec<String>,
+    pub tunnel_v4: Option<Ipv4Addr>,
+    pub tunnel_v6: Option<Ipv6Addr>,
+    /// GUE decapsulation port; `None` turns GUE decap off.
+    pub gue_port: Option<u16>,
+    pub debug_log: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Datapath {
+    pub flow_table_size: u32,
+    pub maglev_table_size: u32,
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    pub name: String,
+    pub kind: SiteKind,
+    pub capacity: u32,
+    /// Static Maglev weight; `None` means "use the capacity".
+    pub weight: Option<u32>,
+}
+
+impl Site {
+    /// The Maglev weight this site gets from the config alone.
+    pub fn configured_weight(&self) -> u32 {
+        self.weight.unwrap_or(self.capacity)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SiteKind {
+    Local,
+    Remote { endpoint: IpAddr, encap: Encap },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encap {
+    Ip,
+    Gue { port: u16 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vip {
+    /// Label in metrics and status; defaults to `address:port/protocol`.
+    pub name: String,
+    pub address: IpAddr,
+    /// 0 = any port.
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Sites that serve this VIP, in config order.
+    pub sites: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        }
+    }
+
+    /// IP protocol number, which for ICMP depends on the address family.
+    pub fn number(self, addr: &IpAddr) -> u8 {
+        match (self, addr) {
+            (Protocol::Tcp, _) => 6,
+            (Protocol::Udp, _) => 17,
+            (Protocol::Icmp, IpAddr::V4(_)) => 1,
+            (Protocol::Icmp, IpAddr::V6(_)) => 58,
+        }
+    }
+}
+
+/// One problem in a config file, located.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{}", render(path, problems))]
+    Invalid { path: String, problems: Vec<Problem> },
+}
+
+fn render(path: &str, problems: &[Problem]) -> String {
+    let mut lines: Vec<String> =
+        problems.iter().map(|p| format!("{path}:{}:{}: {}", p.line, p.column, p.message)).collect();
+    lines.push(format!(
+        "{path}: {} error{}, nothing applied",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    ));
+    lines.join("\n")
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text`; `path` only names the file in messages.
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let mut v = Validator { text, errors: Vec::new() };
+        let config = v.document();
+        match config {
+            Some(config) if v.errors.is_empty() => Ok(config),
+            _ => {
+                let mut spans = v.errors;
+                spans.sort_by_key(|(span, _)| span.start);
+                let problems = spans
+                    .into_iter()
+                    .map(|(span, message)| {
+                        let (line, column) = line_column(text, span.start);
+                        Problem { line, column, message }
+                    })
+                    .collect();
+                Err(ConfigError::Invalid { path: path.to_owned(), problems })
+            }
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+// ---- raw, spanned shapes as they appear in the file ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocal {
+    interfaces: Spanned<Vec<Spanned<String>>>,
+    tunnel_v4: Option<Spanned<Ipv4Addr>>,
+    tunnel_v6: Option<Spanned<Ipv6Addr>>,
+    gue_port: Option<Spanned<u16>>,
+    #[serde(default)]
+    debug_log: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDatapath {
+    flow_table_size: Option<Spanned<u32>>,
+    maglev_table_size: Option<Spanned<u32>>,
+    pin_dir: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<SocketAddr>>,
+    state_dir: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawEncap {
+    Ip,
+    Gue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    name: Spanned<String>,
+    local: Option<Spanned<bool>>,
+    endpoint: Option<Spanned<IpAddr>>,
+    encap: Option<Spanned<RawEncap>>,
+    gue_port: Option<Spanned<u16>>,
+    capacity: Spanned<u32>,
+    weight: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    name: Option<Spanned<String>>,
+    address: Spanned<IpAddr>,
+    port: Spanned<Port>,
+    protocol: Spanned<Protocol>,
+    sites: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `port = 53` or `port = "any"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Port(u16);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Port, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Port;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port number 1..=65535 or \"any\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Port, E> {
+                match u16::try_from(v) {
+                    Ok(p) if p > 0 => Ok(Port(p)),
+                    _ => Err(E::custom(format!(
+                        "port {v} is out of range: use 1..=65535, or \"any\" for every port"
+                    ))),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Port, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Port, E> {
+                if v == "any" {
+                    Ok(Port(0))
+                } else {
+                    Err(E::custom(format!("port \"{v}\": expected a number 1..=65535 or \"any\"")))
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+struct Validator<'t> {
+    text: &'t str,
+    errors: Vec<(Range<usize>, String)>,
+}
+
+const SECTIONS: [&str; 5] = ["local", "datapath", "admin", "sites", "vips"];
+
+impl<'t> Validator<'t> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.errors.push((span, message.into()));
+    }
+
+    fn decode<T: DeserializeOwned>(&mut self, value: &Spanned<DeValue<'t>>) -> Option<T> {
+        match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let span = e.span().unwrap_or_else(|| value.span());
+                self.error(span, e.message().trim().to_owned());
+                None
+            }
+        }
+    }
+
+    /// Each element of an array of tables, decoded on its own. `None` if any failed.
+    fn decode_entries<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+        value: &Spanned<DeValue<'t>>,
+    ) -> Option<Vec<T>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.error(value.span(), format!("`{key}` must be an array of tables ([[{key}]])"));
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut all = true;
+        for item in items {
+            match self.decode(item) {
+                Some(v) => out.push(v),
+                None => all = false,
+            }
+        }
+        all.then_some(out)
+    }
+
+    fn document(&mut self) -> Option<Config> {
+        let (root, syntax) = DeTable::parse_recoverable(self.text);
+        if !syntax.is_empty() {
+            // After a syntax error the tree is a guess; type and semantic messages about
+            // it would mislead.
+            for e in syntax {
+                self.error(e.span().unwrap_or(0..0), e.message().trim().to_owned());
+            }
+            return None;
+        }
+        let root = root.into_inner();
+        for (key, _) in root.iter() {
+            if !SECTIONS.contains(&key.get_ref().as_ref()) {
+                self.error(
+                    key.span(),
+                    format!("unknown section `{}`, expected one of {}", key.get_ref(), SECTIONS.join(", ")),
+                );
+            }
+        }
+        let local: Option<RawLocal> = match root.get("local") {
+            Some(v) => self.decode(v),
+            None => {
+                self.error(0..0, "missing section [local] (interfaces, tunnel addresses)");
+                None
+            }
+        };
+        let datapath: Option<RawDatapath> =
+            root.get("datapath").map_or(Some(RawDatapath::default()), |v| self.decode(v));
+        let admin: Option<RawAdmin> = root.get("admin").map_or(Some(RawAdmin::default()), |v| self.decode(v));
+        let sites: Option<Vec<RawSite>> = match root.get("sites") {
+            Some(v) => self.decode_entries("sites", v),
+            None => {
+                self.error(0..0, "no [[sites]]: at least the local site is needed");
+                None
+            }
+        };
+        let vips: Option<Vec<RawVip>> =
+            root.get("vips").map_or(Some(Vec::new()), |v| self.decode_entries("vips", v));
+
+        let local = local.map(|l| self.local(l));
+        let datapath = datapath.map(|d| self.datapath(d));
+        let admin = admin.map(|a| self.admin(a));
+        let sites = sites.map(|s| self.sites(s, local.as_ref()));
+        let vips = vips.map(|v| self.vips(v, sites.as_ref(), local.as_ref()));
+        if let (Some(datapath), Some(sites)) = (&datapath, &sites)
+            && (datapath.maglev_table_size as usize) < sites.len()
+        {
+            self.error(
+                0..0,
+                format!(
+                    "maglev_table_size {} is smaller than the number of sites ({}); use a \
+                     prime at least 100 times larger",
+                    datapath.maglev_table_size,
+                    sites.len()
+                ),
+            );
+        }
+        Some(Config { local: local?, datapath: datapath?, admin: admin?, sites: sites?, vips: vips? })
+    }
+
+    fn local(&mut self, raw: RawLocal) -> Local {
+        let mut seen = HashSet::new();
+        if raw.interfaces.get_ref().is_empty() {
+            self.error(raw.interfaces.span(), "interfaces is empty: name at least one interface");
+        }
+        for iface in raw.interfaces.get_ref() {
+            let name = iface.get_ref();
+            if name.is_empty()
+                || name.len() > IFNAME_MAX
+                || name.contains(['/', ' ', '\t', '\n'])
+                || name == "."
+                || name == ".."
+            {
+                self.error(
+                    iface.span(),
+                    format!("`{name}` is not an interface name (1..={IFNAME_MAX} bytes, no '/' or spaces)"),
+                );
+            } else if !seen.insert(name.clone()) {
+                self.error(iface.span(), format!("interface `{name}` is listed twice"));
+            }
+        }
+        if let Some(port) = &raw.gue_port
+            && *port.get_ref() == 0
+        {
+            self.error(port.span(), "gue_port 0 is not a port: omit gue_port to turn GUE decapsulation off");
+        }
+        Local {
+            interfaces: raw.interfaces.into_inner().into_iter().map(Spanned::into_inner).collect(),
+            tunnel_v4: raw.tunnel_v4.map(Spanned::into_inner),
+            tunnel_v6: raw.tunnel_v6.map(Spanned::into_inner),
+            gue_port: raw.gue_port.map(Spanned::into_inner),
+            debug_log: raw.debug_log,
+        }
+    }
+
+    fn datapath(&mut self, raw: RawDatapath) -> Datapath {
+        let flow_table_size = raw.flow_table_size.map_or(DEFAULT_FLOW_TABLE_SIZE, |s| {
+            let n = *s.get_ref();
+            if !(FLOW_TABLE_MIN..=FLOW_TABLE_MAX).contains(&n) {
+                self.error(
+                    s.span(),
+                    format!("flow_table_size {n} is out of range {FLOW_TABLE_MIN}..={FLOW_TABLE_MAX}"),
+                );
+            }
+            n
+        });
+        let maglev_table_size = raw.maglev_table_size.map_or(MAGLEV_DEFAULT_SIZE, |s| {
+            let m = *s.get_ref();
+            if m > MAGLEV_MAX_SIZE {
+                self.error(s.span(), format!("maglev_table_size {m} is above the maximum {MAGLEV_MAX_SIZE}"));
+            } else if !is_prime(m) {
+                self.error(
+                    s.span(),
+                    format!(
+                        "maglev_table_size {m} is not prime (Maglev needs a prime size so that \
+                         every skip visits every slot); e.g. {}",
+                        next_prime(m)
+                    ),
+                );
+            }
+            m
+        });
+        let pin_dir = self.absolute(raw.pin_dir, DEFAULT_PIN_DIR, "pin_dir");
+        Datapath { flow_table_size, maglev_table_size, pin_dir }
+    }
+
+    fn admin(&mut self, raw: RawAdmin) -> Admin {
+        let listen = raw.listen.map_or_else(
+            || DEFAULT_LISTEN.parse().expect("default listen address parses"),
+            Spanned::into_inner,
+        );
+        let state_dir = self.absolute(raw.state_dir, DEFAULT_STATE_DIR, "state_dir");
+        Admin { listen, state_dir }
+    }
+
+    fn absolute(&mut self, path: Option<Spanned<PathBuf>>, default: &str, what: &str) -> PathBuf {
+        match path {
+            None => PathBuf::from(default),
+            Some(p) => {
+                if !p.get_ref().is_absolute() {
+                    self.error(p.span(), format!("{what} must be an absolute path"));
+                }
+                p.into_inner()
+            }
+        }
+    }
+
+    fn sites(&mut self, raw: Vec<RawSite>, local: Option<&Local>) -> Vec<Site> {
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut endpoints: HashMap<IpAddr, String> = HashMap::new();
+        let mut locals = Vec::new();
+        let mut out = Vec::new();
+        if raw.len() > MAX_SITES as usize {
+            self.error(0..0, format!("{} sites; the data path holds at most {MAX_SITES}", raw.len()));
+        }
+        for s in raw {
+            let name = s.name.get_ref().clone();
+            self.check_name(&s.name, "site");
+            let (line, _) = line_column(self.text, s.name.span().start);
+            if let Some(first) = names.insert(name.clone(), line) {
+                self.error(s.name.span(), format!("duplicate site name `{name}` (first at line {first})"));
+            }
+            if *s.capacity.get_ref() == 0 {
+                self.error(s.capacity.span(), format!("site `{name}`: capacity must be > 0"));
+            }
+            let is_local = s.local.as_ref().is_some_and(|l| *l.get_ref());
+            let kind = if is_local {
+                locals.push(s.local.as_ref().map(Spanned::span).unwrap_or_default());
+                for (span, field) in [
+                    (s.endpoint.as_ref().map(Spanned::span), "endpoint"),
+                    (s.encap.as_ref().map(Spanned::span), "encap"),
+                    (s.gue_port.as_ref().map(Spanned::span), "gue_port"),
+                ] {
+                    if let Some(span) = span {
+                        self.error(
+                            span,
+                            format!("site `{name}` is local: {field} applies only to remote sites"),
+                        );
+                    }
+                }
+                SiteKind::Local
+            } else {
+                self.remote(&s, &name, local, &mut endpoints)
+            };
+            out.push(Site {
+                name,
+                kind,
+                capacity: s.capacity.into_inner(),
+                weight: s.weight.map(Spanned::into_inner),
+            });
+        }
+        match locals.len() {
+            1 => {}
+            0 => self.error(0..0, "no local site: exactly one [[sites]] entry needs `local = true`"),
+            _ => {
+                for span in locals.into_iter().skip(1) {
+                    self.error(span, "a second local site: exactly one site may be `local = true`");
+                }
+            }
+        }
+        out
+    }
+
+    fn remote(
+        &mut self,
+        s: &RawSite,
+        name: &str,
+        local: Option<&Local>,
+        endpoints: &mut HashMap<IpAddr, String>,
+    ) -> SiteKind {
+        let Some(endpoint) = &s.endpoint else {
+            self.error(
+                s.name.span(),
+                format!("remote site `{name}` has no endpoint (its tunnel address); or set local = true"),
+            );
+            return SiteKind::Local;
+        };
+        let addr = *endpoint.get_ref();
+        if let Some(other) = endpoints.insert(addr, name.to_owned()) {
+            self.error(endpoint.span(), format!("endpoint {addr} is already the endpoint of site `{other}`"));
+        }
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+            self.error(endpoint.span(), format!("endpoint {addr} is not a unicast address"));
+        }
+        if let Some(local) = local {
+            let (family, ours) = match addr {
+                IpAddr::V4(_) => ("IPv4", local.tunnel_v4.is_some()),
+                IpAddr::V6(_) => ("IPv6", local.tunnel_v6.is_some()),
+            };
+            if !ours {
+                self.error(
+                    endpoint.span(),
+                    format!(
+                        "site `{name}` has an {family} endpoint but [local] has no tunnel_{} \
+                         to send from",
+                        if family == "IPv4" { "v4" } else { "v6" }
+                    ),
+                );
+            }
+        }
+        let encap = match (s.encap.as_ref().map(|e| *e.get_ref()), &s.gue_port) {
+            (None | Some(RawEncap::Ip), None) => Encap::Ip,
+            (None | Some(RawEncap::Ip), Some(port)) => {
+                self.error(port.span(), format!("site `{name}`: gue_port needs encap = \"gue\""));
+                Encap::Ip
+            }
+            (Some(RawEncap::Gue), Some(port)) => {
+                if *port.get_ref() == 0 {
+                    self.error(port.span(), format!("site `{name}`: gue_port must be 1..=65535"));
+                }
+                Encap::Gue { port: *port.get_ref() }
+            }
+            (Some(RawEncap::Gue), None) => {
+                let span = s.encap.as_ref().map(Spanned::span).unwrap_or_default();
+                self.error(span, format!("site `{name}`: encap = \"gue\" needs gue_port"));
+                Encap::Gue { port: 0 }
+            }
+        };
+        SiteKind::Remote { endpoint: addr, encap }
+    }
+
+    fn vips(&mut self, raw: Vec<RawVip>, sites: Option<&Vec<Site>>, local: Option<&Local>) -> Vec<Vip> {
+        if raw.len() > MAX_VIPS as usize {
+            self.error(0..0, format!("{} VIPs; the data path holds at most {MAX_VIPS}", raw.len()));
+        }
+        let mut keys: HashMap<(IpAddr, u16, Protocol), String> = HashMap::new();
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for v in raw {
+            let address = *v.address.get_ref();
+            let Port(port) = *v.port.get_ref();
+            let protocol = *v.protocol.get_ref();
+            let name = match &v.name {
+                Some(n) => {
+                    self.check_name(n, "VIP");
+                    n.get_ref().clone()
+                }
+                None => default_vip_name(address, port, protocol),
+            };
+            if let Some(other) = keys.insert((address, port, protocol), name.clone()) {
+                self.error(
+                    v.address.span(),
+                    format!("VIP `{name}` repeats VIP `{other}` (same address, port, protocol)"),
+                );
+            } else if !names.insert(name.clone()) {
+                let span = v.name.as_ref().map_or(v.address.span(), Spanned::span);
+                self.error(span, format!("duplicate VIP name `{name}`"));
+            }
+            if protocol == Protocol::Icmp && port != 0 {
+                self.error(v.port.span(), "ICMP has no ports: use port = \"any\"");
+            }
+            if address.is_unspecified() || address.is_multicast() || address.is_loopback() {
+                self.error(v.address.span(), format!("VIP address {address} is not a unicast address"));
+            }
+            if let Some(local) = local
+                && (local.tunnel_v4.map(IpAddr::V4) == Some(address)
+                    || local.tunnel_v6.map(IpAddr::V6) == Some(address))
+            {
+                self.error(v.address.span(), format!("VIP address {address} is this host's tunnel address"));
+            }
+            let vip_sites = match (&v.sites, sites) {
+                (Some(list), Some(known)) => self.vip_sites(list, known, &name),
+                (Some(list), None) => list.get_ref().iter().map(|s| s.get_ref().clone()).collect(),
+                (None, Some(known)) => known.iter().map(|s| s.name.clone()).collect(),
+                (None, None) => Vec::new(),
+            };
+            out.push(Vip { name, address, port, protocol, sites: vip_sites });
+        }
+        out
+    }
+
+    fn vip_sites(&mut self, list: &Spanned<Vec<Spanned<String>>>, known: &[Site], vip: &str) -> Vec<String> {
+        if list.get_ref().is_empty() {
+            self.error(list.span(), format!("VIP `{vip}`: sites is empty; omit it to use every site"));
+        }
+        let mut seen = HashSet::new();
+        for s in list.get_ref() {
+            let name = s.get_ref();
+            if !known.iter().any(|k| &k.name == name) {
+                self.error(s.span(), format!("VIP `{vip}`: unknown site `{name}`"));
+            } else if !seen.insert(name) {
+                self.error(s.span(), format!("VIP `{vip}`: site `{name}` is listed twice"));
+            }
+        }
+        list.get_ref().iter().map(|s| s.get_ref().clone()).collect()
+    }
+
+    /// Names become Prometheus label values and CLI arguments: keep them plain.
+    fn check_name(&mut self, name: &Spanned<String>, what: &str) {
+        let n = name.get_ref();
+        let ok = !n.is_empty()
+            && n.len() <= NAME_MAX
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+        if !ok {
+            self.error(
+                name.span(),
+                format!("{what} name `{n}`: use 1..={NAME_MAX} characters from A-Z a-z 0-9 - _ . :"),
+            );
+        }
+    }
+}
+
+pub fn default_vip_name(address: IpAddr, port: u16, protocol: Protocol) -> String {
+    let port = if port == 0 { "any".to_owned() } else { port.to_string() };
+    match address {
+        IpAddr::V4(a) => format!("{a}:{port}/{}", protocol.name()),
+        IpAddr::V6(a) => format!("[{a}]:{port}/{}", protocol.name()),
+    }
+}
+
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let n = n as u64;
+    (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+}
+
+fn next_prime(n: u32) -> u32 {
+    (n.saturating_add(1)..).find(|&c| is_prime(c)).unwrap_or(MAGLEV_DEFAULT_SIZE)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,261 @@
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../../deploy/anycast.toml");
+
+const BASE: &str = r#"
+[local]
+interfaces = ["veth0"]
+tunnel_v4 = "10.0.0.1"
+
+[[sites]]
+name = "a"
+local = true
+capacity = 10
+
+[[sites]]
+name = "b"
+endpoint = "10.0.0.2"
+capacity = 10
+"#;
+
+fn problems(text: &str) -> Vec<Problem> {
+    match Config::parse(text, "t.toml") {
+        Ok(c) => panic!("accepted: {c:?}"),
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Exactly one problem, at this line and column, whose message contains `needle`.
+fn one(text: &str, line: usize, column: usize, needle: &str) {
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!((p[0].line, p[0].column), (line, column), "{p:#?}");
+    assert!(p[0].message.contains(needle), "{:?} lacks {needle:?}", p[0].message);
+}
+
+#[test]
+fn example_config_is_valid() {
+    let c = Config::parse(EXAMPLE, "anycast.toml").unwrap();
+    assert_eq!(c.sites.len(), 3);
+    assert_eq!(c.sites[0].kind, SiteKind::Local);
+    assert_eq!(c.sites[2].configured_weight(), 600);
+    assert_eq!(
+        c.sites[2].kind,
+        SiteKind::Remote { endpoint: "2001:db8:200::1".parse().unwrap(), encap: Encap::Gue { port: 6080 } }
+    );
+    assert_eq!(c.vips[1].sites, ["fra", "lhr"]);
+    assert_eq!(c.vips[0].sites, ["fra", "ams", "lhr"]);
+    assert_eq!(c.vips[2].name, "192.0.2.53:any/icmp");
+    assert_eq!(c.datapath.maglev_table_size, 65537);
+    assert_eq!(c.admin.listen, "127.0.0.1:9100".parse().unwrap());
+}
+
+#[test]
+fn defaults_apply() {
+    let c = Config::parse(BASE, "t").unwrap();
+    assert_eq!(c.datapath.flow_table_size, DEFAULT_FLOW_TABLE_SIZE);
+    assert_eq!(c.datapath.pin_dir, Path::new(DEFAULT_PIN_DIR));
+    assert_eq!(c.admin.state_dir, Path::new(DEFAULT_STATE_DIR));
+    assert!(c.vips.is_empty());
+}
+
+#[test]
+fn every_syntax_error_is_reported() {
+    let p = problems("[local\ninterfaces = [\"a\"]\nx = = 1\n");
+    assert!(p.len() >= 2, "{p:#?}");
+    assert_eq!(p[0].line, 1);
+    assert!(p.iter().any(|p| p.line == 3), "{p:#?}");
+}
+
+#[test]
+fn type_error() {
+    one(&BASE.replace("capacity = 10\n\n[[sites]]", "capacity = \"ten\"\n\n[[sites]]"), 9, 12, "u32");
+}
+
+#[test]
+fn type_errors_in_two_entries_are_both_reported() {
+    let text = BASE.replace("capacity = 10", "capacity = -1");
+    let p = problems(&text);
+    assert_eq!(p.iter().map(|p| (p.line, p.column)).collect::<Vec<_>>(), [(9, 12), (14, 12)], "{p:#?}");
+}
+
+#[test]
+fn unknown_field() {
+    one(&BASE.replace("local = true", "local = true\ncolour = \"red\""), 9, 1, "colour");
+}
+
+#[test]
+fn unknown_section() {
+    one(&format!("{BASE}\n[metrics]\nx = 1\n"), 16, 2, "unknown section `metrics`");
+}
+
+#[test]
+fn missing_field() {
+    let p = problems(&BASE.replace("capacity = 10\n\n[[sites]]", "\n[[sites]]"));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].message.contains("capacity"), "{p:#?}");
+    assert_eq!((p[0].line, p[0].column), (6, 1), "{p:#?}");
+}
+
+#[test]
+fn duplicate_site_name() {
+    one(&BASE.replace("name = \"b\"", "name = \"a\""), 12, 8, "duplicate site name `a` (first at line 7)");
+}
+
+#[test]
+fn unknown_site_in_vip() {
+    let text = format!(
+        "{BASE}\n[[vips]]\naddress = \"192.0.2.1\"\nport = 53\nprotocol = \"udp\"\nsites = [\"a\", \"zz\"]\n"
+    );
+    one(&text, 20, 15, "unknown site `zz`");
+}
+
+#[test]
+fn non_prime_maglev_size() {
+    one(&format!("{BASE}\n[datapath]\nmaglev_table_size = 65536\n"), 17, 21, "65536 is not prime");
+}
+
+#[test]
+fn maglev_size_above_maximum() {
+    one(&format!("{BASE}\n[datapath]\nmaglev_table_size = 1000003\n"), 17, 21, "above the maximum");
+}
+
+#[test]
+fn flow_table_size_out_of_range() {
+    one(&format!("{BASE}\n[datapath]\nflow_table_size = 10\n"), 17, 19, "out of range");
+}
+
+#[test]
+fn address_family_mismatch() {
+    one(
+        &BASE.replace("\"10.0.0.2\"", "\"2001:db8::2\""),
+        13,
+        12,
+        "IPv6 endpoint but [local] has no tunnel_v6",
+    );
+}
+
+#[test]
+fn wrong_family_for_tunnel_address() {
+    one(&BASE.replace("tunnel_v4 = \"10.0.0.1\"", "tunnel_v4 = \"2001:db8::1\""), 4, 13, "IPv4");
+}
+
+#[test]
+fn port_out_of_range() {
+    let text = format!("{BASE}\n[[vips]]\naddress = \"192.0.2.1\"\nport = 70000\nprotocol = \"udp\"\n");
+    one(&text, 18, 8, "out of range");
+}
+
+#[test]
+fn port_zero_and_bad_string() {
+    let text = format!(
+        "{BASE}\n[[vips]]\naddress = \"192.0.2.1\"\nport = 0\nprotocol = \"udp\"\n\
+         \n[[vips]]\naddress = \"192.0.2.2\"\nport = \"all\"\nprotocol = \"udp\"\n"
+    );
+    let p = problems(&text);
+    assert_eq!(p.iter().map(|p| (p.line, p.column)).collect::<Vec<_>>(), [(18, 8), (23, 8)], "{p:#?}");
+}
+
+#[test]
+fn gue_port_out_of_range() {
+    one(
+        &BASE.replace("tunnel_v4 = \"10.0.0.1\"", "tunnel_v4 = \"10.0.0.1\"\ngue_port = 65536"),
+        5,
+        12,
+        "u16",
+    );
+}
+
+#[test]
+fn icmp_with_port() {
+    let text = format!("{BASE}\n[[vips]]\naddress = \"192.0.2.1\"\nport = 7\nprotocol = \"icmp\"\n");
+    one(&text, 18, 8, "ICMP has no ports");
+}
+
+#[test]
+fn unknown_protocol() {
+    let text = format!("{BASE}\n[[vips]]\naddress = \"192.0.2.1\"\nport = 7\nprotocol = \"sctp\"\n");
+    one(&text, 19, 12, "sctp");
+}
+
+#[test]
+fn no_local_site_and_two_local_sites() {
+    one(&BASE.replace("local = true", "endpoint = \"10.0.0.3\""), 1, 1, "no local site");
+    one(&BASE.replace("endpoint = \"10.0.0.2\"", "local = true"), 13, 9, "second local site");
+}
+
+#[test]
+fn remote_without_endpoint_and_local_with_endpoint() {
+    one(&BASE.replace("endpoint = \"10.0.0.2\"\n", ""), 12, 8, "has no endpoint");
+    one(&BASE.replace("local = true", "local = true\nendpoint = \"10.0.0.9\""), 9, 12, "is local");
+}
+
+#[test]
+fn duplicate_endpoint_and_vip() {
+    let text =
+        format!("{}\n[[sites]]\nname = \"c\"\nendpoint = \"10.0.0.2\"\ncapacity = 1\n", BASE.trim_end());
+    one(&text, 17, 12, "already the endpoint of site `b`");
+    let vip = "\n[[vips]]\naddress = \"192.0.2.1\"\nport = 53\nprotocol = \"udp\"\n";
+    one(&format!("{BASE}{vip}{vip}"), 22, 11, "repeats VIP");
+}
+
+#[test]
+fn duplicate_vip_name() {
+    let text = format!(
+        "{BASE}\n[[vips]]\nname = \"x\"\naddress = \"192.0.2.1\"\nport = 53\nprotocol = \"udp\"\n\
+         \n[[vips]]\nname = \"x\"\naddress = \"192.0.2.1\"\nport = 54\nprotocol = \"udp\"\n"
+    );
+    one(&text, 23, 8, "duplicate VIP name `x`");
+}
+
+#[test]
+fn gue_needs_port_and_port_needs_gue() {
+    one(
+        &BASE.replace("endpoint = \"10.0.0.2\"", "endpoint = \"10.0.0.2\"\nencap = \"gue\""),
+        14,
+        9,
+        "needs gue_port",
+    );
+    one(
+        &BASE.replace("endpoint = \"10.0.0.2\"", "endpoint = \"10.0.0.2\"\ngue_port = 1"),
+        14,
+        12,
+        "needs encap = \"gue\"",
+    );
+}
+
+#[test]
+fn bad_listen_address_and_relative_dir() {
+    let p = problems(&format!("{BASE}\n[admin]\nlisten = \"localhost\"\nstate_dir = \"var/lib\"\n"));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!((p[0].line, p[0].column), (17, 10), "{p:#?}");
+    one(&format!("{BASE}\n[admin]\nstate_dir = \"var/lib\"\n"), 17, 13, "absolute");
+}
+
+#[test]
+fn interface_problems() {
+    one(&BASE.replace("[\"veth0\"]", "[]"), 3, 14, "empty");
+    one(&BASE.replace("[\"veth0\"]", "[\"veth0\", \"veth0\"]"), 3, 24, "twice");
+    one(&BASE.replace("[\"veth0\"]", "[\"a-very-long-interface-name\"]"), 3, 15, "not an interface name");
+}
+
+#[test]
+fn many_problems_at_once() {
+    let text = BASE
+        .replace("name = \"b\"", "name = \"a\"")
+        .replace("capacity = 10\n\n", "capacity = 0\n\n")
+        .replace("[\"veth0\"]", "[]");
+    let p = problems(&text);
+    assert_eq!(p.len(), 3, "{p:#?}");
+    let rendered = ConfigError::Invalid { path: "t.toml".into(), problems: p }.to_string();
+    assert!(rendered.starts_with("t.toml:3:14: "), "{rendered}");
+    assert!(rendered.ends_with("3 errors, nothing applied"), "{rendered}");
+}
+
+#[test]
+fn primes() {
+    assert!(is_prime(65537) && is_prime(2) && is_prime(262147) && is_prime(16381));
+    assert!(!is_prime(1) && !is_prime(65536) && !is_prime(9));
+    assert_eq!(next_prime(65536), 65537);
+}

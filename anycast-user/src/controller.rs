@@ -1,0 +1,331 @@
+//! The controller's state while it runs: config, overrides, the pinned data path and the
+//! reconciler, plus the counter samples behind rates. The daemon (`anycast run --config`)
+//! wraps one in a mutex shared by the signal handlers, the sampler and the HTTP server.
+
+use std::{collections::BTreeSet, ffi::CString, path::Path};
+
+use anycast_common::maps::FLOWS;
+use aya::maps::MapInfo;
+
+use crate::{
+    config::{Config, Encap, SiteKind},
+    loader::{self, Instance, LinkOutcome, LoaderError},
+    maps::{DataPathMaps, MapsError},
+    metrics::{self, Process, Scrape},
+    object,
+    overrides::{Overrides, OverridesError},
+    reconcile::{self, Applied, Plan, PlanError, Reconciler},
+    stats::Snapshot,
+    status::{SiteStatus, Status, VipStatus},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Overrides(#[from] OverridesError),
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    #[error("no site named `{0}` in the config")]
+    UnknownSite(String),
+    #[error(
+        "{0} cannot change while the controller runs: restart it (and `anycast detach` first for the pin directory)"
+    )]
+    NeedsRestart(&'static str),
+    #[error("no anycast instance is pinned under {0}: start one with `anycast run --config`")]
+    NotRunning(String),
+}
+
+type Result<T, E = ControllerError> = std::result::Result<T, E>;
+
+/// What [`Controller::start`] did.
+pub struct Started {
+    pub controller: Controller,
+    pub links: Vec<(String, LinkOutcome)>,
+    pub applied: Applied,
+}
+
+pub struct Controller {
+    config: Config,
+    overrides: Overrides,
+    maps: DataPathMaps,
+    /// None when working on the pinned maps without holding the links (one-shot admin).
+    instance: Option<Instance>,
+    reconciler: Reconciler,
+    plan: Plan,
+    flow_capacity: u64,
+    flow_entries: u64,
+    /// The last two counter samples: rates are their difference.
+    samples: (Option<Snapshot>, Option<Snapshot>),
+}
+
+fn ifindexes(ifaces: &[String]) -> Result<BTreeSet<u32>> {
+    ifaces
+        .iter()
+        .map(|name| {
+            let c = CString::new(name.as_str()).map_err(|_| ControllerError::NoInterface(name.clone()))?;
+            // SAFETY: c is a valid NUL-terminated string.
+            match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+                0 => Err(ControllerError::NoInterface(name.clone())),
+                i => Ok(i),
+            }
+        })
+        .collect()
+}
+
+fn sync(
+    config: &Config,
+    overrides: &Overrides,
+    reconciler: &mut Reconciler,
+    maps: &mut DataPathMaps,
+) -> Result<(Plan, Applied)> {
+    for name in &overrides.drained {
+        if !config.sites.iter().any(|s| &s.name == name) {
+            log::warn!("override: drained site `{name}` is not in the config; ignored");
+        }
+    }
+    let egress = ifindexes(&config.local.interfaces)?;
+    let plan = reconcile::plan(config, overrides, reconciler.current(), egress)?;
+    let applied = reconciler.apply(maps, &plan.state)?;
+    Ok((plan, applied))
+}
+
+fn flow_capacity(pin_dir: &Path) -> u64 {
+    MapInfo::from_pin(pin_dir.join(FLOWS)).map(|i| i.max_entries() as u64).unwrap_or(0)
+}
+
+impl Controller {
+    /// Loads (or adopts, or upgrades) the pinned data path on the configured interfaces and
+    /// makes its maps match the config and the saved overrides.
+    pub fn start(config: Config) -> Result<Started> {
+        let overrides = Overrides::load(&config.admin.state_dir)?;
+        let t0 = std::time::Instant::now();
+        let started = loader::start(
+            object::ANYCAST,
+            &config.datapath.pin_dir,
+            config.datapath.flow_table_size,
+            &config.local.interfaces,
+        )?;
+        let mut maps = started.maps;
+        let t1 = std::time::Instant::now();
+        let mut reconciler = Reconciler::new(&maps)?;
+        let t2 = std::time::Instant::now();
+        let (plan, applied) = sync(&config, &overrides, &mut reconciler, &mut maps)?;
+        log::info!(
+            "start: load and attach {:.0} ms, read maps {:.0} ms, reconcile {:.0} ms",
+            (t1 - t0).as_secs_f64() * 1e3,
+            (t2 - t1).as_secs_f64() * 1e3,
+            t2.elapsed().as_secs_f64() * 1e3
+        );
+        let flow_capacity = flow_capacity(started.instance.pin_dir());
+        let c = Controller {
+            config,
+            overrides,
+            maps,
+            instance: Some(started.instance),
+            reconciler,
+            plan,
+            flow_capacity,
+            flow_entries: 0,
+            samples: (None, None),
+        };
+        Ok(Started { controller: c, links: started.links, applied })
+    }
+
+    /// Opens the maps of a running instance without touching its links, for one-shot admin
+    /// commands when no daemon answers. A later [`Controller::set_drained`] writes the whole
+    /// plan, i.e. also any config change not applied yet, as a daemon start would.
+    pub fn open_pinned(config: Config) -> Result<Controller> {
+        let pin_dir = &loader::resolve_pin_dir(&config.datapath.pin_dir)?;
+        if !pin_dir.join(FLOWS).exists() {
+            return Err(ControllerError::NotRunning(pin_dir.display().to_string()));
+        }
+        let overrides = Overrides::load(&config.admin.state_dir)?;
+        let maps = DataPathMaps::from_pins(pin_dir)?;
+        let reconciler = Reconciler::new(&maps)?;
+        // Plan only, to know the slots: nothing is written until a change is asked for.
+        let egress = ifindexes(&config.local.interfaces)?;
+        let plan = reconcile::plan(&config, &overrides, reconciler.current(), egress)?;
+        let flow_capacity = flow_capacity(pin_dir);
+        Ok(Controller {
+            config,
+            overrides,
+            maps,
+            instance: None,
+            reconciler,
+            plan,
+            flow_capacity,
+            flow_entries: 0,
+            samples: (None, None),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Applies a new (validated) config: interfaces attached/detached, maps reconciled.
+    pub fn reload(&mut self, config: Config) -> Result<Applied> {
+        if config.datapath.pin_dir != self.config.datapath.pin_dir {
+            return Err(ControllerError::NeedsRestart("datapath.pin_dir"));
+        }
+        if config.admin != self.config.admin {
+            log::warn!("[admin] changes take effect at the next controller start");
+        }
+        if config.datapath.flow_table_size != self.config.datapath.flow_table_size {
+            log::warn!("flow_table_size changes take effect after `anycast detach` and a start");
+        }
+        // Check the interfaces exist before changing anything.
+        ifindexes(&config.local.interfaces)?;
+        if let Some(instance) = &mut self.instance {
+            for (iface, outcome) in instance.set_interfaces(&config.local.interfaces)? {
+                log::info!("{iface}: {outcome}");
+            }
+        }
+        let (plan, applied) = sync(&config, &self.overrides, &mut self.reconciler, &mut self.maps)?;
+        self.config = config;
+        self.plan = plan;
+        Ok(applied)
+    }
+
+    /// Drains (weight 0, established flows stay) or undrains a site; persisted.
+    pub fn set_drained(&mut self, site: &str, drained: bool) -> Result<u32> {
+        if !self.config.sites.iter().any(|s| s.name == site) {
+            return Err(ControllerError::UnknownSite(site.to_owned()));
+        }
+        let mut overrides = self.overrides.clone();
+        if drained {
+            overrides.drained.insert(site.to_owned());
+        } else {
+            overrides.drained.remove(site);
+        }
+        overrides.save(&self.config.admin.state_dir)?;
+        let (plan, _) = sync(&self.config, &overrides, &mut self.reconciler, &mut self.maps)?;
+        self.overrides = overrides;
+        self.plan = plan;
+        Ok(self.plan.weights[site])
+    }
+
+    /// Takes a counter sample (for rates) and recounts the flow table.
+    pub fn sample(&mut self) -> Result<()> {
+        let snap = self.snapshot()?;
+        self.samples = (self.samples.1.take(), Some(snap));
+        self.flow_entries = self.maps.flow_count() as u64;
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<Snapshot> {
+        Ok(Snapshot::read(
+            &self.maps,
+            self.plan.sites.iter().map(|(_, i)| *i),
+            self.plan.vips.iter().map(|(_, i)| *i),
+        )?)
+    }
+
+    /// Everything `/metrics` shows, read now.
+    pub fn scrape(&self) -> Result<Scrape> {
+        let snap = self.snapshot()?;
+        Ok(Scrape {
+            sites: self
+                .plan
+                .sites
+                .iter()
+                .map(|(name, i)| (name.clone(), (snap.sites[i], self.plan.weights[name])))
+                .collect(),
+            vips: self.plan.vips.iter().map(|(name, i)| (name.clone(), snap.vips[i])).collect(),
+            exceptions: snap.exceptions,
+            flow_entries: self.flow_entries,
+            flow_capacity: self.flow_capacity,
+            process: Process::read(),
+        })
+    }
+
+    pub fn metrics(&self) -> Result<String> {
+        let scrape = self.scrape()?;
+        Ok(metrics::render(scrape).expect("writing to a String cannot fail"))
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        let snap = self.snapshot()?;
+        let (site_pps, vip_pps) = match &self.samples {
+            (Some(a), Some(b)) => {
+                let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-3);
+                let vips: std::collections::BTreeMap<u32, f64> = b
+                    .vips
+                    .iter()
+                    .map(|(i, c)| {
+                        let before = a.vips.get(i).map_or(0, |c| c.packets);
+                        (*i, c.packets.saturating_sub(before) as f64 / secs)
+                    })
+                    .collect();
+                (b.site_rates(a), vips)
+            }
+            _ => Default::default(),
+        };
+        let sites = self
+            .config
+            .sites
+            .iter()
+            .zip(&self.plan.sites)
+            .map(|(s, (_, index))| {
+                let c = snap.sites[index];
+                let (role, endpoint, encap) = match s.kind {
+                    SiteKind::Local => ("local", None, "-"),
+                    SiteKind::Remote { endpoint, encap } => (
+                        "remote",
+                        Some(endpoint.to_string()),
+                        match encap {
+                            Encap::Ip => "ip",
+                            Encap::Gue { .. } => "gue",
+                        },
+                    ),
+                };
+                SiteStatus {
+                    name: s.name.clone(),
+                    index: *index,
+                    role: role.into(),
+                    endpoint,
+                    encap: encap.into(),
+                    state: if self.overrides.drained.contains(&s.name) { "drained" } else { "up" }.into(),
+                    weight: self.plan.weights[&s.name],
+                    configured_weight: s.configured_weight(),
+                    pps: site_pps.get(index).copied().unwrap_or(0.0),
+                    local_packets: c.local_packets,
+                    forwarded_packets: c.forwarded_packets,
+                    received_packets: c.received_packets,
+                }
+            })
+            .collect();
+        let vips = self
+            .config
+            .vips
+            .iter()
+            .zip(&self.plan.vips)
+            .map(|(v, (_, index))| VipStatus {
+                name: v.name.clone(),
+                index: *index,
+                sites: v.sites.clone(),
+                packets: snap.vips[index].packets,
+                pps: vip_pps.get(index).copied().unwrap_or(0.0),
+            })
+            .collect();
+        Ok(Status {
+            interfaces: self.config.local.interfaces.clone(),
+            flow_entries: self.flow_entries,
+            flow_capacity: self.flow_capacity,
+            sites,
+            vips,
+            drops: anycast_common::Exception::ALL
+                .iter()
+                .zip(snap.exceptions)
+                .filter(|(_, n)| *n > 0)
+                .map(|(e, n)| (e.name().to_owned(), n))
+                .collect(),
+        })
+    }
+}

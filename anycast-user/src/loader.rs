@@ -1,0 +1,351 @@
+//! Loading the data path so that it outlives the controller: every map and every XDP link
+//! is pinned under the pin directory (bpffs), and a controller that starts while a pinned
+//! instance exists adopts it instead of replacing it.
+//!
+//! Layout (default `/sys/fs/bpf/anycast`):
+//!
+//! ```text
+//! <pin_dir>/<MAP NAME>      one pin per name in anycast_common::maps::ALL
+//! <pin_dir>/links/<IFACE>   the bpf_link attaching the program to IFACE
+//! ```
+//!
+//! Why this keeps forwarding across restarts and upgrades (kernel facts relied on):
+//! - A pinned bpf_link stays attached with no process holding it, and keeps its program
+//!   loaded; a pinned map keeps its contents (flow table, counters, Maglev tables).
+//! - `EbpfLoader::map_pin_path` makes a new load reuse the pinned maps, so a new program
+//!   shares the running one's state.
+//! - `BPF_LINK_UPDATE` (aya `Xdp::attach_to_link`) swaps the program of an attached link
+//!   in one step: every packet runs either the old or the new program, none is dropped.
+//!   It is only done when the program differs: the kernel's program tag is a hash of the
+//!   instructions with map fds masked out, so it identifies the object independently of
+//!   which maps it was relocated against.
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    io,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use anycast_common::maps::{self, FLOWS, PROGRAM};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::MapInfo,
+    programs::{
+        ProgramError, Xdp,
+        links::{FdLink, LinkError, LinkInfo, LinkType, PinnedLink},
+        loaded_programs,
+        xdp::XdpLink,
+    },
+};
+
+use crate::{
+    attach::{self, AttachError, Mode},
+    ebpf_log,
+    maps::{DataPathMaps, MapsError},
+};
+
+/// `BPF_FS_MAGIC` from linux/magic.h: the f_type statfs reports for bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const LINKS: &str = "links";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error(
+        "{path} is not on a BPF filesystem (bpffs) and mounting one failed: {source}. Mount it with `mount -t bpf bpf /sys/fs/bpf` or choose a pin_dir on bpffs"
+    )]
+    NoBpffs { path: PathBuf, source: io::Error },
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+    #[error(
+        "pinned map {path} has key/value sizes {have:?} but this build expects {want:?}: the \
+         map layout changed. `anycast detach` (interrupts forwarding) and start again"
+    )]
+    Incompatible { path: PathBuf, have: (u32, u32), want: (u32, u32) },
+    #[error("reading pinned map {path}: {source}")]
+    PinnedMap { path: PathBuf, source: aya::maps::MapError },
+    #[error("parsing the embedded XDP object: {0}")]
+    Parse(#[from] aya_obj::ParseError),
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP object has no XDP program `{PROGRAM}`")]
+    NoProgram,
+    #[error("XDP program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("pinned link {path}: {source}")]
+    Link { path: PathBuf, source: LinkError },
+    #[error("pinning link {path}: {source}")]
+    Pin { path: PathBuf, source: aya::pin::PinError },
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+}
+
+type Result<T, E = LoaderError> = std::result::Result<T, E>;
+
+/// What happened on one interface at start or reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkOutcome {
+    /// Newly attached and pinned.
+    Attached(Mode),
+    /// A pinned link running this very program: left untouched.
+    Adopted,
+    /// A pinned link running another program: program swapped in place.
+    Upgraded,
+}
+
+impl std::fmt::Display for LinkOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkOutcome::Attached(mode) => write!(f, "attached ({} XDP), pinned", mode.name()),
+            LinkOutcome::Adopted => f.write_str("adopted the running instance"),
+            LinkOutcome::Upgraded => f.write_str("program upgraded in place (link update)"),
+        }
+    }
+}
+
+/// The links this controller holds on the running data path.
+pub struct Instance {
+    pin_dir: PathBuf,
+    /// Keeps the program loaded while links are being attached or updated.
+    ebpf: Ebpf,
+    links: BTreeMap<String, FdLink>,
+}
+
+/// What [`start`] found and did.
+pub struct Started {
+    pub instance: Instance,
+    pub maps: DataPathMaps,
+    /// Whether the maps were pinned already (an instance was adopted).
+    pub adopted_maps: bool,
+    pub links: Vec<(String, LinkOutcome)>,
+}
+
+pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(LINKS).join(iface)
+}
+
+/// Where to pin: `pin_dir` itself when it is on bpffs. Otherwise, when it is under
+/// `/sys/fs/bpf`, the host's bpffs seen through `/proc/1/root` if that is readable: `ip
+/// netns exec` runs commands in a private mount namespace with a fresh /sys that has no
+/// bpffs, and a bpffs mounted there would be a private instance whose pins vanish with the
+/// namespace (and the links with them). Failing both, bpffs is mounted on /sys/fs/bpf.
+/// Creates the directories.
+pub fn resolve_pin_dir(pin_dir: &Path) -> Result<PathBuf> {
+    let sys_bpf = Path::new("/sys/fs/bpf");
+    let dir = if is_bpffs(existing_ancestor(pin_dir)) {
+        pin_dir.to_owned()
+    } else if let Ok(rest) = pin_dir.strip_prefix(sys_bpf) {
+        let host = Path::new("/proc/1/root/sys/fs/bpf");
+        if is_bpffs(host) {
+            log::info!(
+                "{} is not bpffs in this mount namespace; pinning in the host's, {}",
+                sys_bpf.display(),
+                host.display()
+            );
+            host.join(rest)
+        } else {
+            mount_bpffs(sys_bpf).map_err(|source| LoaderError::NoBpffs { path: pin_dir.into(), source })?;
+            log::warn!(
+                "mounted bpffs on {}. If this process runs in a private mount namespace (`ip \
+                 netns exec` makes one per command), the pins vanish with it and the data path \
+                 with them: enter the network namespace with `nsenter --net=/run/netns/NAME` \
+                 instead, which keeps the host's /sys/fs/bpf",
+                sys_bpf.display()
+            );
+            pin_dir.to_owned()
+        }
+    } else {
+        return Err(LoaderError::NoBpffs { path: pin_dir.into(), source: io::Error::other("not bpffs") });
+    };
+    let links = dir.join(LINKS);
+    std::fs::create_dir_all(&links).map_err(|source| LoaderError::Io {
+        what: "creating",
+        path: links,
+        source,
+    })?;
+    Ok(dir)
+}
+
+fn existing_ancestor(p: &Path) -> &Path {
+    p.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"))
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else { return false };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path, st a valid out-pointer.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+fn mount_bpffs(at: &Path) -> io::Result<()> {
+    let target = CString::new(at.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let bpf = c"bpf";
+    // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
+    let rc = unsafe { libc::mount(bpf.as_ptr(), target.as_ptr(), bpf.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Refuses pinned maps whose layout differs from the object's: reusing them would make the
+/// new program read the old layout (the kernel only checks sizes the verifier sees).
+fn check_pinned(object: &[u8], pin_dir: &Path) -> Result<bool> {
+    let obj = aya_obj::Object::parse(object)?;
+    let mut any = false;
+    for name in maps::ALL {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        any = true;
+        let info = MapInfo::from_pin(&path)
+            .map_err(|source| LoaderError::PinnedMap { path: path.clone(), source })?;
+        let Some(want) = obj.maps.get(name) else { continue };
+        // DEVMAP's value size is chosen by aya at creation (ifindex alone or with a program
+        // fd, by kernel support), not taken from the object: compare keys only.
+        let value = |v: u32| if name == maps::DEVMAP { 0 } else { v };
+        let have = (info.key_size(), value(info.value_size()));
+        let want = (want.key_size(), value(want.value_size()));
+        if have != want {
+            return Err(LoaderError::Incompatible { path, have, want });
+        }
+    }
+    Ok(any)
+}
+
+/// Loads `object` against the maps pinned under `pin_dir` (creating and pinning the ones
+/// that are missing) and attaches, adopts or upgrades a link on every interface.
+pub fn start(object: &[u8], pin_dir: &Path, flow_table_size: u32, ifaces: &[String]) -> Result<Started> {
+    let pin_dir = &resolve_pin_dir(pin_dir)?;
+    let adopted_maps = check_pinned(object, pin_dir)?;
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(FLOWS, flow_table_size);
+    let paths: Vec<(&str, PathBuf)> = maps::ALL.iter().map(|&n| (n, pin_dir.join(n))).collect();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(object)?;
+    if adopted_maps {
+        let flows = MapInfo::from_pin(pin_dir.join(FLOWS))
+            .map_err(|source| LoaderError::PinnedMap { path: pin_dir.join(FLOWS), source })?;
+        if flows.max_entries() != flow_table_size {
+            log::warn!(
+                "the pinned flow table has {} entries, the config asks for {flow_table_size}: \
+                 the running size stays until `anycast detach` and a restart",
+                flows.max_entries()
+            );
+        }
+    }
+    ebpf_log::spawn(&mut ebpf);
+    program(&mut ebpf)?.load()?;
+    let maps = DataPathMaps::take(&mut ebpf)?;
+    let mut instance = Instance { pin_dir: pin_dir.to_owned(), ebpf, links: BTreeMap::new() };
+    let links = instance.set_interfaces(ifaces)?;
+    Ok(Started { instance, maps, adopted_maps, links })
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut(PROGRAM).ok_or(LoaderError::NoProgram)?.try_into().map_err(|_| LoaderError::NoProgram)
+}
+
+/// The kernel's tag of the program a link runs.
+fn link_program_tag(info: &LinkInfo) -> Option<u64> {
+    loaded_programs().filter_map(|p| p.ok()).find(|p| p.id() == info.program_id()).map(|p| p.tag())
+}
+
+impl Instance {
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn interfaces(&self) -> impl Iterator<Item = &str> {
+        self.links.keys().map(String::as_str)
+    }
+
+    /// Makes the program attached to exactly `ifaces`: attaches (or adopts, or upgrades)
+    /// the new ones, detaches the ones no longer listed.
+    pub fn set_interfaces(&mut self, ifaces: &[String]) -> Result<Vec<(String, LinkOutcome)>> {
+        let mut outcomes = Vec::new();
+        for iface in ifaces {
+            if self.links.contains_key(iface) {
+                continue;
+            }
+            let (link, outcome) = self.link(iface)?;
+            self.links.insert(iface.clone(), link);
+            outcomes.push((iface.clone(), outcome));
+        }
+        let gone: Vec<String> = self.links.keys().filter(|&i| !ifaces.contains(i)).cloned().collect();
+        for iface in gone {
+            self.links.remove(&iface);
+            remove_pin(&link_pin(&self.pin_dir, &iface))?;
+            log::info!("{iface}: detached (no longer configured)");
+        }
+        Ok(outcomes)
+    }
+
+    fn link(&mut self, iface: &str) -> Result<(FdLink, LinkOutcome)> {
+        let path = link_pin(&self.pin_dir, iface);
+        let prog = program(&mut self.ebpf)?;
+        if path.exists() {
+            let pinned = PinnedLink::from_pin(&path)
+                .map_err(|source| LoaderError::Link { path: path.clone(), source })?;
+            let link = FdLink::from(pinned);
+            let info = link.info().map_err(|source| LoaderError::Link { path: path.clone(), source })?;
+            if info.link_type().ok() != Some(LinkType::Xdp) {
+                return Err(LoaderError::Link { path, source: LinkError::InvalidLink });
+            }
+            let ours = prog.info()?.tag();
+            if link_program_tag(&info) == Some(ours) {
+                ebpf_log::spawn_for_program(info.program_id());
+                return Ok((link, LinkOutcome::Adopted));
+            }
+            let xdp =
+                XdpLink::try_from(link).map_err(|source| LoaderError::Link { path: path.clone(), source })?;
+            let id = prog.attach_to_link(xdp)?;
+            let link =
+                FdLink::try_from(prog.take_link(id)?).map_err(|source| LoaderError::Link { path, source })?;
+            return Ok((link, LinkOutcome::Upgraded));
+        }
+        let (id, mode) = attach::attach(prog, iface)?;
+        let link = FdLink::try_from(prog.take_link(id)?)
+            .map_err(|source| LoaderError::Link { path: path.clone(), source })?;
+        let pinned = link.pin(&path).map_err(|source| LoaderError::Pin { path, source })?;
+        Ok((pinned.into(), LinkOutcome::Attached(mode)))
+    }
+}
+
+fn remove_pin(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(LoaderError::Io { what: "removing", path: path.to_owned(), source }),
+    }
+}
+
+/// `anycast detach`: unpins every link (which detaches the program from its interface once
+/// no process holds it) and every map, then removes the directories. Returns the
+/// interfaces detached.
+pub fn detach(pin_dir: &Path) -> Result<Vec<String>> {
+    let pin_dir = &resolve_pin_dir(pin_dir)?;
+    let links = pin_dir.join(LINKS);
+    let mut detached = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        for entry in entries.flatten() {
+            remove_pin(&entry.path())?;
+            detached.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    for name in maps::ALL {
+        remove_pin(&pin_dir.join(name))?;
+    }
+    for dir in [links.as_path(), pin_dir] {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LoaderError::Io { what: "removing", path: dir.to_owned(), source }),
+        }
+    }
+    detached.sort();
+    Ok(detached)
+}

@@ -1,0 +1,265 @@
+//! Prometheus exposition (`GET /metrics`, text format 0.0.4) with `prometheus-client`.
+//!
+//! The data path's counters live in per-CPU maps. They are read and summed at scrape time
+//! into a [`Scrape`], which a custom [`Collector`] encodes as counters: the values are the
+//! kernel's, never re-counted in userspace, so a controller restart does not reset them
+//! (they are pinned) and nothing is lost between scrapes.
+
+use std::{collections::BTreeMap, fmt};
+
+use anycast_common::{Exception, SiteCounters, VipCounters};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, prometheus_text},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+pub use prometheus_text::CONTENT_TYPE;
+
+/// Everything one scrape exposes, read beforehand.
+#[derive(Clone, Debug, Default)]
+pub struct Scrape {
+    /// Site name → counters and effective weight.
+    pub sites: BTreeMap<String, (SiteCounters, u32)>,
+    pub vips: BTreeMap<String, VipCounters>,
+    pub exceptions: [u64; Exception::COUNT as usize],
+    pub flow_entries: u64,
+    pub flow_capacity: u64,
+    pub process: Process,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Process {
+    pub resident_bytes: u64,
+    pub cpu_seconds: f64,
+    pub open_fds: u64,
+    pub start_time_seconds: f64,
+}
+
+impl Process {
+    /// Reads /proc/self (prometheus-client has no process collector): RSS from statm,
+    /// CPU time and start time from stat (clock ticks), fds from the fd directory.
+    pub fn read() -> Process {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let (page, ticks) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
+        let (page, ticks) = (page.max(1) as u64, ticks.max(1) as f64);
+        let rss_pages = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0);
+        // Fields after the parenthesised command name (which may contain spaces): utime and
+        // stime are fields 14 and 15 of stat, starttime 22 (1-based), i.e. 11, 12, 19 after ')'.
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let after: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let field = |i: usize| after.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0);
+        Process {
+            resident_bytes: rss_pages * page,
+            cpu_seconds: (field(11) + field(12)) / ticks,
+            open_fds: std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0),
+            start_time_seconds: boot + field(19) / ticks,
+        }
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let actions = |c: &SiteCounters| {
+            [
+                ("local", c.local_packets, c.local_bytes),
+                ("forwarded", c.forwarded_packets, c.forwarded_bytes),
+                ("received", c.received_packets, c.received_bytes),
+            ]
+        };
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_site_packets",
+                "Packets per site and action: local (passed to this host's stack), forwarded (encapsulated to the site), received (decapsulated from the site)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (site, (c, _)) in &self.sites {
+                for (action, packets, _) in actions(c) {
+                    ConstCounter::new(packets)
+                        .encode(m.encode_family(&[("site", site.as_str()), ("action", action)])?)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_site_bytes",
+                "Bytes per site and action (frames as received; forwarded counts the original frame)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (site, (c, _)) in &self.sites {
+                for (action, _, bytes) in actions(c) {
+                    ConstCounter::new(bytes)
+                        .encode(m.encode_family(&[("site", site.as_str()), ("action", action)])?)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_vip_packets",
+                "Packets matched per VIP",
+                None,
+                MetricType::Counter,
+            )?;
+            for (vip, c) in &self.vips {
+                ConstCounter::new(c.packets).encode(m.encode_family(&[("vip", vip.as_str())])?)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_vip_bytes",
+                "Bytes matched per VIP",
+                None,
+                MetricType::Counter,
+            )?;
+            for (vip, c) in &self.vips {
+                ConstCounter::new(c.bytes).encode(m.encode_family(&[("vip", vip.as_str())])?)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_drops",
+                "Packets that left the normal path, by reason (most are passed to the stack, see docs/datapath.md)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (e, &n) in Exception::ALL.iter().zip(&self.exceptions) {
+                ConstCounter::new(n).encode(m.encode_family(&[("reason", e.name())])?)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_site_weight",
+                "Maglev weight of each site for new flows (0 = drained)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (site, (_, w)) in &self.sites {
+                ConstGauge::new(*w as i64).encode(m.encode_family(&[("site", site.as_str())])?)?;
+            }
+        }
+        let gauges: [(&str, &str, i64); 2] = [
+            ("anycast_flow_table_entries", "Entries in the flow table", self.flow_entries as i64),
+            ("anycast_flow_table_capacity", "Capacity of the flow table", self.flow_capacity as i64),
+        ];
+        for (name, help, v) in gauges {
+            ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        {
+            let mut m =
+                enc.encode_descriptor("anycast_build_info", "Controller version", None, MetricType::Gauge)?;
+            ConstGauge::new(1).encode(m.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        }
+        let p = self.process;
+        ConstGauge::new(p.resident_bytes as i64).encode(enc.encode_descriptor(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(p.cpu_seconds).encode(enc.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(p.open_fds as i64).encode(enc.encode_descriptor(
+            "process_open_fds",
+            "Number of open file descriptors",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(p.start_time_seconds).encode(enc.encode_descriptor(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        Ok(())
+    }
+}
+
+/// Renders one scrape in the Prometheus text format.
+pub fn render(scrape: Scrape) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(scrape));
+    let mut out = String::new();
+    prometheus_text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Scrape {
+        let mut s = Scrape::default();
+        s.sites.insert(
+            "fra".into(),
+            (
+                SiteCounters {
+                    local_packets: 7,
+                    local_bytes: 700,
+                    forwarded_packets: 0,
+                    forwarded_bytes: 0,
+                    received_packets: 3,
+                    received_bytes: 300,
+                },
+                1000,
+            ),
+        );
+        s.sites.insert(
+            "ams".into(),
+            (SiteCounters { forwarded_packets: 5, forwarded_bytes: 500, ..Default::default() }, 0),
+        );
+        s.vips.insert("dns".into(), VipCounters { packets: 12, bytes: 1200 });
+        s.exceptions[Exception::Truncated as usize] = 2;
+        s.flow_entries = 4;
+        s.flow_capacity = 262144;
+        s.process = Process::read();
+        s
+    }
+
+    #[test]
+    fn exposes_every_family_with_labels() {
+        let text = render(sample()).unwrap();
+        for line in [
+            "# TYPE anycast_site_packets_total counter",
+            "anycast_site_packets_total{site=\"fra\",action=\"local\"} 7",
+            "anycast_site_packets_total{site=\"fra\",action=\"received\"} 3",
+            "anycast_site_packets_total{site=\"ams\",action=\"forwarded\"} 5",
+            "anycast_site_bytes_total{site=\"ams\",action=\"forwarded\"} 500",
+            "anycast_vip_packets_total{vip=\"dns\"} 12",
+            "anycast_drops_total{reason=\"truncated\"} 2",
+            "anycast_drops_total{reason=\"fragment\"} 0",
+            "anycast_site_weight{site=\"ams\"} 0",
+            "anycast_site_weight{site=\"fra\"} 1000",
+            "anycast_flow_table_entries 4",
+            "anycast_flow_table_capacity 262144",
+            "anycast_build_info{version=\"0.1.0\"} 1",
+            "# TYPE process_cpu_seconds_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+    }
+
+    #[test]
+    fn process_stats_are_plausible() {
+        let p = Process::read();
+        assert!(p.resident_bytes > 1 << 20, "{p:?}");
+        assert!(p.open_fds >= 3, "{p:?}");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!(p.start_time_seconds > now - 3600.0 && p.start_time_seconds <= now + 1.0, "{p:?}");
+    }
+}

@@ -1,0 +1,479 @@
+//! Config (+ runtime overrides) → the contents of the data path's maps.
+//!
+//! Three steps, the first two pure and unit-tested:
+//! 1. [`plan`]: the desired [`State`] of every map from the config, the overrides and the
+//!    current state (which keeps slot numbers stable: a site keeps its index and generation
+//!    as long as it exists, so established flows stay where they are);
+//! 2. [`diff`]: the writes that turn one state into the other, ordered so that nothing
+//!    the data path can see at any moment points to something not written yet (a Maglev
+//!    table never names a site slot that is not configured, a VIP never points at a
+//!    missing table);
+//! 3. [`Reconciler::apply`]: performs them through [`DataPathMaps`] and keeps a shadow of
+//!    what the maps hold, so a reconcile with no change writes nothing.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use anycast_common::{
+    AddrKey, LocalConfig, SiteInfo, VipInfo, VipKey,
+    addr::filter,
+    config::{CONFIG_DEBUG_LOG, CONFIG_TUNNEL_V4, CONFIG_TUNNEL_V6},
+    maps::{MAX_SITES, MAX_VIPS},
+    site::{SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
+};
+
+use crate::{
+    config::{Config, Encap, SiteKind},
+    maglev::{self, Backend},
+    maps::{DataPathMaps, MapsError},
+    overrides::Overrides,
+};
+
+/// What the maps hold (or should hold). Sites: every slot, configured or not (a cleared
+/// slot keeps its generation so that its next occupant gets a new one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    pub config: LocalConfig,
+    pub sites: Vec<SiteInfo>,
+    pub vips: HashMap<VipKey, VipInfo>,
+    pub peers: HashMap<AddrKey, u32>,
+    /// VIP index → Maglev table. Shared (`Arc`) between VIPs whose tables are equal, so
+    /// that 64 VIPs served by the same sites cost one table of memory, not 64.
+    pub maglev: BTreeMap<u32, Arc<[u32]>>,
+    pub filter: Vec<(AddrKey, u8)>,
+    pub egress: BTreeSet<u32>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            config: LocalConfig::default(),
+            sites: vec![SiteInfo::default(); MAX_SITES as usize],
+            vips: HashMap::new(),
+            peers: HashMap::new(),
+            maglev: BTreeMap::new(),
+            filter: Vec::new(),
+            egress: BTreeSet::new(),
+        }
+    }
+}
+
+/// The desired state plus the names behind the slot numbers (for metrics and status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub state: State,
+    /// Site name → slot index, in config order.
+    pub sites: Vec<(String, u32)>,
+    /// VIP name → slot index, in config order.
+    pub vips: Vec<(String, u32)>,
+    /// Effective Maglev weight of every site.
+    pub weights: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("no free site slot (the data path holds {MAX_SITES})")]
+    NoSiteSlot,
+    #[error("no free VIP slot (the data path holds {MAX_VIPS})")]
+    NoVipSlot,
+}
+
+pub fn addr_key(a: IpAddr) -> AddrKey {
+    match a {
+        IpAddr::V4(a) => AddrKey::v4(a.octets()),
+        IpAddr::V6(a) => AddrKey::v6(a.octets()),
+    }
+}
+
+fn vip_key(v: &crate::config::Vip) -> VipKey {
+    let a = addr_key(v.address);
+    VipKey { addr: a.addr, port: v.port, proto: v.protocol.number(&v.address), family: a.family }
+}
+
+/// The SITES entry of a configured site, generation left for the caller.
+fn site_info(kind: &SiteKind) -> SiteInfo {
+    match kind {
+        SiteKind::Local => SiteInfo { flags: SITE_CONFIGURED | SITE_UP | SITE_LOCAL, ..Default::default() },
+        SiteKind::Remote { endpoint, encap } => {
+            let a = addr_key(*endpoint);
+            let (encap, gue_port) = match encap {
+                Encap::Ip => (anycast_common::Encap::Ip, 0),
+                Encap::Gue { port } => (anycast_common::Encap::Gue, *port),
+            };
+            SiteInfo {
+                flags: SITE_CONFIGURED | SITE_UP,
+                generation: 0,
+                tunnel_addr: a.addr,
+                tunnel_family: a.family,
+                encap: encap as u8,
+                gue_port,
+            }
+        }
+    }
+}
+
+/// Whether slot `have` already holds this site: same role and tunnel endpoint. That is how
+/// a restarted controller, which has no memory of names, finds its sites' slots again.
+fn same_site(have: &SiteInfo, want: &SiteInfo) -> bool {
+    have.flags & SITE_CONFIGURED != 0
+        && (have.flags & SITE_LOCAL) == (want.flags & SITE_LOCAL)
+        && (want.flags & SITE_LOCAL != 0
+            || (have.tunnel_addr == want.tunnel_addr && have.tunnel_family == want.tunnel_family))
+}
+
+/// Computes the desired state. `current` is what the maps hold now; `egress` the ifindexes
+/// of the configured interfaces.
+pub fn plan(
+    config: &Config,
+    overrides: &Overrides,
+    current: &State,
+    egress: BTreeSet<u32>,
+) -> Result<Plan, PlanError> {
+    // Sites: keep the slot of every site that is still there, then place the new ones in
+    // the lowest free slots with a bumped generation.
+    let wanted: Vec<SiteInfo> = config.sites.iter().map(|s| site_info(&s.kind)).collect();
+    let mut slot_of: Vec<Option<u32>> = vec![None; wanted.len()];
+    let mut taken = vec![false; MAX_SITES as usize];
+    for (i, want) in wanted.iter().enumerate() {
+        if let Some(slot) = (0..MAX_SITES as usize).find(|&s| !taken[s] && same_site(&current.sites[s], want))
+        {
+            taken[slot] = true;
+            slot_of[i] = Some(slot as u32);
+        }
+    }
+    let mut sites = current.sites.clone();
+    for s in sites.iter_mut() {
+        s.flags = 0;
+    }
+    let mut names = Vec::new();
+    for (i, want) in wanted.iter().enumerate() {
+        let slot = match slot_of[i] {
+            Some(slot) => slot as usize,
+            None => {
+                // A slot configured now but not kept is being vacated by this very plan:
+                // leave it alone so that its flows see it unconfigured first.
+                let free = (0..MAX_SITES as usize)
+                    .find(|&s| !taken[s] && current.sites[s].flags & SITE_CONFIGURED == 0)
+                    .ok_or(PlanError::NoSiteSlot)?;
+                taken[free] = true;
+                free
+            }
+        };
+        let generation = if slot_of[i].is_some() {
+            current.sites[slot].generation
+        } else {
+            current.sites[slot].generation.wrapping_add(1)
+        };
+        sites[slot] = SiteInfo { generation, ..*want };
+        names.push((config.sites[i].name.clone(), slot as u32));
+    }
+    let index_of: HashMap<&str, u32> = names.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+
+    let weights: BTreeMap<String, u32> = config
+        .sites
+        .iter()
+        .map(|s| {
+            let w = if overrides.drained.contains(&s.name) { 0 } else { s.configured_weight() };
+            (s.name.clone(), w)
+        })
+        .collect();
+
+    let peers: HashMap<AddrKey, u32> = config
+        .sites
+        .iter()
+        .filter_map(|s| match s.kind {
+            SiteKind::Remote { endpoint, .. } => Some((addr_key(endpoint), index_of[s.name.as_str()])),
+            SiteKind::Local => None,
+        })
+        .collect();
+
+    // VIPs keep their index (and so their counters and table) while they exist.
+    let keys: Vec<VipKey> = config.vips.iter().map(vip_key).collect();
+    let mut used: BTreeSet<u32> = keys.iter().filter_map(|k| current.vips.get(k).map(|v| v.index)).collect();
+    let mut vips = HashMap::new();
+    let mut maglev = BTreeMap::new();
+    // VIPs served by the same sites get the same table: build it once.
+    let mut built: HashMap<Vec<(u32, u32)>, Arc<[u32]>> = HashMap::new();
+    let mut vip_names = Vec::new();
+    for (v, key) in config.vips.iter().zip(&keys) {
+        let index = match current.vips.get(key) {
+            Some(info) => info.index,
+            None => {
+                let stale: BTreeSet<u32> = current.vips.values().map(|i| i.index).collect();
+                let free = (0..MAX_VIPS)
+                    .find(|i| !used.contains(i) && !stale.contains(i))
+                    .or_else(|| (0..MAX_VIPS).find(|i| !used.contains(i)))
+                    .ok_or(PlanError::NoVipSlot)?;
+                used.insert(free);
+                free
+            }
+        };
+        vips.insert(*key, VipInfo { index });
+        let backends: Vec<Backend> = v
+            .sites
+            .iter()
+            .map(|name| Backend { index: index_of[name.as_str()], name, weight: weights[name] })
+            .collect();
+        let input: Vec<(u32, u32)> = backends.iter().map(|b| (b.index, b.weight)).collect();
+        let table = built
+            .entry(input)
+            .or_insert_with(|| maglev::build(&backends, config.datapath.maglev_table_size).into())
+            .clone();
+        maglev.insert(index, table);
+        vip_names.push((v.name.clone(), index));
+    }
+
+    let mut filter_bits: Vec<(AddrKey, u8)> =
+        config.vips.iter().map(|v| (addr_key(v.address), filter::VIP)).collect();
+    let mut flags = if config.local.debug_log { CONFIG_DEBUG_LOG } else { 0 };
+    let mut local = LocalConfig { gue_port: config.local.gue_port.unwrap_or(0), ..Default::default() };
+    if let Some(a) = config.local.tunnel_v4 {
+        flags |= CONFIG_TUNNEL_V4;
+        local.tunnel_v4 = a.octets();
+        filter_bits.push((AddrKey::v4(a.octets()), filter::TUNNEL));
+    }
+    if let Some(a) = config.local.tunnel_v6 {
+        flags |= CONFIG_TUNNEL_V6;
+        local.tunnel_v6 = a.octets();
+        filter_bits.push((AddrKey::v6(a.octets()), filter::TUNNEL));
+    }
+    local.flags = flags;
+    normalise_filter(&mut filter_bits);
+
+    Ok(Plan {
+        state: State { config: local, sites, vips, peers, maglev, filter: filter_bits, egress },
+        sites: names,
+        vips: vip_names,
+        weights,
+    })
+}
+
+/// One entry per address, bits OR-ed, in a fixed order (so equal sets compare equal).
+fn normalise_filter(f: &mut Vec<(AddrKey, u8)>) {
+    let mut merged: BTreeMap<([u8; 16], u8), u8> = BTreeMap::new();
+    for (a, bits) in f.iter() {
+        *merged.entry((a.addr, a.family)).or_default() |= bits;
+    }
+    *f = merged
+        .into_iter()
+        .map(|((addr, family), bits)| (AddrKey { addr, family, pad: [0; 3] }, bits))
+        .collect();
+}
+
+/// One write to the data path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Config(LocalConfig),
+    Site(u32, SiteInfo),
+    Peer(AddrKey, u32),
+    Maglev(u32, Arc<[u32]>),
+    Vip(VipKey, VipInfo),
+    Filter(Vec<(AddrKey, u8)>),
+    RemoveVip(VipKey),
+    RemovePeer(AddrKey),
+    AddEgress(u32),
+    RemoveEgress(u32),
+}
+
+/// The writes that turn `have` into `want`, in a safe order: first everything new things
+/// will point to (config, sites being configured, peers, tables), then the VIPs and the
+/// filter, then removals, and sites being unconfigured last (no table names them by then).
+pub fn diff(want: &State, have: &State) -> Vec<Op> {
+    let mut ops = Vec::new();
+    if want.config != have.config {
+        ops.push(Op::Config(want.config));
+    }
+    let configured = |s: &SiteInfo| s.flags & SITE_CONFIGURED != 0;
+    let site_ops = |keep: bool| {
+        want.sites
+            .iter()
+            .zip(&have.sites)
+            .enumerate()
+            .filter(move |(_, (w, h))| w != h && configured(w) == keep)
+            .map(|(i, (w, _))| Op::Site(i as u32, *w))
+    };
+    ops.extend(site_ops(true));
+    for (k, v) in &want.peers {
+        if have.peers.get(k) != Some(v) {
+            ops.push(Op::Peer(*k, *v));
+        }
+    }
+    for (i, t) in &want.maglev {
+        if have.maglev.get(i) != Some(t) {
+            ops.push(Op::Maglev(*i, t.clone()));
+        }
+    }
+    for (k, v) in &want.vips {
+        if have.vips.get(k) != Some(v) {
+            ops.push(Op::Vip(*k, *v));
+        }
+    }
+    if want.filter != have.filter {
+        ops.push(Op::Filter(want.filter.clone()));
+    }
+    for k in have.vips.keys().filter(|k| !want.vips.contains_key(*k)) {
+        ops.push(Op::RemoveVip(*k));
+    }
+    for k in have.peers.keys().filter(|k| !want.peers.contains_key(*k)) {
+        ops.push(Op::RemovePeer(*k));
+    }
+    ops.extend(want.egress.difference(&have.egress).map(|&i| Op::AddEgress(i)));
+    ops.extend(have.egress.difference(&want.egress).map(|&i| Op::RemoveEgress(i)));
+    ops.extend(site_ops(false));
+    ops
+}
+
+impl State {
+    /// Records a write that succeeded.
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Config(c) => self.config = *c,
+            Op::Site(i, s) => self.sites[*i as usize] = *s,
+            Op::Peer(k, v) => {
+                self.peers.insert(*k, *v);
+            }
+            Op::Maglev(i, t) => {
+                self.maglev.insert(*i, t.clone());
+            }
+            Op::Vip(k, v) => {
+                self.vips.insert(*k, *v);
+            }
+            Op::Filter(f) => self.filter = f.clone(),
+            Op::RemoveVip(k) => {
+                if let Some(info) = self.vips.remove(k) {
+                    self.maglev.remove(&info.index);
+                }
+            }
+            Op::RemovePeer(k) => {
+                self.peers.remove(k);
+            }
+            Op::AddEgress(i) => {
+                self.egress.insert(*i);
+            }
+            Op::RemoveEgress(i) => {
+                self.egress.remove(i);
+            }
+        }
+    }
+
+    /// Reads everything the data path holds. Costs one syscall per map entry (65 538 per
+    /// Maglev table): done once at start; afterwards the [`Reconciler`]'s shadow is used.
+    pub fn read(maps: &DataPathMaps) -> Result<State, MapsError> {
+        let vips: HashMap<VipKey, VipInfo> = maps.vips()?.into_iter().collect();
+        let mut maglev = BTreeMap::new();
+        // One read per distinct inner map (the reconciler shares equal tables).
+        let mut seen: HashMap<u32, Arc<[u32]>> = HashMap::new();
+        for info in vips.values() {
+            let Some(id) = maps.maglev_id(info.index)? else { continue };
+            let table = match seen.get(&id) {
+                Some(t) => Some(t.clone()),
+                None => maps.maglev(info.index)?.map(|t| {
+                    let t: Arc<[u32]> = t.into();
+                    seen.insert(id, t.clone());
+                    t
+                }),
+            };
+            if let Some(t) = table {
+                maglev.insert(info.index, t);
+            }
+        }
+        let config = maps.config()?;
+        let mut filter_bits: Vec<(AddrKey, u8)> = Vec::new();
+        // The filter is a hash of addresses and cannot be read back as addresses;
+        // `DataPathMaps::set_filter` diffs the slots itself. Rebuild what it should hold
+        // from the other maps so that an unchanged config compares equal.
+        for k in vips.keys() {
+            filter_bits.push((AddrKey { addr: k.addr, family: k.family, pad: [0; 3] }, filter::VIP));
+        }
+        if config.flags & CONFIG_TUNNEL_V4 != 0 {
+            filter_bits.push((AddrKey::v4(config.tunnel_v4), filter::TUNNEL));
+        }
+        if config.flags & CONFIG_TUNNEL_V6 != 0 {
+            filter_bits.push((AddrKey::v6(config.tunnel_v6), filter::TUNNEL));
+        }
+        normalise_filter(&mut filter_bits);
+        Ok(State {
+            config,
+            sites: (0..MAX_SITES).map(|i| maps.site(i)).collect::<Result<_, _>>()?,
+            vips,
+            peers: maps.tunnel_peers()?.into_iter().collect(),
+            maglev,
+            filter: filter_bits,
+            egress: maps.egress()?.into_iter().collect(),
+        })
+    }
+}
+
+fn write(maps: &mut DataPathMaps, op: &Op) -> Result<(), MapsError> {
+    match op {
+        Op::Config(c) => maps.set_config(c),
+        Op::Site(i, s) => maps.set_site(*i, s),
+        Op::Peer(k, v) => maps.set_tunnel_peer(k, *v),
+        Op::Maglev(i, t) => maps.set_maglev(*i, t),
+        Op::Vip(k, v) => maps.set_vip(k, v),
+        Op::Filter(f) => maps.set_filter(f.iter().copied()),
+        Op::RemoveVip(k) => maps.remove_vip(k),
+        Op::RemovePeer(k) => maps.remove_tunnel_peer(k),
+        Op::AddEgress(i) => maps.add_egress(*i),
+        Op::RemoveEgress(i) => maps.remove_egress(*i),
+    }
+}
+
+/// Counts of what one reconcile wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub writes: usize,
+    pub tables: usize,
+}
+
+/// Keeps the data path equal to the latest plan.
+pub struct Reconciler {
+    shadow: State,
+}
+
+impl Reconciler {
+    pub fn new(maps: &DataPathMaps) -> Result<Self, MapsError> {
+        Ok(Reconciler { shadow: State::read(maps)? })
+    }
+
+    pub fn current(&self) -> &State {
+        &self.shadow
+    }
+
+    /// Writes the difference between `want` and what the maps hold. On an error the
+    /// writes done so far stay (each is consistent on its own) and are remembered.
+    pub fn apply(&mut self, maps: &mut DataPathMaps, want: &State) -> Result<Applied, MapsError> {
+        let ops = diff(want, &self.shadow);
+        let mut applied = Applied::default();
+        // `diff` emits the table swaps together: write them as one batch (equal tables
+        // shared, one wait for running programs).
+        let tables: Vec<(u32, &[u32])> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Maglev(vip, t) => Some((*vip, &t[..])),
+                _ => None,
+            })
+            .collect();
+        let mut tables_written = false;
+        for op in &ops {
+            match op {
+                Op::Maglev(..) if tables_written => {}
+                Op::Maglev(..) => {
+                    maps.set_maglev_tables(&tables)?;
+                    tables_written = true;
+                    applied.tables = tables.len();
+                }
+                _ => write(maps, op)?,
+            }
+            self.shadow.apply(op);
+            applied.writes += 1;
+        }
+        Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,220 @@
+use super::*;
+use anycast_common::site::SITE_NONE;
+
+const BASE: &str = r#"
+[local]
+interfaces = ["veth0"]
+tunnel_v4 = "10.0.0.1"
+gue_port = 6080
+
+[datapath]
+maglev_table_size = 251
+
+[[sites]]
+name = "a"
+local = true
+capacity = 10
+
+[[sites]]
+name = "b"
+endpoint = "10.0.0.2"
+capacity = 10
+
+[[sites]]
+name = "c"
+endpoint = "10.0.0.3"
+encap = "gue"
+gue_port = 6081
+capacity = 20
+
+[[vips]]
+address = "192.0.2.1"
+port = 53
+protocol = "udp"
+
+[[vips]]
+address = "192.0.2.2"
+port = "any"
+protocol = "tcp"
+sites = ["a", "c"]
+"#;
+
+fn config(text: &str) -> Config {
+    Config::parse(text, "t").unwrap()
+}
+
+/// Plans `text` against `current` and applies the diff to it, as the reconciler does.
+fn step(text: &str, overrides: &Overrides, current: &mut State) -> (Plan, Vec<Op>) {
+    let p = plan(&config(text), overrides, current, BTreeSet::from([7])).unwrap();
+    let ops = diff(&p.state, current);
+    for op in &ops {
+        current.apply(op);
+    }
+    assert_eq!(*current, p.state, "applying the diff reaches the plan");
+    (p, ops)
+}
+
+fn slot(p: &Plan, name: &str) -> u32 {
+    p.sites.iter().find(|(n, _)| n == name).unwrap().1
+}
+
+#[test]
+fn first_plan_writes_everything_in_a_safe_order() {
+    let mut s = State::default();
+    let (p, ops) = step(BASE, &Overrides::default(), &mut s);
+    assert_eq!(p.sites, [("a".to_owned(), 0), ("b".to_owned(), 1), ("c".to_owned(), 2)]);
+    let a = s.sites[0];
+    assert_eq!(a.flags, SITE_CONFIGURED | SITE_UP | SITE_LOCAL);
+    assert_eq!(a.generation, 1);
+    let c = s.sites[2];
+    assert_eq!(
+        (c.flags, c.encap, c.gue_port),
+        (SITE_CONFIGURED | SITE_UP, anycast_common::Encap::Gue as u8, 6081)
+    );
+    assert_eq!(&c.tunnel_addr[..4], &[10, 0, 0, 3]);
+    assert_eq!(s.peers.len(), 2);
+    assert_eq!(s.peers[&AddrKey::v4([10, 0, 0, 3])], 2);
+    assert_eq!(s.config.flags, CONFIG_TUNNEL_V4);
+    assert_eq!((s.config.tunnel_v4, s.config.gue_port), ([10, 0, 0, 1], 6080));
+    assert_eq!(s.filter.len(), 3, "two VIP addresses and the tunnel address");
+    assert_eq!(s.egress, BTreeSet::from([7]));
+    // The second VIP's table only names a and c.
+    let t = &s.maglev[&1];
+    assert_eq!(t.len(), 251);
+    assert!(!Arc::ptr_eq(t, &s.maglev[&0]), "different sites, different tables");
+    assert!(t.iter().all(|&x| x == 0 || x == 2));
+    // Order: sites and tables before the VIPs that use them, VIPs before the filter.
+    let pos = |f: &dyn Fn(&Op) -> bool| ops.iter().position(f).unwrap();
+    assert!(pos(&|o| matches!(o, Op::Site(..))) < pos(&|o| matches!(o, Op::Maglev(..))));
+    assert!(pos(&|o| matches!(o, Op::Maglev(..))) < pos(&|o| matches!(o, Op::Vip(..))));
+    assert!(pos(&|o| matches!(o, Op::Vip(..))) < pos(&|o| matches!(o, Op::Filter(..))));
+}
+
+#[test]
+fn same_config_again_writes_nothing() {
+    let mut s = State::default();
+    step(BASE, &Overrides::default(), &mut s);
+    let (_, ops) = step(BASE, &Overrides::default(), &mut s);
+    assert!(ops.is_empty(), "{ops:?}");
+}
+
+#[test]
+fn weight_change_rewrites_only_tables() {
+    let mut s = State::default();
+    step(BASE, &Overrides::default(), &mut s);
+    let (p, ops) =
+        step(&BASE.replace("capacity = 20", "capacity = 20\nweight = 5"), &Overrides::default(), &mut s);
+    assert_eq!(p.weights["c"], 5);
+    assert!(!ops.is_empty());
+    assert!(ops.iter().all(|o| matches!(o, Op::Maglev(..))), "{ops:?}");
+}
+
+#[test]
+fn drain_zeroes_the_weight_but_keeps_the_site_up() {
+    let mut s = State::default();
+    step(BASE, &Overrides::default(), &mut s);
+    let drained = Overrides { drained: BTreeSet::from(["c".to_owned()]) };
+    let (p, ops) = step(BASE, &drained, &mut s);
+    assert_eq!(p.weights["c"], 0);
+    assert!(ops.iter().all(|o| matches!(o, Op::Maglev(..))), "{ops:?}");
+    assert!(s.maglev.values().all(|t| !t.contains(&2)));
+    assert_eq!(s.sites[2].flags & SITE_UP, SITE_UP, "established flows keep their site");
+    // VIP 1 had only a and c: now all a.
+    assert!(s.maglev[&1].iter().all(|&x| x == 0));
+}
+
+#[test]
+fn everything_drained_gives_empty_tables() {
+    let mut s = State::default();
+    let all = Overrides { drained: ["a", "b", "c"].map(String::from).into() };
+    step(BASE, &all, &mut s);
+    assert!(s.maglev.values().flat_map(|t| t.iter()).all(|&x| x == SITE_NONE));
+}
+
+#[test]
+fn restart_with_reordered_config_keeps_slots_and_generations() {
+    let mut s = State::default();
+    step(BASE, &Overrides::default(), &mut s);
+    let before = s.clone();
+    // A new controller knows no names: it finds sites by role and endpoint, VIPs by key.
+    let text = r#"
+[local]
+interfaces = ["veth0"]
+tunnel_v4 = "10.0.0.1"
+gue_port = 6080
+[datapath]
+maglev_table_size = 251
+[[sites]]
+name = "c"
+endpoint = "10.0.0.3"
+encap = "gue"
+gue_port = 6081
+capacity = 20
+[[sites]]
+name = "b"
+endpoint = "10.0.0.2"
+capacity = 10
+[[sites]]
+name = "a"
+local = true
+capacity = 10
+[[vips]]
+address = "192.0.2.2"
+port = "any"
+protocol = "tcp"
+sites = ["c", "a"]
+[[vips]]
+address = "192.0.2.1"
+port = 53
+protocol = "udp"
+"#;
+    let (p, ops) = step(text, &Overrides::default(), &mut s);
+    assert!(ops.is_empty(), "{ops:?}");
+    assert_eq!((slot(&p, "a"), slot(&p, "b"), slot(&p, "c")), (0, 1, 2));
+    assert_eq!(s, before);
+}
+
+#[test]
+fn removed_site_is_unconfigured_last_and_its_slot_reused_with_a_new_generation() {
+    let mut s = State::default();
+    step(BASE, &Overrides::default(), &mut s);
+    let without_b = BASE.replace("[[sites]]\nname = \"b\"\nendpoint = \"10.0.0.2\"\ncapacity = 10\n", "");
+    let (_, ops) = step(&without_b, &Overrides::default(), &mut s);
+    assert!(matches!(ops.last(), Some(Op::Site(1, info)) if info.flags == 0), "{ops:?}");
+    assert!(ops.contains(&Op::RemovePeer(AddrKey::v4([10, 0, 0, 2]))));
+    assert!(s.maglev.values().all(|t| !t.contains(&1)));
+    assert_eq!(s.sites[1].generation, 1, "a cleared slot keeps its generation");
+
+    let with_d = format!("{without_b}\n[[sites]]\nname = \"d\"\nendpoint = \"10.0.0.4\"\ncapacity = 10\n");
+    let (p, _) = step(&with_d, &Overrides::default(), &mut s);
+    assert_eq!(slot(&p, "d"), 1);
+    assert_eq!(s.sites[1].generation, 2, "flows remembered for b do not go to d");
+}
+
+#[test]
+fn vip_removal_and_addition_keep_other_indices() {
+    let mut s = State::default();
+    step(BASE, &Overrides::default(), &mut s);
+    let text = BASE.replace("address = \"192.0.2.1\"", "address = \"192.0.2.9\"");
+    let (p, ops) = step(&text, &Overrides::default(), &mut s);
+    assert_eq!(p.vips[1].1, 1, "the unchanged VIP keeps index 1");
+    assert_eq!(p.vips[0].1, 2, "the new VIP does not reuse the index being vacated");
+    assert!(ops.iter().any(|o| matches!(o, Op::RemoveVip(k) if k.addr[..4] == [192, 0, 2, 1])));
+    assert!(ops.iter().any(|o| matches!(o, Op::Filter(_))));
+}
+
+#[test]
+fn vips_with_the_same_sites_share_one_table() {
+    let text = format!("{BASE}\n[[vips]]\naddress = \"192.0.2.3\"\nport = 53\nprotocol = \"udp\"\n");
+    let mut s = State::default();
+    step(&text, &Overrides::default(), &mut s);
+    assert!(Arc::ptr_eq(&s.maglev[&0], &s.maglev[&2]));
+}
+
+#[test]
+fn egress_follows_interfaces() {
+    let mut s = State::default();
+    step(BASE, &Overrides::default(), &mut s);
+    let p = plan(&config(BASE), &Overrides::default(), &s, BTreeSet::from([8])).unwrap();
+    assert_eq!(diff(&p.state, &s), [Op::AddEgress(8), Op::RemoveEgress(7)]);
+}

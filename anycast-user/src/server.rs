@@ -1,0 +1,82 @@
+//! The metrics and admin HTTP server (axum): `GET /metrics`, `GET /status`,
+//! `POST /drain/{site}`, `POST /undrain/{site}`. Listens on 127.0.0.1 by default
+//! (`[admin] listen`): the admin endpoints have no authentication, so they must not be
+//! reachable from outside the host.
+
+use std::sync::{Arc, Mutex};
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::controller::{Controller, ControllerError};
+
+pub type Shared = Arc<Mutex<Controller>>;
+
+/// Reply of the drain endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReply {
+    pub site: String,
+    pub drained: bool,
+    pub weight: u32,
+}
+
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/drain/{site}", post(drain))
+        .route("/undrain/{site}", post(undrain))
+        .with_state(shared)
+}
+
+fn error(e: ControllerError) -> Response {
+    let code = match e {
+        ControllerError::UnknownSite(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, format!("{e}\n")).into_response()
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Controller> {
+    // A panic while holding the lock leaves a state that is still a valid config + maps
+    // (every write is applied or not): keep serving.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn metrics(State(shared): State<Shared>) -> Response {
+    match lock(&shared).metrics() {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+async fn status(State(shared): State<Shared>) -> Response {
+    match lock(&shared).status() {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+fn set_drained(shared: &Shared, site: String, drained: bool) -> Response {
+    match lock(shared).set_drained(&site, drained) {
+        Ok(weight) => {
+            log::info!("site {site}: {} (weight {weight})", if drained { "drained" } else { "undrained" });
+            Json(DrainReply { site, drained, weight }).into_response()
+        }
+        Err(e) => error(e),
+    }
+}
+
+async fn drain(State(shared): State<Shared>, Path(site): Path<String>) -> Response {
+    set_drained(&shared, site, true)
+}
+
+async fn undrain(State(shared): State<Shared>, Path(site): Path<String>) -> Response {
+    set_drained(&shared, site, false)
+}

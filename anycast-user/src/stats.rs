@@ -1,0 +1,89 @@
+//! One consistent-enough read of every counter of the data path (per-CPU values summed by
+//! [`DataPathMaps`]), and the rates between two reads.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use anycast_common::{Exception, SiteCounters, VipCounters};
+
+use crate::maps::{DataPathMaps, MapsError};
+
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub at: Instant,
+    pub sites: BTreeMap<u32, SiteCounters>,
+    pub vips: BTreeMap<u32, VipCounters>,
+    /// In [`Exception::ALL`] order.
+    pub exceptions: [u64; Exception::COUNT as usize],
+}
+
+impl Snapshot {
+    /// Reads the counters of the given site and VIP slots.
+    pub fn read(
+        maps: &DataPathMaps,
+        sites: impl IntoIterator<Item = u32>,
+        vips: impl IntoIterator<Item = u32>,
+    ) -> Result<Self, MapsError> {
+        Ok(Snapshot {
+            at: Instant::now(),
+            sites: sites
+                .into_iter()
+                .map(|i| Ok((i, maps.site_counters(i)?)))
+                .collect::<Result<_, MapsError>>()?,
+            vips: vips
+                .into_iter()
+                .map(|i| Ok((i, maps.vip_counters(i)?)))
+                .collect::<Result<_, MapsError>>()?,
+            exceptions: maps.exceptions()?,
+        })
+    }
+
+    /// Packets per second of every site (all actions) since `earlier`.
+    pub fn site_rates(&self, earlier: &Snapshot) -> BTreeMap<u32, f64> {
+        let secs = self.at.duration_since(earlier.at).as_secs_f64().max(1e-3);
+        self.sites
+            .iter()
+            .map(|(&i, now)| {
+                let before = earlier.sites.get(&i).map(site_packets).unwrap_or(0);
+                (i, site_packets(now).saturating_sub(before) as f64 / secs)
+            })
+            .collect()
+    }
+}
+
+/// Packets of a site counted under any action.
+pub fn site_packets(c: &SiteCounters) -> u64 {
+    c.local_packets + c.forwarded_packets + c.received_packets
+}
+
+/// One line per non-zero counter, for the foreground `run --iface` demo.
+pub fn render_nonzero(s: &Snapshot, site_name: impl Fn(u32) -> String) -> String {
+    let mut out = String::new();
+    for (&i, c) in &s.sites {
+        if site_packets(c) > 0 {
+            out += &format!(
+                "  site {:<12} local {} pkts / {} B  forwarded {} / {} B  received {} / {} B\n",
+                site_name(i),
+                c.local_packets,
+                c.local_bytes,
+                c.forwarded_packets,
+                c.forwarded_bytes,
+                c.received_packets,
+                c.received_bytes
+            );
+        }
+    }
+    for (&i, c) in &s.vips {
+        if c.packets > 0 {
+            out += &format!("  vip  {i:<12} {} pkts / {} B\n", c.packets, c.bytes);
+        }
+    }
+    for (e, &n) in Exception::ALL.iter().zip(&s.exceptions) {
+        if n > 0 {
+            out += &format!("  exception {:<18} {n}\n", e.name());
+        }
+    }
+    if out.is_empty() {
+        out = "  (no packet counted yet)\n".to_owned();
+    }
+    out
+}

@@ -1,0 +1,141 @@
+//! What `anycast status` shows: the daemon serves it as JSON (`GET /status`), the CLI
+//! prints it as a table or passes the JSON through (`--json`).
+
+use std::{collections::BTreeMap, fmt::Write};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub interfaces: Vec<String>,
+    pub flow_entries: u64,
+    pub flow_capacity: u64,
+    pub sites: Vec<SiteStatus>,
+    pub vips: Vec<VipStatus>,
+    /// Exception counters by reason, non-zero only.
+    pub drops: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteStatus {
+    pub name: String,
+    pub index: u32,
+    /// "local" or "remote".
+    pub role: String,
+    pub endpoint: Option<String>,
+    /// "ip", "gue" or "-" for the local site.
+    pub encap: String,
+    /// "up" or "drained".
+    pub state: String,
+    /// Effective Maglev weight (0 when drained).
+    pub weight: u32,
+    pub configured_weight: u32,
+    /// Packets per second over the last sampling interval, all actions.
+    pub pps: f64,
+    pub local_packets: u64,
+    pub forwarded_packets: u64,
+    pub received_packets: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub name: String,
+    pub index: u32,
+    pub sites: Vec<String>,
+    pub packets: u64,
+    pub pps: f64,
+}
+
+impl Status {
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "interfaces: {}   flows: {} / {}",
+            self.interfaces.join(", "),
+            self.flow_entries,
+            self.flow_capacity
+        );
+        let _ = writeln!(
+            out,
+            "\n{:<16} {:<7} {:<26} {:<5} {:<8} {:>7} {:>10} {:>12} {:>12} {:>12}",
+            "SITE", "ROLE", "ENDPOINT", "ENCAP", "STATE", "WEIGHT", "PPS", "LOCAL", "FORWARDED", "RECEIVED"
+        );
+        for s in &self.sites {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<7} {:<26} {:<5} {:<8} {:>7} {:>10.1} {:>12} {:>12} {:>12}",
+                s.name,
+                s.role,
+                s.endpoint.as_deref().unwrap_or("-"),
+                s.encap,
+                s.state,
+                s.weight,
+                s.pps,
+                s.local_packets,
+                s.forwarded_packets,
+                s.received_packets
+            );
+        }
+        let _ = writeln!(out, "\n{:<32} {:>10} {:>12}  SITES", "VIP", "PPS", "PACKETS");
+        for v in &self.vips {
+            let _ = writeln!(out, "{:<32} {:>10.1} {:>12}  {}", v.name, v.pps, v.packets, v.sites.join(","));
+        }
+        if !self.drops.is_empty() {
+            let _ = writeln!(out, "\nexceptions:");
+            for (reason, n) in &self.drops {
+                let _ = writeln!(out, "  {reason:<20} {n}");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_every_site_vip_and_exception() {
+        let site = |name: &str, role: &str, state: &str, weight| SiteStatus {
+            name: name.into(),
+            index: 0,
+            role: role.into(),
+            endpoint: (role == "remote").then(|| "10.0.0.2".into()),
+            encap: if role == "remote" { "ip" } else { "-" }.into(),
+            state: state.into(),
+            weight,
+            configured_weight: 100,
+            pps: 12.5,
+            local_packets: 7,
+            forwarded_packets: 8,
+            received_packets: 9,
+        };
+        let s = Status {
+            interfaces: vec!["eth0".into()],
+            flow_entries: 3,
+            flow_capacity: 1024,
+            sites: vec![site("fra", "local", "up", 100), site("ams", "remote", "drained", 0)],
+            vips: vec![VipStatus {
+                name: "dns".into(),
+                index: 0,
+                sites: vec!["fra".into()],
+                packets: 5,
+                pps: 1.0,
+            }],
+            drops: BTreeMap::from([("truncated".to_owned(), 2)]),
+        };
+        let t = s.table();
+        assert!(t.starts_with("interfaces: eth0   flows: 3 / 1024\n"), "{t}");
+        let ams = t.lines().find(|l| l.starts_with("ams ")).expect(&t);
+        let cols: Vec<&str> = ams.split_whitespace().collect();
+        assert_eq!(cols, ["ams", "remote", "10.0.0.2", "ip", "drained", "0", "12.5", "7", "8", "9"]);
+        assert!(
+            t.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["dns", "1.0", "5", "fra"]),
+            "{t}"
+        );
+        assert!(t.contains("truncated            2"), "{t}");
+        let back: Status = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+}
