@@ -1,1 +1,135 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>` (alias in .cargo/config.toml).
+//!
+//! Every task first makes sure its prerequisites are present and installs what is missing
+//! when it can (see prereq.rs), so a fresh Debian 12 machine needs no manual step.
+
+mod bench;
+mod daemon;
+mod demo;
+mod lab;
+mod prereq;
+mod test;
+mod toolchain;
+mod traffic;
+
+use std::{os::unix::process::CommandExt, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use prereq::Goal;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, test and run anycast",
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check the prerequisites and install what is missing (Debian packages, bpf-linker,
+    /// bpffs); a second run only reports "ok".
+    Setup,
+    /// Build the workspace (the XDP objects are built by anycast-user's build script).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the tests of the host crates: unit, kernel (BPF_PROG_RUN) and netns tests.
+    Test {
+        #[arg(long)]
+        release: bool,
+        /// Run only tests whose names contain this string.
+        filter: Option<String>,
+        /// Arguments for the test binaries, e.g. `-- --nocapture`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks: per-packet cost (BPF_PROG_RUN), forwarding throughput on veth (live
+    /// frames) against the kernel's own path, and control-plane figures; prints a table.
+    /// Runs as root (loads XDP programs, makes network namespaces).
+    Bench {
+        /// Also write the results as JSON to this file.
+        #[arg(long, value_name = "FILE.json")]
+        out: Option<PathBuf>,
+        /// Smoke run, under a minute (3 rounds of 2e5 repetitions, short throughput runs).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Without ARGS: a demonstration lab in network namespaces with the `anycast` controller
+    /// attached and traffic flowing, torn down on exit. With ARGS: `anycast ARGS`.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Stop the demonstration after this many seconds (default: at Ctrl-C).
+        #[arg(long = "for", value_name = "SECONDS", conflicts_with = "args")]
+        duration: Option<u64>,
+        /// Arguments for the `anycast` binary, e.g. `-- run --iface eth0`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = try_main() {
+        // One paragraph, no backtrace: the messages name what is wrong and the fix.
+        eprintln!("\nerror: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn try_main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => prereq::ensure(Goal::Setup)?,
+        Task::Build { release } => {
+            prereq::ensure(Goal::Build)?;
+            cargo_build(release, &[])?;
+        }
+        Task::Test { release, filter, args } => {
+            prereq::ensure(Goal::Test)?;
+            test::run(&test::Options { release, filter, args })?;
+        }
+        Task::Bench { out, quick } => {
+            prereq::ensure(Goal::Run)?;
+            bench::run(&bench::Options { out, quick })?;
+        }
+        Task::Run { release, duration, args } => {
+            prereq::ensure(Goal::Run)?;
+            cargo_build(release, &["--package", "anycast-user", "--bin", "anycast"])?;
+            let anycast = toolchain::profile_dir(release).join("anycast");
+            if !anycast.exists() {
+                bail!("the build succeeded but {} is not there", anycast.display());
+            }
+            if args.is_empty() {
+                demo::run(&anycast, duration.map(Duration::from_secs))?;
+            } else {
+                exec(anycast, &args)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cargo_build(release: bool, selection: &[&str]) -> Result<()> {
+    let mut cmd = toolchain::cargo();
+    cmd.arg("build").args(selection);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("starting cargo build")?;
+    if !status.success() {
+        bail!("`{}` failed ({status}); see the compiler output above", toolchain::describe(&cmd));
+    }
+    Ok(())
+}
+
+/// Replaces xtask with `anycast ARGS`, so that signals and the exit code are the binary's own.
+fn exec(anycast: PathBuf, args: &[String]) -> Result<()> {
+    let err = std::process::Command::new(&anycast).args(args).exec();
+    Err(err).with_context(|| format!("executing {}", anycast.display()))
+}

@@ -1,0 +1,181 @@
+//! `cargo xtask test`: `cargo test` over the host crates, every test binary run even when
+//! one fails, with a closing line that totals them all ("summary: N passed, N failed,
+//! N skipped") and the names of the failures.
+
+use std::{
+    io::{BufRead, BufReader, IsTerminal, Read, Write},
+    process::Stdio,
+    thread,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::toolchain;
+
+/// Test threads per binary: the cores, but at least two so that tests waiting on the
+/// network or the kernel overlap even on a one-core machine.
+fn test_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
+/// What a test that needs root prints on stderr when it skips (tests/src/root.rs and the
+/// lab test in lab.rs).
+pub const SKIP_MARKER: &str = "SKIPPED (needs root)";
+
+pub struct Options {
+    pub release: bool,
+    pub filter: Option<String>,
+    /// Passed to every test binary after the filter (e.g. --nocapture).
+    pub args: Vec<String>,
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    let mut cmd = toolchain::cargo();
+    // anycast-ebpf only builds for the BPF target (anycast-user's build.rs builds it), and
+    // --workspace would select it.
+    cmd.args(["test", "--workspace", "--exclude", "anycast-ebpf", "--no-fail-fast"]);
+    if options.release {
+        cmd.arg("--release");
+    }
+    cmd.arg("--");
+    cmd.args(&options.filter);
+    cmd.args(&options.args);
+    if std::env::var_os("RUST_TEST_THREADS").is_none() {
+        cmd.env("RUST_TEST_THREADS", test_threads().to_string());
+    }
+    println!("test: {}", toolchain::describe(&cmd));
+
+    if std::io::stderr().is_terminal() && std::env::var_os("CARGO_TERM_COLOR").is_none() {
+        // cargo's stderr becomes a pipe below; keep its colours for a person at a terminal.
+        cmd.env("CARGO_TERM_COLOR", "always");
+    }
+
+    let start = Instant::now();
+    // Test binaries write their results on stdout, and tests that skip for want of root
+    // say so on stderr (where libtest does not capture it). Both are read through, each
+    // line echoed, to total the results.
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("starting cargo test")?;
+    let stderr = child.stderr.take().context("cargo test stderr")?;
+    let skips = thread::spawn(move || -> std::io::Result<u64> {
+        let mut skipped = 0;
+        echo_lines(stderr, &mut std::io::stderr(), |line| skipped += u64::from(line.contains(SKIP_MARKER)))?;
+        Ok(skipped)
+    });
+    let mut totals = Totals::default();
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    echo_lines(stdout, &mut std::io::stdout(), |line| totals.add(line))
+        .context("reading cargo test output")?;
+    let status = child.wait().context("waiting for cargo test")?;
+    let root_skips = skips.join().map_err(|_| anyhow!("stderr reader panicked"))??;
+
+    if totals.binaries == 0 && !status.success() {
+        bail!("cargo test failed ({status}) before running any test; see the compiler output above");
+    }
+    println!(
+        "test: {} test binaries in {:.1}s{}",
+        totals.binaries,
+        start.elapsed().as_secs_f64(),
+        options.filter.as_ref().map(|f| format!(", names containing {f:?}")).unwrap_or_default()
+    );
+    // A test that skipped for want of root returned early and libtest counted it passed.
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        totals.passed.saturating_sub(root_skips),
+        totals.failed,
+        totals.ignored + root_skips
+    );
+    if !totals.failures.is_empty() {
+        bail!("{} test(s) failed: {}", totals.failures.len(), totals.failures.join(", "));
+    }
+    if !status.success() {
+        bail!("cargo test failed ({status}); see the output above");
+    }
+    if let Some(filter) = &options.filter {
+        if totals.passed + totals.failed == 0 {
+            bail!("no test name contains {filter:?}");
+        }
+    }
+    Ok(())
+}
+
+/// Copies `from` to `to` line by line (bytes: test output need not be UTF-8), showing each
+/// line, lossily decoded, to `inspect`.
+fn echo_lines(from: impl Read, to: &mut impl Write, mut inspect: impl FnMut(&str)) -> std::io::Result<()> {
+    let mut reader = BufReader::new(from);
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line)? > 0 {
+        to.write_all(&line)?;
+        to.flush()?;
+        inspect(String::from_utf8_lossy(&line).trim_end());
+        line.clear();
+    }
+    Ok(())
+}
+
+/// Totals over every "test result:" line that libtest prints per test binary.
+#[derive(Default, Debug)]
+struct Totals {
+    binaries: u64,
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    failures: Vec<String>,
+}
+
+impl Totals {
+    fn add(&mut self, line: &str) {
+        // "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 2 filtered out; ..."
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            self.binaries += 1;
+            for part in rest.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                let (Some(n), Some(what)) = (words.next(), words.next()) else { continue };
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        } else if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")) {
+            // "test lab::tests::x ... FAILED"
+            self.failures.push(name.to_owned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_result_lines_and_collect_failures() {
+        let mut totals = Totals::default();
+        for line in [
+            "running 3 tests",
+            "test a::ok ... ok",
+            "test a::bad ... FAILED",
+            "test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 2 filtered out; finished in 1.50s",
+        ] {
+            totals.add(line);
+        }
+        assert_eq!((totals.binaries, totals.passed, totals.failed, totals.ignored), (2, 5, 1, 1));
+        assert_eq!(totals.failures, ["a::bad"]);
+    }
+
+    #[test]
+    fn echo_lines_copies_bytes_and_shows_lines() {
+        let input: &[u8] = b"compiling\n\xff\n*** SKIPPED (needs root): t ***\nlast line without newline";
+        let mut copy = Vec::new();
+        let mut seen = Vec::new();
+        echo_lines(input, &mut copy, |line| seen.push(line.to_owned())).unwrap();
+        assert_eq!(copy, input, "output is passed through byte for byte");
+        assert_eq!(seen.len(), 4);
+        assert_eq!(seen.iter().filter(|l| l.contains(SKIP_MARKER)).count(), 1);
+        assert_eq!(seen[3], "last line without newline");
+    }
+}
