@@ -71,7 +71,7 @@ pub struct Run {
 
 /// `struct xdp_md` as BPF_PROG_RUN takes it in `ctx_in`: the kernel requires `data` = 0,
 /// `data_end` = the frame length, `data_meta` = 0, `egress_ifindex` = 0.
-fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> [u8; 24] {
+pub fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> [u8; 24] {
     let fields = [0, frame_len as u32, 0, ingress_ifindex, 0, 0];
     let mut out = [0u8; 24];
     for (chunk, v) in out.chunks_exact_mut(4).zip(fields) {
@@ -122,7 +122,9 @@ impl DataPath {
         Ok(DataPathMaps::take(&mut self.ebpf)?)
     }
 
-    fn xdp(&self) -> &Xdp {
+    /// The loaded program: for BPF_PROG_RUN with options of the caller's own (live frames,
+    /// repetitions) or its fd (e.g. for a tail-call map).
+    pub fn xdp(&self) -> &Xdp {
         self.ebpf
             .program(self.program)
             .and_then(|p| <&Xdp>::try_from(p).ok())

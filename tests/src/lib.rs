@@ -3,17 +3,26 @@
 //! - [`root`]: tests that need root say so loudly and skip when not root (CI is root).
 //! - [`netns`]: network-namespace topologies (veth, addresses, routes, static neighbours,
 //!   sysctls) with unique names and guaranteed teardown; code run inside a namespace.
+//! - [`daemon`]: the `anycast` binary run as a daemon inside a test's namespace, with its own
+//!   config, pins and state, all removed on drop.
 //! - [`harness`]: the embedded XDP object loaded into the kernel, frames run through it
 //!   with BPF_PROG_RUN, maps reached through `anycast_user::maps::DataPathMaps`.
 //! - [`packet`]: frames built with etherparse (VLAN, IPv4 options, IPv6 extension headers,
 //!   fragments, ICMP errors, tunnels, padding).
+//! - [`sequenced`]: paced, numbered UDP datagrams and a receiver that finds the lost ones.
 //! - [`checksum`]: an Internet checksum of our own, to verify what the program computes.
 //! - [`expect`]: expected encapsulated / decapsulated / ICMP-reply frames, from the rules
 //!   of docs/datapath.md.
 //! - [`diff`]: readable differences between an expected and an actual frame.
 //! - [`fixture`]: the data-driven runner behind `tests/datapath.rs`.
+//! - [`anchor`]: the anchor frames and configuration of ../shared/anchor-packets.md.
+//! - [`bench`]: `cargo xtask bench` (binary `anycast-bench`): per-packet cost, throughput
+//!   and control-plane figures.
 
+pub mod anchor;
+pub mod bench;
 pub mod checksum;
+pub mod daemon;
 pub mod diff;
 pub mod expect;
 pub mod fixture;
@@ -21,3 +30,4 @@ pub mod harness;
 pub mod netns;
 pub mod packet;
 pub mod root;
+pub mod sequenced;

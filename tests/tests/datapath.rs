@@ -20,6 +20,7 @@ use anycast_common::{
     site::{SITE_CONFIGURED, SITE_LOCAL, SITE_NONE, SITE_UP},
 };
 use anycast_tests::{
+    anchor,
     expect::{self, Tunnel},
     fixture::{Case, Count, Count::*, Expect, Frame, Instance, MapsCheck, MapsOp, Step, Suite},
     netns::Netns,
@@ -197,12 +198,12 @@ fn cases() -> Vec<Case> {
         one("decap_gue_payload_not_ip", set(gue("10.0.0.3", "10.0.0.1", 49999, 6080, &udp(C4, &v4(0), 1, 53)).frame(), 42, &[0x15]), Expect::Drop, &[Exc(E::DecapBadInner)]),
         one("udp_to_tunnel_address_other_port_passes", udp("10.0.0.3", "10.0.0.1", 49999, 6081).frame(), Expect::Pass, &[]),
         // ---- The anchor frames (../shared/anchor-packets.md) ------------------------------
-        one("anchor_non_vip_udp", hex(ANCHOR_NON_VIP), Expect::Pass, &[]),
-        raw_fwd("anchor_tcp_syn_new_flow", &hex(ANCHOR_SYN), 50, &[]),
-        raw_fwd("anchor_udp_vip", &hex(ANCHOR_UDP), 50, &[]),
+        one("anchor_non_vip_udp", hex(anchor::NON_VIP), Expect::Pass, &[]),
+        raw_fwd("anchor_tcp_syn_new_flow", &hex(anchor::SYN), 50, &[]),
+        raw_fwd("anchor_udp_vip", &hex(anchor::UDP), 50, &[]),
         Case { name: "anchor_tcp_ack_established", instance: Instance::Shared, steps: vec![
-            raw_fwd_step(&hex(ANCHOR_SYN), 50, &[]),
-            raw_fwd_step(&hex(ANCHOR_ACK), 50, &[]),
+            raw_fwd_step(&hex(anchor::SYN), 50, &[]),
+            raw_fwd_step(&hex(anchor::ACK), 50, &[]),
         ] },
     ];
     c.extend(scenarios());
@@ -607,11 +608,6 @@ const EXTRA_TABLES: &[(u32, &[u32])] = &[
     (40, &[S_LOCAL]),
     (50, ANCHOR_TABLE),
 ];
-
-const ANCHOR_NON_VIP: &str = "02000000000102000000000208004500003412344000401153a1c0a8012a0a0909097a69003500200a86787878787878787878787878787878787878787878787878";
-const ANCHOR_SYN: &str = "0200000000010200000000020800450000341234400040065af5c0a8012a0ac801017a690050000003e8000000008002faf027e40000020405b40103030701010402";
-const ANCHOR_ACK: &str = "0200000000010200000000020800450000341234400040065af5c0a8012a0ac801017a690050000003e9000013898010faf01c0300000101080a0000000200000001";
-const ANCHOR_UDP: &str = "0200000000010200000000020800450000341234400040115aeac0a8012a0ac801017a690035002011cf787878787878787878787878787878787878787878787878";
 
 /// Next-hop MACs (the PERMANENT neighbours) and our interface MACs per egress.
 const NH0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa2];

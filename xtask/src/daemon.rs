@@ -1,17 +1,24 @@
 //! A long-running child (the `anycast` controller inside a lab namespace) that is always
-//! stopped: politely with SIGINT (the controller detaches its XDP program on it), then with
-//! SIGKILL after a grace period. Dropping the guard stops it, so an error or a panic in the
-//! lab never leaves a controller running.
+//! stopped: politely with SIGINT, then with SIGKILL after a grace period. Dropping the guard
+//! stops it, so an error or a panic in the lab never leaves a controller running. (A
+//! controller run with `--config` leaves its pinned data path behind when it stops: the
+//! lab removes that with `anycast detach`.) Also: reading its `/metrics`.
 
 use std::{
-    io,
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt,
     process::{Child, Command, ExitStatus},
     thread,
     time::{Duration, Instant},
 };
 
+use anyhow::{Context, Result, bail};
+
 use crate::toolchain;
+
+/// How long a `/metrics` request may take: the server is local, an answer is immediate.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Daemon {
     name: String,
@@ -49,6 +56,20 @@ impl Daemon {
         }
     }
 
+    /// Sends `signal` (e.g. SIGHUP: reload the config) if it is still running.
+    pub fn signal(&mut self, signal: libc::c_int) -> io::Result<()> {
+        let Some(child) = self.child.as_mut() else { return Ok(()) };
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let pid = libc::pid_t::try_from(child.id()).expect("pids fit pid_t");
+        // SAFETY: as in `stop`: our own unreaped child, so the pid is not reused.
+        match unsafe { libc::kill(pid, signal) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
     /// SIGINT, wait up to `grace`, then SIGKILL. Returns how it ended.
     pub fn stop(&mut self, grace: Duration) -> io::Result<Option<ExitStatus>> {
         let Some(mut child) = self.child.take() else { return Ok(None) };
@@ -78,4 +99,32 @@ impl Drop for Daemon {
             eprintln!("lab: stopping {}: {e}", self.name);
         }
     }
+}
+
+/// `GET path` from the controller's admin server at `addr` (HTTP/1.0: the server closes
+/// the connection after the answer, so reading to the end is the whole response). The
+/// caller must be in the controller's network namespace: the server binds 127.0.0.1 there.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, HTTP_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).with_context(|| format!("reading the answer of {addr}{path}"))?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        bail!("GET http://{addr}{path}: {status}");
+    }
+    Ok(body.to_owned())
+}
+
+/// The value of one Prometheus series, `name{labels}` exactly as exposed; 0 when absent
+/// (a counter that has not been exported yet has counted nothing).
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }

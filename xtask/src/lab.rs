@@ -98,12 +98,54 @@ impl Drop for Lab {
 }
 
 impl Netns {
-    /// `program` run inside this namespace (`ip netns exec` execs it, so the child's pid
-    /// is the program's own and signals reach it directly).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `program` run inside this namespace with `nsenter --net`, which (unlike `ip netns
+    /// exec`) keeps the host's mount namespace: a controller pins under the host's
+    /// /sys/fs/bpf, so its data path outlives the command (docs/controller.md). nsenter
+    /// execs the program, so the child's pid is the program's own and signals reach it.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", Path::new(NETNS_DIR).join(&self.name).display())).arg(program);
         cmd
+    }
+
+    /// `program ARGS` inside this namespace, run to completion; its stdout.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        output(self.command(program).args(args))
+    }
+
+    /// `ip ARGS` inside this namespace.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip_output(&all)
+    }
+
+    /// Writes a sysctl of this namespace, e.g. `net/ipv4/conf/all/forwarding`. /proc/sys/net
+    /// resolves to the namespace of the task that opens it, so the write runs on a thread
+    /// inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let path = Path::new("/proc/sys").join(key);
+        let value = value.to_owned();
+        self.spawn(move || {
+            std::fs::write(&path, value).with_context(|| format!("writing {}", path.display()))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("sysctl thread panicked"))?
+    }
+
+    /// The MAC address of `iface` (from `ip -o link`: /sys/class/net shows the namespace
+    /// that mounted sysfs, not the caller's).
+    pub fn mac(&self, iface: &str) -> Result<String> {
+        let out = self.ip(&["-o", "link", "show", "dev", iface])?;
+        out.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_owned)
+            .with_context(|| format!("no MAC address for {iface} in {}", self.name))
     }
 
     /// `ip -d link show dev IFACE` inside this namespace, e.g. to see an attached XDP program.
@@ -173,13 +215,16 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 fn ip_output(args: &[&str]) -> Result<String> {
-    let mut cmd = Command::new("ip");
-    cmd.args(args).stdin(Stdio::null());
-    let out = cmd.output().with_context(|| format!("running `{}`", toolchain::describe(&cmd)))?;
+    output(Command::new("ip").args(args))
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    cmd.stdin(Stdio::null());
+    let out = cmd.output().with_context(|| format!("running `{}`", toolchain::describe(cmd)))?;
     if !out.status.success() {
         bail!(
             "`{}` failed ({}): {}",
-            toolchain::describe(&cmd),
+            toolchain::describe(cmd),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );

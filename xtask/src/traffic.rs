@@ -1,13 +1,15 @@
-//! Bounded UDP traffic between lab namespaces: a paced sender of sequenced datagrams and a
-//! receiver that counts them. Both stop on a shared flag and by themselves at a deadline,
-//! and the sender never sends more than `rate × duration` datagrams.
+//! Bounded UDP traffic for the lab: a client that opens many short flows (each a new
+//! socket, so a new source port, so a new flow for the data path's flow table and a new
+//! Maglev pick), and a service that counts the datagrams it is served. Both stop on a shared
+//! flag and by themselves at a deadline; the client never sends more than
+//! `flows/s × datagrams per flow × duration` datagrams.
 
 use std::{
     io::ErrorKind,
     net::{SocketAddr, UdpSocket},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     thread::{self, JoinHandle},
@@ -18,51 +20,69 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::lab::Netns;
 
-/// Datagrams are sent in bursts every TICK so that the pacing does not depend on sleeping
-/// for sub-millisecond times.
+/// Flows are opened in bursts every TICK so that the pacing does not depend on sleeping for
+/// sub-millisecond times.
 const TICK: Duration = Duration::from_millis(10);
 const PAYLOAD_LEN: usize = 64;
 
-pub struct Sender {
-    pub from: SocketAddr,
+/// What the client has sent so far, readable while it runs.
+#[derive(Default)]
+pub struct Sent {
+    pub flows: AtomicU64,
+    pub datagrams: AtomicU64,
+}
+
+pub struct Client {
     pub to: SocketAddr,
-    pub rate_pps: u32,
+    pub flows_per_sec: u32,
+    pub datagrams_per_flow: u32,
     pub duration: Duration,
 }
 
-impl Sender {
-    /// Sends from inside `netns`; returns the number of datagrams sent.
-    pub fn spawn(self, netns: &Netns, stop: Arc<AtomicBool>) -> JoinHandle<Result<u64>> {
+impl Client {
+    /// Sends from inside `netns` until `duration` passed or `stop` is set; counts in `sent`.
+    pub fn spawn(self, netns: &Netns, sent: Arc<Sent>, stop: Arc<AtomicBool>) -> JoinHandle<Result<()>> {
         netns.spawn(move || {
-            let socket = UdpSocket::bind(self.from)?;
-            let limit = u64::from(self.rate_pps) * self.duration.as_secs().max(1);
+            let limit = u64::from(self.flows_per_sec) * self.duration.as_secs().max(1);
             let start = Instant::now();
-            let mut sent = 0u64;
+            let mut flows = 0u64;
             let mut payload = [0u8; PAYLOAD_LEN];
-            while sent < limit && start.elapsed() < self.duration && !stop.load(Ordering::Relaxed) {
+            while flows < limit && start.elapsed() < self.duration && !stop.load(Ordering::Relaxed) {
                 // Catch up with the schedule (rate × elapsed), so sleeping longer than TICK
                 // does not lower the rate.
-                let due = (start.elapsed().as_secs_f64() * f64::from(self.rate_pps)) as u64;
-                while sent < due.min(limit) {
-                    payload[..8].copy_from_slice(&sent.to_be_bytes());
-                    socket.send_to(&payload, self.to)?;
-                    sent += 1;
+                let due = (start.elapsed().as_secs_f64() * f64::from(self.flows_per_sec)) as u64;
+                while flows < due.min(limit) {
+                    // Port 0: the kernel picks a free ephemeral port, a new one for each
+                    // flow while the previous ones are still bound or recently used.
+                    let socket = UdpSocket::bind("0.0.0.0:0").context("client socket")?;
+                    for seq in 0..self.datagrams_per_flow {
+                        payload[..8].copy_from_slice(&flows.to_be_bytes());
+                        payload[8..12].copy_from_slice(&seq.to_be_bytes());
+                        socket
+                            .send_to(&payload, self.to)
+                            .with_context(|| format!("sending to {}", self.to))?;
+                        sent.datagrams.fetch_add(1, Ordering::Relaxed);
+                    }
+                    flows += 1;
+                    sent.flows.store(flows, Ordering::Relaxed);
                 }
                 thread::sleep(TICK);
             }
-            Ok(sent)
+            Ok(())
         })
     }
 }
 
-/// Counts datagrams arriving at `at` inside `netns` until `stop` is set or `deadline`
-/// passes. Returns once the socket is bound, so that nothing sent afterwards is missed.
-pub fn receive(
+/// A UDP service at `at` inside `netns` counting the datagrams it gets into `served`, until
+/// `stop` is set or `deadline` passes. Returns once the socket is bound, so that nothing
+/// sent afterwards is missed.
+pub fn serve(
     netns: &Netns,
     at: SocketAddr,
+    served: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     deadline: Duration,
-) -> Result<JoinHandle<Result<u64>>> {
+) -> Result<JoinHandle<Result<()>>> {
     let (bound_tx, bound_rx) = mpsc::channel();
     let handle = netns.spawn(move || {
         let socket = UdpSocket::bind(at).with_context(|| format!("binding {at}"))?;
@@ -70,24 +90,25 @@ pub fn receive(
         // The receiving end may be gone if the caller gave up; counting goes on regardless.
         let _ = bound_tx.send(());
         let start = Instant::now();
-        let mut received = 0u64;
         let mut buf = [0u8; 2048];
         while !stop.load(Ordering::Relaxed) && start.elapsed() < deadline {
             match socket.recv(&mut buf) {
-                Ok(_) => received += 1,
+                Ok(_) => {
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(received)
+        Ok(())
     });
     match bound_rx.recv() {
         Ok(()) => Ok(handle),
         // The thread ended before binding: its result says why.
         Err(_) => Err(match handle.join() {
             Ok(Err(e)) => e,
-            Ok(Ok(_)) => anyhow!("receiver ended before binding {at}"),
-            Err(_) => anyhow!("receiver thread panicked"),
+            Ok(Ok(())) => anyhow!("service ended before binding {at}"),
+            Err(_) => anyhow!("service thread panicked"),
         }),
     }
 }

@@ -1,0 +1,365 @@
+//! Control-plane figures: Maglev build time, weight change → data path latency, `/metrics`
+//! render time, and the controller's peak RSS.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anycast_common::{Exception, SiteCounters, VipCounters, flow_hash, maps::MAGLEV_DEFAULT_SIZE};
+use anycast_user::{
+    maglev::{self, Backend},
+    metrics::{self, Process, Scrape},
+};
+use anyhow::{Context, Result, anyhow, bail, ensure};
+
+use super::{stats::median, world};
+use crate::{
+    anchor,
+    harness::{Action, DataPath},
+    netns::Netns,
+    packet::{Packet, SYN, addr, tcp},
+};
+
+/// Scale of the `/metrics` and RSS measurements.
+const METRICS_SITES: usize = 256;
+const METRICS_VIPS: usize = 64;
+
+/// `n` sites with unequal weights (so the weighted path of the builder is exercised).
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("site-{i:03}")).collect()
+}
+
+fn weighted(names: &[String]) -> Vec<Backend<'_>> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Backend { index: i as u32, name, weight: 100 + 50 * (i as u32 % 5) })
+        .collect()
+}
+
+/// Median ms to build a 65537-slot table for `sites` sites.
+pub fn maglev_build_ms(sites: usize, rounds: usize) -> f64 {
+    let names = names(sites);
+    let backends = weighted(&names);
+    let times: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            let table = maglev::build(&backends, MAGLEV_DEFAULT_SIZE);
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            std::hint::black_box(table);
+            ms
+        })
+        .collect();
+    median(&times)
+}
+
+/// Weight change → data path, median ms: in all, and its table build and swap parts.
+pub struct WeightApply {
+    pub total_ms: f64,
+    pub build_ms: f64,
+    pub swap_ms: f64,
+}
+
+/// Median ms from a weight change to the first new flow steered by the new table: build the
+/// table (the anchor VIP's three sites, all weight on one), swap it in
+/// (`DataPathMaps::set_maglev`: one outer-map update, which returns once no program can
+/// still see the old table), and run new flows through the data path until one lands on
+/// the site the change sends everything to. Each probe flow is chosen so that the *old*
+/// table sends it elsewhere, so its landing proves the new table is in use. Call inside
+/// the `lb` namespace (`bpf_fib_lookup`).
+pub fn weight_apply(ingress: u32, rounds: usize) -> Result<WeightApply> {
+    const PROBES: usize = 1000;
+    const PROBE_TIME: Duration = Duration::from_secs(2);
+    let mut dp = DataPath::load().context("loading the anycast data path")?;
+    let mut maps = dp.maps()?;
+    world::configure(&mut maps)?;
+    let mut current = world::anchor_table();
+    let mut sport = 1000u16;
+    let (mut totals, mut builds, mut swaps) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let target = world::REMOTE_SITES[round % world::REMOTE_SITES.len()];
+        let endpoint = addr(anchor::SITE_ENDPOINTS[round % world::REMOTE_SITES.len()]);
+        let backends: Vec<Backend> = world::remote_backends()
+            .into_iter()
+            .map(|b| Backend { weight: u32::from(b.index == target), ..b })
+            .collect();
+        // Fresh flows the old table sends to another site, chosen before the clock starts.
+        let probes: Vec<Vec<u8>> = std::iter::from_fn(|| {
+            sport = sport.wrapping_add(1).max(1000);
+            Some(tcp(anchor::CLIENT, anchor::VIP, sport, 80, SYN))
+        })
+        .filter(|p: &Packet| current[(flow_hash(&p.key()) % current.len() as u32) as usize] != target)
+        .take(PROBES)
+        .map(|p| p.frame())
+        .collect();
+
+        let start = Instant::now();
+        let table = maglev::build(&backends, MAGLEV_DEFAULT_SIZE);
+        let built = start.elapsed();
+        maps.set_maglev(world::VIP_TCP, &table)?;
+        let swapped = start.elapsed();
+        let mut landed = false;
+        for probe in &probes {
+            let run = dp.run(probe, Some(ingress))?;
+            ensure!(run.action == Action::Tx, "probe flow: {:?}, expected XDP_TX", run.action);
+            if run.frame.get(30..34).and_then(|d| <[u8; 4]>::try_from(d).ok()).map(std::net::IpAddr::from)
+                == Some(endpoint)
+            {
+                landed = true;
+                break;
+            }
+            if start.elapsed() > PROBE_TIME {
+                break;
+            }
+        }
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        if !landed {
+            bail!("weight change: no new flow reached site {target} within {PROBE_TIME:?} / {PROBES} flows");
+        }
+        totals.push(ms);
+        builds.push(built.as_secs_f64() * 1e3);
+        swaps.push((swapped - built).as_secs_f64() * 1e3);
+        current = table;
+    }
+    Ok(WeightApply { total_ms: median(&totals), build_ms: median(&builds), swap_ms: median(&swaps) })
+}
+
+/// A scrape as the controller assembles it, at `sites` × `vips`, with non-zero values.
+fn scrape(sites: usize, vips: usize) -> Scrape {
+    let mut s = Scrape::default();
+    for (i, name) in names(sites).into_iter().enumerate() {
+        let n = i as u64 + 1;
+        let c = SiteCounters {
+            local_packets: n * 1_000_003,
+            local_bytes: n * 98_000_294,
+            forwarded_packets: n * 7_000_001,
+            forwarded_bytes: n * 686_000_098,
+            received_packets: n * 13,
+            received_bytes: n * 1_274,
+        };
+        s.sites.insert(name, (c, 100 + i as u32));
+    }
+    for i in 0..vips {
+        s.vips.insert(
+            format!("vip-{i:02}"),
+            VipCounters { packets: i as u64 * 123_457, bytes: i as u64 * 12_098_786 },
+        );
+    }
+    for (i, e) in s.exceptions.iter_mut().enumerate() {
+        *e = i as u64 * 17;
+    }
+    s.exceptions[Exception::Truncated as usize] = 5;
+    s.flow_entries = 123_456;
+    s.flow_capacity = 262_144;
+    s.process = Process::read();
+    s
+}
+
+/// Median ms of `metrics::render` (text exposition of given counter values) at 256 sites ×
+/// 64 VIPs; each round averages `per_round` renders. Reading the maps is not included.
+pub fn metrics_render_ms(rounds: usize, per_round: usize) -> Result<f64> {
+    let s = scrape(METRICS_SITES, METRICS_VIPS);
+    let text = metrics::render(s.clone()).context("rendering /metrics")?;
+    ensure!(
+        text.lines().filter(|l| l.starts_with("anycast_site_packets_total{")).count() == 3 * METRICS_SITES,
+        "the rendered text does not have one sample per site and action"
+    );
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let inputs: Vec<Scrape> = (0..per_round).map(|_| s.clone()).collect();
+        let start = Instant::now();
+        for input in inputs {
+            std::hint::black_box(metrics::render(input).context("rendering /metrics")?);
+        }
+        times.push(start.elapsed().as_secs_f64() * 1e3 / per_round as f64);
+    }
+    Ok(median(&times))
+}
+
+/// What the controller run measured.
+pub struct ControllerRun {
+    pub peak_rss_bytes: u64,
+    /// Median ms of `GET /metrics` over HTTP (map reads + render + transfer).
+    pub metrics_http_ms: f64,
+}
+
+/// Runs the `anycast` controller (`run --config`) with 256 sites × 64 VIPs on a veth in a
+/// namespace of its own, idle for `idle`, scrapes `/metrics` a few times, and reads its
+/// peak RSS (VmHWM) before stopping it and removing its pins.
+pub fn controller_peak_rss(anycast: &Path, idle: Duration) -> Result<ControllerRun> {
+    let ns = Netns::new("bench-rss")?;
+    ns.add_veth("rs0", &ns, "rs1")?;
+    let dir = std::env::temp_dir().join(format!("anycast-bench-{}", std::process::id()));
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/anycast-bench-{}", std::process::id()));
+    fs::create_dir_all(dir.join("state")).with_context(|| format!("creating {}", dir.display()))?;
+    let config = dir.join("anycast.toml");
+    fs::write(&config, controller_config(&pin_dir, &dir.join("state")))?;
+    let log = dir.join("anycast.log");
+    let result = (|| {
+        let mut child = spawn_in(&ns, anycast, &config, &log)?;
+        let outcome = measure(&ns, &mut child, idle);
+        // SIGTERM: the controller stops and leaves the (pinned) data path; then detach it.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while child.try_wait()?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if child.try_wait()?.is_none() {
+            child.kill()?;
+            child.wait()?;
+        }
+        outcome
+    })();
+    let detach = Command::new(anycast).arg("detach").arg("--pin-dir").arg(&pin_dir).output();
+    let _ = fs::remove_dir_all(&pin_dir);
+    let result = result.with_context(|| {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        format!("the anycast controller (log {}):\n{}", log.display(), tail.join("\n"))
+    });
+    if result.is_ok() {
+        let _ = fs::remove_dir_all(&dir);
+    }
+    let detached = match detach {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(anyhow!(
+            "`anycast detach --pin-dir {}`: {}",
+            pin_dir.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(e).context("running anycast detach"),
+    };
+    let run = result?;
+    detached?;
+    Ok(run)
+}
+
+fn measure(ns: &Netns, child: &mut Child, idle: Duration) -> Result<ControllerRun> {
+    let start = Instant::now();
+    // Up when /metrics answers (bounded: the load of 64 tables takes well under a second).
+    let up = loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the controller exited ({status}) before serving /metrics");
+        }
+        if ns.run(http_get_metrics).is_ok() {
+            break start.elapsed();
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            bail!("the controller did not serve /metrics within 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut http = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let body = ns.run(http_get_metrics)?;
+        http.push(t.elapsed().as_secs_f64() * 1e3);
+        ensure!(body.contains("anycast_site_packets_total{"), "/metrics lacks the site counters");
+    }
+    if let Some(rest) = idle.checked_sub(start.elapsed()) {
+        std::thread::sleep(rest.max(Duration::from_millis(200)));
+    }
+    let _ = up;
+    let status = fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/PID/status")?;
+    Ok(ControllerRun { peak_rss_bytes: kib * 1024, metrics_http_ms: median(&http) })
+}
+
+/// `anycast run --config` inside `ns`: setns(2) in the child before exec, rather than
+/// `ip netns exec`, which would also give it a private mount namespace and sysfs without
+/// the host's /sys/fs/bpf where the controller pins.
+fn spawn_in(ns: &Netns, anycast: &Path, config: &Path, log: &Path) -> Result<Child> {
+    let netns = fs::File::open(Path::new("/run/netns").join(ns.name()))?;
+    let out = fs::File::create(log)?;
+    let mut cmd = Command::new(anycast);
+    cmd.arg("run").arg("--config").arg(config).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    let fd = netns.as_raw_fd();
+    // SAFETY: setns is async-signal-safe; `netns` outlives the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("starting {}", anycast.display()))
+}
+
+fn http_get_metrics() -> Result<String> {
+    let mut s = TcpStream::connect("127.0.0.1:9100")?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    ensure!(
+        text.starts_with("HTTP/1.") && text.split_whitespace().nth(1) == Some("200"),
+        "GET /metrics: {}",
+        text.lines().next().unwrap_or("")
+    );
+    Ok(text)
+}
+
+/// 256 sites (one local) × 64 VIPs, every VIP served by every site (as with `sites`
+/// omitted): the scale of the metrics figure.
+fn controller_config(pin_dir: &Path, state_dir: &Path) -> String {
+    let mut c = format!(
+        "[local]\ninterfaces = [\"rs0\"]\ntunnel_v4 = \"{}\"\n\n[datapath]\npin_dir = \"{}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:9100\"\nstate_dir = \"{}\"\n",
+        world::TUNNEL_V4,
+        pin_dir.display(),
+        state_dir.display()
+    );
+    for (i, name) in names(METRICS_SITES).iter().enumerate() {
+        if i == 0 {
+            c += &format!("\n[[sites]]\nname = \"{name}\"\nlocal = true\ncapacity = 100\n");
+        } else {
+            c += &format!(
+                "\n[[sites]]\nname = \"{name}\"\nendpoint = \"10.1.{}.{}\"\nencap = \"ip\"\ncapacity = {}\n",
+                i / 250,
+                i % 250 + 1,
+                100 + i
+            );
+        }
+    }
+    for i in 0..METRICS_VIPS {
+        c += &format!(
+            "\n[[vips]]\nname = \"vip-{i:02}\"\naddress = \"10.201.0.{}\"\nport = 80\nprotocol = \"tcp\"\n",
+            i + 1
+        );
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use anycast_user::config::{Config, SiteKind};
+
+    use super::*;
+
+    #[test]
+    fn controller_config_is_valid_at_scale() {
+        let text = controller_config(Path::new("/sys/fs/bpf/x"), Path::new("/tmp/x"));
+        let c = Config::parse(&text, "bench.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!((c.sites.len(), c.vips.len()), (METRICS_SITES, METRICS_VIPS));
+        assert_eq!(c.sites.iter().filter(|s| s.kind == SiteKind::Local).count(), 1);
+    }
+
+    #[test]
+    fn scrape_renders_every_site_and_vip() {
+        let text = metrics::render(scrape(3, 2)).unwrap();
+        assert!(text.contains("anycast_site_packets_total{site=\"site-002\",action=\"forwarded\"} 21000003"));
+        assert!(text.contains("anycast_vip_packets_total{vip=\"vip-01\"} 123457"));
+    }
+}

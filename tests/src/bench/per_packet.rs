@@ -1,0 +1,287 @@
+//! Per-packet cost through BPF_PROG_RUN, timed behind the reset harness
+//! (anycast-ebpf/src/bin/bench_reset.rs): with `repeat > 1` the kernel hands the same
+//! buffer to every repetition (net/bpf/test_run.c reuses one xdp_buff), so the harness
+//! restores the input frame before each repetition and tail-calls the program under test.
+//! The no-op baseline is timed through the same harness, so `ns_over_noop` is the cost of
+//! the data path alone.
+//!
+//! Before a case is timed it is run once and its verdict, output frame and counter changes
+//! are checked against docs/datapath.md; after each timed round its counters must have
+//! moved by exactly `repetitions` packets of its kind. A benchmark of the wrong path is
+//! worse than none: any mismatch stops the run with the reason.
+
+use anycast_common::{Exception, flow_hash};
+use anycast_user::maps::DataPathMaps;
+use anyhow::{Context, Result, bail, ensure};
+use aya::programs::{ProgramFd, TestRun, TestRunOptions};
+
+use super::{
+    counters::Totals,
+    reset::ResetHarness,
+    stats::median,
+    world::{self, NEXT_HOP_MAC, TUNNEL_V4, VIP_TCP},
+};
+use crate::{
+    anchor,
+    expect::{self, Tunnel},
+    harness::{Action, DataPath, xdp_md},
+    packet::{self, HOST_MAC, Packet, addr, hex},
+};
+
+/// Where the harness stamps its 4-byte run counter for `vip_forward_new`: the IPv4 source
+/// address (frame offsets 26..30), a new client and so a new flow every run. (The source
+/// port is not next to any other 2 bytes that may change: the destination address and port
+/// select the VIP.)
+const NEW_FLOW_STAMP: u32 = 26;
+
+/// Which program the harness tail-calls.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Noop,
+    Anycast,
+}
+
+/// What one packet of a case must do (docs/datapath.md).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The baseline: PASS, untouched, the data path not involved.
+    Noop,
+    /// Not for us: PASS, untouched, no counter (§2 pre-filter).
+    NotOurs,
+    /// VIP whose Maglev table names the local site: PASS, untouched, VIP + local (§6).
+    Local,
+    /// VIP forwarded to a remote site: XDP_TX, IPIP-encapsulated towards the Maglev site (§7).
+    Forward,
+    /// IPIP from a known peer to our tunnel address: stripped, PASS, received (§5).
+    Decap,
+    /// IHL < 5 to a VIP: PASS untouched, `bad_header` (§2).
+    Malformed,
+}
+
+impl Kind {
+    /// The counter changes of one packet.
+    fn per_packet(self) -> Totals {
+        match self {
+            Kind::Noop | Kind::NotOurs => Totals::default(),
+            Kind::Local => Totals { local: 1, vip_udp: 1, ..Totals::default() },
+            Kind::Forward => Totals { forwarded: 1, vip_tcp: 1, ..Totals::default() },
+            Kind::Decap => Totals { received: 1, ..Totals::default() },
+            Kind::Malformed => Totals::exception(Exception::BadHeader),
+        }
+    }
+}
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    kind: Kind,
+    /// Offset the harness stamps with its run counter (0: none).
+    vary_offset: u32,
+    /// A frame run once through the data path before each timed round (the flow an
+    /// established-flow case needs, which the new-flow case's inserts may have evicted).
+    prime: Option<Vec<u8>>,
+}
+
+impl Case {
+    fn target(&self) -> Target {
+        if self.kind == Kind::Noop { Target::Noop } else { Target::Anycast }
+    }
+}
+
+/// The anchor frames and the two packets the anchor set lacks (decap, malformed).
+fn cases() -> Vec<Case> {
+    let (syn, ack, udp) = (hex(anchor::SYN), hex(anchor::ACK), hex(anchor::UDP));
+    let decap = packet::ip_in_ip(anchor::SITE_ENDPOINTS[0], TUNNEL_V4, &Packet::parse(&syn)).frame();
+    let malformed = packet::set(udp.clone(), 14, &[0x44]);
+    let case = |name, frame, kind| Case { name, frame, kind, vary_offset: 0, prime: None };
+    vec![
+        case("noop", hex(anchor::NON_VIP), Kind::Noop),
+        case("non_vip_pass", hex(anchor::NON_VIP), Kind::NotOurs),
+        case("vip_local_pass", udp, Kind::Local),
+        Case { prime: Some(syn.clone()), ..case("vip_forward_established", ack, Kind::Forward) },
+        Case { vary_offset: NEW_FLOW_STAMP, ..case("vip_forward_new", syn, Kind::Forward) },
+        case("decap", decap, Kind::Decap),
+        case("malformed_drop", malformed, Kind::Malformed),
+    ]
+}
+
+/// One case's figures.
+pub struct CaseResult {
+    pub name: &'static str,
+    pub ns_per_pkt: f64,
+    pub ns_over_noop: f64,
+}
+
+/// The loaded programs and the world they see; run on a thread inside the `lb` namespace.
+pub struct PerPacket {
+    harness: ResetHarness,
+    anycast: DataPath,
+    noop: DataPath,
+    maps: DataPathMaps,
+    ingress: u32,
+}
+
+impl PerPacket {
+    pub fn load(ingress: u32) -> Result<PerPacket> {
+        let mut anycast = DataPath::load().context("loading the anycast data path")?;
+        let mut maps = anycast.maps()?;
+        world::configure(&mut maps)?;
+        let noop = DataPath::load_noop().context("loading the noop baseline")?;
+        Ok(PerPacket { harness: ResetHarness::load()?, anycast, noop, maps, ingress })
+    }
+
+    fn fd(&self, target: Target) -> Result<ProgramFd> {
+        let dp = if target == Target::Noop { &self.noop } else { &self.anycast };
+        Ok(dp.xdp().fd()?.try_clone()?)
+    }
+
+    /// Every case: verified once, then `rounds` interleaved rounds of `repeat` repetitions
+    /// (noop and cases alternate, so drift hits all alike); the median round of each.
+    pub fn run(&mut self, rounds: usize, repeat: u32) -> Result<Vec<CaseResult>> {
+        let cases = cases();
+        for case in &cases {
+            self.verify(case)
+                .with_context(|| format!("case {}: the path under test is not the one named", case.name))?;
+        }
+        let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); cases.len()];
+        for _ in 0..rounds {
+            for (case, t) in cases.iter().zip(&mut times) {
+                t.push(self.timed_round(case, repeat).with_context(|| format!("case {}", case.name))?);
+            }
+        }
+        let noop = median(&times[0]);
+        Ok(cases
+            .iter()
+            .zip(&times)
+            .map(|(c, t)| {
+                let ns = median(t);
+                CaseResult { name: c.name, ns_per_pkt: ns, ns_over_noop: ns - noop }
+            })
+            .collect())
+    }
+
+    fn prime(&self, case: &Case) -> Result<()> {
+        if let Some(frame) = &case.prime {
+            let run = self.anycast.run(frame, Some(self.ingress))?;
+            ensure!(run.action == Action::Tx, "priming frame: {:?}, expected XDP_TX", run.action);
+        }
+        Ok(())
+    }
+
+    fn timed_round(&mut self, case: &Case, repeat: u32) -> Result<f64> {
+        self.prime(case)?;
+        let fd = self.fd(case.target())?;
+        self.harness.prepare(&case.frame, case.vary_offset, &fd)?;
+        let before = Totals::read(&self.maps)?;
+        let (action, _, ns) = self.harness.run(&case.frame, self.ingress, repeat)?;
+        let moved = Totals::read(&self.maps)?.since(&before);
+        let want = case.kind.per_packet().times(u64::from(repeat));
+        ensure!(
+            moved == want,
+            "{repeat} repetitions moved the counters by {moved:?}, expected {want:?} (last verdict {action:?})"
+        );
+        Ok(ns)
+    }
+
+    /// One repetition through the harness, checked packet by packet.
+    fn verify(&mut self, case: &Case) -> Result<()> {
+        self.prime(case)?;
+        let fd = self.fd(case.target())?;
+        self.harness.prepare(&case.frame, case.vary_offset, &fd)?;
+        let before = Totals::read(&self.maps)?;
+        let (action, out, _) = self.harness.run(&case.frame, self.ingress, 1)?;
+        let moved = Totals::read(&self.maps)?.since(&before);
+        let want = case.kind.per_packet();
+        ensure!(moved == want, "counters moved by {moved:?}, expected {want:?}");
+        match case.kind {
+            Kind::Noop | Kind::NotOurs | Kind::Local | Kind::Malformed => {
+                ensure!(
+                    action == Action::Pass && out == case.frame,
+                    "{action:?} with {} bytes, expected XDP_PASS untouched",
+                    out.len()
+                );
+            }
+            Kind::Decap => {
+                let want = expect::decapsulated(&Packet::parse(&case.frame));
+                ensure!(
+                    action == Action::Pass && out == want,
+                    "{action:?} with {out:02x?}, expected XDP_PASS of {want:02x?}"
+                );
+            }
+            Kind::Forward => self.verify_forward(case, action, &out)?,
+        }
+        Ok(())
+    }
+
+    /// XDP_TX of exactly the frame §7 prescribes, towards the site the VIP's Maglev table
+    /// names for this flow (for the new-flow case: the flow the harness stamped).
+    fn verify_forward(&self, case: &Case, action: Action, out: &[u8]) -> Result<()> {
+        if action != Action::Tx {
+            bail!(
+                "{action:?}, expected XDP_TX (is bpf_fib_lookup failing? exceptions: {:?})",
+                self.maps.exceptions()?
+            );
+        }
+        let outer = 20;
+        ensure!(
+            out.len() == case.frame.len() + outer,
+            "output of {} bytes, expected {} (IPIP)",
+            out.len(),
+            case.frame.len() + outer
+        );
+        let mut input = case.frame.clone();
+        if case.vary_offset != 0 {
+            let at = case.vary_offset as usize;
+            input[at..at + 4].copy_from_slice(&out[at + outer..at + outer + 4]);
+        }
+        let p = Packet::parse(&input);
+        let table = self.maps.maglev(VIP_TCP)?.context("no Maglev table for the TCP VIP")?;
+        let site = table[(flow_hash(&p.key()) % table.len() as u32) as usize];
+        let endpoint = world::REMOTE_SITES
+            .iter()
+            .position(|&s| s == site)
+            .map(|i| anchor::SITE_ENDPOINTS[i])
+            .with_context(|| format!("the Maglev table names site {site}, not a remote site"))?;
+        let tunnel = Tunnel {
+            smac: HOST_MAC,
+            dmac: NEXT_HOP_MAC,
+            src: addr(TUNNEL_V4),
+            dst: addr(endpoint),
+            gue_port: None,
+        };
+        let mut want = expect::encapsulated(&p, &tunnel);
+        // The stamped input carries a stale inner header checksum, which the data path
+        // forwards as it is (it never rewrites the inner packet); the builder behind
+        // `Packet` recomputes it, so the inner bytes are the input's.
+        want[14 + outer..].copy_from_slice(&input[14..]);
+        ensure!(out == want, "encapsulated frame differs:\n got  {out:02x?}\n want {want:02x?}");
+        Ok(())
+    }
+}
+
+impl PerPacket {
+    /// A cross-check of the harness, on the two frames that no program changes (so that
+    /// `repeat > 1` needs no reset): the noop program, and anycast on the `vip_local_pass`
+    /// frame, each timed on its own (median of `rounds`). Returns (noop ns, local pass ns
+    /// over that noop).
+    pub fn without_harness(&self, rounds: usize, repeat: u32) -> Result<(f64, f64)> {
+        let time = |dp: &DataPath, frame: &[u8]| -> Result<f64> {
+            let ctx = xdp_md(frame.len(), self.ingress);
+            let mut times = Vec::with_capacity(rounds);
+            for _ in 0..rounds {
+                let r = dp.xdp().test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    ctx_in: Some(&ctx),
+                    repeat,
+                    ..TestRunOptions::new()
+                })?;
+                ensure!(r.return_value == 2, "verdict {}, expected XDP_PASS", r.return_value);
+                times.push(r.duration.as_nanos() as f64);
+            }
+            Ok(median(&times))
+        };
+        let noop = time(&self.noop, &hex(anchor::NON_VIP))?;
+        let local = time(&self.anycast, &hex(anchor::UDP))?;
+        Ok((noop, local - noop))
+    }
+}

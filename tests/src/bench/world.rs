@@ -1,0 +1,143 @@
+//! The benchmark world: the anchor configuration (../shared/anchor-packets.md) in the maps
+//! of a loaded data path, and the namespaces that make its forwarding real.
+//!
+//! Namespace `lb` holds the host under test: `lb0` (MAC [`HOST_MAC`], the anchor frames'
+//! destination; 10.0.0.1/24, our tunnel address) with PERMANENT neighbours for the three
+//! site endpoints, forwarding on, so that `bpf_fib_lookup` answers SUCCESS with egress =
+//! ingress (XDP_TX). Its veth peer `nb0` lives in namespace `nb`, where the throughput
+//! benchmark's sink counts what arrives.
+
+use std::net::IpAddr;
+
+use anycast_common::{
+    Encap, LocalConfig, SiteInfo, VipInfo, VipKey,
+    addr::filter,
+    config::CONFIG_TUNNEL_V4,
+    maps::MAGLEV_DEFAULT_SIZE,
+    site::{SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
+};
+use anycast_user::{
+    maglev::{self, Backend},
+    maps::{DataPathMaps, filter_index},
+    reconcile::addr_key,
+};
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    anchor,
+    netns::Netns,
+    packet::{HOST_MAC, PROTO_TCP, PROTO_UDP, addr, addr16},
+};
+
+/// Our tunnel address: outer source of what we forward, outer destination we decapsulate.
+pub const TUNNEL_V4: &str = "10.0.0.1";
+/// The MAC behind every site endpoint (the next hop on lb0).
+pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa2];
+/// Site slots: 0 is this host (local), 1..=3 the anchor's remote IPIP sites.
+pub const SITE_LOCAL_INDEX: u32 = 0;
+pub const REMOTE_SITES: [u32; 3] = [1, 2, 3];
+/// VIP slots: the TCP VIP is spread over the three remote sites; the UDP VIP is served by
+/// the local site (the `vip_local_pass` case: same anchor frame kind, local verdict).
+pub const VIP_TCP: u32 = 0;
+pub const VIP_UDP: u32 = 1;
+/// A non-VIP destination of the anchor frames; must not share a pre-filter slot with a VIP.
+const NON_VIP_DST: &str = "10.9.9.9";
+
+/// The two namespaces and lb0's ifindex (the ingress of every benchmarked frame).
+pub struct Topology {
+    pub lb: Netns,
+    pub nb: Netns,
+    pub lb0: u32,
+    pub nb0: u32,
+}
+
+impl Topology {
+    pub fn build() -> Result<Topology> {
+        let lb = Netns::new("bench-lb")?;
+        let nb = Netns::new("bench-nb")?;
+        lb.add_veth("lb0", &nb, "nb0")?;
+        lb.set_mac("lb0", HOST_MAC)?;
+        nb.set_mac("nb0", NEXT_HOP_MAC)?;
+        lb.add_addr("lb0", &format!("{TUNNEL_V4}/24"))?;
+        for endpoint in anchor::SITE_ENDPOINTS {
+            lb.add_neigh("lb0", endpoint, NEXT_HOP_MAC)?;
+        }
+        lb.enable_forwarding()?;
+        let (lb0, nb0) = (lb.ifindex("lb0")?, nb.ifindex("nb0")?);
+        Ok(Topology { lb, nb, lb0, nb0 })
+    }
+}
+
+/// The anchor's three remote sites with equal weights, as the controller would build them.
+pub fn remote_backends() -> Vec<Backend<'static>> {
+    const NAMES: [&str; 3] = ["site-a", "site-b", "site-c"];
+    REMOTE_SITES.iter().zip(NAMES).map(|(&index, name)| Backend { index, name, weight: 1 }).collect()
+}
+
+/// The Maglev table of the TCP VIP: 65537 slots over the three remote sites.
+pub fn anchor_table() -> Vec<u32> {
+    maglev::build(&remote_backends(), MAGLEV_DEFAULT_SIZE)
+}
+
+/// The site slot whose endpoint is `endpoint`, if any.
+pub fn site_of_endpoint(endpoint: [u8; 4]) -> Option<u32> {
+    let ip = IpAddr::from(endpoint);
+    anchor::SITE_ENDPOINTS.iter().position(|e| addr(e) == ip).map(|i| REMOTE_SITES[i])
+}
+
+fn vip_key(proto: u8, port: u16) -> VipKey {
+    let (a, family) = addr16(addr(anchor::VIP));
+    VipKey { addr: a, port, proto, family: family as u8 }
+}
+
+/// Writes the anchor configuration into a freshly loaded data path's maps.
+pub fn configure(m: &mut DataPathMaps) -> Result<()> {
+    let (t4, _) = addr16(addr(TUNNEL_V4));
+    m.set_config(&LocalConfig {
+        flags: CONFIG_TUNNEL_V4,
+        tunnel_v4: [t4[0], t4[1], t4[2], t4[3]],
+        tunnel_v6: [0; 16],
+        gue_port: 0,
+        pad: [0; 2],
+    })?;
+    let up = SITE_CONFIGURED | SITE_UP;
+    m.set_site(
+        SITE_LOCAL_INDEX,
+        &SiteInfo {
+            flags: up | SITE_LOCAL,
+            generation: 1,
+            tunnel_addr: [0; 16],
+            tunnel_family: 0,
+            encap: Encap::Ip as u8,
+            gue_port: 0,
+        },
+    )?;
+    for (&index, endpoint) in REMOTE_SITES.iter().zip(anchor::SITE_ENDPOINTS) {
+        let (tunnel_addr, family) = addr16(addr(endpoint));
+        m.set_site(
+            index,
+            &SiteInfo {
+                flags: up,
+                generation: 1,
+                tunnel_addr,
+                tunnel_family: family as u8,
+                encap: Encap::Ip as u8,
+                gue_port: 0,
+            },
+        )?;
+        m.set_tunnel_peer(&addr_key(addr(endpoint)), index)?;
+    }
+    m.set_vip(&vip_key(PROTO_TCP, 80), &VipInfo { index: VIP_TCP })?;
+    m.set_vip(&vip_key(PROTO_UDP, 53), &VipInfo { index: VIP_UDP })?;
+    let table = anchor_table();
+    m.set_maglev_tables(&[(VIP_TCP, &table), (VIP_UDP, &[SITE_LOCAL_INDEX])])?;
+    let entries = [(addr_key(addr(anchor::VIP)), filter::VIP), (addr_key(addr(TUNNEL_V4)), filter::TUNNEL)];
+    let other = filter_index(&addr_key(addr(NON_VIP_DST)));
+    if entries.iter().any(|(k, _)| filter_index(k) == other) {
+        bail!(
+            "{NON_VIP_DST} shares a pre-filter slot with a VIP: non_vip_pass would not measure the pre-filter"
+        );
+    }
+    m.set_filter(entries).context("writing the address pre-filter")?;
+    Ok(())
+}
