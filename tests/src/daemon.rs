@@ -15,8 +15,9 @@
 //!   `nsenter --net=/run/netns/NAME`, and unlike `ip netns exec`, which also gives the
 //!   command a private mount namespace with a fresh /sys: a bpffs mounted there would die
 //!   with the command, and the pinned data path with it (docs/controller.md).
-//! - Pins live under `/sys/fs/bpf/anycast-test-<pid>-<n>`, unique per daemon of every test
-//!   process; pins of test processes that no longer exist are removed at the first start.
+//! - Pins live under `/sys/fs/bpf/anycast-test-<pid>-<n>`, files under
+//!   `$TMPDIR/anycast-test-<pid>-<n>`, unique per daemon of every test process; those of
+//!   test processes that no longer exist are removed when the first daemon is created.
 //! - The daemon gets `PR_SET_PDEATHSIG = SIGKILL`: if the test process dies without
 //!   unwinding (SIGKILL), its daemons die with it instead of running on.
 
@@ -40,11 +41,11 @@ use crate::netns::Netns;
 
 /// Where every test daemon's admin and metrics server listens, inside its namespace.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
-/// What the daemon logs once its HTTP listener is bound (anycast-user/src/cli/daemon.rs):
-/// from then on the data path is attached and reconciled and `/metrics` answers.
+/// What the daemon logs once the data path is attached and reconciled and its HTTP listener
+/// bound (anycast-user/src/cli/daemon.rs): from then on `/metrics` answers.
 pub const READY: &str = "metrics and admin on http://";
-/// Flow table entries: the default (262144) would cost every test ~20 MB of kernel memory
-/// for nothing; 16384 is far more than any test's flows.
+/// Flow table entries: the default (262144, preallocated by the kernel) would cost every
+/// test tens of MB of kernel memory for nothing; 16384 is far more than any test's flows.
 const FLOW_TABLE_SIZE: u32 = 16384;
 /// A start loads and verifies the XDP program: ~1 s on the reference VM; leave room for a
 /// loaded CI machine.
@@ -129,20 +130,29 @@ fn build_anycast() -> Result<PathBuf, String> {
     Ok(bin)
 }
 
-/// Removes the pins of test processes that no longer exist (killed before their `Drop`
-/// ran), once per process: their links would otherwise stay attached to interfaces that are
-/// gone and their maps stay allocated.
+/// Removes the pins and files of test processes that no longer exist (killed before their
+/// `Drop` ran), once per process: their links would otherwise stay attached to interfaces
+/// that are gone and their maps stay allocated. (Their daemons died with them:
+/// `PR_SET_PDEATHSIG`.)
 fn sweep_stale(bin: &Path) {
+    fn stale(dir: &Path) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let pid = name.strip_prefix(PIN_PREFIX).and_then(|r| r.split('-').next());
+                pid.is_some_and(|pid| pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists())
+            })
+            .map(|entry| entry.path())
+            .collect()
+    }
     SWEEP.call_once(|| {
-        let Ok(dir) = fs::read_dir(BPFFS) else { return };
-        for entry in dir.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name.strip_prefix(PIN_PREFIX).and_then(|r| r.split('-').next()) else {
-                continue;
-            };
-            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
-                detach(bin, &entry.path());
-            }
+        for pins in stale(Path::new(BPFFS)) {
+            detach(bin, &pins);
+        }
+        for files in stale(&std::env::temp_dir()) {
+            let _ = fs::remove_dir_all(files);
         }
     });
 }

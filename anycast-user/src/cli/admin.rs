@@ -41,8 +41,12 @@ enum Reply {
 
 async fn http(method: &'static str, url: String) -> Reply {
     tokio::task::spawn_blocking(move || {
+        // No proxy, whatever HTTP_PROXY/ALL_PROXY say (ureq reads them by default): the
+        // daemon listens on this host, and a request sent to a proxy would find "no daemon"
+        // and fall back to writing the pinned maps behind the running daemon's back.
         let agent = ureq::Agent::new_with_config(
             ureq::Agent::config_builder()
+                .proxy(None)
                 .http_status_as_error(false)
                 .timeout_global(Some(Duration::from_secs(5)))
                 .build(),

@@ -29,6 +29,12 @@ pub async fn run(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
     let listen = config.admin.listen;
     let pin_dir = config.datapath.pin_dir.clone();
+    // The listener first: when the address is taken (typically by a daemon already running
+    // on this pin directory), fail before touching the data path, whose maps the running
+    // daemon's reconciler believes it knows.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen} ([admin] listen)"))?;
     let Started { controller, links, applied } =
         Controller::start(config).context("starting the data path")?;
     for (iface, outcome) in links {
@@ -37,9 +43,6 @@ pub async fn run(path: &Path) -> Result<()> {
     log::info!("maps reconciled: {} writes, {} Maglev tables", applied.writes, applied.tables);
     let shared: Shared = Arc::new(Mutex::new(controller));
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen} ([admin] listen)"))?;
     log::info!("metrics and admin on http://{listen}/metrics");
     let app = server::router(shared.clone());
     tokio::spawn(async move {
