@@ -29,13 +29,17 @@ impl Daemon {
     pub fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Daemon> {
         println!("lab: starting {name}: {}", toolchain::describe(cmd));
         // If xtask itself is killed (SIGKILL: no Drop runs), the kernel sends the child
-        // SIGINT, so it still detaches and exits. PDEATHSIG survives exec (it is only
-        // cleared for set-user-ID programs), so it holds for what `ip netns exec` runs.
-        // SAFETY: prctl is async-signal-safe, as required between fork and exec.
+        // SIGINT, so it still exits. PDEATHSIG survives exec (it is only cleared for
+        // set-user-ID programs), so it holds for what `nsenter` runs. Its own process group
+        // keeps the terminal's Ctrl-C away from it: the lab stops it in its own time, after
+        // the last counters have been read.
+        // SAFETY: prctl and setpgid are async-signal-safe, as required between fork and exec.
         unsafe {
-            cmd.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) {
-                0 => Ok(()),
-                _ => Err(io::Error::last_os_error()),
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 || libc::setpgid(0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
             });
         }
         let child = cmd
@@ -46,6 +50,11 @@ impl Daemon {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its pid, while it has not been stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The exit status if it has already exited.

@@ -1,18 +1,29 @@
-//! `cargo xtask run` with no arguments: a lab of network namespaces on this machine, the
-//! `anycast` controller attached inside each site, bounded UDP traffic from a client
-//! namespace to every site, and a teardown that leaves no namespace, link or process —
-//! after `--for SECONDS`, on Ctrl-C/SIGTERM, on an error, or on a panic (guards' Drop).
+//! `cargo xtask run` with no arguments: anycast steering between three sites, live, on this
+//! machine. Network namespaces, `anycast run --config` in each site, a client opening many
+//! short UDP flows to the VIP, a view of every site's counters each second, and a teardown
+//! that leaves no namespace, link, pin, file or process — after `--for SECONDS`, on
+//! Ctrl-C/SIGTERM, on an error, or on a panic (guards' Drop).
 //!
-//! Topology: one client namespace; each site has its own namespace joined to the client by
-//! a veth pair in 10.200.<i>.0/24 (client .1, site .2). The controller attaches to the site
-//! end, `uplink`, so every datagram the client sends crosses the XDP program.
+//! ```text
+//! client ── 10.1.0.0/24 ── uplink [site a] to-b ── 10.2.0.0/24 ── uplink [site b]
+//!                                          to-c ── 10.3.0.0/24 ── uplink [site c]
+//! ```
+//!
+//! The client routes the VIP 10.200.1.1 to site a, as the nearest anycast site would be.
+//! Every site has the VIP on its loopback and a UDP service on port 5300 counting what it
+//! serves. a's controller keeps half of the new flows (weights a=2, b=1, c=1) and forwards
+//! the rest over IPIP to b's and c's tunnel addresses, whose controllers decapsulate them
+//! for their own service. Midway, a's config is rewritten with b drained (weight 0) and
+//! reloaded with SIGHUP: new flows stop going to b while every counter keeps adding up.
 
 use std::{
+    fmt::Write as _,
+    fs,
     net::{Ipv4Addr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -21,57 +32,81 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::{
-    daemon::Daemon,
+    daemon::{self, Daemon},
     lab::{self, End, Lab, Netns},
-    traffic,
+    traffic::{self, Client, Sent},
 };
 
-const SITES: &[&str] = &["a"];
-const SITE_IFACE: &str = "uplink";
-const PORT: u16 = 9000;
-const RATE_PPS: u32 = 200;
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 1);
+const VIP_PORT: u16 = 5300;
+/// Each controller's admin server, inside its site's namespace.
+const ADMIN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9100);
+/// The interface by which a site is reached (from the client for a, from a for b and c).
+const UPLINK: &str = "uplink";
+const FLOWS_PER_SEC: u32 = 100;
+const DATAGRAMS_PER_FLOW: u32 = 5;
+/// Far more than the flows of an hour of the demo that are alive at once, and ~1 MB of
+/// kernel memory instead of the default's ~20 MB.
+const FLOW_TABLE_SIZE: u32 = 16384;
 /// Without --for the lab runs until Ctrl-C, but never longer than this.
 const MAX_DURATION: Duration = Duration::from_secs(3600);
-/// How long the controller may take to attach before the lab gives up.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
-/// Datagrams still in flight when the senders stop.
-const DRAIN: Duration = Duration::from_millis(300);
+/// Without --for, b is drained after this long.
+const DRAIN_AFTER: Duration = Duration::from_secs(20);
+/// How long a controller may take to load, attach and serve /metrics.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Datagrams still in flight when the client stops.
+const SETTLE: Duration = Duration::from_millis(500);
+const REFRESH: Duration = Duration::from_secs(1);
+const PIN_PREFIX: &str = "anycast-demo-";
+const BPFFS: &str = "/sys/fs/bpf";
 
+/// Weights of a's sites (a, b, c): before and after b is drained.
+const SPILL: [u32; 3] = [2, 1, 1];
+const DRAINED: [u32; 3] = [2, 0, 1];
+
+/// One site: its namespace, the controller's files and pins, the service's count.
 struct Site {
     name: &'static str,
     netns: Netns,
-    addr: Ipv4Addr,
-    client_addr: Ipv4Addr,
+    /// Its tunnel address: the outer destination of what a forwards to it (for a, the
+    /// outer source).
+    tunnel: Ipv4Addr,
+    /// Config, state directory and controller log.
+    dir: PathBuf,
+    pin_dir: PathBuf,
+    served: Arc<AtomicU64>,
 }
 
-struct Topology {
-    client: Netns,
-    sites: Vec<Site>,
+impl Site {
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("anycast.toml")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("anycast.log")
+    }
 }
 
 pub fn run(anycast: &Path, duration: Option<Duration>) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
-    // Ctrl-C reaches the whole foreground process group, controllers included (`ip netns
-    // exec` execs them, so they are our direct children); we only have to stop waiting and
-    // tear down. SIGTERM (ctrlc's "termination" feature) takes the same path.
+    // The controllers run in their own process groups (daemon.rs), so Ctrl-C reaches only
+    // us: we stop the traffic, read the final counters, then stop them. SIGTERM (ctrlc's
+    // "termination" feature) takes the same path.
     ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
         .context("installing the Ctrl-C handler")?;
 
+    // Declaration order is teardown order, in reverse: controllers stopped, then their
+    // pins detached and files removed, then the namespaces deleted.
     let mut lab = Lab::new()?;
-    let topology = build(&mut lab)?;
+    let mut leftovers = Leftovers::new(anycast)?;
+    let (client, sites) = build(&mut lab, &mut leftovers)?;
     println!("lab: namespaces {}", lab.names().join(", "));
 
-    let mut daemons = topology
-        .sites
-        .iter()
-        .map(|site| {
-            let mut cmd = site.netns.command(anycast);
-            cmd.args(["run", "--iface", SITE_IFACE]);
-            Daemon::spawn(&format!("anycast in site {}", site.name), &mut cmd)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut result = observe(&topology, &mut daemons, duration, &stop);
+    let mut daemons = Vec::new();
+    let mut pids = Vec::new();
+    let mut result = start_daemons(anycast, &sites, &mut daemons, &mut pids, &stop)
+        .and_then(|()| observe(&client, &sites, &mut daemons, duration, &stop));
 
     // Teardown runs whatever happened above; the first problem is the one reported.
     for daemon in &mut daemons {
@@ -85,148 +120,522 @@ pub fn run(anycast: &Path, duration: Option<Duration>) -> Result<()> {
         result = result.and(stopped);
     }
     drop(daemons);
+    if result.is_err() {
+        for site in &sites {
+            print_log_tail(site);
+        }
+    }
+    result = result.and(leftovers.remove());
     let names = lab.names();
     drop(lab);
-    let left: Vec<String> =
+    let mut left: Vec<String> =
         lab::existing_lab_namespaces().into_iter().filter(|n| names.contains(n)).collect();
+    left.extend(sites.iter().filter(|s| s.pin_dir.exists()).map(|s| s.pin_dir.display().to_string()));
+    left.extend(pids.iter().filter(|&&pid| is_anycast(pid)).map(|pid| format!("anycast process {pid}")));
     if !left.is_empty() {
-        bail!("teardown left namespaces behind: {}", left.join(", "));
+        bail!("teardown left behind: {}", left.join(", "));
     }
-    println!("lab: torn down; no namespace, link or process left");
+    println!("lab: torn down; no namespace, link, pin, file or process left");
     result
 }
 
-fn build(lab: &mut Lab) -> Result<Topology> {
-    let client = lab.netns("client")?;
-    let mut sites = Vec::with_capacity(SITES.len());
-    for (i, &name) in SITES.iter().enumerate() {
-        let netns = lab.netns(&format!("site-{name}"))?;
-        let subnet = u8::try_from(i).context("too many sites")?;
-        let (client_addr, addr) = (Ipv4Addr::new(10, 200, subnet, 1), Ipv4Addr::new(10, 200, subnet, 2));
-        let client_iface = format!("to-{name}");
-        lab.veth(
-            End { netns: &client, iface: &client_iface, addr: client_addr },
-            End { netns: &netns, iface: SITE_IFACE, addr },
-            24,
-        )?;
-        sites.push(Site { name, netns, addr, client_addr });
-    }
-    Ok(Topology { client, sites })
+/// Pins and files of this lab's controllers: `anycast detach` for every pin directory and
+/// the work directory removed, explicitly at the end or, failing that, on Drop.
+struct Leftovers {
+    anycast: PathBuf,
+    work: PathBuf,
+    pin_dirs: Vec<PathBuf>,
 }
 
-/// Waits for every controller to attach, runs the traffic for `duration` (or until
-/// stopped), and prints what arrived.
-fn observe(
-    topology: &Topology,
-    daemons: &mut [Daemon],
-    duration: Option<Duration>,
-    stop: &Arc<AtomicBool>,
-) -> Result<()> {
-    wait_attached(topology, daemons, stop)?;
-    let duration = duration.unwrap_or(MAX_DURATION).min(MAX_DURATION);
-    match duration {
-        MAX_DURATION => println!("lab: sending {RATE_PPS} datagrams/s to each site until Ctrl-C"),
-        d => println!("lab: sending {RATE_PPS} datagrams/s to each site for {}s", d.as_secs()),
+impl Leftovers {
+    fn new(anycast: &Path) -> Result<Leftovers> {
+        remove_stale(anycast);
+        let work = std::env::temp_dir().join(format!("{PIN_PREFIX}{}", std::process::id()));
+        fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        Ok(Leftovers { anycast: anycast.to_owned(), work, pin_dirs: Vec::new() })
     }
 
-    let senders_stop = Arc::new(AtomicBool::new(false));
-    let flows = start_traffic(topology, duration, &senders_stop)?;
-    let outcome = wait(daemons, Instant::now() + duration, stop);
-    senders_stop.store(true, Ordering::Relaxed);
-    let (senders, receivers): (Vec<_>, Vec<_>) =
-        flows.into_iter().map(|f| (f.sender, (f.site, f.receiver, f.receiver_stop))).unzip();
-    let sent = senders.into_iter().map(join).collect::<Result<Vec<u64>>>()?;
-    // Datagrams still in flight when the senders stopped are counted before the receivers stop.
-    thread::sleep(DRAIN);
-    for ((site, receiver, receiver_stop), sent) in receivers.into_iter().zip(sent) {
-        receiver_stop.store(true, Ordering::Relaxed);
-        println!("lab: site {site}: sent {sent} datagrams, received {}", join(receiver)?);
-    }
-    outcome
-}
-
-/// Client → one site: a paced sender in the client namespace and a counter in the site's.
-struct Flow {
-    site: &'static str,
-    sender: JoinHandle<Result<u64>>,
-    receiver: JoinHandle<Result<u64>>,
-    receiver_stop: Arc<AtomicBool>,
-}
-
-fn start_traffic(
-    topology: &Topology,
-    duration: Duration,
-    senders_stop: &Arc<AtomicBool>,
-) -> Result<Vec<Flow>> {
-    let mut flows = Vec::new();
-    for site in &topology.sites {
-        let to = SocketAddr::from((site.addr, PORT));
-        let receiver_stop = Arc::new(AtomicBool::new(false));
-        // Its own deadline bounds the receiver even if nobody sets its flag.
-        let receiver = traffic::receive(&site.netns, to, Arc::clone(&receiver_stop), duration + DRAIN * 2)?;
-        let sender = traffic::Sender {
-            from: SocketAddr::from((site.client_addr, 0)),
-            to,
-            rate_pps: RATE_PPS,
-            duration,
+    fn remove(&mut self) -> Result<()> {
+        let mut result = Ok(());
+        for pin_dir in self.pin_dirs.drain(..) {
+            result = result.and(detach(&self.anycast, &pin_dir));
         }
-        .spawn(&topology.client, Arc::clone(senders_stop));
-        flows.push(Flow { site: site.name, sender, receiver, receiver_stop });
+        if self.work.exists() {
+            let removed =
+                fs::remove_dir_all(&self.work).with_context(|| format!("removing {}", self.work.display()));
+            result = result.and(removed);
+        }
+        result
     }
-    Ok(flows)
 }
 
-fn join(handle: JoinHandle<Result<u64>>) -> Result<u64> {
-    handle.join().map_err(|_| anyhow!("traffic thread panicked"))?
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            eprintln!("lab: {e:#}");
+        }
+    }
 }
 
-/// Polls until every controller's interface shows an XDP program (`ip -d link` prints
-/// "prog/xdp id N" for native mode, "prog/xdpgeneric id N" for generic), or fails if a
-/// controller exits first.
-fn wait_attached(topology: &Topology, daemons: &mut [Daemon], stop: &AtomicBool) -> Result<()> {
-    let start = Instant::now();
-    let mut pending: Vec<usize> = (0..topology.sites.len()).collect();
-    while !pending.is_empty() {
-        check_running(daemons)?;
-        if stop.load(Ordering::Relaxed) {
-            bail!("interrupted before the controllers attached");
-        }
-        if start.elapsed() > ATTACH_TIMEOUT {
-            let names: Vec<&str> = pending.iter().map(|&i| topology.sites[i].name).collect();
-            bail!("no XDP program on {SITE_IFACE} of site(s) {} after {ATTACH_TIMEOUT:?}", names.join(", "));
-        }
-        let mut still = Vec::new();
-        for i in pending {
-            let site = &topology.sites[i];
-            let details = site.netns.link_details(SITE_IFACE)?;
-            match details.lines().find(|l| l.trim_start().starts_with("prog/xdp")) {
-                Some(line) => println!("lab: site {}: {SITE_IFACE} has {}", site.name, line.trim()),
-                None => still.push(i),
+fn detach(anycast: &Path, pin_dir: &Path) -> Result<()> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    let out = std::process::Command::new(anycast)
+        .arg("detach")
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .output()
+        .context("running anycast detach")?;
+    if !out.status.success() {
+        bail!(
+            "anycast detach --pin-dir {}: {}",
+            pin_dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Pins and files of labs whose xtask process is gone (killed with SIGKILL). Their
+/// namespaces are removed by `Lab::new`; a pinned link outlives its interface's namespace
+/// only as a defunct link, but the pins and maps stay until detached.
+fn remove_stale(anycast: &Path) {
+    for dir in [Path::new(BPFFS).to_owned(), std::env::temp_dir()] {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(PIN_PREFIX).and_then(|r| r.split('-').next()) else { continue };
+            if pid.parse::<u32>().is_err() || Path::new("/proc").join(pid).exists() {
+                continue;
+            }
+            eprintln!("lab: removing {} left by an earlier lab (pid {pid} is gone)", entry.path().display());
+            let removed = match dir == Path::new(BPFFS) {
+                true => detach(anycast, &entry.path()),
+                false => fs::remove_dir_all(entry.path()).map_err(Into::into),
+            };
+            if let Err(e) = removed {
+                eprintln!("lab: {e:#}");
             }
         }
-        pending = still;
-        thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn is_anycast(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "anycast")
+}
+
+/// The namespaces, links, addresses, routes and neighbours of the diagram at the top, and
+/// each site's directory and pin directory (registered for removal).
+fn build(lab: &mut Lab, leftovers: &mut Leftovers) -> Result<(Netns, Vec<Site>)> {
+    let client = lab.netns("client")?;
+    let mut sites = Vec::new();
+    for name in ["a", "b", "c"] {
+        let netns = lab.netns(&format!("site-{name}"))?;
+        netns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+        let dir = leftovers.work.join(name);
+        fs::create_dir_all(dir.join("state")).with_context(|| format!("creating {}", dir.display()))?;
+        let pin_dir = Path::new(BPFFS).join(format!("{PIN_PREFIX}{}-{name}", std::process::id()));
+        leftovers.pin_dirs.push(pin_dir.clone());
+        sites.push(Site { name, netns, tunnel: Ipv4Addr::UNSPECIFIED, dir, pin_dir, served: Arc::default() });
+    }
+
+    let (client_addr, a_addr) = (Ipv4Addr::new(10, 1, 0, 2), Ipv4Addr::new(10, 1, 0, 1));
+    lab.veth(
+        End { netns: &client, iface: "to-a", addr: client_addr },
+        End { netns: &sites[0].netns, iface: UPLINK, addr: a_addr },
+        24,
+    )?;
+    client.ip(&["route", "add", &format!("{VIP}/32"), "via", &a_addr.to_string()])?;
+    // A veth hands its peer CHECKSUM_PARTIAL skbs (UDP checksum not filled in); once XDP
+    // has forwarded the frame, the skb built from it at the far site no longer says so and
+    // the service would drop the datagram for a bad checksum. So: checksums in software.
+    client.run("ethtool", &["-K", "to-a", "tx", "off"])?;
+    // bpf_fib_lookup answers FWD_DISABLED on an ingress device without forwarding.
+    for key in ["net/ipv4/conf/all/forwarding", "net/ipv4/conf/default/forwarding"] {
+        sites[0].netns.sysctl(key, "1")?;
+    }
+
+    for i in 1..sites.len() {
+        let subnet = u8::try_from(i + 1).context("too many sites")?;
+        let (a_end, far_end) = (Ipv4Addr::new(10, subnet, 0, 1), Ipv4Addr::new(10, subnet, 0, 2));
+        let a_iface = format!("to-{}", sites[i].name);
+        lab.veth(
+            End { netns: &sites[0].netns, iface: &a_iface, addr: a_end },
+            End { netns: &sites[i].netns, iface: UPLINK, addr: far_end },
+            24,
+        )?;
+        // bpf_fib_lookup needs a resolved neighbour, and nothing in the lab would ask for it.
+        let mac = sites[i].netns.mac(UPLINK)?;
+        sites[0].netns.ip(&[
+            "neigh",
+            "replace",
+            &far_end.to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            &a_iface,
+            "nud",
+            "permanent",
+        ])?;
+        // The decapsulated datagrams come from the client: the site's reverse-path check
+        // wants a route back to it through its uplink.
+        sites[i].netns.ip(&["route", "add", "10.1.0.0/24", "via", &a_end.to_string()])?;
+        sites[i].tunnel = far_end;
+    }
+    // a forwards with its end of the first backbone link as the outer source.
+    sites[0].tunnel = Ipv4Addr::new(10, 2, 0, 1);
+    Ok((client, sites))
+}
+
+/// The config of site `me`. a (index 0) steers the VIP over all sites with `weights`; the
+/// others serve it locally and decapsulate what a sends them.
+fn config(sites: &[Site], me: usize, weights: [u32; 3]) -> String {
+    let site = &sites[me];
+    let interfaces = match me {
+        // a's program redirects to the backbone links, so they must be its interfaces too
+        // (the controller puts its interfaces in the redirect map).
+        0 => std::iter::once(UPLINK.to_owned())
+            .chain(sites[1..].iter().map(|s| format!("to-{}", s.name)))
+            .collect(),
+        _ => vec![UPLINK.to_owned()],
+    };
+    let mut text = format!(
+        "# Generated by `cargo xtask run` for site {name}.\n\
+         [local]\ninterfaces = {interfaces:?}\ntunnel_v4 = \"{tunnel}\"\n\n\
+         [datapath]\nflow_table_size = {FLOW_TABLE_SIZE}\npin_dir = \"{pins}\"\n\n\
+         [admin]\nlisten = \"{ADMIN}\"\nstate_dir = \"{state}\"\n",
+        name = site.name,
+        tunnel = site.tunnel,
+        pins = site.pin_dir.display(),
+        state = site.dir.join("state").display(),
+    );
+    let peers: Vec<usize> = match me {
+        0 => (0..sites.len()).collect(),
+        _ => vec![me, 0],
+    };
+    for i in peers {
+        let peer = &sites[i];
+        let _ = write!(text, "\n[[sites]]\nname = \"{}\"\ncapacity = 100\n", peer.name);
+        let _ = match i == me {
+            true => writeln!(text, "local = true"),
+            false => writeln!(text, "endpoint = \"{}\"\nencap = \"ip\"", peer.tunnel),
+        };
+        if me == 0 {
+            let _ = writeln!(text, "weight = {}", weights[i]);
+        }
+    }
+    let _ = write!(
+        text,
+        "\n[[vips]]\nname = \"svc\"\naddress = \"{VIP}\"\nport = {VIP_PORT}\nprotocol = \"udp\"\n"
+    );
+    if me != 0 {
+        let _ = writeln!(text, "sites = [\"{}\"]", site.name);
+    }
+    text
+}
+
+fn write_config(sites: &[Site], me: usize, weights: [u32; 3]) -> Result<()> {
+    let path = sites[me].config_path();
+    fs::write(&path, config(sites, me, weights)).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Starts b's and c's controllers, then a's (whose program redirects into their uplinks,
+/// which deliver only once they run XDP), each waited for until it serves /metrics.
+fn start_daemons(
+    anycast: &Path,
+    sites: &[Site],
+    daemons: &mut Vec<Daemon>,
+    pids: &mut Vec<u32>,
+    stop: &AtomicBool,
+) -> Result<()> {
+    for me in (1..sites.len()).chain([0]) {
+        let site = &sites[me];
+        write_config(sites, me, SPILL)?;
+        let log = fs::File::create(site.log_path())
+            .with_context(|| format!("creating {}", site.log_path().display()))?;
+        let mut cmd = site.netns.command(anycast);
+        cmd.arg("run").arg("--config").arg(site.config_path()).env("RUST_LOG", "info");
+        cmd.stdout(log.try_clone()?).stderr(log);
+        daemons.push(Daemon::spawn(&format!("anycast in site {}", site.name), &mut cmd)?);
+        let daemon = daemons.last_mut().expect("just pushed");
+        pids.extend(daemon.pid());
+        wait_ready(site, daemon, stop)?;
+    }
+    // In the order of `sites`: a first.
+    daemons.rotate_right(1);
+    println!(
+        "lab: controller logs in {}/<site>/anycast.log",
+        sites[0].dir.parent().unwrap_or(Path::new("/")).display()
+    );
+    for site in sites {
+        println!(
+            "lab: site {} metrics: ip netns exec {} curl -s http://{ADMIN}/metrics",
+            site.name,
+            site.netns.name()
+        );
+    }
+    println!("lab: a site's status: ip netns exec NAMESPACE {} status --admin {ADMIN}", anycast.display());
     Ok(())
 }
 
-fn wait(daemons: &mut [Daemon], deadline: Instant, stop: &AtomicBool) -> Result<()> {
-    while Instant::now() < deadline {
+fn wait_ready(site: &Site, daemon: &mut Daemon, stop: &AtomicBool) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = daemon.exited()? {
+            bail!("{} exited at start ({status})", daemon.name());
+        }
         if stop.load(Ordering::Relaxed) {
-            println!("lab: interrupted; tearing down");
+            bail!("interrupted before the controllers were up");
+        }
+        if fetch_metrics(&site.netns).is_ok() {
+            // `ip -d link` prints "prog/xdp id N" for native mode, "prog/xdpgeneric" for generic.
+            let details = site.netns.link_details(UPLINK)?;
+            let xdp = details
+                .lines()
+                .find(|l| l.trim_start().starts_with("prog/xdp"))
+                .map_or("no XDP program".to_owned(), |l| {
+                    l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+                });
+            println!(
+                "lab: site {}: controller up in {:.1} s; {UPLINK}: {xdp}",
+                site.name,
+                start.elapsed().as_secs_f64()
+            );
             return Ok(());
         }
-        check_running(daemons)?;
+        if start.elapsed() > START_TIMEOUT {
+            bail!("{} does not serve http://{ADMIN}/metrics after {START_TIMEOUT:?}", daemon.name());
+        }
         thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `/metrics` of the controller in `netns`, fetched from a thread inside that namespace
+/// (the server listens on the namespace's 127.0.0.1).
+fn fetch_metrics(netns: &Netns) -> Result<String> {
+    netns
+        .spawn(|| daemon::http_get(ADMIN, "/metrics"))
+        .join()
+        .map_err(|_| anyhow!("metrics thread panicked"))?
+}
+
+fn print_log_tail(site: &Site) {
+    let Ok(log) = fs::read_to_string(site.log_path()) else { return };
+    let lines: Vec<&str> = log.lines().collect();
+    println!("--- site {}: last lines of {}", site.name, site.log_path().display());
+    for line in &lines[lines.len().saturating_sub(15)..] {
+        println!("    {line}");
+    }
+}
+
+/// One reading of every site: the data path's packet counters by peer site and action,
+/// a's weights, and what each service has counted.
+struct Snapshot {
+    /// [site][peer] packets: local (peer = site), forwarded to peer, received from peer.
+    local: Vec<u64>,
+    forwarded: Vec<Vec<u64>>,
+    received: Vec<Vec<u64>>,
+    weights: Vec<u64>,
+    served: Vec<u64>,
+}
+
+impl Snapshot {
+    fn take(sites: &[Site]) -> Result<Snapshot> {
+        let series = |site: &str, action: &str| {
+            format!("anycast_site_packets_total{{site=\"{site}\",action=\"{action}\"}}")
+        };
+        let mut snap =
+            Snapshot { local: vec![], forwarded: vec![], received: vec![], weights: vec![], served: vec![] };
+        for site in sites {
+            let text = fetch_metrics(&site.netns).with_context(|| format!("site {}", site.name))?;
+            snap.local.push(daemon::metric(&text, &series(site.name, "local")));
+            snap.forwarded
+                .push(sites.iter().map(|p| daemon::metric(&text, &series(p.name, "forwarded"))).collect());
+            snap.received
+                .push(sites.iter().map(|p| daemon::metric(&text, &series(p.name, "received"))).collect());
+            if site.name == sites[0].name {
+                snap.weights = sites
+                    .iter()
+                    .map(|p| daemon::metric(&text, &format!("anycast_site_weight{{site=\"{}\"}}", p.name)))
+                    .collect();
+            }
+            snap.served.push(site.served.load(Ordering::Relaxed));
+        }
+        Ok(snap)
+    }
+
+    fn print(&self, sites: &[Site], header: &str) {
+        let weights: Vec<String> =
+            sites.iter().zip(&self.weights).map(|(s, w)| format!("{}={w}", s.name)).collect();
+        println!("{header}   weights at a: {}", weights.join(" "));
+        for (i, site) in sites.iter().enumerate() {
+            let by_peer = |counts: &[u64], arrow: &str| {
+                let parts: Vec<String> = sites
+                    .iter()
+                    .zip(counts)
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(p, n)| format!("{arrow}{} {n}", p.name))
+                    .collect();
+                (counts.iter().sum::<u64>(), parts.join(" "))
+            };
+            let (fwd, fwd_by) = by_peer(&self.forwarded[i], "→");
+            let (rcv, rcv_by) = by_peer(&self.received[i], "←");
+            println!(
+                "    site {}: local {:>6}   forwarded {:>6} {:<20} received {:>6} {:<12} service served {:>6}",
+                site.name,
+                self.local[i],
+                fwd,
+                format!("({fwd_by})").replace("()", ""),
+                rcv,
+                format!("({rcv_by})").replace("()", ""),
+                self.served[i]
+            );
+        }
+    }
+
+    /// Every datagram is accounted for: each site served what it kept plus what it
+    /// received, a forwarded to each site exactly what that site received, and the
+    /// services together served what the client sent.
+    fn check(&self, sites: &[Site], sent: u64) -> Result<()> {
+        let mut problems = Vec::new();
+        for (i, site) in sites.iter().enumerate() {
+            let kept = self.local[i] + self.received[i].iter().sum::<u64>();
+            if kept != self.served[i] {
+                problems
+                    .push(format!("site {} kept/received {kept} but served {}", site.name, self.served[i]));
+            }
+            if i > 0 && self.forwarded[0][i] != self.received[i][0] {
+                problems.push(format!(
+                    "a forwarded {} to {} but {} received {} from a",
+                    self.forwarded[0][i], site.name, site.name, self.received[i][0]
+                ));
+            }
+        }
+        let served: u64 = self.served.iter().sum();
+        if served != sent {
+            problems.push(format!("the client sent {sent} datagrams, the services served {served}"));
+        }
+        if self.forwarded[0].iter().sum::<u64>() == 0 {
+            problems.push("a forwarded nothing".to_owned());
+        }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => bail!("the counts do not add up: {}", problems.join("; ")),
+        }
+    }
+}
+
+/// Runs the services and the client for `duration` (or until stopped), prints every
+/// site's counters each second, drains b at a midway, and checks the final counts.
+fn observe(
+    client: &Netns,
+    sites: &[Site],
+    daemons: &mut [Daemon],
+    duration: Option<Duration>,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let total = duration.unwrap_or(MAX_DURATION).min(MAX_DURATION);
+    let drain_at = duration.map_or(DRAIN_AFTER, |d| d / 2);
+    let vip = SocketAddr::from((VIP, VIP_PORT));
+    let services_stop = Arc::new(AtomicBool::new(false));
+    let client_stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(Sent::default());
+    let mut services = Vec::new();
+    let mut result = (|| {
+        for site in sites {
+            // Its own deadline bounds the service even if nobody sets its flag.
+            let deadline = total + SETTLE * 4;
+            services.push(traffic::serve(
+                &site.netns,
+                vip,
+                Arc::clone(&site.served),
+                Arc::clone(&services_stop),
+                deadline,
+            )?);
+        }
+        let until = match duration {
+            Some(d) => format!("for {}s", d.as_secs()),
+            None => "until Ctrl-C".to_owned(),
+        };
+        println!(
+            "lab: the client opens {FLOWS_PER_SEC} flows/s to {vip} (each a new source port, {DATAGRAMS_PER_FLOW} datagrams) {until}; b is drained at a after {}s",
+            drain_at.as_secs()
+        );
+        let client = Client {
+            to: vip,
+            flows_per_sec: FLOWS_PER_SEC,
+            datagrams_per_flow: DATAGRAMS_PER_FLOW,
+            duration: total,
+        }
+        .spawn(client, Arc::clone(&sent), Arc::clone(&client_stop));
+        let watched = watch(sites, daemons, &sent, total, drain_at, stop);
+        client_stop.store(true, Ordering::Relaxed);
+        let client = join(client);
+        watched.and(client)
+    })();
+    // Datagrams still in flight when the client stopped are counted before the services stop.
+    thread::sleep(SETTLE);
+    if result.is_ok() {
+        result = Snapshot::take(sites).and_then(|last| {
+            let (flows, datagrams) = (sent.flows.load(Ordering::Relaxed), sent.datagrams.load(Ordering::Relaxed));
+            last.print(sites, &format!("final: the client sent {datagrams} datagrams in {flows} flows"));
+            last.check(sites, datagrams)?;
+            println!("lab: every datagram accounted for: served = kept + received at each site; forwarded by a = received by b, c");
+            Ok(())
+        });
+    }
+    services_stop.store(true, Ordering::Relaxed);
+    for service in services {
+        result = result.and(join(service));
+    }
+    result
+}
+
+fn watch(
+    sites: &[Site],
+    daemons: &mut [Daemon],
+    sent: &Sent,
+    total: Duration,
+    drain_at: Duration,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let start = Instant::now();
+    let mut next = start + REFRESH;
+    let mut drained = false;
+    while start.elapsed() < total {
+        if stop.load(Ordering::Relaxed) {
+            println!("lab: interrupted; stopping the client and tearing down");
+            return Ok(());
+        }
+        for daemon in daemons.iter_mut() {
+            if let Some(status) = daemon.exited()? {
+                bail!("{} exited early ({status})", daemon.name());
+            }
+        }
+        if !drained && start.elapsed() >= drain_at {
+            write_config(sites, 0, DRAINED)?;
+            daemons[0].signal(libc::SIGHUP).context("SIGHUP to a's controller")?;
+            println!(
+                "lab: draining b: a's config rewritten with weight b = 0 and reloaded (SIGHUP); new flows go to a and c; b keeps only flows it already had (a source port used again)"
+            );
+            drained = true;
+        }
+        if Instant::now() >= next {
+            next += REFRESH;
+            let (flows, datagrams) =
+                (sent.flows.load(Ordering::Relaxed), sent.datagrams.load(Ordering::Relaxed));
+            let header = format!(
+                "[{:>3}s] client sent {datagrams} datagrams in {flows} flows",
+                start.elapsed().as_secs()
+            );
+            Snapshot::take(sites)?.print(sites, &header);
+        }
+        thread::sleep(Duration::from_millis(50));
     }
     Ok(())
 }
 
-fn check_running(daemons: &mut [Daemon]) -> Result<()> {
-    for daemon in daemons {
-        if let Some(status) = daemon.exited()? {
-            bail!("{} exited early ({status}); its output is above", daemon.name());
-        }
-    }
-    Ok(())
+fn join(handle: JoinHandle<Result<()>>) -> Result<()> {
+    handle.join().map_err(|_| anyhow!("traffic thread panicked"))?
 }
