@@ -37,6 +37,7 @@ use anycast_tests::{
     netns::Netns,
     root::require_root,
     sequenced::{self, Received, Sender},
+    topology::{ForwardChain, software_checksums},
 };
 use anycast_user::status::Status;
 
@@ -83,19 +84,8 @@ fn local_site(tag: &str) -> (Netns, Netns) {
     site.add_addr("l0", "10.1.0.1/24").unwrap();
     site.add_addr("lo", &format!("{VIP}/32")).unwrap();
     cl.add_route(&[&format!("{VIP}/32"), "via", "10.1.0.1"]).unwrap();
-    software_checksums(&cl, "c0");
+    software_checksums(&cl, "c0").unwrap();
     (cl, site)
-}
-
-/// Client-side UDP checksums in software: a veth pair hands its peer a CHECKSUM_PARTIAL skb
-/// (only the pseudo-header sum filled in), and once XDP has seen the packet as a frame, the
-/// skb built from it no longer says so and the checksum is wrong.
-fn software_checksums(ns: &Netns, ifname: &str) {
-    // A child forked from a thread inside the namespace is in it.
-    let out = ns
-        .run(|| std::process::Command::new("ethtool").args(["-K", ifname, "tx", "off"]).output())
-        .expect("run ethtool");
-    assert!(out.status.success(), "ethtool -K {ifname} tx off: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn bind(ns: &Netns, addr: &str) -> UdpSocket {
@@ -436,24 +426,7 @@ fn controller_restart_keeps_forwarding_to_remote_site() {
     if !require_root("controller_restart_keeps_forwarding_to_remote_site") {
         return;
     }
-    // client c0 10.1.0.2 ⇄ a0 10.1.0.1 [site A] a1 10.2.0.1 ⇄ b0 10.2.0.2 [site B, VIP on lo]
-    let cl = Netns::new("crf-cl").unwrap();
-    let a = Netns::new("crf-a").unwrap();
-    let b = Netns::new("crf-b").unwrap();
-    cl.add_veth("c0", &a, "a0").unwrap();
-    a.add_veth("a1", &b, "b0").unwrap();
-    cl.add_addr("c0", "10.1.0.2/24").unwrap();
-    a.add_addr("a0", "10.1.0.1/24").unwrap();
-    a.add_addr("a1", "10.2.0.1/24").unwrap();
-    b.add_addr("b0", "10.2.0.2/24").unwrap();
-    b.add_addr("lo", &format!("{VIP}/32")).unwrap();
-    cl.add_route(&[&format!("{VIP}/32"), "via", "10.1.0.1"]).unwrap();
-    // B's reverse-path check accepts the client's address on b0.
-    b.add_route(&["10.1.0.0/24", "via", "10.2.0.1"]).unwrap();
-    // bpf_fib_lookup needs a resolved neighbour; nothing in the topology would ask for it.
-    a.add_neigh("a1", "10.2.0.2", b.mac("b0").unwrap()).unwrap();
-    a.enable_forwarding().unwrap();
-    software_checksums(&cl, "c0");
+    let ForwardChain { client: cl, a, b } = ForwardChain::new("crf", VIP).unwrap();
 
     // B first: XDP_REDIRECT into a veth delivers only when the peer (b0) runs XDP.
     let mut daemon_b = Daemon::new(&b).unwrap();

@@ -20,7 +20,13 @@ use anycast_common::{
     config::CONFIG_TUNNEL_V4,
     site::{SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
 };
-use anycast_tests::{harness::DataPath, netns::Netns, packet::PROTO_UDP, root::require_root};
+use anycast_tests::{
+    harness::DataPath,
+    netns::Netns,
+    packet::PROTO_UDP,
+    root::require_root,
+    topology::{ForwardChain, software_checksums},
+};
 use anycast_user::maps::DataPathMaps;
 use aya::programs::XdpMode;
 
@@ -97,17 +103,6 @@ fn receive(sock: &UdpSocket) -> usize {
     n
 }
 
-/// Client-side checksums in software: a veth pair hands the peer a CHECKSUM_PARTIAL skb
-/// whose UDP checksum holds only the pseudo-header sum, which is wrong once XDP turned the
-/// packet into a frame (redirect/encap) and a new skb without that note is built.
-fn software_checksums(ns: &Netns, ifname: &str) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns.name(), "ethtool", "-K", ifname, "tx", "off"])
-        .output()
-        .expect("run ethtool");
-    assert!(out.status.success(), "ethtool -K {ifname} tx off: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// Interface and veth driver statistics, for a failure message (where did frames go?).
 fn link_stats(ns: &Netns, ifname: &str) -> String {
     let link = ns.ip(&["-s", "link", "show", "dev", ifname]).unwrap_or_else(|e| e.to_string());
@@ -136,7 +131,7 @@ fn netns_local_vip_and_other_traffic() {
     lb.add_addr("l0", "fd01::1/64").unwrap();
     lb.add_addr("lo", &format!("{VIP6}/128")).unwrap();
     cl.add_route(&[&format!("{VIP6}/128"), "via", "fd01::1"]).unwrap();
-    software_checksums(&cl, "c0");
+    software_checksums(&cl, "c0").unwrap();
 
     let (_dp, mut maps) = attach(&lb, "l0");
     let local =
@@ -181,23 +176,7 @@ fn netns_forward_to_remote_site_and_decap() {
     if !require_root("netns_forward_to_remote_site_and_decap") {
         return;
     }
-    // client c0 10.1.0.2 ⇄ a0 10.1.0.1 [host A] a1 10.2.0.1 ⇄ b0 10.2.0.2 [site B]
-    let cl = Netns::new("nf-cl").unwrap();
-    let a = Netns::new("nf-a").unwrap();
-    let b = Netns::new("nf-b").unwrap();
-    cl.add_veth("c0", &a, "a0").unwrap();
-    a.add_veth("a1", &b, "b0").unwrap();
-    cl.add_addr("c0", "10.1.0.2/24").unwrap();
-    a.add_addr("a0", "10.1.0.1/24").unwrap();
-    a.add_addr("a1", "10.2.0.1/24").unwrap();
-    b.add_addr("b0", "10.2.0.2/24").unwrap();
-    b.add_addr("lo", "10.200.0.1/32").unwrap();
-    cl.add_route(&["10.200.0.1/32", "via", "10.1.0.1"]).unwrap();
-    // B's reverse-path check accepts the client's address on b0.
-    b.add_route(&["10.1.0.0/24", "via", "10.2.0.1"]).unwrap();
-    a.add_neigh("a1", "10.2.0.2", b.mac("b0").unwrap()).unwrap();
-    a.enable_forwarding().unwrap();
-    software_checksums(&cl, "c0");
+    let ForwardChain { client: cl, a, b } = ForwardChain::new("nf", "10.200.0.1").unwrap();
 
     // B first: XDP_REDIRECT into a veth delivers only when the peer (b0) runs XDP.
     let (_dp_b, mut maps_b) = attach(&b, "b0");

@@ -1,0 +1,52 @@
+//! Topologies that several real-packet tests share.
+
+use crate::netns::{Netns, NetnsError, Result};
+
+/// Client-side UDP checksums in software on `ifname` of `ns`: a veth pair hands its peer a
+/// CHECKSUM_PARTIAL skb whose UDP checksum holds only the pseudo-header sum, which is wrong
+/// once XDP has turned the packet into a frame (redirect, encap) and a new skb without that
+/// note is built.
+pub fn software_checksums(ns: &Netns, ifname: &str) -> Result<()> {
+    let cmd = format!("ethtool -K {ifname} tx off");
+    // A child forked from a thread inside the namespace is in it.
+    let out = ns
+        .run(|| std::process::Command::new("ethtool").args(["-K", ifname, "tx", "off"]).output())
+        .map_err(|source| NetnsError::Spawn { cmd: cmd.clone(), source })?;
+    if !out.status.success() {
+        return Err(NetnsError::Command { cmd, stderr: String::from_utf8_lossy(&out.stderr).into_owned() });
+    }
+    Ok(())
+}
+
+/// client `c0` 10.1.0.2 ⇄ `a0` 10.1.0.1 [A] `a1` 10.2.0.1 ⇄ `b0` 10.2.0.2 [B, `vip` on lo].
+///
+/// The client routes `vip` to A; A forwards (sysctls on) and knows B's MAC (a permanent
+/// neighbour: `bpf_fib_lookup` needs a resolved one and nothing in the topology would ask
+/// for it); B routes the client's subnet back via A (its reverse-path check accepts the
+/// client's address on b0). Whatever runs XDP on A and B is the test's business.
+pub struct ForwardChain {
+    pub client: Netns,
+    pub a: Netns,
+    pub b: Netns,
+}
+
+impl ForwardChain {
+    pub fn new(tag: &str, vip: &str) -> Result<ForwardChain> {
+        let client = Netns::new(&format!("{tag}-cl"))?;
+        let a = Netns::new(&format!("{tag}-a"))?;
+        let b = Netns::new(&format!("{tag}-b"))?;
+        client.add_veth("c0", &a, "a0")?;
+        a.add_veth("a1", &b, "b0")?;
+        client.add_addr("c0", "10.1.0.2/24")?;
+        a.add_addr("a0", "10.1.0.1/24")?;
+        a.add_addr("a1", "10.2.0.1/24")?;
+        b.add_addr("b0", "10.2.0.2/24")?;
+        b.add_addr("lo", &format!("{vip}/32"))?;
+        client.add_route(&[&format!("{vip}/32"), "via", "10.1.0.1"])?;
+        b.add_route(&["10.1.0.0/24", "via", "10.2.0.1"])?;
+        a.add_neigh("a1", "10.2.0.2", b.mac("b0")?)?;
+        a.enable_forwarding()?;
+        software_checksums(&client, "c0")?;
+        Ok(ForwardChain { client, a, b })
+    }
+}
