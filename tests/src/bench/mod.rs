@@ -83,7 +83,7 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
     eprintln!("bench: per-packet cases ({} rounds × {} repetitions)", scale.rounds, scale.repeat);
     let (results, (plain_noop, plain_local)) = topo.lb.run(|| -> Result<_> {
         pin_to_current_cpu()?;
-        let mut pp = per_packet::PerPacket::load(topo.lb0)?;
+        let mut pp = per_packet::PerPacket::load(topo.lb0, scale.repeat)?;
         let results = pp.run(scale.rounds, scale.repeat)?;
         Ok((results, pp.without_harness(scale.rounds, scale.repeat)?))
     })?;
@@ -97,9 +97,11 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
         "cases: anchor frames; vip_local_pass = anchor UDP to 10.200.1.1:53, whose Maglev table names the local site; \
          vip_forward_* = anchor TCP to 10.200.1.1:80 over three IPIP sites (65537-slot weighted Maglev), XDP_TX after a real \
          bpf_fib_lookup (next hop cached per docs/datapath.md §7); vip_forward_new stamps a run counter into the IPv4 source \
-         address each run (a new flow, flow-table insert included; the table at its default 262144 entries, so once full every insert \
-         also evicts: the LRU steady state); decap = IPIP from 10.0.0.2 carrying the anchor SYN; malformed_drop = anchor UDP \
-         with IHL 4 (counted bad_header and passed, per docs/datapath.md §2)"
+         address each run (a new flow, flow-table insert included), the flow table emptied before each round and sized for a whole \
+         round (max(262144, repetitions rounded up to a power of two) entries), so no insert evicts (the anchor's \"reset the table \
+         between rounds\"); vip_forward_new_evicting = the same with the table first filled with a capacity's worth of other new \
+         flows, so every insert also evicts (the LRU steady state under a flood of new flows); decap = IPIP from 10.0.0.2 \
+         carrying the anchor SYN; malformed_drop = anchor UDP with IHL 4 (counted bad_header and passed, per docs/datapath.md §2)"
             .to_owned(),
     );
     let cases = results

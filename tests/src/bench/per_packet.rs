@@ -10,7 +10,7 @@
 //! moved by exactly `repetitions` packets of its kind. A benchmark of the wrong path is
 //! worse than none: any mismatch stops the run with the reason.
 
-use anycast_common::{Exception, flow_hash};
+use anycast_common::{Exception, flow_hash, maps::FLOW_TABLE_DEFAULT};
 use anycast_user::maps::DataPathMaps;
 use anyhow::{Context, Result, bail, ensure};
 use aya::programs::{ProgramFd, TestRun, TestRunOptions};
@@ -33,6 +33,19 @@ use crate::{
 /// port is not next to any other 2 bytes that may change: the destination address and port
 /// select the VIP.)
 const NEW_FLOW_STAMP: u32 = 26;
+
+/// The flow table before a timed round of a new-flow case.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// As the previous rounds left it.
+    AsIs,
+    /// Emptied: every insert of the round finds a free entry (the anchor's "reset the table
+    /// between rounds"), so the figure is the insert, not the eviction.
+    Empty,
+    /// Filled to capacity with other flows: every insert of the round also evicts the least
+    /// recently used entry (the LRU steady state under a flood of new flows).
+    Full,
+}
 
 /// Which program the harness tail-calls.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -80,6 +93,7 @@ struct Case {
     /// A frame run once through the data path before each timed round (the flow an
     /// established-flow case needs, which the new-flow case's inserts may have evicted).
     prime: Option<Vec<u8>>,
+    table: Table,
 }
 
 impl Case {
@@ -93,13 +107,17 @@ fn cases() -> Vec<Case> {
     let (syn, ack, udp) = (hex(anchor::SYN), hex(anchor::ACK), hex(anchor::UDP));
     let decap = packet::ip_in_ip(anchor::SITE_ENDPOINTS[0], TUNNEL_V4, &Packet::parse(&syn)).frame();
     let malformed = packet::set(udp.clone(), 14, &[0x44]);
-    let case = |name, frame, kind| Case { name, frame, kind, vary_offset: 0, prime: None };
+    let case =
+        |name, frame, kind| Case { name, frame, kind, vary_offset: 0, prime: None, table: Table::AsIs };
+    let new_flow =
+        |name, table| Case { vary_offset: NEW_FLOW_STAMP, table, ..case(name, syn.clone(), Kind::Forward) };
     vec![
         case("noop", hex(anchor::NON_VIP), Kind::Noop),
         case("non_vip_pass", hex(anchor::NON_VIP), Kind::NotOurs),
         case("vip_local_pass", udp, Kind::Local),
         Case { prime: Some(syn.clone()), ..case("vip_forward_established", ack, Kind::Forward) },
-        Case { vary_offset: NEW_FLOW_STAMP, ..case("vip_forward_new", syn, Kind::Forward) },
+        new_flow("vip_forward_new", Table::Empty),
+        new_flow("vip_forward_new_evicting", Table::Full),
         case("decap", decap, Kind::Decap),
         case("malformed_drop", malformed, Kind::Malformed),
     ]
@@ -119,15 +137,21 @@ pub struct PerPacket {
     noop: DataPath,
     maps: DataPathMaps,
     ingress: u32,
+    /// `FLOWS` capacity: at least one round of new flows, so that an emptied table takes a
+    /// whole round without evicting.
+    flow_entries: u32,
 }
 
 impl PerPacket {
-    pub fn load(ingress: u32) -> Result<PerPacket> {
-        let mut anycast = DataPath::load().context("loading the anycast data path")?;
+    /// `repeat`: repetitions per timed round.
+    pub fn load(ingress: u32, repeat: u32) -> Result<PerPacket> {
+        let flow_entries = repeat.next_power_of_two().max(FLOW_TABLE_DEFAULT);
+        let mut anycast =
+            DataPath::load_anycast(Some(flow_entries)).context("loading the anycast data path")?;
         let mut maps = anycast.maps()?;
         world::configure(&mut maps)?;
         let noop = DataPath::load_noop().context("loading the noop baseline")?;
-        Ok(PerPacket { harness: ResetHarness::load()?, anycast, noop, maps, ingress })
+        Ok(PerPacket { harness: ResetHarness::load()?, anycast, noop, maps, ingress, flow_entries })
     }
 
     fn fd(&self, target: Target) -> Result<ProgramFd> {
@@ -168,10 +192,33 @@ impl PerPacket {
         Ok(())
     }
 
+    /// Sets the flow table up as `case` wants it (untimed). Filling runs the case's own
+    /// stamped frame, so the table holds flows of the same shape as those the round inserts.
+    fn set_table(&mut self, case: &Case) -> Result<()> {
+        match case.table {
+            Table::AsIs => {}
+            Table::Empty => {
+                self.maps.clear_flows().context("emptying FLOWS")?;
+            }
+            Table::Full => {
+                // A capacity's worth of new flows: whatever the table held, it is then full
+                // of them. (Not exactly `flow_entries`: the common LRU keeps up to 128 free
+                // entries per CPU in per-CPU lists, kernel/bpf/bpf_lru_list.c, and evicts
+                // rather than take them from another CPU.)
+                self.harness.run(&case.frame, self.ingress, self.flow_entries).context("filling FLOWS")?;
+                let count = self.maps.flow_count() as u32;
+                let nearly = self.flow_entries - self.flow_entries / 16;
+                ensure!(count >= nearly, "FLOWS holds {count} flows after filling, expected ≥ {nearly}");
+            }
+        }
+        Ok(())
+    }
+
     fn timed_round(&mut self, case: &Case, repeat: u32) -> Result<f64> {
         self.prime(case)?;
         let fd = self.fd(case.target())?;
         self.harness.prepare(&case.frame, case.vary_offset, &fd)?;
+        self.set_table(case)?;
         let before = Totals::read(&self.maps)?;
         let (action, _, ns) = self.harness.run(&case.frame, self.ingress, repeat)?;
         let moved = Totals::read(&self.maps)?.since(&before);
