@@ -13,3 +13,4 @@ pub mod reconcile;
 pub mod server;
 pub mod stats;
 pub mod status;
+pub mod top;

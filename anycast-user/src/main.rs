@@ -34,6 +34,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Live per-site view: state, weight, local/forwarded/received packets per second,
+    /// totals and top exception rates, refreshed every --interval seconds.
+    Top {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Seconds between two refreshes.
+        #[arg(long, default_value_t = 2.0, value_parser = parse_interval)]
+        interval: f64,
+        /// Stop after N refreshes (default: until interrupted).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+    },
     /// Stop sending new flows to SITE (established flows stay); survives restarts.
     Drain {
         site: String,
@@ -130,6 +142,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(_) => unreachable!("clap requires one of --iface / --config"),
         Command::CheckConfig { file } => return Ok(cli::check_config(&file)),
         Command::Status { target, json } => cli::admin::status(&target.into(), json).await?,
+        Command::Top { target, interval, count } => {
+            cli::top::run(&target.into(), Duration::from_secs_f64(interval), count).await?
+        }
         Command::Drain { site, target } => cli::admin::drain(&target.into(), &site, true).await?,
         Command::Undrain { site, target } => cli::admin::drain(&target.into(), &site, false).await?,
         Command::Detach { pin_dir, config } => cli::admin::detach(pin_dir.as_deref(), config.as_deref())?,

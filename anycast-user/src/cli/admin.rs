@@ -1,4 +1,4 @@
-//! `anycast status | drain | undrain | detach`: talk to the running daemon over its admin
+//! `anycast status | drain | undrain | detach` (and the readings of `anycast top`): talk to the running daemon over its admin
 //! HTTP endpoint; when none answers and a config file is given, work on the pinned maps
 //! directly (what the daemon would do; a daemon started later picks the overrides up).
 
@@ -68,11 +68,14 @@ async fn http(method: &'static str, url: String) -> Reply {
     .unwrap_or_else(|e| Reply::Unreachable(e.to_string()))
 }
 
-pub async fn status(target: &Target, json: bool) -> Result<()> {
+/// What `anycast status` and `anycast top` show: from the daemon's `GET /status`, else
+/// (no daemon answers and a config is given) from the pinned maps, with the reason for
+/// that fallback (callers decide how often to warn: `top` reads every interval).
+pub async fn fetch_status(target: &Target) -> Result<(Status, Option<String>)> {
     let config = target.config()?;
     let addr = target.admin(config.as_ref());
-    let status: Status = match http("GET", format!("http://{addr}/status")).await {
-        Reply::Ok(body) => serde_json::from_str(&body).context("the daemon's /status reply")?,
+    Ok(match http("GET", format!("http://{addr}/status")).await {
+        Reply::Ok(body) => (serde_json::from_str(&body).context("the daemon's /status reply")?, None),
         Reply::Refused(code, body) => bail!("the daemon at {addr} answered {code}: {}", body.trim()),
         Reply::Unreachable(why) => {
             let Some(config) = config else {
@@ -80,12 +83,21 @@ pub async fn status(target: &Target, json: bool) -> Result<()> {
                     "no daemon answers at {addr} ({why}); give --config FILE to read the pinned maps instead"
                 )
             };
-            log::warn!("no daemon answers at {addr} ({why}); reading the pinned maps");
             let mut controller = Controller::open_pinned(config)?;
             controller.sample()?;
-            controller.status()?
+            (
+                controller.status()?,
+                Some(format!("no daemon answers at {addr} ({why}); reading the pinned maps")),
+            )
         }
-    };
+    })
+}
+
+pub async fn status(target: &Target, json: bool) -> Result<()> {
+    let (status, fallback) = fetch_status(target).await?;
+    if let Some(why) = fallback {
+        log::warn!("{why}");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod daemon;
 pub mod demo;
+pub mod top;
 use std::{path::Path, process::ExitCode};
 
 use anycast_user::config::Config;
