@@ -1,6 +1,12 @@
 //! Layers 2 to 4 (docs/datapath.md §1–§3): Ethernet and VLAN tags, the address pre-filter,
 //! IPv4 (options skipped) and IPv6 (extension headers walked), fragments, TCP/UDP ports and
 //! the inner packet of ICMP "too big" errors.
+//!
+//! Hand-rolled rather than network-types' header structs: each field is read at its offset
+//! through [`Frame::at`], bounds-checked right where it is read (the only form the verifier
+//! accepts at the variable offsets behind IPv4 options and IPv6 extension headers), and
+//! only the fields the data path uses are read, which keeps the non-VIP path to one length
+//! check, one address read and one filter lookup.
 
 use anycast_common::{
     Exception, Family, FlowKey,
