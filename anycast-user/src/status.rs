@@ -47,15 +47,19 @@ pub struct VipStatus {
 }
 
 impl Status {
-    pub fn table(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
+    /// The first line of `status` and of every `top` refresh.
+    pub fn header(&self) -> String {
+        format!(
             "interfaces: {}   flows: {} / {}",
             self.interfaces.join(", "),
             self.flow_entries,
             self.flow_capacity
-        );
+        )
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{}", self.header());
         let _ = writeln!(
             out,
             "\n{:<16} {:<7} {:<26} {:<5} {:<8} {:>7} {:>10} {:>12} {:>12} {:>12}",

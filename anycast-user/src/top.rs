@@ -75,13 +75,7 @@ pub fn rates(prev: &Status, cur: &Status, interval: Duration) -> Rates {
 /// The table for one refresh.
 pub fn render(cur: &Status, rates: &Rates) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "interfaces: {}   flows: {} / {}",
-        cur.interfaces.join(", "),
-        cur.flow_entries,
-        cur.flow_capacity
-    );
+    let _ = writeln!(out, "{}", cur.header());
     let _ = writeln!(
         out,
         "{:<16} {:<8} {:>7} {:>12} {:>12} {:>12}",
