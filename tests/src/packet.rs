@@ -47,6 +47,21 @@ pub fn addr(s: &str) -> IpAddr {
 }
 
 /// The 16-byte map form of an address (IPv4 in the first four bytes) and its family.
+/// A TCP/UDP checksum with the pseudo-header of `src` → `dst` (etherparse computes it; the
+/// family picks which of its two calculations applies).
+fn l4_checksum<E: std::fmt::Debug>(
+    src: IpAddr,
+    dst: IpAddr,
+    v4: impl FnOnce([u8; 4], [u8; 4]) -> Result<u16, E>,
+    v6: impl FnOnce([u8; 16], [u8; 16]) -> Result<u16, E>,
+) -> u16 {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => v4(s.octets(), d.octets()),
+        (s, d) => v6(addr16(s).0, addr16(d).0),
+    }
+    .unwrap_or_else(|e| panic!("checksum: {e:?}"))
+}
+
 pub fn addr16(a: IpAddr) -> ([u8; 16], Family) {
     match a {
         IpAddr::V4(v4) => {
@@ -498,7 +513,6 @@ impl Packet {
     /// Everything after the IP header(s), checksums computed with etherparse.
     pub fn l4_bytes(&self) -> Vec<u8> {
         let (src, dst) = (self.src(), self.dst());
-        let csum_err = |e| panic!("checksum: {e:?}");
         match &self.l4 {
             L4::Tcp { sport, dport, flags, seq, payload } => {
                 let mut h = TcpHeader::new(*sport, *dport, *seq, 64240);
@@ -510,31 +524,25 @@ impl Packet {
                 if h.ack {
                     h.acknowledgment_number = 5000;
                 }
-                h.checksum = match (src, dst) {
-                    (IpAddr::V4(s), IpAddr::V4(d)) => {
-                        h.calc_checksum_ipv4_raw(s.octets(), d.octets(), payload)
-                    }
-                    (s, d) => h.calc_checksum_ipv6_raw(addr16(s).0, addr16(d).0, payload),
-                }
-                .unwrap_or_else(csum_err);
-                let mut out = h.to_bytes().to_vec();
-                out.extend_from_slice(payload);
-                out
+                h.checksum = l4_checksum(
+                    src,
+                    dst,
+                    |s, d| h.calc_checksum_ipv4_raw(s, d, payload),
+                    |s, d| h.calc_checksum_ipv6_raw(s, d, payload),
+                );
+                [h.to_bytes().as_slice(), payload].concat()
             }
             L4::Udp { sport, dport, payload } => {
                 let mut h =
                     UdpHeader { source_port: *sport, destination_port: *dport, length: 0, checksum: 0 };
                 h.length = (8 + payload.len()) as u16;
-                h.checksum = match (src, dst) {
-                    (IpAddr::V4(s), IpAddr::V4(d)) => {
-                        h.calc_checksum_ipv4_raw(s.octets(), d.octets(), payload)
-                    }
-                    (s, d) => h.calc_checksum_ipv6_raw(addr16(s).0, addr16(d).0, payload),
-                }
-                .unwrap_or_else(csum_err);
-                let mut out = h.to_bytes().to_vec();
-                out.extend_from_slice(payload);
-                out
+                h.checksum = l4_checksum(
+                    src,
+                    dst,
+                    |s, d| h.calc_checksum_ipv4_raw(s, d, payload),
+                    |s, d| h.calc_checksum_ipv6_raw(s, d, payload),
+                );
+                [h.to_bytes().as_slice(), payload].concat()
             }
             L4::Icmp { typ, code, rest, body, .. } => {
                 let mut out = if self.is_v4() {
