@@ -2,7 +2,11 @@
 //! reconciler, plus the counter samples behind rates. The daemon (`anycast run --config`)
 //! wraps one in a mutex shared by the signal handlers, the sampler and the HTTP server.
 
-use std::{collections::BTreeSet, ffi::CString, path::Path};
+use std::{
+    collections::BTreeSet,
+    ffi::CString,
+    path::{Path, PathBuf},
+};
 
 use anycast_common::maps::FLOWS;
 use aya::maps::MapInfo;
@@ -15,6 +19,7 @@ use crate::{
     object,
     overrides::{Overrides, OverridesError},
     reconcile::{self, Applied, Plan, PlanError, Reconciler},
+    signals::SiteSignals,
     stats::Snapshot,
     status::{SiteStatus, Status, VipStatus},
 };
@@ -58,6 +63,8 @@ pub struct Controller {
     instance: Option<Instance>,
     reconciler: Reconciler,
     plan: Plan,
+    /// The resolved pin directory.
+    pin_dir: PathBuf,
     flow_capacity: u64,
     flow_entries: u64,
     /// The last two counter samples: rates are their difference.
@@ -122,8 +129,10 @@ impl Controller {
             (t2 - t1).as_secs_f64() * 1e3,
             t2.elapsed().as_secs_f64() * 1e3
         );
-        let flow_capacity = flow_capacity(started.instance.pin_dir());
+        let pin_dir = started.instance.pin_dir().to_owned();
+        let flow_capacity = flow_capacity(&pin_dir);
         let c = Controller {
+            pin_dir,
             config,
             overrides,
             maps,
@@ -153,6 +162,7 @@ impl Controller {
         let plan = reconcile::plan(&config, &overrides, reconciler.current(), egress)?;
         let flow_capacity = flow_capacity(pin_dir);
         Ok(Controller {
+            pin_dir: pin_dir.clone(),
             config,
             overrides,
             maps,
@@ -167,6 +177,20 @@ impl Controller {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// This site's state as the outside world should see it.
+    pub fn signals(&self) -> SiteSignals {
+        let pin_dir = &self.pin_dir;
+        let local = self.config.sites.iter().find(|s| matches!(s.kind, SiteKind::Local));
+        SiteSignals {
+            // The pins, not our link handles: what matters is whether the kernel still runs
+            // the program on each interface, whoever holds the link.
+            attached: self.config.local.interfaces.iter().all(|i| loader::link_pin(pin_dir, i).exists()),
+            drained: local.is_some_and(|l| self.overrides.drained.contains(&l.name)),
+            overloaded: false,
+            no_headroom: false,
+        }
     }
 
     /// Applies a new (validated) config: interfaces attached/detached, maps reconciled.

@@ -11,6 +11,7 @@ pub mod object;
 pub mod overrides;
 pub mod reconcile;
 pub mod server;
+pub mod signals;
 pub mod stats;
 pub mod status;
 pub mod top;
