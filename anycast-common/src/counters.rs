@@ -15,6 +15,10 @@ pub struct SiteCounters {
     /// frame as received, outer headers included.
     pub received_packets: u64,
     pub received_bytes: u64,
+    /// Health probes this site sent us through the tunnel (an inner packet for our own
+    /// tunnel address, not for a VIP), decapsulated here and counted only here, so that
+    /// `received_*` stays the site's data traffic.
+    pub probe_packets: u64,
 }
 
 /// Value of [`crate::maps::VIP_STATS`], indexed by VIP index.

@@ -28,6 +28,22 @@ fn for_us(cfg: &LocalConfig, pkt: &Packet) -> bool {
     }
 }
 
+/// Whether the inner packet is addressed to this host's tunnel address of its family: a
+/// sibling controller's health probe (anycast-user/src/probe.rs), since data traffic's
+/// inner destination is always a VIP. Reads only the inner destination, bounds-checked by
+/// [`Frame::bytes`] (IPv4: bytes 16..20, IPv6: 24..40, both inside the header length the
+/// caller checked).
+#[inline(always)]
+fn is_probe(cfg: &LocalConfig, frame: &Frame, inner: usize, inner_v6: bool) -> bool {
+    if inner_v6 {
+        cfg.flags & CONFIG_TUNNEL_V6 != 0
+            && matches!(frame.bytes::<16>(inner + 24), Some(d) if d == cfg.tunnel_v6)
+    } else {
+        cfg.flags & CONFIG_TUNNEL_V4 != 0
+            && matches!(frame.bytes::<4>(inner + 16), Some(d) if d == cfg.tunnel_v4)
+    }
+}
+
 /// `Ok(None)`: not a tunnel packet for us, carry on with the VIP match.
 #[inline(always)]
 pub fn decap(ctx: &XdpContext, frame: Frame, pkt: &Packet) -> Result<Option<u32>, Exception> {
@@ -66,13 +82,20 @@ pub fn decap(ctx: &XdpContext, frame: Frame, pkt: &Packet) -> Result<Option<u32>
     };
 
     let received = frame.len();
+    let probe = is_probe(cfg, &frame, inner, inner_v6);
     let l2 = L2::read(&frame, pkt.l2_len).ok_or(Exception::EncapFailed)?;
     // inner - l2_len is the outer IP (+ extension headers, + UDP): well within i32.
     let frame = adjust_head(ctx, (inner - pkt.l2_len) as i32).ok_or(Exception::EncapFailed)?;
     l2.write(&frame, if inner_v6 { ETH_P_IPV6 } else { ETH_P_IP }).ok_or(Exception::EncapFailed)?;
+    // Probes are counted apart: the per-site received counters must add up to what the
+    // services got (issue 5), and the probe's echo reply goes to the kernel, not a service.
     counters::site(peer, |c| {
-        c.received_packets += 1;
-        c.received_bytes += received as u64;
+        if probe {
+            c.probe_packets += 1;
+        } else {
+            c.received_packets += 1;
+            c.received_bytes += received as u64;
+        }
     });
     Ok(Some(xdp_action::XDP_PASS))
 }

@@ -14,6 +14,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anycast_common::maps::{MAGLEV_DEFAULT_SIZE, MAGLEV_MAX_SIZE, MAX_SITES, MAX_VIPS};
@@ -35,13 +36,17 @@ const IFNAME_MAX: usize = 15;
 const NAME_MAX: usize = 64;
 
 /// A validated configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub local: Local,
     pub datapath: Datapath,
     pub admin: Admin,
     pub sites: Vec<Site>,
     pub vips: Vec<Vip>,
+    /// Load-aware steering; `None` keeps the static weights.
+    pub load: Option<Load>,
+    /// Health probes of the remote sites; `None` treats every site as up.
+    pub health: Option<Health>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +70,40 @@ pub struct Datapath {
 pub struct Admin {
     pub listen: SocketAddr,
     pub state_dir: PathBuf,
+    /// Read-only listener for the sibling sites' controllers (`GET /load` only), so the
+    /// admin listener with its unauthenticated drain endpoints can stay on loopback.
+    pub peer_listen: Option<SocketAddr>,
+}
+
+/// `[load]`: how measured load becomes steering weights (see `policy.rs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Load {
+    /// Utilisation the policy steers the local site to when it sheds.
+    pub target: f64,
+    /// Shedding starts above this smoothed utilisation...
+    pub high: f64,
+    /// ...and flows come back only below this one.
+    pub low: f64,
+    /// Largest change of the local share of new flows per interval.
+    pub max_step: f64,
+    pub interval: Duration,
+    /// EWMA time constant of the load figures.
+    pub smoothing: Duration,
+    /// Whether host CPU utilisation (busy incl. softirq, /proc/stat) counts in the load.
+    pub cpu: bool,
+    /// Peer `/load` polls time out after this; data older than `stale` is "unknown".
+    pub peer_timeout: Duration,
+    pub stale: Duration,
+}
+
+/// `[health]`: probes of every remote site through the data path and its peer API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes to come up, consecutive failures to go down.
+    pub rise: u32,
+    pub fall: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +113,8 @@ pub struct Site {
     pub capacity: u32,
     /// Static Maglev weight; `None` means "use the capacity".
     pub weight: Option<u32>,
+    /// Its controller's peer API (`[admin] peer_listen` there), polled for its load.
+    pub peer: Option<SocketAddr>,
 }
 
 impl Site {
@@ -226,6 +267,30 @@ struct RawDatapath {
 struct RawAdmin {
     listen: Option<Spanned<SocketAddr>>,
     state_dir: Option<Spanned<PathBuf>>,
+    peer_listen: Option<Spanned<SocketAddr>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoad {
+    target: Option<Spanned<f64>>,
+    high: Option<Spanned<f64>>,
+    low: Option<Spanned<f64>>,
+    max_step: Option<Spanned<f64>>,
+    interval_ms: Option<Spanned<u64>>,
+    smoothing_ms: Option<Spanned<u64>>,
+    cpu: Option<bool>,
+    peer_timeout_ms: Option<Spanned<u64>>,
+    stale_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval_ms: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +310,7 @@ struct RawSite {
     gue_port: Option<Spanned<u16>>,
     capacity: Spanned<u32>,
     weight: Option<Spanned<u32>>,
+    peer: Option<Spanned<SocketAddr>>,
 }
 
 #[derive(Deserialize)]
@@ -297,7 +363,7 @@ struct Validator<'t> {
     errors: Vec<(Range<usize>, String)>,
 }
 
-const SECTIONS: [&str; 5] = ["local", "datapath", "admin", "sites", "vips"];
+const SECTIONS: [&str; 7] = ["local", "datapath", "admin", "sites", "vips", "load", "health"];
 
 impl<'t> Validator<'t> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
@@ -374,6 +440,9 @@ impl<'t> Validator<'t> {
         };
         let vips: Option<Vec<RawVip>> =
             root.get("vips").map_or(Some(Vec::new()), |v| self.decode_entries("vips", v));
+        let load: Option<Option<RawLoad>> = root.get("load").map_or(Some(None), |v| self.decode(v).map(Some));
+        let health: Option<Option<RawHealth>> =
+            root.get("health").map_or(Some(None), |v| self.decode(v).map(Some));
 
         let local = local.map(|l| self.local(l));
         let datapath = datapath.map(|d| self.datapath(d));
@@ -393,7 +462,17 @@ impl<'t> Validator<'t> {
                 ),
             );
         }
-        Some(Config { local: local?, datapath: datapath?, admin: admin?, sites: sites?, vips: vips? })
+        let load = load.map(|l| l.map(|l| self.load(l)));
+        let health = health.map(|h| h.map(|h| self.health(h)));
+        Some(Config {
+            local: local?,
+            datapath: datapath?,
+            admin: admin?,
+            sites: sites?,
+            vips: vips?,
+            load: load?,
+            health: health?,
+        })
     }
 
     fn local(&mut self, raw: RawLocal) -> Local {
@@ -468,7 +547,89 @@ impl<'t> Validator<'t> {
             Spanned::into_inner,
         );
         let state_dir = self.absolute(raw.state_dir, DEFAULT_STATE_DIR, "state_dir");
-        Admin { listen, state_dir }
+        Admin { listen, state_dir, peer_listen: raw.peer_listen.map(Spanned::into_inner) }
+    }
+
+    fn load(&mut self, raw: RawLoad) -> Load {
+        let mut ratio = |v: Option<Spanned<f64>>, default: f64, what: &str| match v {
+            None => default,
+            Some(v) => {
+                let x = *v.get_ref();
+                if !(x > 0.0 && x <= 1.0) {
+                    self.error(v.span(), format!("{what} {x} is not a ratio in (0, 1]"));
+                }
+                x
+            }
+        };
+        let (target_span, high_span) =
+            (raw.target.as_ref().map(Spanned::span), raw.high.as_ref().map(Spanned::span));
+        let target = ratio(raw.target, 0.8, "target");
+        let high = ratio(raw.high, (target + 0.1).min(1.0), "high");
+        let low = ratio(raw.low, target - 0.1, "low");
+        let max_step = ratio(raw.max_step, 0.25, "max_step");
+        if !(low < target && target < high) {
+            let span = target_span.or(high_span).unwrap_or(0..0);
+            self.error(
+                span,
+                format!(
+                    "[load] needs low < target < high (got {low} < {target} < {high}): the gap                      between the watermarks is what keeps the weights from oscillating"
+                ),
+            );
+        }
+        let interval = self.millis(raw.interval_ms, 500, 50..=60_000, "interval_ms");
+        let smoothing = self.millis(raw.smoothing_ms, 1_000, 0..=600_000, "smoothing_ms");
+        let peer_timeout = self.millis(raw.peer_timeout_ms, 500, 10..=60_000, "peer_timeout_ms");
+        let stale = self.millis(raw.stale_ms, 3_000, 100..=600_000, "stale_ms");
+        Load {
+            target,
+            high,
+            low,
+            max_step,
+            interval,
+            smoothing,
+            cpu: raw.cpu.unwrap_or(true),
+            peer_timeout,
+            stale,
+        }
+    }
+
+    fn health(&mut self, raw: RawHealth) -> Health {
+        let interval = self.millis(raw.interval_ms, 1_000, 50..=60_000, "interval_ms");
+        let timeout = self.millis(raw.timeout_ms, 500, 10..=60_000, "timeout_ms");
+        let mut count = |v: Option<Spanned<u32>>, default: u32, what: &str| match v {
+            None => default,
+            Some(v) => {
+                if !(1..=100).contains(v.get_ref()) {
+                    self.error(v.span(), format!("{what} {} is out of range 1..=100", v.get_ref()));
+                }
+                *v.get_ref()
+            }
+        };
+        let rise = count(raw.rise, 2, "rise");
+        let fall = count(raw.fall, 3, "fall");
+        Health { interval, timeout, rise, fall }
+    }
+
+    fn millis(
+        &mut self,
+        v: Option<Spanned<u64>>,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+        what: &str,
+    ) -> Duration {
+        let ms = match v {
+            None => default,
+            Some(v) => {
+                if !range.contains(v.get_ref()) {
+                    self.error(
+                        v.span(),
+                        format!("{what} {} is out of range {}..={}", v.get_ref(), range.start(), range.end()),
+                    );
+                }
+                *v.get_ref()
+            }
+        };
+        Duration::from_millis(ms)
     }
 
     fn absolute(&mut self, path: Option<Spanned<PathBuf>>, default: &str, what: &str) -> PathBuf {
@@ -508,6 +669,7 @@ impl<'t> Validator<'t> {
                     (s.endpoint.as_ref().map(Spanned::span), "endpoint"),
                     (s.encap.as_ref().map(Spanned::span), "encap"),
                     (s.gue_port.as_ref().map(Spanned::span), "gue_port"),
+                    (s.peer.as_ref().map(Spanned::span), "peer"),
                 ] {
                     if let Some(span) = span {
                         self.error(
@@ -525,6 +687,7 @@ impl<'t> Validator<'t> {
                 kind,
                 capacity: s.capacity.into_inner(),
                 weight: s.weight.map(Spanned::into_inner),
+                peer: s.peer.map(Spanned::into_inner),
             });
         }
         match locals.len() {

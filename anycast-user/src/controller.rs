@@ -3,7 +3,7 @@
 //! wraps one in a mutex shared by the signal handlers, the sampler and the HTTP server.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     ffi::CString,
     path::{Path, PathBuf},
 };
@@ -12,13 +12,15 @@ use anycast_common::maps::FLOWS;
 use aya::maps::MapInfo;
 
 use crate::{
-    config::{Config, Encap, SiteKind},
+    config::{Config, Encap, Site, SiteKind},
+    load::{CpuTimes, Reading},
     loader::{self, Instance, LinkOutcome, LoaderError},
     maps::{DataPathMaps, MapsError},
     metrics::{self, Process, Scrape},
     object,
     overrides::{Overrides, OverridesError},
-    reconcile::{self, Applied, Plan, PlanError, Reconciler},
+    peers::LoadReport,
+    reconcile::{self, Applied, Dynamic, Plan, PlanError, Reconciler},
     signals::SiteSignals,
     stats::Snapshot,
     status::{SiteStatus, Status, VipStatus},
@@ -48,6 +50,30 @@ pub enum ControllerError {
 
 type Result<T, E = ControllerError> = std::result::Result<T, E>;
 
+/// What the steering task measured and decided last (for `/load`, `/metrics`, status).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SteeringView {
+    /// This site's load report, once two counter readings exist.
+    pub report: Option<LoadReport>,
+    /// Per site (the local one included).
+    pub sites: BTreeMap<String, SiteView>,
+    /// Share of new flows kept local, with `[load]`.
+    pub keep: Option<f64>,
+    pub overloaded: bool,
+    pub no_headroom: bool,
+    /// Weight sets applied since the start.
+    pub weight_changes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SiteView {
+    /// Health checks pass (always true without `[health]`).
+    pub up: bool,
+    /// Smoothed utilisation: measured here for the local site, reported by the site's
+    /// controller for the others; `None` when unknown (no peer API or stale).
+    pub load_ratio: Option<f64>,
+}
+
 /// What [`Controller::start`] did.
 pub struct Started {
     pub controller: Controller,
@@ -63,6 +89,9 @@ pub struct Controller {
     instance: Option<Instance>,
     reconciler: Reconciler,
     plan: Plan,
+    /// Load-derived weights and sites down, from the steering task.
+    dynamic: Dynamic,
+    view: SteeringView,
     /// The resolved pin directory.
     pin_dir: PathBuf,
     flow_capacity: u64,
@@ -88,6 +117,7 @@ fn ifindexes(ifaces: &[String]) -> Result<BTreeSet<u32>> {
 fn sync(
     config: &Config,
     overrides: &Overrides,
+    dynamic: &Dynamic,
     reconciler: &mut Reconciler,
     maps: &mut DataPathMaps,
 ) -> Result<(Plan, Applied)> {
@@ -97,7 +127,7 @@ fn sync(
         }
     }
     let egress = ifindexes(&config.local.interfaces)?;
-    let plan = reconcile::plan(config, overrides, reconciler.current(), egress)?;
+    let plan = reconcile::plan(config, overrides, dynamic, reconciler.current(), egress)?;
     let applied = reconciler.apply(maps, &plan.state)?;
     Ok((plan, applied))
 }
@@ -122,7 +152,8 @@ impl Controller {
         let t1 = std::time::Instant::now();
         let mut reconciler = Reconciler::new(&maps)?;
         let t2 = std::time::Instant::now();
-        let (plan, applied) = sync(&config, &overrides, &mut reconciler, &mut maps)?;
+        let dynamic = Dynamic::at_start(&config);
+        let (plan, applied) = sync(&config, &overrides, &dynamic, &mut reconciler, &mut maps)?;
         log::info!(
             "start: load and attach {:.0} ms, read maps {:.0} ms, reconcile {:.0} ms",
             (t1 - t0).as_secs_f64() * 1e3,
@@ -139,6 +170,8 @@ impl Controller {
             instance: Some(started.instance),
             reconciler,
             plan,
+            dynamic,
+            view: SteeringView::default(),
             flow_capacity,
             flow_entries: 0,
             samples: (None, None),
@@ -159,7 +192,8 @@ impl Controller {
         let reconciler = Reconciler::new(&maps)?;
         // Plan only, to know the slots: nothing is written until a change is asked for.
         let egress = ifindexes(&config.local.interfaces)?;
-        let plan = reconcile::plan(&config, &overrides, reconciler.current(), egress)?;
+        let dynamic = Dynamic::default();
+        let plan = reconcile::plan(&config, &overrides, &dynamic, reconciler.current(), egress)?;
         let flow_capacity = flow_capacity(pin_dir);
         Ok(Controller {
             pin_dir: pin_dir.clone(),
@@ -169,6 +203,8 @@ impl Controller {
             instance: None,
             reconciler,
             plan,
+            dynamic,
+            view: SteeringView::default(),
             flow_capacity,
             flow_entries: 0,
             samples: (None, None),
@@ -188,9 +224,69 @@ impl Controller {
             // the program on each interface, whoever holds the link.
             attached: self.config.local.interfaces.iter().all(|i| loader::link_pin(pin_dir, i).exists()),
             drained: local.is_some_and(|l| self.overrides.drained.contains(&l.name)),
-            overloaded: false,
-            no_headroom: false,
+            overloaded: self.view.overloaded,
+            no_headroom: self.view.no_headroom,
         }
+    }
+
+    /// The local site and its slot.
+    pub fn local_site(&self) -> Option<(&Site, u32)> {
+        let site = self.config.sites.iter().find(|s| matches!(s.kind, SiteKind::Local))?;
+        Some((site, self.site_index(&site.name)?))
+    }
+
+    pub fn site_index(&self, name: &str) -> Option<u32> {
+        self.plan.sites.iter().find(|(n, _)| n == name).map(|(_, i)| *i)
+    }
+
+    /// Drained by an operator (`anycast drain`).
+    pub fn drained(&self, site: &str) -> bool {
+        self.overrides.drained.contains(site)
+    }
+
+    /// The counters and the CPU times, now: the load meter's input.
+    pub fn reading(&self) -> Result<Reading> {
+        Ok(Reading { snapshot: self.snapshot()?, cpu: CpuTimes::read() })
+    }
+
+    /// Applies load-derived weights and the sites that are down.
+    pub fn set_dynamic(&mut self, dynamic: Dynamic) -> Result<Applied> {
+        let (plan, applied) =
+            sync(&self.config, &self.overrides, &dynamic, &mut self.reconciler, &mut self.maps)?;
+        self.dynamic = dynamic;
+        self.plan = plan;
+        Ok(applied)
+    }
+
+    /// The load-derived weights and sites down applied now.
+    pub fn dynamic(&self) -> &Dynamic {
+        &self.dynamic
+    }
+
+    pub fn set_view(&mut self, view: SteeringView) {
+        self.view = view;
+    }
+
+    pub fn view(&self) -> &SteeringView {
+        &self.view
+    }
+
+    /// `GET /load`: this site's report; before the first measurement, an idle one.
+    pub fn load_report(&self) -> LoadReport {
+        self.view.report.clone().unwrap_or_else(|| {
+            let signals = self.signals();
+            LoadReport {
+                site: self.local_site().map(|(s, _)| s.name.clone()).unwrap_or_default(),
+                capacity: self.local_site().map_or(0.0, |(s, _)| s.capacity as f64),
+                served: 0.0,
+                utilisation: 0.0,
+                target: self.config.load.as_ref().map_or(1.0, |l| l.target),
+                drained: signals.drained,
+                attached: signals.attached,
+                overloaded: false,
+                no_headroom: false,
+            }
+        })
     }
 
     /// Applies a new (validated) config: interfaces attached/detached, maps reconciled.
@@ -211,7 +307,8 @@ impl Controller {
                 log::info!("{iface}: {outcome}");
             }
         }
-        let (plan, applied) = sync(&config, &self.overrides, &mut self.reconciler, &mut self.maps)?;
+        let (plan, applied) =
+            sync(&config, &self.overrides, &self.dynamic, &mut self.reconciler, &mut self.maps)?;
         self.config = config;
         self.plan = plan;
         Ok(applied)
@@ -229,7 +326,7 @@ impl Controller {
             overrides.drained.remove(site);
         }
         overrides.save(&self.config.admin.state_dir)?;
-        let (plan, _) = sync(&self.config, &overrides, &mut self.reconciler, &mut self.maps)?;
+        let (plan, _) = sync(&self.config, &overrides, &self.dynamic, &mut self.reconciler, &mut self.maps)?;
         self.overrides = overrides;
         self.plan = plan;
         Ok(self.plan.weights[site])
@@ -266,6 +363,7 @@ impl Controller {
             flow_entries: self.flow_entries,
             flow_capacity: self.flow_capacity,
             process: Process::read(),
+            steering: self.view.clone(),
         })
     }
 

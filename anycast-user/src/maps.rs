@@ -300,6 +300,7 @@ impl DataPathMaps {
             forwarded_bytes: a.forwarded_bytes + c.forwarded_bytes,
             received_packets: a.received_packets + c.received_packets,
             received_bytes: a.received_bytes + c.received_bytes,
+            probe_packets: a.probe_packets + c.probe_packets,
         }))
     }
 

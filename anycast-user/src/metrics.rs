@@ -8,6 +8,8 @@
 use std::{collections::BTreeMap, fmt};
 
 use anycast_common::{Exception, SiteCounters, VipCounters};
+
+use crate::controller::SteeringView;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, prometheus_text},
@@ -27,6 +29,8 @@ pub struct Scrape {
     pub flow_entries: u64,
     pub flow_capacity: u64,
     pub process: Process,
+    /// The steering task's view: per-site health and load, and the policy's flags.
+    pub steering: SteeringView,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -148,6 +152,68 @@ impl Collector for Scrape {
                 ConstGauge::new(*w as i64).encode(m.encode_family(&[("site", site.as_str())])?)?;
             }
         }
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_site_up",
+                "Whether the site passes its health checks (probe through the data path and its peer API); 0 = no new flows and its flows re-steered",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (site, v) in &self.steering.sites {
+                ConstGauge::new(v.up as i64).encode(m.encode_family(&[("site", site.as_str())])?)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_site_load_ratio",
+                "Smoothed utilisation of each site: served packets/s over capacity (or host CPU, if higher); measured here for the local site, reported by the others (absent when unknown)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (site, v) in &self.steering.sites {
+                if let Some(load) = v.load_ratio {
+                    ConstGauge::new(load).encode(m.encode_family(&[("site", site.as_str())])?)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_site_probe_packets",
+                "Health probes each site sent us through the tunnel (not counted as received traffic)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (site, (c, _)) in &self.sites {
+                ConstCounter::new(c.probe_packets).encode(m.encode_family(&[("site", site.as_str())])?)?;
+            }
+        }
+        let v = &self.steering;
+        let flags: [(&str, &str, bool); 2] = [
+            (
+                "anycast_overloaded",
+                "1 while the local site's smoothed load is above the high watermark",
+                v.overloaded,
+            ),
+            (
+                "anycast_no_headroom",
+                "1 while the local site is overloaded and the sibling sites cannot take what it would shed",
+                v.no_headroom,
+            ),
+        ];
+        for (name, help, on) in flags {
+            ConstGauge::new(on as i64).encode(enc.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        ConstCounter::new(v.weight_changes).encode(enc.encode_descriptor(
+            "anycast_weight_changes",
+            "Weight sets applied by the steering task (load policy or health)",
+            None,
+            MetricType::Counter,
+        )?)?;
         let gauges: [(&str, &str, i64); 2] = [
             ("anycast_flow_table_entries", "Entries in the flow table", self.flow_entries as i64),
             ("anycast_flow_table_capacity", "Capacity of the flow table", self.flow_capacity as i64),
@@ -201,6 +267,7 @@ pub fn render(scrape: Scrape) -> Result<String, fmt::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::SiteView;
 
     fn sample() -> Scrape {
         let mut s = Scrape::default();
@@ -214,6 +281,7 @@ mod tests {
                     forwarded_bytes: 0,
                     received_packets: 3,
                     received_bytes: 300,
+                    probe_packets: 0,
                 },
                 1000,
             ),
@@ -227,6 +295,10 @@ mod tests {
         s.flow_entries = 4;
         s.flow_capacity = 262144;
         s.process = Process::read();
+        s.steering.sites.insert("fra".into(), SiteView { up: true, load_ratio: Some(0.5) });
+        s.steering.sites.insert("ams".into(), SiteView { up: false, load_ratio: None });
+        s.steering.no_headroom = true;
+        s.steering.weight_changes = 3;
         s
     }
 
@@ -245,6 +317,13 @@ mod tests {
             "anycast_site_weight{site=\"ams\"} 0",
             "anycast_site_weight{site=\"fra\"} 1000",
             "anycast_flow_table_entries 4",
+            "anycast_site_up{site=\"fra\"} 1",
+            "anycast_site_up{site=\"ams\"} 0",
+            "anycast_site_load_ratio{site=\"fra\"} 0.5",
+            "anycast_site_probe_packets_total{site=\"ams\"} 0",
+            "anycast_overloaded 0",
+            "anycast_no_headroom 1",
+            "anycast_weight_changes_total 3",
             "anycast_flow_table_capacity 262144",
             "anycast_build_info{version=\"0.1.0\"} 1",
             "# TYPE process_cpu_seconds_total counter",

@@ -73,6 +73,35 @@ pub struct Plan {
     pub weights: BTreeMap<String, u32>,
 }
 
+/// What the controller decides at run time, on top of the config and the overrides.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dynamic {
+    /// Load-derived Maglev weights (`[load]`); a site missing here, or all of them when
+    /// `None`, gets its configured weight.
+    pub weights: Option<BTreeMap<String, u32>>,
+    /// Sites that failed their health checks: weight 0, and their SITES entry loses
+    /// SITE_UP so that the flows pinned to them are re-steered (docs/datapath.md §4).
+    pub down: BTreeSet<String>,
+}
+
+impl Dynamic {
+    /// Before the first measurement: with `[load]`, every new flow stays local (a site is
+    /// not overloaded until measured so); without it, the configured weights.
+    pub fn at_start(config: &Config) -> Dynamic {
+        let weights = config.load.as_ref().map(|_| {
+            config
+                .sites
+                .iter()
+                .map(|s| {
+                    let local = matches!(s.kind, SiteKind::Local);
+                    (s.name.clone(), if local { crate::policy::WEIGHT_SCALE as u32 } else { 0 })
+                })
+                .collect()
+        });
+        Dynamic { weights, down: BTreeSet::new() }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("no free site slot (the data path holds {MAX_SITES})")]
@@ -129,6 +158,7 @@ fn same_site(have: &SiteInfo, want: &SiteInfo) -> bool {
 pub fn plan(
     config: &Config,
     overrides: &Overrides,
+    dynamic: &Dynamic,
     current: &State,
     egress: BTreeSet<u32>,
 ) -> Result<Plan, PlanError> {
@@ -168,15 +198,25 @@ pub fn plan(
             current.sites[slot].generation.wrapping_add(1)
         };
         sites[slot] = SiteInfo { generation, ..*want };
+        if dynamic.down.contains(&config.sites[i].name) {
+            sites[slot].flags &= !SITE_UP;
+        }
         names.push((config.sites[i].name.clone(), slot as u32));
     }
     let index_of: HashMap<&str, u32> = names.iter().map(|(n, i)| (n.as_str(), *i)).collect();
 
+    let out = |s: &crate::config::Site| overrides.drained.contains(&s.name) || dynamic.down.contains(&s.name);
+    let configured: BTreeMap<&str, u32> = config
+        .sites
+        .iter()
+        .map(|s| (s.name.as_str(), if out(s) { 0 } else { s.configured_weight() }))
+        .collect();
     let weights: BTreeMap<String, u32> = config
         .sites
         .iter()
         .map(|s| {
-            let w = if overrides.drained.contains(&s.name) { 0 } else { s.configured_weight() };
+            let load = dynamic.weights.as_ref().and_then(|w| w.get(&s.name)).copied();
+            let w = if out(s) { 0 } else { load.unwrap_or(configured[s.name.as_str()]) };
             (s.name.clone(), w)
         })
         .collect();
@@ -212,11 +252,18 @@ pub fn plan(
             }
         };
         vips.insert(*key, VipInfo { index });
-        let backends: Vec<Backend> = v
+        let mut backends: Vec<Backend> = v
             .sites
             .iter()
             .map(|name| Backend { index: index_of[name.as_str()], name, weight: weights[name] })
             .collect();
+        // Load-derived weights give a VIP that the local site does not serve nothing while
+        // the local site keeps everything: such a VIP keeps its configured weights.
+        if backends.iter().all(|b| b.weight == 0) {
+            for b in &mut backends {
+                b.weight = configured[b.name];
+            }
+        }
         let input: Vec<(u32, u32)> = backends.iter().map(|b| (b.index, b.weight)).collect();
         let table = built
             .entry(input)

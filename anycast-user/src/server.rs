@@ -1,7 +1,8 @@
-//! The metrics and admin HTTP server (axum): `GET /metrics`, `GET /status`,
+//! The metrics and admin HTTP server (axum): `GET /metrics`, `GET /status`, `GET /load`,
 //! `POST /drain/{site}`, `POST /undrain/{site}`. Listens on 127.0.0.1 by default
 //! (`[admin] listen`): the admin endpoints have no authentication, so they must not be
-//! reachable from outside the host.
+//! reachable from outside the host. The sibling sites' controllers read `GET /load` from
+//! [`peer_router`], which serves nothing else (`[admin] peer_listen`).
 
 use std::sync::{Arc, Mutex};
 
@@ -30,9 +31,19 @@ pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/load", get(load))
         .route("/drain/{site}", post(drain))
         .route("/undrain/{site}", post(undrain))
         .with_state(shared)
+}
+
+/// The read-only router of `[admin] peer_listen`.
+pub fn peer_router(shared: Shared) -> Router {
+    Router::new().route("/load", get(load)).with_state(shared)
+}
+
+async fn load(State(shared): State<Shared>) -> Response {
+    Json(lock(&shared).load_report()).into_response()
 }
 
 fn error(e: ControllerError) -> Response {

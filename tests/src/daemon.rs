@@ -181,6 +181,8 @@ pub struct Daemon<'ns> {
     /// Log of the current (or last) process: one file per start.
     log: PathBuf,
     starts: u32,
+    /// `[admin] peer_listen`, when the sibling sites poll this one.
+    peer_listen: Option<std::net::SocketAddr>,
 }
 
 impl<'ns> Daemon<'ns> {
@@ -201,7 +203,13 @@ impl<'ns> Daemon<'ns> {
             pin_dir: Path::new(BPFFS).join(format!("{PIN_PREFIX}{id}")),
             child: None,
             starts: 0,
+            peer_listen: None,
         })
+    }
+
+    /// Adds `peer_listen = ADDR` to the `[admin]` section of the configs written from now on.
+    pub fn set_peer_listen(&mut self, addr: std::net::SocketAddr) {
+        self.peer_listen = Some(addr);
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -223,12 +231,15 @@ impl<'ns> Daemon<'ns> {
     /// [`Daemon::write_config`] to another file of this daemon's directory (a config for
     /// another `anycast` command); returns its path.
     pub fn write_config_to(&self, name: &str, body: &str) -> Result<PathBuf> {
-        let text = format!(
+        let mut text = format!(
             "{body}\n\n[datapath]\nflow_table_size = {FLOW_TABLE_SIZE}\npin_dir = \"{}\"\n\n\
              [admin]\nlisten = \"{ADMIN_LISTEN}\"\nstate_dir = \"{}\"\n",
             self.pin_dir.display(),
             self.dir.join("state").display()
         );
+        if let Some(addr) = self.peer_listen {
+            text += &format!("peer_listen = \"{addr}\"\n");
+        }
         let path = self.dir.join(name);
         fs::write(&path, text).map_err(io("writing", &path))?;
         Ok(path)

@@ -66,6 +66,8 @@ pub enum Count {
     Fwd(u32),
     /// `SITE_STATS[site].received_*`.
     Rcvd(u32),
+    /// `SITE_STATS[site].probe_packets` (a packet counter only).
+    Probe(u32),
 }
 
 /// A frame sent through the program and what must come of it. Every counter not named in
@@ -231,6 +233,7 @@ impl Suite<'_> {
                     v.packets += 1;
                     v.bytes += len;
                 }
+                Count::Probe(i) => s.sites[pos(&self.sites, i, "site")?].probe_packets += 1,
                 Count::Local(i) | Count::Fwd(i) | Count::Rcvd(i) => {
                     let sc = &mut s.sites[pos(&self.sites, i, "site")?];
                     let (packets, bytes) = match c {
@@ -269,6 +272,7 @@ impl Suite<'_> {
                 ("forwarded bytes", b.forwarded_bytes, w.forwarded_bytes, g.forwarded_bytes),
                 ("received packets", b.received_packets, w.received_packets, g.received_packets),
                 ("received bytes", b.received_bytes, w.received_bytes, g.received_bytes),
+                ("probe packets", b.probe_packets, w.probe_packets, g.probe_packets),
             ] {
                 if wv != gv {
                     lines.push(format!("site {site} {name}: expected {:+}, got {:+}", d(bv, wv), d(bv, gv)));

@@ -10,6 +10,7 @@
 //! - [`packet`]: frames built with etherparse (VLAN, IPv4 options, IPv6 extension headers,
 //!   fragments, ICMP errors, tunnels, padding).
 //! - [`sequenced`]: paced, numbered UDP datagrams and a receiver that finds the lost ones.
+//! - [`sites`]: three sites and a client with per-flow UDP services (load-aware steering).
 //! - [`topology`]: topologies several real-packet tests share (client → A → B chain).
 //! - [`checksum`]: an Internet checksum of our own, to verify what the program computes.
 //! - [`expect`]: expected encapsulated / decapsulated / ICMP-reply frames, from the rules
@@ -32,4 +33,5 @@ pub mod netns;
 pub mod packet;
 pub mod root;
 pub mod sequenced;
+pub mod sites;
 pub mod topology;

@@ -44,7 +44,8 @@ const R6: &str = "2001:db8::fe";
 /// - `local(name, packet, vip)`: PASS untouched, `Vip(vip)` and `Local(S_LOCAL)`;
 /// - `fwd(name, packet, vip)`: encapsulated towards the site of the VIP's one-slot table
 ///   (XDP_TX, or XDP_REDIRECT for another egress), `Vip(vip)` and `Fwd(site)`;
-/// - `decap(name, tunnel packet, site)`: stripped, PASS, `Rcvd(site)`.
+/// - `decap(name, tunnel packet, site)`: stripped, PASS, `Rcvd(site)`;
+/// - `probe(name, tunnel packet, site)`: a health probe, stripped, PASS, `Probe(site)`.
 #[rustfmt::skip]
 fn cases() -> Vec<Case> {
     let v4 = |site: u32| format!("10.200.0.{site}"); // VIP served by `site` (VIP index = site)
@@ -191,6 +192,13 @@ fn cases() -> Vec<Case> {
         decap("decap_outer_ipv6_ext_header", ip_in_ip("fd00::2", "fd00::1", &udp(C6, &v6(2), 40000, 53)).ext(Ext::DstOpts(0)), 2),
         decap("decap_keeps_ethernet_padding", ip_in_ip("10.0.0.2", "10.0.0.1", &udp(C4, "10.9.9.9", 1, 53).payload_len(0)).pad_to(64), 1),
         decap("decapsulated_vip_flow_not_resteered", ip_in_ip("10.0.0.3", "10.0.0.1", &tcp(C4, &v4(1), 40000, 80, SYN)), 3),
+        // ---- Health probes (inner destination = our tunnel address): probe_packets only ----
+        probe("probe_ipip_counted_as_probe", ip_in_ip("10.0.0.2", "10.0.0.1", &echo("10.0.0.2", "10.0.0.1")), 1),
+        probe("probe_ip6ip6_counted_as_probe", ip_in_ip("fd00::2", "fd00::1", &echo("fd00::2", "fd00::1")), 2),
+        probe("probe_gue4_counted_as_probe", gue("10.0.0.3", "10.0.0.1", 49999, 6080, &echo("10.0.0.3", "10.0.0.1")), 3),
+        probe("probe_gue6_counted_as_probe", gue("fd00::3", "fd00::1", 49999, 6080, &echo("fd00::3", "fd00::1")), 4),
+        decap("decap_echo_to_other_address_is_data", ip_in_ip("10.0.0.2", "10.0.0.1", &echo("10.0.0.2", "10.0.0.9")), 1),
+        probe("probe_4in6_inner_family_decides", ip_in_ip("fd00::2", "fd00::1", &echo("10.0.0.2", "10.0.0.1")), 2),
         one("decap_unknown_peer", ip_in_ip("10.0.0.77", "10.0.0.1", &tcp(C4, &v4(1), 40000, 80, SYN)).frame(), Expect::Pass, &[Exc(E::DecapUnknownPeer)]),
         one("decap_inner_version_mismatch", set(ip_in_ip("10.0.0.2", "10.0.0.1", &udp(C4, &v4(0), 1, 53)).frame(), 34, &[0x65]), Expect::Drop, &[Exc(E::DecapBadInner)]),
         one("decap_inner_ipv6_too_short", ip_in_ip("fd00::2", "fd00::1", &udp(C6, &v6(0), 1, 53)).cut_l4(39).frame(), Expect::Drop, &[Exc(E::DecapBadInner)]),
@@ -444,6 +452,12 @@ fn raw_fwd(name: &'static str, frame: &[u8], vip: u32, extra: &[Count]) -> Case 
 /// A tunnel packet from a known peer: decapsulated, PASS, counted as received from `site`.
 fn decap(name: &'static str, outer: Packet, site: u32) -> Case {
     one(name, outer.frame(), Expect::PassAs(expect::decapsulated(&outer)), &[Rcvd(site)])
+}
+
+/// A health probe from a known peer (inner packet to our own tunnel address): decapsulated
+/// like any tunnel packet, PASS, counted only in `probe_packets` of `site`.
+fn probe(name: &'static str, outer: Packet, site: u32) -> Case {
+    one(name, outer.frame(), Expect::PassAs(expect::decapsulated(&outer)), &[Probe(site)])
 }
 
 /// The IPv4 packet `p` with only `l4` bytes after its header, lengths consistent (the

@@ -18,6 +18,7 @@ use anycast_user::{
     config::Config,
     controller::{Controller, Started},
     server::{self, Shared},
+    steering,
 };
 use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
@@ -35,6 +36,14 @@ pub async fn run(path: &Path) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen} ([admin] listen)"))?;
+    let peer_listener = match config.admin.peer_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} ([admin] peer_listen)"))?,
+        ),
+        None => None,
+    };
     let Started { controller, links, applied } =
         Controller::start(config).context("starting the data path")?;
     for (iface, outcome) in links {
@@ -50,6 +59,16 @@ pub async fn run(path: &Path) -> Result<()> {
             log::error!("HTTP server: {e}");
         }
     });
+    if let Some(peer_listener) = peer_listener {
+        let app = server::peer_router(shared.clone());
+        log::info!("load reports for peers on http://{}/load", peer_listener.local_addr()?);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(peer_listener, app).await {
+                log::error!("peer HTTP server: {e}");
+            }
+        });
+    }
+    tokio::spawn(steering::run(shared.clone()));
 
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

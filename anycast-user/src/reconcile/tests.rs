@@ -45,7 +45,7 @@ fn config(text: &str) -> Config {
 
 /// Plans `text` against `current` and applies the diff to it, as the reconciler does.
 fn step(text: &str, overrides: &Overrides, current: &mut State) -> (Plan, Vec<Op>) {
-    let p = plan(&config(text), overrides, current, BTreeSet::from([7])).unwrap();
+    let p = plan(&config(text), overrides, &Dynamic::default(), current, BTreeSet::from([7])).unwrap();
     let ops = diff(&p.state, current);
     for op in &ops {
         current.apply(op);
@@ -215,6 +215,6 @@ fn vips_with_the_same_sites_share_one_table() {
 fn egress_follows_interfaces() {
     let mut s = State::default();
     step(BASE, &Overrides::default(), &mut s);
-    let p = plan(&config(BASE), &Overrides::default(), &s, BTreeSet::from([8])).unwrap();
+    let p = plan(&config(BASE), &Overrides::default(), &Dynamic::default(), &s, BTreeSet::from([8])).unwrap();
     assert_eq!(diff(&p.state, &s), [Op::AddEgress(8), Op::RemoveEgress(7)]);
 }

@@ -142,6 +142,7 @@ fn scrape(sites: usize, vips: usize) -> Scrape {
             forwarded_bytes: n * 686_000_098,
             received_packets: n * 13,
             received_bytes: n * 1_274,
+            probe_packets: 0,
         };
         s.sites.insert(name, (c, 100 + i as u32));
     }
