@@ -572,8 +572,7 @@ impl<'t> Validator<'t> {
             self.error(
                 span,
                 format!(
-                    "[load] needs low < target < high (got {low} < {target} < {high}): the gap                      between the watermarks is what keeps the weights from oscillating"
-                ),
+                    "[load] needs low < target < high (got {low:.2} < {target:.2} < {high:.2}): the gap between the watermarks is what keeps the weights from oscillating"),
             );
         }
         let interval = self.millis(raw.interval_ms, 500, 50..=60_000, "interval_ms");

@@ -413,9 +413,17 @@ impl Controller {
                     role: role.into(),
                     endpoint,
                     encap: encap.into(),
-                    state: if self.overrides.drained.contains(&s.name) { "drained" } else { "up" }.into(),
+                    state: if self.overrides.drained.contains(&s.name) {
+                        "drained"
+                    } else if self.dynamic.down.contains(&s.name) {
+                        "down"
+                    } else {
+                        "up"
+                    }
+                    .into(),
                     weight: self.plan.weights[&s.name],
                     configured_weight: s.configured_weight(),
+                    load: self.view.sites.get(&s.name).and_then(|v| v.load_ratio),
                     pps: site_pps.get(index).copied().unwrap_or(0.0),
                     local_packets: c.local_packets,
                     forwarded_packets: c.forwarded_packets,
@@ -448,6 +456,8 @@ impl Controller {
                 .filter(|(_, n)| *n > 0)
                 .map(|(e, n)| (e.name().to_owned(), n))
                 .collect(),
+            overloaded: self.view.overloaded,
+            no_headroom: self.view.no_headroom,
         })
     }
 }

@@ -14,6 +14,11 @@ pub struct Status {
     pub vips: Vec<VipStatus>,
     /// Exception counters by reason, non-zero only.
     pub drops: BTreeMap<String, u64>,
+    /// The load policy's flags (`[load]`).
+    #[serde(default)]
+    pub overloaded: bool,
+    #[serde(default)]
+    pub no_headroom: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,11 +30,14 @@ pub struct SiteStatus {
     pub endpoint: Option<String>,
     /// "ip", "gue" or "-" for the local site.
     pub encap: String,
-    /// "up" or "drained".
+    /// "up", "down" (failing its health checks) or "drained".
     pub state: String,
     /// Effective Maglev weight (0 when drained).
     pub weight: u32,
     pub configured_weight: u32,
+    /// Smoothed utilisation (measured here for the local site, reported by the others).
+    #[serde(default)]
+    pub load: Option<f64>,
     /// Packets per second over the last sampling interval, all actions.
     pub pps: f64,
     pub local_packets: u64,
@@ -49,8 +57,13 @@ pub struct VipStatus {
 impl Status {
     /// The first line of `status` and of every `top` refresh.
     pub fn header(&self) -> String {
+        let flag = match (self.overloaded, self.no_headroom) {
+            (_, true) => "   OVERLOADED, no headroom at any site",
+            (true, false) => "   OVERLOADED: shedding new flows",
+            _ => "",
+        };
         format!(
-            "interfaces: {}   flows: {} / {}",
+            "interfaces: {}   flows: {} / {}{flag}",
             self.interfaces.join(", "),
             self.flow_entries,
             self.flow_capacity
@@ -62,19 +75,30 @@ impl Status {
         let _ = writeln!(out, "{}", self.header());
         let _ = writeln!(
             out,
-            "\n{:<16} {:<7} {:<26} {:<5} {:<8} {:>7} {:>10} {:>12} {:>12} {:>12}",
-            "SITE", "ROLE", "ENDPOINT", "ENCAP", "STATE", "WEIGHT", "PPS", "LOCAL", "FORWARDED", "RECEIVED"
+            "\n{:<16} {:<7} {:<26} {:<5} {:<8} {:>7} {:>5} {:>10} {:>12} {:>12} {:>12}",
+            "SITE",
+            "ROLE",
+            "ENDPOINT",
+            "ENCAP",
+            "STATE",
+            "WEIGHT",
+            "LOAD",
+            "PPS",
+            "LOCAL",
+            "FORWARDED",
+            "RECEIVED"
         );
         for s in &self.sites {
             let _ = writeln!(
                 out,
-                "{:<16} {:<7} {:<26} {:<5} {:<8} {:>7} {:>10.1} {:>12} {:>12} {:>12}",
+                "{:<16} {:<7} {:<26} {:<5} {:<8} {:>7} {:>5} {:>10.1} {:>12} {:>12} {:>12}",
                 s.name,
                 s.role,
                 s.endpoint.as_deref().unwrap_or("-"),
                 s.encap,
                 s.state,
                 s.weight,
+                load(s.load),
                 s.pps,
                 s.local_packets,
                 s.forwarded_packets,
@@ -95,6 +119,11 @@ impl Status {
     }
 }
 
+/// A load ratio as a column: two decimals, `-` when unknown.
+pub fn load(ratio: Option<f64>) -> String {
+    ratio.map_or("-".to_owned(), |l| format!("{l:.2}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +139,7 @@ mod tests {
             state: state.into(),
             weight,
             configured_weight: 100,
+            load: (role == "local").then_some(0.25),
             pps: 12.5,
             local_packets: 7,
             forwarded_packets: 8,
@@ -128,12 +158,16 @@ mod tests {
                 pps: 1.0,
             }],
             drops: BTreeMap::from([("truncated".to_owned(), 2)]),
+            overloaded: false,
+            no_headroom: false,
         };
         let t = s.table();
         assert!(t.starts_with("interfaces: eth0   flows: 3 / 1024\n"), "{t}");
         let ams = t.lines().find(|l| l.starts_with("ams ")).expect(&t);
         let cols: Vec<&str> = ams.split_whitespace().collect();
-        assert_eq!(cols, ["ams", "remote", "10.0.0.2", "ip", "drained", "0", "12.5", "7", "8", "9"]);
+        assert_eq!(cols, ["ams", "remote", "10.0.0.2", "ip", "drained", "0", "-", "12.5", "7", "8", "9"]);
+        let fra = t.lines().find(|l| l.starts_with("fra ")).expect(&t);
+        assert_eq!(fra.split_whitespace().nth(6), Some("0.25"), "{t}");
         assert!(
             t.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["dns", "1.0", "5", "fra"]),
             "{t}"

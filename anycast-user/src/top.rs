@@ -22,6 +22,7 @@ pub struct SiteRow {
     pub name: String,
     pub state: String,
     pub weight: u32,
+    pub load: Option<f64>,
     /// `None` for a site absent from the previous reading (added by a reload).
     pub pps: Option<Pps>,
 }
@@ -49,6 +50,7 @@ pub fn rates(prev: &Status, cur: &Status, interval: Duration) -> Rates {
             name: s.name.clone(),
             state: s.state.clone(),
             weight: s.weight,
+            load: s.load,
             pps: prev.sites.iter().find(|p| p.name == s.name).map(|p| Pps {
                 local: per_sec(p.local_packets, s.local_packets, secs),
                 forwarded: per_sec(p.forwarded_packets, s.forwarded_packets, secs),
@@ -78,23 +80,27 @@ pub fn render(cur: &Status, rates: &Rates) -> String {
     let _ = writeln!(out, "{}", cur.header());
     let _ = writeln!(
         out,
-        "{:<16} {:<8} {:>7} {:>12} {:>12} {:>12}",
-        "SITE", "STATE", "WEIGHT", "LOCAL/s", "FORWARDED/s", "RECEIVED/s"
+        "{:<16} {:<8} {:>7} {:>5} {:>12} {:>12} {:>12}",
+        "SITE", "STATE", "WEIGHT", "LOAD", "LOCAL/s", "FORWARDED/s", "RECEIVED/s"
     );
-    let row = |out: &mut String, name: &str, state: &str, weight: &str, pps: Option<Pps>| {
+    let row = |out: &mut String, name: &str, state: &str, weight: &str, load: &str, pps: Option<Pps>| {
         let _ = match pps {
             Some(p) => writeln!(
                 out,
-                "{name:<16} {state:<8} {weight:>7} {:>12.1} {:>12.1} {:>12.1}",
+                "{name:<16} {state:<8} {weight:>7} {load:>5} {:>12.1} {:>12.1} {:>12.1}",
                 p.local, p.forwarded, p.received
             ),
-            None => writeln!(out, "{name:<16} {state:<8} {weight:>7} {:>12} {:>12} {:>12}", "-", "-", "-"),
+            None => writeln!(
+                out,
+                "{name:<16} {state:<8} {weight:>7} {load:>5} {:>12} {:>12} {:>12}",
+                "-", "-", "-"
+            ),
         };
     };
     for s in &rates.sites {
-        row(&mut out, &s.name, &s.state, &s.weight.to_string(), s.pps);
+        row(&mut out, &s.name, &s.state, &s.weight.to_string(), &crate::status::load(s.load), s.pps);
     }
-    row(&mut out, "TOTAL", "", "", Some(rates.total));
+    row(&mut out, "TOTAL", "", "", "", Some(rates.total));
     if rates.exceptions.is_empty() {
         let _ = writeln!(out, "exceptions/s: none");
     } else {
@@ -121,6 +127,7 @@ mod tests {
             state: state.into(),
             weight,
             configured_weight: 100,
+            load: None,
             pps: 0.0,
             local_packets: counters[0],
             forwarded_packets: counters[1],
@@ -136,6 +143,8 @@ mod tests {
             sites,
             vips: vec![],
             drops: drops.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect::<BTreeMap<_, _>>(),
+            overloaded: false,
+            no_headroom: false,
         }
     }
 
@@ -189,8 +198,8 @@ mod tests {
         let t = render(&cur, &rates(&prev, &cur, Duration::from_secs(3)));
         let lines: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
         assert_eq!(lines[0], ["interfaces:", "eth0", "flows:", "10", "/", "1024"], "{t}");
-        assert_eq!(lines[2], ["fra", "up", "100", "10.0", "5.0", "1.0"], "{t}");
-        assert_eq!(lines[3], ["ams", "drained", "0", "-", "-", "-"], "{t}");
+        assert_eq!(lines[2], ["fra", "up", "100", "-", "10.0", "5.0", "1.0"], "{t}");
+        assert_eq!(lines[3], ["ams", "drained", "0", "-", "-", "-", "-"], "{t}");
         assert_eq!(lines[4], ["TOTAL", "10.0", "5.0", "1.0"], "{t}");
         assert_eq!(t.lines().last(), Some("exceptions/s: truncated 2.0"), "{t}");
         let quiet = render(&prev, &rates(&prev, &prev, Duration::from_secs(1)));

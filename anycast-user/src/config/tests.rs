@@ -259,3 +259,45 @@ fn primes() {
     assert!(!is_prime(1) && !is_prime(65536) && !is_prime(9));
     assert_eq!(next_prime(65536), 65537);
 }
+
+#[test]
+fn load_and_health_sections_parse_with_defaults() {
+    let text = format!("{BASE}\n[load]\ntarget = 0.75\ncpu = false\n\n[health]\nfall = 2\n");
+    let c = Config::parse(&text, "t").unwrap();
+    let l = c.load.unwrap();
+    assert_eq!((l.target, l.high, l.low, l.cpu), (0.75, 0.85, 0.65, false));
+    assert_eq!((l.interval, l.stale), (Duration::from_millis(500), Duration::from_secs(3)));
+    let h = c.health.unwrap();
+    assert_eq!((h.rise, h.fall, h.interval), (2, 2, Duration::from_secs(1)));
+    assert!(Config::parse(BASE, "t").unwrap().load.is_none());
+}
+
+/// 1-based line of the first line of `text` that starts with `prefix`.
+fn line_of(text: &str, prefix: &str) -> usize {
+    text.lines().position(|l| l.starts_with(prefix)).expect(prefix) + 1
+}
+
+#[test]
+fn load_watermarks_must_bracket_the_target() {
+    let text = format!("{BASE}\n[load]\ntarget = 0.8\nhigh = 0.7\n");
+    one(&text, line_of(&text, "target"), 10, "low < target < high");
+    let text = format!("{BASE}\n[load]\ntarget = 1.5\n");
+    assert!(
+        problems(&text)
+            .iter()
+            .any(|p| p.line == line_of(&text, "target") && p.message.contains("not a ratio"))
+    );
+    let text = format!("{BASE}\n[health]\nrise = 0\n");
+    one(&text, line_of(&text, "rise"), 8, "rise 0 is out of range 1..=100");
+    let text = format!("{BASE}\n[load]\ninterval_ms = 10\n");
+    one(&text, line_of(&text, "interval_ms"), 15, "interval_ms 10 is out of range");
+}
+
+#[test]
+fn peer_is_for_remote_sites_and_must_be_an_address() {
+    let text = BASE.replace("local = true\n", "local = true\npeer = \"10.0.0.1:9101\"\n");
+    one(&text, line_of(&text, "peer"), 8, "peer applies only to remote sites");
+    let text = BASE.replace("endpoint = \"10.0.0.2\"\n", "endpoint = \"10.0.0.2\"\npeer = \"nowhere\"\n");
+    let p = problems(&text);
+    assert!(p.iter().any(|p| p.line == line_of(&text, "peer")), "{p:?}");
+}

@@ -218,3 +218,56 @@ fn egress_follows_interfaces() {
     let p = plan(&config(BASE), &Overrides::default(), &Dynamic::default(), &s, BTreeSet::from([8])).unwrap();
     assert_eq!(diff(&p.state, &s), [Op::AddEgress(8), Op::RemoveEgress(7)]);
 }
+
+/// Plans with run-time decisions on top of the config, applying the diff.
+fn step_dynamic(dynamic: &Dynamic, current: &mut State) -> Plan {
+    let p = plan(&config(BASE), &Overrides::default(), dynamic, current, BTreeSet::from([7])).unwrap();
+    for op in diff(&p.state, current) {
+        current.apply(&op);
+    }
+    p
+}
+
+#[test]
+fn down_site_loses_its_weight_and_site_up_so_its_flows_move() {
+    let mut s = State::default();
+    let dynamic = Dynamic { weights: None, down: BTreeSet::from(["c".to_owned()]) };
+    let p = step_dynamic(&dynamic, &mut s);
+    assert_eq!((p.weights["b"], p.weights["c"]), (10, 0));
+    assert_eq!(s.sites[2].flags & SITE_UP, 0, "pinned flows re-steer off a down site");
+    assert_eq!(s.sites[2].flags & SITE_CONFIGURED, SITE_CONFIGURED);
+    assert!(s.maglev.values().all(|t| !t.contains(&2)));
+    // Back up: SITE_UP again, same generation (its flows may come back).
+    let g = s.sites[2].generation;
+    step_dynamic(&Dynamic::default(), &mut s);
+    assert_eq!((s.sites[2].flags & SITE_UP, s.sites[2].generation), (SITE_UP, g));
+}
+
+#[test]
+fn load_weights_override_the_configured_ones_except_for_a_vip_without_weight() {
+    let mut s = State::default();
+    let weights = BTreeMap::from([("a".to_owned(), 10_000), ("b".to_owned(), 0), ("c".to_owned(), 0)]);
+    let p = step_dynamic(&Dynamic { weights: Some(weights), down: BTreeSet::new() }, &mut s);
+    assert_eq!((p.weights["a"], p.weights["b"], p.weights["c"]), (10_000, 0, 0));
+    assert!(s.maglev[&0].iter().all(|&x| x == 0), "everything local");
+    // A VIP that the local site does not serve keeps its configured weights rather than
+    // an empty table.
+    let text = BASE.replace("sites = [\"a\", \"c\"]", "sites = [\"b\", \"c\"]");
+    let weights = BTreeMap::from([("a".to_owned(), 10_000), ("b".to_owned(), 0), ("c".to_owned(), 0)]);
+    let dynamic = Dynamic { weights: Some(weights), down: BTreeSet::new() };
+    let p = plan(&config(&text), &Overrides::default(), &dynamic, &s, BTreeSet::from([7])).unwrap();
+    let t = &p.state.maglev[&1];
+    let c_share = t.iter().filter(|&&x| x == 2).count() as f64 / t.len() as f64;
+    assert!((c_share - 2.0 / 3.0).abs() < 0.02, "b:c = 10:20 gives c {c_share}");
+}
+
+#[test]
+fn with_load_steering_a_start_keeps_every_new_flow_local() {
+    let text = format!("{BASE}\n[load]\n");
+    let d = Dynamic::at_start(&config(&text));
+    assert_eq!(
+        d.weights.unwrap().into_iter().collect::<Vec<_>>(),
+        [("a".into(), 10_000), ("b".into(), 0), ("c".into(), 0)]
+    );
+    assert_eq!(Dynamic::at_start(&config(BASE)), Dynamic::default());
+}
