@@ -47,6 +47,8 @@ pub struct Config {
     pub load: Option<Load>,
     /// Health probes of the remote sites; `None` treats every site as up.
     pub health: Option<Health>,
+    /// The BGP speaker (BIRD) the controller drives; `None` leaves BGP alone.
+    pub bgp: Option<Bgp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +107,34 @@ pub struct Health {
     pub rise: u32,
     pub fall: u32,
 }
+
+/// `[bgp]`: how the controller drives BIRD (see `bgp.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bgp {
+    /// BIRD's control socket (`bird -s`), given to `birdc -s`.
+    pub socket: PathBuf,
+    /// The file the controller writes and BIRD's config includes.
+    pub include: PathBuf,
+    /// The `birdc` program.
+    pub birdc: PathBuf,
+    pub interval: Duration,
+    /// Consecutive intervals a better state (de-prefer → announce, withdraw → ...) must be
+    /// wanted before it is entered; a worse one, `fall`.
+    pub rise: u32,
+    pub fall: u32,
+    /// MED of a de-preferred VIP's route (none when announced).
+    pub deprefer_med: Option<u32>,
+    /// Times `local_as` is prepended to a de-preferred VIP's AS path.
+    pub deprefer_prepend: u32,
+    /// This speaker's AS number (needed to prepend).
+    pub local_as: Option<u32>,
+}
+
+pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
+pub const DEFAULT_BIRD_INCLUDE: &str = "/run/bird/anycast.conf";
+/// More prepends than this only make the path look broken (and some networks filter long
+/// paths); 16 is far beyond what moves traffic.
+pub const MAX_PREPEND: u32 = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Site {
@@ -293,6 +323,20 @@ struct RawHealth {
     fall: Option<Spanned<u32>>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBgp {
+    socket: Option<Spanned<PathBuf>>,
+    include: Option<Spanned<PathBuf>>,
+    birdc: Option<PathBuf>,
+    interval_ms: Option<Spanned<u64>>,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
+    deprefer_med: Option<u32>,
+    deprefer_prepend: Option<Spanned<u32>>,
+    local_as: Option<Spanned<u32>>,
+}
+
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum RawEncap {
@@ -363,7 +407,7 @@ struct Validator<'t> {
     errors: Vec<(Range<usize>, String)>,
 }
 
-const SECTIONS: [&str; 7] = ["local", "datapath", "admin", "sites", "vips", "load", "health"];
+const SECTIONS: [&str; 8] = ["local", "datapath", "admin", "sites", "vips", "load", "health", "bgp"];
 
 impl<'t> Validator<'t> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
@@ -443,6 +487,8 @@ impl<'t> Validator<'t> {
         let load: Option<Option<RawLoad>> = root.get("load").map_or(Some(None), |v| self.decode(v).map(Some));
         let health: Option<Option<RawHealth>> =
             root.get("health").map_or(Some(None), |v| self.decode(v).map(Some));
+        let bgp: Option<Option<(RawBgp, Range<usize>)>> =
+            root.get("bgp").map_or(Some(None), |v| self.decode(v).map(|b| Some((b, v.span()))));
 
         let local = local.map(|l| self.local(l));
         let datapath = datapath.map(|d| self.datapath(d));
@@ -464,6 +510,7 @@ impl<'t> Validator<'t> {
         }
         let load = load.map(|l| l.map(|l| self.load(l)));
         let health = health.map(|h| h.map(|h| self.health(h)));
+        let bgp = bgp.map(|b| b.map(|(b, span)| self.bgp(b, span)));
         Some(Config {
             local: local?,
             datapath: datapath?,
@@ -472,6 +519,7 @@ impl<'t> Validator<'t> {
             vips: vips?,
             load: load?,
             health: health?,
+            bgp: bgp?,
         })
     }
 
@@ -595,7 +643,57 @@ impl<'t> Validator<'t> {
     fn health(&mut self, raw: RawHealth) -> Health {
         let interval = self.millis(raw.interval_ms, 1_000, 50..=60_000, "interval_ms");
         let timeout = self.millis(raw.timeout_ms, 500, 10..=60_000, "timeout_ms");
-        let mut count = |v: Option<Spanned<u32>>, default: u32, what: &str| match v {
+        let rise = self.count(raw.rise, 2, "rise");
+        let fall = self.count(raw.fall, 3, "fall");
+        Health { interval, timeout, rise, fall }
+    }
+
+    fn bgp(&mut self, raw: RawBgp, section: Range<usize>) -> Bgp {
+        let socket = self.absolute(raw.socket, DEFAULT_BIRD_SOCKET, "socket");
+        let include = self.absolute(raw.include, DEFAULT_BIRD_INCLUDE, "include");
+        let interval = self.millis(raw.interval_ms, 1_000, 100..=60_000, "interval_ms");
+        let rise = self.count(raw.rise, 3, "rise");
+        let fall = self.count(raw.fall, 2, "fall");
+        let deprefer_prepend = raw.deprefer_prepend.as_ref().map_or(0, |p| {
+            if *p.get_ref() > MAX_PREPEND {
+                self.error(p.span(), format!("deprefer_prepend {} is out of range 0..={MAX_PREPEND}", p.get_ref()));
+            }
+            *p.get_ref()
+        });
+        if let Some(asn) = &raw.local_as
+            && *asn.get_ref() == 0
+        {
+            self.error(asn.span(), "local_as 0 is reserved (RFC 7607): give this speaker's AS number");
+        }
+        match (&raw.deprefer_prepend, &raw.local_as) {
+            (Some(p), None) if *p.get_ref() > 0 => self.error(
+                p.span(),
+                "deprefer_prepend needs local_as (this speaker's AS number, the one prepended)",
+            ),
+            _ => {}
+        }
+        if raw.deprefer_med.is_none() && deprefer_prepend == 0 {
+            self.error(
+                section,
+                "[bgp] sets neither deprefer_med nor deprefer_prepend: de-preferring would change nothing",
+            );
+        }
+        Bgp {
+            socket,
+            include,
+            birdc: raw.birdc.unwrap_or_else(|| PathBuf::from("birdc")),
+            interval,
+            rise,
+            fall,
+            deprefer_med: raw.deprefer_med,
+            deprefer_prepend,
+            local_as: raw.local_as.map(Spanned::into_inner),
+        }
+    }
+
+    /// A rise or fall count: 1..=100.
+    fn count(&mut self, v: Option<Spanned<u32>>, default: u32, what: &str) -> u32 {
+        match v {
             None => default,
             Some(v) => {
                 if !(1..=100).contains(v.get_ref()) {
@@ -603,10 +701,7 @@ impl<'t> Validator<'t> {
                 }
                 *v.get_ref()
             }
-        };
-        let rise = count(raw.rise, 2, "rise");
-        let fall = count(raw.fall, 3, "fall");
-        Health { interval, timeout, rise, fall }
+        }
     }
 
     fn millis(

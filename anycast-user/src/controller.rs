@@ -140,10 +140,16 @@ impl Controller {
     /// Loads (or adopts, or upgrades) the pinned data path on the configured interfaces and
     /// makes its maps match the config and the saved overrides.
     pub fn start(config: Config) -> Result<Started> {
+        Self::start_object(config, object::ANYCAST)
+    }
+
+    /// [`Controller::start`] with another build of the XDP object than the embedded one
+    /// (`anycast run --object`, hidden: the upgrade tests swap in a second build).
+    pub fn start_object(config: Config, object: &[u8]) -> Result<Started> {
         let overrides = Overrides::load(&config.admin.state_dir)?;
         let t0 = std::time::Instant::now();
         let started = loader::start(
-            object::ANYCAST,
+            object,
             &config.datapath.pin_dir,
             config.datapath.flow_table_size,
             &config.local.interfaces,
@@ -152,7 +158,15 @@ impl Controller {
         let t1 = std::time::Instant::now();
         let mut reconciler = Reconciler::new(&maps)?;
         let t2 = std::time::Instant::now();
-        let dynamic = Dynamic::at_start(&config);
+        let mut dynamic = Dynamic::at_start(&config);
+        if dynamic.weights.is_some() {
+            let egress = ifindexes(&config.local.interfaces)?;
+            let plan = reconcile::plan(&config, &overrides, &dynamic, reconciler.current(), egress)?;
+            if let Some(weights) = Dynamic::adopted(&config, &plan, reconciler.current()) {
+                log::info!("load steering: adopting the running weights {weights:?}");
+                dynamic.weights = Some(weights);
+            }
+        }
         let (plan, applied) = sync(&config, &overrides, &dynamic, &mut reconciler, &mut maps)?;
         log::info!(
             "start: load and attach {:.0} ms, read maps {:.0} ms, reconcile {:.0} ms",

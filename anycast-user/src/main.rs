@@ -86,6 +86,9 @@ struct RunArgs {
     /// Seconds between two counter prints (`--iface` mode).
     #[arg(long, default_value_t = 2.0, value_parser = parse_interval)]
     interval: f64,
+    /// Run this XDP object file instead of the embedded one (tests of program upgrades).
+    #[arg(long, value_name = "FILE", requires = "config", hide = true)]
+    object: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -133,11 +136,11 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run(RunArgs { target: RunTarget { iface: Some(iface), .. }, interval }) => {
+        Command::Run(RunArgs { target: RunTarget { iface: Some(iface), .. }, interval, .. }) => {
             cli::demo::run(&iface, Duration::from_secs_f64(interval)).await?
         }
-        Command::Run(RunArgs { target: RunTarget { config: Some(config), .. }, .. }) => {
-            cli::daemon::run(&config).await?
+        Command::Run(RunArgs { target: RunTarget { config: Some(config), .. }, object, .. }) => {
+            cli::daemon::run(&config, object.as_deref()).await?
         }
         Command::Run(_) => unreachable!("clap requires one of --iface / --config"),
         Command::CheckConfig { file } => return Ok(cli::check_config(&file)),

@@ -14,10 +14,13 @@
 //! 1. `wanted` is the keep that would put us at `target`: by rate
 //!    `(target * capacity - received) / offered`, and when CPU counts, the current keep scaled
 //!    by `target / cpu` (CPU taken as proportional to the traffic we keep); the smaller wins.
-//! 2. Hysteresis: above `high`, keep moves down towards `wanted`; below `low`, up towards
-//!    it (and shedding ends at keep = 1); in between it holds. Each move is at most
-//!    `max_step`. With `low < target < high` the served load settles inside the dead band,
-//!    so the weights stop changing instead of oscillating.
+//! 2. Hysteresis: shedding starts when `u` passes `high` and ends when the load would stay
+//!    below `low` with every new flow kept (`offered + received < low * capacity`). While
+//!    shedding, keep follows `wanted`, so the site sits at `target`; otherwise it returns
+//!    to 1. Each move is at most `max_step`, and moves under 1 % are not made. Shedding
+//!    starts and stops at different loads, so a load near one watermark does not flip it
+//!    back and forth; and `wanted` depends on the offered rate, not on what keep did to the
+//!    served rate, so following it does not feed back into itself.
 //! 3. Headroom: a sibling may take `target_i * capacity_i - (served_i - ours_i)` packets/s
 //!    from us (its room at its own target, counting what we already send it as ours to
 //!    keep). A sibling that is down, drained, at or above its target gets nothing. One
@@ -107,13 +110,19 @@ impl Sibling {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct State {
     pub keep: f64,
+    /// Between crossing `high` and the load falling below `low`.
+    pub shedding: bool,
 }
 
 impl Default for State {
     fn default() -> Self {
-        State { keep: 1.0 }
+        State { keep: 1.0, shedding: false }
     }
 }
+
+/// Moves of `keep` smaller than this are not made: the offered rate's noise would otherwise
+/// move the weights every interval.
+const KEEP_DEAD_BAND: f64 = 0.01;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
@@ -130,12 +139,15 @@ pub struct Decision {
 pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibling]) -> Decision {
     let u = local.utilisation();
     let overloaded = u > knobs.high;
-    let wanted = wanted_keep(knobs, state.keep, local);
+    if overloaded {
+        state.shedding = true;
+    } else if state.shedding && full_utilisation(state.keep, local) < knobs.low {
+        state.shedding = false;
+    }
+    let wanted = if state.shedding { wanted_keep(knobs, state.keep, local) } else { 1.0 };
     let mut keep = state.keep;
-    if overloaded && wanted < keep {
-        keep = wanted.max(keep - knobs.max_step);
-    } else if u < knobs.low && wanted > keep {
-        keep = wanted.min(keep + knobs.max_step);
+    if (wanted - keep).abs() >= KEEP_DEAD_BAND || (wanted == 1.0 && keep != 1.0) {
+        keep = wanted.clamp(keep - knobs.max_step, keep + knobs.max_step);
     }
 
     let rooms: Vec<f64> = siblings.iter().map(|s| s.room(local.offered)).collect();
@@ -154,6 +166,13 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
         .map(|(s, r)| (s.name.clone(), if room > 0.0 { (1.0 - keep) * r / room } else { 0.0 }))
         .collect();
     Decision { keep, shares, overloaded, no_headroom }
+}
+
+/// The utilisation if every new flow stayed local: rate and, when it counts, CPU scaled up
+/// from the share kept now.
+fn full_utilisation(keep: f64, local: &Local) -> f64 {
+    let rate = if local.capacity > 0.0 { (local.offered + local.received) / local.capacity } else { 0.0 };
+    local.cpu.map_or(rate, |c| rate.max(c / keep.max(KEEP_DEAD_BAND)))
 }
 
 /// The keep that brings the utilisation to `target`, in [0, 1].
@@ -243,7 +262,7 @@ mod tests {
         drained.drained = true;
         let big = sibling("big", idle(3000.0)); // room 2400 - 300 = 2100
         let small = sibling("small", idle(1000.0)); // room 800 - 100 = 700
-        let mut state = State { keep: 0.4 };
+        let mut state = State { keep: 0.4, shedding: true };
         let d = decide(&KNOBS, &mut state, &local, &[full, down, drained, big, small]);
         assert_eq!(d.shares["full"] + d.shares["down"] + d.shares["drained"], 0.0);
         assert!((d.shares["big"] / d.shares["small"] - 3.0).abs() < 1e-9);
@@ -259,7 +278,7 @@ mod tests {
             Some(Report { utilisation: 0.7, served: 700.0, capacity: 1000.0, target: 0.8, drained: false }),
         );
         b.ours = 600.0;
-        let mut state = State { keep: 0.625 };
+        let mut state = State { keep: 0.625, shedding: true };
         let d = decide(&KNOBS, &mut state, &local, &[b]);
         // 1600 * 0.5 = 800 wanted local; shedding 800 exceeds the room of 700: keep 1 - 700/1600.
         assert!((d.keep - (1.0 - 700.0 / 1600.0)).abs() < 1e-9, "{d:?}");
@@ -282,7 +301,7 @@ mod tests {
     fn unknown_sibling_gets_at_most_its_static_share() {
         let local = at(4000.0, 0.3);
         let unknown = sibling("u", None); // static share 1/3 of 4000
-        let mut state = State { keep: 0.3 };
+        let mut state = State { keep: 0.3, shedding: true };
         let d = decide(&KNOBS, &mut state, &local, &[unknown]);
         assert!((d.shares["u"] - 1.0 / 3.0).abs() < 1e-9, "{d:?}");
         assert!(d.no_headroom);
@@ -305,6 +324,27 @@ mod tests {
         let reversals = keeps.windows(3).filter(|w| (w[1] - w[0]) * (w[2] - w[1]) < 0.0).count();
         assert!(changes <= 12, "{changes} changes: {keeps:?}");
         assert!(reversals <= 2, "{reversals} direction changes: {keeps:?}");
+    }
+
+    #[test]
+    fn shedding_starts_above_high_and_ends_only_below_low() {
+        let siblings = [sibling("b", idle(2000.0))];
+        let mut state = State::default();
+        // 880 pps: below high, nothing happens.
+        run(880.0, &siblings, &mut state, 5);
+        assert_eq!((state.keep, state.shedding), (1.0, false));
+        // 950: above high, shed to target.
+        run(950.0, &siblings, &mut state, 5);
+        assert!(state.shedding && (state.keep - 800.0 / 950.0).abs() < 1e-9, "{state:?}");
+        // 750 (between low and target): everything fits at target again, but shedding stays
+        // armed, so a return to 880 sheds at once instead of waiting for high.
+        run(750.0, &siblings, &mut state, 5);
+        assert_eq!((state.keep, state.shedding), (1.0, true));
+        run(880.0, &siblings, &mut state, 5);
+        assert!((state.keep - 800.0 / 880.0).abs() < 1e-9, "{state:?}");
+        // 650: below low with everything kept: shedding ends.
+        run(650.0, &siblings, &mut state, 5);
+        assert_eq!((state.keep, state.shedding), (1.0, false));
     }
 
     #[test]

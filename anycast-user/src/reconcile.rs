@@ -100,6 +100,32 @@ impl Dynamic {
         });
         Dynamic { weights, down: BTreeSet::new() }
     }
+
+    /// With `[load]`, the weights a running data path already steers by, read back from the
+    /// Maglev table of a VIP that every site serves (each site's share of the slots): a
+    /// controller restarted while its site sheds load keeps shedding instead of pulling
+    /// every new flow home until the policy catches up. `plan` is a plan of this config
+    /// against `current` (for the slot of each name).
+    pub fn adopted(config: &Config, plan: &Plan, current: &State) -> Option<BTreeMap<String, u32>> {
+        config.load.as_ref()?;
+        let vip = config.vips.iter().zip(&plan.vips).find(|(v, _)| v.sites.len() == config.sites.len())?;
+        let table = current.maglev.get(&vip.1.1)?;
+        let mut slots: HashMap<u32, usize> = HashMap::new();
+        for &site in table.iter() {
+            *slots.entry(site).or_default() += 1;
+        }
+        let weights: BTreeMap<String, u32> = plan
+            .sites
+            .iter()
+            .map(|(name, slot)| {
+                let share = slots.get(slot).copied().unwrap_or(0) as f64 / table.len() as f64;
+                (name.clone(), (share * crate::policy::WEIGHT_SCALE).round() as u32)
+            })
+            .collect();
+        // A table of other sites (slots reused since) would not sum to the whole.
+        let total: u32 = weights.values().sum();
+        (total.abs_diff(crate::policy::WEIGHT_SCALE as u32) <= config.sites.len() as u32).then_some(weights)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

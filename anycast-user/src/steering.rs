@@ -48,7 +48,16 @@ fn tick_of(config: &Config) -> Duration {
 }
 
 pub async fn run(shared: Shared) {
-    let mut s = Steering { applied: lock(&shared).dynamic().clone(), ..Steering::default() };
+    let mut s = Steering::default();
+    {
+        let c = lock(&shared);
+        s.applied = c.dynamic().clone();
+        // Carry on from the weights in force (adopted from a running data path).
+        if let (Some(w), Some((local, _))) = (&s.applied.weights, c.local_site()) {
+            s.policy.keep = w.get(&local.name).map_or(1.0, |&w| w as f64 / policy::WEIGHT_SCALE);
+            s.policy.shedding = s.policy.keep < 1.0;
+        }
+    }
     loop {
         let config = lock(&shared).config().clone();
         tokio::time::sleep(tick_of(&config)).await;

@@ -26,8 +26,13 @@ use tokio::signal::unix::{SignalKind, signal};
 /// Counter samples for rates (`anycast status`) and the flow-table count.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
-pub async fn run(path: &Path) -> Result<()> {
+/// `object`: an XDP object file to run instead of the embedded one (hidden `--object`).
+pub async fn run(path: &Path, object: Option<&Path>) -> Result<()> {
     let config = Config::load(path)?;
+    let object = match object {
+        Some(file) => std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
+        None => anycast_user::object::ANYCAST.to_vec(),
+    };
     let listen = config.admin.listen;
     let pin_dir = config.datapath.pin_dir.clone();
     // The listener first: when the address is taken (typically by a daemon already running
@@ -45,7 +50,7 @@ pub async fn run(path: &Path) -> Result<()> {
         None => None,
     };
     let Started { controller, links, applied } =
-        Controller::start(config).context("starting the data path")?;
+        Controller::start_object(config, &object).context("starting the data path")?;
     for (iface, outcome) in links {
         log::info!("{iface}: {outcome}");
     }

@@ -271,3 +271,23 @@ fn with_load_steering_a_start_keeps_every_new_flow_local() {
     );
     assert_eq!(Dynamic::at_start(&config(BASE)), Dynamic::default());
 }
+
+#[test]
+fn a_restart_adopts_the_weights_the_data_path_steers_by() {
+    let text = format!("{BASE}\n[load]\n");
+    let mut s = State::default();
+    let weights = BTreeMap::from([("a".to_owned(), 4000), ("b".to_owned(), 3500), ("c".to_owned(), 2500)]);
+    let dynamic = Dynamic { weights: Some(weights.clone()), down: BTreeSet::new() };
+    let p = plan(&config(&text), &Overrides::default(), &dynamic, &s, BTreeSet::from([7])).unwrap();
+    for op in diff(&p.state, &s) {
+        s.apply(&op);
+    }
+    let adopted = Dynamic::adopted(&config(&text), &p, &s).expect("a table of every site");
+    for (name, w) in &weights {
+        // Within a slot of this 251-slot table (0.4 %), below the steering's 1 % threshold.
+        assert!(adopted[name].abs_diff(*w) <= 40, "{adopted:?} vs {weights:?}");
+    }
+    // Nothing running yet, or no [load]: nothing to adopt.
+    assert_eq!(Dynamic::adopted(&config(&text), &p, &State::default()), None);
+    assert_eq!(Dynamic::adopted(&config(BASE), &p, &s), None);
+}
