@@ -7,7 +7,9 @@
 //!                                  a2 10.3.0.1 ⇄ c0 10.3.0.2 [C]
 //! ```
 //!
-//! The client routes the VIP to A (the nearest site). A's tunnel address is 10.2.0.1; B and
+//! Two VIPs on the same address: UDP port 5300 (the flows these tests count) and TCP port
+//! 5301 (long-lived transfers, `crate::tcp`). The client routes the VIP to A (the nearest
+//! site). A's tunnel address is 10.2.0.1; B and
 //! C route the client's and each other's subnets back through A, so A's health probes
 //! (answered to 10.2.0.1) and the services' replies find their way. A knows B's and C's MACs
 //! as permanent neighbours (`bpf_fib_lookup` needs resolved ones).
@@ -30,6 +32,7 @@ use crate::{
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 pub const UDP_PORT: u16 = 5300;
+pub const TCP_PORT: u16 = 5301;
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
 /// A's tunnel address (on a1), B's and C's (their only address).
 pub const TUNNEL: [Ipv4Addr; 3] =
@@ -94,11 +97,13 @@ impl ThreeSites {
                 text += &format!("endpoint = \"{}\"\npeer = \"{}:{PEER_PORT}\"\n", TUNNEL[i], TUNNEL[i]);
             }
         }
-        text += &format!(
-            "\n[[vips]]\nname = \"udp\"\naddress = \"{VIP}\"\nport = {UDP_PORT}\nprotocol = \"udp\"\n"
-        );
-        if me != 0 {
-            text += &format!("sites = [\"{}\"]\n", NAMES[me]);
+        for (name, port) in [("udp", UDP_PORT), ("tcp", TCP_PORT)] {
+            text += &format!(
+                "\n[[vips]]\nname = \"{name}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{name}\"\n"
+            );
+            if me != 0 {
+                text += &format!("sites = [\"{}\"]\n", NAMES[me]);
+            }
         }
         text + extra
     }

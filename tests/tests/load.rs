@@ -11,7 +11,8 @@ use std::{
 use anycast_tests::{
     daemon::{Daemon, metric},
     root::require_root,
-    sites::{FlowClient, NAMES, PEER_PORT, TUNNEL, ThreeSites, UdpService},
+    sites::{CLIENT, FlowClient, NAMES, PEER_PORT, TCP_PORT, TUNNEL, ThreeSites, UdpService, VIP},
+    tcp::{self, Connection, Sink},
 };
 
 /// A sheds above 0.9, returns below 0.7, aims at 0.8; B and C report their own load.
@@ -71,6 +72,8 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
     let t = ThreeSites::new("load").expect("topology");
     let services: Vec<UdpService> =
         t.sites.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
+    let sinks: Vec<Sink> =
+        t.sites.iter().map(|ns| Sink::start(ns, (VIP, TCP_PORT).into()).expect("sink")).collect();
     let mut daemons = start(&t);
     let stop = AtomicBool::new(false);
     let mut client = FlowClient::default();
@@ -86,9 +89,19 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
     assert!(ports.iter().all(|p| served[0].contains_key(p)), "a flow at normal load was not served at A");
     assert_eq!((served[1].len(), served[2].len()), (0, 0), "B and C got flows at normal load");
 
+    // Long-lived TCP connections, opened now (so served at A), transfer through the surge.
+    // Their packets stay at A whatever the weights (established flows never move), which
+    // the policy's rate model does not know: kept slow (8 KiB/s each) so that they do not
+    // push A's served rate off target by more than a few packets/s.
+    let connections: Vec<Connection> = (0..4)
+        .map(|_| Connection::open(&t.client, (CLIENT, 0).into(), (VIP, TCP_PORT).into()).expect("connect"))
+        .collect();
+    let tcp_stop = AtomicBool::new(false);
+
     // Surge: 2,000 new flows/s, twice A's capacity. A must shed to B and C.
     let surge_rate = 2000;
-    let (reaction, settled, window, surge_changes, adopted) = std::thread::scope(|s| {
+    let (reaction, settled, window, surge_changes, adopted, reports) = std::thread::scope(|s| {
+        let transfers = s.spawn(|| tcp::transfer(connections, 8 << 10, Duration::from_secs(20), &tcp_stop));
         let sender = s.spawn(|| client.send(&t.client, surge_rate, surge_rate * 10, &stop));
         let a = &daemons[0];
         let t0 = Instant::now();
@@ -122,7 +135,9 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
         let adopted = weights(&daemons[0]);
         let ports = sender.join().expect("sender").expect("surge flows");
         sent += ports.len() as u64;
-        (reaction, settled, (w0, w1, flows, (local1 - local0) as f64 / secs), changes, adopted)
+        tcp_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reports = transfers.join().expect("transfers");
+        (reaction, settled, (w0, w1, flows, (local1 - local0) as f64 / secs), changes, adopted, reports)
     });
     let a = &daemons[0];
     let reaction = reaction.expect("A's weights did not move to B and C within 5 s of the surge");
@@ -145,6 +160,15 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
     }
     assert!((a_served / 800.0 - 1.0).abs() <= 0.05, "A serves {a_served:.0} pps, target 800");
     println!("load: A restarted mid-surge with weights {adopted:?} (before: {w1:?})");
+    let bytes: u64 = reports.iter().map(|r| r.sent).sum();
+    println!(
+        "load: {} TCP connections through the surge, {bytes} bytes, {} resets",
+        reports.len(),
+        tcp::resets(&reports).len()
+    );
+    assert!(tcp::resets(&reports).is_empty(), "{:?}", tcp::resets(&reports));
+    let at: Vec<usize> = sinks.iter().map(|s| s.served().len()).collect();
+    assert_eq!(at, [4, 0, 0], "the established connections must stay at A");
     for i in 0..3 {
         // Within a slot or two of the 65537-slot table, and below the 1 % change threshold.
         assert!(adopted[i].abs_diff(w1[i]) < 100, "restart: {adopted:?} vs {w1:?}");
@@ -175,7 +199,10 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
     let served: Vec<u64> = services.iter().map(UdpService::datagrams).collect();
     assert_eq!(served.iter().sum::<u64>(), sent, "datagrams lost");
     assert_eq!(counter(a, "anycast_vip_packets_total{vip=\"udp\"}"), sent);
-    assert_eq!(site_packets(a, "a", "local"), served[0]);
+    // A's local packets: the UDP datagrams its service got and every TCP segment (all local).
+    let tcp_packets = counter(a, "anycast_vip_packets_total{vip=\"tcp\"}");
+    assert!(tcp_packets > 0);
+    assert_eq!(site_packets(a, "a", "local"), served[0] + tcp_packets);
     for i in 1..3 {
         let forwarded = site_packets(a, NAMES[i], "forwarded");
         let received = site_packets(&daemons[i], "a", "received");
