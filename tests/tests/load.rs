@@ -24,15 +24,15 @@ const HEALTH: &str = "\n[health]\ninterval_ms = 250\ntimeout_ms = 200\nrise = 2\
 /// Packets/s at utilisation 1: A is small, B and C have room for A's surge.
 const CAPACITY: [u32; 3] = [1000, 2000, 2000];
 
-/// The three daemons, started B and C first (A redirects into their links, which deliver
-/// only once they run XDP), each polled by A through its peer listener.
-fn start<'t>(t: &'t ThreeSites) -> Vec<Daemon<'t>> {
+/// The three daemons with `extra(site)` appended to each site's config, started B and C
+/// first (A redirects into their links, which deliver only once they run XDP), each
+/// reachable by A through its peer listener.
+fn start(t: &ThreeSites, extra: impl Fn(usize) -> String) -> Vec<Daemon<'_>> {
     let mut daemons: Vec<Daemon> = t.sites.iter().map(|ns| Daemon::new(ns).expect("daemon")).collect();
     for me in [1, 2, 0] {
         let d = &mut daemons[me];
         d.set_peer_listen((TUNNEL[me], PEER_PORT).into());
-        let extra = if me == 0 { format!("{LOAD}{HEALTH}") } else { LOAD.to_owned() };
-        d.write_config(&t.config(me, CAPACITY, &extra)).expect("config");
+        d.write_config(&t.config(me, CAPACITY, &extra(me))).expect("config");
         d.start().expect("start");
     }
     daemons
@@ -74,7 +74,7 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
         t.sites.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
     let sinks: Vec<Sink> =
         t.sites.iter().map(|ns| Sink::start(ns, (VIP, TCP_PORT).into()).expect("sink")).collect();
-    let mut daemons = start(&t);
+    let mut daemons = start(&t, |me| if me == 0 { format!("{LOAD}{HEALTH}") } else { LOAD.to_owned() });
     let stop = AtomicBool::new(false);
     let mut client = FlowClient::default();
     let mut sent = 0u64;
@@ -143,9 +143,12 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
     let reaction = reaction.expect("A's weights did not move to B and C within 5 s of the surge");
     let (w0, w1, flows, a_served) = window;
     let total: usize = flows.iter().sum();
-    let wsum: u64 = w0.iter().sum();
+    // The policy follows the offered rate while it sheds: the weights may still move by a
+    // step or two of 1 % in the window; the flows are compared with their mean.
+    let mean: Vec<f64> = (0..3).map(|i| (w0[i] + w1[i]) as f64 / 2.0).collect();
+    let wsum: f64 = mean.iter().sum();
     let shares: Vec<f64> = flows.iter().map(|&f| f as f64 / total as f64).collect();
-    let expected: Vec<f64> = w0.iter().map(|&w| w as f64 / wsum as f64).collect();
+    let expected: Vec<f64> = mean.iter().map(|w| w / wsum).collect();
     println!(
         "load: reaction {:.2} s, settled {:.2} s; weights {w0:?} → {w1:?}; window {total} flows: \
          shares {shares:.3?} vs weights {expected:.3?}; A served {a_served:.0} pps (target 800)",
@@ -154,7 +157,7 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
     );
     assert!(reaction <= Duration::from_secs(2), "reaction {reaction:?}");
     assert!(total >= 5000, "only {total} flows in the window");
-    assert_eq!(w0, w1, "the weights moved during the window");
+    assert!((0..3).all(|i| w0[i].abs_diff(w1[i]) <= 300), "the weights moved by more than 3 % in the window");
     for i in 0..3 {
         assert!((shares[i] - expected[i]).abs() <= 0.05, "site {}: {shares:?} vs {expected:?}", NAMES[i]);
     }
@@ -238,13 +241,7 @@ fn health_down_site_gets_no_new_flows_and_its_flows_are_resteered() {
     let services: Vec<UdpService> =
         t.sites.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
     // Static weights (no [load]): A spreads new flows 1:2:2 over A, B, C.
-    let mut daemons: Vec<Daemon> = t.sites.iter().map(|ns| Daemon::new(ns).expect("daemon")).collect();
-    for me in [1, 2, 0] {
-        let d = &mut daemons[me];
-        d.set_peer_listen((TUNNEL[me], PEER_PORT).into());
-        d.write_config(&t.config(me, CAPACITY, if me == 0 { HEALTH } else { "" })).expect("config");
-        d.start().expect("start");
-    }
+    let mut daemons = start(&t, |me| if me == 0 { HEALTH.to_owned() } else { String::new() });
     let stop = AtomicBool::new(false);
     let mut client = FlowClient::default();
     let mut sent = 0u64;
