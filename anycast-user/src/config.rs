@@ -656,7 +656,10 @@ impl<'t> Validator<'t> {
         let fall = self.count(raw.fall, 2, "fall");
         let deprefer_prepend = raw.deprefer_prepend.as_ref().map_or(0, |p| {
             if *p.get_ref() > MAX_PREPEND {
-                self.error(p.span(), format!("deprefer_prepend {} is out of range 0..={MAX_PREPEND}", p.get_ref()));
+                self.error(
+                    p.span(),
+                    format!("deprefer_prepend {} is out of range 0..={MAX_PREPEND}", p.get_ref()),
+                );
             }
             *p.get_ref()
         });

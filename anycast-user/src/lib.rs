@@ -1,5 +1,6 @@
 //! The anycast controller library.
 pub mod attach;
+pub mod bgp;
 pub mod config;
 pub mod controller;
 pub mod ebpf_log;

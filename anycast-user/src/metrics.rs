@@ -9,7 +9,10 @@ use std::{collections::BTreeMap, fmt};
 
 use anycast_common::{Exception, SiteCounters, VipCounters};
 
-use crate::controller::SteeringView;
+use crate::{
+    bgp::{BgpView, Route},
+    controller::SteeringView,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, prometheus_text},
@@ -255,10 +258,61 @@ impl Collector for Scrape {
     }
 }
 
+impl Collector for BgpView {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_bgp_state",
+                "What BGP is told about each VIP route (1 for the current state): announce, deprefer (MED / AS path prepend), withdraw",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (vip, (current, _)) in &self.vips {
+                for r in Route::ALL {
+                    ConstGauge::new((r == *current) as i64)
+                        .encode(m.encode_family(&[("vip", vip.as_str()), ("state", r.name())])?)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_bgp_transitions",
+                "Transitions of each VIP route into each state since the controller started",
+                None,
+                MetricType::Counter,
+            )?;
+            for (vip, (_, into)) in &self.vips {
+                for r in Route::ALL {
+                    ConstCounter::new(into.get(&r).copied().unwrap_or(0))
+                        .encode(m.encode_family(&[("vip", vip.as_str()), ("to", r.name())])?)?;
+                }
+            }
+        }
+        ConstCounter::new(self.apply_failures).encode(enc.encode_descriptor(
+            "anycast_bgp_apply_failures",
+            "Include-file writes or `birdc configure` runs that failed (retried every interval)",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(self.in_sync as i64).encode(enc.encode_descriptor(
+            "anycast_bgp_in_sync",
+            "1 when BIRD confirmed the routes of the current states",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        Ok(())
+    }
+}
+
 /// Renders one scrape in the Prometheus text format.
 pub fn render(scrape: Scrape) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
+    // The BGP task publishes its own view (it runs outside the controller); absent when the
+    // daemon does not drive BGP.
+    if let Some(bgp) = crate::bgp::published() {
+        registry.register_collector(Box::new(bgp));
+    }
     let mut out = String::new();
     prometheus_text::encode(&mut out, &registry)?;
     Ok(out)

@@ -183,6 +183,8 @@ pub struct Daemon<'ns> {
     starts: u32,
     /// `[admin] peer_listen`, when the sibling sites poll this one.
     peer_listen: Option<std::net::SocketAddr>,
+    /// `[datapath] flow_table_size` of the configs written from now on.
+    flow_table_size: u32,
 }
 
 impl<'ns> Daemon<'ns> {
@@ -204,12 +206,18 @@ impl<'ns> Daemon<'ns> {
             child: None,
             starts: 0,
             peer_listen: None,
+            flow_table_size: FLOW_TABLE_SIZE,
         })
     }
 
     /// Adds `peer_listen = ADDR` to the `[admin]` section of the configs written from now on.
     pub fn set_peer_listen(&mut self, addr: std::net::SocketAddr) {
         self.peer_listen = Some(addr);
+    }
+
+    /// Sets `[datapath] flow_table_size` of the configs written from now on.
+    pub fn set_flow_table_size(&mut self, entries: u32) {
+        self.flow_table_size = entries;
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -232,8 +240,9 @@ impl<'ns> Daemon<'ns> {
     /// another `anycast` command); returns its path.
     pub fn write_config_to(&self, name: &str, body: &str) -> Result<PathBuf> {
         let mut text = format!(
-            "{body}\n\n[datapath]\nflow_table_size = {FLOW_TABLE_SIZE}\npin_dir = \"{}\"\n\n\
+            "{body}\n\n[datapath]\nflow_table_size = {}\npin_dir = \"{}\"\n\n\
              [admin]\nlisten = \"{ADMIN_LISTEN}\"\nstate_dir = \"{}\"\n",
+            self.flow_table_size,
             self.pin_dir.display(),
             self.dir.join("state").display()
         );
@@ -278,6 +287,11 @@ impl<'ns> Daemon<'ns> {
     /// Call it from the test's own thread: the daemon is killed when the thread that
     /// started it ends (`PR_SET_PDEATHSIG` follows the parent *thread*).
     pub fn start(&mut self) -> Result<String> {
+        self.start_with(&[])
+    }
+
+    /// [`Daemon::start`] with more arguments for `anycast run`, e.g. `--object FILE`.
+    pub fn start_with(&mut self, extra: &[&OsStr]) -> Result<String> {
         if self.running() {
             panic!("Daemon::start: the daemon is already running");
         }
@@ -288,7 +302,10 @@ impl<'ns> Daemon<'ns> {
         let netns = self.open_netns()?;
         let config = self.config_path();
         let child = self
-            .command(&netns, [OsStr::new("run"), OsStr::new("--config"), config.as_os_str()])
+            .command(
+                &netns,
+                [OsStr::new("run"), OsStr::new("--config"), config.as_os_str()].iter().chain(extra),
+            )
             .stdout(log)
             .stderr(err)
             .spawn()

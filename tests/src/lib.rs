@@ -3,6 +3,7 @@
 //! - [`root`]: tests that need root say so loudly and skip when not root (CI is root).
 //! - [`netns`]: network-namespace topologies (veth, addresses, routes, static neighbours,
 //!   sysctls) with unique names and guaranteed teardown; code run inside a namespace.
+//! - [`bird`]: real BIRD 2 daemons in namespaces (BGP tests): config, start/stop, routes.
 //! - [`daemon`]: the `anycast` binary run as a daemon inside a test's namespace, with its own
 //!   config, pins and state, all removed on drop.
 //! - [`harness`]: the embedded XDP object loaded into the kernel, frames run through it
@@ -11,6 +12,9 @@
 //!   fragments, ICMP errors, tunnels, padding).
 //! - [`sequenced`]: paced, numbered UDP datagrams and a receiver that finds the lost ones.
 //! - [`sites`]: three sites and a client with per-flow UDP services (load-aware steering).
+//! - [`sustained`]: UDP streams and TCP transfers through two sites (A steering, B
+//!   remote) while a test disturbs A's controller.
+//! - [`tcp`]: long-lived TCP transfers at a bounded rate and a sink that counts their bytes.
 //! - [`topology`]: topologies several real-packet tests share (client → A → B chain).
 //! - [`checksum`]: an Internet checksum of our own, to verify what the program computes.
 //! - [`expect`]: expected encapsulated / decapsulated / ICMP-reply frames, from the rules
@@ -23,6 +27,7 @@
 
 pub mod anchor;
 pub mod bench;
+pub mod bird;
 pub mod checksum;
 pub mod daemon;
 pub mod diff;
@@ -34,4 +39,6 @@ pub mod packet;
 pub mod root;
 pub mod sequenced;
 pub mod sites;
+pub mod sustained;
+pub mod tcp;
 pub mod topology;

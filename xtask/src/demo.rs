@@ -10,8 +10,10 @@
 //! ```
 //!
 //! The client routes the VIP 10.200.1.1 to site a, as the nearest anycast site would be.
-//! Every site has the VIP on its loopback and a UDP service on port 5300 counting what it
-//! serves. a's controller keeps half of the new flows (weights a=2, b=1, c=1) and forwards
+//! Every site has the VIP on its loopback, a UDP service on port 5300 counting what it
+//! serves and a TCP service on port 5301 counting the bytes of each connection; besides
+//! the short UDP flows, the client keeps a few TCP connections transferring for the whole
+//! run (long-lived flows: the drain leaves them where they are). a's controller keeps half of the new flows (weights a=2, b=1, c=1) and forwards
 //! the rest over IPIP to b's and c's tunnel addresses, whose controllers decapsulate them
 //! for their own service. Midway, a's config is rewritten with b drained (weight 0) and
 //! reloaded with SIGHUP: new flows stop going to b while every counter keeps adding up.
@@ -22,7 +24,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::{self, JoinHandle},
@@ -34,11 +36,20 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::{
     daemon::{self, Daemon},
     lab::{self, End, Lab, Netns},
-    traffic::{self, Client, Sent},
+    traffic::{self, Client, Sent, TcpClient, TcpResult, TcpServed},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 1);
 const VIP_PORT: u16 = 5300;
+const TCP_PORT: u16 = 5301;
+/// Long-lived TCP connections of the client, and the rate of each.
+const TCP_CONNECTIONS: u32 = 6;
+const TCP_BYTES_PER_SEC: u64 = 64 << 10;
+/// The backbone links (a to b and c) carry IPIP's 20 bytes on top of the client's 1500-byte
+/// packets. At 1500 the data path would answer full-size TCP segments with ICMP
+/// frag-needed by XDP_TX, which a veth delivers only to a peer running XDP (the client's
+/// does not), and the connections would stall.
+const BACKBONE_MTU: &str = "1600";
 /// Each controller's admin server, inside its site's namespace.
 const ADMIN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9100);
 /// The interface by which a site is reached (from the client for a, from a for b and c).
@@ -75,6 +86,8 @@ struct Site {
     dir: PathBuf,
     pin_dir: PathBuf,
     served: Arc<AtomicU64>,
+    /// What its TCP service counted, per client port.
+    tcp_served: TcpServed,
 }
 
 impl Site {
@@ -237,7 +250,15 @@ fn build(lab: &mut Lab, leftovers: &mut Leftovers) -> Result<(Netns, Vec<Site>)>
         fs::create_dir_all(dir.join("state")).with_context(|| format!("creating {}", dir.display()))?;
         let pin_dir = Path::new(BPFFS).join(format!("{PIN_PREFIX}{}-{name}", std::process::id()));
         leftovers.pin_dirs.push(pin_dir.clone());
-        sites.push(Site { name, netns, tunnel: Ipv4Addr::UNSPECIFIED, dir, pin_dir, served: Arc::default() });
+        sites.push(Site {
+            name,
+            netns,
+            tunnel: Ipv4Addr::UNSPECIFIED,
+            dir,
+            pin_dir,
+            served: Arc::default(),
+            tcp_served: Arc::default(),
+        });
     }
 
     let (client_addr, a_addr) = (Ipv4Addr::new(10, 1, 0, 2), Ipv4Addr::new(10, 1, 0, 1));
@@ -281,6 +302,15 @@ fn build(lab: &mut Lab, leftovers: &mut Leftovers) -> Result<(Netns, Vec<Site>)>
         // The decapsulated datagrams come from the client: the site's reverse-path check
         // wants a route back to it through its uplink.
         sites[i].netns.ip(&["route", "add", "10.1.0.0/24", "via", &a_end.to_string()])?;
+        sites[0].netns.ip(&["link", "set", &a_iface, "mtu", BACKBONE_MTU])?;
+        sites[i].netns.ip(&["link", "set", UPLINK, "mtu", BACKBONE_MTU])?;
+        // The site answers the client directly (through a, the lab's only way back). Its
+        // ARP requests for a must not name the VIP as sender (a holds it too and ignores
+        // such requests): the uplink's address instead, as on any direct-server-return host.
+        sites[i].netns.sysctl("net/ipv4/conf/all/arp_announce", "2")?;
+        // And a forwards those answers although their source, the VIP, is one of its own
+        // addresses (otherwise dropped as martians).
+        sites[0].netns.sysctl(&format!("net/ipv4/conf/{a_iface}/accept_local"), "1")?;
         sites[i].tunnel = far_end;
     }
     // a forwards with its end of the first backbone link as the outer source.
@@ -325,12 +355,14 @@ fn config(sites: &[Site], me: usize, weights: [u32; 3]) -> String {
             let _ = writeln!(text, "weight = {}", weights[i]);
         }
     }
-    let _ = write!(
-        text,
-        "\n[[vips]]\nname = \"svc\"\naddress = \"{VIP}\"\nport = {VIP_PORT}\nprotocol = \"udp\"\n"
-    );
-    if me != 0 {
-        let _ = writeln!(text, "sites = [\"{}\"]", site.name);
+    for (name, port, protocol) in [("svc", VIP_PORT, "udp"), ("tcp", TCP_PORT, "tcp")] {
+        let _ = write!(
+            text,
+            "\n[[vips]]\nname = \"{name}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{protocol}\"\n"
+        );
+        if me != 0 {
+            let _ = writeln!(text, "sites = [\"{}\"]", site.name);
+        }
     }
     text
 }
@@ -438,6 +470,8 @@ struct Snapshot {
     received: Vec<Vec<u64>>,
     weights: Vec<u64>,
     served: Vec<u64>,
+    /// [site] (client port, bytes) of the TCP connections its service has finished.
+    tcp_served: Vec<Vec<(u16, u64)>>,
 }
 
 impl Snapshot {
@@ -445,8 +479,14 @@ impl Snapshot {
         let series = |site: &str, action: &str| {
             format!("anycast_site_packets_total{{site=\"{site}\",action=\"{action}\"}}")
         };
-        let mut snap =
-            Snapshot { local: vec![], forwarded: vec![], received: vec![], weights: vec![], served: vec![] };
+        let mut snap = Snapshot {
+            local: vec![],
+            forwarded: vec![],
+            received: vec![],
+            weights: vec![],
+            served: vec![],
+            tcp_served: vec![],
+        };
         for site in sites {
             let text = fetch_metrics(&site.netns).with_context(|| format!("site {}", site.name))?;
             snap.local.push(daemon::metric(&text, &series(site.name, "local")));
@@ -461,6 +501,7 @@ impl Snapshot {
                     .collect();
             }
             snap.served.push(site.served.load(Ordering::Relaxed));
+            snap.tcp_served.push(site.tcp_served.lock().map_err(|_| anyhow!("TCP counts poisoned"))?.clone());
         }
         Ok(snap)
     }
@@ -482,7 +523,7 @@ impl Snapshot {
             let (fwd, fwd_by) = by_peer(&self.forwarded[i], "→");
             let (rcv, rcv_by) = by_peer(&self.received[i], "←");
             println!(
-                "    site {}: local {:>6}   forwarded {:>6} {:<20} received {:>6} {:<12} service served {:>6}",
+                "    site {}: local {:>6}   forwarded {:>6} {:<20} received {:>6} {:<12} UDP served {:>6}",
                 site.name,
                 self.local[i],
                 fwd,
@@ -494,16 +535,44 @@ impl Snapshot {
         }
     }
 
-    /// Every datagram is accounted for: each site served what it kept plus what it
-    /// received, a forwarded to each site exactly what that site received, and the
-    /// services together served what the client sent.
-    fn check(&self, sites: &[Site], sent: u64) -> Result<()> {
+    /// The packets of the TCP connections site `i` served: what the client's kernel sent
+    /// on each of them.
+    fn tcp_packets(&self, i: usize, tcp: &[TcpResult]) -> u64 {
+        let ports: Vec<u16> = self.tcp_served[i].iter().map(|(port, _)| *port).collect();
+        tcp.iter().filter(|t| ports.contains(&t.port)).map(|t| t.segments).sum()
+    }
+
+    /// The final figures of every site's services.
+    fn print_services(&self, sites: &[Site], tcp: &[TcpResult]) {
+        for (i, site) in sites.iter().enumerate() {
+            let bytes: u64 = self.tcp_served[i].iter().map(|(_, b)| b).sum();
+            println!(
+                "    site {}: served {} datagrams and {} TCP connections ({bytes} bytes, {} packets)",
+                site.name,
+                self.served[i],
+                self.tcp_served[i].len(),
+                self.tcp_packets(i, tcp)
+            );
+        }
+    }
+
+    /// Every packet is accounted for: each site served what it kept plus what it received
+    /// (UDP datagrams, and the packets of the TCP connections it served, as counted by the
+    /// client's kernel), a forwarded to each site exactly what that site received, the
+    /// services together served what the client sent, and every TCP connection completed
+    /// with every byte counted by exactly one site.
+    fn check(&self, sites: &[Site], sent: u64, tcp: &[TcpResult]) -> Result<()> {
         let mut problems = Vec::new();
         for (i, site) in sites.iter().enumerate() {
             let kept = self.local[i] + self.received[i].iter().sum::<u64>();
-            if kept != self.served[i] {
-                problems
-                    .push(format!("site {} kept/received {kept} but served {}", site.name, self.served[i]));
+            let served = self.served[i] + self.tcp_packets(i, tcp);
+            if kept != served {
+                problems.push(format!(
+                    "site {} kept/received {kept} packets but served {} datagrams + {} TCP packets",
+                    site.name,
+                    self.served[i],
+                    served - self.served[i]
+                ));
             }
             if i > 0 && self.forwarded[0][i] != self.received[i][0] {
                 problems.push(format!(
@@ -518,6 +587,22 @@ impl Snapshot {
         }
         if self.forwarded[0].iter().sum::<u64>() == 0 {
             problems.push("a forwarded nothing".to_owned());
+        }
+        if tcp.len() != TCP_CONNECTIONS as usize {
+            problems.push(format!("{} of {TCP_CONNECTIONS} TCP connections reported", tcp.len()));
+        }
+        for t in tcp {
+            if let Some(failure) = &t.failure {
+                problems.push(format!("TCP connection from port {} reset: {failure}", t.port));
+            }
+            let at: Vec<u64> =
+                self.tcp_served.iter().flatten().filter(|(p, _)| *p == t.port).map(|(_, b)| *b).collect();
+            if at != [t.sent] {
+                problems.push(format!(
+                    "TCP connection from port {}: sent {} bytes, the services counted {at:?}",
+                    t.port, t.sent
+                ));
+            }
         }
         match problems.is_empty() {
             true => Ok(()),
@@ -540,7 +625,9 @@ fn observe(
     let vip = SocketAddr::from((VIP, VIP_PORT));
     let services_stop = Arc::new(AtomicBool::new(false));
     let client_stop = Arc::new(AtomicBool::new(false));
+    let tcp_vip = SocketAddr::from((VIP, TCP_PORT));
     let sent = Arc::new(Sent::default());
+    let tcp_results = Arc::new(Mutex::new(Vec::new()));
     let mut services = Vec::new();
     let mut result = (|| {
         for site in sites {
@@ -553,6 +640,13 @@ fn observe(
                 Arc::clone(&services_stop),
                 deadline,
             )?);
+            services.push(traffic::serve_tcp(
+                &site.netns,
+                tcp_vip,
+                Arc::clone(&site.tcp_served),
+                Arc::clone(&services_stop),
+                deadline,
+            )?);
         }
         let until = match duration {
             Some(d) => format!("for {}s", d.as_secs()),
@@ -562,6 +656,17 @@ fn observe(
             "lab: the client opens {FLOWS_PER_SEC} flows/s to {vip} (each a new source port, {DATAGRAMS_PER_FLOW} datagrams) {until}; b is drained at a after {}s",
             drain_at.as_secs()
         );
+        println!(
+            "lab: and keeps {TCP_CONNECTIONS} TCP connections to {tcp_vip} sending {} KiB/s each {until}",
+            TCP_BYTES_PER_SEC >> 10
+        );
+        let tcp_client = TcpClient {
+            to: tcp_vip,
+            connections: TCP_CONNECTIONS,
+            bytes_per_sec: TCP_BYTES_PER_SEC,
+            duration: total,
+        }
+        .spawn(client, Arc::clone(&sent), Arc::clone(&tcp_results), Arc::clone(&client_stop));
         let client = Client {
             to: vip,
             flows_per_sec: FLOWS_PER_SEC,
@@ -571,17 +676,35 @@ fn observe(
         .spawn(client, Arc::clone(&sent), Arc::clone(&client_stop));
         let watched = watch(sites, daemons, &sent, total, drain_at, stop);
         client_stop.store(true, Ordering::Relaxed);
-        let client = join(client);
-        watched.and(client)
+        let mut joined = join(client);
+        for connection in tcp_client {
+            joined = joined.and(join(connection));
+        }
+        watched.and(joined)
     })();
     // Datagrams still in flight when the client stopped are counted before the services stop.
     thread::sleep(SETTLE);
     if result.is_ok() {
         result = Snapshot::take(sites).and_then(|last| {
             let (flows, datagrams) = (sent.flows.load(Ordering::Relaxed), sent.datagrams.load(Ordering::Relaxed));
-            last.print(sites, &format!("final: the client sent {datagrams} datagrams in {flows} flows"));
-            last.check(sites, datagrams)?;
-            println!("lab: every datagram accounted for: served = kept + received at each site; forwarded by a = received by b, c");
+            let tcp = tcp_results.lock().map_err(|_| anyhow!("TCP results poisoned"))?.clone();
+            let bytes: u64 = tcp.iter().map(|t| t.sent).sum();
+            last.print(
+                sites,
+                &format!(
+                    "final: the client sent {datagrams} datagrams in {flows} flows and {bytes} bytes on {} TCP connections",
+                    tcp.len()
+                ),
+            );
+            last.print_services(sites, &tcp);
+            last.check(sites, datagrams, &tcp)?;
+            println!(
+                "lab: every packet accounted for: served (UDP datagrams + TCP packets) = kept + received at each site; forwarded by a = received by b, c"
+            );
+            println!(
+                "lab: TCP: {} connections, {bytes} bytes, every byte counted by the site that served the connection, 0 reset",
+                tcp.len()
+            );
             Ok(())
         });
     }
@@ -617,7 +740,7 @@ fn watch(
             write_config(sites, 0, DRAINED)?;
             daemons[0].signal(libc::SIGHUP).context("SIGHUP to a's controller")?;
             println!(
-                "lab: draining b: a's config rewritten with weight b = 0 and reloaded (SIGHUP); new flows go to a and c; b keeps only flows it already had (a source port used again)"
+                "lab: draining b: a's config rewritten with weight b = 0 and reloaded (SIGHUP); new flows go to a and c; b keeps only flows it already had (its TCP connections, a source port used again)"
             );
             drained = true;
         }
@@ -626,8 +749,9 @@ fn watch(
             let (flows, datagrams) =
                 (sent.flows.load(Ordering::Relaxed), sent.datagrams.load(Ordering::Relaxed));
             let header = format!(
-                "[{:>3}s] client sent {datagrams} datagrams in {flows} flows",
-                start.elapsed().as_secs()
+                "[{:>3}s] client sent {datagrams} datagrams in {flows} flows, {} KiB over TCP",
+                start.elapsed().as_secs(),
+                sent.tcp_bytes.load(Ordering::Relaxed) >> 10
             );
             Snapshot::take(sites)?.print(sites, &header);
         }

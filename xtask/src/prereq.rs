@@ -22,7 +22,8 @@ use crate::toolchain;
 /// Everything the project installs from Debian, in one place. Build: the Rust toolchain
 /// with the BPF `core`, and what bpf-linker links against. Run and tests: `ip` (netns,
 /// veth), `bpftool` and `ethtool` (inspecting programs and veth XDP statistics), `nftables`
-/// (the kernel-path baseline of `cargo xtask bench`: DNAT and forwarding).
+/// (the kernel-path baseline of `cargo xtask bench`: DNAT and forwarding), `bird2` (the BGP
+/// speaker the controller drives).
 pub const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -35,6 +36,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "ethtool",
     "nftables",
+    // A real Prometheus server scraping a lab's /metrics (tests/tests/prometheus.rs).
+    "prometheus",
+    // The BGP speaker the controller drives (anycast-user/src/bgp.rs, tests/tests/bgp.rs).
+    "bird2",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anycast_user::{
+    bgp,
     config::{Config, DEFAULT_LISTEN, DEFAULT_PIN_DIR},
     controller::Controller,
     loader,
@@ -134,11 +135,21 @@ pub async fn drain(target: &Target, site: &str, drained: bool) -> Result<()> {
 }
 
 pub fn detach(pin_dir: Option<&Path>, config: Option<&Path>) -> Result<()> {
-    let pin_dir = match (pin_dir, config) {
+    let config = config.map(Config::load).transpose()?;
+    let pin_dir = match (pin_dir, &config) {
         (Some(p), _) => p.to_owned(),
-        (None, Some(c)) => Config::load(c)?.datapath.pin_dir,
+        (None, Some(c)) => c.datapath.pin_dir.clone(),
         (None, None) => DEFAULT_PIN_DIR.into(),
     };
+    // Withdraw first: a detached data path must not keep attracting traffic. If BIRD does
+    // not confirm, nothing is detached (the VIPs would be announced with nobody serving).
+    if let Some((config, bgp)) = config.as_ref().and_then(|c| Some((c, c.bgp.as_ref()?))) {
+        bgp::withdraw_all(config, bgp).context(
+            "withdrawing the VIPs from BIRD before detaching; nothing detached (fix BIRD, or remove [bgp] \
+             from the config to detach without withdrawing)",
+        )?;
+        println!("BGP: every VIP withdrawn ({} rewritten, BIRD reconfigured)", bgp.include.display());
+    }
     let ifaces = loader::detach(&pin_dir)?;
     if ifaces.is_empty() {
         println!("nothing attached under {}; pins removed", pin_dir.display());

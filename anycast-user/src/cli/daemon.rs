@@ -15,6 +15,7 @@ use std::{
 };
 
 use anycast_user::{
+    bgp,
     config::Config,
     controller::{Controller, Started},
     server::{self, Shared},
@@ -74,6 +75,8 @@ pub async fn run(path: &Path, object: Option<&Path>) -> Result<()> {
         });
     }
     tokio::spawn(steering::run(shared.clone()));
+    // Idle without [bgp]; follows SIGHUP reloads that add, change or remove it.
+    tokio::spawn(bgp::run(shared.clone()));
 
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

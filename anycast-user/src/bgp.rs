@@ -1,0 +1,482 @@
+//! The BGP speaker: the controller drives BIRD 2 to announce, de-prefer or withdraw each VIP
+//! from the site's signals (`[bgp]`; README "BGP").
+//!
+//! States, one per VIP address (VIP entries that share an address share its route):
+//! - **announce**: the route is exported as is;
+//! - **deprefer**: exported with a higher MED and/or the local AS prepended, so that routers
+//!   that can reach another site prefer it; entered when the site is overloaded and no
+//!   sibling has headroom (shedding in the data path can do no more);
+//! - **withdraw**: not exported; entered when the site is drained or the data path is not
+//!   attached on every configured interface.
+//!
+//! A state that differs from the current one must be wanted for `fall` consecutive
+//! intervals (worse: announce → deprefer → withdraw) or `rise` (better) before it is entered,
+//! so that a signal flapping around a watermark does not flap the route (each BGP update
+//! moves every client of the prefix, and routers damp flapping prefixes). At the
+//! controller's start the state is the one wanted at once: BIRD still holds the previous
+//! run's state, and rewriting the same routes changes nothing.
+//!
+//! Applying: the controller renders the routes into a file that BIRD's config includes
+//! (written atomically: a temporary file renamed over it) and runs `birdc -s SOCKET
+//! configure`, BIRD's soft reconfiguration: the static protocols add, change or remove
+//! routes and the BGP channels re-export what changed; sessions are not reset and BIRD never
+//! restarts. The file holds one static protocol per family (`anycast4`, `anycast6`) with a
+//! device route per VIP not withdrawn; a de-preferred one carries its MED and prepends. The
+//! BGP channels export them with [`EXPORT_FILTER`] (fixed text in bird.conf: it refers to
+//! nothing the file defines, so BIRD starts without the file). birdc's numeric reply codes
+//! (`-v`) are checked; a refusal is logged, counted (`anycast_bgp_apply_failures_total`)
+//! and retried every interval.
+//!
+//! Safety: why neither a controller crash nor a dead data path is a problem.
+//! - The controller stops or crashes: BIRD keeps the routes last written, and the XDP
+//!   program keeps forwarding (its link is pinned), so the announcement stays true. No
+//!   watchdog withdraws on the controller's death: the data path forwards without the
+//!   controller, and a watchdog would turn every controller restart or upgrade into a
+//!   withdraw and re-announce of the site.
+//! - The data path goes away: only through `anycast detach` (the pinned link holds the
+//!   program on the interface), which writes every route withdrawn and reconfigures BIRD
+//!   *before* it unpins, and refuses to detach if BIRD does not confirm; or with its
+//!   interface, and each route is a device route bound to the first configured interface,
+//!   which BIRD withdraws when that interface goes down or disappears.
+//! - The host reboots: the pins are gone, and so is the file if it lives on a tmpfs (the
+//!   default `/run/bird/anycast.conf`). BIRD includes it with a pattern
+//!   (`include "/run/bird/anycast*.conf";`), which matches nothing until the controller has
+//!   attached the data path and written it: nothing is announced before that.
+//! - A running controller that finds a link pin missing (`attached` false: someone removed
+//!   the pins behind its back) withdraws after `fall` intervals.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::Read as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    config::{Bgp, Config},
+    server::Shared,
+    signals::SiteSignals,
+};
+
+/// Names of the static protocols the include file defines, per family.
+pub const PROTOCOL_V4: &str = "anycast4";
+pub const PROTOCOL_V6: &str = "anycast6";
+/// BIRD is asked for a soft reconfiguration, which answers at once; a birdc that runs longer
+/// than this is stuck (BIRD hung), and killed.
+const BIRDC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a controller without `[bgp]` looks whether a reload added it.
+const IDLE: Duration = Duration::from_secs(1);
+
+/// What the routers are told about one VIP. Ordered from worst to best.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Route {
+    Withdraw,
+    Deprefer,
+    Announce,
+}
+
+impl Route {
+    pub const ALL: [Route; 3] = [Route::Announce, Route::Deprefer, Route::Withdraw];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Announce => "announce",
+            Route::Deprefer => "deprefer",
+            Route::Withdraw => "withdraw",
+        }
+    }
+
+    /// The state the signals call for, and why.
+    pub fn wanted(s: &SiteSignals) -> (Route, &'static str) {
+        if !s.attached {
+            (Route::Withdraw, "data path not attached")
+        } else if s.drained {
+            (Route::Withdraw, "drained")
+        } else if s.overloaded && s.no_headroom {
+            (Route::Deprefer, "overloaded, no headroom at any site")
+        } else {
+            (Route::Announce, "healthy")
+        }
+    }
+}
+
+/// One VIP's state with rise/fall hysteresis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hysteresis {
+    current: Route,
+    /// A different state wanted, and for how many consecutive steps.
+    pending: Option<(Route, u32)>,
+}
+
+impl Hysteresis {
+    pub fn new(current: Route) -> Hysteresis {
+        Hysteresis { current, pending: None }
+    }
+
+    pub fn current(&self) -> Route {
+        self.current
+    }
+
+    /// One interval's wish; the new state when it is entered.
+    pub fn step(&mut self, wanted: Route, rise: u32, fall: u32) -> Option<Route> {
+        if wanted == self.current {
+            self.pending = None;
+            return None;
+        }
+        let count = match self.pending {
+            Some((r, n)) if r == wanted => n + 1,
+            _ => 1,
+        };
+        let needed = if wanted > self.current { rise } else { fall };
+        if count >= needed {
+            self.current = wanted;
+            self.pending = None;
+            Some(wanted)
+        } else {
+            self.pending = Some((wanted, count));
+            None
+        }
+    }
+}
+
+/// The route of a VIP address: the host prefix.
+pub fn prefix(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    }
+}
+
+/// VIP address → the names of the VIP entries on it.
+fn addresses(config: &Config) -> BTreeMap<IpAddr, Vec<String>> {
+    let mut out: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+    for v in &config.vips {
+        out.entry(v.address).or_default().push(v.name.clone());
+    }
+    out
+}
+
+/// The BGP export filter BIRD's sessions use, as the README and the include's header give
+/// it: only the VIP routes, and the MED re-set because BIRD sends an eBGP peer a MED only
+/// when the export filter set it (a static route's own MED would be dropped).
+pub const EXPORT_FILTER: &str = concat!(
+    "export filter {\n",
+    "    if proto !~ \"anycast*\" then reject;\n",
+    "    if defined(bgp_med) then bgp_med = bgp_med;\n",
+    "    accept;\n",
+    "};",
+);
+
+/// The include file for these routes: device routes on `interface` (see the module docs:
+/// BIRD withdraws them when it goes down), de-preferred ones with their MED and prepends.
+/// It defines nothing that the rest of bird.conf refers to, so BIRD runs without it.
+pub fn render(
+    bgp: &Bgp,
+    interface: &str,
+    names: &BTreeMap<IpAddr, Vec<String>>,
+    routes: &BTreeMap<IpAddr, Route>,
+) -> String {
+    let mut out = format!(
+        "# Written by the anycast controller ([bgp] of its config): do not edit, every change\n\
+         # rewrites it. bird.conf includes it with a pattern, so that BIRD starts (announcing\n\
+         # nothing) while it does not exist:\n\
+         #     include \"{}\";\n\
+         # and each BGP channel that announces the VIPs exports with:\n",
+        include_pattern(&bgp.include)
+    );
+    for line in EXPORT_FILTER.lines() {
+        let _ = writeln!(out, "#     {line}");
+    }
+    out += "#\n";
+    for (address, route) in routes {
+        let vips = names.get(address).map(|n| n.join(", ")).unwrap_or_default();
+        let _ = writeln!(out, "# {} ({vips}): {}", prefix(*address), route.name());
+    }
+    let mut deprefer = String::new();
+    if let Some(med) = bgp.deprefer_med {
+        let _ = write!(deprefer, " bgp_med = {med};");
+    }
+    if let Some(asn) = bgp.local_as {
+        for _ in 0..bgp.deprefer_prepend {
+            let _ = write!(deprefer, " bgp_path.prepend({asn});");
+        }
+    }
+    for (v4, protocol, channel) in [(true, PROTOCOL_V4, "ipv4"), (false, PROTOCOL_V6, "ipv6")] {
+        let _ = write!(out, "\nprotocol static {protocol} {{\n    {channel};\n");
+        for (address, route) in routes.iter().filter(|(a, _)| a.is_ipv4() == v4) {
+            let net = prefix(*address);
+            let _ = match route {
+                Route::Announce => writeln!(out, "    route {net} via \"{interface}\";"),
+                Route::Deprefer => writeln!(out, "    route {net} via \"{interface}\" {{{deprefer} }};"),
+                Route::Withdraw => writeln!(out, "    # {net} withdrawn"),
+            };
+        }
+        out += "}\n";
+    }
+    out
+}
+
+/// The include pattern for bird.conf: the file name with a `*` before its extension, so
+/// that a missing file matches nothing instead of failing BIRD's start.
+pub fn include_pattern(include: &Path) -> String {
+    let name = include.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let pattern = match name.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem}*.{ext}"),
+        None => format!("{name}*"),
+    };
+    include.with_file_name(pattern).display().to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BirdError {
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("running {program}: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("`{command}` did not answer within {BIRDC_TIMEOUT:?} (is BIRD hung?)")]
+    Timeout { command: String },
+    #[error("`{command}` failed: {answer}")]
+    Refused { command: String, answer: String },
+}
+
+/// Writes `text` to `path` atomically: a reader (BIRD) sees the old file or the new one.
+/// The temporary file starts with a dot, so the include pattern never matches it.
+pub fn write_include(path: &Path, text: &str) -> Result<(), BirdError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let err = |source| BirdError::Write { path: path.to_owned(), source };
+    std::fs::write(&tmp, text).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// `birdc -v -s SOCKET configure`: BIRD re-reads its config (with the include) and applies
+/// the difference. Returns BIRD's answer. With `-v`, birdc prints each reply line with
+/// BIRD's numeric code: 0xxx success, 8xxx run-time error (8002: the config does not
+/// parse), 9xxx parse error of the command (BIRD's doc/reply_codes).
+pub fn configure(bgp: &Bgp) -> Result<String, BirdError> {
+    let command = format!("{} -v -s {} configure", bgp.birdc.display(), bgp.socket.display());
+    let mut child = Command::new(&bgp.birdc)
+        .arg("-v")
+        .arg("-s")
+        .arg(&bgp.socket)
+        .arg("configure")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| BirdError::Spawn { program: bgp.birdc.display().to_string(), source })?;
+    let deadline = Instant::now() + BIRDC_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BirdError::Timeout { command });
+            }
+            Err(source) => return Err(BirdError::Spawn { program: command, source }),
+        }
+    };
+    // The answers are a few lines: they fit the pipes, so reading after the exit is safe.
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut stdout);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let answer =
+        [stdout.trim(), stderr.trim()].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("\n");
+    let failed = answer.lines().any(|l| l.starts_with('8') || l.starts_with('9'));
+    let done = answer.lines().any(|l| l.starts_with('0') && !l.starts_with("0001"));
+    if !status.success() || failed || !done {
+        return Err(BirdError::Refused { command, answer: answer.replace('\n', " | ") });
+    }
+    Ok(answer)
+}
+
+/// Writes the include and has BIRD apply it.
+pub fn apply(bgp: &Bgp, text: &str) -> Result<(), BirdError> {
+    write_include(&bgp.include, text)?;
+    configure(bgp).map(drop)
+}
+
+/// `anycast detach`: every VIP withdrawn, confirmed by BIRD, before the data path goes.
+pub fn withdraw_all(config: &Config, bgp: &Bgp) -> Result<(), BirdError> {
+    let names = addresses(config);
+    let routes = names.keys().map(|a| (*a, Route::Withdraw)).collect();
+    apply(bgp, &render(bgp, interface(config), &names, &routes))
+}
+
+fn interface(config: &Config) -> &str {
+    config.local.interfaces.first().map_or("", String::as_str)
+}
+
+/// The speaker's state for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BgpView {
+    /// Prefix → current state and transitions into each state since the start.
+    pub vips: BTreeMap<String, (Route, BTreeMap<Route, u64>)>,
+    /// `birdc configure` runs (or include writes) that failed.
+    pub apply_failures: u64,
+    /// BIRD confirmed the routes of the current states.
+    pub in_sync: bool,
+}
+
+/// The last published view; `None` while the daemon does not drive BGP. The metrics module
+/// renders it with every scrape: the speaker is a task of its own, outside the controller.
+static PUBLISHED: Mutex<Option<BgpView>> = Mutex::new(None);
+
+pub fn published() -> Option<BgpView> {
+    PUBLISHED.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn publish(view: Option<BgpView>) {
+    *PUBLISHED.lock().unwrap_or_else(|p| p.into_inner()) = view;
+}
+
+/// The speaker's memory between intervals.
+#[derive(Default)]
+pub struct Speaker {
+    vips: BTreeMap<IpAddr, Hysteresis>,
+    /// The include text BIRD confirmed last.
+    applied: Option<String>,
+    /// The last failure's message and how many in a row: a BIRD that stays down is logged
+    /// once per new message, not once per interval.
+    failing: Option<(String, u64)>,
+    view: BgpView,
+}
+
+impl Speaker {
+    /// One interval: steps every VIP's state machine (one log line per transition) and
+    /// returns the include text when it differs from what BIRD confirmed last.
+    pub fn step(&mut self, config: &Config, bgp: &Bgp, signals: &SiteSignals) -> Option<String> {
+        let names = addresses(config);
+        let (wanted, why) = Route::wanted(signals);
+        self.vips.retain(|a, _| names.contains_key(a));
+        self.view.vips.retain(|p, _| names.keys().any(|a| &prefix(*a) == p));
+        for (address, vips) in &names {
+            let label = prefix(*address);
+            let entry = self.view.vips.entry(label.clone()).or_insert((wanted, BTreeMap::new()));
+            match self.vips.get_mut(address) {
+                None => {
+                    self.vips.insert(*address, Hysteresis::new(wanted));
+                    entry.0 = wanted;
+                    log::info!("bgp: {label} ({}): {} ({why})", vips.join(", "), wanted.name());
+                }
+                Some(h) => {
+                    let from = h.current();
+                    if let Some(to) = h.step(wanted, bgp.rise, bgp.fall) {
+                        let n = if to > from { bgp.rise } else { bgp.fall };
+                        log::info!(
+                            "bgp: {label} ({}): {} → {} ({why}, {n} interval{})",
+                            vips.join(", "),
+                            from.name(),
+                            to.name(),
+                            if n == 1 { "" } else { "s" }
+                        );
+                        entry.0 = to;
+                        *entry.1.entry(to).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let routes = self.vips.iter().map(|(a, h)| (*a, h.current())).collect();
+        let text = render(bgp, interface(config), &names, &routes);
+        self.view.in_sync = self.applied.as_ref() == Some(&text);
+        (!self.view.in_sync).then_some(text)
+    }
+
+    /// BIRD's answer to applying `text`.
+    pub fn applied(&mut self, text: String, outcome: Result<(), BirdError>, bgp: &Bgp) {
+        match outcome {
+            Ok(()) => {
+                let after = match self.failing.take() {
+                    Some((_, n)) => format!(", after {n} failed attempt{}", if n == 1 { "" } else { "s" }),
+                    None => String::new(),
+                };
+                log::info!("bgp: BIRD applied {} ({}{after})", bgp.include.display(), self.summary());
+                self.applied = Some(text);
+                self.view.in_sync = true;
+            }
+            Err(e) => {
+                self.view.apply_failures += 1;
+                let message = e.to_string();
+                match &mut self.failing {
+                    Some((last, n)) if *last == message => {
+                        *n += 1;
+                        log::debug!("bgp: {message} (failure {n} in a row)");
+                    }
+                    _ => {
+                        log::error!("bgp: {message}; retrying every {:?}", bgp.interval);
+                        self.failing = Some((message, 1));
+                    }
+                }
+            }
+        }
+    }
+
+    fn summary(&self) -> String {
+        let mut counts: BTreeMap<Route, usize> = BTreeMap::new();
+        for h in self.vips.values() {
+            *counts.entry(h.current()).or_default() += 1;
+        }
+        let parts: Vec<String> =
+            Route::ALL.iter().filter_map(|r| counts.get(r).map(|n| format!("{n} {}", r.name()))).collect();
+        if parts.is_empty() { "no VIPs".to_owned() } else { parts.join(", ") }
+    }
+
+    pub fn view(&self) -> &BgpView {
+        &self.view
+    }
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, crate::controller::Controller> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The daemon's BGP task: every `[bgp] interval`, the site's signals → the VIPs' states →
+/// BIRD, when something changed or the last apply failed. Follows config reloads: a changed
+/// `[bgp]` re-renders (and re-applies if the routes' text changes); a removed one stops
+/// driving BIRD, which keeps the routes last written.
+pub async fn run(shared: Shared) {
+    let mut speaker = Speaker::default();
+    let mut driving = false;
+    loop {
+        let (config, signals) = {
+            let c = lock(&shared);
+            (c.config().clone(), c.signals())
+        };
+        let Some(bgp) = config.bgp.clone() else {
+            if driving {
+                log::warn!("bgp: [bgp] removed from the config: BIRD keeps the routes last written");
+                speaker = Speaker::default();
+                driving = false;
+                publish(None);
+            }
+            tokio::time::sleep(IDLE).await;
+            continue;
+        };
+        driving = true;
+        if let Some(text) = speaker.step(&config, &bgp, &signals) {
+            let (b, t) = (bgp.clone(), text.clone());
+            let outcome = tokio::task::spawn_blocking(move || apply(&b, &t)).await.unwrap_or_else(|e| {
+                Err(BirdError::Spawn {
+                    program: "birdc".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
+            speaker.applied(text, outcome, &bgp);
+        }
+        publish(Some(speaker.view().clone()));
+        tokio::time::sleep(bgp.interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,289 @@
+use super::*;
+
+fn config(extra: &str) -> Config {
+    let text = format!(
+        r#"
+[local]
+interfaces = ["eth0", "eth1"]
+
+[[sites]]
+name = "a"
+local = true
+capacity = 10
+
+[[vips]]
+name = "dns"
+address = "192.0.2.1"
+port = 53
+protocol = "udp"
+
+[[vips]]
+name = "dns-tcp"
+address = "192.0.2.1"
+port = 53
+protocol = "tcp"
+
+[[vips]]
+name = "web6"
+address = "2001:db8::1"
+port = 443
+protocol = "tcp"
+
+[bgp]
+{extra}
+"#
+    );
+    Config::parse(&text, "t.toml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+const KNOBS: &str = "deprefer_med = 500\ndeprefer_prepend = 2\nlocal_as = 65001\nrise = 3\nfall = 2";
+
+fn signals(attached: bool, drained: bool, overloaded: bool, no_headroom: bool) -> SiteSignals {
+    SiteSignals { attached, drained, overloaded, no_headroom }
+}
+
+const HEALTHY: SiteSignals =
+    SiteSignals { attached: true, drained: false, overloaded: false, no_headroom: false };
+
+#[test]
+fn wanted_state_from_signals() {
+    assert_eq!(Route::wanted(&HEALTHY).0, Route::Announce);
+    assert_eq!(
+        Route::wanted(&signals(true, false, true, false)).0,
+        Route::Announce,
+        "overloaded alone sheds"
+    );
+    assert_eq!(Route::wanted(&signals(true, false, true, true)).0, Route::Deprefer);
+    assert_eq!(Route::wanted(&signals(true, true, true, true)).0, Route::Withdraw, "drained beats overload");
+    assert_eq!(Route::wanted(&signals(false, false, false, false)).0, Route::Withdraw);
+}
+
+#[test]
+fn hysteresis_needs_fall_to_worsen_and_rise_to_recover() {
+    let mut h = Hysteresis::new(Route::Announce);
+    assert_eq!(h.step(Route::Withdraw, 3, 2), None);
+    assert_eq!(h.step(Route::Withdraw, 3, 2), Some(Route::Withdraw));
+    assert_eq!(h.current(), Route::Withdraw);
+    assert_eq!(h.step(Route::Announce, 3, 2), None);
+    assert_eq!(h.step(Route::Announce, 3, 2), None);
+    assert_eq!(h.step(Route::Announce, 3, 2), Some(Route::Announce));
+    // Deprefer is worse than announce: fall.
+    assert_eq!(h.step(Route::Deprefer, 3, 1), Some(Route::Deprefer));
+}
+
+#[test]
+fn hysteresis_resets_on_a_flap() {
+    let mut h = Hysteresis::new(Route::Announce);
+    for _ in 0..10 {
+        assert_eq!(h.step(Route::Deprefer, 3, 2), None);
+        assert_eq!(h.step(Route::Announce, 3, 2), None, "back to the current state resets the count");
+    }
+    assert_eq!(h.current(), Route::Announce);
+    // Wanting another worse state restarts the count.
+    assert_eq!(h.step(Route::Deprefer, 3, 2), None);
+    assert_eq!(h.step(Route::Withdraw, 3, 2), None);
+    assert_eq!(h.step(Route::Withdraw, 3, 2), Some(Route::Withdraw));
+}
+
+#[test]
+fn render_announce_deprefer_withdraw() {
+    let c = config(KNOBS);
+    let bgp = c.bgp.clone().unwrap();
+    let names = addresses(&c);
+    let routes: BTreeMap<IpAddr, Route> =
+        [("192.0.2.1".parse().unwrap(), Route::Deprefer), ("2001:db8::1".parse().unwrap(), Route::Announce)]
+            .into();
+    let text = render(&bgp, "eth0", &names, &routes);
+    for line in [
+        "#     include \"/run/bird/anycast*.conf\";",
+        "#         if defined(bgp_med) then bgp_med = bgp_med;",
+        "# 192.0.2.1/32 (dns, dns-tcp): deprefer",
+        "# 2001:db8::1/128 (web6): announce",
+        "protocol static anycast4 {",
+        "protocol static anycast6 {",
+        "    route 192.0.2.1/32 via \"eth0\" { bgp_med = 500; bgp_path.prepend(65001); bgp_path.prepend(65001); };",
+        "    route 2001:db8::1/128 via \"eth0\";",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+
+    let withdrawn: BTreeMap<IpAddr, Route> = names.keys().map(|a| (*a, Route::Withdraw)).collect();
+    let text = render(&bgp, "eth0", &names, &withdrawn);
+    assert!(!text.contains("    route "), "{text}");
+    assert!(text.contains("# 192.0.2.1/32 (dns, dns-tcp): withdraw"), "{text}");
+    assert!(text.contains("    # 2001:db8::1/128 withdrawn\n"), "{text}");
+}
+
+#[test]
+fn render_without_prepend_sets_only_the_med() {
+    let c = config("deprefer_med = 70");
+    let bgp = c.bgp.clone().unwrap();
+    let routes = [("192.0.2.1".parse().unwrap(), Route::Deprefer)].into();
+    let text = render(&bgp, "eth1", &addresses(&c), &routes);
+    assert!(text.contains("    route 192.0.2.1/32 via \"eth1\" { bgp_med = 70; };\n"), "{text}");
+}
+
+#[test]
+fn include_pattern_matches_only_the_file() {
+    assert_eq!(include_pattern(Path::new("/run/bird/anycast.conf")), "/run/bird/anycast*.conf");
+    assert_eq!(include_pattern(Path::new("/etc/bird/vips")), "/etc/bird/vips*");
+}
+
+#[test]
+fn speaker_starts_in_the_wanted_state_then_follows_with_hysteresis() {
+    let c = config(KNOBS);
+    let bgp = c.bgp.clone().unwrap();
+    let mut s = Speaker::default();
+    let drained = signals(true, true, false, false);
+    // Start: the wanted state at once, no transition counted.
+    let text = s.step(&c, &bgp, &drained).expect("first step renders");
+    assert!(!text.contains("    route "), "{text}");
+    s.applied(text, Ok(()), &bgp);
+    assert!(s.view().in_sync);
+    assert_eq!(s.view().vips["192.0.2.1/32"].0, Route::Withdraw);
+    assert!(s.view().vips["192.0.2.1/32"].1.is_empty());
+    // Undrained: announce after `rise` = 3 intervals.
+    assert_eq!(s.step(&c, &bgp, &HEALTHY), None);
+    assert_eq!(s.step(&c, &bgp, &HEALTHY), None);
+    let text = s.step(&c, &bgp, &HEALTHY).expect("third healthy interval announces");
+    assert!(text.contains("route 192.0.2.1/32 via \"eth0\";"), "{text}");
+    assert_eq!(s.view().vips["2001:db8::1/128"].0, Route::Announce);
+    assert_eq!(s.view().vips["2001:db8::1/128"].1[&Route::Announce], 1);
+    assert!(!s.view().in_sync);
+    // A failed apply is counted and retried: the next step returns the same text.
+    let err = BirdError::Refused { command: "birdc".into(), answer: "8002 syntax error".into() };
+    s.applied(text.clone(), Err(err), &bgp);
+    assert_eq!(s.view().apply_failures, 1);
+    assert_eq!(s.step(&c, &bgp, &HEALTHY), Some(text.clone()));
+    s.applied(text, Ok(()), &bgp);
+    assert_eq!(s.step(&c, &bgp, &HEALTHY), None, "nothing to apply once BIRD has it");
+    // Overloaded with no headroom: de-preferred after `fall` = 2 intervals.
+    let full = signals(true, false, true, true);
+    assert_eq!(s.step(&c, &bgp, &full), None);
+    let text = s.step(&c, &bgp, &full).expect("de-preferred");
+    assert!(text.contains("route 192.0.2.1/32 via \"eth0\" { bgp_med = 500;"), "{text}");
+    assert_eq!(s.view().vips["192.0.2.1/32"].0, Route::Deprefer);
+}
+
+#[test]
+fn speaker_follows_vips_added_and_removed() {
+    let c = config(KNOBS);
+    let bgp = c.bgp.clone().unwrap();
+    let mut s = Speaker::default();
+    s.step(&c, &bgp, &HEALTHY).unwrap();
+    let mut fewer = c.clone();
+    fewer.vips.retain(|v| v.address.is_ipv4());
+    let text = s.step(&fewer, &bgp, &HEALTHY).expect("a VIP less changes the file");
+    assert!(!text.contains("2001:db8::1"), "{text}");
+    assert_eq!(s.view().vips.keys().collect::<Vec<_>>(), ["192.0.2.1/32"]);
+}
+
+#[test]
+fn config_bgp_defaults_and_errors() {
+    let c = config("deprefer_med = 1");
+    let b = c.bgp.unwrap();
+    assert_eq!(b.socket, Path::new(crate::config::DEFAULT_BIRD_SOCKET));
+    assert_eq!(b.include, Path::new(crate::config::DEFAULT_BIRD_INCLUDE));
+    assert_eq!((b.rise, b.fall, b.interval, b.deprefer_prepend), (3, 2, Duration::from_secs(1), 0));
+
+    let base =
+        "[local]\ninterfaces = [\"eth0\"]\n[[sites]]\nname = \"a\"\nlocal = true\ncapacity = 1\n[bgp]\n";
+    let problems = |extra: &str| match Config::parse(&format!("{base}{extra}"), "t.toml") {
+        Ok(_) => panic!("accepted {extra:?}"),
+        Err(crate::config::ConfigError::Invalid { problems, .. }) => problems,
+        Err(e) => panic!("{e}"),
+    };
+    // Each case: the line (in the file) and a piece of the message.
+    for (extra, line, needle) in [
+        ("", 7, "neither deprefer_med nor deprefer_prepend"),
+        ("deprefer_prepend = 2\n", 8, "needs local_as"),
+        ("deprefer_prepend = 17\nlocal_as = 1\n", 8, "out of range 0..=16"),
+        ("deprefer_med = 1\nlocal_as = 0\n", 9, "reserved"),
+        ("deprefer_med = 1\nrise = 0\n", 9, "rise 0 is out of range"),
+        ("deprefer_med = 1\ninterval_ms = 5\n", 9, "interval_ms 5 is out of range"),
+        ("deprefer_med = 1\ninclude = \"anycast.conf\"\n", 9, "include must be an absolute path"),
+        ("deprefer_med = 1\nsocket = 3\n", 9, "invalid type"),
+        ("deprefer_med = 1\nmed = 3\n", 9, "unknown field"),
+    ] {
+        let p = problems(extra);
+        assert_eq!(p.len(), 1, "{extra:?}: {p:#?}");
+        assert_eq!(p[0].line, line, "{extra:?}: {p:#?}");
+        assert!(p[0].message.contains(needle), "{extra:?}: {:?} lacks {needle:?}", p[0].message);
+    }
+}
+
+#[test]
+fn birdc_failure_is_an_error() {
+    let c = config("deprefer_med = 1\nsocket = \"/nonexistent/bird.ctl\"");
+    let mut bgp = c.bgp.unwrap();
+    // birdc (from bird2) cannot connect: its exit status and message make the error.
+    match configure(&bgp) {
+        Err(BirdError::Refused { answer, .. }) => {
+            assert!(answer.contains("/nonexistent/bird.ctl"), "{answer}")
+        }
+        Err(BirdError::Spawn { .. }) => {} // no birdc on this machine: also an error
+        other => panic!("{other:?}"),
+    }
+    bgp.birdc = "/nonexistent/birdc".into();
+    assert!(matches!(configure(&bgp), Err(BirdError::Spawn { .. })));
+}
+
+#[test]
+fn include_is_written_atomically() {
+    let dir = std::env::temp_dir().join(format!("anycast-bgp-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("anycast.conf");
+    write_include(&path, "one\n").unwrap();
+    write_include(&path, "two\n").unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("anycast.conf")], "no temporary file left");
+    assert!(matches!(write_include(&dir.join("missing/x.conf"), "x"), Err(BirdError::Write { .. })));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn metrics_expose_state_and_transitions() {
+    let mut into = BTreeMap::new();
+    into.insert(Route::Withdraw, 2);
+    into.insert(Route::Announce, 1);
+    let view = BgpView {
+        vips: [("192.0.2.1/32".to_owned(), (Route::Announce, into))].into(),
+        apply_failures: 3,
+        in_sync: true,
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(view));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        "# TYPE anycast_bgp_state gauge",
+        "anycast_bgp_state{vip=\"192.0.2.1/32\",state=\"announce\"} 1",
+        "anycast_bgp_state{vip=\"192.0.2.1/32\",state=\"deprefer\"} 0",
+        "anycast_bgp_state{vip=\"192.0.2.1/32\",state=\"withdraw\"} 0",
+        "anycast_bgp_transitions_total{vip=\"192.0.2.1/32\",to=\"withdraw\"} 2",
+        "anycast_bgp_transitions_total{vip=\"192.0.2.1/32\",to=\"deprefer\"} 0",
+        "anycast_bgp_apply_failures_total 3",
+        "anycast_bgp_in_sync 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+}
+
+/// The commented `[bgp]` example of deploy/anycast.toml, uncommented, is a valid config.
+#[test]
+fn deploy_example_bgp_section_is_valid() {
+    let example = include_str!("../../../deploy/anycast.toml");
+    let section: Vec<&str> = example
+        .lines()
+        .skip_while(|l| *l != "#[bgp]")
+        .take_while(|l| l.starts_with("#[bgp]") || (l.starts_with('#') && l.contains(" = ")))
+        .map(|l| &l[1..])
+        .collect();
+    assert!(section.len() > 5, "no [bgp] example in deploy/anycast.toml: {section:?}");
+    let c = Config::parse(&format!("{example}\n{}\n", section.join("\n")), "anycast.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bgp = c.bgp.unwrap();
+    assert_eq!((bgp.deprefer_med, bgp.deprefer_prepend, bgp.local_as), (Some(1000), 3, Some(64512)));
+    assert_eq!(bgp.include, Path::new(crate::config::DEFAULT_BIRD_INCLUDE));
+}

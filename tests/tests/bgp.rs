@@ -1,0 +1,424 @@
+//! BGP (issue 8), end to end: the site's controller drives a real BIRD (the site's
+//! speaker), peered over eBGP with a second BIRD (the "upstream router") in another
+//! namespace; the test reads what the upstream learned. Root only. Transition times are
+//! printed for the issue's note.
+//!
+//! ```text
+//! [site: anycast run + BIRD AS 65001] s0 10.9.0.1 ⇄ u0 10.9.0.2 [upstream: BIRD AS 65000]
+//! ```
+
+use std::{
+    net::UdpSocket,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anycast_tests::{
+    bird::{Bird, Learned},
+    daemon::{Daemon, metric},
+    netns::Netns,
+    root::require_root,
+};
+use anycast_user::{
+    bgp::{self, EXPORT_FILTER, Route},
+    config::Config,
+};
+
+const VIP: &str = "10.200.0.1";
+const VIP_NET: &str = "10.200.0.1/32";
+const VIP6_NET: &str = "2001:db8:53::1/128";
+const SITE_AS: u32 = 65001;
+const UPSTREAM_AS: u32 = 65000;
+const INTERVAL: Duration = Duration::from_millis(250);
+const RISE: u32 = 2;
+const FALL: u32 = 2;
+const MED: u32 = 500;
+const PREPEND: usize = 2;
+/// The most a transition may take: `fall` (or `rise`) intervals, one more for the phase of
+/// the tick, birdc and the BGP update, with room for a CPU shared by other tests.
+const WINDOW: Duration = Duration::from_secs(3);
+/// Packets/s at utilisation 1 of the only site: the test's 1,000 pps overload it tenfold.
+const CAPACITY: u32 = 100;
+
+/// Upstream first in the struct: fields drop in order, the BIRDs before their namespaces.
+struct Lab {
+    upstream: Bird,
+    speaker: Bird,
+    up: Netns,
+    site: Netns,
+}
+
+fn bgp_session(
+    name: &str,
+    local: &str,
+    local_as: u32,
+    neighbor: &str,
+    neighbor_as: u32,
+    channel: &str,
+) -> String {
+    // connect delay / retry of 1 s: the first attempt of whichever side starts first fails.
+    format!(
+        "protocol bgp {name} {{\n  local {local} as {local_as};\n  neighbor {neighbor} as {neighbor_as};\n  \
+         connect delay time 1;\n  connect retry time 1;\n  ipv4 {{\n    import {channel}\n  }};\n}}\n"
+    )
+}
+
+fn lab() -> Lab {
+    let site = Netns::new("bgp-s").expect("site namespace");
+    let up = Netns::new("bgp-u").expect("upstream namespace");
+    site.add_veth("s0", &up, "u0").expect("veth");
+    site.add_addr("s0", "10.9.0.1/24").expect("address");
+    up.add_addr("u0", "10.9.0.2/24").expect("address");
+    site.add_addr("lo", &format!("{VIP}/32")).expect("VIP");
+    up.add_route(&[VIP_NET, "via", "10.9.0.1"]).expect("route to the VIP");
+
+    let upstream_conf = format!(
+        "router id 10.9.0.2;\nlog stderr all;\nprotocol device {{}}\n{}",
+        bgp_session("site", "10.9.0.2", UPSTREAM_AS, "10.9.0.1", SITE_AS, "all;\n    export none;")
+    );
+    let upstream =
+        Bird::start(&up, Bird::dir_for("upstream").expect("dir"), &upstream_conf).expect("upstream BIRD");
+    // The speaker as an operator configures it (README "BGP"): the controller's file
+    // included by pattern (it does not exist yet: BIRD must start anyway), the VIP routes
+    // exported with the documented filter.
+    let dir = Bird::dir_for("speaker").expect("dir");
+    let export = EXPORT_FILTER.replace('\n', "\n    ");
+    let speaker_conf = format!(
+        "router id 10.9.0.1;\nlog stderr all;\nprotocol device {{}}\ninclude \"{}/anycast*.conf\";\n{}",
+        dir.display(),
+        bgp_session(
+            "upstream",
+            "10.9.0.1",
+            SITE_AS,
+            "10.9.0.2",
+            UPSTREAM_AS,
+            &format!("none;\n    {export}")
+        )
+    );
+    let speaker = Bird::start(&site, dir, &speaker_conf).expect("speaker BIRD");
+    upstream
+        .wait_for("establish the session", Duration::from_secs(30), |b| b.established("site"))
+        .expect("eBGP session");
+    Lab { upstream, speaker, up, site }
+}
+
+/// The controller's config: one local site with its VIPs, `[load]` so that traffic can
+/// overload it (no sibling: no headroom anywhere), `[bgp]` on the speaker.
+fn config(speaker: &Path, socket: &Path, interfaces: &str) -> String {
+    format!(
+        r#"[local]
+interfaces = [{interfaces}]
+
+[[sites]]
+name = "a"
+local = true
+capacity = {CAPACITY}
+
+[[vips]]
+name = "udp"
+address = "{VIP}"
+port = 5300
+protocol = "udp"
+
+[[vips]]
+name = "dns6"
+address = "2001:db8:53::1"
+port = 53
+protocol = "udp"
+
+[load]
+target = 0.8
+high = 0.9
+low = 0.7
+interval_ms = 250
+smoothing_ms = 500
+cpu = false
+
+[bgp]
+socket = "{}"
+include = "{}/anycast.conf"
+interval_ms = {}
+rise = {RISE}
+fall = {FALL}
+deprefer_med = {MED}
+deprefer_prepend = {PREPEND}
+local_as = {SITE_AS}
+"#,
+        socket.display(),
+        speaker.display(),
+        INTERVAL.as_millis()
+    )
+}
+
+fn announced() -> Learned {
+    Learned { as_path: vec![SITE_AS], med: None }
+}
+
+fn depreferred() -> Learned {
+    Learned { as_path: vec![SITE_AS; PREPEND + 1], med: Some(MED) }
+}
+
+/// Waits until the upstream's route for the VIP is `want` (`None`: withdrawn).
+fn wait_route(lab: &Lab, want: Option<Learned>, what: &str) -> Duration {
+    lab.upstream
+        .wait_for(what, WINDOW * 3, |b| b.route(VIP_NET).ok() == Some(want.clone()))
+        .unwrap_or_else(|e| panic!("{e}\nupstream has {:?}", lab.upstream.route(VIP_NET)))
+}
+
+fn bgp_metric(d: &Daemon, series: &str) -> u64 {
+    let text = d.get("/metrics").expect("/metrics");
+    metric(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+fn state(d: &Daemon, state: &str) -> u64 {
+    bgp_metric(d, &format!("anycast_bgp_state{{vip=\"{VIP_NET}\",state=\"{state}\"}}"))
+}
+
+fn transitions(d: &Daemon, to: &str) -> u64 {
+    bgp_metric(d, &format!("anycast_bgp_transitions_total{{vip=\"{VIP_NET}\",to=\"{to}\"}}"))
+}
+
+/// `anycast ARGS` in the site namespace; panics with its output unless it succeeds.
+fn cli(d: &Daemon, args: &[&str]) -> String {
+    let out = d.cli(args, &[], Duration::from_secs(20)).expect("anycast cli");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "anycast {args:?} failed: {text}");
+    text
+}
+
+/// 1,000 UDP datagrams/s to the VIP from the upstream side until `stop` (at most 30 s).
+fn overload(up: &Netns, stop: &AtomicBool) {
+    up.run(|| {
+        let sock = UdpSocket::bind("10.9.0.2:0").expect("bind");
+        let start = Instant::now();
+        while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(30) {
+            for _ in 0..10 {
+                // Errors (an ICMP unreachable reported back) do not matter: the data path
+                // has counted the datagram by then.
+                let _ = sock.send_to(b"load", (VIP, 5300));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+}
+
+#[test]
+fn bgp_announce_withdraw_deprefer_follow_the_site() {
+    if !require_root("bgp_announce_withdraw_deprefer_follow_the_site") {
+        return;
+    }
+    let lab = lab();
+    let mut d = Daemon::new(&lab.site).expect("daemon");
+    let speaker_dir = lab.speaker.dir().to_owned();
+    d.write_config(&config(&speaker_dir, &lab.speaker.socket(), "\"s0\"")).expect("config");
+    d.start().expect("start");
+    let config_path = d.config_path();
+    let config_arg = config_path.to_str().expect("utf-8 path");
+
+    // Healthy: learned as is; the IPv6 VIP is in the speaker's table (the session is IPv4).
+    let learned = wait_route(&lab, Some(announced()), "learn the VIP");
+    assert!(lab.speaker.route(VIP6_NET).expect("speaker").is_some(), "{}", lab.speaker.log());
+    assert_eq!((state(&d, "announce"), bgp_metric(&d, "anycast_bgp_in_sync")), (1, 1));
+    assert_eq!(bgp_metric(&d, "anycast_bgp_apply_failures_total"), 0);
+    println!("bgp: learned {:.2} s after the daemon was ready", learned.as_secs_f64());
+
+    // Drained: withdrawn within the fall window.
+    let t0 = Instant::now();
+    cli(&d, &["drain", "a", "--config", config_arg]);
+    wait_route(&lab, None, "withdraw after drain");
+    let drained = t0.elapsed();
+    assert!(drained <= WINDOW, "drain → withdrawn took {drained:?}");
+    assert_eq!((state(&d, "withdraw"), transitions(&d, "withdraw")), (1, 1));
+    let line = format!("bgp: {VIP_NET} (udp): announce → withdraw (drained, {FALL} intervals)");
+    assert_eq!(d.log().matches(&line).count(), 1, "one log line per transition:\n{}", d.log());
+
+    // Undrained: announced again, after `rise` intervals (never sooner than rise - 1).
+    let t0 = Instant::now();
+    cli(&d, &["undrain", "a", "--config", config_arg]);
+    wait_route(&lab, Some(announced()), "announce after undrain");
+    let undrained = t0.elapsed();
+    assert!(undrained <= WINDOW, "undrain → announced took {undrained:?}");
+    assert!(undrained >= INTERVAL * (RISE - 1), "announced after {undrained:?}: no rise hysteresis");
+    assert_eq!(transitions(&d, "announce"), 1);
+
+    // Overloaded, and no other site to shed to: de-preferred (MED and AS path length) while
+    // it lasts, announced as is once the load is gone.
+    let stop = AtomicBool::new(false);
+    let (to_deprefer, back) = std::thread::scope(|s| {
+        s.spawn(|| overload(&lab.up, &stop));
+        let t0 = Instant::now();
+        let to_deprefer = lab.upstream.wait_for("de-prefer under overload", Duration::from_secs(10), |b| {
+            b.route(VIP_NET).ok() == Some(Some(depreferred()))
+        });
+        stop.store(true, Ordering::Relaxed);
+        let t1 = Instant::now();
+        let back = lab.upstream.wait_for("announce after the overload", Duration::from_secs(10), |b| {
+            b.route(VIP_NET).ok() == Some(Some(announced()))
+        });
+        (to_deprefer.map(|_| t0.elapsed()), back.map(|_| t1.elapsed()))
+    });
+    let to_deprefer = to_deprefer.unwrap_or_else(|e| panic!("{e}\ndaemon log:\n{}", d.log()));
+    let back = back.expect("announce after the overload");
+    assert_eq!((transitions(&d, "deprefer"), transitions(&d, "announce")), (1, 2));
+
+    // SIGHUP with a VIP more but a wrong BIRD socket: the failure is counted and retried,
+    // nothing changes at the upstream.
+    let base = config(&speaker_dir, &lab.speaker.socket(), "\"s0\"");
+    let more = "\n[[vips]]\nname = \"late\"\naddress = \"10.200.0.9\"\nport = 80\nprotocol = \"tcp\"\n";
+    let wrong = config(&speaker_dir, &speaker_dir.join("no-such.ctl"), "\"s0\"");
+    d.write_config(&format!("{wrong}{more}")).expect("config");
+    d.signal(libc::SIGHUP).expect("SIGHUP");
+    std::thread::sleep(INTERVAL * 4);
+    let failures = bgp_metric(&d, "anycast_bgp_apply_failures_total");
+    assert!(failures >= 2, "{failures} failures in 4 intervals: not retried?\n{}", d.log());
+    assert_eq!(bgp_metric(&d, "anycast_bgp_in_sync"), 0);
+    assert_eq!(lab.upstream.route("10.200.0.9/32").expect("upstream"), None);
+    assert!(d.log().contains("no-such.ctl"), "the failure is not in the log:\n{}", d.log());
+    // Fixed: announced at the next interval; the others untouched.
+    d.write_config(&format!("{base}{more}")).expect("config");
+    d.signal(libc::SIGHUP).expect("SIGHUP");
+    let late = lab
+        .upstream
+        .wait_for("learn the VIP added by SIGHUP", WINDOW, |b| {
+            b.route("10.200.0.9/32").ok() == Some(Some(announced()))
+        })
+        .unwrap_or_else(|e| panic!("{e}\ndaemon log:\n{}", d.log()));
+    assert_eq!(lab.upstream.route(VIP_NET).expect("upstream"), Some(announced()));
+    assert_eq!(bgp_metric(&d, "anycast_bgp_in_sync"), 1);
+    d.write_config(&base).expect("config");
+    d.signal(libc::SIGHUP).expect("SIGHUP");
+    lab.upstream
+        .wait_for("withdraw the VIP removed by SIGHUP", WINDOW, |b| {
+            b.route("10.200.0.9/32").ok() == Some(None)
+        })
+        .unwrap_or_else(|e| panic!("{e}\ndaemon log:\n{}", d.log()));
+
+    // The controller crashes (SIGKILL) and restarts: the VIP stays learned throughout (BIRD
+    // keeps the last state; the pinned data path keeps forwarding), and the restart does
+    // not flap it.
+    d.kill().expect("kill");
+    let until = Instant::now() + INTERVAL * 6;
+    while Instant::now() < until {
+        assert_eq!(
+            lab.upstream.route(VIP_NET).expect("upstream"),
+            Some(announced()),
+            "lost with the controller"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.start().expect("restart");
+    let until = Instant::now() + INTERVAL * 6;
+    while Instant::now() < until {
+        assert_eq!(lab.upstream.route(VIP_NET).expect("upstream"), Some(announced()), "flapped on restart");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!((state(&d, "announce"), transitions(&d, "withdraw")), (1, 0));
+
+    // Detach while BIRD cannot be told: refused, nothing detached, the VIP still learned.
+    let dead = d
+        .write_config_to("dead-bird.toml", &config(&speaker_dir, &speaker_dir.join("no-such.ctl"), "\"s0\""))
+        .expect("config");
+    let out =
+        d.cli(["detach", "--config", dead.to_str().unwrap()], &[], Duration::from_secs(20)).expect("cli");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("nothing detached"), "{stderr}");
+    assert!(d.pin_dir().exists(), "detached although BIRD was not told");
+    assert_eq!(lab.upstream.route(VIP_NET).expect("upstream"), Some(announced()));
+
+    // Detach (the daemon stopped first: the withdrawal is detach's own): withdrawn as soon as
+    // it returns.
+    d.signal(libc::SIGTERM).expect("SIGTERM");
+    let stopped = Instant::now();
+    while d.running() && stopped.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!d.running(), "the daemon did not stop on SIGTERM");
+    let t0 = Instant::now();
+    let said = cli(&d, &["detach", "--config", config_arg]);
+    assert!(said.contains("every VIP withdrawn"), "{said}");
+    wait_route(&lab, None, "withdraw after detach");
+    let detached = t0.elapsed();
+    assert!(!d.pin_dir().exists(), "pins left after detach");
+    assert!(detached <= WINDOW, "detach → withdrawn took {detached:?}");
+
+    println!(
+        "bgp: drain → withdrawn {:.2} s, undrain → announced {:.2} s, overload → de-preferred {:.2} s, \
+         load gone → announced {:.2} s, VIP added by SIGHUP (BIRD fixed) → announced {:.2} s, detach → withdrawn {:.2} s \
+         (interval {} ms, rise {RISE}, fall {FALL})",
+        drained.as_secs_f64(),
+        undrained.as_secs_f64(),
+        to_deprefer.as_secs_f64(),
+        back.as_secs_f64(),
+        late.as_secs_f64(),
+        detached.as_secs_f64(),
+        INTERVAL.as_millis()
+    );
+}
+
+/// The routes are bound to the first configured interface: when it goes away while the
+/// controller is dead (nobody to notice), BIRD withdraws the VIP by itself.
+#[test]
+fn bgp_route_follows_its_interface_without_the_controller() {
+    if !require_root("bgp_route_follows_its_interface_without_the_controller") {
+        return;
+    }
+    let lab = lab();
+    lab.site.add_veth("d0", &lab.site, "d1").expect("veth");
+    let mut d = Daemon::new(&lab.site).expect("daemon");
+    let speaker_dir = lab.speaker.dir().to_owned();
+    d.write_config(&config(&speaker_dir, &lab.speaker.socket(), "\"d0\", \"s0\"")).expect("config");
+    d.start().expect("start");
+    wait_route(&lab, Some(announced()), "learn the VIP");
+    d.kill().expect("kill");
+    let t0 = Instant::now();
+    lab.site.ip(&["link", "del", "d0"]).expect("delete d0");
+    wait_route(&lab, None, "withdraw with the interface");
+    let gone = t0.elapsed();
+    println!("bgp: interface gone → withdrawn {:.2} s (no controller running)", gone.as_secs_f64());
+    assert!(gone <= WINDOW, "interface gone → withdrawn took {gone:?}");
+}
+
+/// What the controller writes parses in BIRD 2 (`bird -p`), with every state in both
+/// families, included by pattern and exported with [`EXPORT_FILTER`]; and BIRD starts when
+/// the file does not exist yet.
+#[test]
+fn bgp_include_file_parses_in_bird() {
+    let dir = Bird::dir_for("parse").expect("dir");
+    let text = "[local]\ninterfaces = [\"eth0\"]\n[[sites]]\nname = \"a\"\nlocal = true\ncapacity = 1\n\
+                [bgp]\ndeprefer_med = 500\ndeprefer_prepend = 3\nlocal_as = 65001\n";
+    let bgp_config = Config::parse(text, "t.toml").expect("config").bgp.expect("[bgp]");
+    let routes: std::collections::BTreeMap<std::net::IpAddr, Route> = [
+        ("192.0.2.1", Route::Announce),
+        ("192.0.2.2", Route::Deprefer),
+        ("192.0.2.3", Route::Withdraw),
+        ("2001:db8::1", Route::Announce),
+        ("2001:db8::2", Route::Deprefer),
+        ("2001:db8::3", Route::Withdraw),
+    ]
+    .into_iter()
+    .map(|(a, r)| (a.parse().unwrap(), r))
+    .collect();
+    let names = routes.keys().map(|a| (*a, vec![format!("vip-{a}")])).collect();
+    let conf = dir.join("bird.conf");
+    let export = EXPORT_FILTER.replace('\n', "\n    ");
+    std::fs::write(
+        &conf,
+        format!(
+            "router id 10.9.0.1;\nprotocol device {{}}\ninclude \"{}/anycast*.conf\";\n\
+             protocol bgp upstream {{\n  local as 65001;\n  neighbor 10.9.0.2 as 65000;\n  \
+             ipv4 {{ import none; {export} }};\n  ipv6 {{ import none; {export} }};\n}}\n",
+            dir.display()
+        ),
+    )
+    .expect("bird.conf");
+    let parse =
+        || std::process::Command::new("bird").arg("-p").arg("-c").arg(&conf).output().expect("bird -p");
+    let out = parse();
+    assert!(out.status.success(), "without the file: {}", String::from_utf8_lossy(&out.stderr));
+    let include = bgp::render(&bgp_config, "eth0", &names, &routes);
+    bgp::write_include(&dir.join("anycast.conf"), &include).expect("include");
+    let out = parse();
+    assert!(out.status.success(), "{}\n{include}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
