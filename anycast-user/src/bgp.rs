@@ -52,13 +52,12 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use crate::{
     config::{Bgp, Config},
-    server::Shared,
+    server::{Shared, lock},
     signals::SiteSignals,
 };
 
@@ -328,18 +327,6 @@ pub struct BgpView {
     pub in_sync: bool,
 }
 
-/// The last published view; `None` while the daemon does not drive BGP. The metrics module
-/// renders it with every scrape: the speaker is a task of its own, outside the controller.
-static PUBLISHED: Mutex<Option<BgpView>> = Mutex::new(None);
-
-pub fn published() -> Option<BgpView> {
-    PUBLISHED.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
-fn publish(view: Option<BgpView>) {
-    *PUBLISHED.lock().unwrap_or_else(|p| p.into_inner()) = view;
-}
-
 /// The speaker's memory between intervals.
 #[derive(Default)]
 pub struct Speaker {
@@ -436,10 +423,6 @@ impl Speaker {
     }
 }
 
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, crate::controller::Controller> {
-    shared.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// The daemon's BGP task: every `[bgp] interval`, the site's signals → the VIPs' states →
 /// BIRD, when something changed or the last apply failed. Follows config reloads: a changed
 /// `[bgp]` re-renders (and re-applies if the routes' text changes); a removed one stops
@@ -457,7 +440,7 @@ pub async fn run(shared: Shared) {
                 log::warn!("bgp: [bgp] removed from the config: BIRD keeps the routes last written");
                 speaker = Speaker::default();
                 driving = false;
-                publish(None);
+                lock(&shared).set_bgp_view(None);
             }
             tokio::time::sleep(IDLE).await;
             continue;
@@ -473,7 +456,7 @@ pub async fn run(shared: Shared) {
             });
             speaker.applied(text, outcome, &bgp);
         }
-        publish(Some(speaker.view().clone()));
+        lock(&shared).set_bgp_view(Some(speaker.view().clone()));
         tokio::time::sleep(bgp.interval).await;
     }
 }

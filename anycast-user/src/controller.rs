@@ -12,6 +12,7 @@ use anycast_common::maps::FLOWS;
 use aya::maps::MapInfo;
 
 use crate::{
+    bgp::BgpView,
     config::{Config, Encap, Site, SiteKind},
     load::{CpuTimes, Reading},
     loader::{self, Instance, LinkOutcome, LoaderError},
@@ -92,6 +93,7 @@ pub struct Controller {
     /// Load-derived weights and sites down, from the steering task.
     dynamic: Dynamic,
     view: SteeringView,
+    bgp: Option<BgpView>,
     /// The resolved pin directory.
     pin_dir: PathBuf,
     flow_capacity: u64,
@@ -186,6 +188,7 @@ impl Controller {
             plan,
             dynamic,
             view: SteeringView::default(),
+            bgp: None,
             flow_capacity,
             flow_entries: 0,
             samples: (None, None),
@@ -219,6 +222,7 @@ impl Controller {
             plan,
             dynamic,
             view: SteeringView::default(),
+            bgp: None,
             flow_capacity,
             flow_entries: 0,
             samples: (None, None),
@@ -279,6 +283,11 @@ impl Controller {
 
     pub fn set_view(&mut self, view: SteeringView) {
         self.view = view;
+    }
+
+    /// The BGP task's view, for `/metrics`.
+    pub fn set_bgp_view(&mut self, view: Option<BgpView>) {
+        self.bgp = view;
     }
 
     pub fn view(&self) -> &SteeringView {
@@ -378,6 +387,7 @@ impl Controller {
             flow_capacity: self.flow_capacity,
             process: Process::read(),
             steering: self.view.clone(),
+            bgp: self.bgp.clone(),
         })
     }
 

@@ -34,6 +34,8 @@ pub struct Scrape {
     pub process: Process,
     /// The steering task's view: per-site health and load, and the policy's flags.
     pub steering: SteeringView,
+    /// The BGP speaker's view; `None` when the daemon does not drive BGP.
+    pub bgp: Option<BgpView>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -307,12 +309,10 @@ impl Collector for BgpView {
 /// Renders one scrape in the Prometheus text format.
 pub fn render(scrape: Scrape) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(scrape));
-    // The BGP task publishes its own view (it runs outside the controller); absent when the
-    // daemon does not drive BGP.
-    if let Some(bgp) = crate::bgp::published() {
+    if let Some(bgp) = scrape.bgp.clone() {
         registry.register_collector(Box::new(bgp));
     }
+    registry.register_collector(Box::new(scrape));
     let mut out = String::new();
     prometheus_text::encode(&mut out, &registry)?;
     Ok(out)

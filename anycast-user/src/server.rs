@@ -54,9 +54,10 @@ fn error(e: ControllerError) -> Response {
     (code, format!("{e}\n")).into_response()
 }
 
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Controller> {
-    // A panic while holding the lock leaves a state that is still a valid config + maps
-    // (every write is applied or not): keep serving.
+/// The controller, for the HTTP handlers and the daemon's tasks. A panic while holding the
+/// lock leaves a state that is still a valid config + maps (every write is applied or not):
+/// keep serving.
+pub fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Controller> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 

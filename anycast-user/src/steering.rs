@@ -20,7 +20,7 @@ use crate::{
     policy::{self, Decision, Knobs, Sibling},
     probe::Prober,
     reconcile::Dynamic,
-    server::Shared,
+    server::{Shared, lock},
 };
 
 /// Weight changes below this (in [`policy::WEIGHT_SCALE`] units: 1 %) are not applied: a
@@ -33,10 +33,6 @@ const DEFAULT_TICK: Duration = Duration::from_millis(500);
 const DEFAULT_SMOOTHING: Duration = Duration::from_secs(1);
 
 type TunnelAddrs = (Option<Ipv4Addr>, Option<Ipv6Addr>);
-
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Controller> {
-    shared.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn tick_of(config: &Config) -> Duration {
     match (&config.load, &config.health) {

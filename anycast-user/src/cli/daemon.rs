@@ -18,7 +18,7 @@ use anycast_user::{
     bgp,
     config::Config,
     controller::{Controller, Started},
-    server::{self, Shared},
+    server::{self, Shared, lock},
     steering,
 };
 use anyhow::{Context, Result};
@@ -99,10 +99,6 @@ pub async fn run(path: &Path, object: Option<&Path>) -> Result<()> {
         pin_dir.display()
     );
     Ok(())
-}
-
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Controller> {
-    shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn reload(shared: &Shared, path: &Path) {
