@@ -449,6 +449,9 @@ fn reliability_lab_runs_and_leaves_nothing_behind() {
     assert!(status.is_some_and(|s| s.success()), "the lab failed ({status:?}) after {elapsed:?}\n{output}");
     assert!(stdout.contains("lab: every packet accounted for"), "{output}");
     assert!(stdout.contains(", 0 reset"), "{output}");
+    // The load ramp made a spill to b and c, and the calm after it brought the flows home.
+    assert!(stdout.contains("lab: during the surge a shed up to"), "{output}");
+    assert!(stdout.contains("after it, a took them all back"), "{output}");
     assert!(stdout.contains("lab: torn down"), "{output}");
     assert!(elapsed < EXPECTED, "the lab took {elapsed:?}\n{output}");
 

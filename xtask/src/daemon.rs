@@ -65,20 +65,6 @@ impl Daemon {
         }
     }
 
-    /// Sends `signal` (e.g. SIGHUP: reload the config) if it is still running.
-    pub fn signal(&mut self, signal: libc::c_int) -> io::Result<()> {
-        let Some(child) = self.child.as_mut() else { return Ok(()) };
-        if child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        let pid = libc::pid_t::try_from(child.id()).expect("pids fit pid_t");
-        // SAFETY: as in `stop`: our own unreaped child, so the pid is not reused.
-        match unsafe { libc::kill(pid, signal) } {
-            0 => Ok(()),
-            _ => Err(io::Error::last_os_error()),
-        }
-    }
-
     /// SIGINT, wait up to `grace`, then SIGKILL. Returns how it ended.
     pub fn stop(&mut self, grace: Duration) -> io::Result<Option<ExitStatus>> {
         let Some(mut child) = self.child.take() else { return Ok(None) };
@@ -132,8 +118,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
 /// The value of one Prometheus series, `name{labels}` exactly as exposed; 0 when absent
 /// (a counter that has not been exported yet has counted nothing).
 pub fn metric(text: &str, series: &str) -> u64 {
+    gauge(text, series).map_or(0, |v| v as u64)
+}
+
+/// The value of one series as exposed (a ratio, say); `None` when absent.
+pub fn gauge(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }

@@ -1,6 +1,7 @@
-//! `cargo xtask run` with no arguments: anycast steering between three sites, live, on this
-//! machine. Network namespaces, `anycast run --config` in each site, a client opening many
-//! short UDP flows to the VIP, a view of every site's counters each second, and a teardown
+//! `cargo xtask run` with no arguments: load-aware anycast steering between three sites,
+//! live, on this machine. Network namespaces, `anycast run --config` in each site, a client
+//! opening many short UDP flows to the VIP at a rate that ramps up past site a's capacity
+//! and back down, a view of every site's counters, weights, load and health each second, and a teardown
 //! that leaves no namespace, link, pin, file or process — after `--for SECONDS`, on
 //! Ctrl-C/SIGTERM, on an error, or on a panic (guards' Drop).
 //!
@@ -13,10 +14,13 @@
 //! Every site has the VIP on its loopback, a UDP service on port 5300 counting what it
 //! serves and a TCP service on port 5301 counting the bytes of each connection; besides
 //! the short UDP flows, the client keeps a few TCP connections transferring for the whole
-//! run (long-lived flows: the drain leaves them where they are). a's controller keeps half of the new flows (weights a=2, b=1, c=1) and forwards
-//! the rest over IPIP to b's and c's tunnel addresses, whose controllers decapsulate them
-//! for their own service. Midway, a's config is rewritten with b drained (weight 0) and
-//! reloaded with SIGHUP: new flows stop going to b while every counter keeps adding up.
+//! run (long-lived flows: they stay where they are whatever the weights). Every controller
+//! runs with `[load]` (capacities in packets/s: a 800, b and c 1,000) and a with `[health]`,
+//! polling b's and c's peer API and probing them through the tunnel. At normal load a keeps
+//! every new flow; when the client's rate ramps up and a's load passes the high watermark,
+//! a forwards the excess of new flows over IPIP to b and c in proportion to their headroom,
+//! whose controllers decapsulate them for their own service; when the rate falls back, a
+//! takes its new flows back. Every counter keeps adding up throughout.
 
 use std::{
     fmt::Write as _,
@@ -36,7 +40,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::{
     daemon::{self, Daemon},
     lab::{self, End, Lab, Netns},
-    traffic::{self, Client, Sent, TcpClient, TcpResult, TcpServed},
+    traffic::{self, Client, Ramp, Sent, TcpClient, TcpResult, TcpServed},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 1);
@@ -44,7 +48,7 @@ const VIP_PORT: u16 = 5300;
 const TCP_PORT: u16 = 5301;
 /// Long-lived TCP connections of the client, and the rate of each.
 const TCP_CONNECTIONS: u32 = 6;
-const TCP_BYTES_PER_SEC: u64 = 64 << 10;
+const TCP_BYTES_PER_SEC: u64 = 16 << 10;
 /// The backbone links (a to b and c) carry IPIP's 20 bytes on top of the client's 1500-byte
 /// packets. At 1500 the data path would answer full-size TCP segments with ICMP
 /// frag-needed by XDP_TX, which a veth delivers only to a peer running XDP (the client's
@@ -54,15 +58,28 @@ const BACKBONE_MTU: &str = "1600";
 const ADMIN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9100);
 /// The interface by which a site is reached (from the client for a, from a for b and c).
 const UPLINK: &str = "uplink";
-const FLOWS_PER_SEC: u32 = 100;
+/// New flows/s at normal load (a at ~45 % of its capacity with the TCP connections) and
+/// during the surge (~160 %: a sheds to b and c).
+const NORMAL_FLOWS: u32 = 60;
+const SURGE_FLOWS: u32 = 240;
+/// Without --for, the ramp repeats every minute: normal, surge from 15 s, normal from 36 s.
+const RAMP_PERIOD: Duration = Duration::from_secs(60);
 const DATAGRAMS_PER_FLOW: u32 = 5;
+/// Packets/s each site serves at utilisation 1 (a, b, c).
+const CAPACITY: [u32; 3] = [800, 1000, 1000];
+/// Every controller's `[admin] peer_listen` port, on its tunnel address.
+const PEER_PORT: u16 = 9101;
+/// The load policy of every site. `cpu = false`: the three sites share this machine's CPUs,
+/// so the CPU figure would be the same everywhere and say nothing about any one site.
+const LOAD: &str = "\n[load]\ntarget = 0.75\nhigh = 0.9\nlow = 0.6\nmax_step = 0.25\n\
+                    interval_ms = 250\nsmoothing_ms = 500\ncpu = false\npeer_timeout_ms = 200\nstale_ms = 2000\n";
+/// a's health checks of b and c.
+const HEALTH: &str = "\n[health]\ninterval_ms = 500\ntimeout_ms = 300\nrise = 2\nfall = 3\n";
 /// Far more than the flows of an hour of the demo that are alive at once, and ~1 MB of
 /// kernel memory instead of the default's ~20 MB.
 const FLOW_TABLE_SIZE: u32 = 16384;
 /// Without --for the lab runs until Ctrl-C, but never longer than this.
 const MAX_DURATION: Duration = Duration::from_secs(3600);
-/// Without --for, b is drained after this long.
-const DRAIN_AFTER: Duration = Duration::from_secs(20);
 /// How long a controller may take to load, attach and serve /metrics.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Datagrams still in flight when the client stops.
@@ -70,10 +87,6 @@ const SETTLE: Duration = Duration::from_millis(500);
 const REFRESH: Duration = Duration::from_secs(1);
 const PIN_PREFIX: &str = "anycast-demo-";
 const BPFFS: &str = "/sys/fs/bpf";
-
-/// Weights of a's sites (a, b, c): before and after b is drained.
-const SPILL: [u32; 3] = [2, 1, 1];
-const DRAINED: [u32; 3] = [2, 0, 1];
 
 /// One site: its namespace, the controller's files and pins, the service's count.
 struct Site {
@@ -300,8 +313,9 @@ fn build(lab: &mut Lab, leftovers: &mut Leftovers) -> Result<(Netns, Vec<Site>)>
             "permanent",
         ])?;
         // The decapsulated datagrams come from the client: the site's reverse-path check
-        // wants a route back to it through its uplink.
-        sites[i].netns.ip(&["route", "add", "10.1.0.0/24", "via", &a_end.to_string()])?;
+        // wants a route back to it through its uplink; and a's health probes come from a's
+        // tunnel address on the first backbone link, where the echo reply goes back.
+        sites[i].netns.ip(&["route", "add", "10.0.0.0/8", "via", &a_end.to_string()])?;
         sites[0].netns.ip(&["link", "set", &a_iface, "mtu", BACKBONE_MTU])?;
         sites[i].netns.ip(&["link", "set", UPLINK, "mtu", BACKBONE_MTU])?;
         // The site answers the client directly (through a, the lab's only way back). Its
@@ -318,9 +332,9 @@ fn build(lab: &mut Lab, leftovers: &mut Leftovers) -> Result<(Netns, Vec<Site>)>
     Ok((client, sites))
 }
 
-/// The config of site `me`. a (index 0) steers the VIP over all sites with `weights`; the
-/// others serve it locally and decapsulate what a sends them.
-fn config(sites: &[Site], me: usize, weights: [u32; 3]) -> String {
+/// The config of site `me`. a (index 0) steers the VIP over all sites by load; the others
+/// serve it locally and decapsulate what a sends them.
+fn config(sites: &[Site], me: usize) -> String {
     let site = &sites[me];
     let interfaces = match me {
         // a's program redirects to the backbone links, so they must be its interfaces too
@@ -334,7 +348,7 @@ fn config(sites: &[Site], me: usize, weights: [u32; 3]) -> String {
         "# Generated by `cargo xtask run` for site {name}.\n\
          [local]\ninterfaces = {interfaces:?}\ntunnel_v4 = \"{tunnel}\"\n\n\
          [datapath]\nflow_table_size = {FLOW_TABLE_SIZE}\npin_dir = \"{pins}\"\n\n\
-         [admin]\nlisten = \"{ADMIN}\"\nstate_dir = \"{state}\"\n",
+         [admin]\nlisten = \"{ADMIN}\"\nstate_dir = \"{state}\"\npeer_listen = \"{tunnel}:{PEER_PORT}\"\n{LOAD}",
         name = site.name,
         tunnel = site.tunnel,
         pins = site.pin_dir.display(),
@@ -346,14 +360,18 @@ fn config(sites: &[Site], me: usize, weights: [u32; 3]) -> String {
     };
     for i in peers {
         let peer = &sites[i];
-        let _ = write!(text, "\n[[sites]]\nname = \"{}\"\ncapacity = 100\n", peer.name);
+        let _ = write!(text, "\n[[sites]]\nname = \"{}\"\ncapacity = {}\n", peer.name, CAPACITY[i]);
         let _ = match i == me {
             true => writeln!(text, "local = true"),
-            false => writeln!(text, "endpoint = \"{}\"\nencap = \"ip\"", peer.tunnel),
+            false => writeln!(
+                text,
+                "endpoint = \"{tunnel}\"\nencap = \"ip\"\npeer = \"{tunnel}:{PEER_PORT}\"",
+                tunnel = peer.tunnel
+            ),
         };
-        if me == 0 {
-            let _ = writeln!(text, "weight = {}", weights[i]);
-        }
+    }
+    if me == 0 {
+        text += HEALTH;
     }
     for (name, port, protocol) in [("svc", VIP_PORT, "udp"), ("tcp", TCP_PORT, "tcp")] {
         let _ = write!(
@@ -367,9 +385,9 @@ fn config(sites: &[Site], me: usize, weights: [u32; 3]) -> String {
     text
 }
 
-fn write_config(sites: &[Site], me: usize, weights: [u32; 3]) -> Result<()> {
+fn write_config(sites: &[Site], me: usize) -> Result<()> {
     let path = sites[me].config_path();
-    fs::write(&path, config(sites, me, weights)).with_context(|| format!("writing {}", path.display()))
+    fs::write(&path, config(sites, me)).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Starts b's and c's controllers, then a's (whose program redirects into their uplinks,
@@ -383,7 +401,7 @@ fn start_daemons(
 ) -> Result<()> {
     for me in (1..sites.len()).chain([0]) {
         let site = &sites[me];
-        write_config(sites, me, SPILL)?;
+        write_config(sites, me)?;
         let log = fs::File::create(site.log_path())
             .with_context(|| format!("creating {}", site.log_path().display()))?;
         let mut cmd = site.netns.command(anycast);
@@ -469,6 +487,10 @@ struct Snapshot {
     forwarded: Vec<Vec<u64>>,
     received: Vec<Vec<u64>>,
     weights: Vec<u64>,
+    /// a's view of every site: smoothed load (measured for a, reported by b and c) and
+    /// whether its health checks pass.
+    loads: Vec<Option<f64>>,
+    up: Vec<bool>,
     served: Vec<u64>,
     /// [site] (client port, bytes) of the TCP connections its service has finished.
     tcp_served: Vec<Vec<(u16, u64)>>,
@@ -484,6 +506,8 @@ impl Snapshot {
             forwarded: vec![],
             received: vec![],
             weights: vec![],
+            loads: vec![],
+            up: vec![],
             served: vec![],
             tcp_served: vec![],
         };
@@ -495,10 +519,13 @@ impl Snapshot {
             snap.received
                 .push(sites.iter().map(|p| daemon::metric(&text, &series(p.name, "received"))).collect());
             if site.name == sites[0].name {
-                snap.weights = sites
-                    .iter()
-                    .map(|p| daemon::metric(&text, &format!("anycast_site_weight{{site=\"{}\"}}", p.name)))
-                    .collect();
+                let of = |family: &str, p: &Site| format!("{family}{{site=\"{}\"}}", p.name);
+                snap.weights =
+                    sites.iter().map(|p| daemon::metric(&text, &of("anycast_site_weight", p))).collect();
+                snap.loads =
+                    sites.iter().map(|p| daemon::gauge(&text, &of("anycast_site_load_ratio", p))).collect();
+                snap.up =
+                    sites.iter().map(|p| daemon::metric(&text, &of("anycast_site_up", p)) == 1).collect();
             }
             snap.served.push(site.served.load(Ordering::Relaxed));
             snap.tcp_served.push(site.tcp_served.lock().map_err(|_| anyhow!("TCP counts poisoned"))?.clone());
@@ -510,6 +537,15 @@ impl Snapshot {
         let weights: Vec<String> =
             sites.iter().zip(&self.weights).map(|(s, w)| format!("{}={w}", s.name)).collect();
         println!("{header}   weights at a: {}", weights.join(" "));
+        let health: Vec<String> = sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let load = self.loads[i].map_or("?".to_owned(), |l| format!("{l:.2}"));
+                format!("{} load {load} {}", s.name, if self.up[i] { "up" } else { "DOWN" })
+            })
+            .collect();
+        println!("    a sees: {}", health.join(", "));
         for (i, site) in sites.iter().enumerate() {
             let by_peer = |counts: &[u64], arrow: &str| {
                 let parts: Vec<String> = sites
@@ -585,9 +621,6 @@ impl Snapshot {
         if served != sent {
             problems.push(format!("the client sent {sent} datagrams, the services served {served}"));
         }
-        if self.forwarded[0].iter().sum::<u64>() == 0 {
-            problems.push("a forwarded nothing".to_owned());
-        }
         if tcp.len() != TCP_CONNECTIONS as usize {
             problems.push(format!("{} of {TCP_CONNECTIONS} TCP connections reported", tcp.len()));
         }
@@ -611,8 +644,9 @@ impl Snapshot {
     }
 }
 
-/// Runs the services and the client for `duration` (or until stopped), prints every
-/// site's counters each second, drains b at a midway, and checks the final counts.
+/// Runs the services and the client (its rate ramping) for `duration` (or until stopped),
+/// prints every site's counters, weights, load and health each second, and checks what a
+/// did with the surge and the final counts.
 fn observe(
     client: &Netns,
     sites: &[Site],
@@ -621,7 +655,7 @@ fn observe(
     stop: &AtomicBool,
 ) -> Result<()> {
     let total = duration.unwrap_or(MAX_DURATION).min(MAX_DURATION);
-    let drain_at = duration.map_or(DRAIN_AFTER, |d| d / 2);
+    let ramp = ramp(duration);
     let vip = SocketAddr::from((VIP, VIP_PORT));
     let services_stop = Arc::new(AtomicBool::new(false));
     let client_stop = Arc::new(AtomicBool::new(false));
@@ -629,7 +663,7 @@ fn observe(
     let sent = Arc::new(Sent::default());
     let tcp_results = Arc::new(Mutex::new(Vec::new()));
     let mut services = Vec::new();
-    let mut result = (|| {
+    let watched = (|| {
         for site in sites {
             // Its own deadline bounds the service even if nobody sets its flag.
             let deadline = total + SETTLE * 4;
@@ -653,8 +687,14 @@ fn observe(
             None => "until Ctrl-C".to_owned(),
         };
         println!(
-            "lab: the client opens {FLOWS_PER_SEC} flows/s to {vip} (each a new source port, {DATAGRAMS_PER_FLOW} datagrams) {until}; b is drained at a after {}s",
-            drain_at.as_secs()
+            "lab: the client opens {NORMAL_FLOWS} flows/s to {vip} (each a new source port, {DATAGRAMS_PER_FLOW} datagrams), {SURGE_FLOWS} flows/s from {}s to {}s{} {until}",
+            ramp.steps[1].0.as_secs(),
+            ramp.steps[2].0.as_secs(),
+            if duration.is_none() { " of every minute" } else { "" }
+        );
+        println!(
+            "lab: capacities (packets/s at utilisation 1): a {}, b {}, c {}; a sheds new flows above 0.9 of its capacity, down to 0.75, and takes them back below 0.6",
+            CAPACITY[0], CAPACITY[1], CAPACITY[2]
         );
         println!(
             "lab: and keeps {TCP_CONNECTIONS} TCP connections to {tcp_vip} sending {} KiB/s each {until}",
@@ -667,25 +707,21 @@ fn observe(
             duration: total,
         }
         .spawn(client, Arc::clone(&sent), Arc::clone(&tcp_results), Arc::clone(&client_stop));
-        let client = Client {
-            to: vip,
-            flows_per_sec: FLOWS_PER_SEC,
-            datagrams_per_flow: DATAGRAMS_PER_FLOW,
-            duration: total,
-        }
-        .spawn(client, Arc::clone(&sent), Arc::clone(&client_stop));
-        let watched = watch(sites, daemons, &sent, total, drain_at, stop);
+        let client =
+            Client { to: vip, rate: ramp.clone(), datagrams_per_flow: DATAGRAMS_PER_FLOW, duration: total }
+                .spawn(client, Arc::clone(&sent), Arc::clone(&client_stop));
+        let watched = watch(sites, daemons, &sent, total, &ramp, stop);
         client_stop.store(true, Ordering::Relaxed);
         let mut joined = join(client);
         for connection in tcp_client {
             joined = joined.and(join(connection));
         }
-        watched.and(joined)
+        watched.and_then(|steered| joined.map(|()| steered))
     })();
     // Datagrams still in flight when the client stopped are counted before the services stop.
     thread::sleep(SETTLE);
-    if result.is_ok() {
-        result = Snapshot::take(sites).and_then(|last| {
+    let mut result = watched.and_then(|steered| {
+        Snapshot::take(sites).and_then(|last| {
             let (flows, datagrams) = (sent.flows.load(Ordering::Relaxed), sent.datagrams.load(Ordering::Relaxed));
             let tcp = tcp_results.lock().map_err(|_| anyhow!("TCP results poisoned"))?.clone();
             let bytes: u64 = tcp.iter().map(|t| t.sent).sum();
@@ -705,9 +741,20 @@ fn observe(
                 "lab: TCP: {} connections, {bytes} bytes, every byte counted by the site that served the connection, 0 reset",
                 tcp.len()
             );
+            steered.check(&last)?;
+            if steered.max_spill > 0.0 {
+                println!(
+                    "lab: during the surge a shed up to {:.0} % of its new flows to b and c; {}",
+                    steered.max_spill * 100.0,
+                    match last.weights[1..].iter().all(|&w| w == 0) {
+                        true => "after it, a took them all back",
+                        false => "the lab ended before a took them all back",
+                    }
+                );
+            }
             Ok(())
-        });
-    }
+        })
+    });
     services_stop.store(true, Ordering::Relaxed);
     for service in services {
         result = result.and(join(service));
@@ -715,49 +762,113 @@ fn observe(
     result
 }
 
+/// The client's rate: normal, a surge from a quarter of the run to 60 % of it (without
+/// --for: from 15 s to 36 s of every minute), then normal again.
+fn ramp(duration: Option<Duration>) -> Ramp {
+    let (surge, calm, period) = match duration {
+        Some(d) => (d / 4, d * 3 / 5, d + RAMP_PERIOD),
+        None => (Duration::from_secs(15), Duration::from_secs(36), RAMP_PERIOD),
+    };
+    Ramp { steps: vec![(Duration::ZERO, NORMAL_FLOWS), (surge, SURGE_FLOWS), (calm, NORMAL_FLOWS)], period }
+}
+
+/// What the lab saw a's controller do.
+#[derive(Default)]
+struct Steered {
+    /// The largest share of new flows a gave b and c, from its weights.
+    max_spill: f64,
+    /// How long the last surge and the calm after it lasted when the lab ended.
+    surged: Duration,
+    calmed: Duration,
+}
+
+impl Steered {
+    /// The ramp must have made a spill, and the calm after it bring the flows home, given
+    /// time for both (the policy reacts within a second, settles within a few).
+    fn check(&self, last: &Snapshot) -> Result<()> {
+        if self.surged >= Duration::from_secs(4) && self.max_spill == 0.0 {
+            bail!("the surge lasted {:?} and a never shed a new flow to b or c", self.surged);
+        }
+        if self.surged > Duration::ZERO
+            && self.calmed >= Duration::from_secs(5)
+            && last.weights[1..].iter().any(|&w| w > 0)
+        {
+            bail!(
+                "{:?} after the surge, a still sends new flows to b or c: weights {:?}",
+                self.calmed,
+                last.weights
+            );
+        }
+        Ok(())
+    }
+}
+
 fn watch(
     sites: &[Site],
     daemons: &mut [Daemon],
     sent: &Sent,
     total: Duration,
-    drain_at: Duration,
+    ramp: &Ramp,
     stop: &AtomicBool,
-) -> Result<()> {
+) -> Result<Steered> {
     let start = Instant::now();
     let mut next = start + REFRESH;
-    let mut drained = false;
+    let mut steered = Steered::default();
+    let mut rate = ramp.at(Duration::ZERO);
+    let mut since = Duration::ZERO;
     while start.elapsed() < total {
         if stop.load(Ordering::Relaxed) {
             println!("lab: interrupted; stopping the client and tearing down");
-            return Ok(());
+            return Ok(Steered::default());
         }
         for daemon in daemons.iter_mut() {
             if let Some(status) = daemon.exited()? {
                 bail!("{} exited early ({status})", daemon.name());
             }
         }
-        if !drained && start.elapsed() >= drain_at {
-            write_config(sites, 0, DRAINED)?;
-            daemons[0].signal(libc::SIGHUP).context("SIGHUP to a's controller")?;
-            println!(
-                "lab: draining b: a's config rewritten with weight b = 0 and reloaded (SIGHUP); new flows go to a and c; b keeps only flows it already had (its TCP connections, a source port used again)"
-            );
-            drained = true;
+        let now = start.elapsed();
+        let wanted = ramp.at(now);
+        if wanted != rate {
+            let pps = wanted * DATAGRAMS_PER_FLOW;
+            match wanted > rate {
+                true => println!(
+                    "lab: the load rises to {wanted} new flows/s ({pps} datagrams/s + TCP), above a's capacity of {} packets/s: watch a shed new flows to b and c by their headroom",
+                    CAPACITY[0]
+                ),
+                false => println!(
+                    "lab: the load falls back to {wanted} new flows/s ({pps} datagrams/s + TCP): watch a take its new flows back"
+                ),
+            }
+            (rate, since) = (wanted, now);
+            if wanted > NORMAL_FLOWS {
+                steered.calmed = Duration::ZERO;
+            }
+        }
+        match rate > NORMAL_FLOWS {
+            true => steered.surged = now - since,
+            false if steered.surged > Duration::ZERO => steered.calmed = now - since,
+            false => {}
         }
         if Instant::now() >= next {
             next += REFRESH;
             let (flows, datagrams) =
                 (sent.flows.load(Ordering::Relaxed), sent.datagrams.load(Ordering::Relaxed));
             let header = format!(
-                "[{:>3}s] client sent {datagrams} datagrams in {flows} flows, {} KiB over TCP",
-                start.elapsed().as_secs(),
+                "[{:>3}s] client: {rate} new flows/s; sent {datagrams} datagrams in {flows} flows, {} KiB over TCP",
+                now.as_secs(),
                 sent.tcp_bytes.load(Ordering::Relaxed) >> 10
             );
-            Snapshot::take(sites)?.print(sites, &header);
+            let snap = Snapshot::take(sites)?;
+            let all: u64 = snap.weights.iter().sum();
+            if all > 0 {
+                steered.max_spill =
+                    steered.max_spill.max(snap.weights[1..].iter().sum::<u64>() as f64 / all as f64);
+            }
+            snap.print(sites, &header);
         }
         thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
+    Ok(steered)
 }
 
 fn join(handle: JoinHandle<Result<()>>) -> Result<()> {

@@ -38,9 +38,28 @@ pub struct Sent {
     pub tcp_bytes: AtomicU64,
 }
 
+/// New flows per second over time: steps `(from, flows/s)` in order of `from`, the whole
+/// schedule repeating every `period`.
+#[derive(Clone, Debug)]
+pub struct Ramp {
+    pub steps: Vec<(Duration, u32)>,
+    pub period: Duration,
+}
+
+impl Ramp {
+    pub fn at(&self, t: Duration) -> u32 {
+        let t = Duration::from_nanos((t.as_nanos() % self.period.as_nanos().max(1)) as u64);
+        self.steps.iter().take_while(|(from, _)| *from <= t).last().map_or(0, |(_, rate)| *rate)
+    }
+
+    pub fn max(&self) -> u32 {
+        self.steps.iter().map(|(_, rate)| *rate).max().unwrap_or(0)
+    }
+}
+
 pub struct Client {
     pub to: SocketAddr,
-    pub flows_per_sec: u32,
+    pub rate: Ramp,
     pub datagrams_per_flow: u32,
     pub duration: Duration,
 }
@@ -49,14 +68,17 @@ impl Client {
     /// Sends from inside `netns` until `duration` passed or `stop` is set; counts in `sent`.
     pub fn spawn(self, netns: &Netns, sent: Arc<Sent>, stop: Arc<AtomicBool>) -> JoinHandle<Result<()>> {
         netns.spawn(move || {
-            let limit = u64::from(self.flows_per_sec) * self.duration.as_secs().max(1);
+            let limit = u64::from(self.rate.max()) * self.duration.as_secs().max(1);
             let start = Instant::now();
-            let mut flows = 0u64;
+            let (mut flows, mut due_f, mut last) = (0u64, 0f64, Duration::ZERO);
             let mut payload = [0u8; PAYLOAD_LEN];
             while flows < limit && start.elapsed() < self.duration && !stop.load(Ordering::Relaxed) {
-                // Catch up with the schedule (rate × elapsed), so sleeping longer than TICK
-                // does not lower the rate.
-                let due = (start.elapsed().as_secs_f64() * f64::from(self.flows_per_sec)) as u64;
+                // Catch up with the schedule (the rate integrated over the time since the
+                // last tick), so sleeping longer than TICK does not lower the rate.
+                let now = start.elapsed();
+                due_f += (now - last).as_secs_f64() * f64::from(self.rate.at(last));
+                last = now;
+                let due = due_f as u64;
                 while flows < due.min(limit) {
                     // Port 0: the kernel picks a free ephemeral port, a new one for each
                     // flow while the previous ones are still bound or recently used.
