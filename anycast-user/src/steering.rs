@@ -131,7 +131,7 @@ impl Steering {
             policy::decide(&knobs, &mut self.policy, &me, &siblings)
         });
         let weights = decision.as_ref().map(|d| policy::weights(&local_name, d));
-        let dynamic = Dynamic { weights: weights.clone(), down };
+        let dynamic = Dynamic { weights, down };
         if self.differs(&dynamic) {
             match c.set_dynamic(dynamic.clone()) {
                 Ok(applied) => {
