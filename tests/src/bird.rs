@@ -12,7 +12,6 @@
 
 use std::{
     fs,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -81,8 +80,6 @@ impl Bird {
                 output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });
         }
-        let netns_path = Path::new("/run/netns").join(ns.name());
-        let netns = fs::File::open(&netns_path).map_err(io("opening", &netns_path))?;
         let log = dir.join("bird.log");
         let log_file = fs::File::create(&log).map_err(io("creating", &log))?;
         let err = log_file.try_clone().map_err(io("duplicating", &log))?;
@@ -97,21 +94,7 @@ impl Bird {
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(err);
-        let fd = netns.as_raw_fd();
-        // SAFETY: setns and prctl are async-signal-safe, as required between fork and exec;
-        // `netns` stays open until the spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0
-                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(io("starting bird with", &conf))?;
-        drop(netns);
+        let child = ns.spawn(&mut cmd).map_err(io("starting bird with", &conf))?;
         let bird = Bird { dir, child: Some(child) };
         bird.wait_for("answer on its control socket", Duration::from_secs(10), |b| {
             b.birdc(&["show", "status"]).is_ok_and(|s| s.contains("Daemon is up"))

@@ -24,7 +24,6 @@
 use std::{
     ffi::OsStr,
     fs,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
@@ -254,31 +253,12 @@ impl<'ns> Daemon<'ns> {
         Ok(path)
     }
 
-    /// `anycast ARGS` as a command that runs inside the namespace: the child joins it with
-    /// setns(2) between fork and exec, and gets `PR_SET_PDEATHSIG = SIGKILL`. `netns` must
-    /// stay open until the command is spawned.
-    fn command(&self, netns: &fs::File, args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Command {
-        let fd = netns.as_raw_fd();
+    /// `anycast ARGS` as a command, to be spawned inside the namespace with
+    /// [`Netns::spawn`].
+    fn command(&self, args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Command {
         let mut cmd = Command::new(self.bin);
         cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null());
-        // SAFETY: setns and prctl are async-signal-safe system calls, as required between
-        // fork and exec; the caller keeps `netns` open until the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0
-                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         cmd
-    }
-
-    fn open_netns(&self) -> Result<fs::File> {
-        let path = Path::new("/run/netns").join(self.ns.name());
-        fs::File::open(&path).map_err(io("opening", &path))
     }
 
     /// Starts `anycast run --config` in the namespace and waits until it serves
@@ -299,17 +279,11 @@ impl<'ns> Daemon<'ns> {
         self.log = self.dir.join(format!("anycast-{}.log", self.starts));
         let log = fs::File::create(&self.log).map_err(io("creating", &self.log))?;
         let err = log.try_clone().map_err(io("duplicating", &self.log))?;
-        let netns = self.open_netns()?;
         let config = self.config_path();
-        let child = self
-            .command(
-                &netns,
-                [OsStr::new("run"), OsStr::new("--config"), config.as_os_str()].iter().chain(extra),
-            )
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .map_err(io("starting", self.bin))?;
+        let mut cmd =
+            self.command([OsStr::new("run"), OsStr::new("--config"), config.as_os_str()].iter().chain(extra));
+        cmd.stdout(log).stderr(err);
+        let child = self.ns.spawn(&mut cmd).map_err(io("starting", self.bin))?;
         self.child = Some(child);
         self.wait_for_log(0, READY, START_TIMEOUT)
     }
@@ -322,11 +296,9 @@ impl<'ns> Daemon<'ns> {
         env: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<Output> {
-        let netns = self.open_netns()?;
-        let mut cmd = self.command(&netns, args);
+        let mut cmd = self.command(args);
         cmd.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(io("starting", self.bin))?;
-        drop(netns);
+        let mut child = self.ns.spawn(&mut cmd).map_err(io("starting", self.bin))?;
         let deadline = Instant::now() + timeout;
         while child.try_wait().map_err(io("waiting for", self.bin))?.is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

@@ -212,6 +212,28 @@ impl Netns {
     /// moved). Sockets created inside stay in this namespace, and BPF_PROG_RUN resolves
     /// `ctx_in.ingress_ifindex` (and `bpf_fib_lookup` its FIB) in it. A panic in `f` is
     /// re-raised on the caller's thread.
+    /// Spawns `cmd` inside this namespace: the child joins it with setns(2) between fork and
+    /// exec (the parent stays where it is), and gets `PR_SET_PDEATHSIG = SIGKILL`, so it dies
+    /// with the thread that spawned it even if the test is killed.
+    pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<std::process::Child> {
+        use std::os::unix::process::CommandExt;
+        let netns = File::open(Path::new("/run/netns").join(&self.name))?;
+        let fd = netns.as_raw_fd();
+        // SAFETY: setns and prctl are async-signal-safe system calls, as required between
+        // fork and exec; `netns` stays open until the spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0
+                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn()
+    }
+
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = Path::new("/run/netns").join(&self.name);
         std::thread::scope(|s| {

@@ -12,7 +12,6 @@
 
 use std::{
     fs,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -66,8 +65,6 @@ impl<'ns> Prometheus<'ns> {
             ns.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
         let listen = format!("127.0.0.1:{port}");
         let log = fs::File::create(dir.join("prometheus.log")).unwrap();
-        let netns = fs::File::open(Path::new("/run/netns").join(ns.name())).unwrap();
-        let fd = netns.as_raw_fd();
         let mut cmd = Command::new(PROMETHEUS);
         cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
@@ -75,19 +72,8 @@ impl<'ns> Prometheus<'ns> {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // SAFETY: setns and prctl are async-signal-safe, as required between fork and exec;
-        // `netns` stays open until the spawn. PDEATHSIG: the server dies with the test.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0
-                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {PROMETHEUS}: {e}"));
+        // PDEATHSIG (Netns::spawn): the server dies with the test.
+        let child = ns.spawn(&mut cmd).unwrap_or_else(|e| panic!("starting {PROMETHEUS}: {e}"));
         Prometheus { ns, dir, child, listen }
     }
 
