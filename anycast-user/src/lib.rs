@@ -1,24 +1,12 @@
-//! The anycast controller library.
-pub mod attach;
+//! The anycast controller library, in folders by responsibility: `model`
+//! and `config` depend on nothing else here; `datapath` touches the kernel; `reconcile`
+//! turns config and run-time decisions into map contents; `owner` holds the data path;
+//! `steering`, `bgp` and `api` work through it.
+pub mod api;
 pub mod bgp;
 pub mod config;
-pub mod controller;
-pub mod ebpf_log;
-pub mod health;
-pub mod load;
-pub mod loader;
-pub mod maglev;
-pub mod maps;
-pub mod metrics;
-pub mod object;
-pub mod overrides;
-pub mod peers;
-pub mod policy;
-pub mod probe;
+pub mod datapath;
+pub mod model;
+pub mod owner;
 pub mod reconcile;
-pub mod server;
-pub mod signals;
-pub mod stats;
-pub mod status;
 pub mod steering;
-pub mod top;

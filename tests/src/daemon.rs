@@ -33,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_user::maps::{DataPathMaps, MapsError};
+use anycast_user::datapath::maps::{DataPathMaps, MapsError};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 
 use crate::netns::Netns;

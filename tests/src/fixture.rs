@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use anycast_common::{Exception, SiteCounters, VipCounters};
-use anycast_user::maps::DataPathMaps;
+use anycast_user::datapath::maps::DataPathMaps;
 
 use crate::{
     diff,

@@ -9,7 +9,7 @@
 //! thread, so run under [`crate::netns::Netns::run`] for a test topology.
 
 use anycast_common::maps::{FLOWS, PROGRAM};
-use anycast_user::{
+use anycast_user::datapath::{
     maps::{DataPathMaps, MapsError},
     object::{ANYCAST, NOOP},
 };

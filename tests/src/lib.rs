@@ -7,7 +7,7 @@
 //! - [`daemon`]: the `anycast` binary run as a daemon inside a test's namespace, with its own
 //!   config, pins and state, all removed on drop.
 //! - [`harness`]: the embedded XDP object loaded into the kernel, frames run through it
-//!   with BPF_PROG_RUN, maps reached through `anycast_user::maps::DataPathMaps`.
+//!   with BPF_PROG_RUN, maps reached through `anycast_user::datapath::maps::DataPathMaps`.
 //! - [`packet`]: frames built with etherparse (VLAN, IPv4 options, IPv6 extension headers,
 //!   fragments, ICMP errors, tunnels, padding).
 //! - [`sequenced`]: paced, numbered UDP datagrams and a receiver that finds the lost ones.

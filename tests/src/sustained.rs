@@ -21,7 +21,7 @@ use std::{
 };
 
 use anycast_common::{FlowKey, addr::Family, flow_hash};
-use anycast_user::status::Status;
+use anycast_user::model::status::Status;
 
 use crate::{
     daemon::{Daemon, metric},

@@ -21,8 +21,9 @@ use anycast_tests::{
     root::require_root,
 };
 use anycast_user::{
-    bgp::{self, EXPORT_FILTER, Route},
+    bgp::{self, EXPORT_FILTER},
     config::Config,
+    model::Route,
 };
 
 const VIP: &str = "10.200.0.1";

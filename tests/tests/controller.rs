@@ -39,7 +39,7 @@ use anycast_tests::{
     sequenced::{self, Received, Sender},
     topology::{ForwardChain, software_checksums},
 };
-use anycast_user::status::Status;
+use anycast_user::model::status::Status;
 
 const VIP: &str = "10.200.0.1";
 const VIP_PORT: u16 = 5353;

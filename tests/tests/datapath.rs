@@ -27,7 +27,7 @@ use anycast_tests::{
     packet::*,
     root::require_root,
 };
-use anycast_user::maps::{DataPathMaps, filter_index};
+use anycast_user::datapath::maps::{DataPathMaps, filter_index};
 
 // Exception counters, short.
 const TRUNC: Count = Exc(E::Truncated);

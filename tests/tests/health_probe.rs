@@ -22,8 +22,8 @@ use anycast_common::{AddrKey, Exception, SiteCounters};
 use anycast_tests::{daemon::Daemon, netns::Netns, root::require_root, topology::software_checksums};
 use anycast_user::{
     config::Encap,
-    maps::DataPathMaps,
-    probe::{ProbeError, Prober},
+    datapath::maps::DataPathMaps,
+    steering::probe::{ProbeError, Prober},
 };
 
 const A4: Ipv4Addr = Ipv4Addr::new(10, 3, 0, 1);

@@ -27,7 +27,7 @@ use anycast_tests::{
     root::require_root,
     topology::{ForwardChain, software_checksums},
 };
-use anycast_user::maps::DataPathMaps;
+use anycast_user::datapath::maps::DataPathMaps;
 use aya::programs::XdpMode;
 
 const VIP: [u8; 4] = [10, 200, 0, 1];

@@ -46,7 +46,7 @@ use anycast_tests::{
     sustained::{self, Flows, under_traffic},
     tcp::{CHUNK, Connection, Sink},
 };
-use anycast_user::{object::ANYCAST, status::Status};
+use anycast_user::{datapath::object::ANYCAST, model::status::Status};
 use aya::programs::loaded_programs;
 use object::{Object as _, ObjectSection as _};
 

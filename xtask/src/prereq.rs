@@ -38,7 +38,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "nftables",
     // A real Prometheus server scraping a lab's /metrics (tests/tests/prometheus.rs).
     "prometheus",
-    // The BGP speaker the controller drives (anycast-user/src/bgp.rs, tests/tests/bgp.rs).
+    // The BGP speaker the controller drives (anycast-user/src/bgp/, tests/tests/bgp.rs).
     "bird2",
 ];
 

@@ -5,12 +5,12 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anycast_user::{
+    api::server::DrainReply,
     bgp,
     config::{Config, DEFAULT_LISTEN, DEFAULT_PIN_DIR},
-    controller::Controller,
-    loader,
-    server::DrainReply,
-    status::Status,
+    datapath::loader,
+    model::status::Status,
+    owner::Controller,
 };
 use anyhow::{Context, Result, bail};
 

@@ -15,10 +15,11 @@ use std::{
 };
 
 use anycast_user::{
+    api::server,
     bgp,
     config::Config,
-    controller::{Controller, Started},
-    server::{self, Shared, lock},
+    datapath::object,
+    owner::{Controller, Shared, Started, lock},
     steering,
 };
 use anyhow::{Context, Result};
@@ -32,7 +33,7 @@ pub async fn run(path: &Path, object: Option<&Path>) -> Result<()> {
     let config = Config::load(path)?;
     let object = match object {
         Some(file) => std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
-        None => anycast_user::object::ANYCAST.to_vec(),
+        None => object::ANYCAST.to_vec(),
     };
     let listen = config.admin.listen;
     let pin_dir = config.datapath.pin_dir.clone();
@@ -74,7 +75,7 @@ pub async fn run(path: &Path, object: Option<&Path>) -> Result<()> {
             }
         });
     }
-    tokio::spawn(steering::run(shared.clone()));
+    tokio::spawn(steering::task::run(shared.clone()));
     // Idle without [bgp]; follows SIGHUP reloads that add, change or remove it.
     tokio::spawn(bgp::run(shared.clone()));
 

@@ -6,7 +6,13 @@
 use std::time::Duration;
 
 use anycast_common::maps::{MAX_SITES, MAX_VIPS, PROGRAM};
-use anycast_user::{attach, ebpf_log, maps::DataPathMaps, object, stats::Snapshot};
+use anycast_user::datapath::{
+    attach,
+    counters::{self, Snapshot},
+    ebpf_log,
+    maps::DataPathMaps,
+    object,
+};
 use anyhow::{Context, Result};
 use aya::{Ebpf, programs::Xdp};
 use tokio::signal::unix::{SignalKind, signal};
@@ -33,7 +39,7 @@ pub async fn run(iface: &str, interval: Duration) -> Result<()> {
             _ = tick.tick() => {
                 let snap = Snapshot::read(&maps, 0..MAX_SITES, 0..MAX_VIPS)
                     .context("reading the counters")?;
-                print!("{}", anycast_user::stats::render_nonzero(&snap, |i| i.to_string()));
+                print!("{}", counters::render_nonzero(&snap, |i| i.to_string()));
                 println!("--");
             }
             _ = sigint.recv() => break,

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_user::top;
+use anycast_user::api::top;
 use anyhow::{Context, Result};
 
 use super::admin::{Target, fetch_status};

@@ -13,8 +13,8 @@ use std::{
 
 use anycast_common::{Exception, SiteCounters, VipCounters, flow_hash, maps::MAGLEV_DEFAULT_SIZE};
 use anycast_user::{
-    maglev::{self, Backend},
-    metrics::{self, Process, Scrape},
+    api::metrics::{self, Process, Scrape},
+    reconcile::maglev::{self, Backend},
 };
 use anyhow::{Context, Result, anyhow, bail, ensure};
 

@@ -3,7 +3,7 @@
 //! moves, or the benchmark measured some other path and says so.
 
 use anycast_common::Exception;
-use anycast_user::maps::{DataPathMaps, MapsError};
+use anycast_user::datapath::maps::{DataPathMaps, MapsError};
 
 use super::world::{REMOTE_SITES, SITE_LOCAL_INDEX, VIP_TCP, VIP_UDP};
 

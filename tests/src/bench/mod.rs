@@ -138,10 +138,10 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
     let weight = topo.lb.run(|| control::weight_apply(lb0, scale.rounds))?;
     let metrics_render_ms = control::metrics_render_ms(scale.rounds, 20)?;
     notes.push(format!(
-        "control: maglev_build_ms = anycast_user::maglev::build, 65537 slots, unequal weights; weight_apply_ms = from a \
+        "control: maglev_build_ms = anycast_user::reconcile::maglev::build, 65537 slots, unequal weights; weight_apply_ms = from a \
          weight change (anchor VIP, all weight to one site) through table build ({:.1} ms) and DataPathMaps::set_maglev \
          ({:.1} ms: new inner map, one outer-map update, which waits out running programs) until a new flow that the old \
-         table sent elsewhere lands on that site (BPF_PROG_RUN); metrics_render_ms = anycast_user::metrics::render of \
+         table sent elsewhere lands on that site (BPF_PROG_RUN); metrics_render_ms = anycast_user::api::metrics::render of \
          given counters for 256 sites × 64 VIPs (map reads excluded)",
         weight.build_ms, weight.swap_ms
     ));

@@ -11,7 +11,7 @@
 //! worse than none: any mismatch stops the run with the reason.
 
 use anycast_common::{Exception, flow_hash, maps::FLOW_TABLE_DEFAULT};
-use anycast_user::maps::DataPathMaps;
+use anycast_user::datapath::maps::DataPathMaps;
 use anyhow::{Context, Result, bail, ensure};
 use aya::programs::{ProgramFd, TestRun, TestRunOptions};
 

@@ -4,7 +4,7 @@
 //! the harness restores the frame before every run and tail-calls the program under test.
 
 use anycast_common::bench::{RESET_MAX_FRAME, ResetFrame};
-use anycast_user::object::BENCH_RESET;
+use anycast_user::datapath::object::BENCH_RESET;
 use anyhow::{Context, Result, ensure};
 use aya::{
     Ebpf,

@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_user::object::BENCH_SINK;
+use anycast_user::datapath::object::BENCH_SINK;
 use anyhow::{Context, Result, bail, ensure};
 use aya::{
     Ebpf,

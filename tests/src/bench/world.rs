@@ -17,9 +17,11 @@ use anycast_common::{
     site::{SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
 };
 use anycast_user::{
-    maglev::{self, Backend},
-    maps::{DataPathMaps, filter_index},
-    reconcile::addr_key,
+    datapath::maps::{DataPathMaps, filter_index},
+    reconcile::{
+        addr_key,
+        maglev::{self, Backend},
+    },
 };
 use anyhow::{Context, Result, bail};
 

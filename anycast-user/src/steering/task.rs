@@ -1,5 +1,5 @@
 //! The steering task of the daemon: every tick it polls the sibling sites' `GET /load`,
-//! probes them through the data path (`[health]`), measures the local load (`load.rs`),
+//! probes them through the data path (`[health]`), measures the local load (`meter.rs`),
 //! runs the policy (`policy.rs`, `[load]`) and hands the resulting weights and the set of
 //! sites that are down to the controller, which rewrites the Maglev tables only when
 //! something changed by more than [`MIN_CHANGE`] (one log line per change, never per packet).
@@ -11,19 +11,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    config::{Config, Encap, SiteKind},
-    controller::{Controller, SiteView, SteeringView},
+use super::{
     health::Tracker,
-    load::Meter,
-    peers::{self, LoadReport, Peer},
+    meter::{CpuTimes, Meter, Reading},
+    peers::{self, Peer},
     policy::{self, Decision, Knobs, Sibling},
     probe::Prober,
+};
+use crate::{
+    config::{Config, Encap, SiteKind},
+    model::{LoadReport, SiteView, SteeringView, WEIGHT_SCALE},
+    owner::{Controller, Shared, lock},
     reconcile::Dynamic,
-    server::{Shared, lock},
 };
 
-/// Weight changes below this (in [`policy::WEIGHT_SCALE`] units: 1 %) are not applied: a
+/// Weight changes below this (in [`WEIGHT_SCALE`] units: 1 %) are not applied: a
 /// Maglev rebuild per tick for noise would churn nothing but CPU.
 pub const MIN_CHANGE: u32 = 100;
 
@@ -50,7 +52,7 @@ pub async fn run(shared: Shared) {
         s.applied = c.dynamic().clone();
         // Carry on from the weights in force (adopted from a running data path).
         if let (Some(w), Some((local, _))) = (&s.applied.weights, c.local_site()) {
-            s.policy.keep = w.get(&local.name).map_or(1.0, |&w| w as f64 / policy::WEIGHT_SCALE);
+            s.policy.keep = w.get(&local.name).map_or(1.0, |&w| w as f64 / WEIGHT_SCALE);
             s.policy.shedding = s.policy.keep < 1.0;
         }
     }
@@ -103,8 +105,8 @@ impl Steering {
             self.health.iter().filter(|(_, t)| !t.up()).map(|(n, _)| n.clone()).collect();
 
         self.meter.set_smoothing(config.load.as_ref().map_or(DEFAULT_SMOOTHING, |l| l.smoothing));
-        let reading = match lock(shared).reading() {
-            Ok(r) => r,
+        let reading = match lock(shared).snapshot() {
+            Ok(snapshot) => Reading { snapshot, cpu: CpuTimes::read() },
             Err(e) => {
                 log::warn!("steering: reading the counters: {e}");
                 return;

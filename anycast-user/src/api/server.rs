@@ -4,8 +4,6 @@
 //! reachable from outside the host. The sibling sites' controllers read `GET /load` from
 //! [`peer_router`], which serves nothing else (`[admin] peer_listen`).
 
-use std::sync::{Arc, Mutex};
-
 use axum::{
     Json, Router,
     extract::{Path, State},
@@ -15,9 +13,10 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::controller::{Controller, ControllerError};
-
-pub type Shared = Arc<Mutex<Controller>>;
+use crate::{
+    api::metrics::{self, Process, Scrape},
+    owner::{Controller, ControllerError, Shared, lock},
+};
 
 /// Reply of the drain endpoints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,16 +53,34 @@ fn error(e: ControllerError) -> Response {
     (code, format!("{e}\n")).into_response()
 }
 
-/// The controller, for the HTTP handlers and the daemon's tasks. A panic while holding the
-/// lock leaves a state that is still a valid config + maps (every write is applied or not):
-/// keep serving.
-pub fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Controller> {
-    shared.lock().unwrap_or_else(|p| p.into_inner())
+/// Everything `/metrics` shows, read now.
+pub fn scrape(c: &Controller) -> Result<Scrape, ControllerError> {
+    let snap = c.snapshot()?;
+    let plan = c.plan();
+    let (flow_entries, flow_capacity) = c.flow_table();
+    Ok(Scrape {
+        sites: plan
+            .sites
+            .iter()
+            .map(|(name, i)| (name.clone(), (snap.sites[i], plan.weights[name])))
+            .collect(),
+        vips: plan.vips.iter().map(|(name, i)| (name.clone(), snap.vips[i])).collect(),
+        exceptions: snap.exceptions,
+        flow_entries,
+        flow_capacity,
+        process: Process::read(),
+        steering: c.view().clone(),
+        bgp: c.bgp_view().cloned(),
+    })
 }
 
 async fn metrics(State(shared): State<Shared>) -> Response {
-    match lock(&shared).metrics() {
-        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+    let scrape = scrape(&lock(&shared));
+    match scrape {
+        Ok(s) => {
+            let text = metrics::render(s).expect("writing to a String cannot fail");
+            ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
+        }
         Err(e) => error(e),
     }
 }

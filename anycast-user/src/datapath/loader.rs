@@ -40,7 +40,7 @@ use aya::{
     },
 };
 
-use crate::{
+use super::{
     attach::{self, AttachError, Mode},
     ebpf_log,
     maps::{DataPathMaps, MapsError},

@@ -25,12 +25,16 @@ use anycast_common::{
     site::{SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
 };
 
+pub mod maglev;
+pub mod overrides;
+
 use crate::{
     config::{Config, Encap, SiteKind},
-    maglev::{self, Backend},
-    maps::{DataPathMaps, MapsError},
-    overrides::Overrides,
+    datapath::maps::{DataPathMaps, MapsError},
+    model::WEIGHT_SCALE,
 };
+use maglev::Backend;
+use overrides::Overrides;
 
 /// What the maps hold (or should hold). Sites: every slot, configured or not (a cleared
 /// slot keeps its generation so that its next occupant gets a new one).
@@ -94,7 +98,7 @@ impl Dynamic {
                 .iter()
                 .map(|s| {
                     let local = matches!(s.kind, SiteKind::Local);
-                    (s.name.clone(), if local { crate::policy::WEIGHT_SCALE as u32 } else { 0 })
+                    (s.name.clone(), if local { WEIGHT_SCALE as u32 } else { 0 })
                 })
                 .collect()
         });
@@ -119,12 +123,12 @@ impl Dynamic {
             .iter()
             .map(|(name, slot)| {
                 let share = slots.get(slot).copied().unwrap_or(0) as f64 / table.len() as f64;
-                (name.clone(), (share * crate::policy::WEIGHT_SCALE).round() as u32)
+                (name.clone(), (share * WEIGHT_SCALE).round() as u32)
             })
             .collect();
         // A table of other sites (slots reused since) would not sum to the whole.
         let total: u32 = weights.values().sum();
-        (total.abs_diff(crate::policy::WEIGHT_SCALE as u32) <= config.sites.len() as u32).then_some(weights)
+        (total.abs_diff(WEIGHT_SCALE as u32) <= config.sites.len() as u32).then_some(weights)
     }
 }
 

@@ -9,10 +9,7 @@ use std::{collections::BTreeMap, fmt};
 
 use anycast_common::{Exception, SiteCounters, VipCounters};
 
-use crate::{
-    bgp::{BgpView, Route},
-    controller::SteeringView,
-};
+use crate::model::{BgpView, Route, SteeringView};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, prometheus_text},
@@ -321,7 +318,7 @@ pub fn render(scrape: Scrape) -> Result<String, fmt::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::SiteView;
+    use crate::model::SiteView;
 
     fn sample() -> Scrape {
         let mut s = Scrape::default();

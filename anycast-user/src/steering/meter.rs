@@ -12,7 +12,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use crate::stats::Snapshot;
+use crate::datapath::counters::Snapshot;
 
 /// Smoothed rates, packets/s.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -4,7 +4,7 @@
 
 use std::{fmt::Write, time::Duration};
 
-use crate::status::Status;
+use crate::model::status::Status;
 
 /// Exception reasons shown, highest rate first.
 pub const TOP_EXCEPTIONS: usize = 5;
@@ -98,7 +98,7 @@ pub fn render(cur: &Status, rates: &Rates) -> String {
         };
     };
     for s in &rates.sites {
-        row(&mut out, &s.name, &s.state, &s.weight.to_string(), &crate::status::load(s.load), s.pps);
+        row(&mut out, &s.name, &s.state, &s.weight.to_string(), &crate::model::status::load(s.load), s.pps);
     }
     row(&mut out, "TOTAL", "", "", "", Some(rates.total));
     if rates.exceptions.is_empty() {
@@ -115,7 +115,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::status::SiteStatus;
+    use crate::model::status::SiteStatus;
 
     fn site(name: &str, state: &str, weight: u32, counters: [u64; 3]) -> SiteStatus {
         SiteStatus {

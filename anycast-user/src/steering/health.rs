@@ -1,7 +1,7 @@
 //! Rise/fall hysteresis of a remote site's health: `fall` failed checks in a row take an up
 //! site down, `rise` good ones bring it back, so one lost probe does not move flows. The
 //! checks themselves (a probe through the data path and the peer API) are run by
-//! `steering.rs`; a site starts up, so that a controller restart moves nothing.
+//! `task.rs`; a site starts up, so that a controller restart moves nothing.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tracker {

@@ -1,30 +1,34 @@
 //! The controller's state while it runs: config, overrides, the pinned data path and the
 //! reconciler, plus the counter samples behind rates. The daemon (`anycast run --config`)
-//! wraps one in a mutex shared by the signal handlers, the sampler and the HTTP server.
+//! wraps one in a mutex ([`Shared`]) shared by the signal handlers, the sampler, the HTTP
+//! server and the steering and BGP tasks.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     ffi::CString,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use anycast_common::maps::FLOWS;
 use aya::maps::MapInfo;
 
 use crate::{
-    bgp::BgpView,
     config::{Config, Encap, Site, SiteKind},
-    load::{CpuTimes, Reading},
-    loader::{self, Instance, LinkOutcome, LoaderError},
-    maps::{DataPathMaps, MapsError},
-    metrics::{self, Process, Scrape},
-    object,
-    overrides::{Overrides, OverridesError},
-    peers::LoadReport,
-    reconcile::{self, Applied, Dynamic, Plan, PlanError, Reconciler},
-    signals::SiteSignals,
-    stats::Snapshot,
-    status::{SiteStatus, Status, VipStatus},
+    datapath::{
+        counters::Snapshot,
+        loader::{self, Instance, LinkOutcome, LoaderError},
+        maps::{DataPathMaps, MapsError},
+        object,
+    },
+    model::{
+        BgpView, LoadReport, SiteSignals, SteeringView,
+        status::{SiteStatus, Status, VipStatus},
+    },
+    reconcile::{
+        self, Applied, Dynamic, Plan, PlanError, Reconciler,
+        overrides::{Overrides, OverridesError},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -51,28 +55,13 @@ pub enum ControllerError {
 
 type Result<T, E = ControllerError> = std::result::Result<T, E>;
 
-/// What the steering task measured and decided last (for `/load`, `/metrics`, status).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SteeringView {
-    /// This site's load report, once two counter readings exist.
-    pub report: Option<LoadReport>,
-    /// Per site (the local one included).
-    pub sites: BTreeMap<String, SiteView>,
-    /// Share of new flows kept local, with `[load]`.
-    pub keep: Option<f64>,
-    pub overloaded: bool,
-    pub no_headroom: bool,
-    /// Weight sets applied since the start.
-    pub weight_changes: u64,
-}
+pub type Shared = Arc<Mutex<Controller>>;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct SiteView {
-    /// Health checks pass (always true without `[health]`).
-    pub up: bool,
-    /// Smoothed utilisation: measured here for the local site, reported by the site's
-    /// controller for the others; `None` when unknown (no peer API or stale).
-    pub load_ratio: Option<f64>,
+/// The controller, for the HTTP handlers and the daemon's tasks. A panic while holding the
+/// lock leaves a state that is still a valid config + maps (every write is applied or not):
+/// keep serving.
+pub fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Controller> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What [`Controller::start`] did.
@@ -262,11 +251,6 @@ impl Controller {
         self.overrides.drained.contains(site)
     }
 
-    /// The counters and the CPU times, now: the load meter's input.
-    pub fn reading(&self) -> Result<Reading> {
-        Ok(Reading { snapshot: self.snapshot()?, cpu: CpuTimes::read() })
-    }
-
     /// Applies load-derived weights and the sites that are down.
     pub fn set_dynamic(&mut self, dynamic: Dynamic) -> Result<Applied> {
         let (plan, applied) =
@@ -363,7 +347,8 @@ impl Controller {
         Ok(())
     }
 
-    fn snapshot(&self) -> Result<Snapshot> {
+    /// Every counter of the configured sites and VIPs, read now.
+    pub fn snapshot(&self) -> Result<Snapshot> {
         Ok(Snapshot::read(
             &self.maps,
             self.plan.sites.iter().map(|(_, i)| *i),
@@ -371,29 +356,19 @@ impl Controller {
         )?)
     }
 
-    /// Everything `/metrics` shows, read now.
-    pub fn scrape(&self) -> Result<Scrape> {
-        let snap = self.snapshot()?;
-        Ok(Scrape {
-            sites: self
-                .plan
-                .sites
-                .iter()
-                .map(|(name, i)| (name.clone(), (snap.sites[i], self.plan.weights[name])))
-                .collect(),
-            vips: self.plan.vips.iter().map(|(name, i)| (name.clone(), snap.vips[i])).collect(),
-            exceptions: snap.exceptions,
-            flow_entries: self.flow_entries,
-            flow_capacity: self.flow_capacity,
-            process: Process::read(),
-            steering: self.view.clone(),
-            bgp: self.bgp.clone(),
-        })
+    /// The plan in force: slots and effective weights.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
-    pub fn metrics(&self) -> Result<String> {
-        let scrape = self.scrape()?;
-        Ok(metrics::render(scrape).expect("writing to a String cannot fail"))
+    /// Flow-table entries (at the last sample) and capacity.
+    pub fn flow_table(&self) -> (u64, u64) {
+        (self.flow_entries, self.flow_capacity)
+    }
+
+    /// The BGP task's view, when it drives BIRD.
+    pub fn bgp_view(&self) -> Option<&BgpView> {
+        self.bgp.as_ref()
     }
 
     pub fn status(&self) -> Result<Status> {

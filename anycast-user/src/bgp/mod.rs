@@ -57,8 +57,8 @@ use std::{
 
 use crate::{
     config::{Bgp, Config},
-    server::{Shared, lock},
-    signals::SiteSignals,
+    model::{BgpView, Route, SiteSignals},
+    owner::{Shared, lock},
 };
 
 /// Names of the static protocols the include file defines, per family.
@@ -69,39 +69,6 @@ pub const PROTOCOL_V6: &str = "anycast6";
 const BIRDC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a controller without `[bgp]` looks whether a reload added it.
 const IDLE: Duration = Duration::from_secs(1);
-
-/// What the routers are told about one VIP. Ordered from worst to best.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Route {
-    Withdraw,
-    Deprefer,
-    Announce,
-}
-
-impl Route {
-    pub const ALL: [Route; 3] = [Route::Announce, Route::Deprefer, Route::Withdraw];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Route::Announce => "announce",
-            Route::Deprefer => "deprefer",
-            Route::Withdraw => "withdraw",
-        }
-    }
-
-    /// The state the signals call for, and why.
-    pub fn wanted(s: &SiteSignals) -> (Route, &'static str) {
-        if !s.attached {
-            (Route::Withdraw, "data path not attached")
-        } else if s.drained {
-            (Route::Withdraw, "drained")
-        } else if s.overloaded && s.no_headroom {
-            (Route::Deprefer, "overloaded, no headroom at any site")
-        } else {
-            (Route::Announce, "healthy")
-        }
-    }
-}
 
 /// One VIP's state with rise/fall hysteresis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -314,17 +281,6 @@ pub fn withdraw_all(config: &Config, bgp: &Bgp) -> Result<(), BirdError> {
 
 fn interface(config: &Config) -> &str {
     config.local.interfaces.first().map_or("", String::as_str)
-}
-
-/// The speaker's state for `/metrics`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct BgpView {
-    /// Prefix → current state and transitions into each state since the start.
-    pub vips: BTreeMap<String, (Route, BTreeMap<Route, u64>)>,
-    /// `birdc configure` runs (or include writes) that failed.
-    pub apply_failures: u64,
-    /// BIRD confirmed the routes of the current states.
-    pub in_sync: bool,
 }
 
 /// The speaker's memory between intervals.

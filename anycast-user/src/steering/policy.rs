@@ -1,6 +1,6 @@
 //! The load policy: from this site's measured load and what the sibling sites report, the
 //! share of *new* flows this site keeps and how the rest is spread. Pure: no I/O, no clock;
-//! `steering.rs` feeds it once per `[load] interval`.
+//! `task.rs` feeds it once per `[load] interval`.
 //!
 //! Model. `offered` is the packet rate of clients arriving at this site for its VIPs (what
 //! the data path counts as local + forwarded), `received` what siblings send us through the
@@ -31,6 +31,8 @@
 //! 4. The shed share is spread over the siblings in proportion to their room.
 
 use std::collections::BTreeMap;
+
+use crate::model::WEIGHT_SCALE;
 
 /// The `[load]` knobs the policy uses.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -186,11 +188,7 @@ fn wanted_keep(knobs: &Knobs, keep: f64, local: &Local) -> f64 {
     by_rate.min(by_cpu).clamp(0.0, 1.0)
 }
 
-/// Maglev weights from a decision: shares scaled to integers. 10,000 keeps the rounding
-/// (0.01 %) far below the Maglev table's own granularity (1/65537 per slot ≈ 0.0015 %, but
-/// weights are met to within a few slots).
-pub const WEIGHT_SCALE: f64 = 10_000.0;
-
+/// Maglev weights from a decision: shares scaled to integers ([`WEIGHT_SCALE`]).
 pub fn weights(local_name: &str, d: &Decision) -> BTreeMap<String, u32> {
     let mut w: BTreeMap<String, u32> =
         d.shares.iter().map(|(n, s)| (n.clone(), (s * WEIGHT_SCALE).round() as u32)).collect();

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Instant};
 
 use anycast_common::{Exception, SiteCounters, VipCounters};
 
-use crate::maps::{DataPathMaps, MapsError};
+use super::maps::{DataPathMaps, MapsError};
 
 #[derive(Clone, Debug)]
 pub struct Snapshot {

@@ -1,0 +1,9 @@
+//! Everything that touches the kernel: the embedded XDP objects, loading, attaching and
+//! pinning them, the typed maps and the counter reads.
+
+pub mod attach;
+pub mod counters;
+pub mod ebpf_log;
+pub mod loader;
+pub mod maps;
+pub mod object;

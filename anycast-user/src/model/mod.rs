@@ -1,0 +1,19 @@
+//! Plain data shared by the controller's parts: what each task publishes and what the
+//! outside world is told. No behaviour beyond small pure helpers, and no dependency on the
+//! rest of the crate, so that every other module can use it without a cycle.
+
+pub mod bgp;
+pub mod load_report;
+pub mod site_signals;
+pub mod status;
+pub mod steering;
+
+pub use bgp::{BgpView, Route};
+pub use load_report::LoadReport;
+pub use site_signals::SiteSignals;
+pub use steering::{SiteView, SteeringView};
+
+/// The unit of run-time Maglev weights (load-derived shares scaled to integers). 10,000
+/// keeps the rounding (0.01 %) far below the Maglev table's own granularity (1/65537 per
+/// slot ≈ 0.0015 %, but weights are met to within a few slots).
+pub const WEIGHT_SCALE: f64 = 10_000.0;
