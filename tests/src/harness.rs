@@ -169,6 +169,8 @@ impl DataPath {
 
 #[cfg(test)]
 mod tests {
+    use testkit::require::{Need, require};
+
     use super::*;
 
     #[test]
@@ -181,7 +183,7 @@ mod tests {
 
     #[test]
     fn datapath_harness_runs_the_noop_baseline() {
-        if !crate::root::require_root("datapath_harness_runs_the_noop_baseline") {
+        if !require("datapath_harness_runs_the_noop_baseline", &[Need::Kernel]) {
             return;
         }
         let dp = DataPath::load_noop().expect("load the no-op program");

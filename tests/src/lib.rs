@@ -1,6 +1,5 @@
 //! Test support for anycast: everything the kernel-level tests of every issue share.
 //!
-//! - [`root`]: tests that need root say so loudly and skip when not root (CI is root).
 //! - [`netns`]: network-namespace topologies (veth, addresses, routes, static neighbours,
 //!   sysctls) with unique names and guaranteed teardown; code run inside a namespace.
 //! - [`bird`]: real BIRD 2 daemons in namespaces (BGP tests): config, start/stop, routes.
@@ -36,7 +35,6 @@ pub mod fixture;
 pub mod harness;
 pub mod netns;
 pub mod packet;
-pub mod root;
 pub mod sequenced;
 pub mod sites;
 pub mod sustained;

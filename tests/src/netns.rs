@@ -280,11 +280,11 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::root::require_root;
+    use testkit::require::{Need, require};
 
     #[test]
     fn netns_teardown_even_on_panic() {
-        if !require_root("netns_teardown_even_on_panic") {
+        if !require("netns_teardown_even_on_panic", &[Need::Kernel]) {
             return;
         }
         let mut name = String::new();
@@ -306,7 +306,7 @@ mod tests {
 
     #[test]
     fn netns_rejects_long_interface_names() {
-        if !require_root("netns_rejects_long_interface_names") {
+        if !require("netns_rejects_long_interface_names", &[Need::Kernel]) {
             return;
         }
         let ns = Netns::new("ifname").unwrap();

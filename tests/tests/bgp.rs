@@ -18,13 +18,13 @@ use anycast_tests::{
     bird::{Bird, Learned},
     daemon::{Daemon, metric},
     netns::Netns,
-    root::require_root,
 };
 use anycast_user::{
     bgp::{self, EXPORT_FILTER},
     config::Config,
     model::Route,
 };
+use testkit::require::{BIRD, BIRDC, Need, require};
 
 const VIP: &str = "10.200.0.1";
 const VIP_NET: &str = "10.200.0.1/32";
@@ -206,7 +206,7 @@ fn overload(up: &Netns, stop: &AtomicBool) {
 
 #[test]
 fn bgp_announce_withdraw_deprefer_follow_the_site() {
-    if !require_root("bgp_announce_withdraw_deprefer_follow_the_site") {
+    if !require("bgp_announce_withdraw_deprefer_follow_the_site", &[Need::Kernel, BIRD, BIRDC]) {
         return;
     }
     let lab = lab();
@@ -361,7 +361,7 @@ fn bgp_announce_withdraw_deprefer_follow_the_site() {
 /// controller is dead (nobody to notice), BIRD withdraws the VIP by itself.
 #[test]
 fn bgp_route_follows_its_interface_without_the_controller() {
-    if !require_root("bgp_route_follows_its_interface_without_the_controller") {
+    if !require("bgp_route_follows_its_interface_without_the_controller", &[Need::Kernel, BIRD, BIRDC]) {
         return;
     }
     let lab = lab();
@@ -385,6 +385,9 @@ fn bgp_route_follows_its_interface_without_the_controller() {
 /// the file does not exist yet.
 #[test]
 fn bgp_include_file_parses_in_bird() {
+    if !require("bgp_include_file_parses_in_bird", &[BIRD]) {
+        return;
+    }
     let dir = Bird::dir_for("parse").expect("dir");
     let text = "[local]\ninterfaces = [\"eth0\"]\n[[sites]]\nname = \"a\"\nlocal = true\ncapacity = 1\n\
                 [bgp]\ndeprefer_med = 500\ndeprefer_prepend = 3\nlocal_as = 65001\n";

@@ -35,11 +35,11 @@ use anycast_common::Exception;
 use anycast_tests::{
     daemon::{ADMIN_LISTEN, Daemon, metric},
     netns::Netns,
-    root::require_root,
     sequenced::{self, Received, Sender},
     topology::{ForwardChain, software_checksums},
 };
 use anycast_user::model::status::Status;
+use testkit::require::{Need, require};
 
 const VIP: &str = "10.200.0.1";
 const VIP_PORT: u16 = 5353;
@@ -189,7 +189,7 @@ fn metrics(daemon: &Daemon) -> String {
 
 #[test]
 fn controller_restart_loses_nothing() {
-    if !require_root("controller_restart_loses_nothing") {
+    if !require("controller_restart_loses_nothing", &[Need::Kernel]) {
         return;
     }
     let (cl, site) = local_site("crs");
@@ -221,7 +221,7 @@ fn controller_restart_loses_nothing() {
 
 #[test]
 fn controller_reload_refuses_broken_config() {
-    if !require_root("controller_reload_refuses_broken_config") {
+    if !require("controller_reload_refuses_broken_config", &[Need::Kernel]) {
         return;
     }
     const COUNT: u32 = 200;
@@ -310,7 +310,7 @@ fn shares(daemon: &Daemon) -> (f64, f64, Vec<u32>) {
 
 #[test]
 fn controller_reload_applies_new_weights() {
-    if !require_root("controller_reload_applies_new_weights") {
+    if !require("controller_reload_applies_new_weights", &[Need::Kernel]) {
         return;
     }
     let (_cl, site) = local_site("crw");
@@ -344,7 +344,7 @@ fn controller_reload_applies_new_weights() {
 
 #[test]
 fn controller_second_instance_and_cli_defer_to_the_daemon() {
-    if !require_root("controller_second_instance_and_cli_defer_to_the_daemon") {
+    if !require("controller_second_instance_and_cli_defer_to_the_daemon", &[Need::Kernel]) {
         return;
     }
     const CLI_TIMEOUT: Duration = Duration::from_secs(30);
@@ -382,7 +382,7 @@ fn controller_second_instance_and_cli_defer_to_the_daemon() {
 
 #[test]
 fn controller_metrics_match_packets_sent() {
-    if !require_root("controller_metrics_match_packets_sent") {
+    if !require("controller_metrics_match_packets_sent", &[Need::Kernel]) {
         return;
     }
     const TO_VIP: u32 = 300;
@@ -423,7 +423,7 @@ fn controller_metrics_match_packets_sent() {
 
 #[test]
 fn controller_restart_keeps_forwarding_to_remote_site() {
-    if !require_root("controller_restart_keeps_forwarding_to_remote_site") {
+    if !require("controller_restart_keeps_forwarding_to_remote_site", &[Need::Kernel]) {
         return;
     }
     let ForwardChain { client: cl, a, b } = ForwardChain::new("crf", VIP).unwrap();

@@ -25,9 +25,9 @@ use anycast_tests::{
     fixture::{Case, Count, Count::*, Expect, Frame, Instance, MapsCheck, MapsOp, Step, Suite},
     netns::Netns,
     packet::*,
-    root::require_root,
 };
 use anycast_user::datapath::maps::{DataPathMaps, filter_index};
+use testkit::require::{Need, require};
 
 // Exception counters, short.
 const TRUNC: Count = Exc(E::Truncated);
@@ -798,7 +798,7 @@ fn pin_to_current_cpu() {
 
 #[test]
 fn datapath_fixtures() {
-    if !require_root("datapath_fixtures") {
+    if !require("datapath_fixtures", &[Need::Kernel]) {
         return;
     }
     let topo = Topology::build().expect("building the test topology");

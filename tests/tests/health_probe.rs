@@ -19,12 +19,13 @@ use std::{
 };
 
 use anycast_common::{AddrKey, Exception, SiteCounters};
-use anycast_tests::{daemon::Daemon, netns::Netns, root::require_root, topology::software_checksums};
+use anycast_tests::{daemon::Daemon, netns::Netns, topology::software_checksums};
 use anycast_user::{
     config::Encap,
     datapath::maps::DataPathMaps,
     steering::probe::{ProbeError, Prober},
 };
+use testkit::require::{Need, require};
 
 const A4: Ipv4Addr = Ipv4Addr::new(10, 3, 0, 1);
 const A6: Ipv6Addr = Ipv6Addr::new(0xfd03, 0, 0, 0, 0, 0, 0, 1);
@@ -131,7 +132,7 @@ fn peer_site(maps: &DataPathMaps, addr: AddrKey) -> u32 {
 
 #[test]
 fn health_probe_through_remote_data_path() {
-    if !require_root("health_probe_through_remote_data_path") {
+    if !require("health_probe_through_remote_data_path", &[Need::Kernel]) {
         return;
     }
     let (a, b) = topology("hp");
@@ -208,7 +209,7 @@ fn health_probe_through_remote_data_path() {
 
 #[test]
 fn health_probe_silent_address_times_out() {
-    if !require_root("health_probe_silent_address_times_out") {
+    if !require("health_probe_silent_address_times_out", &[Need::Kernel]) {
         return;
     }
     let (a, _b) = topology("hs");

@@ -10,10 +10,10 @@ use std::{
 
 use anycast_tests::{
     daemon::{Daemon, metric},
-    root::require_root,
     sites::{CLIENT, FlowClient, NAMES, PEER_PORT, TCP_PORT, TUNNEL, ThreeSites, UdpService, VIP},
     tcp::{self, Connection, Sink},
 };
+use testkit::require::{Need, require};
 
 /// A sheds above 0.9, returns below 0.7, aims at 0.8; B and C report their own load.
 /// `cpu = false`: the three sites share this host's CPUs, so the CPU figure would be the
@@ -66,7 +66,7 @@ fn site_packets(d: &Daemon, site: &str, action: &str) -> u64 {
 
 #[test]
 fn load_surge_spills_new_flows_by_headroom_and_returns() {
-    if !require_root("load_surge_spills_new_flows_by_headroom_and_returns") {
+    if !require("load_surge_spills_new_flows_by_headroom_and_returns", &[Need::Kernel]) {
         return;
     }
     let t = ThreeSites::new("load").expect("topology");
@@ -234,7 +234,7 @@ fn wait_health(a: &Daemon, site: usize, up: bool, timeout: Duration) -> Option<D
 
 #[test]
 fn health_down_site_gets_no_new_flows_and_its_flows_are_resteered() {
-    if !require_root("health_down_site_gets_no_new_flows_and_its_flows_are_resteered") {
+    if !require("health_down_site_gets_no_new_flows_and_its_flows_are_resteered", &[Need::Kernel]) {
         return;
     }
     let t = ThreeSites::new("health").expect("topology");

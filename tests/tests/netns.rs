@@ -24,11 +24,11 @@ use anycast_tests::{
     harness::DataPath,
     netns::Netns,
     packet::PROTO_UDP,
-    root::require_root,
     topology::{ForwardChain, software_checksums},
 };
 use anycast_user::datapath::maps::DataPathMaps;
 use aya::programs::XdpMode;
+use testkit::require::{Need, require};
 
 const VIP: [u8; 4] = [10, 200, 0, 1];
 const VIP_PORT: u16 = 5353;
@@ -117,7 +117,7 @@ fn link_stats(ns: &Netns, ifname: &str) -> String {
 
 #[test]
 fn netns_local_vip_and_other_traffic() {
-    if !require_root("netns_local_vip_and_other_traffic") {
+    if !require("netns_local_vip_and_other_traffic", &[Need::Kernel]) {
         return;
     }
     let cl = Netns::new("nl-cl").unwrap();
@@ -173,7 +173,7 @@ fn netns_local_vip_and_other_traffic() {
 
 #[test]
 fn netns_forward_to_remote_site_and_decap() {
-    if !require_root("netns_forward_to_remote_site_and_decap") {
+    if !require("netns_forward_to_remote_site_and_decap", &[Need::Kernel]) {
         return;
     }
     let ForwardChain { client: cl, a, b } = ForwardChain::new("nf", "10.200.0.1").unwrap();

@@ -12,7 +12,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -20,11 +20,12 @@ use std::{
 
 use anycast_tests::{
     netns::Netns,
-    root::require_root,
     sustained::{self, Flows, under_traffic},
 };
+use testkit::require::{self, Need, require};
 
-const PROMETHEUS: &str = "/usr/bin/prometheus";
+/// Found on PATH (the test requires it: [`require::PROMETHEUS`]).
+const PROMETHEUS: &str = "prometheus";
 /// Prometheus starts (opens its TSDB, replays an empty WAL) in a second or two here.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Scrape interval 1 s: the first scrape lands within a few seconds.
@@ -45,10 +46,6 @@ struct Prometheus<'ns> {
 impl<'ns> Prometheus<'ns> {
     /// Starts it in `ns`, scraping `target` (host:port, in `ns`) every second.
     fn start(ns: &'ns Netns, target: &str) -> Prometheus<'ns> {
-        assert!(
-            Path::new(PROMETHEUS).exists(),
-            "{PROMETHEUS} is missing: `cargo xtask setup` installs Debian's prometheus package"
-        );
         let dir = std::env::temp_dir().join(format!("anycast-test-{}-prometheus", std::process::id()));
         fs::create_dir_all(dir.join("data")).unwrap();
         let config = dir.join("prometheus.yml");
@@ -158,7 +155,10 @@ impl Drop for Prometheus<'_> {
 
 #[test]
 fn prometheus_scrapes_per_site_series_that_increase_under_traffic() {
-    if !require_root("prometheus_scrapes_per_site_series_that_increase_under_traffic") {
+    if !require(
+        "prometheus_scrapes_per_site_series_that_increase_under_traffic",
+        &[Need::Kernel, require::PROMETHEUS],
+    ) {
         return;
     }
     let chain = sustained::topology("prom").unwrap();

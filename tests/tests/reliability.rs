@@ -41,7 +41,6 @@ use std::{
 
 use anycast_tests::{
     daemon::{Daemon, metric},
-    root::require_root,
     sites::{FlowClient, UdpService},
     sustained::{self, Flows, under_traffic},
     tcp::{CHUNK, Connection, Sink},
@@ -49,6 +48,7 @@ use anycast_tests::{
 use anycast_user::{datapath::object::ANYCAST, model::status::Status};
 use aya::programs::loaded_programs;
 use object::{Object as _, ObjectSection as _};
+use testkit::require::{Need, require};
 
 /// Traffic before and after the disturbance.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -76,7 +76,7 @@ fn metrics(daemon: &Daemon) -> String {
 
 #[test]
 fn reliability_restart_under_traffic_loses_nothing() {
-    if !require_root("reliability_restart_under_traffic_loses_nothing") {
+    if !require("reliability_restart_under_traffic_loses_nothing", &[Need::Kernel]) {
         return;
     }
     let chain = sustained::topology("rrs").unwrap();
@@ -142,7 +142,7 @@ fn replace_controller(a: &mut Daemon, extra: &[&OsStr]) -> String {
 
 #[test]
 fn reliability_upgrade_under_traffic_swaps_program_keeps_maps() {
-    if !require_root("reliability_upgrade_under_traffic_swaps_program_keeps_maps") {
+    if !require("reliability_upgrade_under_traffic_swaps_program_keeps_maps", &[Need::Kernel]) {
         return;
     }
     let chain = sustained::topology("rup").unwrap();
@@ -202,7 +202,7 @@ fn weights(a: &Daemon) -> Vec<(String, u32)> {
 
 #[test]
 fn reliability_reload_broken_config_under_traffic() {
-    if !require_root("reliability_reload_broken_config_under_traffic") {
+    if !require("reliability_reload_broken_config_under_traffic", &[Need::Kernel]) {
         return;
     }
     let chain = sustained::topology("rrl").unwrap();
@@ -238,7 +238,7 @@ fn reliability_reload_broken_config_under_traffic() {
 
 #[test]
 fn reliability_flow_table_overflow_evicts_and_serves_every_flow() {
-    if !require_root("reliability_flow_table_overflow_evicts_and_serves_every_flow") {
+    if !require("reliability_flow_table_overflow_evicts_and_serves_every_flow", &[Need::Kernel]) {
         return;
     }
     const CAPACITY: u32 = 1024;
@@ -380,7 +380,7 @@ fn processes_with(needle: &str) -> Vec<String> {
 
 #[test]
 fn reliability_lab_runs_and_leaves_nothing_behind() {
-    if !require_root("reliability_lab_runs_and_leaves_nothing_behind") {
+    if !require("reliability_lab_runs_and_leaves_nothing_behind", &[Need::Kernel]) {
         return;
     }
     const SECONDS: u64 = 20;

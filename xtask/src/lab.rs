@@ -235,7 +235,6 @@ fn output(cmd: &mut Command) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use std::{
-        io::Write,
         net::{SocketAddr, UdpSocket},
         sync::{
             Arc,
@@ -243,6 +242,8 @@ mod tests {
         },
         time::Duration,
     };
+
+    use testkit::require::{Need, require};
 
     use super::*;
 
@@ -257,14 +258,7 @@ mod tests {
     /// dropping the lab leaves neither namespace behind.
     #[test]
     fn lab_netns_veth_carries_traffic_and_is_torn_down() -> Result<()> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            // Straight to stderr: libtest captures eprintln! of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n*** {}: lab_netns_veth_carries_traffic_and_is_torn_down ***",
-                crate::test::SKIP_MARKER
-            );
+        if !require("lab_netns_veth_carries_traffic_and_is_torn_down", &[Need::Kernel]) {
             return Ok(());
         }
         let mut lab = Lab::new()?;

@@ -1,6 +1,8 @@
 //! `cargo xtask test`: `cargo test` over the host crates, every test binary run even when
 //! one fails, with a closing line that totals them all ("summary: N passed, N failed,
-//! N skipped") and the names of the failures.
+//! N skipped") and names the failures and the skips. Under CI (`CI=true`) a skip is a
+//! failure: the tests that cannot run fail themselves (testkit::require), and a skip that
+//! got through anyway (an `#[ignore]`d test) fails the run.
 
 use std::{
     io::{BufRead, BufReader, IsTerminal, Read, Write},
@@ -11,6 +13,8 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use testkit::require;
+
 use crate::toolchain;
 
 /// Test threads per binary: the cores, but at least two so that tests waiting on the
@@ -18,10 +22,6 @@ use crate::toolchain;
 fn test_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
-
-/// What a test that needs root prints on stderr when it skips (tests/src/root.rs and the
-/// lab test in lab.rs).
-pub const SKIP_MARKER: &str = "SKIPPED (needs root)";
 
 pub struct Options {
     pub release: bool,
@@ -52,15 +52,17 @@ pub fn run(options: &Options) -> Result<()> {
     }
 
     let start = Instant::now();
-    // Test binaries write their results on stdout, and tests that skip for want of root
-    // say so on stderr (where libtest does not capture it). Both are read through, each
-    // line echoed, to total the results.
+    // Test binaries write their results on stdout, and tests that skip say so on stderr
+    // (where libtest does not capture it). Both are read through, each line echoed, to
+    // total the results.
     let mut child =
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("starting cargo test")?;
     let stderr = child.stderr.take().context("cargo test stderr")?;
-    let skips = thread::spawn(move || -> std::io::Result<u64> {
-        let mut skipped = 0;
-        echo_lines(stderr, &mut std::io::stderr(), |line| skipped += u64::from(line.contains(SKIP_MARKER)))?;
+    let skips = thread::spawn(move || -> std::io::Result<Vec<String>> {
+        let mut skipped = Vec::new();
+        echo_lines(stderr, &mut std::io::stderr(), |line| {
+            skipped.extend(require::skipped_test(line).map(str::to_owned));
+        })?;
         Ok(skipped)
     });
     let mut totals = Totals::default();
@@ -68,7 +70,7 @@ pub fn run(options: &Options) -> Result<()> {
     echo_lines(stdout, &mut std::io::stdout(), |line| totals.add(line))
         .context("reading cargo test output")?;
     let status = child.wait().context("waiting for cargo test")?;
-    let root_skips = skips.join().map_err(|_| anyhow!("stderr reader panicked"))??;
+    let early_returns = skips.join().map_err(|_| anyhow!("stderr reader panicked"))??;
 
     if totals.binaries == 0 && !status.success() {
         bail!("cargo test failed ({status}) before running any test; see the compiler output above");
@@ -79,15 +81,30 @@ pub fn run(options: &Options) -> Result<()> {
         start.elapsed().as_secs_f64(),
         options.filter.as_ref().map(|f| format!(", names containing {f:?}")).unwrap_or_default()
     );
-    // A test that skipped for want of root returned early and libtest counted it passed.
+    // A test that skipped returned early and libtest counted it passed.
+    let passed = totals.passed.saturating_sub(early_returns.len() as u64);
+    let skipped: Vec<String> = totals.ignored.iter().cloned().chain(early_returns).collect();
     println!(
-        "summary: {} passed, {} failed, {} skipped",
-        totals.passed.saturating_sub(root_skips),
+        "summary: {passed} passed, {} failed, {} skipped{}",
         totals.failed,
-        totals.ignored + root_skips
+        skipped.len(),
+        match skipped.is_empty() {
+            true => String::new(),
+            false => format!(": {}", skipped.join(", ")),
+        }
     );
     if !totals.failures.is_empty() {
-        bail!("{} test(s) failed: {}", totals.failures.len(), totals.failures.join(", "));
+        let why = match (require::ci(), require::kernel()) {
+            (true, Err(why)) => format!(
+                "\nunder CI (CI=true) a test that cannot run fails, and the kernel refuses this \
+                 process: {why}"
+            ),
+            _ => String::new(),
+        };
+        bail!("{} test(s) failed: {}{why}", totals.failures.len(), totals.failures.join(", "));
+    }
+    if require::ci() && !skipped.is_empty() {
+        bail!("under CI (CI=true) a skipped test is a failure: {}", skipped.join(", "));
     }
     if !status.success() {
         bail!("cargo test failed ({status}); see the output above");
@@ -114,13 +131,14 @@ fn echo_lines(from: impl Read, to: &mut impl Write, mut inspect: impl FnMut(&str
     Ok(())
 }
 
-/// Totals over every "test result:" line that libtest prints per test binary.
+/// Totals over every "test result:" line that libtest prints per test binary, and the names
+/// of the tests that failed or were ignored.
 #[derive(Default, Debug)]
 struct Totals {
     binaries: u64,
     passed: u64,
     failed: u64,
-    ignored: u64,
+    ignored: Vec<String>,
     failures: Vec<String>,
 }
 
@@ -136,13 +154,16 @@ impl Totals {
                 match what {
                     "passed" => self.passed += n,
                     "failed" => self.failed += n,
-                    "ignored" => self.ignored += n,
                     _ => {}
                 }
             }
-        } else if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")) {
-            // "test lab::tests::x ... FAILED"
-            self.failures.push(name.to_owned());
+        } else if let Some((name, outcome)) = line.strip_prefix("test ").and_then(|l| l.split_once(" ... ")) {
+            // "test lab::tests::x ... FAILED", "test y ... ignored" (or "ignored, why")
+            match outcome {
+                "FAILED" => self.failures.push(name.to_owned()),
+                o if o.starts_with("ignored") => self.ignored.push(name.to_owned()),
+                _ => {}
+            }
         }
     }
 }
@@ -158,24 +179,26 @@ mod tests {
             "running 3 tests",
             "test a::ok ... ok",
             "test a::bad ... FAILED",
+            "test a::later ... ignored, needs a fix",
             "test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
             "test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 2 filtered out; finished in 1.50s",
         ] {
             totals.add(line);
         }
-        assert_eq!((totals.binaries, totals.passed, totals.failed, totals.ignored), (2, 5, 1, 1));
+        assert_eq!((totals.binaries, totals.passed, totals.failed), (2, 5, 1));
         assert_eq!(totals.failures, ["a::bad"]);
+        assert_eq!(totals.ignored, ["a::later"]);
     }
 
     #[test]
     fn echo_lines_copies_bytes_and_shows_lines() {
-        let input: &[u8] = b"compiling\n\xff\n*** SKIPPED (needs root): t ***\nlast line without newline";
+        let input: &[u8] = b"compiling\n\xff\n*** SKIPPED t: needs the kernel ***\nlast line without newline";
         let mut copy = Vec::new();
         let mut seen = Vec::new();
         echo_lines(input, &mut copy, |line| seen.push(line.to_owned())).unwrap();
         assert_eq!(copy, input, "output is passed through byte for byte");
         assert_eq!(seen.len(), 4);
-        assert_eq!(seen.iter().filter(|l| l.contains(SKIP_MARKER)).count(), 1);
+        assert_eq!(seen.iter().filter_map(|l| require::skipped_test(l)).collect::<Vec<_>>(), ["t"]);
         assert_eq!(seen[3], "last line without newline");
     }
 }

@@ -73,8 +73,8 @@ fn pin_to_current_cpu() -> Result<()> {
 
 /// Runs every benchmark. `anycast` is the controller binary for the RSS figure.
 pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
-    if !crate::root::is_root() {
-        bail!("the benchmark loads XDP programs and makes network namespaces: run it as root");
+    if let Err(why) = testkit::require::kernel() {
+        bail!("the benchmark loads XDP programs and makes network namespaces: {why}");
     }
     let mut machine = Machine::read(mode);
     let notes = &mut machine.notes;
