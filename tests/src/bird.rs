@@ -6,7 +6,7 @@
 //! - `bird -f` (foreground): the child process *is* the daemon, so the test can kill and
 //!   reap it; `-c`, `-s`, `-P` keep config, socket and pid file out of /etc and /run.
 //! - The daemon joins its namespace with `setns(CLONE_NEWNET)` between fork and exec (as
-//!   [`crate::daemon`] does) and gets `PR_SET_PDEATHSIG = SIGKILL`, so a test killed without
+//!   [`testkit::daemon`] does) and gets `PR_SET_PDEATHSIG = SIGKILL`, so a test killed without
 //!   unwinding does not leave BGP speakers behind.
 //! - Routes are read with `birdc -s SOCKET show route PREFIX all`, what an operator types.
 
@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::Netns;
+use testkit::netns::Netns;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

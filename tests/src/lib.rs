@@ -1,19 +1,17 @@
-//! Test support for anycast: everything the kernel-level tests of every issue share.
+//! Test support for anycast: everything the kernel-level tests of every issue share, beyond
+//! what they share with xtask's lab (the `testkit` crate: namespaces, daemons, traffic,
+//! metrics, skips and teardown).
 //!
-//! - [`netns`]: network-namespace topologies (veth, addresses, routes, static neighbours,
-//!   sysctls) with unique names and guaranteed teardown; code run inside a namespace.
+//! - [`netns`]: testkit's network namespaces, re-exported for the data-path fixtures and the
+//!   bench.
 //! - [`bird`]: real BIRD 2 daemons in namespaces (BGP tests): config, start/stop, routes.
-//! - [`daemon`]: the `anycast` binary run as a daemon inside a test's namespace, with its own
-//!   config, pins and state, all removed on drop.
+//! - [`pinned`]: a daemon's pinned maps and links, read with the controller's library.
 //! - [`harness`]: the embedded XDP object loaded into the kernel, frames run through it
 //!   with BPF_PROG_RUN, maps reached through `anycast_user::datapath::maps::DataPathMaps`.
 //! - [`packet`]: frames built with etherparse (VLAN, IPv4 options, IPv6 extension headers,
 //!   fragments, ICMP errors, tunnels, padding).
-//! - [`sequenced`]: paced, numbered UDP datagrams and a receiver that finds the lost ones.
-//! - [`sites`]: three sites and a client with per-flow UDP services (load-aware steering).
 //! - [`sustained`]: UDP streams and TCP transfers through two sites (A steering, B
 //!   remote) while a test disturbs A's controller.
-//! - [`tcp`]: long-lived TCP transfers at a bounded rate and a sink that counts their bytes.
 //! - [`topology`]: topologies several real-packet tests share (client → A → B chain).
 //! - [`checksum`]: an Internet checksum of our own, to verify what the program computes.
 //! - [`expect`]: expected encapsulated / decapsulated / ICMP-reply frames, from the rules
@@ -28,15 +26,13 @@ pub mod anchor;
 pub mod bench;
 pub mod bird;
 pub mod checksum;
-pub mod daemon;
 pub mod diff;
 pub mod expect;
 pub mod fixture;
 pub mod harness;
-pub mod netns;
 pub mod packet;
-pub mod sequenced;
-pub mod sites;
+pub mod pinned;
 pub mod sustained;
-pub mod tcp;
 pub mod topology;
+
+pub use testkit::netns;

@@ -23,13 +23,15 @@ use std::{
 use anycast_common::{FlowKey, addr::Family, flow_hash};
 use anycast_user::model::status::Status;
 
-use crate::{
-    daemon::{Daemon, metric},
+use testkit::{
+    daemon::Daemon,
+    metrics::metric,
     netns::{Netns, Result},
     sequenced::{self, Received, Sender},
     tcp::{self, Connection, Report, Served, Sink},
-    topology::ForwardChain,
 };
+
+use crate::{pinned::Pinned, topology::ForwardChain};
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);

@@ -1,22 +1,6 @@
 //! Topologies that several real-packet tests share.
 
-use crate::netns::{Netns, NetnsError, Result};
-
-/// Client-side UDP checksums in software on `ifname` of `ns`: a veth pair hands its peer a
-/// CHECKSUM_PARTIAL skb whose UDP checksum holds only the pseudo-header sum, which is wrong
-/// once XDP has turned the packet into a frame (redirect, encap) and a new skb without that
-/// note is built.
-pub fn software_checksums(ns: &Netns, ifname: &str) -> Result<()> {
-    let cmd = format!("ethtool -K {ifname} tx off");
-    // A child forked from a thread inside the namespace is in it.
-    let out = ns
-        .run(|| std::process::Command::new("ethtool").args(["-K", ifname, "tx", "off"]).output())
-        .map_err(|source| NetnsError::Spawn { cmd: cmd.clone(), source })?;
-    if !out.status.success() {
-        return Err(NetnsError::Command { cmd, stderr: String::from_utf8_lossy(&out.stderr).into_owned() });
-    }
-    Ok(())
-}
+use testkit::netns::{Netns, Result};
 
 /// client `c0` 10.1.0.2 ⇄ `a0` 10.1.0.1 [A] `a1` 10.2.0.1 ⇄ `b0` 10.2.0.2 [B, `vip` on lo].
 ///
@@ -46,7 +30,7 @@ impl ForwardChain {
         b.add_route(&["10.1.0.0/24", "via", "10.2.0.1"])?;
         a.add_neigh("a1", "10.2.0.2", b.mac("b0")?)?;
         a.enable_forwarding()?;
-        software_checksums(&client, "c0")?;
+        client.software_checksums("c0")?;
         Ok(ForwardChain { client, a, b })
     }
 }

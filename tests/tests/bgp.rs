@@ -14,17 +14,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_tests::{
-    bird::{Bird, Learned},
-    daemon::{Daemon, metric},
-    netns::Netns,
-};
+use anycast_tests::bird::{Bird, Learned};
 use anycast_user::{
     bgp::{self, EXPORT_FILTER},
     config::Config,
     model::Route,
 };
-use testkit::require::{BIRD, BIRDC, Need, require};
+use testkit::{
+    daemon::Daemon,
+    metrics::metric,
+    netns::Netns,
+    require::{BIRD, BIRDC, Need, require},
+};
 
 const VIP: &str = "10.200.0.1";
 const VIP_NET: &str = "10.200.0.1/32";

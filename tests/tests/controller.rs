@@ -32,14 +32,15 @@ use std::{
 };
 
 use anycast_common::Exception;
-use anycast_tests::{
-    daemon::{ADMIN_LISTEN, Daemon, metric},
-    netns::Netns,
-    sequenced::{self, Received, Sender},
-    topology::{ForwardChain, software_checksums},
-};
+use anycast_tests::{pinned::Pinned, topology::ForwardChain};
 use anycast_user::model::status::Status;
-use testkit::require::{Need, require};
+use testkit::{
+    daemon::{ADMIN_LISTEN, Daemon},
+    metrics::metric,
+    netns::Netns,
+    require::{Need, require},
+    sequenced::{self, Received, Sender},
+};
 
 const VIP: &str = "10.200.0.1";
 const VIP_PORT: u16 = 5353;
@@ -84,7 +85,7 @@ fn local_site(tag: &str) -> (Netns, Netns) {
     site.add_addr("l0", "10.1.0.1/24").unwrap();
     site.add_addr("lo", &format!("{VIP}/32")).unwrap();
     cl.add_route(&[&format!("{VIP}/32"), "via", "10.1.0.1"]).unwrap();
-    software_checksums(&cl, "c0").unwrap();
+    cl.software_checksums("c0").unwrap();
     (cl, site)
 }
 

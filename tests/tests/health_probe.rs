@@ -19,13 +19,17 @@ use std::{
 };
 
 use anycast_common::{AddrKey, Exception, SiteCounters};
-use anycast_tests::{daemon::Daemon, netns::Netns, topology::software_checksums};
+use anycast_tests::pinned::Pinned;
 use anycast_user::{
     config::Encap,
     datapath::maps::DataPathMaps,
     steering::probe::{ProbeError, Prober},
 };
-use testkit::require::{Need, require};
+use testkit::{
+    daemon::Daemon,
+    netns::Netns,
+    require::{Need, require},
+};
 
 const A4: Ipv4Addr = Ipv4Addr::new(10, 3, 0, 1);
 const A6: Ipv6Addr = Ipv6Addr::new(0xfd03, 0, 0, 0, 0, 0, 0, 1);
@@ -86,7 +90,7 @@ fn topology(tag: &str) -> (Netns, Netns) {
     a.add_addr("a0", "fd03::1/64").unwrap();
     b.add_addr("b0", "10.3.0.2/24").unwrap();
     b.add_addr("b0", "fd03::2/64").unwrap();
-    software_checksums(&a, "a0").unwrap();
+    a.software_checksums("a0").unwrap();
     (a, b)
 }
 

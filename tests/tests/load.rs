@@ -8,12 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_tests::{
-    daemon::{Daemon, metric},
+use testkit::{
+    daemon::Daemon,
+    metrics::metric,
+    require::{Need, require},
     sites::{CLIENT, FlowClient, NAMES, PEER_PORT, TCP_PORT, TUNNEL, ThreeSites, UdpService, VIP},
     tcp::{self, Connection, Sink},
 };
-use testkit::require::{Need, require};
 
 /// A sheds above 0.9, returns below 0.7, aims at 0.8; B and C report their own load.
 /// `cpu = false`: the three sites share this host's CPUs, so the CPU figure would be the
@@ -76,7 +77,7 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
         t.sites.iter().map(|ns| Sink::start(ns, (VIP, TCP_PORT).into()).expect("sink")).collect();
     let mut daemons = start(&t, |me| if me == 0 { format!("{LOAD}{HEALTH}") } else { LOAD.to_owned() });
     let stop = AtomicBool::new(false);
-    let mut client = FlowClient::default();
+    let client = FlowClient::default();
     let mut sent = 0u64;
 
     // Normal load (300 pps at a 1,000 pps site): every new flow is served at A.
@@ -243,7 +244,7 @@ fn health_down_site_gets_no_new_flows_and_its_flows_are_resteered() {
     // Static weights (no [load]): A spreads new flows 1:2:2 over A, B, C.
     let mut daemons = start(&t, |me| if me == 0 { HEALTH.to_owned() } else { String::new() });
     let stop = AtomicBool::new(false);
-    let mut client = FlowClient::default();
+    let client = FlowClient::default();
     let mut sent = 0u64;
     let ports = client.send(&t.client, 500, 500, &stop).expect("flows");
     sent += ports.len() as u64;

@@ -20,12 +20,7 @@ use anycast_common::{
     config::CONFIG_TUNNEL_V4,
     site::{SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
 };
-use anycast_tests::{
-    harness::DataPath,
-    netns::Netns,
-    packet::PROTO_UDP,
-    topology::{ForwardChain, software_checksums},
-};
+use anycast_tests::{harness::DataPath, netns::Netns, packet::PROTO_UDP, topology::ForwardChain};
 use anycast_user::datapath::maps::DataPathMaps;
 use aya::programs::XdpMode;
 use testkit::require::{Need, require};
@@ -131,7 +126,7 @@ fn netns_local_vip_and_other_traffic() {
     lb.add_addr("l0", "fd01::1/64").unwrap();
     lb.add_addr("lo", &format!("{VIP6}/128")).unwrap();
     cl.add_route(&[&format!("{VIP6}/128"), "via", "fd01::1"]).unwrap();
-    software_checksums(&cl, "c0").unwrap();
+    cl.software_checksums("c0").unwrap();
 
     let (_dp, mut maps) = attach(&lb, "l0");
     let local =

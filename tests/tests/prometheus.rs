@@ -81,19 +81,7 @@ impl<'ns> Prometheus<'ns> {
     /// `GET path` with query parameters, from inside the namespace; the body of a 2xx.
     fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<String, String> {
         let url = format!("http://{}{path}", self.listen);
-        self.ns.run(|| {
-            let agent = ureq::Agent::new_with_config(
-                ureq::Agent::config_builder().proxy(None).timeout_global(Some(HTTP_TIMEOUT)).build(),
-            );
-            let mut request = agent.get(&url);
-            for (k, v) in query {
-                request = request.query(*k, *v);
-            }
-            request
-                .call()
-                .and_then(|mut r| r.body_mut().read_to_string())
-                .map_err(|e| format!("GET {url}: {e}"))
-        })
+        testkit::metrics::get(self.ns, &url, query, HTTP_TIMEOUT).map_err(|e| format!("GET {url}: {e}"))
     }
 
     fn wait_ready(&mut self) {
@@ -172,7 +160,7 @@ fn prometheus_scrapes_per_site_series_that_increase_under_traffic() {
     ];
     let mut readings = Vec::new();
     let measured = under_traffic(&chain, flows, Duration::from_secs(1), || {
-        let mut prometheus = Prometheus::start(&chain.a, anycast_tests::daemon::ADMIN_LISTEN);
+        let mut prometheus = Prometheus::start(&chain.a, testkit::daemon::ADMIN_LISTEN);
         prometheus.wait_ready();
         let deadline = Instant::now() + SCRAPE_TIMEOUT;
         while prometheus.query(r#"up{job="anycast"} == 1"#).is_empty() {

@@ -40,15 +40,19 @@ use std::{
 };
 
 use anycast_tests::{
-    daemon::{Daemon, metric},
-    sites::{FlowClient, UdpService},
+    pinned::Pinned,
     sustained::{self, Flows, under_traffic},
-    tcp::{CHUNK, Connection, Sink},
 };
 use anycast_user::{datapath::object::ANYCAST, model::status::Status};
 use aya::programs::loaded_programs;
 use object::{Object as _, ObjectSection as _};
-use testkit::require::{Need, require};
+use testkit::{
+    daemon::Daemon,
+    metrics::metric,
+    require::{Need, require},
+    sites::{FlowClient, UdpService},
+    tcp::{CHUNK, Connection, Sink},
+};
 
 /// Traffic before and after the disturbance.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -337,11 +341,23 @@ fn reliability_flow_table_overflow_evicts_and_serves_every_flow() {
 
 /// Where the nested cargo builds and finds things: the target directory and profile of
 /// this test executable (<target>/<profile>/deps/<name>-<hash>).
-fn target_and_profile() -> (PathBuf, String) {
+/// `cargo xtask` as a command: the xtask that runs the tests (`ANYCAST_XTASK`), or under a
+/// plain `cargo test` `cargo run -p xtask` (the cargo that runs the tests released its build
+/// lock before running them, so this nested one does not wait on it; the test's timeout
+/// bounds it).
+fn xtask() -> Command {
+    if let Some(xtask) = std::env::var_os("ANYCAST_XTASK") {
+        return Command::new(xtask);
+    }
     let exe = std::env::current_exe().expect("the test executable");
     let profile_dir = exe.parent().and_then(Path::parent).expect("<target>/<profile>/deps");
-    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
-    (profile_dir.parent().expect("a target directory").to_owned(), profile)
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .env("CARGO_TARGET_DIR", profile_dir.parent().expect("a target directory"))
+        .args(["run", "--quiet", "--package", "xtask", "--"]);
+    cmd
 }
 
 /// Names in `dir` that start with `prefix`.
@@ -388,30 +404,13 @@ fn reliability_lab_runs_and_leaves_nothing_behind() {
     // 20 s of traffic and a few seconds to start and tear down (~25 s here); the rest is
     // room for a loaded machine.
     const EXPECTED: Duration = Duration::from_secs(60);
-    let (target, profile) = target_and_profile();
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace");
     let links_before = host_links();
     let dir = std::env::temp_dir().join(format!("anycast-test-{}-lab", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
 
-    // The cargo that runs the tests released its build lock before running them, so this
-    // nested one does not wait on it; xtask is fresh when the tests run under `cargo xtask`.
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace).env("CARGO_TARGET_DIR", &target).args([
-        "run",
-        "--quiet",
-        "--package",
-        "xtask",
-        "--",
-        "run",
-        "--for",
-        &SECONDS.to_string(),
-    ]);
-    if profile == "release" {
-        cmd.arg("--release");
-    }
+    let mut cmd = xtask();
+    cmd.args(["run", "--for", &SECONDS.to_string()]);
     let started = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -457,17 +456,18 @@ fn reliability_lab_runs_and_leaves_nothing_behind() {
 
     // What this lab made is named after its xtask pid (printed with its namespaces).
     let pid = stdout
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("anycast-lab-")?.split('-').next()?.parse::<u32>().ok())
+        .lines()
+        .find_map(|l| l.strip_prefix("lab: namespaces "))
+        .and_then(|names| names.strip_prefix(testkit::netns::PREFIX)?.split('-').next()?.parse::<u32>().ok())
         .unwrap_or_else(|| panic!("no lab namespace named in the output\n{output}"));
     let left: Vec<String> = [
-        entries("/run/netns", &format!("anycast-lab-{pid}-")),
-        entries("/sys/fs/bpf", &format!("anycast-demo-{pid}-")),
-        entries(&std::env::temp_dir().to_string_lossy(), &format!("anycast-demo-{pid}")),
+        entries(testkit::netns::NETNS_DIR, &format!("{}{pid}-", testkit::netns::PREFIX)),
+        entries(testkit::daemon::BPFFS, &format!("{}{pid}-", testkit::daemon::PREFIX)),
+        entries(&std::env::temp_dir().to_string_lossy(), &format!("{}{pid}-", testkit::daemon::PREFIX)),
     ]
     .into_iter()
     .flatten()
-    .chain(processes_with(&format!("anycast-demo-{pid}")))
+    .chain(processes_with(&format!("{}{pid}-", testkit::daemon::PREFIX)))
     .chain(host_links().difference(&links_before).map(|l| format!("host link {l}")))
     .collect();
     assert!(left.is_empty(), "the lab left behind: {left:?}\n{output}");

@@ -4,13 +4,10 @@
 //! when it can (see prereq.rs), so a fresh Debian 12 machine needs no manual step.
 
 mod bench;
-mod daemon;
 mod demo;
-mod lab;
 mod prereq;
 mod test;
 mod toolchain;
-mod traffic;
 
 use std::{os::unix::process::CommandExt, path::PathBuf, time::Duration};
 
@@ -92,7 +89,8 @@ fn try_main() -> Result<()> {
         }
         Task::Test { release, filter, args } => {
             prereq::ensure(Goal::Test)?;
-            test::run(&test::Options { release, filter, args })?;
+            let anycast = anycast_binary(release)?;
+            test::run(&test::Options { release, filter, args }, &anycast)?;
         }
         Task::Bench { out, quick } => {
             prereq::ensure(Goal::Run)?;
@@ -100,11 +98,11 @@ fn try_main() -> Result<()> {
         }
         Task::Run { release, duration, args } => {
             prereq::ensure(Goal::Run)?;
-            cargo_build(release, &["--package", "anycast-user", "--bin", "anycast"])?;
-            let anycast = toolchain::profile_dir(release).join("anycast");
-            if !anycast.exists() {
-                bail!("the build succeeded but {} is not there", anycast.display());
-            }
+            // The binary `cargo xtask test` built, when the lab's test runs this.
+            let anycast = match std::env::var_os(testkit::daemon::BIN_ENV) {
+                Some(path) => PathBuf::from(path),
+                None => anycast_binary(release)?,
+            };
             if args.is_empty() {
                 demo::run(&anycast, duration.map(Duration::from_secs))?;
             } else {
@@ -113,6 +111,16 @@ fn try_main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Builds the `anycast` binary; its path.
+fn anycast_binary(release: bool) -> Result<PathBuf> {
+    cargo_build(release, &["--package", "anycast-user", "--bin", "anycast"])?;
+    let anycast = toolchain::profile_dir(release).join("anycast");
+    if !anycast.exists() {
+        bail!("the build succeeded but {} is not there", anycast.display());
+    }
+    Ok(anycast)
 }
 
 fn cargo_build(release: bool, selection: &[&str]) -> Result<()> {

@@ -3,9 +3,17 @@
 //! N skipped") and names the failures and the skips. Under CI (`CI=true`) a skip is a
 //! failure: the tests that cannot run fail themselves (testkit::require), and a skip that
 //! got through anyway (an `#[ignore]`d test) fails the run.
+//!
+//! The `anycast` binary is built once before the tests and handed to them in
+//! `ANYCAST_BIN` (and this xtask in `ANYCAST_XTASK`, for the lab's test), so that no test
+//! runs a nested cargo. A teardown failure reported by a test (testkit::teardown) and
+//! anything a test or lab left behind at the end (namespaces, pins, work directories) fail
+//! the run, and what was left is removed.
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead, BufReader, IsTerminal, Read, Write},
+    path::Path,
     process::Stdio,
     thread,
     time::Instant,
@@ -13,7 +21,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use testkit::require;
+use testkit::{daemon, require, teardown};
 
 use crate::toolchain;
 
@@ -30,7 +38,11 @@ pub struct Options {
     pub args: Vec<String>,
 }
 
-pub fn run(options: &Options) -> Result<()> {
+/// The environment variable by which the lab's test finds this xtask.
+pub const XTASK_ENV: &str = "ANYCAST_XTASK";
+
+pub fn run(options: &Options, anycast: &Path) -> Result<()> {
+    let before: BTreeSet<String> = teardown::leftovers().into_iter().collect();
     let mut cmd = toolchain::cargo();
     // anycast-ebpf only builds for the BPF target (anycast-user's build.rs builds it), and
     // --workspace would select it.
@@ -44,6 +56,8 @@ pub fn run(options: &Options) -> Result<()> {
     if std::env::var_os("RUST_TEST_THREADS").is_none() {
         cmd.env("RUST_TEST_THREADS", test_threads().to_string());
     }
+    cmd.env(daemon::BIN_ENV, anycast);
+    cmd.env(XTASK_ENV, std::env::current_exe().context("locating xtask's own executable")?);
     println!("test: {}", toolchain::describe(&cmd));
 
     if std::io::stderr().is_terminal() && std::env::var_os("CARGO_TERM_COLOR").is_none() {
@@ -52,25 +66,34 @@ pub fn run(options: &Options) -> Result<()> {
     }
 
     let start = Instant::now();
-    // Test binaries write their results on stdout, and tests that skip say so on stderr
-    // (where libtest does not capture it). Both are read through, each line echoed, to
-    // total the results.
+    // Test binaries write their results on stdout, and tests that skip or fail to tear
+    // down say so on stderr (where libtest does not capture it). Both are read through, each
+    // line echoed, to total the results.
     let mut child =
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("starting cargo test")?;
     let stderr = child.stderr.take().context("cargo test stderr")?;
-    let skips = thread::spawn(move || -> std::io::Result<Vec<String>> {
-        let mut skipped = Vec::new();
+    let reports = thread::spawn(move || -> std::io::Result<(Vec<String>, Vec<String>)> {
+        let (mut skipped, mut teardowns) = (Vec::new(), Vec::new());
         echo_lines(stderr, &mut std::io::stderr(), |line| {
             skipped.extend(require::skipped_test(line).map(str::to_owned));
+            if teardown::is_warning(line) {
+                teardowns.push(line.trim().to_owned());
+            }
         })?;
-        Ok(skipped)
+        Ok((skipped, teardowns))
     });
     let mut totals = Totals::default();
     let stdout = child.stdout.take().context("cargo test stdout")?;
     echo_lines(stdout, &mut std::io::stdout(), |line| totals.add(line))
         .context("reading cargo test output")?;
     let status = child.wait().context("waiting for cargo test")?;
-    let early_returns = skips.join().map_err(|_| anyhow!("stderr reader panicked"))??;
+    let (early_returns, teardowns) = reports.join().map_err(|_| anyhow!("stderr reader panicked"))??;
+    let left: Vec<String> = teardown::leftovers().into_iter().filter(|l| !before.contains(l)).collect();
+    for leftover in &left {
+        if let Err(e) = teardown::remove(anycast, leftover) {
+            eprintln!("test: could not remove {leftover}: {e}");
+        }
+    }
 
     if totals.binaries == 0 && !status.success() {
         bail!("cargo test failed ({status}) before running any test; see the compiler output above");
@@ -85,12 +108,16 @@ pub fn run(options: &Options) -> Result<()> {
     let passed = totals.passed.saturating_sub(early_returns.len() as u64);
     let skipped: Vec<String> = totals.ignored.iter().cloned().chain(early_returns).collect();
     println!(
-        "summary: {passed} passed, {} failed, {} skipped{}",
+        "summary: {passed} passed, {} failed, {} skipped{}{}",
         totals.failed,
         skipped.len(),
         match skipped.is_empty() {
             true => String::new(),
             false => format!(": {}", skipped.join(", ")),
+        },
+        match (teardowns.len(), left.len()) {
+            (0, 0) => String::new(),
+            (t, l) => format!("; {t} teardown failures, {l} things left behind"),
         }
     );
     if !totals.failures.is_empty() {
@@ -105,6 +132,16 @@ pub fn run(options: &Options) -> Result<()> {
     }
     if require::ci() && !skipped.is_empty() {
         bail!("under CI (CI=true) a skipped test is a failure: {}", skipped.join(", "));
+    }
+    if !teardowns.is_empty() || !left.is_empty() {
+        bail!(
+            "the tests passed but did not clean up: {}{}(removed now)",
+            teardowns.join("; "),
+            match left.is_empty() {
+                true => String::new(),
+                false => format!(" left behind: {}; ", left.join(", ")),
+            }
+        );
     }
     if !status.success() {
         bail!("cargo test failed ({status}); see the output above");

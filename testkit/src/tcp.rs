@@ -1,4 +1,4 @@
-//! Long-lived TCP transfers through a topology: a sink service on the VIP that counts the
+//! Long-lived TCP transfers through a topology (tests and the lab): a sink service on the VIP that counts the
 //! bytes of every connection, and a client that holds connections open while it sends at
 //! a bounded rate for a bounded time, then checks that the far end got every byte.
 //!
@@ -14,6 +14,7 @@
 use std::{
     io::{self, ErrorKind, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -56,6 +57,10 @@ pub struct Report {
     pub sent: u64,
     /// Bytes the service says it read (0 when it could not say).
     pub acknowledged: u64,
+    /// Segments the client's kernel sent on it (SYN, data, ACKs, FIN, retransmissions:
+    /// `tcpi_segs_out`), i.e. the packets of this connection that the data path saw; read
+    /// after the service's FIN, so complete for a completed connection.
+    pub segments: u64,
     pub outcome: Outcome,
 }
 
@@ -214,7 +219,8 @@ impl Connection {
                 Err(e) => Outcome::Reset(e),
             },
         };
-        Report { local: self.local, sent: self.sent, acknowledged, outcome }
+        let segments = segments_out(&self.stream).unwrap_or(0);
+        Report { local: self.local, sent: self.sent, acknowledged, segments, outcome }
     }
 
     fn close(&mut self) -> Result<u64, String> {
@@ -227,6 +233,27 @@ impl Connection {
             Ok(_) => Err("more than the count after the count".to_owned()),
             Err(e) => Err(format!("waiting for the service's FIN: {e}")),
         }
+    }
+}
+
+/// `tcpi_segs_out` of TCP_INFO.
+fn segments_out(stream: &TcpStream) -> io::Result<u64> {
+    // SAFETY: tcp_info is plain data, valid zeroed.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of `len` bytes the kernel fills.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    match rc {
+        0 => Ok(u64::from(info.tcpi_segs_out)),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 

@@ -1,25 +1,25 @@
-//! The `anycast` controller binary under test: a daemon (`anycast run --config`) started
-//! inside a test's network namespace, with a config, a pin directory and a state directory
-//! of its own, and everything it leaves behind removed when the [`Daemon`] value is dropped
-//! (also when the test panics): the process is killed, the pins are removed with
-//! `anycast detach` (which takes the program off its interfaces), the files deleted.
+//! The `anycast` controller binary as a daemon (`anycast run --config`) started inside a
+//! network namespace of a test or of the lab, with a config, a pin directory and a state
+//! directory of its own, and everything it leaves behind removed when the [`Daemon`] value
+//! is dropped (also when the test panics): the process is killed, the pins are removed with
+//! `anycast detach` (which takes the program off its interfaces), the files deleted; a step
+//! that fails is reported ([`crate::teardown`]).
 //!
 //! Why these choices:
-//! - The binary is the one of this build: [`anycast_bin`] runs `cargo build -p anycast-user
-//!   --bin anycast` once per test process, into the target directory and profile of the
-//!   running test (a test can only name the binaries of its own package, and `cargo test`
-//!   of this package does not build another package's binary). Cargo releases its build
-//!   lock before it runs the tests, so the nested build does not wait on the outer one, and
-//!   it is a no-op when the binary is fresh.
+//! - The binary is the one of this build: `cargo xtask test` builds it once before the tests
+//!   and passes its path in [`BIN_ENV`]. Under a plain `cargo test` [`anycast_bin`] builds it
+//!   (`cargo build -p anycast-user --bin anycast`, into the target directory and profile of
+//!   the running test, bounded by [`BUILD_TIMEOUT`]): a test can only name the binaries of its
+//!   own package, and `cargo test` of the tests does not build another package's binary.
 //! - The daemon enters the namespace with `setns(CLONE_NEWNET)` between fork and exec, like
 //!   `nsenter --net=/run/netns/NAME`, and unlike `ip netns exec`, which also gives the
 //!   command a private mount namespace with a fresh /sys: a bpffs mounted there would die
 //!   with the command, and the pinned data path with it (docs/controller.md).
 //! - Pins live under `/sys/fs/bpf/anycast-test-<pid>-<n>`, files under
-//!   `$TMPDIR/anycast-test-<pid>-<n>`, unique per daemon of every test process; those of
-//!   test processes that no longer exist are removed when the first daemon is created.
-//! - The daemon gets `PR_SET_PDEATHSIG = SIGKILL`: if the test process dies without
-//!   unwinding (SIGKILL), its daemons die with it instead of running on.
+//!   `$TMPDIR/anycast-test-<pid>-<n>`, unique per daemon of every process; those of
+//!   processes that no longer exist are removed when the first daemon is created.
+//! - The daemon gets `PR_SET_PDEATHSIG = SIGKILL` ([`Netns::spawn`]): if the test process
+//!   dies without unwinding (SIGKILL), its daemons die with it instead of running on.
 
 use std::{
     ffi::OsStr,
@@ -33,10 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_user::datapath::maps::{DataPathMaps, MapsError};
-use aya::programs::links::{FdLink, LinkError, PinnedLink};
-
-use crate::netns::Netns;
+use crate::{metrics, netns::Netns, teardown};
 
 /// Where every test daemon's admin and metrics server listens, inside its namespace.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
@@ -50,8 +47,16 @@ const FLOW_TABLE_SIZE: u32 = 16384;
 /// loaded CI machine.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
-const PIN_PREFIX: &str = "anycast-test-";
-const BPFFS: &str = "/sys/fs/bpf";
+/// `anycast detach` only unpins and detaches: immediate.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Prefix of every pin directory (under [`BPFFS`]) and work directory (under $TMPDIR).
+pub const PREFIX: &str = "anycast-test-";
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// The environment variable by which `cargo xtask test` gives the tests the `anycast`
+/// binary it built (and `cargo xtask run` takes one instead of building it).
+pub const BIN_ENV: &str = "ANYCAST_BIN";
+/// The longest a fallback build of the binary may take (a cold build is a few minutes).
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static SWEEP: Once = Once::new();
@@ -70,10 +75,8 @@ pub enum DaemonError {
     Timeout { waiting_for: String, timeout: Duration, log: String },
     #[error("GET {url}: {message}")]
     Http { url: String, message: String },
-    #[error(transparent)]
-    Maps(#[from] MapsError),
-    #[error("pinned link {path}: {source}")]
-    Link { path: PathBuf, source: LinkError },
+    #[error("`anycast {args}` did not finish within {timeout:?}; killed. Its output:\n{output}")]
+    CliTimeout { args: String, timeout: Duration, output: String },
 }
 
 pub type Result<T, E = DaemonError> = std::result::Result<T, E>;
@@ -83,10 +86,15 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonE
     move |source| DaemonError::Io { what, path, source }
 }
 
-/// The `anycast` binary of this build, built on first use (see the module docs).
+/// The `anycast` binary of this build: [`BIN_ENV`] if set, else built on first use (see the
+/// module docs).
 pub fn anycast_bin() -> Result<&'static Path> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BIN.get_or_init(build_anycast) {
+    let bin = BIN.get_or_init(|| match std::env::var_os(BIN_ENV) {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => build_anycast(),
+    });
+    match bin {
         Ok(path) => Ok(path),
         Err(e) => Err(DaemonError::Build(e.clone())),
     }
@@ -102,8 +110,8 @@ fn build_anycast() -> Result<PathBuf, String> {
     let target_dir =
         profile_dir.parent().ok_or_else(|| format!("no target directory above {}", exe.display()))?;
     let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace");
-    // `cargo test` sets CARGO for what it runs; the cargo that built this test otherwise.
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit/ is in the workspace");
+    // `cargo test` sets CARGO for what it runs; the cargo that built this crate otherwise.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
@@ -118,7 +126,12 @@ fn build_anycast() -> Result<PathBuf, String> {
             cmd.args(["--profile", other]);
         }
     }
-    let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
+    // Cargo releases its build lock before it runs the tests, so this build does not wait on
+    // the outer one; it is a no-op when the binary is fresh.
+    let out = output_within(&mut cmd, BUILD_TIMEOUT).map_err(|e| format!("running {cmd:?}: {e}"))?;
+    let Some(out) = out else {
+        return Err(format!("{cmd:?} did not finish within {BUILD_TIMEOUT:?}; killed"));
+    };
     if !out.status.success() {
         return Err(format!("{cmd:?} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr)));
     }
@@ -129,10 +142,46 @@ fn build_anycast() -> Result<PathBuf, String> {
     Ok(bin)
 }
 
-/// Removes the pins and files of test processes that no longer exist (killed before their
-/// `Drop` ran), once per process: their links would otherwise stay attached to interfaces
-/// that are gone and their maps stay allocated. (Their daemons died with them:
-/// `PR_SET_PDEATHSIG`.)
+/// Runs `cmd` to completion and returns its output, or `None` (after killing it) if it takes
+/// longer than `timeout`.
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> std::io::Result<Option<Output>> {
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let (output, finished) = wait_within(child, timeout)?;
+    Ok(finished.then_some(output))
+}
+
+/// Waits for `child` (stdout and stderr piped) at most `timeout`, reading its output
+/// meanwhile (a full pipe would block it), and kills it if it is still running then.
+/// Returns its output and whether it finished by itself.
+pub fn wait_within(mut child: Child, timeout: Duration) -> std::io::Result<(Output, bool)> {
+    fn read_all(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let (stdout, stderr) = (read_all(child.stdout.take()), read_all(child.stderr.take()));
+    let deadline = Instant::now() + timeout;
+    let mut finished = true;
+    while child.try_wait()?.is_none() {
+        if Instant::now() >= deadline {
+            finished = false;
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = child.wait()?;
+    let (stdout, stderr) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+    Ok((Output { status, stdout, stderr }, finished))
+}
+
+/// Removes the pins and files of processes that no longer exist (killed before their `Drop`
+/// ran), once per process: their links would otherwise stay attached to interfaces that are
+/// gone and their maps stay allocated. (Their daemons died with them: `PR_SET_PDEATHSIG`.)
 fn sweep_stale(bin: &Path) {
     fn stale(dir: &Path) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
@@ -140,7 +189,7 @@ fn sweep_stale(bin: &Path) {
             .flatten()
             .filter(|entry| {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let pid = name.strip_prefix(PIN_PREFIX).and_then(|r| r.split('-').next());
+                let pid = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next());
                 pid.is_some_and(|pid| pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists())
             })
             .map(|entry| entry.path())
@@ -148,31 +197,37 @@ fn sweep_stale(bin: &Path) {
     }
     SWEEP.call_once(|| {
         for pins in stale(Path::new(BPFFS)) {
-            detach(bin, &pins);
+            if let Err(e) = detach(bin, &pins) {
+                teardown::warn(format_args!("pins of a process that is gone: {e}"));
+            }
         }
         for files in stale(&std::env::temp_dir()) {
-            let _ = fs::remove_dir_all(files);
+            if let Err(e) = fs::remove_dir_all(&files) {
+                teardown::warn(format_args!("removing {} of a process that is gone: {e}", files.display()));
+            }
         }
     });
 }
 
-/// `anycast detach --pin-dir DIR`; a failure is reported, not raised (used in teardown).
-fn detach(bin: &Path, pin_dir: &Path) {
-    match Command::new(bin).arg("detach").arg("--pin-dir").arg(pin_dir).output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => eprintln!(
-            "warning: anycast detach --pin-dir {}: {}",
+/// `anycast detach --pin-dir DIR`: the program off its interfaces, the pins removed.
+pub fn detach(bin: &Path, pin_dir: &Path) -> Result<(), String> {
+    let out = output_within(Command::new(bin).arg("detach").arg("--pin-dir").arg(pin_dir), DETACH_TIMEOUT)
+        .map_err(|e| format!("running {} detach: {e}", bin.display()))?
+        .ok_or_else(|| format!("anycast detach --pin-dir {} hung; killed", pin_dir.display()))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "anycast detach --pin-dir {}: {}",
             pin_dir.display(),
             String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => eprintln!("warning: running anycast detach: {e}"),
+        )),
     }
 }
 
 /// One controller of one site: its files, its pins and, while started, its process.
 pub struct Daemon<'ns> {
     ns: &'ns Netns,
-    bin: &'static Path,
+    bin: PathBuf,
     /// Config, state directory and logs.
     dir: PathBuf,
     pin_dir: PathBuf,
@@ -187,21 +242,25 @@ pub struct Daemon<'ns> {
 }
 
 impl<'ns> Daemon<'ns> {
-    /// A daemon for namespace `ns`, not started yet. Write its config with
-    /// [`Daemon::write_config`] first.
+    /// A daemon for namespace `ns`, not started yet, of the binary of this build
+    /// ([`anycast_bin`]). Write its config with [`Daemon::write_config`] first.
     pub fn new(ns: &'ns Netns) -> Result<Daemon<'ns>> {
-        let bin = anycast_bin()?;
+        Daemon::with_binary(ns, anycast_bin()?)
+    }
+
+    /// [`Daemon::new`] with the binary `bin`.
+    pub fn with_binary(ns: &'ns Netns, bin: &Path) -> Result<Daemon<'ns>> {
         sweep_stale(bin);
         let id = format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        let dir = std::env::temp_dir().join(format!("{PIN_PREFIX}{id}"));
+        let dir = std::env::temp_dir().join(format!("{PREFIX}{id}"));
         let state = dir.join("state");
         fs::create_dir_all(&state).map_err(io("creating", &state))?;
         Ok(Daemon {
             ns,
-            bin,
+            bin: bin.to_owned(),
             log: dir.join("anycast-0.log"),
             dir,
-            pin_dir: Path::new(BPFFS).join(format!("{PIN_PREFIX}{id}")),
+            pin_dir: Path::new(BPFFS).join(format!("{PREFIX}{id}")),
             child: None,
             starts: 0,
             peer_listen: None,
@@ -225,6 +284,11 @@ impl<'ns> Daemon<'ns> {
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// Its work directory: config, state directory, logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Writes the config file: `body` (`[local]`, `[[sites]]`, `[[vips]]`: no `[datapath]`
@@ -256,7 +320,7 @@ impl<'ns> Daemon<'ns> {
     /// `anycast ARGS` as a command, to be spawned inside the namespace with
     /// [`Netns::spawn`].
     fn command(&self, args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Command {
-        let mut cmd = Command::new(self.bin);
+        let mut cmd = Command::new(&self.bin);
         cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null());
         cmd
     }
@@ -283,30 +347,37 @@ impl<'ns> Daemon<'ns> {
         let mut cmd =
             self.command([OsStr::new("run"), OsStr::new("--config"), config.as_os_str()].iter().chain(extra));
         cmd.stdout(log).stderr(err);
-        let child = self.ns.spawn(&mut cmd).map_err(io("starting", self.bin))?;
+        let child = self.ns.spawn(&mut cmd).map_err(io("starting", &self.bin))?;
         self.child = Some(child);
         self.wait_for_log(0, READY, START_TIMEOUT)
     }
 
     /// Runs `anycast ARGS` once inside the namespace, with `env` added to its environment,
-    /// and returns its output. Killed if it runs longer than `timeout`.
+    /// and returns its output. An error if it runs longer than `timeout` (it is killed): a
+    /// command that hangs must not pass for one that failed.
     pub fn cli(
         &self,
         args: impl IntoIterator<Item = impl AsRef<OsStr>>,
         env: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<Output> {
-        let mut cmd = self.command(args);
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let mut cmd = self.command(&args);
         cmd.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = self.ns.spawn(&mut cmd).map_err(io("starting", self.bin))?;
-        let deadline = Instant::now() + timeout;
-        while child.try_wait().map_err(io("waiting for", self.bin))?.is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        let child = self.ns.spawn(&mut cmd).map_err(io("starting", &self.bin))?;
+        let (output, finished) = wait_within(child, timeout).map_err(io("waiting for", &self.bin))?;
+        if !finished {
+            return Err(DaemonError::CliTimeout {
+                args: args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
+                timeout,
+                output: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+            });
         }
-        // Kills it if still running (a no-op once it has exited), so that the output can be
-        // collected in any case.
-        let _ = child.kill();
-        child.wait_with_output().map_err(io("waiting for", self.bin))
+        Ok(output)
     }
 
     /// The process id of the running daemon.
@@ -328,16 +399,44 @@ impl<'ns> Daemon<'ns> {
         // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child,
         // so it cannot have been reused by another process.
         if unsafe { libc::kill(pid, signal) } != 0 {
-            return Err(io("signalling", self.bin)(std::io::Error::last_os_error()));
+            return Err(io("signalling", &self.bin)(std::io::Error::last_os_error()));
         }
         Ok(())
+    }
+
+    /// Sends `signal`, waits up to `grace` for the daemon to exit, then SIGKILLs it. Returns
+    /// how it ended, and whether it exited by itself.
+    pub fn stop(&mut self, signal: i32, grace: Duration) -> Result<(ExitStatus, bool)> {
+        let mut child = self.child.take().ok_or(DaemonError::NotRunning)?;
+        if let Some(status) = child.try_wait().map_err(io("waiting for", &self.bin))? {
+            return Ok((status, true));
+        }
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().map_err(io("waiting for", &self.bin))? {
+                return Ok((status, true));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().map_err(io("killing", &self.bin))?;
+        Ok((child.wait().map_err(io("waiting for", &self.bin))?, false))
+    }
+
+    /// The exit status, if the process has exited (reaped).
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().map_err(io("waiting for", &self.bin)),
+            None => Err(DaemonError::NotRunning),
+        }
     }
 
     /// SIGKILL (no cleanup in the daemon at all: the harshest restart) and reap.
     pub fn kill(&mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().ok_or(DaemonError::NotRunning)?;
-        child.kill().map_err(io("killing", self.bin))?;
-        child.wait().map_err(io("waiting for", self.bin))
+        child.kill().map_err(io("killing", &self.bin))?;
+        child.wait().map_err(io("waiting for", &self.bin))
     }
 
     /// The log of the current (or last) process so far.
@@ -362,7 +461,7 @@ impl<'ns> Daemon<'ns> {
                 return Ok(after.to_owned());
             }
             let exited = match &mut self.child {
-                Some(child) => child.try_wait().map_err(io("waiting for", self.bin))?,
+                Some(child) => child.try_wait().map_err(io("waiting for", &self.bin))?,
                 None => return Err(DaemonError::NotRunning),
             };
             if let Some(status) = exited {
@@ -380,31 +479,12 @@ impl<'ns> Daemon<'ns> {
     /// its 127.0.0.1 is); returns the body of a 2xx reply.
     pub fn get(&self, path: &str) -> Result<String> {
         let url = format!("http://{ADMIN_LISTEN}{path}");
-        self.ns.run(|| {
-            // No proxy from the environment: the daemon is only reachable from here.
-            let agent = ureq::Agent::new_with_config(
-                ureq::Agent::config_builder().proxy(None).timeout_global(Some(HTTP_TIMEOUT)).build(),
-            );
-            agent
-                .get(&url)
-                .call()
-                .and_then(|mut reply| reply.body_mut().read_to_string())
-                .map_err(|e| DaemonError::Http { url: url.clone(), message: e.to_string() })
-        })
+        metrics::get(self.ns, &url, &[], HTTP_TIMEOUT).map_err(|message| DaemonError::Http { url, message })
     }
 
-    /// The data path's maps, opened from the pins (what the daemon reads and writes).
-    pub fn maps(&self) -> Result<DataPathMaps> {
-        Ok(DataPathMaps::from_pins(&self.pin_dir)?)
-    }
-
-    /// Kernel id of the program that the pinned link of `iface` runs: a restart that adopts
-    /// the running instance leaves it unchanged, a reload of the program changes it.
-    pub fn link_program_id(&self, iface: &str) -> Result<u32> {
-        let path = self.pin_dir.join("links").join(iface);
-        let link_err = |source| DaemonError::Link { path: path.clone(), source };
-        let link = FdLink::from(PinnedLink::from_pin(&path).map_err(link_err)?);
-        Ok(link.info().map_err(link_err)?.program_id())
+    /// The log of the current (or last) process: where it is.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 }
 
@@ -415,33 +495,12 @@ impl Drop for Daemon<'_> {
             let _ = child.wait();
         }
         if self.pin_dir.exists() {
-            detach(self.bin, &self.pin_dir);
+            if let Err(e) = detach(&self.bin, &self.pin_dir) {
+                teardown::warn(e);
+            }
         }
         if let Err(e) = fs::remove_dir_all(&self.dir) {
-            eprintln!("warning: removing {}: {e}", self.dir.display());
+            teardown::warn(format_args!("removing {}: {e}", self.dir.display()));
         }
-    }
-}
-
-/// The value of one series of a Prometheus text exposition, e.g.
-/// `metric(text, r#"anycast_vip_packets_total{vip="dns"}"#)`; `None` if absent or not an
-/// integer (counters and the gauges of this project are integers).
-pub fn metric(text: &str, series: &str) -> Option<u64> {
-    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::metric;
-
-    #[test]
-    fn metric_finds_exact_series() {
-        let text = "# TYPE a_total counter\na_total{x=\"1\"} 7\na_total{x=\"10\"} 9\nb 3\nc 0.5\n";
-        assert_eq!(metric(text, "a_total{x=\"1\"}"), Some(7));
-        assert_eq!(metric(text, "a_total{x=\"10\"}"), Some(9));
-        assert_eq!(metric(text, "b"), Some(3));
-        assert_eq!(metric(text, "a_total"), None, "a prefix of a series is not the series");
-        assert_eq!(metric(text, "c"), None);
-        assert_eq!(metric(text, "d"), None);
     }
 }

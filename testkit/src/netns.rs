@@ -1,6 +1,6 @@
-//! Network-namespace topologies for tests: named namespaces, veth pairs, addresses, routes,
-//! static neighbours and sysctls, torn down when the [`Netns`] value is dropped (also when
-//! the test panics: `Drop` runs during unwinding).
+//! Network-namespace topologies for tests and the lab: named namespaces, veth pairs,
+//! addresses, routes, static neighbours and sysctls, torn down when the [`Netns`] value is
+//! dropped (also when the test panics: `Drop` runs during unwinding).
 //!
 //! Everything is configured with `ip` (iproute2) rather than netlink from Rust: the commands
 //! are the ones an operator would type, so a failing setup step prints a command and an
@@ -8,7 +8,8 @@
 //! needed for a few dozen configuration calls per test.
 //!
 //! Names are unique per test: `acy<pid>-<counter>-<tag>`, so tests of one binary (threads)
-//! and of concurrent binaries (pids) never collide. Interfaces are created directly inside
+//! and of concurrent binaries (pids) never collide, and what a killed process left behind is
+//! recognised by its pid and removed by the next one. Interfaces are created directly inside
 //! their namespaces (`ip -n NS link add ... peer ... netns PEER`), so their names only need
 //! to be unique within a namespace; they are still checked against the kernel's 15-byte
 //! limit (`IFNAMSIZ` - 1) up front for a clear error.
@@ -25,8 +26,12 @@ use std::{
     },
 };
 
-/// Prefix of every namespace the tests create.
-const PREFIX: &str = "acy";
+use crate::teardown;
+
+/// Prefix of every namespace the tests and the lab create.
+pub const PREFIX: &str = "acy";
+/// Where `ip netns add` bind-mounts the namespaces it makes.
+pub const NETNS_DIR: &str = "/run/netns";
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
 
@@ -65,18 +70,25 @@ fn ip(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Deletes namespace `name` (and with it every interface in it, and their veth peers).
+pub fn delete(name: &str) -> Result<()> {
+    ip(&["netns", "del", name]).map(drop)
+}
+
 /// Deletes namespaces left behind by test processes that no longer exist (killed before
 /// their `Drop` ran), once per process.
 fn sweep_stale() {
     SWEEP.call_once(|| {
-        let Ok(dir) = std::fs::read_dir("/run/netns") else { return };
+        let Ok(dir) = std::fs::read_dir(NETNS_DIR) else { return };
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(pid) = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()) else {
                 continue;
             };
             if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
-                let _ = ip(&["netns", "del", &name]);
+                if let Err(e) = delete(&name) {
+                    teardown::warn(format_args!("removing namespace {name} of a process that is gone: {e}"));
+                }
             }
         }
     });
@@ -207,24 +219,41 @@ impl Netns {
         Ok(mac)
     }
 
-    /// Runs `f` on a dedicated thread that has joined this namespace (`setns(CLONE_NEWNET)`
-    /// changes only the calling thread's namespace, so the test's own thread is never
-    /// moved). Sockets created inside stay in this namespace, and BPF_PROG_RUN resolves
-    /// `ctx_in.ingress_ifindex` (and `bpf_fib_lookup` its FIB) in it. A panic in `f` is
-    /// re-raised on the caller's thread.
+    /// Checksums in software for what `ifname` sends (`ethtool -K IFNAME tx off`): a veth
+    /// pair hands its peer a CHECKSUM_PARTIAL skb whose UDP or TCP checksum holds only the
+    /// pseudo-header sum, which is wrong once XDP has turned the packet into a frame
+    /// (redirect, encap) and a new skb without that note is built.
+    pub fn software_checksums(&self, ifname: &str) -> Result<()> {
+        let cmd = format!("ethtool -K {ifname} tx off");
+        // A child forked from a thread inside the namespace is in it.
+        let out = self
+            .run(|| Command::new("ethtool").args(["-K", ifname, "tx", "off"]).output())
+            .map_err(|source| NetnsError::Spawn { cmd: cmd.clone(), source })?;
+        if !out.status.success() {
+            return Err(NetnsError::Command {
+                cmd,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Spawns `cmd` inside this namespace: the child joins it with setns(2) between fork and
     /// exec (the parent stays where it is), and gets `PR_SET_PDEATHSIG = SIGKILL`, so it dies
-    /// with the thread that spawned it even if the test is killed.
+    /// with the thread that spawned it even if the test (or the lab) is killed. It runs in a
+    /// process group of its own, so a Ctrl-C at the terminal reaches only the test or the
+    /// lab, which stops its children in its own time.
     pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<std::process::Child> {
         use std::os::unix::process::CommandExt;
-        let netns = File::open(Path::new("/run/netns").join(&self.name))?;
+        let netns = File::open(Path::new(NETNS_DIR).join(&self.name))?;
         let fd = netns.as_raw_fd();
-        // SAFETY: setns and prctl are async-signal-safe system calls, as required between
-        // fork and exec; `netns` stays open until the spawn returns.
+        // SAFETY: setns, prctl and setpgid are async-signal-safe system calls, as required
+        // between fork and exec; `netns` stays open until the spawn returns.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0
                     || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                    || libc::setpgid(0, 0) != 0
                 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -234,8 +263,13 @@ impl Netns {
         cmd.spawn()
     }
 
+    /// Runs `f` on a dedicated thread that has joined this namespace (`setns(CLONE_NEWNET)`
+    /// changes only the calling thread's namespace, so the caller's own thread is never
+    /// moved). Sockets created inside stay in this namespace, and BPF_PROG_RUN resolves
+    /// `ctx_in.ingress_ifindex` (and `bpf_fib_lookup` its FIB) in it. A panic in `f` is
+    /// re-raised on the caller's thread.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = Path::new("/run/netns").join(&self.name);
+        let path = Path::new(NETNS_DIR).join(&self.name);
         std::thread::scope(|s| {
             let handle = std::thread::Builder::new()
                 .name(format!("netns-{}", self.name))
@@ -258,8 +292,8 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace destroys its interfaces (and the veth peers elsewhere).
-        if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!("warning: teardown of namespace {}: {e}", self.name);
+        if let Err(e) = delete(&self.name) {
+            teardown::warn(format_args!("deleting namespace {}: {e}", self.name));
         }
     }
 }
@@ -280,7 +314,7 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use testkit::require::{Need, require};
+    use crate::require::{Need, require};
 
     #[test]
     fn netns_teardown_even_on_panic() {
@@ -301,7 +335,7 @@ mod tests {
         }));
         assert!(outcome.is_err());
         assert!(!name.is_empty());
-        assert!(!Path::new("/run/netns").join(&name).exists(), "{name} survived the panic");
+        assert!(!Path::new(NETNS_DIR).join(&name).exists(), "{name} survived the panic");
     }
 
     #[test]

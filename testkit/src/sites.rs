@@ -1,6 +1,7 @@
-//! Three anycast sites and a client, for the load-aware steering tests (issue 5): every site
-//! a namespace with the VIP on its loopback, a UDP service that records which flows it
-//! served, and (through [`crate::daemon::Daemon`]) its own `anycast run`.
+//! Three anycast sites and a client, for the load-aware steering tests and the lab (`cargo
+//! xtask run`): every site a namespace with the VIP on its loopback, a UDP service that
+//! records which flows it served, and (through [`crate::daemon::Daemon`]) its own `anycast
+//! run`.
 //!
 //! ```text
 //! client c0 10.1.0.2 ⇄ a0 10.1.0.1 [A] a1 10.2.0.1 ⇄ b0 10.2.0.2 [B]
@@ -13,22 +14,25 @@
 //! C route the client's and each other's subnets back through A, so A's health probes
 //! (answered to 10.2.0.1) and the services' replies find their way. A knows B's and C's MACs
 //! as permanent neighbours (`bpf_fib_lookup` needs resolved ones).
+//!
+//! B and C answer the client directly (direct server return, through A: the topology's only
+//! way back), so the backbone links carry IPIP's 20 bytes over the client's 1500-byte
+//! packets with an MTU of [`BACKBONE_MTU`]: at 1500 the data path would answer full-size TCP
+//! segments with ICMP frag-needed by XDP_TX, which a veth delivers only to a peer running
+//! XDP (the client's does not), and the connections would stall. That path has its own test.
 
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use crate::{
-    netns::{Netns, Result},
-    topology::software_checksums,
-};
+use crate::netns::{Netns, Result};
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 pub const UDP_PORT: u16 = 5300;
@@ -40,6 +44,8 @@ pub const TUNNEL: [Ipv4Addr; 3] =
 /// Every site's `[admin] peer_listen` port, on its tunnel address.
 pub const PEER_PORT: u16 = 9101;
 pub const NAMES: [&str; 3] = ["a", "b", "c"];
+/// See the module docs.
+pub const BACKBONE_MTU: u32 = 1600;
 
 pub struct ThreeSites {
     pub client: Netns,
@@ -78,7 +84,18 @@ impl ThreeSites {
         a.add_neigh("a1", "10.2.0.2", b.mac("b0")?)?;
         a.add_neigh("a2", "10.3.0.2", c.mac("c0")?)?;
         a.enable_forwarding()?;
-        software_checksums(&client, "c0")?;
+        for (far, ifname, a_ifname) in [(b, "b0", "a1"), (c, "c0", "a2")] {
+            far.set_mtu(ifname, BACKBONE_MTU)?;
+            a.set_mtu(a_ifname, BACKBONE_MTU)?;
+            // A site's ARP requests for A must not name the VIP as sender (A holds it too and
+            // ignores such requests): the uplink's address instead, as on any direct-server-
+            // return host with the VIP on its loopback.
+            far.sysctl("net/ipv4/conf/all/arp_announce", "2")?;
+            // And A forwards those answers although their source, the VIP, is one of its own
+            // addresses (otherwise dropped as martians).
+            a.sysctl(&format!("net/ipv4/conf/{a_ifname}/accept_local"), "1")?;
+        }
+        client.software_checksums("c0")?;
         Ok(ThreeSites { client, sites })
     }
 
@@ -155,43 +172,58 @@ impl Drop for UdpService {
     }
 }
 
-/// New UDP flows to the VIP from the client: each a fresh source port, one datagram.
+/// New UDP flows to the VIP from the client: each a fresh source port (from [`PORTS`], in
+/// order, wrapping around after 40,000 flows), a few datagrams each. Shared between threads:
+/// one sends, others read what was sent so far.
 pub struct FlowClient {
-    next_port: u16,
+    next_port: AtomicU32,
+    datagrams_per_flow: u32,
+    flows: AtomicU64,
+    datagrams: AtomicU64,
 }
 
-/// Ports the client cycles through; a test uses each at most once (a reused port would be
-/// an established flow in the flow table, not a new one).
-const PORTS: std::ops::Range<u16> = 20_000..60_000;
+/// The client's source ports; a test that needs every flow new opens fewer than 40,000.
+pub const PORTS: std::ops::Range<u16> = 20_000..60_000;
 
 impl Default for FlowClient {
+    /// One datagram per flow.
     fn default() -> Self {
-        FlowClient { next_port: PORTS.start }
+        FlowClient::new(1)
     }
 }
 
 impl FlowClient {
-    /// Opens `count` new flows at `rate` per second from inside `ns` (or fewer if `stop`
-    /// says so); returns their source ports. Bounded by `count / rate` plus the sends.
-    pub fn send(
-        &mut self,
-        ns: &Netns,
-        rate: u32,
-        count: u32,
-        stop: &AtomicBool,
-    ) -> std::io::Result<Vec<u16>> {
-        let first = self.next_port;
-        assert!(
-            (first as u32 + count) <= PORTS.end as u32,
-            "the test asks for more fresh client ports than {PORTS:?}"
-        );
-        self.next_port += count as u16;
-        self.paced(ns, rate, (first..first + count as u16).collect(), stop)
+    pub fn new(datagrams_per_flow: u32) -> FlowClient {
+        FlowClient {
+            next_port: AtomicU32::new(0),
+            datagrams_per_flow,
+            flows: AtomicU64::new(0),
+            datagrams: AtomicU64::new(0),
+        }
     }
 
-    /// One more datagram on each of these (established) flows, at `rate` per second.
+    /// Opens `count` new flows at `rate` per second from inside `ns` (or fewer if `stop`
+    /// says so); returns their source ports. Bounded by `count / rate` plus the sends.
+    pub fn send(&self, ns: &Netns, rate: u32, count: u32, stop: &AtomicBool) -> std::io::Result<Vec<u16>> {
+        let span = u32::from(PORTS.end - PORTS.start);
+        let first = self.next_port.fetch_add(count, Ordering::Relaxed);
+        let ports = (first..first + count).map(|n| PORTS.start + (n % span) as u16).collect();
+        self.paced(ns, rate, ports, stop)
+    }
+
+    /// One more round of datagrams on each of these (established) flows, at `rate` per second.
     pub fn resend(&self, ns: &Netns, rate: u32, ports: &[u16]) -> std::io::Result<Vec<u16>> {
         self.paced(ns, rate, ports.to_vec(), &AtomicBool::new(false))
+    }
+
+    /// Flows opened so far.
+    pub fn flows(&self) -> u64 {
+        self.flows.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams sent so far.
+    pub fn datagrams(&self) -> u64 {
+        self.datagrams.load(Ordering::Relaxed)
     }
 
     fn paced(&self, ns: &Netns, rate: u32, from: Vec<u16>, stop: &AtomicBool) -> std::io::Result<Vec<u16>> {
@@ -203,12 +235,16 @@ impl FlowClient {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                let due = start + Duration::from_secs_f64(i as f64 / rate.max(1) as f64);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
                 let socket = UdpSocket::bind((CLIENT, port))?;
-                socket.send_to(&port.to_be_bytes(), dst)?;
+                for _ in 0..self.datagrams_per_flow {
+                    socket.send_to(&port.to_be_bytes(), dst)?;
+                    self.datagrams.fetch_add(1, Ordering::Relaxed);
+                }
+                self.flows.fetch_add(1, Ordering::Relaxed);
                 ports.push(port);
             }
             Ok(ports)
