@@ -16,12 +16,16 @@
 //! - [`tcp`]: long-lived TCP transfers at a bounded rate and a sink that counts their bytes.
 //! - [`teardown`]: teardown failures that the test harness cannot swallow, and the census of
 //!   what tests and labs leave behind.
+//! - [`serial`]: one CPU-heavy test at a time.
+//! - [`wait`]: polling until a condition holds or a count is quiet, instead of fixed sleeps.
 
 pub mod daemon;
 pub mod metrics;
 pub mod netns;
 pub mod require;
 pub mod sequenced;
+pub mod serial;
 pub mod sites;
 pub mod tcp;
 pub mod teardown;
+pub mod wait;

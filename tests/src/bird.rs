@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testkit::netns::Netns;
+use testkit::{daemon, netns::Netns, teardown};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -58,7 +58,10 @@ impl Bird {
     /// refer to files in it (e.g. an include) before [`Bird::start`].
     pub fn dir_for(tag: &str) -> Result<PathBuf> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("anycast-bird-{}-{n}-{tag}", std::process::id()));
+        // Named like every test's work directory, so that what a killed test leaves is swept
+        // and what a failed one leaves is found at the end of the suite (testkit::teardown).
+        let dir =
+            std::env::temp_dir().join(format!("{}{}-bird-{n}-{tag}", daemon::PREFIX, std::process::id()));
         fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
         Ok(dir)
     }
@@ -181,7 +184,7 @@ impl Drop for Bird {
             let _ = child.wait();
         }
         if let Err(e) = fs::remove_dir_all(&self.dir) {
-            eprintln!("warning: removing {}: {e}", self.dir.display());
+            teardown::warn(format_args!("removing {}: {e}", self.dir.display()));
         }
     }
 }

@@ -1,6 +1,11 @@
 //! Load-aware steering (issue 5), end to end: three sites, each its own `anycast run` in a
 //! namespace, a client opening new UDP flows to the VIP at A, real packets throughout.
-//! Root only. Figures (reaction times, split accuracy) are printed for the issue's note.
+//! Figures (reaction times, split accuracy) are printed for the issue's note.
+//!
+//! These tests need the CPUs: each holds testkit's `serial::heavy` turn. Their tolerances
+//! follow what the machine achieved (the flows the client really opened in a window, not
+//! the rate it was asked for), and every exact count waits until the datagrams in flight
+//! have arrived rather than for a fixed time.
 
 use std::{
     collections::BTreeMap,
@@ -12,8 +17,10 @@ use testkit::{
     daemon::Daemon,
     metrics::metric,
     require::{Need, require},
+    serial,
     sites::{CLIENT, FlowClient, NAMES, PEER_PORT, TCP_PORT, TUNNEL, ThreeSites, UdpService, VIP},
     tcp::{self, Connection, Sink},
+    wait,
 };
 
 /// A sheds above 0.9, returns below 0.7, aims at 0.8; B and C report their own load.
@@ -24,6 +31,14 @@ const LOAD: &str = "\n[load]\ntarget = 0.8\nhigh = 0.9\nlow = 0.7\nmax_step = 0.
 const HEALTH: &str = "\n[health]\ninterval_ms = 250\ntimeout_ms = 200\nrise = 2\nfall = 3\n";
 /// Packets/s at utilisation 1: A is small, B and C have room for A's surge.
 const CAPACITY: [u32; 3] = [1000, 2000, 2000];
+/// How long the datagrams in flight may take to arrive once the client has sent them.
+const ARRIVAL: Duration = Duration::from_secs(5);
+
+/// Waits until the services together have served `sent` datagrams (or [`ARRIVAL`] passed).
+fn all_served(services: &[UdpService], sent: u64) -> Vec<u64> {
+    wait::until(ARRIVAL, || services.iter().map(UdpService::datagrams).sum::<u64>() >= sent);
+    services.iter().map(UdpService::datagrams).collect()
+}
 
 /// The three daemons with `extra(site)` appended to each site's config, started B and C
 /// first (A redirects into their links, which deliver only once they run XDP), each
@@ -46,14 +61,7 @@ fn weights(a: &Daemon) -> [u64; 3] {
 
 /// Polls A's weights until `done` holds; the time it took.
 fn wait_weights(a: &Daemon, timeout: Duration, done: impl Fn([u64; 3]) -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if done(weights(a)) {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    None
+    wait::until(timeout, || done(weights(a)))
 }
 
 fn counter(d: &Daemon, series: &str) -> u64 {
@@ -70,6 +78,7 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
     if !require("load_surge_spills_new_flows_by_headroom_and_returns", &[Need::Kernel]) {
         return;
     }
+    let _turn = serial::heavy();
     let t = ThreeSites::new("load").expect("topology");
     let services: Vec<UdpService> =
         t.sites.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
@@ -85,7 +94,7 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
     assert!(wait_weights(a, Duration::from_secs(5), |w| w == [10_000, 0, 0]).is_some(), "{:?}", weights(a));
     let ports = client.send(&t.client, 300, 600, &stop).expect("normal flows");
     sent += ports.len() as u64;
-    std::thread::sleep(Duration::from_millis(300));
+    all_served(&services, sent);
     let served: Vec<_> = services.iter().map(UdpService::served).collect();
     assert!(ports.iter().all(|p| served[0].contains_key(p)), "a flow at normal load was not served at A");
     assert_eq!((served[1].len(), served[2].len()), (0, 0), "B and C got flows at normal load");
@@ -118,16 +127,17 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
             }
         }
         let settled = t0.elapsed();
-        // The measuring window: at least 5,000 new flows.
+        // The measuring window: what the client really offered in it is measured too.
         let before: Vec<usize> = services.iter().map(|s| s.served().len()).collect();
-        let local0 = site_packets(a, "a", "local");
+        let (local0, offered0) = (site_packets(a, "a", "local"), client.flows());
         let w0 = weights(a);
         let tw = Instant::now();
         std::thread::sleep(Duration::from_millis(2700));
         let secs = tw.elapsed().as_secs_f64();
-        let local1 = site_packets(a, "a", "local");
+        let (local1, offered1) = (site_packets(a, "a", "local"), client.flows());
         let w1 = weights(a);
         let flows: Vec<usize> = services.iter().zip(&before).map(|(s, b)| s.served().len() - b).collect();
+        let offered = (offered1 - offered0) as f64 / secs;
         // A's controller dies mid-surge (SIGKILL) and comes back: it adopts the weights the
         // data path steers by instead of pulling every new flow home.
         let changes = counter(a, "anycast_weight_changes_total");
@@ -138,11 +148,18 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
         sent += ports.len() as u64;
         tcp_stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let reports = transfers.join().expect("transfers");
-        (reaction, settled, (w0, w1, flows, (local1 - local0) as f64 / secs), changes, adopted, reports)
+        (
+            reaction,
+            settled,
+            (w0, w1, flows, (local1 - local0) as f64 / secs, offered),
+            changes,
+            adopted,
+            reports,
+        )
     });
     let a = &daemons[0];
     let reaction = reaction.expect("A's weights did not move to B and C within 5 s of the surge");
-    let (w0, w1, flows, a_served) = window;
+    let (w0, w1, flows, a_served, offered) = window;
     let total: usize = flows.iter().sum();
     // The policy follows the offered rate while it sheds: the weights may still move by a
     // step or two of 1 % in the window; the flows are compared with their mean.
@@ -150,17 +167,36 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
     let wsum: f64 = mean.iter().sum();
     let shares: Vec<f64> = flows.iter().map(|&f| f as f64 / total as f64).collect();
     let expected: Vec<f64> = mean.iter().map(|w| w / wsum).collect();
+    // Each new flow lands at a site with its weight's probability: the shares of `total`
+    // flows are within 4 standard deviations of the weights, plus 1 point for the weights'
+    // own movement in the window. The more flows this machine managed, the tighter.
+    let tolerance: Vec<f64> =
+        expected.iter().map(|p| 4.0 * (p * (1.0 - p) / total as f64).sqrt() + 0.01).collect();
     println!(
-        "load: reaction {:.2} s, settled {:.2} s; weights {w0:?} → {w1:?}; window {total} flows: \
-         shares {shares:.3?} vs weights {expected:.3?}; A served {a_served:.0} pps (target 800)",
+        "load: reaction {:.2} s, settled {:.2} s; weights {w0:?} → {w1:?}; window {total} flows \
+         ({offered:.0} offered/s): shares {shares:.3?} vs weights {expected:.3?} (± {tolerance:.3?}); \
+         A served {a_served:.0} pps (target 800)",
         reaction.as_secs_f64(),
         settled.as_secs_f64()
     );
     assert!(reaction <= Duration::from_secs(2), "reaction {reaction:?}");
-    assert!(total >= 5000, "only {total} flows in the window");
+    // A at its target (0.8 of 1,000) sheds only what is offered beyond it: the surge must
+    // have offered clearly more, whatever rate this machine's client reached.
+    assert!(
+        offered >= 1.5 * 800.0,
+        "the client opened only {offered:.0} flows/s in the window: not a surge at a site serving 800"
+    );
+    assert!(
+        total as f64 >= 0.9 * offered * 2.7,
+        "{total} flows served of {offered:.0}/s offered in the window"
+    );
     assert!((0..3).all(|i| w0[i].abs_diff(w1[i]) <= 300), "the weights moved by more than 3 % in the window");
     for i in 0..3 {
-        assert!((shares[i] - expected[i]).abs() <= 0.05, "site {}: {shares:?} vs {expected:?}", NAMES[i]);
+        assert!(
+            (shares[i] - expected[i]).abs() <= tolerance[i],
+            "site {}: {shares:?} vs {expected:?} ± {tolerance:?}",
+            NAMES[i]
+        );
     }
     assert!((a_served / 800.0 - 1.0).abs() <= 0.05, "A serves {a_served:.0} pps, target 800");
     println!("load: A restarted mid-surge with weights {adopted:?} (before: {w1:?})");
@@ -199,8 +235,7 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
 
     // Every datagram accounted for, exactly: the data path's counters at each site against
     // what the services served.
-    std::thread::sleep(Duration::from_millis(300));
-    let served: Vec<u64> = services.iter().map(UdpService::datagrams).collect();
+    let served = all_served(&services, sent);
     assert_eq!(served.iter().sum::<u64>(), sent, "datagrams lost");
     assert_eq!(counter(a, "anycast_vip_packets_total{vip=\"udp\"}"), sent);
     // A's local packets: the UDP datagrams its service got and every TCP segment (all local).
@@ -220,17 +255,12 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
 
 /// Polls A's view of site `site` until `anycast_site_up` is `up` and its weight agrees.
 fn wait_health(a: &Daemon, site: usize, up: bool, timeout: Duration) -> Option<Duration> {
-    let start = Instant::now();
     let series = format!("anycast_site_up{{site=\"{}\"}}", NAMES[site]);
-    while start.elapsed() < timeout {
+    wait::until(timeout, || {
         let text = a.get("/metrics").expect("A's /metrics");
         let weight = metric(&text, &format!("anycast_site_weight{{site=\"{}\"}}", NAMES[site]));
-        if metric(&text, &series) == Some(up as u64) && weight.is_some_and(|w| (w > 0) == up) {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    None
+        metric(&text, &series) == Some(up as u64) && weight.is_some_and(|w| (w > 0) == up)
+    })
 }
 
 #[test]
@@ -238,6 +268,7 @@ fn health_down_site_gets_no_new_flows_and_its_flows_are_resteered() {
     if !require("health_down_site_gets_no_new_flows_and_its_flows_are_resteered", &[Need::Kernel]) {
         return;
     }
+    let _turn = serial::heavy();
     let t = ThreeSites::new("health").expect("topology");
     let services: Vec<UdpService> =
         t.sites.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
@@ -248,7 +279,7 @@ fn health_down_site_gets_no_new_flows_and_its_flows_are_resteered() {
     let mut sent = 0u64;
     let ports = client.send(&t.client, 500, 500, &stop).expect("flows");
     sent += ports.len() as u64;
-    std::thread::sleep(Duration::from_millis(200));
+    all_served(&services, sent);
     let at_c: Vec<u16> = services[2].served().into_keys().collect();
     assert!(at_c.len() > 100, "C served only {} of 500 flows at weight 2/5", at_c.len());
 
@@ -262,7 +293,7 @@ fn health_down_site_gets_no_new_flows_and_its_flows_are_resteered() {
     // Flows pinned to C before: re-steered to A or B.
     let resent = client.resend(&t.client, 500, &at_c).expect("resend");
     sent += resent.len() as u64;
-    std::thread::sleep(Duration::from_millis(200));
+    all_served(&services, sent);
     let served: Vec<_> = services.iter().map(UdpService::served).collect();
     assert_eq!(services[2].datagrams(), before_c, "C got traffic while down");
     let moved = at_c.iter().filter(|p| served[0].contains_key(p) || served[1].contains_key(p)).count();
@@ -281,10 +312,9 @@ fn health_down_site_gets_no_new_flows_and_its_flows_are_resteered() {
     assert!(down <= Duration::from_secs(3), "C went down after {down:?}");
     let ports = client.send(&t.client, 500, 200, &stop).expect("flows");
     sent += ports.len() as u64;
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(services[2].datagrams() > before_c, "C gets no new flows after coming back");
+    let served = all_served(&services, sent);
+    assert!(served[2] > before_c, "C gets no new flows after coming back");
 
-    let served: Vec<u64> = services.iter().map(UdpService::datagrams).collect();
     let a = &daemons[0];
     assert_eq!(served.iter().sum::<u64>(), sent, "datagrams lost");
     assert_eq!(site_packets(a, "a", "local"), served[0]);

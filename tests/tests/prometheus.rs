@@ -136,7 +136,7 @@ impl Drop for Prometheus<'_> {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Err(e) = fs::remove_dir_all(&self.dir) {
-            eprintln!("warning: removing {}: {e}", self.dir.display());
+            testkit::teardown::warn(format_args!("removing {}: {e}", self.dir.display()));
         }
     }
 }
