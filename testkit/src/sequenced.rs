@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::netns::Netns;
+
 /// Bytes per datagram: the sequence number (u32, big endian), then filler.
 pub const PAYLOAD: usize = 64;
 
@@ -148,4 +150,34 @@ pub fn receive(sock: &UdpSocket, sender: &Sender, idle: Duration) -> Received {
             return got;
         }
     }
+}
+
+/// A UDP socket bound to `addr` inside `ns`.
+pub fn bind(ns: &Netns, addr: &str) -> UdpSocket {
+    ns.run(|| UdpSocket::bind(addr)).unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name()))
+}
+
+/// Sends `count` numbered datagrams from `from` to `dst` (at 5000/s) while `to` receives.
+pub fn send_and_receive(from: &Netns, dst: SocketAddr, to: &UdpSocket, count: u32) -> Received {
+    /// How long the receiver waits for a straggler once the sender has finished.
+    const IDLE: Duration = Duration::from_secs(2);
+    let sender = Sender::new(bind(from, "0.0.0.0:0"), dst, 5000, count);
+    std::thread::scope(|s| {
+        let rx = s.spawn(|| receive(to, &sender, IDLE));
+        assert_eq!(sender.run(), count);
+        rx.join().expect("receiver")
+    })
+}
+
+/// Every one of `sent` datagrams arrived, once, and nothing else.
+pub fn assert_all_arrived(got: &Received, sent: u32, what: &str) {
+    let missing = got.missing(sent);
+    assert!(
+        missing.is_empty() && got.duplicates == 0 && got.foreign == 0,
+        "{what}: {} of {sent} lost (first: {:?}), {} duplicates, {} foreign",
+        missing.len(),
+        &missing[..missing.len().min(20)],
+        got.duplicates,
+        got.foreign
+    );
 }

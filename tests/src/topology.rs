@@ -34,3 +34,37 @@ impl ForwardChain {
         Ok(ForwardChain { client, a, b })
     }
 }
+
+/// The VIP of [`local_site`] and its port (UDP).
+pub const LOCAL_VIP: &str = "10.200.0.1";
+pub const LOCAL_VIP_PORT: u16 = 5353;
+
+/// `[local]` and the local site, serving the VIP: the config of a one-site deployment on
+/// [`local_site`].
+pub const LOCAL_SITE: &str = r#"[local]
+interfaces = ["l0"]
+
+[[sites]]
+name = "here"
+local = true
+capacity = 100
+
+[[vips]]
+name = "svc"
+address = "10.200.0.1"
+port = 5353
+protocol = "udp"
+"#;
+
+/// client `c0` 10.1.0.2 ⇄ `l0` 10.1.0.1 [site, [`LOCAL_VIP`] on lo]. Returns (client, site).
+pub fn local_site(tag: &str) -> (Netns, Netns) {
+    let cl = Netns::new(&format!("{tag}-cl")).unwrap();
+    let site = Netns::new(&format!("{tag}-s")).unwrap();
+    cl.add_veth("c0", &site, "l0").unwrap();
+    cl.add_addr("c0", "10.1.0.2/24").unwrap();
+    site.add_addr("l0", "10.1.0.1/24").unwrap();
+    site.add_addr("lo", &format!("{LOCAL_VIP}/32")).unwrap();
+    cl.add_route(&[&format!("{LOCAL_VIP}/32"), "via", "10.1.0.1"]).unwrap();
+    cl.software_checksums("c0").unwrap();
+    (cl, site)
+}

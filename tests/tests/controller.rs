@@ -32,18 +32,21 @@ use std::{
 };
 
 use anycast_common::Exception;
-use anycast_tests::{pinned::Pinned, topology::ForwardChain};
+use anycast_tests::{
+    pinned::Pinned,
+    topology::{ForwardChain, LOCAL_SITE, local_site},
+};
 use anycast_user::model::status::Status;
 use testkit::{
     daemon::{ADMIN_LISTEN, Daemon},
     metrics::metric,
     netns::Netns,
     require::{Need, require},
-    sequenced::{self, Received, Sender},
+    sequenced::{self, Received, Sender, assert_all_arrived, bind, send_and_receive},
 };
 
-const VIP: &str = "10.200.0.1";
-const VIP_PORT: u16 = 5353;
+const VIP: &str = anycast_tests::topology::LOCAL_VIP;
+const VIP_PORT: u16 = anycast_tests::topology::LOCAL_VIP_PORT;
 /// Ethernet + IPv4 + UDP + payload: the frame length XDP sees and counts.
 const FRAME: u64 = (14 + 20 + 8 + sequenced::PAYLOAD) as u64;
 /// How long a receiver waits for a straggler once the sender has finished.
@@ -58,61 +61,6 @@ const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn vip() -> SocketAddr {
     SocketAddr::new(VIP.parse().unwrap(), VIP_PORT)
-}
-
-/// `[local]` and the local site, serving the VIP: the config of a one-site deployment.
-const LOCAL_SITE: &str = r#"[local]
-interfaces = ["l0"]
-
-[[sites]]
-name = "here"
-local = true
-capacity = 100
-
-[[vips]]
-name = "svc"
-address = "10.200.0.1"
-port = 5353
-protocol = "udp"
-"#;
-
-/// client c0 10.1.0.2 ⇄ l0 10.1.0.1 [site, VIP on lo]. Returns (client, site).
-fn local_site(tag: &str) -> (Netns, Netns) {
-    let cl = Netns::new(&format!("{tag}-cl")).unwrap();
-    let site = Netns::new(&format!("{tag}-s")).unwrap();
-    cl.add_veth("c0", &site, "l0").unwrap();
-    cl.add_addr("c0", "10.1.0.2/24").unwrap();
-    site.add_addr("l0", "10.1.0.1/24").unwrap();
-    site.add_addr("lo", &format!("{VIP}/32")).unwrap();
-    cl.add_route(&[&format!("{VIP}/32"), "via", "10.1.0.1"]).unwrap();
-    cl.software_checksums("c0").unwrap();
-    (cl, site)
-}
-
-fn bind(ns: &Netns, addr: &str) -> UdpSocket {
-    ns.run(|| UdpSocket::bind(addr)).unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name()))
-}
-
-/// Sends `count` numbered datagrams from `from` to `dst` (at 5000/s) while `to` receives.
-fn send_and_receive(from: &Netns, dst: SocketAddr, to: &UdpSocket, count: u32) -> Received {
-    let sender = Sender::new(bind(from, "0.0.0.0:0"), dst, 5000, count);
-    thread::scope(|s| {
-        let rx = s.spawn(|| sequenced::receive(to, &sender, IDLE));
-        assert_eq!(sender.run(), count);
-        rx.join().expect("receiver")
-    })
-}
-
-fn assert_all_arrived(got: &Received, sent: u32, what: &str) {
-    let missing = got.missing(sent);
-    assert!(
-        missing.is_empty() && got.duplicates == 0 && got.foreign == 0,
-        "{what}: {} of {sent} lost (first: {:?}), {} duplicates, {} foreign",
-        missing.len(),
-        &missing[..missing.len().min(20)],
-        got.duplicates,
-        got.foreign
-    );
 }
 
 /// Stops the sender when dropped: a failing assertion in the middle of a stream must not
