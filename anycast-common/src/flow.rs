@@ -1,4 +1,7 @@
-//! Flow identity: the key of the flow table and the input of the Maglev lookup.
+//! Flow identity: the key of the flow table, the keyed flow hash, and every value the data
+//! path derives from that hash (Maglev slot, embryonic-table slot and tag, GUE source port,
+//! IPv6 flow label). The controller and the tests use the same functions to predict where
+//! a flow goes; the tests check them against an independent SipHash implementation.
 
 use crate::addr::Family;
 
@@ -8,7 +11,10 @@ use crate::addr::Family;
 /// carry none), so every fragment of a datagram maps to the same flow and therefore the same
 /// site; an ICMP error about a VIP flow is keyed by the reversed inner tuple, i.e. as the
 /// flow it belongs to.
-#[repr(C)]
+///
+/// 8-byte aligned so that the BPF backend may read it with wide loads (the hash reads the
+/// addresses as u32/u64 words) and the kernel's jhash2 walks it in 4-byte words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -31,47 +37,182 @@ pub struct FlowValue {
     pub generation: u32,
 }
 
-#[inline(always)]
-const fn word(b: &[u8; 16], i: usize) -> u32 {
-    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+/// The secret key of the flow hash (SipHash's 128-bit key as two little-endian words).
+///
+/// Every host of a site must use the same key (all hosts of a site must build the same
+/// Maglev choice for the same flow, or an ECMP change moves flows); it is secret so that
+/// nobody outside can compute which source ports land on which site, GUE source port or
+/// receive queue, and aim a flood at one of them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct HashKey {
+    pub k0: u64,
+    pub k1: u64,
 }
 
-/// murmur3's 32-bit block mix.
-#[inline(always)]
-const fn mix(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
-}
-
-/// murmur3's finaliser: every input bit reaches every output bit, which the Maglev modulo
-/// and the GUE source port (receiver RSS) both rely on.
-#[inline(always)]
-const fn fmix(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
-}
-
-/// The flow hash shared by the data path (Maglev slot, GUE source port) and the controller
-/// and tests (to predict where a flow goes). Hand-rolled rather than a crate because it must
-/// compile for the BPF target and stay within the verifier's instruction budget; an IPv4 key
-/// mixes 3 words instead of 9.
-#[inline(always)]
-pub const fn flow_hash(k: &FlowKey) -> u32 {
-    let ports = ((k.sport as u32) << 16) | k.dport as u32;
-    let mut h = mix(0x5bd1_e995 ^ k.proto as u32, ports);
-    if k.family == Family::V4 as u8 {
-        h = mix(h, word(&k.src, 0));
-        h = mix(h, word(&k.dst, 0));
-    } else {
-        let mut i = 0;
-        while i < 16 {
-            h = mix(h, word(&k.src, i));
-            h = mix(h, word(&k.dst, i));
-            i += 4;
+impl HashKey {
+    /// The key from its 16 bytes (as `siphasher::sip::SipHasher13::new_with_key` reads them).
+    pub const fn from_bytes(b: [u8; 16]) -> HashKey {
+        HashKey {
+            k0: u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            k1: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
         }
     }
-    fmix(h)
+
+    pub const fn to_bytes(self) -> [u8; 16] {
+        let a = self.k0.to_le_bytes();
+        let b = self.k1.to_le_bytes();
+        [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
+    }
+}
+
+/// SipHash's four state words.
+#[derive(Clone, Copy)]
+struct Sip {
+    v0: u64,
+    v1: u64,
+    v2: u64,
+    v3: u64,
+}
+
+impl Sip {
+    #[inline(always)]
+    const fn new(k: &HashKey) -> Sip {
+        Sip {
+            v0: k.k0 ^ 0x736f_6d65_7073_6575,
+            v1: k.k1 ^ 0x646f_7261_6e64_6f6d,
+            v2: k.k0 ^ 0x6c79_6765_6e65_7261,
+            v3: k.k1 ^ 0x7465_6462_7974_6573,
+        }
+    }
+
+    #[inline(always)]
+    const fn round(mut self) -> Sip {
+        self.v0 = self.v0.wrapping_add(self.v1);
+        self.v1 = self.v1.rotate_left(13);
+        self.v1 ^= self.v0;
+        self.v0 = self.v0.rotate_left(32);
+        self.v2 = self.v2.wrapping_add(self.v3);
+        self.v3 = self.v3.rotate_left(16);
+        self.v3 ^= self.v2;
+        self.v0 = self.v0.wrapping_add(self.v3);
+        self.v3 = self.v3.rotate_left(21);
+        self.v3 ^= self.v0;
+        self.v2 = self.v2.wrapping_add(self.v1);
+        self.v1 = self.v1.rotate_left(17);
+        self.v1 ^= self.v2;
+        self.v2 = self.v2.rotate_left(32);
+        self
+    }
+
+    /// One message word, SipHash-1-3: one compression round per word.
+    #[inline(always)]
+    const fn word(mut self, m: u64) -> Sip {
+        self.v3 ^= m;
+        self = self.round();
+        self.v0 ^= m;
+        self
+    }
+
+    /// The final block of a message of `len` bytes, `len` a multiple of 8 (no tail bytes),
+    /// and the three finalisation rounds.
+    #[inline(always)]
+    const fn finish(self, len: u64) -> u64 {
+        let mut s = self.word(len << 56);
+        s.v2 ^= 0xff;
+        s = s.round().round().round();
+        s.v0 ^ s.v1 ^ s.v2 ^ s.v3
+    }
+}
+
+#[inline(always)]
+const fn le32(b: &[u8; 16], i: usize) -> u64 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as u64
+}
+
+#[inline(always)]
+const fn le64(b: &[u8; 16], i: usize) -> u64 {
+    le32(b, i) | le32(b, i + 4) << 32
+}
+
+/// The flow hash: SipHash-1-3 under `key` of the flow's bytes
+///
+/// - IPv4: `src[0..4] ‖ dst[0..4] ‖ sport ‖ dport ‖ proto ‖ 0 0 0` (16 bytes),
+/// - IPv6: `src ‖ dst ‖ sport ‖ dport ‖ proto ‖ 0 0 0` (40 bytes),
+///
+/// ports as 2 little-endian bytes each. SipHash because the hash must be a keyed
+/// pseudo-random function (the kernel keys its own flow hash, `__skb_get_hash`, with SipHash
+/// for the same reason); the reduced-round 1-3 variant (the one Rust's standard HashMap
+/// uses) because it runs on every new flow. Written here rather than taken from a crate
+/// because it must compile for the BPF target, with fixed-size messages the verifier can
+/// follow.
+#[inline(always)]
+pub const fn flow_hash(k: &FlowKey, key: &HashKey) -> u64 {
+    let ports = k.sport as u64 | (k.dport as u64) << 16 | (k.proto as u64) << 32;
+    let s = Sip::new(key);
+    if k.family == Family::V4 as u8 {
+        s.word(le32(&k.src, 0) | le32(&k.dst, 0) << 32).word(ports).finish(16)
+    } else {
+        s.word(le64(&k.src, 0))
+            .word(le64(&k.src, 8))
+            .word(le64(&k.dst, 0))
+            .word(le64(&k.dst, 8))
+            .word(ports)
+            .finish(40)
+    }
+}
+
+/// Slot of a Maglev table of `m` entries for flow hash `h`: Lemire's multiply-shift of the
+/// hash's low 32 bits (uniform over `0..m`, no division on the packet path).
+#[inline(always)]
+pub const fn maglev_slot(h: u64, m: u32) -> u32 {
+    ((h as u32 as u64 * m as u64) >> 32) as u32
+}
+
+/// Number of slots of the embryonic-flow table ([`crate::maps::EMBRYOS`]).
+pub const EMBRYO_SLOTS: u32 = 1 << 16;
+
+/// Slot of the embryonic-flow table: the hash's top 16 bits.
+#[inline(always)]
+pub const fn embryo_slot(h: u64) -> u32 {
+    (h >> 48) as u32
+}
+
+/// An embryonic entry: which site the flow's SYN went to, tagged with 32 other bits of the
+/// hash so that another flow landing on the same slot is not taken for it. One 64-bit word,
+/// written and read with single 8-byte accesses (so never torn across CPUs).
+#[inline(always)]
+pub const fn embryo_entry(h: u64, site: u32, generation: u32) -> u64 {
+    embryo_tag(h) | ((site as u64 & 0xffff) << 16) | (generation as u64 & 0xffff)
+}
+
+/// The tag bits of an embryonic entry for hash `h` (its upper 32 bits).
+#[inline(always)]
+pub const fn embryo_tag(h: u64) -> u64 {
+    (h << 16) & 0xffff_ffff_0000_0000
+}
+
+/// Site index of an embryonic entry.
+#[inline(always)]
+pub const fn embryo_site(e: u64) -> u32 {
+    ((e >> 16) & 0xffff) as u32
+}
+
+/// Low 16 bits of the site generation recorded in an embryonic entry.
+#[inline(always)]
+pub const fn embryo_generation(e: u64) -> u32 {
+    (e & 0xffff) as u32
+}
+
+/// GUE (UDP) source port of a flow: the hash in 0xC000..=0xFFFF (RFC 6335 dynamic range),
+/// so the receiver's RSS spreads flows over its queues.
+#[inline(always)]
+pub const fn gue_source_port(h: u64) -> u16 {
+    0xC000 | ((h >> 32) as u16 & 0x3FFF)
+}
+
+/// IPv6 outer flow label of a flow (RFC 6438: the tunnel's ECMP/RSS entropy).
+#[inline(always)]
+pub const fn flow_label(h: u64) -> u32 {
+    (h >> 32) as u32 & 0xF_FFFF
 }

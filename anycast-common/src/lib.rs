@@ -14,13 +14,14 @@ pub mod flow;
 pub mod maps;
 pub mod site;
 pub mod vip;
+pub mod wire;
 
 #[cfg(feature = "user")]
 mod pod;
 
 pub use addr::{AddrKey, Family};
 pub use config::LocalConfig;
-pub use counters::{Exception, SiteCounters, VipCounters};
-pub use flow::{FlowKey, FlowValue, flow_hash};
+pub use counters::{Action, Event, Exception, SiteCounters, VipCounters};
+pub use flow::{FlowKey, FlowValue, HashKey, flow_hash};
 pub use site::{Encap, NextHop, SiteInfo};
 pub use vip::{VipInfo, VipKey};

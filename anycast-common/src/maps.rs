@@ -3,56 +3,83 @@
 //!
 //! | name | kind | key → value | entries |
 //! | --- | --- | --- | --- |
+//! | `LAYOUT` | Array | 0 → u32 [`LAYOUT_VERSION`] | 1 |
 //! | `CONFIG` | Array | 0 → [`LocalConfig`](crate::LocalConfig) | 1 |
 //! | `ADDR_FILTER` | Array | [`filter_index_v4`](crate::addr::filter_index_v4) / `_v6` → u8 bits ([`filter`](crate::addr::filter)) | [`ADDR_FILTER_SIZE`] |
+//! | `VIP_ADDRS` | HashMap | [`AddrKey`](crate::AddrKey) → u32 (number of VIPS entries of that address) | [`MAX_VIPS`] |
 //! | `VIPS` | HashMap | [`VipKey`](crate::VipKey) → [`VipInfo`](crate::VipInfo) | [`MAX_VIPS`] |
-//! | `MAGLEV` | ArrayOfMaps (BTF) | VIP index → inner Array u32 | [`MAX_VIPS`] outer; inner [`maglev_inner_len`] |
+//! | `MAGLEV` | ArrayOfMaps (BTF) | VIP index → inner Array u32 ([`MAGLEV_SITE`](crate::site::MAGLEV_SITE) + flags) | [`MAX_VIPS`] outer; inner [`maglev_inner_len`] |
 //! | `SITES` | Array | site index → [`SiteInfo`](crate::SiteInfo) | [`MAX_SITES`] |
 //! | `TUNNEL_PEERS` | HashMap | [`AddrKey`](crate::AddrKey) → site index (u32) | [`MAX_TUNNEL_PEERS`] |
 //! | `FLOWS` | LruHashMap | [`FlowKey`](crate::FlowKey) → [`FlowValue`](crate::FlowValue) | [`FLOW_TABLE_DEFAULT`] (set at load) |
+//! | `EMBRYOS` | Array | [`embryo_slot`](crate::flow::embryo_slot) → u64 [`embryo_entry`](crate::flow::embryo_entry) | [`EMBRYO_SLOTS`](crate::flow::EMBRYO_SLOTS) |
 //! | `DEVMAP` | DevMapHash | ifindex → ifindex | [`MAX_IFACES`] |
 //! | `SITE_STATS` | PerCpuArray | site index → [`SiteCounters`](crate::SiteCounters) | [`MAX_SITES`] |
 //! | `VIP_STATS` | PerCpuArray | VIP index → [`VipCounters`](crate::VipCounters) | [`MAX_VIPS`] |
-//! | `EXCEPTIONS` | PerCpuArray | [`Exception`](crate::Exception) → u64 | [`Exception::COUNT`](crate::Exception::COUNT) |
+//! | `EXCEPTIONS` | PerCpuArray | [`exception_index`](crate::counters::exception_index) → u64 | [`EXCEPTION_SLOTS`](crate::counters::EXCEPTION_SLOTS) |
+//! | `EVENTS` | PerCpuArray | [`Event`](crate::Event) → u64 | [`Event::COUNT`](crate::Event::COUNT) |
 //! | `FIB_CACHE` | PerCpuArray | site index → [`NextHop`](crate::NextHop) | [`MAX_SITES`] |
+//! | `RATE` | PerCpuArray | [`RATE_ICMP`](crate::config::RATE_ICMP) / [`RATE_PIN`](crate::config::RATE_PIN) → [`Bucket`](crate::config::Bucket) | [`RATE_SLOTS`](crate::config::RATE_SLOTS) |
+//!
+//! The flow table holds only flows that need state: forwarded TCP flows, pinned when their
+//! handshake completes (a SYN writes only `EMBRYOS`, so a SYN flood cannot fill it), UDP
+//! flows of `affinity = "flow"` VIPs and fragments. A local TCP flow needs no entry: the
+//! host's socket table knows it.
 //!
 //! A Maglev inner table of size M has M + 1 entries: entry 0 holds M, entries 1..=M the
 //! site index of each slot. Keeping the size inside the table makes a swap of the outer
 //! entry atomic for both at once: a packet never sees a new size with an old table.
 
+/// The layout of the maps listed here (keys, values, sizes, meaning). Bumped by every
+/// change that a running program would read differently; pinned with the maps (`LAYOUT`)
+/// so that a new controller knows what it adopts and migrates the state of an older layout
+/// (anycast-user's migration module; release 0.1.0, which had no `LAYOUT` map, is layout 1).
+pub const LAYOUT_VERSION: u32 = 2;
+
+pub const LAYOUT: &str = "LAYOUT";
 pub const CONFIG: &str = "CONFIG";
 pub const ADDR_FILTER: &str = "ADDR_FILTER";
+pub const VIP_ADDRS: &str = "VIP_ADDRS";
 pub const VIPS: &str = "VIPS";
 pub const MAGLEV: &str = "MAGLEV";
 pub const SITES: &str = "SITES";
 pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
 pub const FLOWS: &str = "FLOWS";
+pub const EMBRYOS: &str = "EMBRYOS";
 pub const DEVMAP: &str = "DEVMAP";
 pub const SITE_STATS: &str = "SITE_STATS";
 pub const VIP_STATS: &str = "VIP_STATS";
 pub const EXCEPTIONS: &str = "EXCEPTIONS";
+pub const EVENTS: &str = "EVENTS";
 pub const FIB_CACHE: &str = "FIB_CACHE";
+pub const RATE: &str = "RATE";
 
 /// Every map name, for pinning and adoption.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 17] = [
+    LAYOUT,
     CONFIG,
     ADDR_FILTER,
+    VIP_ADDRS,
     VIPS,
     MAGLEV,
     SITES,
     TUNNEL_PEERS,
     FLOWS,
+    EMBRYOS,
     DEVMAP,
     SITE_STATS,
     VIP_STATS,
     EXCEPTIONS,
+    EVENTS,
     FIB_CACHE,
+    RATE,
 ];
 
 /// Name of the XDP program in the object.
 pub const PROGRAM: &str = "anycast";
 
-/// 2^16 one-byte slots: one array lookup (~2 ns) decides that a packet is not for us.
+/// 2^16 slots (array values are rounded up to 8 bytes by the kernel: 512 KiB): one array
+/// lookup (~2 ns) decides that a packet is not for us.
 pub const ADDR_FILTER_SIZE: u32 = 1 << 16;
 pub const MAX_VIPS: u32 = 256;
 pub const MAX_SITES: u32 = 1024;

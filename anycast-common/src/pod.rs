@@ -9,6 +9,7 @@ macro_rules! pod {
 
 pod!(
     crate::AddrKey,
+    crate::config::Bucket,
     crate::bench::ResetFrame,
     crate::LocalConfig,
     crate::NextHop,

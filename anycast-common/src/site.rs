@@ -7,8 +7,21 @@ pub const SITE_UP: u32 = 2;
 /// This host's own site: its flows are passed to the local stack (XDP_PASS).
 pub const SITE_LOCAL: u32 = 4;
 
-/// Maglev entry meaning "no site" (an empty table).
-pub const SITE_NONE: u32 = u32::MAX;
+/// Entry of a Maglev inner table: the site index in the low 16 bits, plus flags.
+pub const MAGLEV_SITE: u32 = 0xffff;
+/// Maglev entry meaning "no site" (an empty table). (Release 0.1.0 wrote `u32::MAX`, which
+/// reads the same under [`MAGLEV_SITE`].)
+pub const SITE_NONE: u32 = MAGLEV_SITE;
+/// The entry's site is this host's own site: a packet of a new flow in this bucket is
+/// passed to the local stack without reading `SITES`.
+pub const MAGLEV_LOCAL: u32 = 1 << 30;
+/// The entry names the local site, but flows of this bucket may be pinned to another site
+/// (the bucket was remote while they started) or be in the middle of a handshake towards
+/// one: a mid-flow TCP packet must consult the flow table and the embryonic table before
+/// it may go to the local stack. A local entry without this flag skips both (docs
+/// datapath §6). The controller sets it on every local bucket that was remote since the
+/// flow table was last proven free of such flows.
+pub const MAGLEV_CHECK: u32 = 1 << 31;
 
 /// How packets are carried to a remote site.
 #[repr(u8)]

@@ -13,10 +13,17 @@ pub struct VipKey {
     pub family: u8,
 }
 
+/// UDP of this VIP is steered by the Maglev table alone, with no flow-table state
+/// (`affinity = "none"`: DNS and other one-datagram exchanges). Without it every UDP flow
+/// is pinned on its first packet (`affinity = "flow"`: QUIC and other long UDP flows).
+pub const VIP_STATELESS: u32 = 1;
+
 /// Value of [`crate::maps::VIPS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VipInfo {
     /// Slot of this VIP in [`crate::maps::MAGLEV`] and [`crate::maps::VIP_STATS`].
     pub index: u32,
+    /// `VIP_*` bits.
+    pub flags: u32,
 }

@@ -1,49 +1,50 @@
 //! The anycast XDP program: docs/datapath.md, section by section.
 //!
-//! `anycast` → [`try_anycast`] → an XDP action. Every way off the normal path is an
-//! [`Exception`]: counted (and logged only in debug mode), then PASS (or DROP for a broken
-//! tunnel packet).
+//! `anycast` → [`try_anycast`] → an XDP action. Every way off the normal path is a
+//! [`Verdict`]: an [`anycast_common::Exception`] and the action taken, counted once (and
+//! logged only in debug mode).
 #![no_std]
 #![no_main]
 
+mod addrs;
+mod affinity;
 mod counters;
 mod csum;
 mod decap;
 mod encap;
 mod frame;
 mod icmp;
+mod limit;
 mod maps;
 mod parse;
 mod route;
+mod socket;
 mod steer;
 
 use anycast_common::{
-    Exception,
+    Event,
     addr::filter::{TUNNEL, VIP},
-    site::SITE_LOCAL,
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
-use crate::frame::Frame;
+use crate::{counters::Verdict, encap::Target, frame::Frame, steer::Route};
 
+// Inlined into the entry point the macro generates: the verifier then sees one function
+// (no BPF-to-BPF call, whose frames would count against the 512-byte stack together).
 #[xdp]
+#[inline(always)]
 pub fn anycast(ctx: XdpContext) -> u32 {
     match try_anycast(&ctx) {
         Ok(action) => action,
-        Err(e) => {
-            counters::exception(&ctx, e);
-            match e {
-                // The outer headers said "tunnel to us" but the inner packet is garbage:
-                // there is nothing sane to hand to the stack.
-                Exception::DecapBadInner => xdp_action::XDP_DROP,
-                _ => xdp_action::XDP_PASS,
-            }
+        Err(v) => {
+            counters::exception(&ctx, v);
+            v.xdp()
         }
     }
 }
 
 #[inline(always)]
-fn try_anycast(ctx: &XdpContext) -> Result<u32, Exception> {
+fn try_anycast(ctx: &XdpContext) -> Result<u32, Verdict> {
     let frame = Frame::new(ctx);
     let Some(eth) = parse::ethernet(&frame)? else {
         return Ok(xdp_action::XDP_PASS);
@@ -53,14 +54,12 @@ fn try_anycast(ctx: &XdpContext) -> Result<u32, Exception> {
     if filter == 0 {
         return Ok(xdp_action::XDP_PASS);
     }
+    let Some(cfg) = maps::config() else { return Ok(xdp_action::XDP_PASS) };
 
     let mut pkt = parse::Packet::default();
     parse::packet(&frame, eth, &mut pkt)?;
-    if pkt.fragment {
-        counters::exception(ctx, Exception::Fragment);
-    }
     if filter & TUNNEL != 0 {
-        if let Some(action) = decap::decap(ctx, frame, &pkt)? {
+        if let Some(action) = decap::decap(ctx, frame, cfg, &pkt)? {
             return Ok(action);
         }
     }
@@ -70,18 +69,20 @@ fn try_anycast(ctx: &XdpContext) -> Result<u32, Exception> {
     let Some(vip) = steer::vip(&pkt.key) else {
         return Ok(xdp_action::XDP_PASS);
     };
-    counters::vip(vip, frame.len());
-
-    let site = steer::site(ctx, &pkt, vip)?;
-    if site.info.flags & SITE_LOCAL != 0 {
-        let bytes = frame.len() as u64;
-        counters::site(site.index, |c| {
-            c.local_packets += 1;
-            c.local_bytes += bytes;
-        });
-        return Ok(xdp_action::XDP_PASS);
+    counters::vip(vip.index, frame.len());
+    if pkt.fragment {
+        counters::event(Event::Fragment);
     }
-    encap::forward(ctx, frame, &pkt, &site)
+
+    match steer::route(ctx, &frame, cfg, &pkt, &vip)? {
+        Route::Local { site } => {
+            counters::local(site, frame.len());
+            Ok(xdp_action::XDP_PASS)
+        }
+        Route::Remote { site, info, hash, record, new_flow } => {
+            encap::forward(ctx, frame, cfg, &pkt, &Target { site, info, hash, record, new_flow })
+        }
+    }
 }
 
 #[cfg(not(test))]

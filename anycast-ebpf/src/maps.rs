@@ -2,8 +2,11 @@
 //! `anycast_common::maps` (the statics' names are the map names userspace looks up).
 
 use anycast_common::{
-    AddrKey, Exception, FlowKey, FlowValue, LocalConfig, NextHop, SiteCounters, SiteInfo, VipCounters,
-    VipInfo, VipKey,
+    AddrKey, Event, FlowKey, FlowValue, LocalConfig, NextHop, SiteCounters, SiteInfo, VipCounters, VipInfo,
+    VipKey,
+    config::{Bucket, RATE_SLOTS},
+    counters::EXCEPTION_SLOTS,
+    flow::EMBRYO_SLOTS,
     maps::{
         ADDR_FILTER_SIZE, BPF_F_INNER_MAP, FLOW_TABLE_DEFAULT, MAGLEV_DEFAULT_SIZE, MAX_IFACES, MAX_SITES,
         MAX_TUNNEL_PEERS, MAX_VIPS, maglev_inner_len,
@@ -15,11 +18,21 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 
+/// Holds `anycast_common::maps::LAYOUT_VERSION`, written by the controller: the program
+/// never reads it; it is pinned with the maps so that a controller knows their layout.
+#[map]
+pub static LAYOUT: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map]
 pub static CONFIG: Array<LocalConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static ADDR_FILTER: Array<u8> = Array::with_max_entries(ADDR_FILTER_SIZE, 0);
+
+/// Every address that has a `VIPS` entry (value: how many), for "is this one of our VIP
+/// addresses" whatever the port and protocol.
+#[map]
+pub static VIP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 #[map]
 pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
@@ -43,6 +56,11 @@ pub static TUNNEL_PEERS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_T
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
 
+/// Shared by all CPUs (a handshake's SYN and ACK may be handled on different CPUs); each
+/// entry is one 8-byte word, so never read half-written.
+#[map]
+pub static EMBRYOS: Array<u64> = Array::with_max_entries(EMBRYO_SLOTS, 0);
+
 #[map]
 pub static DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
 
@@ -53,7 +71,10 @@ pub static SITE_STATS: PerCpuArray<SiteCounters> = PerCpuArray::with_max_entries
 pub static VIP_STATS: PerCpuArray<VipCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
 
 #[map]
-pub static EXCEPTIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Exception::COUNT, 0);
+pub static EXCEPTIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EXCEPTION_SLOTS, 0);
+
+#[map]
+pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Event::COUNT, 0);
 
 /// Per CPU, so that an entry is never read half-written by another CPU.
 #[map]
@@ -64,3 +85,6 @@ pub static FIB_CACHE: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_S
 pub fn config() -> Option<&'static LocalConfig> {
     CONFIG.get(0)
 }
+
+#[map]
+pub static RATE: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(RATE_SLOTS, 0);

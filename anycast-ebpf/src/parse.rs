@@ -15,36 +15,17 @@ use anycast_common::{
 
 use crate::{frame::Frame, maps::ADDR_FILTER};
 
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
+use anycast_common::wire::{
+    ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ICMP_HLEN, IP_MF, IP_OFFSET, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS, IPPROTO_ROUTING, TCP_ACK, TCP_SYN, VLAN_HLEN, v4_in_16,
+};
+pub use anycast_common::wire::{
+    ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP,
+    IPV4_HLEN, IPV6_HLEN, TCP_HLEN, UDP_HLEN,
+};
 
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_IPIP: u8 = 4;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_IPV6: u8 = 41;
-pub const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_DSTOPTS: u8 = 60;
-
-pub const IPV4_HLEN: usize = 20;
-pub const IPV6_HLEN: usize = 40;
-pub const UDP_HLEN: usize = 8;
-const TCP_HLEN: usize = 20;
-const ICMP_HLEN: usize = 8;
 /// Extension headers walked before giving up (§2).
 const MAX_EXT_HEADERS: usize = 4;
-
-const IP_MF: u16 = 0x2000;
-const IP_DF: u16 = 0x4000;
-const IP_OFFSET: u16 = 0x1fff;
-const TCP_SYN: u8 = 0x02;
 
 /// Where layer 3 starts and which IP family it is.
 #[derive(Clone, Copy)]
@@ -70,18 +51,17 @@ pub struct Packet {
     pub l4_proto: u8,
     /// IPv4 TOS / IPv6 traffic class.
     pub tos: u8,
-    /// IPv4 DF bit (IPv6 never fragments in flight).
-    pub df: bool,
     pub fragment: bool,
-    /// A TCP packet (not an ICMP error about one, not a fragment) without SYN.
-    pub tcp_mid_flow: bool,
+    /// A TCP handshake opener: SYN without ACK (not a fragment, not an ICMP error).
+    pub tcp_syn: bool,
+    /// The key was taken from the packet quoted by an ICMP error (§3): the packet is about
+    /// that flow, but it is not one of the flow's own packets (it never pins state).
+    pub icmp_error: bool,
+    /// The packet is itself an ICMP or ICMPv6 error message (answering it is forbidden,
+    /// RFC 1122 §3.2.2, RFC 4443 §2.4(e)).
+    pub is_icmp_error: bool,
     /// The flow: for an ICMP too-big error, the reversed inner tuple (§3).
     pub key: FlowKey,
-}
-
-#[inline(always)]
-const fn v4_addr(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 }
 
 #[inline(always)]
@@ -151,8 +131,8 @@ fn ipv4(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
         return Err(Exception::BadHeader);
     }
     let frag = be16([h[6], h[7]]);
-    pkt.key.src = v4_addr([h[12], h[13], h[14], h[15]]);
-    pkt.key.dst = v4_addr([h[16], h[17], h[18], h[19]]);
+    pkt.key.src = v4_in_16([h[12], h[13], h[14], h[15]]);
+    pkt.key.dst = v4_in_16([h[16], h[17], h[18], h[19]]);
     pkt.key.proto = h[9];
     pkt.key.family = Family::V4 as u8;
     pkt.l3_hdr_len = ihl;
@@ -160,9 +140,8 @@ fn ipv4(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
     pkt.l4 = l3 + ihl;
     pkt.l4_proto = h[9];
     pkt.tos = h[1];
-    pkt.df = frag & IP_DF != 0;
     pkt.fragment = frag & (IP_MF | IP_OFFSET) != 0;
-    transport(frame, pkt, frag & IP_OFFSET != 0)
+    transport(frame, pkt)
 }
 
 #[inline(always)]
@@ -180,14 +159,18 @@ fn ipv6(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
     let mut next = h[6];
     let mut l4 = l3 + IPV6_HLEN;
     let mut fragment = false;
-    let mut later_fragment = false;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let e = frame.view::<2>(l4).ok_or(Exception::Truncated)?;
+                let e = frame.view::<4>(l4).ok_or(Exception::Truncated)?;
                 let len = (e[1] as usize + 1) * 8;
                 if l4 + len > end {
                     return Err(Exception::Truncated);
+                }
+                // A routing header with segments left: the VIP is not the final destination
+                // (the kernel would process or drop it, RFC 8200 §4.4); not ours to steer.
+                if next == IPPROTO_ROUTING && e[3] != 0 {
+                    return Err(Exception::ExtHeaderLimit);
                 }
                 next = e[0];
                 l4 += len;
@@ -197,20 +180,22 @@ fn ipv6(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
                 if l4 + 8 > end {
                     return Err(Exception::Truncated);
                 }
-                // Offset in the upper 13 bits, M in bit 0. Offset 0 with M 0 is an atomic
-                // fragment (RFC 6946): a whole datagram, treated as such.
-                let off_m = be16([e[2], e[3]]);
-                if off_m & 0xfff9 != 0 {
-                    fragment = true;
-                    later_fragment = off_m & 0xfff8 != 0;
-                }
                 next = e[0];
                 l4 += 8;
+                // Offset in the upper 13 bits, M in bit 0. Offset 0 with M 0 is an atomic
+                // fragment (RFC 6946): a whole datagram, treated as such. A real fragment
+                // ends the walk: what follows is the fragmentable part, which only the first
+                // fragment starts with a header, so every fragment is keyed by this Next
+                // Header and none reads payload as headers.
+                if be16([e[2], e[3]]) & 0xfff9 != 0 {
+                    fragment = true;
+                    break;
+                }
             }
             _ => break,
         }
     }
-    if matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT) {
+    if !fragment && matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT) {
         return Err(Exception::ExtHeaderLimit);
     }
     pkt.key.src.copy_from_slice(&h[8..24]);
@@ -223,7 +208,7 @@ fn ipv6(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
     pkt.l4_proto = next;
     pkt.tos = (h[0] << 4) | (h[1] >> 4);
     pkt.fragment = fragment;
-    transport(frame, pkt, later_fragment)
+    transport(frame, pkt)
 }
 
 /// Checks that `len` bytes of L4 are inside the IP packet (not just the frame: Ethernet
@@ -239,39 +224,41 @@ fn l4_bytes<'a, const N: usize>(frame: &'a Frame, pkt: &Packet) -> Result<&'a [u
     Ok(b)
 }
 
-/// §3. `later_fragment`: a non-first fragment, which carries no L4 header.
+/// §3. A fragment is steered by its addresses alone (§2): no L4 header is read, so the
+/// first fragment and the later ones (which carry none) are keyed and checked alike.
 #[inline(always)]
-fn transport(frame: &Frame, pkt: &mut Packet, later_fragment: bool) -> Result<(), Exception> {
-    if later_fragment {
+fn transport(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
+    if pkt.fragment {
         return Ok(());
     }
     match (pkt.l4_proto, pkt.v6) {
         (IPPROTO_TCP, _) => {
             let t = l4_bytes::<TCP_HLEN>(frame, pkt)?;
-            if !pkt.fragment {
-                pkt.key.sport = be16([t[0], t[1]]);
-                pkt.key.dport = be16([t[2], t[3]]);
-                pkt.tcp_mid_flow = t[13] & TCP_SYN == 0;
-            }
+            pkt.key.sport = be16([t[0], t[1]]);
+            pkt.key.dport = be16([t[2], t[3]]);
+            pkt.tcp_syn = t[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
         }
         (IPPROTO_UDP, _) => {
             let u = l4_bytes::<UDP_HLEN>(frame, pkt)?;
-            if !pkt.fragment {
-                pkt.key.sport = be16([u[0], u[1]]);
-                pkt.key.dport = be16([u[2], u[3]]);
-            }
+            pkt.key.sport = be16([u[0], u[1]]);
+            pkt.key.dport = be16([u[2], u[3]]);
         }
         (IPPROTO_ICMP, false) => {
             let i = l4_bytes::<ICMP_HLEN>(frame, pkt)?;
+            // Error types: destination unreachable, source quench, redirect, time exceeded,
+            // parameter problem (RFC 1122 §3.2.2).
+            pkt.is_icmp_error = matches!(i[0], 3 | 4 | 5 | 11 | 12);
             // Type 3 code 4: fragmentation needed.
-            if !pkt.fragment && i[0] == 3 && i[1] == 4 {
+            if i[0] == 3 && i[1] == 4 {
                 icmp_inner_v4(frame, pkt)?;
             }
         }
         (IPPROTO_ICMPV6, true) => {
             let i = l4_bytes::<ICMP_HLEN>(frame, pkt)?;
+            // Types below 128 are errors (RFC 4443 §2.1).
+            pkt.is_icmp_error = i[0] < 128;
             // Type 2: packet too big.
-            if !pkt.fragment && i[0] == 2 {
+            if i[0] == 2 {
                 icmp_inner_v6(frame, pkt)?;
             }
         }
@@ -298,9 +285,12 @@ fn icmp_inner_v4(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
     if inner + ihl + 4 > end {
         return Err(Exception::Truncated);
     }
-    if matches!(h[9], IPPROTO_TCP | IPPROTO_UDP) {
-        pkt.key.src = v4_addr([h[16], h[17], h[18], h[19]]);
-        pkt.key.dst = v4_addr([h[12], h[13], h[14], h[15]]);
+    // A quoted non-first fragment has no ports (its "ports" are payload): ordinary ICMP.
+    let quoted_later_fragment = be16([h[6], h[7]]) & IP_OFFSET != 0;
+    if matches!(h[9], IPPROTO_TCP | IPPROTO_UDP) && !quoted_later_fragment {
+        pkt.icmp_error = true;
+        pkt.key.src = v4_in_16([h[16], h[17], h[18], h[19]]);
+        pkt.key.dst = v4_in_16([h[12], h[13], h[14], h[15]]);
         pkt.key.sport = be16([ports[2], ports[3]]);
         pkt.key.dport = be16([ports[0], ports[1]]);
         pkt.key.proto = h[9];
@@ -321,6 +311,7 @@ fn icmp_inner_v6(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
         return Err(Exception::BadHeader);
     }
     if matches!(h[6], IPPROTO_TCP | IPPROTO_UDP) {
+        pkt.icmp_error = true;
         pkt.key.src.copy_from_slice(&h[24..40]);
         pkt.key.dst.copy_from_slice(&h[8..24]);
         pkt.key.sport = be16([h[42], h[43]]);

@@ -7,7 +7,7 @@
 //! is nearly free, unlike the ns clocks): a route or neighbour change takes effect within
 //! that time. Failures are never cached, so NO_NEIGH and friends are re-asked every packet.
 
-use anycast_common::{Exception, NextHop, maps::FIB_CACHE_TTL_JIFFIES};
+use anycast_common::{Exception, NextHop, maps::FIB_CACHE_TTL_JIFFIES, wire::word};
 use aya_ebpf::{
     EbpfContext,
     bindings::{
@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use crate::{maps::FIB_CACHE, steer::Site};
+use crate::maps::FIB_CACHE;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -43,17 +43,11 @@ pub struct Query<'a> {
 }
 
 #[inline(always)]
-fn word(a: &[u8; 16], i: usize) -> u32 {
-    u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
-}
-
-#[inline(always)]
-pub fn next_hop(ctx: &XdpContext, site: &Site, q: &Query) -> Result<Route, Exception> {
+pub fn next_hop(ctx: &XdpContext, site: u32, dst: &[u8; 16], q: &Query) -> Result<Route, Exception> {
     let ingress = ctx.ingress_ifindex() as u32;
-    let dst = &site.info.tunnel_addr;
     // SAFETY: plain helper call, no arguments.
     let now = unsafe { bpf_jiffies64() };
-    let cache = FIB_CACHE.get_ptr_mut(site.index);
+    let cache = FIB_CACHE.get_ptr_mut(site);
     if let Some(c) = cache {
         // SAFETY: this CPU's slot; nothing else writes it while we run.
         let c = unsafe { &*c };

@@ -1,82 +1,198 @@
-//! VIP match (§4) and the choice of a site (§6): flow table first, the VIP's Maglev table
-//! on a miss.
+//! VIP match (§4) and the choice of a site (§6): the VIP's Maglev bucket, the flow table for
+//! flows that need state, the host's socket table for local TCP flows, the embryonic table
+//! for handshakes in flight. Every rule is in docs/datapath.md §6.
 
 use anycast_common::{
-    Exception, FlowKey, FlowValue, SiteInfo, VipKey, flow_hash,
-    site::{SITE_CONFIGURED, SITE_NONE, SITE_UP},
+    Event, Exception, FlowKey, HashKey, LocalConfig, SiteInfo, VipKey,
+    flow::maglev_slot,
+    flow_hash,
+    site::{MAGLEV_CHECK, MAGLEV_LOCAL, MAGLEV_SITE, SITE_LOCAL, SITE_NONE},
+    vip::VIP_STATELESS,
 };
 use aya_ebpf::programs::XdpContext;
 
 use crate::{
+    affinity::{self, Pin},
     counters,
-    maps::{FLOWS, MAGLEV, SITES, VIPS},
-    parse::Packet,
+    frame::Frame,
+    maps::{MAGLEV, VIPS},
+    parse::{IPPROTO_TCP, IPPROTO_UDP, Packet},
+    socket,
 };
 
-/// The site a packet goes to.
-pub struct Site {
+/// A matched VIP entry.
+pub struct Vip {
     pub index: u32,
-    pub info: &'static SiteInfo,
-    /// `flow_hash(key)` when the Maglev lookup already computed it.
-    pub hash: Option<u32>,
+    pub flags: u32,
 }
 
 /// §4: `(dst, dport, proto)`, then `(dst, 0, proto)`. Fragments and portless protocols have
-/// dport 0 already, so they only ever match the any-port entry. Returns the VIP index.
+/// dport 0 already, so they only ever match the any-port entry.
 #[inline(always)]
-pub fn vip(key: &FlowKey) -> Option<u32> {
+pub fn vip(key: &FlowKey) -> Option<Vip> {
     let mut vk = VipKey { addr: key.dst, port: key.dport, proto: key.proto, family: key.family };
-    // SAFETY: the u32 is copied out at once, before anything can reuse the entry.
+    // SAFETY: the value is copied out at once, before anything can reuse the entry.
     if let Some(v) = unsafe { VIPS.get(&vk) } {
-        return Some(v.index);
+        return Some(Vip { index: v.index, flags: v.flags });
     }
     if vk.port == 0 {
         return None;
     }
     vk.port = 0;
-    unsafe { VIPS.get(&vk) }.map(|v| v.index)
+    unsafe { VIPS.get(&vk) }.map(|v| Vip { index: v.index, flags: v.flags })
 }
 
-/// A site that may take flows: configured and up.
-#[inline(always)]
-fn usable(index: u32) -> Option<&'static SiteInfo> {
-    SITES.get(index).filter(|s| s.flags & (SITE_CONFIGURED | SITE_UP) == SITE_CONFIGURED | SITE_UP)
+/// What to record once the packet is on its way to a remote site (never before: a packet
+/// whose forward fails must leave no state that would send the rest of its flow away).
+#[derive(Clone, Copy)]
+pub enum Record {
+    Nothing,
+    /// A forwarded SYN: write its embryo.
+    Embryo,
+    /// Pin the flow (`replace`: over a stale entry) and count `event`.
+    Pin {
+        replace: bool,
+        event: Event,
+    },
 }
 
-/// §6: the flow table, else the Maglev table of VIP `vip` (and remember the choice).
-#[inline(always)]
-pub fn site(ctx: &XdpContext, pkt: &Packet, vip: u32) -> Result<Site, Exception> {
-    let key = &pkt.key;
-    let stale = match FLOWS.get_ptr(key) {
-        Some(v) => {
-            // SAFETY: copied out at once (an LRU slot may be reused after this).
-            let v = unsafe { *v };
-            if let Some(info) = usable(v.site).filter(|s| s.generation == v.generation) {
-                return Ok(Site { index: v.site, info, hash: None });
-            }
-            true
-        }
-        None => false,
-    };
-    // Only a true miss says the entry was evicted; a stale hit is a site change.
-    if !stale && pkt.tcp_mid_flow {
-        counters::exception(ctx, Exception::FlowEvicted);
-    }
+pub enum Route {
+    /// Hand the packet to the local stack, counted for local site `site`.
+    Local { site: u32 },
+    Remote {
+        site: u32,
+        info: &'static SiteInfo,
+        hash: u64,
+        record: Record,
+        /// A packet that starts a flow (a SYN, a stateless datagram, the first packet of a
+        /// pinned UDP flow): if forwarding fails, the local stack may serve it instead. Any
+        /// other packet of a remote flow is dropped then: the local stack would reset it.
+        new_flow: bool,
+    },
+}
 
+/// A Maglev entry: the bucket of `hash` in VIP `vip`'s table (§6).
+#[inline(always)]
+fn maglev(vip: u32, hash: u64) -> Result<u32, Exception> {
     let table = MAGLEV.get(vip).ok_or(Exception::NoSite)?;
     let m = table.get(0).copied().unwrap_or(0);
     if m == 0 {
         return Err(Exception::NoSite);
     }
-    let hash = flow_hash(key);
-    let index = table.get(1 + hash % m).copied().ok_or(Exception::NoSite)?;
-    if index == SITE_NONE {
+    let entry = table.get(1 + maglev_slot(hash, m)).copied().ok_or(Exception::NoSite)?;
+    if entry & MAGLEV_SITE == SITE_NONE {
         return Err(Exception::NoSite);
     }
-    let info = usable(index).ok_or(Exception::SiteDown)?;
-    let value = FlowValue { site: index, generation: info.generation };
-    if FLOWS.insert(key, &value, 0).is_err() {
-        counters::exception(ctx, Exception::FlowInsertFailed);
+    Ok(entry)
+}
+
+/// The site of a Maglev entry, as a route for a packet of a new flow (or of a flow with no
+/// state to follow). A down site → `site_down`, handled locally.
+#[inline(always)]
+fn bucket(entry: u32, hash: u64, record: Record, new_flow: bool) -> Result<Route, Exception> {
+    let site = entry & MAGLEV_SITE;
+    if entry & MAGLEV_LOCAL != 0 {
+        return Ok(Route::Local { site });
     }
-    Ok(Site { index, info, hash: Some(hash) })
+    let info = affinity::usable(site).ok_or(Exception::SiteDown)?;
+    Ok(Route::Remote { site, info, hash, record, new_flow })
+}
+
+/// A pinned flow's route.
+#[inline(always)]
+fn pinned(site: u32, info: &'static SiteInfo, hash: u64) -> Route {
+    if info.flags & SITE_LOCAL != 0 {
+        Route::Local { site }
+    } else {
+        Route::Remote { site, info, hash, record: Record::Nothing, new_flow: false }
+    }
+}
+
+/// §6: where `pkt` (matched to `vip`) goes.
+#[inline(always)]
+pub fn route(
+    ctx: &XdpContext,
+    frame: &Frame,
+    cfg: &LocalConfig,
+    pkt: &Packet,
+    vip: &Vip,
+) -> Result<Route, Exception> {
+    let key: &HashKey = &cfg.hash_key;
+    let hash = flow_hash(&pkt.key, key);
+    let entry = maglev(vip.index, hash)?;
+    let tcp = pkt.key.proto == IPPROTO_TCP;
+
+    // A SYN starts a flow: its bucket decides, with no lookup. Towards a remote site it
+    // leaves an embryo, so that its handshake ACK is pinned there whatever the weights do
+    // meanwhile.
+    if pkt.tcp_syn {
+        return bucket(entry, hash, Record::Embryo, true);
+    }
+
+    // Stateless: UDP of an `affinity = "none"` VIP, and protocols without ports (ICMP echo
+    // to a VIP, ...), follow their bucket packet by packet.
+    let pinnable = tcp || pkt.fragment || (pkt.key.proto == IPPROTO_UDP && vip.flags & VIP_STATELESS == 0);
+    if !pinnable {
+        return bucket(entry, hash, Record::Nothing, true);
+    }
+
+    if tcp && !pkt.fragment {
+        // A mid-flow TCP packet (or an ICMP error about a TCP flow). A local bucket that
+        // never was remote since the flow table was last proven free of its flows holds
+        // only local flows: the local stack, no lookup at all.
+        if entry & (MAGLEV_LOCAL | MAGLEV_CHECK) == MAGLEV_LOCAL {
+            return Ok(Route::Local { site: entry & MAGLEV_SITE });
+        }
+        let replace = match affinity::pinned(pkt) {
+            Pin::Site(site, info) => return Ok(pinned(site, info, hash)),
+            Pin::Stale => true,
+            Pin::None => false,
+        };
+        let promote = Record::Pin { replace, event: Event::Promoted };
+        if entry & MAGLEV_LOCAL != 0 {
+            // A local bucket that was remote lately: a handshake whose SYN went to another
+            // site before the bucket came home must still go there.
+            if !pkt.icmp_error {
+                if let Some((site, info)) = affinity::embryo(hash) {
+                    return Ok(Route::Remote { site, info, hash, record: promote, new_flow: false });
+                }
+            }
+            return Ok(Route::Local { site: entry & MAGLEV_SITE });
+        }
+        // The bucket names another site. The second chance: the host's own connection
+        // (its bucket moved since it started) stays local.
+        if socket::is_local(ctx, frame, pkt, cfg.socket_netns) {
+            counters::event(Event::SocketLocal);
+            return Ok(Route::Local { site: cfg.local_site });
+        }
+        if !pkt.icmp_error {
+            if let Some((site, info)) = affinity::embryo(hash) {
+                return Ok(Route::Remote { site, info, hash, record: promote, new_flow: false });
+            }
+        }
+        // No pin, no socket, no embryo: evicted, older than the program, or forged. Its
+        // bucket decides and nothing is recorded (a flood of random ACKs writes no state).
+        counters::event(Event::FlowUnknown);
+        return bucket(entry, hash, Record::Nothing, false);
+    }
+
+    // UDP of an `affinity = "flow"` VIP, and fragments: pinned on their first packet.
+    let replace = match affinity::pinned(pkt) {
+        Pin::Site(site, info) => return Ok(pinned(site, info, hash)),
+        Pin::Stale => true,
+        Pin::None => false,
+    };
+    if pkt.icmp_error {
+        return bucket(entry, hash, Record::Nothing, false);
+    }
+    let event = Event::Pinned;
+    let route = bucket(entry, hash, Record::Pin { replace, event }, true)?;
+    if let Route::Local { site } = route {
+        // A local flow of a pinned VIP is pinned too: only the table can keep it here when
+        // its bucket moves.
+        if let Some(info) = affinity::usable(site) {
+            affinity::pin(cfg, pkt, site, info, replace, event);
+        }
+    }
+    Ok(route)
 }

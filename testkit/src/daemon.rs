@@ -43,6 +43,14 @@ pub const READY: &str = "metrics and admin on http://";
 /// Flow table entries: the default (262144, preallocated by the kernel) would cost every
 /// test tens of MB of kernel memory for nothing; 16384 is far more than any test's flows.
 const FLOW_TABLE_SIZE: u32 = 16384;
+/// `[datapath] hash_key` of every test daemon: the flow hash key under which the tests
+/// predict where a flow goes (anycast-tests' `reference` module).
+pub const HASH_KEY: [u8; 16] = *b"anycast-test-key";
+
+/// [`HASH_KEY`] as the config's 32 hexadecimal digits.
+pub fn hash_key_hex() -> String {
+    HASH_KEY.iter().map(|b| format!("{b:02x}")).collect()
+}
 /// A start loads and verifies the XDP program: ~1 s on the reference VM; leave room for a
 /// loaded CI machine.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -293,7 +301,8 @@ impl<'ns> Daemon<'ns> {
 
     /// Writes the config file: `body` (`[local]`, `[[sites]]`, `[[vips]]`: no `[datapath]`
     /// or `[admin]`) followed by the `[datapath]` and `[admin]` sections that keep this
-    /// daemon's pins, state and listener to itself. They come last so that the line
+    /// daemon's pins, state and listener to itself, and give it the suite's flow hash key
+    /// ([`HASH_KEY`], so that tests predict where a flow goes). They come last so that the line
     /// numbers of `body` are the file's.
     pub fn write_config(&self, body: &str) -> Result<()> {
         self.write_config_to("anycast.toml", body).map(drop)
@@ -303,10 +312,11 @@ impl<'ns> Daemon<'ns> {
     /// another `anycast` command); returns its path.
     pub fn write_config_to(&self, name: &str, body: &str) -> Result<PathBuf> {
         let mut text = format!(
-            "{body}\n\n[datapath]\nflow_table_size = {}\npin_dir = \"{}\"\n\n\
+            "{body}\n\n[datapath]\nflow_table_size = {}\npin_dir = \"{}\"\nhash_key = \"{}\"\n\n\
              [admin]\nlisten = \"{ADMIN_LISTEN}\"\nstate_dir = \"{}\"\n",
             self.flow_table_size,
             self.pin_dir.display(),
+            hash_key_hex(),
             self.dir.join("state").display()
         );
         if let Some(addr) = self.peer_listen {

@@ -4,14 +4,13 @@
 
 use std::net::IpAddr;
 
-use anycast_common::flow_hash;
-
 use crate::{
     checksum,
     packet::{
         ETH_IPV4, ETH_IPV6, L2, L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, Packet,
         addr16,
     },
+    reference::{self, KEY},
 };
 
 /// What `bpf_fib_lookup` and the site entry give the encapsulation: the egress MACs, our
@@ -39,11 +38,11 @@ impl Tunnel {
 /// §7 "Encapsulation": `p` as the data path forwards it through `t`.
 pub fn encapsulated(p: &Packet, t: &Tunnel) -> Vec<u8> {
     let inner = p.ip_bytes();
-    let hash = flow_hash(&p.key());
+    let hash = reference::flow_hash(&p.key(), &KEY);
     let (proto, body) = match t.gue_port {
         Some(port) => {
-            // GUE: UDP source port 0xC000 | (hash & 0x3FFF), length 8 + inner, checksum 0.
-            let sport = 0xc000 | (hash & 0x3fff) as u16;
+            // GUE: UDP source port from the hash, length 8 + inner, checksum 0.
+            let sport = reference::gue_source_port(hash);
             let mut b = Vec::with_capacity(8 + inner.len());
             b.extend_from_slice(&sport.to_be_bytes());
             b.extend_from_slice(&port.to_be_bytes());
@@ -69,9 +68,9 @@ pub fn encapsulated(p: &Packet, t: &Tunnel) -> Vec<u8> {
         h[10..12].copy_from_slice(&c.to_be_bytes());
         (ETH_IPV4, h)
     } else {
-        // Version 6, traffic class, flow label = hash & 0xFFFFF, payload length, next
-        // header, hop limit 64.
-        let label = hash & 0xf_ffff;
+        // Version 6, traffic class, flow label from the hash, payload length, next header,
+        // hop limit 64.
+        let label = reference::flow_label(hash);
         let word = (6u32 << 28) | (u32::from(tos) << 20) | label;
         let mut h = word.to_be_bytes().to_vec();
         h.extend_from_slice(&(body.len() as u16).to_be_bytes());
@@ -190,14 +189,14 @@ mod tests {
         let t = tunnel("fd00::3", Some(7080));
         let f = encapsulated(&p, &t);
         let inner = p.ip_bytes();
-        let h = flow_hash(&p.key());
+        let h = reference::flow_hash(&p.key(), &KEY);
         assert_eq!(&f[12..14], &[0x86, 0xdd]);
         assert_eq!(u16::from_be_bytes([f[18], f[19]]) as usize, 8 + inner.len());
         assert_eq!(f[20], PROTO_UDP);
         let label = u32::from_be_bytes([0, f[15] & 0xf, f[16], f[17]]);
-        assert_eq!(label, h & 0xf_ffff);
+        assert_eq!(label, reference::flow_label(h));
         let udp_hdr = &f[54..62];
-        assert_eq!(u16::from_be_bytes([udp_hdr[0], udp_hdr[1]]), 0xc000 | (h & 0x3fff) as u16);
+        assert_eq!(u16::from_be_bytes([udp_hdr[0], udp_hdr[1]]), reference::gue_source_port(h));
         assert_eq!(u16::from_be_bytes([udp_hdr[2], udp_hdr[3]]), 7080);
         assert_eq!(t.overhead(), 48);
     }

@@ -7,13 +7,19 @@
 //! end. Set `FIXTURE_FILTER=substring` to run only the cases whose names contain it.
 //!
 //! Isolation: [`Instance::Shared`] cases run on one loaded program whose map state is the
-//! suite's world and which they never change; the flow table is emptied before each of
-//! them and counters are compared as deltas. Cases that change maps, or need another flow
-//! table size, get [`Instance::Own`]: a freshly loaded program with the world written anew.
+//! suite's world and which they never change; the flow table, the embryonic table and the
+//! next-hop cache are emptied before each of them (so each case's first forwarded packet
+//! asks the FIB) and counters are compared as deltas. Cases that change maps get
+//! [`Instance::Own`]: the world written anew into a second loaded program (reused, since
+//! a load costs about a second of verification), or into a freshly loaded one when the case
+//! needs another flow-table size.
 
 use std::time::{Duration, Instant};
 
-use anycast_common::{Exception, SiteCounters, VipCounters};
+use anycast_common::{
+    Action as Verdict, Event, Exception, SiteCounters, VipCounters,
+    counters::{EXCEPTION_SLOTS, exception_index, exception_slot},
+};
 use anycast_user::datapath::maps::DataPathMaps;
 
 use crate::{
@@ -56,8 +62,10 @@ impl Expect {
 /// the input frame's length (the document counts the frame as received everywhere).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Count {
-    /// `EXCEPTIONS[e]` += 1.
-    Exc(Exception),
+    /// `EXCEPTIONS[(e, action)]` += 1.
+    Exc(Exception, Verdict),
+    /// `EVENTS[e]` += 1.
+    Ev(Event),
     /// `VIP_STATS[index]`.
     Vip(u32),
     /// `SITE_STATS[site].local_*`.
@@ -146,7 +154,8 @@ pub struct Suite<'a> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Snapshot {
-    exceptions: [u64; Exception::COUNT as usize],
+    exceptions: [u64; EXCEPTION_SLOTS as usize],
+    events: [u64; Event::COUNT as usize],
     sites: Vec<SiteCounters>,
     vips: Vec<VipCounters>,
 }
@@ -214,6 +223,7 @@ impl Suite<'_> {
     fn snapshot(&self, maps: &DataPathMaps) -> anyhow::Result<Snapshot> {
         Ok(Snapshot {
             exceptions: maps.exceptions()?,
+            events: maps.events()?,
             sites: self.sites.iter().map(|&s| maps.site_counters(s)).collect::<Result<_, _>>()?,
             vips: self.vips.iter().map(|&v| maps.vip_counters(v)).collect::<Result<_, _>>()?,
         })
@@ -227,7 +237,8 @@ impl Suite<'_> {
         let mut s = before.clone();
         for c in counts {
             match *c {
-                Count::Exc(e) => s.exceptions[e as usize] += 1,
+                Count::Exc(e, a) => s.exceptions[exception_index(e, a) as usize] += 1,
+                Count::Ev(e) => s.events[e as usize] += 1,
                 Count::Vip(i) => {
                     let v = &mut s.vips[pos(&self.vips, i, "VIP")?];
                     v.packets += 1;
@@ -252,14 +263,26 @@ impl Suite<'_> {
     fn describe_counters(&self, before: &Snapshot, want: &Snapshot, got: &Snapshot) -> String {
         let mut lines = Vec::new();
         let d = |b: u64, x: u64| x as i128 - b as i128;
-        for e in Exception::ALL {
-            let i = e as usize;
+        for i in 0..EXCEPTION_SLOTS as usize {
             if want.exceptions[i] != got.exceptions[i] {
+                let (e, a) = exception_slot(i as u32);
                 lines.push(format!(
-                    "exception {}: expected {:+}, got {:+}",
+                    "exception {} ({}): expected {:+}, got {:+}",
                     e.name(),
+                    a.name(),
                     d(before.exceptions[i], want.exceptions[i]),
                     d(before.exceptions[i], got.exceptions[i])
+                ));
+            }
+        }
+        for e in Event::ALL {
+            let i = e as usize;
+            if want.events[i] != got.events[i] {
+                lines.push(format!(
+                    "event {}: expected {:+}, got {:+}",
+                    e.name(),
+                    d(before.events[i], want.events[i]),
+                    d(before.events[i], got.events[i])
                 ));
             }
         }
@@ -329,7 +352,23 @@ impl Suite<'_> {
         }
     }
 
-    fn run_case(&self, case: &Case, shared: &mut Option<Result<Loaded, String>>) -> Result<(), String> {
+    /// Empties the state a case leaves behind: flows, embryos, cached next hops.
+    fn clean(&self, maps: &mut DataPathMaps) -> Result<(), String> {
+        maps.clear_flows().map_err(|e| format!("emptying the flow table: {}", error_chain(&e)))?;
+        maps.clear_embryos().map_err(|e| format!("emptying the embryonic table: {}", error_chain(&e)))?;
+        for &site in &self.sites {
+            maps.clear_next_hop(site)
+                .map_err(|e| format!("emptying the next-hop cache: {}", error_chain(&e)))?;
+        }
+        Ok(())
+    }
+
+    fn run_case(
+        &self,
+        case: &Case,
+        shared: &mut Option<Result<Loaded, String>>,
+        scratch: &mut Option<Result<Loaded, String>>,
+    ) -> Result<(), String> {
         let mut own = None;
         let (dp, maps) = match &case.instance {
             Instance::Shared => {
@@ -338,7 +377,20 @@ impl Suite<'_> {
                     Err(e) => return Err(format!("  the shared program did not load:\n{e}")),
                 };
                 let (dp, maps) = (&loaded.0, &mut loaded.1);
-                maps.clear_flows().map_err(|e| format!("emptying the flow table: {}", error_chain(&e)))?;
+                self.clean(maps)?;
+                (dp, maps)
+            }
+            Instance::Own { flows: None, tweak } => {
+                let loaded = match scratch.get_or_insert_with(|| self.load(None, None).map_err(load_error)) {
+                    Ok(l) => l,
+                    Err(e) => return Err(format!("  the scratch program did not load:\n{e}")),
+                };
+                let (dp, maps) = (&loaded.0, &mut loaded.1);
+                self.clean(maps)?;
+                (self.world)(maps).map_err(|e| format!("  writing the world anew: {e:#}\n"))?;
+                if let Some(t) = tweak {
+                    t(maps).map_err(|e| format!("  tweak: {e:#}\n"))?;
+                }
                 (dp, maps)
             }
             Instance::Own { flows, tweak } => {
@@ -365,10 +417,11 @@ impl Suite<'_> {
         let filter = std::env::var("FIXTURE_FILTER").ok();
         let start = Instant::now();
         let mut shared = None;
+        let mut scratch = None;
         let mut outcomes = Vec::new();
         for case in cases.iter().filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f))) {
             let t = Instant::now();
-            let failure = self.run_case(case, &mut shared).err();
+            let failure = self.run_case(case, &mut shared, &mut scratch).err();
             outcomes.push(Outcome { name: case.name, failure, elapsed: t.elapsed() });
         }
         Report { outcomes, elapsed: start.elapsed() }

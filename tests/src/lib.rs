@@ -14,6 +14,8 @@
 //!   remote) while a test disturbs A's controller.
 //! - [`topology`]: topologies several real-packet tests share (client → A → B chain).
 //! - [`checksum`]: an Internet checksum of our own, to verify what the program computes.
+//! - [`reference`]: the flow hash and what derives from it, from their specification with an
+//!   independent SipHash, so that no prediction comes from the code under test.
 //! - [`expect`]: expected encapsulated / decapsulated / ICMP-reply frames, from the rules
 //!   of docs/datapath.md.
 //! - [`diff`]: readable differences between an expected and an actual frame.
@@ -32,6 +34,7 @@ pub mod fixture;
 pub mod harness;
 pub mod packet;
 pub mod pinned;
+pub mod reference;
 pub mod sustained;
 pub mod topology;
 

@@ -20,13 +20,14 @@ use std::{
     time::Duration,
 };
 
-use anycast_common::{FlowKey, addr::Family, flow_hash};
+use anycast_common::{FlowKey, addr::Family, site::MAGLEV_SITE};
 use anycast_user::model::status::Status;
 
 use testkit::{
     daemon::Daemon,
     metrics::metric,
     netns::{Netns, Result},
+    reference,
     sequenced::{self, Received, Sender},
     tcp::{self, Connection, Report, Served, Sink},
 };
@@ -147,7 +148,7 @@ fn ports_by_site(a: &Daemon, vip: &str, proto: u8, dport: u16, first: u16, n: us
     let table = a.maps().expect("A's maps").maglev(vip_index).expect("Maglev map").expect("a Maglev table");
     let mut ports = [Vec::new(), Vec::new()];
     for port in first..=u16::MAX {
-        let site = table[flow_hash(&flow_key(port, dport, proto)) as usize % table.len()];
+        let site = reference::bucket(&table, &flow_key(port, dport, proto)) & MAGLEV_SITE;
         for (i, name) in SITES.iter().enumerate() {
             if site == index(name) && ports[i].len() < n {
                 ports[i].push(port);

@@ -31,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_common::Exception;
+use anycast_common::{Action, Exception, site::MAGLEV_SITE};
 use anycast_tests::{
     pinned::Pinned,
     topology::{ForwardChain, LOCAL_SITE, local_site},
@@ -250,7 +250,9 @@ fn shares(daemon: &Daemon) -> (f64, f64, Vec<u32>) {
     let index = |name: &str| status.sites.iter().find(|s| s.name == name).expect("site in /status").index;
     let vip = status.vips.iter().find(|v| v.name == "svc").expect("svc in /status").index;
     let table = daemon.maps().unwrap().maglev(vip).unwrap().expect("a Maglev table for svc");
-    let share = |site: u32| table.iter().filter(|&&s| s == site).count() as f64 / table.len() as f64;
+    // An entry is a site index plus flags (docs/datapath.md §6).
+    let share =
+        |site: u32| table.iter().filter(|&&s| s & MAGLEV_SITE == site).count() as f64 / table.len() as f64;
     let (here, there) = (share(index("here")), share(index("there")));
     assert!((here + there - 1.0).abs() < 1e-9, "entries for neither site: {here} + {there}");
     (here, there, table)
@@ -367,11 +369,14 @@ fn controller_metrics_match_packets_sent() {
     ] {
         assert_eq!(metric(&text, series), Some(want), "{series} in\n{text}");
     }
-    // Every drop reason is exposed (a dashboard can rely on the series existing), and none
-    // was counted: all the traffic was well-formed.
+    // Every exception reason and action is exposed (a dashboard can rely on the series
+    // existing), and none was counted: all the traffic was well-formed.
     for e in Exception::ALL {
-        let series = format!("anycast_drops_total{{reason=\"{}\"}}", e.name());
-        assert_eq!(metric(&text, &series), Some(0), "{series} in\n{text}");
+        for a in Action::ALL {
+            let series =
+                format!("anycast_exceptions_total{{reason=\"{}\",action=\"{}\"}}", e.name(), a.name());
+            assert_eq!(metric(&text, &series), Some(0), "{series} in\n{text}");
+        }
     }
     assert!(text.lines().any(|l| l.starts_with("anycast_build_info{version=")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("process_resident_memory_bytes ")), "{text}");

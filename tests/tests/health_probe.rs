@@ -18,8 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_common::{AddrKey, Exception, SiteCounters};
+use anycast_common::{Action, AddrKey, Exception, SiteCounters, counters::exception_index};
 use anycast_tests::pinned::Pinned;
+
+/// B's `decap_unknown_peer` counter (always dropped).
+const UNKNOWN_PEER: usize = exception_index(Exception::DecapUnknownPeer, Action::Drop) as usize;
 use anycast_user::{
     config::Encap,
     datapath::maps::DataPathMaps,
@@ -152,7 +155,7 @@ fn health_probe_through_remote_data_path() {
     let (site4, site6) =
         (peer_site(&maps, AddrKey::v4(A4.octets())), peer_site(&maps, AddrKey::v6(A6.octets())));
     let before: Vec<SiteCounters> = [site4, site6].iter().map(|&s| maps.site_counters(s).unwrap()).collect();
-    let unknown_before = maps.exceptions().unwrap()[Exception::DecapUnknownPeer as usize];
+    let unknown_before = maps.exceptions().unwrap()[UNKNOWN_PEER];
 
     // Every kind of probe, the four of a round concurrently (as the controller probes its
     // sites), each answered.
@@ -192,12 +195,11 @@ fn health_probe_through_remote_data_path() {
         assert_eq!(a.received_bytes, b.received_bytes, "{family}: probes counted as data\n{a:?}");
     }
 
-    // From an address B does not know: passed untouched by B's XDP, and B's kernel has no
-    // tunnel module to answer it.
+    // From an address B does not know: dropped by B's XDP (docs/datapath.md §5).
     with_prober(&a, Some(STRANGER), None, async |p: &Prober| {
         assert_times_out(p, IpAddr::V4(B4), Encap::Ip, "probe from an unknown peer").await;
     });
-    let unknown_after = maps.exceptions().unwrap()[Exception::DecapUnknownPeer as usize];
+    let unknown_after = maps.exceptions().unwrap()[UNKNOWN_PEER];
     assert_eq!(unknown_after - unknown_before, 1, "B's decap_unknown_peer count");
     drop(maps);
 

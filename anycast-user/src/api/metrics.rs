@@ -7,7 +7,10 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use anycast_common::{Exception, SiteCounters, VipCounters};
+use anycast_common::{
+    Event, SiteCounters, VipCounters,
+    counters::{EXCEPTION_SLOTS, exception_slot},
+};
 
 use crate::model::{BgpView, Route, SteeringView};
 use prometheus_client::{
@@ -25,7 +28,11 @@ pub struct Scrape {
     /// Site name → counters and effective weight.
     pub sites: BTreeMap<String, (SiteCounters, u32)>,
     pub vips: BTreeMap<String, VipCounters>,
-    pub exceptions: [u64; Exception::COUNT as usize],
+    /// By [`exception_index`](anycast_common::counters::exception_index) (all
+    /// [`EXCEPTION_SLOTS`] of them; missing ones read as 0).
+    pub exceptions: Vec<u64>,
+    /// In [`Event::ALL`] order.
+    pub events: Vec<u64>,
     pub flow_entries: u64,
     pub flow_capacity: u64,
     pub process: Process,
@@ -134,13 +141,28 @@ impl Collector for Scrape {
         }
         {
             let mut m = enc.encode_descriptor(
-                "anycast_drops",
-                "Packets that left the normal path, by reason (most are passed to the stack, see docs/datapath.md)",
+                "anycast_exceptions",
+                "Packets for a VIP or a tunnel address that left the normal path, each counted once: why (reason) and what the data path did (action = pass to the local stack, drop, tx a reply); docs/datapath.md",
                 None,
                 MetricType::Counter,
             )?;
-            for (e, &n) in Exception::ALL.iter().zip(&self.exceptions) {
-                ConstCounter::new(n).encode(m.encode_family(&[("reason", e.name())])?)?;
+            for i in 0..EXCEPTION_SLOTS {
+                let n = self.exceptions.get(i as usize).copied().unwrap_or(0);
+                let (e, a) = exception_slot(i);
+                ConstCounter::new(n)
+                    .encode(m.encode_family(&[("reason", e.name()), ("action", a.name())])?)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_datapath_events",
+                "Things the data path counts that do not change a packet's path (flows pinned, embryos written, the second chance taken, replies suppressed, ...); docs/datapath.md",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, e) in Event::ALL.iter().enumerate() {
+                let n = self.events.get(i).copied().unwrap_or(0);
+                ConstCounter::new(n).encode(m.encode_family(&[("event", e.name())])?)?;
             }
         }
         {
@@ -342,7 +364,11 @@ mod tests {
             (SiteCounters { forwarded_packets: 5, forwarded_bytes: 500, ..Default::default() }, 0),
         );
         s.vips.insert("dns".into(), VipCounters { packets: 12, bytes: 1200 });
-        s.exceptions[Exception::Truncated as usize] = 2;
+        s.exceptions = vec![0; EXCEPTION_SLOTS as usize];
+        s.exceptions[anycast_common::counters::exception_index(
+            anycast_common::Exception::Truncated,
+            anycast_common::Action::Pass,
+        ) as usize] = 2;
         s.flow_entries = 4;
         s.flow_capacity = 262144;
         s.process = Process::read();
@@ -363,8 +389,9 @@ mod tests {
             "anycast_site_packets_total{site=\"ams\",action=\"forwarded\"} 5",
             "anycast_site_bytes_total{site=\"ams\",action=\"forwarded\"} 500",
             "anycast_vip_packets_total{vip=\"dns\"} 12",
-            "anycast_drops_total{reason=\"truncated\"} 2",
-            "anycast_drops_total{reason=\"fragment\"} 0",
+            "anycast_exceptions_total{reason=\"truncated\",action=\"pass\"} 2",
+            "anycast_exceptions_total{reason=\"too_big\",action=\"tx\"} 0",
+            "anycast_datapath_events_total{event=\"promoted\"} 0",
             "anycast_site_weight{site=\"ams\"} 0",
             "anycast_site_weight{site=\"fra\"} 1000",
             "anycast_flow_table_entries 4",

@@ -65,7 +65,8 @@ pub fn scrape(c: &Controller) -> Result<Scrape, ControllerError> {
             .map(|(name, i)| (name.clone(), (snap.sites[i], plan.weights[name])))
             .collect(),
         vips: plan.vips.iter().map(|(name, i)| (name.clone(), snap.vips[i])).collect(),
-        exceptions: snap.exceptions,
+        exceptions: snap.exceptions.to_vec(),
+        events: snap.events.to_vec(),
         flow_entries,
         flow_capacity,
         process: Process::read(),

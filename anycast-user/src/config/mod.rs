@@ -66,7 +66,38 @@ pub struct Datapath {
     pub flow_table_size: u32,
     pub maglev_table_size: u32,
     pub pin_dir: PathBuf,
+    pub hash_key: HashKeySource,
+    /// ICMP too-big replies per second per CPU, and the burst allowed.
+    pub icmp_rate: u32,
+    pub icmp_burst: u32,
+    /// Flow-table pins (completed handshakes, first packets of pinned UDP flows) per second
+    /// per CPU, and the burst allowed.
+    pub pin_rate: u32,
+    pub pin_burst: u32,
+    /// Network namespace (its id from the interfaces' namespace, as `ip netns set NAME ID`
+    /// assigns it) of the local TCP services; `None`: the interfaces' own namespace.
+    pub socket_netns_id: Option<u32>,
 }
+
+/// Where the flow hash's secret key comes from. Every host of a site must use the same key
+/// (they must agree on each flow's site, or an ECMP change moves flows), which is why it
+/// belongs in the config the site's hosts share; a single-host site may let the controller
+/// generate one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKeySource {
+    /// `hash_key = "<32 hex digits>"`.
+    Inline([u8; 16]),
+    /// `hash_key_file = "/path"`: a file holding the 32 hex digits (keeps the secret out of
+    /// a config file that may be world-readable).
+    File(PathBuf),
+    /// Neither: generated once into `state_dir/hash_key` and kept there.
+    Generated,
+}
+
+pub const DEFAULT_ICMP_RATE: u32 = 1000;
+pub const DEFAULT_ICMP_BURST: u32 = 50;
+pub const DEFAULT_PIN_RATE: u32 = 100_000;
+pub const DEFAULT_PIN_BURST: u32 = 10_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admin {
@@ -176,6 +207,22 @@ pub struct Vip {
     pub protocol: Protocol,
     /// Sites that serve this VIP, in config order.
     pub sites: Vec<String>,
+    /// How UDP flows of this VIP keep their site (TCP always keeps it: by the host's
+    /// sockets for local flows, by the flow table for forwarded ones).
+    pub affinity: Affinity,
+}
+
+/// `affinity` of a UDP VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Affinity {
+    /// Every flow pinned in the flow table on its first packet: QUIC and other long-lived
+    /// UDP flows keep their site when the weights change.
+    #[default]
+    Flow,
+    /// The Maglev table alone, no state: DNS and other one-datagram exchanges (a weight
+    /// change moves only what was not going to continue anyway).
+    None,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
@@ -290,6 +337,13 @@ struct RawDatapath {
     flow_table_size: Option<Spanned<u32>>,
     maglev_table_size: Option<Spanned<u32>>,
     pin_dir: Option<Spanned<PathBuf>>,
+    hash_key: Option<Spanned<String>>,
+    hash_key_file: Option<Spanned<PathBuf>>,
+    icmp_rate: Option<Spanned<u32>>,
+    icmp_burst: Option<Spanned<u32>>,
+    pin_rate: Option<Spanned<u32>>,
+    pin_burst: Option<Spanned<u32>>,
+    socket_netns_id: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -365,6 +419,7 @@ struct RawVip {
     port: Spanned<Port>,
     protocol: Spanned<Protocol>,
     sites: Option<Spanned<Vec<Spanned<String>>>>,
+    affinity: Option<Spanned<Affinity>>,
 }
 
 /// `port = 53` or `port = "any"`.
@@ -586,7 +641,53 @@ impl<'t> Validator<'t> {
             m
         });
         let pin_dir = self.absolute(raw.pin_dir, DEFAULT_PIN_DIR, "pin_dir");
-        Datapath { flow_table_size, maglev_table_size, pin_dir }
+        let hash_key = match (raw.hash_key, raw.hash_key_file) {
+            (Some(_), Some(f)) => {
+                self.error(f.span(), "give hash_key or hash_key_file, not both");
+                HashKeySource::Generated
+            }
+            (Some(k), None) => match parse_hash_key(k.get_ref()) {
+                Some(key) => HashKeySource::Inline(key),
+                None => {
+                    self.error(k.span(), "hash_key must be 32 hexadecimal digits (a 128-bit secret)");
+                    HashKeySource::Generated
+                }
+            },
+            (None, Some(f)) => HashKeySource::File(self.absolute(Some(f), "", "hash_key_file")),
+            (None, None) => HashKeySource::Generated,
+        };
+        let mut rate = |v: Option<Spanned<u32>>, default: u32, what: &str, min: u32| {
+            v.map_or(default, |s| {
+                if *s.get_ref() < min {
+                    self.error(s.span(), format!("{what} must be at least {min}"));
+                }
+                *s.get_ref()
+            })
+        };
+        let icmp_rate = rate(raw.icmp_rate, DEFAULT_ICMP_RATE, "icmp_rate", 0);
+        let icmp_burst = rate(raw.icmp_burst, DEFAULT_ICMP_BURST, "icmp_burst", 1);
+        let pin_rate = rate(raw.pin_rate, DEFAULT_PIN_RATE, "pin_rate", 1);
+        let pin_burst = rate(raw.pin_burst, DEFAULT_PIN_BURST, "pin_burst", 1);
+        let socket_netns_id = raw.socket_netns_id.map(|s| {
+            if *s.get_ref() >= i32::MAX as u32 {
+                self.error(
+                    s.span(),
+                    "socket_netns_id is a namespace id (ip netns set NAME ID): 0..2147483646",
+                );
+            }
+            *s.get_ref()
+        });
+        Datapath {
+            flow_table_size,
+            maglev_table_size,
+            pin_dir,
+            hash_key,
+            icmp_rate,
+            icmp_burst,
+            pin_rate,
+            pin_burst,
+            socket_netns_id,
+        }
     }
 
     fn admin(&mut self, raw: RawAdmin) -> Admin {
@@ -902,7 +1003,19 @@ impl<'t> Validator<'t> {
                 (None, Some(known)) => known.iter().map(|s| s.name.clone()).collect(),
                 (None, None) => Vec::new(),
             };
-            out.push(Vip { name, address, port, protocol, sites: vip_sites });
+            let affinity = match &v.affinity {
+                Some(a) if protocol != Protocol::Udp => {
+                    self.error(
+                        a.span(),
+                        "affinity applies to UDP VIPs only (TCP flows keep their site by the host's \
+                         sockets and by pinned handshakes)",
+                    );
+                    Affinity::Flow
+                }
+                Some(a) => *a.get_ref(),
+                None => Affinity::Flow,
+            };
+            out.push(Vip { name, address, port, protocol, sites: vip_sites, affinity });
         }
         out
     }
@@ -946,6 +1059,19 @@ pub fn default_vip_name(address: IpAddr, port: u16, protocol: Protocol) -> Strin
     }
 }
 
+/// A 128-bit key written as 32 hexadecimal digits.
+pub fn parse_hash_key(text: &str) -> Option<[u8; 16]> {
+    let t = text.trim();
+    if t.len() != 32 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut key = [0u8; 16];
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(key)
+}
+
 pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
@@ -957,6 +1083,8 @@ pub fn is_prime(n: u32) -> bool {
 fn next_prime(n: u32) -> u32 {
     (n.saturating_add(1)..).find(|&c| is_prime(c)).unwrap_or(MAGLEV_DEFAULT_SIZE)
 }
+
+pub mod hash_key;
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,10 @@
 
 use std::{collections::BTreeMap, time::Instant};
 
-use anycast_common::{Exception, SiteCounters, VipCounters};
+use anycast_common::{
+    Event, SiteCounters, VipCounters,
+    counters::{EXCEPTION_SLOTS, exception_slot},
+};
 
 use super::maps::{DataPathMaps, MapsError};
 
@@ -12,8 +15,10 @@ pub struct Snapshot {
     pub at: Instant,
     pub sites: BTreeMap<u32, SiteCounters>,
     pub vips: BTreeMap<u32, VipCounters>,
-    /// In [`Exception::ALL`] order.
-    pub exceptions: [u64; Exception::COUNT as usize],
+    /// By [`exception_index`](anycast_common::counters::exception_index).
+    pub exceptions: [u64; EXCEPTION_SLOTS as usize],
+    /// In [`Event::ALL`] order.
+    pub events: [u64; Event::COUNT as usize],
 }
 
 impl Snapshot {
@@ -34,6 +39,7 @@ impl Snapshot {
                 .map(|i| Ok((i, maps.vip_counters(i)?)))
                 .collect::<Result<_, MapsError>>()?,
             exceptions: maps.exceptions()?,
+            events: maps.events()?,
         })
     }
 
@@ -77,9 +83,15 @@ pub fn render_nonzero(s: &Snapshot, site_name: impl Fn(u32) -> String) -> String
             out += &format!("  vip  {i:<12} {} pkts / {} B\n", c.packets, c.bytes);
         }
     }
-    for (e, &n) in Exception::ALL.iter().zip(&s.exceptions) {
+    for (i, &n) in s.exceptions.iter().enumerate() {
         if n > 0 {
-            out += &format!("  exception {:<18} {n}\n", e.name());
+            let (e, a) = exception_slot(i as u32);
+            out += &format!("  exception {:<18} {:<4} {n}\n", e.name(), a.name());
+        }
+    }
+    for (e, &n) in Event::ALL.iter().zip(&s.events) {
+        if n > 0 {
+            out += &format!("  event {:<22} {n}\n", e.name());
         }
     }
     if out.is_empty() {

@@ -9,9 +9,11 @@ use std::{
 };
 
 use anycast_common::{
-    AddrKey, Exception, FlowKey, FlowValue, LocalConfig, SiteCounters, SiteInfo, VipCounters, VipInfo,
+    AddrKey, Event, FlowKey, FlowValue, LocalConfig, NextHop, SiteCounters, SiteInfo, VipCounters, VipInfo,
     VipKey,
     addr::{filter_index_v4, filter_index_v6},
+    counters::EXCEPTION_SLOTS,
+    flow::EMBRYO_SLOTS,
     maps::{self, ADDR_FILTER_SIZE, BPF_F_INNER_MAP, maglev_inner_len},
 };
 use aya::{
@@ -30,6 +32,8 @@ pub enum MapsError {
     Map { name: &'static str, source: MapError },
     #[error("map {name}: {source}")]
     Devmap { name: &'static str, source: XdpMapError },
+    #[error("map {name}: per-CPU values: {source}")]
+    PerCpu { name: &'static str, source: std::io::Error },
     #[error("Maglev table of {0} slots: sizes are 1..={max}", max = maps::MAGLEV_MAX_SIZE)]
     MaglevSize(usize),
 }
@@ -51,10 +55,12 @@ pub fn filter_index(addr: &AddrKey) -> u32 {
 
 /// Every map of one data-path instance, typed.
 pub struct DataPathMaps {
+    layout: Array<MapData, u32>,
     config: Array<MapData, LocalConfig>,
     addr_filter: Array<MapData, u8>,
     /// What `addr_filter` holds, so that a filter update writes only the slots that change.
     filter_shadow: Vec<u8>,
+    vip_addrs: HashMap<MapData, AddrKey, u32>,
     vips: HashMap<MapData, VipKey, VipInfo>,
     maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
     /// The outer map's fd again, for batch updates (aya's `ArrayOfMaps` does not expose it).
@@ -62,10 +68,13 @@ pub struct DataPathMaps {
     sites: Array<MapData, SiteInfo>,
     tunnel_peers: HashMap<MapData, AddrKey, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    embryos: Array<MapData, u64>,
     devmap: DevMapHash<MapData>,
     site_stats: PerCpuArray<MapData, SiteCounters>,
     vip_stats: PerCpuArray<MapData, VipCounters>,
     exceptions: PerCpuArray<MapData, u64>,
+    events: PerCpuArray<MapData, u64>,
+    fib_cache: PerCpuArray<MapData, NextHop>,
 }
 
 impl DataPathMaps {
@@ -105,20 +114,34 @@ impl DataPathMaps {
             _ => return Err(map_err(maps::MAGLEV)(MapError::InvalidMapType { map_type: 0 })),
         };
         Ok(DataPathMaps {
+            layout: typed(&mut get, maps::LAYOUT)?,
             config: typed(&mut get, maps::CONFIG)?,
             addr_filter,
             filter_shadow,
+            vip_addrs: typed(&mut get, maps::VIP_ADDRS)?,
             vips: typed(&mut get, maps::VIPS)?,
             maglev: maglev.try_into().map_err(map_err(maps::MAGLEV))?,
             maglev_fd,
             sites: typed(&mut get, maps::SITES)?,
             tunnel_peers: typed(&mut get, maps::TUNNEL_PEERS)?,
             flows: typed(&mut get, maps::FLOWS)?,
+            embryos: typed(&mut get, maps::EMBRYOS)?,
             devmap: typed(&mut get, maps::DEVMAP)?,
             site_stats: typed(&mut get, maps::SITE_STATS)?,
             vip_stats: typed(&mut get, maps::VIP_STATS)?,
             exceptions: typed(&mut get, maps::EXCEPTIONS)?,
+            events: typed(&mut get, maps::EVENTS)?,
+            fib_cache: typed(&mut get, maps::FIB_CACHE)?,
         })
+    }
+
+    /// The layout version the maps were written in (0: never written).
+    pub fn layout(&self) -> Result<u32> {
+        self.layout.get(&0, 0).map_err(map_err(maps::LAYOUT))
+    }
+
+    pub fn set_layout(&mut self, version: u32) -> Result<()> {
+        self.layout.set(0, version, 0).map_err(map_err(maps::LAYOUT))
     }
 
     pub fn config(&self) -> Result<LocalConfig> {
@@ -143,6 +166,19 @@ impl DataPathMaps {
             }
         }
         Ok(())
+    }
+
+    /// The VIP address set (address → number of VIPS entries with it).
+    pub fn vip_addrs(&self) -> Result<Vec<(AddrKey, u32)>> {
+        collect(self.vip_addrs.iter(), maps::VIP_ADDRS)
+    }
+
+    pub fn set_vip_addr(&mut self, addr: &AddrKey, entries: u32) -> Result<()> {
+        self.vip_addrs.insert(addr, entries, 0).map_err(map_err(maps::VIP_ADDRS))
+    }
+
+    pub fn remove_vip_addr(&mut self, addr: &AddrKey) -> Result<()> {
+        self.vip_addrs.remove(addr).map_err(map_err(maps::VIP_ADDRS))
     }
 
     pub fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
@@ -256,6 +292,63 @@ impl DataPathMaps {
         }
     }
 
+    /// Pins a flow (tests and migration; the data path pins its own flows).
+    pub fn set_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<()> {
+        self.flows.insert(key, value, 0).map_err(map_err(maps::FLOWS))
+    }
+
+    /// Every pinned flow, read in batches (see [`Self::flow_count`]).
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
+        let fd = IterableMap::<FlowKey, FlowValue>::map(&self.flows).fd().as_fd().as_raw_fd();
+        let mut out = Vec::new();
+        match walk_batch::<FlowKey, FlowValue>(fd, |k, v| {
+            out.extend(k.iter().copied().zip(v.iter().copied()))
+        }) {
+            Ok(()) => Ok(out),
+            Err(_) => collect(self.flows.iter(), maps::FLOWS),
+        }
+    }
+
+    /// The embryonic entry in slot `slot` (0: empty).
+    pub fn embryo(&self, slot: u32) -> Result<u64> {
+        self.embryos.get(&slot, 0).map_err(map_err(maps::EMBRYOS))
+    }
+
+    /// Empties the embryonic table (tests: each case starts without handshakes in flight).
+    pub fn clear_embryos(&mut self) -> Result<usize> {
+        let fd = IterableMap::<u32, u64>::map(&self.embryos).fd().as_fd().as_raw_fd();
+        let all: Vec<u64> = match lookup_batch(fd, EMBRYO_SLOTS) {
+            Ok(all) => all,
+            Err(_) => collect_array(self.embryos.iter(), maps::EMBRYOS)?,
+        };
+        let mut cleared = 0;
+        for (slot, &e) in all.iter().enumerate() {
+            if e != 0 {
+                self.embryos.set(slot as u32, 0, 0).map_err(map_err(maps::EMBRYOS))?;
+                cleared += 1;
+            }
+        }
+        Ok(cleared)
+    }
+
+    /// Forgets the cached next hop of `site` on every CPU: the next packet asks the FIB.
+    pub fn clear_next_hop(&mut self, site: u32) -> Result<()> {
+        self.set_next_hop(site, &NextHop::default())
+    }
+
+    /// The cached next hop of `site`, per CPU.
+    pub fn next_hops(&self, site: u32) -> Result<Vec<NextHop>> {
+        Ok(self.fib_cache.get(&site, 0).map_err(map_err(maps::FIB_CACHE))?.iter().copied().collect())
+    }
+
+    /// Writes the cached next hop of `site` on every CPU (tests of the cache's rules).
+    pub fn set_next_hop(&mut self, site: u32, hop: &NextHop) -> Result<()> {
+        let cpus = self.next_hops(site)?.len();
+        let values = aya::maps::PerCpuValues::try_from(vec![*hop; cpus])
+            .map_err(|source| MapsError::PerCpu { name: maps::FIB_CACHE, source })?;
+        self.fib_cache.set(site, values, 0).map_err(map_err(maps::FIB_CACHE))
+    }
+
     /// Empties the flow table (every flow is re-steered on its next packet); returns how
     /// many entries it held. Walks the keys: O(entries) syscalls.
     pub fn clear_flows(&mut self) -> Result<usize> {
@@ -312,15 +405,24 @@ impl DataPathMaps {
         }))
     }
 
-    /// Every exception counter, summed over CPUs, in [`Exception::ALL`] order.
-    pub fn exceptions(&self) -> Result<[u64; Exception::COUNT as usize]> {
-        let mut out = [0u64; Exception::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self.exceptions.get(&(i as u32), 0).map_err(map_err(maps::EXCEPTIONS))?;
-            *slot = per_cpu.iter().sum();
-        }
-        Ok(out)
+    /// Every exception counter, summed over CPUs, by
+    /// [`exception_index`](anycast_common::counters::exception_index).
+    pub fn exceptions(&self) -> Result<[u64; EXCEPTION_SLOTS as usize]> {
+        sum_per_cpu(&self.exceptions, maps::EXCEPTIONS)
     }
+
+    /// Every event counter, summed over CPUs, in [`Event::ALL`] order.
+    pub fn events(&self) -> Result<[u64; Event::COUNT as usize]> {
+        sum_per_cpu(&self.events, maps::EVENTS)
+    }
+}
+
+fn sum_per_cpu<const N: usize>(map: &PerCpuArray<MapData, u64>, name: &'static str) -> Result<[u64; N]> {
+    let mut out = [0u64; N];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = map.get(&(i as u32), 0).map_err(map_err(name))?.iter().sum();
+    }
+    Ok(out)
 }
 
 /// `union bpf_attr`'s `batch` member (linux/bpf.h). aya 0.14 has no batch operations,
@@ -384,16 +486,18 @@ fn update_batch(fd: RawFd, keys: &[u32], values: &[u32]) -> std::io::Result<()> 
     bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr)
 }
 
-/// Counts the entries of a hash map with `BPF_MAP_LOOKUP_BATCH`. The batch token of a hash
-/// map is a bucket index (u32); ENOENT marks the end; ENOSPC means one bucket held more
-/// entries than the buffer, which is then grown.
-fn count_batch<K: Default + Clone, V: Default + Clone>(fd: RawFd) -> std::io::Result<usize> {
+/// Reads every entry of a hash map with `BPF_MAP_LOOKUP_BATCH`, handing each batch to
+/// `each`. The batch token of a hash map is a bucket index (u32); ENOENT marks the end;
+/// ENOSPC means one bucket held more entries than the buffer, which is then grown.
+fn walk_batch<K: Default + Clone, V: Default + Clone>(
+    fd: RawFd,
+    mut each: impl FnMut(&[K], &[V]),
+) -> std::io::Result<()> {
     let mut chunk = 4096usize;
     let mut keys = vec![K::default(); chunk];
     let mut values = vec![V::default(); chunk];
     let (mut token_in, mut token_out) = (0u32, 0u32);
     let mut first = true;
-    let mut total = 0;
     loop {
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { &mut token_in as *mut u32 as u64 },
@@ -405,9 +509,9 @@ fn count_batch<K: Default + Clone, V: Default + Clone>(fd: RawFd) -> std::io::Re
             elem_flags: 0,
             flags: 0,
         };
-        match bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(total + attr.count as usize),
+        let done = match bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && chunk < 1 << 20 => {
                 chunk *= 4;
                 keys.resize(chunk, K::default());
@@ -415,17 +519,27 @@ fn count_batch<K: Default + Clone, V: Default + Clone>(fd: RawFd) -> std::io::Re
                 continue;
             }
             Err(e) => return Err(e),
+        };
+        let n = attr.count as usize;
+        each(&keys[..n], &values[..n]);
+        if done {
+            return Ok(());
         }
-        total += attr.count as usize;
         token_in = token_out;
         first = false;
     }
 }
 
-/// Reads all `len` entries of a u32 array map in one syscall.
-fn lookup_batch(fd: RawFd, len: u32) -> std::io::Result<Vec<u32>> {
+fn count_batch<K: Default + Clone, V: Default + Clone>(fd: RawFd) -> std::io::Result<usize> {
+    let mut total = 0;
+    walk_batch::<K, V>(fd, |k, _| total += k.len())?;
+    Ok(total)
+}
+
+/// Reads all `len` entries of an array map in one syscall.
+fn lookup_batch<V: Default + Clone>(fd: RawFd, len: u32) -> std::io::Result<Vec<V>> {
     let mut keys = vec![0u32; len as usize];
-    let mut values = vec![0u32; len as usize];
+    let mut values = vec![V::default(); len as usize];
     let mut out_batch = 0u32;
     let mut attr = BatchAttr {
         in_batch: 0,

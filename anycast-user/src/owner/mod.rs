@@ -14,7 +14,10 @@ use anycast_common::maps::FLOWS;
 use aya::maps::MapInfo;
 
 use crate::{
-    config::{Config, Encap, Site, SiteKind},
+    config::{
+        Config, Encap, HashKeySource, Site, SiteKind,
+        hash_key::{self, HashKeyError},
+    },
     datapath::{
         counters::Snapshot,
         loader::{self, Instance, LinkOutcome, LoaderError},
@@ -51,6 +54,8 @@ pub enum ControllerError {
     NeedsRestart(&'static str),
     #[error("no anycast instance is pinned under {0}: start one with `anycast run --config`")]
     NotRunning(String),
+    #[error(transparent)]
+    HashKey(#[from] HashKeyError),
 }
 
 type Result<T, E = ControllerError> = std::result::Result<T, E>;
@@ -123,6 +128,21 @@ fn sync(
     Ok((plan, applied))
 }
 
+/// The config with its flow hash key resolved (read from `hash_key_file`, or generated once
+/// into `state_dir`), so that everything planned from it uses that key.
+fn with_hash_key(mut config: Config) -> Result<Config> {
+    let (key, generated) = hash_key::resolve(&config.datapath.hash_key, &config.admin.state_dir)?;
+    if generated {
+        log::warn!(
+            "generated a flow hash key in {}: every host of a multi-host site must use the same \
+             key (set [datapath] hash_key or hash_key_file on all of them)",
+            config.admin.state_dir.join(hash_key::GENERATED).display()
+        );
+    }
+    config.datapath.hash_key = HashKeySource::Inline(key);
+    Ok(config)
+}
+
 fn flow_capacity(pin_dir: &Path) -> u64 {
     MapInfo::from_pin(pin_dir.join(FLOWS)).map(|i| i.max_entries() as u64).unwrap_or(0)
 }
@@ -137,6 +157,7 @@ impl Controller {
     /// [`Controller::start`] with another build of the XDP object than the embedded one
     /// (`anycast run --object`, hidden: the upgrade tests swap in a second build).
     pub fn start_object(config: Config, object: &[u8]) -> Result<Started> {
+        let config = with_hash_key(config)?;
         let overrides = Overrides::load(&config.admin.state_dir)?;
         let t0 = std::time::Instant::now();
         let started = loader::start(
@@ -298,6 +319,13 @@ impl Controller {
 
     /// Applies a new (validated) config: interfaces attached/detached, maps reconciled.
     pub fn reload(&mut self, config: Config) -> Result<Applied> {
+        let config = with_hash_key(config)?;
+        if config.datapath.hash_key != self.config.datapath.hash_key {
+            log::warn!(
+                "the flow hash key changed: every flow without state (stateless UDP, new flows) \
+                 maps to new buckets, as after a change of every weight"
+            );
+        }
         if config.datapath.pin_dir != self.config.datapath.pin_dir {
             return Err(ControllerError::NeedsRestart("datapath.pin_dir"));
         }
@@ -449,11 +477,15 @@ impl Controller {
             flow_capacity: self.flow_capacity,
             sites,
             vips,
-            drops: anycast_common::Exception::ALL
+            drops: snap
+                .exceptions
                 .iter()
-                .zip(snap.exceptions)
-                .filter(|(_, n)| *n > 0)
-                .map(|(e, n)| (e.name().to_owned(), n))
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, &n)| {
+                    let (e, a) = anycast_common::counters::exception_slot(i as u32);
+                    (format!("{}/{}", e.name(), a.name()), n)
+                })
                 .collect(),
             overloaded: self.view.overloaded,
             no_headroom: self.view.no_headroom,

@@ -18,18 +18,19 @@ use std::{
 };
 
 use anycast_common::{
-    AddrKey, LocalConfig, SiteInfo, VipInfo, VipKey,
+    AddrKey, HashKey, LocalConfig, SiteInfo, VipInfo, VipKey,
     addr::filter,
-    config::{CONFIG_DEBUG_LOG, CONFIG_TUNNEL_V4, CONFIG_TUNNEL_V6},
+    config::{CONFIG_DEBUG_LOG, CONFIG_TUNNEL_V4, CONFIG_TUNNEL_V6, Limit},
     maps::{MAX_SITES, MAX_VIPS},
-    site::{SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
+    site::{MAGLEV_CHECK, MAGLEV_LOCAL, MAGLEV_SITE, SITE_CONFIGURED, SITE_LOCAL, SITE_NONE, SITE_UP},
+    vip::VIP_STATELESS,
 };
 
 pub mod maglev;
 pub mod overrides;
 
 use crate::{
-    config::{Config, Encap, SiteKind},
+    config::{Affinity, Config, Encap, HashKeySource, SiteKind},
     datapath::maps::{DataPathMaps, MapsError},
     model::WEIGHT_SCALE,
 };
@@ -43,8 +44,11 @@ pub struct State {
     pub config: LocalConfig,
     pub sites: Vec<SiteInfo>,
     pub vips: HashMap<VipKey, VipInfo>,
+    /// Every VIP address with its number of `vips` entries.
+    pub vip_addrs: BTreeMap<AddrKey, u32>,
     pub peers: HashMap<AddrKey, u32>,
-    /// VIP index → Maglev table. Shared (`Arc`) between VIPs whose tables are equal, so
+    /// VIP index → Maglev table (entries as the data path reads them: site index plus
+    /// `MAGLEV_LOCAL` / `MAGLEV_CHECK`). Shared (`Arc`) between VIPs whose tables are equal, so
     /// that 64 VIPs served by the same sites cost one table of memory, not 64.
     pub maglev: BTreeMap<u32, Arc<[u32]>>,
     pub filter: Vec<(AddrKey, u8)>,
@@ -57,6 +61,7 @@ impl Default for State {
             config: LocalConfig::default(),
             sites: vec![SiteInfo::default(); MAX_SITES as usize],
             vips: HashMap::new(),
+            vip_addrs: BTreeMap::new(),
             peers: HashMap::new(),
             maglev: BTreeMap::new(),
             filter: Vec::new(),
@@ -115,8 +120,8 @@ impl Dynamic {
         let vip = config.vips.iter().zip(&plan.vips).find(|(v, _)| v.sites.len() == config.sites.len())?;
         let table = current.maglev.get(&vip.1.1)?;
         let mut slots: HashMap<u32, usize> = HashMap::new();
-        for &site in table.iter() {
-            *slots.entry(site).or_default() += 1;
+        for &entry in table.iter() {
+            *slots.entry(entry & MAGLEV_SITE).or_default() += 1;
         }
         let weights: BTreeMap<String, u32> = plan
             .sites
@@ -265,8 +270,12 @@ pub fn plan(
     let mut used: BTreeSet<u32> = keys.iter().filter_map(|k| current.vips.get(k).map(|v| v.index)).collect();
     let mut vips = HashMap::new();
     let mut maglev = BTreeMap::new();
-    // VIPs served by the same sites get the same table: build it once.
+    let local_site =
+        config.sites.iter().find(|s| matches!(s.kind, SiteKind::Local)).map(|s| index_of[s.name.as_str()]);
+    // VIPs served by the same sites get the same table: build it once (and flag it once
+    // per table it replaces).
     let mut built: HashMap<Vec<(u32, u32)>, Arc<[u32]>> = HashMap::new();
+    let mut flagged: HashMap<(usize, Option<usize>), Arc<[u32]>> = HashMap::new();
     let mut vip_names = Vec::new();
     for (v, key) in config.vips.iter().zip(&keys) {
         let index = match current.vips.get(key) {
@@ -281,7 +290,8 @@ pub fn plan(
                 free
             }
         };
-        vips.insert(*key, VipInfo { index });
+        let stateless = v.affinity == Affinity::None && v.protocol == crate::config::Protocol::Udp;
+        vips.insert(*key, VipInfo { index, flags: if stateless { VIP_STATELESS } else { 0 } });
         let mut backends: Vec<Backend> = v
             .sites
             .iter()
@@ -295,18 +305,45 @@ pub fn plan(
             }
         }
         let input: Vec<(u32, u32)> = backends.iter().map(|b| (b.index, b.weight)).collect();
-        let table = built
+        let base = built
             .entry(input)
             .or_insert_with(|| maglev::build(&backends, config.datapath.maglev_table_size).into())
+            .clone();
+        let previous = current.maglev.get(&index);
+        let key = (
+            Arc::as_ptr(&base) as *const u32 as usize,
+            previous.map(|p| Arc::as_ptr(p) as *const u32 as usize),
+        );
+        let table = flagged
+            .entry(key)
+            .or_insert_with(|| flag_table(&base, local_site, previous.map(|p| &p[..])).into())
             .clone();
         maglev.insert(index, table);
         vip_names.push((v.name.clone(), index));
     }
 
+    let mut vip_addrs: BTreeMap<AddrKey, u32> = BTreeMap::new();
+    for v in &config.vips {
+        *vip_addrs.entry(addr_key(v.address)).or_default() += 1;
+    }
     let mut filter_bits: Vec<(AddrKey, u8)> =
         config.vips.iter().map(|v| (addr_key(v.address), filter::VIP)).collect();
     let mut flags = if config.local.debug_log { CONFIG_DEBUG_LOG } else { 0 };
-    let mut local = LocalConfig { gue_port: config.local.gue_port.unwrap_or(0), ..Default::default() };
+    let d = &config.datapath;
+    let mut local = LocalConfig {
+        // The key the owner resolved into the config; a plan without one (a one-shot
+        // command) keeps the running key.
+        hash_key: match d.hash_key {
+            HashKeySource::Inline(k) => HashKey::from_bytes(k),
+            HashKeySource::File(_) | HashKeySource::Generated => current.config.hash_key,
+        },
+        gue_port: config.local.gue_port.unwrap_or(0),
+        socket_netns: d.socket_netns_id.unwrap_or(u32::MAX),
+        local_site: local_site.unwrap_or(u32::MAX),
+        icmp: Limit::per_second(d.icmp_rate, d.icmp_burst),
+        pin: Limit::per_second(d.pin_rate, d.pin_burst),
+        ..Default::default()
+    };
     if let Some(a) = config.local.tunnel_v4 {
         flags |= CONFIG_TUNNEL_V4;
         local.tunnel_v4 = a.octets();
@@ -321,11 +358,37 @@ pub fn plan(
     normalise_filter(&mut filter_bits);
 
     Ok(Plan {
-        state: State { config: local, sites, vips, peers, maglev, filter: filter_bits, egress },
+        state: State { config: local, sites, vips, vip_addrs, peers, maglev, filter: filter_bits, egress },
         sites: names,
         vips: vip_names,
         weights,
     })
+}
+
+/// A built table's entries as the data path reads them: `MAGLEV_LOCAL` on the local site's
+/// slots, and `MAGLEV_CHECK` on those of them that named another site in the table the data
+/// path holds now, or carried the flag already. Flows of such a bucket may be pinned to
+/// another site or be mid-handshake towards one, so their mid-flow packets must look at the
+/// flow and embryonic tables; a local bucket without the flag sends them straight to the
+/// local stack (docs/datapath.md §6). A previous table of another size (a changed
+/// `maglev_table_size`) says nothing slot by slot: every local slot is flagged.
+fn flag_table(base: &[u32], local: Option<u32>, previous: Option<&[u32]>) -> Vec<u32> {
+    let was_elsewhere = |slot: usize| match previous {
+        None => false,
+        Some(p) if p.len() != base.len() => true,
+        Some(p) => {
+            let e = p[slot];
+            let site = e & MAGLEV_SITE;
+            e & MAGLEV_CHECK != 0 || (site != SITE_NONE && e & MAGLEV_LOCAL == 0 && Some(site) != local)
+        }
+    };
+    base.iter()
+        .enumerate()
+        .map(|(slot, &site)| match local {
+            Some(l) if site == l => MAGLEV_LOCAL | site | if was_elsewhere(slot) { MAGLEV_CHECK } else { 0 },
+            _ => site,
+        })
+        .collect()
 }
 
 /// One entry per address, bits OR-ed, in a fixed order (so equal sets compare equal).
@@ -348,7 +411,9 @@ pub enum Op {
     Peer(AddrKey, u32),
     Maglev(u32, Arc<[u32]>),
     Vip(VipKey, VipInfo),
+    VipAddr(AddrKey, u32),
     Filter(Vec<(AddrKey, u8)>),
+    RemoveVipAddr(AddrKey),
     RemoveVip(VipKey),
     RemovePeer(AddrKey),
     AddEgress(u32),
@@ -383,6 +448,11 @@ pub fn diff(want: &State, have: &State) -> Vec<Op> {
             ops.push(Op::Maglev(*i, t.clone()));
         }
     }
+    for (k, v) in &want.vip_addrs {
+        if have.vip_addrs.get(k) != Some(v) {
+            ops.push(Op::VipAddr(*k, *v));
+        }
+    }
     for (k, v) in &want.vips {
         if have.vips.get(k) != Some(v) {
             ops.push(Op::Vip(*k, *v));
@@ -393,6 +463,9 @@ pub fn diff(want: &State, have: &State) -> Vec<Op> {
     }
     for k in have.vips.keys().filter(|k| !want.vips.contains_key(*k)) {
         ops.push(Op::RemoveVip(*k));
+    }
+    for k in have.vip_addrs.keys().filter(|k| !want.vip_addrs.contains_key(*k)) {
+        ops.push(Op::RemoveVipAddr(*k));
     }
     for k in have.peers.keys().filter(|k| !want.peers.contains_key(*k)) {
         ops.push(Op::RemovePeer(*k));
@@ -417,6 +490,12 @@ impl State {
             }
             Op::Vip(k, v) => {
                 self.vips.insert(*k, *v);
+            }
+            Op::VipAddr(k, n) => {
+                self.vip_addrs.insert(*k, *n);
+            }
+            Op::RemoveVipAddr(k) => {
+                self.vip_addrs.remove(k);
             }
             Op::Filter(f) => self.filter = f.clone(),
             Op::RemoveVip(k) => {
@@ -476,6 +555,7 @@ impl State {
             config,
             sites: (0..MAX_SITES).map(|i| maps.site(i)).collect::<Result<_, _>>()?,
             vips,
+            vip_addrs: maps.vip_addrs()?.into_iter().collect(),
             peers: maps.tunnel_peers()?.into_iter().collect(),
             maglev,
             filter: filter_bits,
@@ -491,6 +571,8 @@ fn write(maps: &mut DataPathMaps, op: &Op) -> Result<(), MapsError> {
         Op::Peer(k, v) => maps.set_tunnel_peer(k, *v),
         Op::Maglev(i, t) => maps.set_maglev(*i, t),
         Op::Vip(k, v) => maps.set_vip(k, v),
+        Op::VipAddr(k, n) => maps.set_vip_addr(k, *n),
+        Op::RemoveVipAddr(k) => maps.remove_vip_addr(k),
         Op::Filter(f) => maps.set_filter(f.iter().copied()),
         Op::RemoveVip(k) => maps.remove_vip(k),
         Op::RemovePeer(k) => maps.remove_tunnel_peer(k),

@@ -1,5 +1,5 @@
 use super::*;
-use anycast_common::site::SITE_NONE;
+use anycast_common::site::{MAGLEV_CHECK, MAGLEV_LOCAL, MAGLEV_SITE, SITE_NONE};
 
 const BASE: &str = r#"
 [local]
@@ -82,7 +82,7 @@ fn first_plan_writes_everything_in_a_safe_order() {
     let t = &s.maglev[&1];
     assert_eq!(t.len(), 251);
     assert!(!Arc::ptr_eq(t, &s.maglev[&0]), "different sites, different tables");
-    assert!(t.iter().all(|&x| x == 0 || x == 2));
+    assert!(t.iter().all(|&x| x == MAGLEV_LOCAL || x == 2), "local a (flagged as local), or c");
     // Order: sites and tables before the VIPs that use them, VIPs before the filter.
     let pos = |f: &dyn Fn(&Op) -> bool| ops.iter().position(f).unwrap();
     assert!(pos(&|o| matches!(o, Op::Site(..))) < pos(&|o| matches!(o, Op::Maglev(..))));
@@ -117,10 +117,10 @@ fn drain_zeroes_the_weight_but_keeps_the_site_up() {
     let (p, ops) = step(BASE, &drained, &mut s);
     assert_eq!(p.weights["c"], 0);
     assert!(ops.iter().all(|o| matches!(o, Op::Maglev(..))), "{ops:?}");
-    assert!(s.maglev.values().all(|t| !t.contains(&2)));
+    assert!(s.maglev.values().all(|t| t.iter().all(|&x| x & MAGLEV_SITE != 2)));
     assert_eq!(s.sites[2].flags & SITE_UP, SITE_UP, "established flows keep their site");
     // VIP 1 had only a and c: now all a.
-    assert!(s.maglev[&1].iter().all(|&x| x == 0));
+    assert!(s.maglev[&1].iter().all(|&x| x & MAGLEV_SITE == 0));
 }
 
 #[test]
@@ -236,7 +236,7 @@ fn down_site_loses_its_weight_and_site_up_so_its_flows_move() {
     assert_eq!((p.weights["b"], p.weights["c"]), (10, 0));
     assert_eq!(s.sites[2].flags & SITE_UP, 0, "pinned flows re-steer off a down site");
     assert_eq!(s.sites[2].flags & SITE_CONFIGURED, SITE_CONFIGURED);
-    assert!(s.maglev.values().all(|t| !t.contains(&2)));
+    assert!(s.maglev.values().all(|t| t.iter().all(|&x| x & MAGLEV_SITE != 2)));
     // Back up: SITE_UP again, same generation (its flows may come back).
     let g = s.sites[2].generation;
     step_dynamic(&Dynamic::default(), &mut s);
@@ -249,7 +249,7 @@ fn load_weights_override_the_configured_ones_except_for_a_vip_without_weight() {
     let weights = BTreeMap::from([("a".to_owned(), 10_000), ("b".to_owned(), 0), ("c".to_owned(), 0)]);
     let p = step_dynamic(&Dynamic { weights: Some(weights), down: BTreeSet::new() }, &mut s);
     assert_eq!((p.weights["a"], p.weights["b"], p.weights["c"]), (10_000, 0, 0));
-    assert!(s.maglev[&0].iter().all(|&x| x == 0), "everything local");
+    assert!(s.maglev[&0].iter().all(|&x| x & MAGLEV_SITE == 0), "everything local");
     // A VIP that the local site does not serve keeps its configured weights rather than
     // an empty table.
     let text = BASE.replace("sites = [\"a\", \"c\"]", "sites = [\"b\", \"c\"]");
@@ -290,4 +290,31 @@ fn a_restart_adopts_the_weights_the_data_path_steers_by() {
     // Nothing running yet, or no [load]: nothing to adopt.
     assert_eq!(Dynamic::adopted(&config(&text), &p, &State::default()), None);
     assert_eq!(Dynamic::adopted(&config(BASE), &p, &s), None);
+}
+
+/// A local bucket that named another site in the table it replaces is flagged
+/// `MAGLEV_CHECK`, and keeps the flag while it stays local (docs/datapath.md §6); a bucket
+/// that was always local is not.
+#[test]
+fn local_buckets_that_were_remote_are_flagged_and_stay_flagged() {
+    let mut s = State::default();
+    let all_local = BTreeMap::from([("a".to_owned(), 10_000), ("b".to_owned(), 0), ("c".to_owned(), 0)]);
+    let local = Dynamic { weights: Some(all_local), down: BTreeSet::new() };
+    step_dynamic(&local, &mut s);
+    assert!(s.maglev[&0].iter().all(|&x| x == MAGLEV_LOCAL), "always local: no flag");
+    let half = BTreeMap::from([("a".to_owned(), 5_000), ("b".to_owned(), 5_000), ("c".to_owned(), 0)]);
+    step_dynamic(&Dynamic { weights: Some(half), down: BTreeSet::new() }, &mut s);
+    let shed: Vec<usize> = (0..s.maglev[&0].len()).filter(|&i| s.maglev[&0][i] & MAGLEV_SITE == 1).collect();
+    assert!(!shed.is_empty());
+    assert!(s.maglev[&0].iter().all(|&x| x & MAGLEV_CHECK == 0), "local buckets that stayed local: no flag");
+    // Back home: exactly the buckets that were b's are flagged.
+    step_dynamic(&local, &mut s);
+    let t = s.maglev[&0].clone();
+    for (i, &x) in t.iter().enumerate() {
+        assert_eq!(x & MAGLEV_LOCAL, MAGLEV_LOCAL);
+        assert_eq!(x & MAGLEV_CHECK != 0, shed.contains(&i), "bucket {i}");
+    }
+    // And they stay flagged through later tables.
+    step_dynamic(&local, &mut s);
+    assert_eq!(s.maglev[&0][..], t[..]);
 }

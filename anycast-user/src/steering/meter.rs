@@ -153,7 +153,8 @@ mod tests {
                 at,
                 sites: [(0, site(local, 0, received)), (1, site(0, forwarded, 0))].into(),
                 vips: Default::default(),
-                exceptions: Default::default(),
+                exceptions: [0; anycast_common::counters::EXCEPTION_SLOTS as usize],
+                events: [0; anycast_common::Event::COUNT as usize],
             },
             cpu: Some(cpu),
         }

@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_common::{Exception, SiteCounters, VipCounters, flow_hash, maps::MAGLEV_DEFAULT_SIZE};
+use anycast_common::{
+    Action as Verdict, Exception, SiteCounters, VipCounters, counters::exception_index,
+    maps::MAGLEV_DEFAULT_SIZE, site::MAGLEV_SITE,
+};
 use anycast_user::{
     api::metrics::{self, Process, Scrape},
     reconcile::maglev::{self, Backend},
@@ -24,6 +27,7 @@ use crate::{
     harness::{Action, DataPath},
     netns::Netns,
     packet::{Packet, SYN, addr, tcp},
+    reference,
 };
 
 /// Scale of the `/metrics` and RSS measurements.
@@ -94,7 +98,7 @@ pub fn weight_apply(ingress: u32, rounds: usize) -> Result<WeightApply> {
             sport = sport.wrapping_add(1).max(1000);
             Some(tcp(anchor::CLIENT, anchor::VIP, sport, 80, SYN))
         })
-        .filter(|p: &Packet| current[(flow_hash(&p.key()) % current.len() as u32) as usize] != target)
+        .filter(|p: &Packet| reference::bucket(&current, &p.key()) & MAGLEV_SITE != target)
         .take(PROBES)
         .map(|p| p.frame())
         .collect();
@@ -152,10 +156,9 @@ fn scrape(sites: usize, vips: usize) -> Scrape {
             VipCounters { packets: i as u64 * 123_457, bytes: i as u64 * 12_098_786 },
         );
     }
-    for (i, e) in s.exceptions.iter_mut().enumerate() {
-        *e = i as u64 * 17;
-    }
-    s.exceptions[Exception::Truncated as usize] = 5;
+    s.exceptions = (0..anycast_common::counters::EXCEPTION_SLOTS as u64).map(|i| i * 17).collect();
+    s.events = (0..anycast_common::Event::COUNT as u64).map(|i| i * 5).collect();
+    s.exceptions[exception_index(Exception::Truncated, Verdict::Pass) as usize] = 5;
     s.flow_entries = 123_456;
     s.flow_capacity = 262_144;
     s.process = Process::read();

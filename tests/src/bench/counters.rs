@@ -2,20 +2,36 @@
 //! round must move exactly these by exactly `repetitions` × what one packet of its case
 //! moves, or the benchmark measured some other path and says so.
 
-use anycast_common::Exception;
+use anycast_common::{
+    Action, Exception,
+    counters::{EXCEPTION_SLOTS, exception_index},
+};
 use anycast_user::datapath::maps::{DataPathMaps, MapsError};
 
 use super::world::{REMOTE_SITES, SITE_LOCAL_INDEX, VIP_TCP, VIP_UDP};
 
 /// Totals over the benchmark world's sites and VIPs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Totals {
     pub local: u64,
     pub forwarded: u64,
     pub received: u64,
     pub vip_tcp: u64,
     pub vip_udp: u64,
-    pub exceptions: [u64; Exception::COUNT as usize],
+    pub exceptions: [u64; EXCEPTION_SLOTS as usize],
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals {
+            local: 0,
+            forwarded: 0,
+            received: 0,
+            vip_tcp: 0,
+            vip_udp: 0,
+            exceptions: [0; EXCEPTION_SLOTS as usize],
+        }
+    }
 }
 
 impl Totals {
@@ -34,7 +50,7 @@ impl Totals {
 
     /// `self - earlier`, counter by counter.
     pub fn since(&self, earlier: &Totals) -> Totals {
-        let mut exceptions = [0; Exception::COUNT as usize];
+        let mut exceptions = [0; EXCEPTION_SLOTS as usize];
         for (i, e) in exceptions.iter_mut().enumerate() {
             *e = self.exceptions[i].wrapping_sub(earlier.exceptions[i]);
         }
@@ -61,9 +77,9 @@ impl Totals {
     }
 
     /// One exception counter set, nothing else.
-    pub fn exception(e: Exception) -> Totals {
+    pub fn exception(e: Exception, a: Action) -> Totals {
         let mut t = Totals::default();
-        t.exceptions[e as usize] = 1;
+        t.exceptions[exception_index(e, a) as usize] = 1;
         t
     }
 }

@@ -10,7 +10,7 @@
 //! moved by exactly `repetitions` packets of its kind. A benchmark of the wrong path is
 //! worse than none: any mismatch stops the run with the reason.
 
-use anycast_common::{Exception, flow_hash, maps::FLOW_TABLE_DEFAULT};
+use anycast_common::{Action as Verdict, Exception, maps::FLOW_TABLE_DEFAULT, site::MAGLEV_SITE};
 use anycast_user::datapath::maps::DataPathMaps;
 use anyhow::{Context, Result, bail, ensure};
 use aya::programs::{ProgramFd, TestRun, TestRunOptions};
@@ -26,6 +26,7 @@ use crate::{
     expect::{self, Tunnel},
     harness::{Action, DataPath, xdp_md},
     packet::{self, HOST_MAC, Packet, addr, hex},
+    reference,
 };
 
 /// Where the harness stamps its 4-byte run counter for `vip_forward_new`: the IPv4 source
@@ -79,7 +80,7 @@ impl Kind {
             Kind::Local => Totals { local: 1, vip_udp: 1, ..Totals::default() },
             Kind::Forward => Totals { forwarded: 1, vip_tcp: 1, ..Totals::default() },
             Kind::Decap => Totals { received: 1, ..Totals::default() },
-            Kind::Malformed => Totals::exception(Exception::BadHeader),
+            Kind::Malformed => Totals::exception(Exception::BadHeader, Verdict::Pass),
         }
     }
 }
@@ -283,7 +284,7 @@ impl PerPacket {
         }
         let p = Packet::parse(&input);
         let table = self.maps.maglev(VIP_TCP)?.context("no Maglev table for the TCP VIP")?;
-        let site = table[(flow_hash(&p.key()) % table.len() as u32) as usize];
+        let site = reference::bucket(&table, &p.key()) & MAGLEV_SITE;
         let endpoint = world::REMOTE_SITES
             .iter()
             .position(|&s| s == site)

@@ -10,11 +10,11 @@
 use std::net::IpAddr;
 
 use anycast_common::{
-    Encap, LocalConfig, SiteInfo, VipInfo, VipKey,
+    Encap, HashKey, LocalConfig, SiteInfo, VipInfo, VipKey,
     addr::filter,
     config::CONFIG_TUNNEL_V4,
     maps::MAGLEV_DEFAULT_SIZE,
-    site::{SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
+    site::{MAGLEV_LOCAL, SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
 };
 use anycast_user::{
     datapath::maps::{DataPathMaps, filter_index},
@@ -29,6 +29,7 @@ use crate::{
     anchor,
     netns::Netns,
     packet::{HOST_MAC, PROTO_TCP, PROTO_UDP, addr, addr16},
+    reference,
 };
 
 /// Our tunnel address: outer source of what we forward, outer destination we decapsulate.
@@ -96,11 +97,12 @@ fn vip_key(proto: u8, port: u16) -> VipKey {
 pub fn configure(m: &mut DataPathMaps) -> Result<()> {
     let (t4, _) = addr16(addr(TUNNEL_V4));
     m.set_config(&LocalConfig {
+        hash_key: HashKey::from_bytes(reference::KEY),
         flags: CONFIG_TUNNEL_V4,
         tunnel_v4: [t4[0], t4[1], t4[2], t4[3]],
-        tunnel_v6: [0; 16],
-        gue_port: 0,
-        pad: [0; 2],
+        socket_netns: u32::MAX,
+        local_site: SITE_LOCAL_INDEX,
+        ..LocalConfig::default()
     })?;
     let up = SITE_CONFIGURED | SITE_UP;
     m.set_site(
@@ -129,10 +131,11 @@ pub fn configure(m: &mut DataPathMaps) -> Result<()> {
         )?;
         m.set_tunnel_peer(&addr_key(addr(endpoint)), index)?;
     }
-    m.set_vip(&vip_key(PROTO_TCP, 80), &VipInfo { index: VIP_TCP })?;
-    m.set_vip(&vip_key(PROTO_UDP, 53), &VipInfo { index: VIP_UDP })?;
+    m.set_vip(&vip_key(PROTO_TCP, 80), &VipInfo { index: VIP_TCP, flags: 0 })?;
+    m.set_vip(&vip_key(PROTO_UDP, 53), &VipInfo { index: VIP_UDP, flags: 0 })?;
+    m.set_vip_addr(&addr_key(addr(anchor::VIP)), 2)?;
     let table = anchor_table();
-    m.set_maglev_tables(&[(VIP_TCP, &table), (VIP_UDP, &[SITE_LOCAL_INDEX])])?;
+    m.set_maglev_tables(&[(VIP_TCP, &table), (VIP_UDP, &[SITE_LOCAL_INDEX | MAGLEV_LOCAL])])?;
     let entries = [(addr_key(addr(anchor::VIP)), filter::VIP), (addr_key(addr(TUNNEL_V4)), filter::TUNNEL)];
     let other = filter_index(&addr_key(addr(NON_VIP_DST)));
     if entries.iter().any(|(k, _)| filter_index(k) == other) {

@@ -1,0 +1,47 @@
+//! Which addresses are this host's own: its VIP addresses (`ADDR_FILTER` bit VIP, then
+//! `VIP_ADDRS` for the exact address) and its tunnel addresses (`CONFIG`). Decapsulation
+//! accepts only inner packets for them (§5), and the ICMP responder never answers them (§8).
+
+use anycast_common::{
+    AddrKey, Family, LocalConfig,
+    addr::{filter, filter_index_v4, filter_index_v6},
+    config::{CONFIG_TUNNEL_V4, CONFIG_TUNNEL_V6},
+};
+
+use crate::maps::{ADDR_FILTER, VIP_ADDRS};
+
+/// An address as the maps key it: 16 bytes (IPv4 in the first four) and its family.
+#[inline(always)]
+pub fn key(addr: &[u8; 16], v6: bool) -> AddrKey {
+    let mut k = AddrKey { addr: *addr, family: Family::V4 as u8, pad: [0; 3] };
+    if v6 {
+        k.family = Family::V6 as u8;
+    }
+    k
+}
+
+/// Whether `addr` is the address of one of our VIPs (any port, any protocol).
+#[inline(always)]
+pub fn is_vip(addr: &AddrKey) -> bool {
+    let index = if addr.family == Family::V6 as u8 {
+        filter_index_v6(addr.addr)
+    } else {
+        filter_index_v4([addr.addr[0], addr.addr[1], addr.addr[2], addr.addr[3]])
+    };
+    if ADDR_FILTER.get(index).is_none_or(|&bits| bits & filter::VIP == 0) {
+        return false;
+    }
+    // SAFETY: only the presence of the entry is used.
+    unsafe { VIP_ADDRS.get(addr) }.is_some()
+}
+
+/// Whether `addr` is our tunnel address of its family.
+#[inline(always)]
+pub fn is_tunnel(cfg: &LocalConfig, addr: &AddrKey) -> bool {
+    if addr.family == Family::V6 as u8 {
+        cfg.flags & CONFIG_TUNNEL_V6 != 0 && addr.addr == cfg.tunnel_v6
+    } else {
+        let a = &addr.addr;
+        cfg.flags & CONFIG_TUNNEL_V4 != 0 && [a[0], a[1], a[2], a[3]] == cfg.tunnel_v4
+    }
+}

@@ -1,0 +1,93 @@
+//! The second chance for local TCP flows (docs/datapath.md §6): a mid-flow TCP packet whose
+//! Maglev bucket now names another site is kept local when the host's own stack has its
+//! connection. The socket table already knows every local connection, so local flows need
+//! no flow-table entry and survive any number of weight changes (GLB, Beamer and Unimog do
+//! this at the receiving server; here it is done at the ingress host).
+//!
+//! Kernel facts: `bpf_skc_lookup_tcp` (XDP since 5.2) returns the full, request (SYN_RECV)
+//! or time-wait socket of the 4-tuple, else a listener on the port; `bpf_tcp_check_syncookie`
+//! says whether an ACK that only a listener matched carries a SYN cookie the listener sent
+//! (it only answers while the listener is in SYN-cookie mode). Every socket returned must be
+//! released with `bpf_sk_release`.
+
+use anycast_common::{Family, FlowKey, wire::word};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{bpf_sock, bpf_sock_tuple},
+    helpers::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_check_syncookie},
+    programs::XdpContext,
+};
+
+use crate::{
+    frame::Frame,
+    parse::{IPV4_HLEN, IPV6_HLEN, Packet, TCP_HLEN},
+};
+
+/// `BPF_TCP_LISTEN` (linux/bpf.h).
+const TCP_LISTEN: u32 = 10;
+
+/// Whether the local stack has the connection of `pkt`'s flow (or a SYN cookie for it).
+/// `netns` is `CONFIG.socket_netns` (`u32::MAX`: the ingress device's namespace).
+#[inline(always)]
+pub fn is_local(ctx: &XdpContext, frame: &Frame, pkt: &Packet, netns: u32) -> bool {
+    let k: &FlowKey = &pkt.key;
+    // SAFETY: an all-zero tuple is a valid (empty) tuple; the union member written is the
+    // one whose size is passed.
+    let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if k.family == Family::V6 as u8 {
+        let v6 = unsafe { &mut t.__bindgen_anon_1.ipv6 };
+        v6.saddr = [word(&k.src, 0), word(&k.src, 4), word(&k.src, 8), word(&k.src, 12)];
+        v6.daddr = [word(&k.dst, 0), word(&k.dst, 4), word(&k.dst, 8), word(&k.dst, 12)];
+        v6.sport = k.sport.to_be();
+        v6.dport = k.dport.to_be();
+        core::mem::size_of_val(v6)
+    } else {
+        let v4 = unsafe { &mut t.__bindgen_anon_1.ipv4 };
+        v4.saddr = word(&k.src, 0);
+        v4.daddr = word(&k.dst, 0);
+        v4.sport = k.sport.to_be();
+        v4.dport = k.dport.to_be();
+        core::mem::size_of_val(v4)
+    };
+    // A negative (as s32) namespace id means the ingress device's own namespace.
+    let netns = if netns == u32::MAX { u64::MAX } else { netns as u64 };
+    // SAFETY: `t` is a valid tuple of `size` bytes; the socket, if any, is released below
+    // on every path.
+    let sk: *mut bpf_sock = unsafe { bpf_skc_lookup_tcp(ctx.as_ptr(), &mut t, size as u32, netns, 0) };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: `sk` is a live sock_common the verifier lets us read `state` from.
+    let listener = unsafe { (*sk).state } == TCP_LISTEN;
+    let local = !listener || (!pkt.icmp_error && syncookie(sk, frame, pkt));
+    // SAFETY: releases the reference taken by the lookup.
+    unsafe { bpf_sk_release(sk.cast()) };
+    local
+}
+
+/// Whether the ACK in the frame carries a valid SYN cookie of listener `sk`.
+#[inline(always)]
+fn syncookie(sk: *mut bpf_sock, frame: &Frame, pkt: &Packet) -> bool {
+    let th = match frame.at::<TCP_HLEN>(pkt.l4) {
+        Some(p) => p,
+        None => return false,
+    };
+    // SAFETY (both arms): pointers into the packet, checked against data_end for the sizes
+    // passed; the helper only reads them.
+    let rc = if pkt.v6 {
+        match frame.at::<IPV6_HLEN>(pkt.l2_len) {
+            Some(ip) => unsafe {
+                bpf_tcp_check_syncookie(sk.cast(), ip.cast(), IPV6_HLEN as u32, th.cast(), TCP_HLEN as u32)
+            },
+            None => return false,
+        }
+    } else {
+        match frame.at::<IPV4_HLEN>(pkt.l2_len) {
+            Some(ip) => unsafe {
+                bpf_tcp_check_syncookie(sk.cast(), ip.cast(), IPV4_HLEN as u32, th.cast(), TCP_HLEN as u32)
+            },
+            None => return false,
+        }
+    };
+    rc == 0
+}
