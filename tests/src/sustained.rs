@@ -27,12 +27,11 @@ use testkit::{
     daemon::Daemon,
     metrics::metric,
     netns::{Netns, Result},
-    reference,
     sequenced::{self, Received, Sender},
     tcp::{self, Connection, Report, Served, Sink},
 };
 
-use crate::{pinned::Pinned, topology::ForwardChain};
+use crate::{pinned::Pinned, reference, topology::ForwardChain};
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
