@@ -18,6 +18,7 @@
 //!   what tests and labs leave behind.
 //! - [`serial`]: one CPU-heavy test at a time.
 //! - [`wait`]: polling until a condition holds or a count is quiet, instead of fixed sleeps.
+//! - [`xdp`]: a pass-everything XDP program, for a veth peer that must receive XDP_TX.
 
 pub mod daemon;
 pub mod metrics;
@@ -29,3 +30,4 @@ pub mod sites;
 pub mod tcp;
 pub mod teardown;
 pub mod wait;
+pub mod xdp;

@@ -89,34 +89,12 @@ pub fn kernel() -> &'static Result<(), String> {
 
 /// `BPF_PROG_LOAD` of `r0 = XDP_PASS; exit`, closed at once.
 fn load_bpf() -> Result<(), String> {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-    const XDP_PASS: u64 = 2;
-    // struct bpf_insn {code: u8, dst:4 src:4, off: i16, imm: i32}: `mov64 r0, imm` (BPF_ALU64
-    // | BPF_MOV | BPF_K = 0xb7) and `exit` (BPF_JMP | BPF_EXIT = 0x95), little endian.
-    let insns: [u64; 2] = [0xb7 | (XDP_PASS << 32), 0x95];
-    let license = c"GPL";
-    // union bpf_attr, BPF_PROG_LOAD's part: prog_type u32, insn_cnt u32, insns u64, license
-    // u64; the rest zero (no log, any kernel version, no flags).
-    let mut attr = [0u64; 16];
-    attr[0] = u64::from(BPF_PROG_TYPE_XDP) | (insns.len() as u64) << 32;
-    attr[1] = insns.as_ptr() as u64;
-    attr[2] = license.as_ptr() as u64;
-    // SAFETY: bpf(2) reads `attr` (size given) and the instructions and license it points to,
-    // all alive for the call.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), std::mem::size_of_val(&attr) as u32)
-    };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        return Err(format!(
+    crate::xdp::load_pass().map(drop).map_err(|err| {
+        format!(
             "the kernel refuses to load a BPF program ({err}): run as root, or with CAP_BPF, \
              CAP_NET_ADMIN and CAP_PERFMON"
-        ));
-    }
-    // SAFETY: a descriptor the kernel just gave us, closed once.
-    unsafe { libc::close(fd as libc::c_int) };
-    Ok(())
+        )
+    })
 }
 
 /// `unshare(CLONE_NEWNET)` on a thread of its own, which then ends (with its namespace).

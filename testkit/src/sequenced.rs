@@ -157,11 +157,13 @@ pub fn bind(ns: &Netns, addr: &str) -> UdpSocket {
     ns.run(|| UdpSocket::bind(addr)).unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name()))
 }
 
-/// Sends `count` numbered datagrams from `from` to `dst` (at 5000/s) while `to` receives.
+/// Sends `count` numbered datagrams from `from` to `dst` (at 5000/s, from a port of the
+/// family of `dst`) while `to` receives.
 pub fn send_and_receive(from: &Netns, dst: SocketAddr, to: &UdpSocket, count: u32) -> Received {
     /// How long the receiver waits for a straggler once the sender has finished.
     const IDLE: Duration = Duration::from_secs(2);
-    let sender = Sender::new(bind(from, "0.0.0.0:0"), dst, 5000, count);
+    let any = if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    let sender = Sender::new(bind(from, any), dst, 5000, count);
     std::thread::scope(|s| {
         let rx = s.spawn(|| receive(to, &sender, IDLE));
         assert_eq!(sender.run(), count);

@@ -68,3 +68,63 @@ pub fn local_site(tag: &str) -> (Netns, Netns) {
     cl.software_checksums("c0").unwrap();
     (cl, site)
 }
+
+/// A client and two sites, dual-stack, for real packets of every family and encapsulation
+/// through the real daemons (tests/encap.rs):
+///
+/// ```text
+/// client c0 10.1.0.2 fd01::2 ⇄ a0 10.1.0.1 fd01::1 [A] a1 10.2.0.1 fd02::1 ⇄ b0 10.2.0.2 fd02::2 [B]
+/// ```
+///
+/// B holds the VIPs ([`DualChain::VIPS`]) on its loopback; the client routes them to A,
+/// which forwards to B; B routes the client's subnets back through A, and answers the client
+/// directly (direct server return, through A's kernel). A knows B's MAC as a permanent
+/// neighbour in both families.
+pub struct DualChain {
+    pub client: Netns,
+    pub a: Netns,
+    pub b: Netns,
+}
+
+impl DualChain {
+    /// The VIPs on B's loopback: IPv4 and IPv6 (exact ports), and another pair for
+    /// any-port entries (fragments).
+    pub const VIPS: [&str; 4] = ["10.200.0.1", "fd00:200::1", "10.200.0.2", "fd00:200::2"];
+
+    /// `uplink_mtu` for the client ⇄ A link, `backbone_mtu` for A ⇄ B.
+    pub fn new(tag: &str, uplink_mtu: u32, backbone_mtu: u32) -> Result<DualChain> {
+        let client = Netns::new(&format!("{tag}-cl"))?;
+        let a = Netns::new(&format!("{tag}-a"))?;
+        let b = Netns::new(&format!("{tag}-b"))?;
+        client.add_veth("c0", &a, "a0")?;
+        a.add_veth("a1", &b, "b0")?;
+        client.set_mtu("c0", uplink_mtu)?;
+        a.set_mtu("a0", uplink_mtu)?;
+        a.set_mtu("a1", backbone_mtu)?;
+        b.set_mtu("b0", backbone_mtu)?;
+        for (ns, ifname, cidrs) in [
+            (&client, "c0", ["10.1.0.2/24", "fd01::2/64"]),
+            (&a, "a0", ["10.1.0.1/24", "fd01::1/64"]),
+            (&a, "a1", ["10.2.0.1/24", "fd02::1/64"]),
+            (&b, "b0", ["10.2.0.2/24", "fd02::2/64"]),
+        ] {
+            for cidr in cidrs {
+                ns.add_addr(ifname, cidr)?;
+            }
+        }
+        for vip in Self::VIPS {
+            let len = if vip.contains(':') { 128 } else { 32 };
+            b.add_addr("lo", &format!("{vip}/{len}"))?;
+            let via = if vip.contains(':') { "fd01::1" } else { "10.1.0.1" };
+            client.add_route(&[&format!("{vip}/{len}"), "via", via])?;
+        }
+        b.add_route(&["10.1.0.0/24", "via", "10.2.0.1"])?;
+        b.add_route(&["fd01::/64", "via", "fd02::1"])?;
+        let mac = b.mac("b0")?;
+        a.add_neigh("a1", "10.2.0.2", mac)?;
+        a.add_neigh("a1", "fd02::2", mac)?;
+        a.enable_forwarding()?;
+        client.software_checksums("c0")?;
+        Ok(DualChain { client, a, b })
+    }
+}
