@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 
-use anycast_common::site::SITE_NONE;
+use anycast_common::site::{MAGLEV_LOCAL, MAGLEV_SITE, SITE_NONE};
 use anycast_tests::{pinned::Pinned, topology::local_site};
 use anycast_user::{
     model::status::Status,
@@ -274,7 +274,12 @@ protocol = "udp"
         status.sites.iter().map(|s| (s.index, s.name.as_str(), s.configured_weight)).collect();
     let table = d.maps().unwrap().maglev(status.vips[0].index).unwrap().expect("the VIP's table");
     assert_eq!(table.len(), 65_537);
+    // A kernel entry is the site index plus flags (docs/datapath.md §6): the local site's
+    // buckets say so, no other does.
+    let local = status.sites.iter().find(|s| s.name == "here").unwrap().index;
     let want = reference(&sites, 65_537);
-    let first = table.iter().zip(&want).position(|(g, w)| g != w);
+    let first = table.iter().zip(&want).position(|(g, w)| g & MAGLEV_SITE != *w);
     assert_eq!(first, None, "the kernel's table differs from the reference first at slot {first:?}");
+    let flagged = table.iter().position(|e| (e & MAGLEV_LOCAL != 0) != (e & MAGLEV_SITE == local));
+    assert_eq!(flagged, None, "a bucket whose local flag does not match its site");
 }
