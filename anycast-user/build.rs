@@ -1,6 +1,6 @@
 //! Builds the XDP objects (`anycast`; `noop`, `bench_reset` and `bench_sink` used by
 //! benchmarks) from the `anycast-ebpf` crate and leaves them in OUT_DIR, where
-//! `src/object.rs` embeds them. This is the one code path that builds eBPF: `cargo build`, `cargo test`, `cargo clippy` and
+//! `src/datapath/object.rs` embeds them; and sets `ANYCAST_GIT_REVISION`. This is the one code path that builds eBPF: `cargo build`, `cargo test`, `cargo clippy` and
 //! every xtask command go through it.
 //!
 //! Two toolchains can build `bpfel-unknown-none` (see ../shared/TOOLCHAIN.md):
@@ -31,10 +31,43 @@ enum Toolchain {
 }
 
 fn main() {
+    git_revision();
     if let Err(e) = build() {
         // cargo shows build-script stderr only on failure; one paragraph, no backtrace.
         eprintln!("\nanycast: cannot build the XDP program: {e:#}\n");
         std::process::exit(1);
+    }
+}
+
+/// `ANYCAST_GIT_REVISION` for `--version` and `/status`: the commit this is built from
+/// (`unknown` outside a git checkout), rebuilt when HEAD moves.
+fn git_revision() {
+    let root = workspace_root();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(&root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let revision = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=ANYCAST_GIT_REVISION={revision}");
+    // HEAD names a branch whose ref file moves with each commit (or packed-refs holds it).
+    if let (Some(git_dir), Some(common)) = (
+        git(&["rev-parse", "--absolute-git-dir"]),
+        git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]),
+    ) {
+        let branch = git(&["symbolic-ref", "-q", "HEAD"]).map(|b| format!("{common}/{b}"));
+        // A path that does not exist would rerun this script at every build.
+        for path in [Some(format!("{git_dir}/HEAD")), branch, Some(format!("{common}/packed-refs"))]
+            .into_iter()
+            .flatten()
+            .filter(|p| Path::new(p).exists())
+        {
+            println!("cargo:rerun-if-changed={path}");
+        }
     }
 }
 

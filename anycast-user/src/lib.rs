@@ -1,10 +1,12 @@
 //! The anycast controller library, in folders by responsibility: `model`
 //! and `config` depend on nothing else here; `datapath` touches the kernel; `reconcile`
 //! turns config and run-time decisions into map contents; `owner` holds the data path;
-//! `steering`, `bgp` and `api` work through it.
+//! `steering`, `bgp` and `api` work through it; `daemon` wires them together
+//! (ARCHITECTURE.md).
 pub mod api;
 pub mod bgp;
 pub mod config;
+pub mod daemon;
 pub mod datapath;
 pub mod model;
 pub mod owner;

@@ -35,11 +35,14 @@ use std::{
 
 use crate::{metrics, netns::Netns, teardown};
 
-/// Where every test daemon's admin and metrics server listens, inside its namespace.
+/// Where every test daemon's metrics listener (`[admin] listen`) is, inside its namespace.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
-/// What the daemon logs once the data path is attached and reconciled and its HTTP listener
-/// bound (anycast-user/src/cli/daemon.rs): from then on `/metrics` answers.
-pub const READY: &str = "metrics and admin on http://";
+/// What the daemon logs once the data path is attached and reconciled and every listener
+/// bound (anycast-user/src/daemon/mod.rs): from then on the admin socket and `/metrics`
+/// answer.
+pub const READY: &str = "ready: data path attached and reconciled";
+/// The peer key of every test daemon: the sites of one test are one deployment.
+pub const PEER_KEY: &str = "anycast-test-peer-key-0123456789";
 /// Flow table entries: the default (262144, preallocated by the kernel) would cost every
 /// test tens of MB of kernel memory for nothing; 16384 is far more than any test's flows.
 const FLOW_TABLE_SIZE: u32 = 16384;
@@ -263,6 +266,15 @@ impl<'ns> Daemon<'ns> {
         let dir = std::env::temp_dir().join(format!("{PREFIX}{id}"));
         let state = dir.join("state");
         fs::create_dir_all(&state).map_err(io("creating", &state))?;
+        let key = dir.join("peer.key");
+        fs::write(&key, PEER_KEY).map_err(io("writing", &key))?;
+        // The controller refuses to start on a host that does not forward what its remote
+        // sites need: the test's hosts forward.
+        ns.enable_forwarding().map_err(|e| DaemonError::Io {
+            what: "enabling forwarding in",
+            path: ns.name().into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         Ok(Daemon {
             ns,
             bin: bin.to_owned(),
@@ -294,6 +306,11 @@ impl<'ns> Daemon<'ns> {
         &self.pin_dir
     }
 
+    /// The daemon's admin socket (`[admin] socket`).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
     /// Its work directory: config, state directory, logs.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -313,11 +330,13 @@ impl<'ns> Daemon<'ns> {
     pub fn write_config_to(&self, name: &str, body: &str) -> Result<PathBuf> {
         let mut text = format!(
             "{body}\n\n[datapath]\nflow_table_size = {}\npin_dir = \"{}\"\nhash_key = \"{}\"\n\n\
-             [admin]\nlisten = \"{ADMIN_LISTEN}\"\nstate_dir = \"{}\"\n",
+             [admin]\nlisten = \"{ADMIN_LISTEN}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\npeer_key_file = \"{}\"\n",
             self.flow_table_size,
             self.pin_dir.display(),
             hash_key_hex(),
-            self.dir.join("state").display()
+            self.dir.join("state").display(),
+            self.socket().display(),
+            self.dir.join("peer.key").display(),
         );
         if let Some(addr) = self.peer_listen {
             text += &format!("peer_listen = \"{addr}\"\n");
@@ -485,8 +504,9 @@ impl<'ns> Daemon<'ns> {
         }
     }
 
-    /// `GET path` from the daemon's HTTP server (from a thread inside its namespace, where
-    /// its 127.0.0.1 is); returns the body of a 2xx reply.
+    /// `GET path` from the daemon's TCP listener (from a thread inside its namespace, where
+    /// its 127.0.0.1 is): `/metrics`, the only thing it serves; returns the body of a 2xx
+    /// reply. The admin API is on [`Daemon::socket`].
     pub fn get(&self, path: &str) -> Result<String> {
         let url = format!("http://{ADMIN_LISTEN}{path}");
         metrics::get(self.ns, &url, &[], HTTP_TIMEOUT).map_err(|message| DaemonError::Http { url, message })

@@ -6,6 +6,7 @@
 //!   bench.
 //! - [`bird`]: real BIRD 2 daemons in namespaces (BGP tests): config, start/stop, routes.
 //! - [`pinned`]: a daemon's pinned maps and links, read with the controller's library.
+//! - [`admin`]: a daemon's admin API on its Unix socket, through the CLI's client.
 //! - [`harness`]: the embedded XDP object loaded into the kernel, frames run through it
 //!   with BPF_PROG_RUN, maps reached through `anycast_user::datapath::maps::DataPathMaps`.
 //! - [`packet`]: frames built with etherparse (VLAN, IPv4 options, IPv6 extension headers,
@@ -24,6 +25,7 @@
 //! - [`bench`]: `cargo xtask bench` (binary `anycast-bench`): per-packet cost, throughput
 //!   and control-plane figures.
 
+pub mod admin;
 pub mod anchor;
 pub mod bench;
 pub mod bird;

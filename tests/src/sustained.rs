@@ -31,7 +31,7 @@ use testkit::{
     tcp::{self, Connection, Report, Served, Sink},
 };
 
-use crate::{pinned::Pinned, reference, topology::ForwardChain};
+use crate::{admin::AdminApi, pinned::Pinned, reference, topology::ForwardChain};
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
@@ -141,7 +141,7 @@ pub fn start<'a>(chain: &'a ForwardChain, flow_table_size: Option<u32>) -> (Daem
 /// Client source ports from `first` on whose flows to VIP:`dport` (`proto`) A's Maglev
 /// table sends to each site: `n` for A, then `n` for B.
 fn ports_by_site(a: &Daemon, vip: &str, proto: u8, dport: u16, first: u16, n: usize) -> [Vec<u16>; 2] {
-    let status: Status = serde_json::from_str(&a.get("/status").expect("A's /status")).expect("/status JSON");
+    let status: Status = a.status().expect("A's /status");
     let index = |name: &str| status.sites.iter().find(|s| s.name == name).expect("site in /status").index;
     let vip_index = status.vips.iter().find(|v| v.name == vip).expect("VIP in /status").index;
     let table = a.maps().expect("A's maps").maglev(vip_index).expect("Maglev map").expect("a Maglev table");

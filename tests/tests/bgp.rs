@@ -317,7 +317,22 @@ fn bgp_announce_withdraw_deprefer_follow_the_site() {
     }
     assert_eq!((state(&d, "announce"), transitions(&d, "withdraw")), (1, 0));
 
-    // Detach while BIRD cannot be told: refused, nothing detached, the VIP still learned.
+    // Detach while the daemon runs: refused (it holds the links; unpinning would detach
+    // nothing until it exits), nothing withdrawn or detached.
+    let out = d.cli(["detach", "--config", config_arg], &[], Duration::from_secs(20)).expect("cli");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("a daemon is running"), "{stderr}");
+    assert!(d.pin_dir().exists(), "detached under a running daemon");
+    assert_eq!(lab.upstream.route(VIP_NET).expect("upstream"), Some(announced()));
+
+    // The daemon stopped (the withdrawal is detach's own). Detach while BIRD cannot be told:
+    // refused, nothing detached, the VIP still learned.
+    d.signal(libc::SIGTERM).expect("SIGTERM");
+    let stopped = Instant::now();
+    while d.running() && stopped.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!d.running(), "the daemon did not stop on SIGTERM");
     let dead = d
         .write_config_to("dead-bird.toml", &config(&speaker_dir, &speaker_dir.join("no-such.ctl"), "\"s0\""))
         .expect("config");
@@ -328,14 +343,7 @@ fn bgp_announce_withdraw_deprefer_follow_the_site() {
     assert!(d.pin_dir().exists(), "detached although BIRD was not told");
     assert_eq!(lab.upstream.route(VIP_NET).expect("upstream"), Some(announced()));
 
-    // Detach (the daemon stopped first: the withdrawal is detach's own): withdrawn as soon as
-    // it returns.
-    d.signal(libc::SIGTERM).expect("SIGTERM");
-    let stopped = Instant::now();
-    while d.running() && stopped.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!d.running(), "the daemon did not stop on SIGTERM");
+    // Detach: withdrawn as soon as it returns.
     let t0 = Instant::now();
     let said = cli(&d, &["detach", "--config", config_arg]);
     assert!(said.contains("every VIP withdrawn"), "{said}");

@@ -5,8 +5,9 @@
 //! 1. `cli_check_config_names_every_problem_with_line_and_column`: `check-config` on a good
 //!    file says OK and exits 0; on each of ~35 bad files it prints `FILE:LINE:COLUMN:
 //!    message` at the place of the mistake (marked in the case's text, so the expected
-//!    position is the test's, not the parser's) and exits 1; several problems are reported
-//!    at once; a missing file is an error; a bad argument gets a usage message.
+//!    position is the test's, not the parser's) and exits 4 (a config error); several
+//!    problems are reported at once; a missing file is an error; a bad argument gets a
+//!    usage message.
 //! 2. `cli_daemon_refuses_a_bad_config_at_start`: nothing pinned, nothing attached.
 //! 3. `cli_daemon_refuses_a_pinned_map_of_another_layout`: a map pinned under one of the
 //!    data path's names with other key/value sizes stops the start, untouched.
@@ -36,6 +37,7 @@ use std::{
 
 use anycast_common::maps::{MAX_SITES, MAX_VIPS};
 use anycast_tests::{
+    admin::AdminApi,
     pinned::Pinned,
     topology::{LOCAL_SITE, LOCAL_VIP, LOCAL_VIP_PORT, local_site},
 };
@@ -349,9 +351,9 @@ fn cli_check_config_names_every_problem_with_line_and_column() {
         let want = format!("{}:{line}:{column}: ", path.display());
         let found =
             stderr.lines().any(|l| l.strip_prefix(&want).is_some_and(|m| m.contains(message.as_str())));
-        if out.status.code() != Some(1) || !found || !stderr.contains("nothing applied") {
+        if out.status.code() != Some(4) || !found || !stderr.contains("nothing applied") {
             wrong.push(format!(
-                "{name}: want exit 1 and `{want}…{message}…`, got {:?}:\n{stderr}",
+                "{name}: want exit 4 and `{want}…{message}…`, got {:?}:\n{stderr}",
                 out.status
             ));
         }
@@ -364,22 +366,22 @@ fn cli_check_config_names_every_problem_with_line_and_column() {
     let out = check(&two);
     let stderr = text(&out.stderr);
     let located = stderr.lines().filter(|l| l.starts_with(&format!("{}:", path.display()))).count();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("capacity must be > 0") && stderr.contains("port 0 is out of range"), "{stderr}");
     assert!(located >= 3 && stderr.contains("2 errors, nothing applied"), "{stderr}");
 
     // A file that is not there.
     let missing = dir.0.join("missing.toml");
     let out = anycast(&[OsStr::new("check-config"), missing.as_os_str()]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert!(text(&out.stderr).contains(&format!("cannot read {}", missing.display())), "{out:?}");
 
     // A bad argument: a usage message and exit 2 (clap's), for every command.
     for args in [
-        &["run"][..],
+        &["run", "--interval", "x"][..],
         &["top", "--count", "x"],
         &["drain"],
-        &["status", "--admin", "nowhere"],
+        &["status", "--output", "nowhere"],
         &["frobnicate"],
     ] {
         let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
@@ -524,9 +526,11 @@ fn cli_status_as_a_table_and_from_the_pins() {
     assert!(pinned.status.success(), "{pinned:?}");
     assert!(text(&pinned.stderr).contains("reading the pinned maps"), "{}", text(&pinned.stderr));
     expect(&text(&pinned.stdout), "from the pinned maps");
-    // Without --config there is nothing to fall back on: a clear error.
-    let out = d.cli(["status"], &[], CLI_TIMEOUT).unwrap();
-    assert!(!out.status.success() && text(&out.stderr).contains("give --config FILE"), "{out:?}");
+    // Without --config (and no file where the default points) there is nothing to fall
+    // back on: a clear error, with the exit code of "no daemon".
+    let out = d.cli(["status", "--config", "/nonexistent/anycast.toml"], &[], CLI_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(text(&out.stderr).contains("reading the pinned maps needs the config"), "{out:?}");
 }
 
 #[test]
@@ -576,7 +580,7 @@ struct Slots {
 
 impl Slots {
     fn of(d: &Daemon) -> Slots {
-        let status: Status = serde_json::from_str(&d.get("/status").unwrap()).unwrap();
+        let status: Status = d.status().unwrap();
         let site = |name: &str| status.sites.iter().find(|s| s.name == name).unwrap().index;
         Slots { vip: status.vips[0].index, here: site("here"), there: site("there") }
     }
@@ -595,7 +599,7 @@ impl Slots {
 
 /// A site's state and weight in the daemon's `/status`.
 fn state(d: &Daemon, site: &str) -> (String, u32) {
-    let status: Status = serde_json::from_str(&d.get("/status").unwrap()).unwrap();
+    let status: Status = d.status().unwrap();
     let s = status.sites.into_iter().find(|s| s.name == site).unwrap();
     (s.state, s.weight)
 }

@@ -33,12 +33,13 @@ use std::{
 
 use anycast_common::{Action, Exception, site::MAGLEV_SITE};
 use anycast_tests::{
+    admin::AdminApi,
     pinned::Pinned,
     topology::{ForwardChain, LOCAL_SITE, local_site},
 };
 use anycast_user::model::status::Status;
 use testkit::{
-    daemon::{ADMIN_LISTEN, Daemon},
+    daemon::Daemon,
     metrics::metric,
     netns::Netns,
     require::{Need, require},
@@ -246,7 +247,7 @@ protocol = "udp"
 /// The share of each site in the VIP's Maglev table as the kernel holds it, read through
 /// the pins; sites by name (their slots from `/status`).
 fn shares(daemon: &Daemon) -> (f64, f64, Vec<u32>) {
-    let status: Status = serde_json::from_str(&daemon.get("/status").unwrap()).expect("/status JSON");
+    let status: Status = daemon.status().expect("/status");
     let index = |name: &str| status.sites.iter().find(|s| s.name == name).expect("site in /status").index;
     let vip = status.vips.iter().find(|v| v.name == "svc").expect("svc in /status").index;
     let table = daemon.maps().unwrap().maglev(vip).unwrap().expect("a Maglev table for svc");
@@ -313,24 +314,31 @@ fn controller_second_instance_and_cli_defer_to_the_daemon() {
     let (_, _, table) = shares(&daemon);
     let program = daemon.link_program_id("l0").unwrap();
 
-    // Same pins, other weights. The running daemon holds the admin address, and the second
-    // instance finds that out before it loads, adopts or writes anything; had it written its
-    // weights, the running daemon would go on believing the maps hold its own.
+    // Same pins, other weights. The running daemon holds the pin directory's lock, and the
+    // second instance finds that out before it binds, loads, adopts or writes anything; had
+    // it written its weights, the running daemon would go on believing the maps hold its own.
     let other = daemon.write_config_to("other.toml", &two_site_config(100, 100)).unwrap();
     let out =
         daemon.cli([OsStr::new("run"), OsStr::new("--config"), other.as_os_str()], &[], CLI_TIMEOUT).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a second instance ran:\n{stderr}");
-    assert!(stderr.contains("Address already in use"), "{stderr}");
+    assert!(stderr.contains("is held by another anycast process"), "{stderr}");
     assert!(!stderr.contains("maps reconciled"), "the second instance wrote the maps:\n{stderr}");
     assert_eq!(shares(&daemon).2, table, "the second instance changed the Maglev table");
     assert_eq!(daemon.link_program_id("l0").unwrap(), program, "the second instance replaced the program");
 
     // An HTTP proxy in the environment (nothing listens at that address of the client
-    // namespace) does not divert the CLI from the local daemon.
+    // namespace) does not divert the CLI from the local daemon's socket.
     let proxy = "http://10.1.0.2:3128";
     let env = [("ALL_PROXY", proxy), ("HTTP_PROXY", proxy), ("http_proxy", proxy)];
-    let out = daemon.cli(["status", "--json", "--admin", ADMIN_LISTEN], &env, CLI_TIMEOUT).unwrap();
+    let socket = daemon.socket();
+    let out = daemon
+        .cli(
+            [OsStr::new("status"), OsStr::new("--json"), OsStr::new("--socket"), socket.as_os_str()],
+            &env,
+            CLI_TIMEOUT,
+        )
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "anycast status with a proxy set:\n{stderr}");
     let status: Status = serde_json::from_slice(&out.stdout).expect("status --json");

@@ -42,7 +42,8 @@ fn all_served(services: &[UdpService], sent: u64) -> Vec<u64> {
 
 /// The three daemons with `extra(site)` appended to each site's config, started B and C
 /// first (A redirects into their links, which deliver only once they run XDP), each
-/// reachable by A through its peer listener.
+/// reachable by A through its peer listener. With `[health]` at A, B and C start down
+/// there (never proven up) and get flows once they passed `rise` probes: waited for.
 fn start(t: &ThreeSites, extra: impl Fn(usize) -> String) -> Vec<Daemon<'_>> {
     let mut daemons: Vec<Daemon> = t.sites.iter().map(|ns| Daemon::new(ns).expect("daemon")).collect();
     for me in [1, 2, 0] {
@@ -50,6 +51,16 @@ fn start(t: &ThreeSites, extra: impl Fn(usize) -> String) -> Vec<Daemon<'_>> {
         d.set_peer_listen((TUNNEL[me], PEER_PORT).into());
         d.write_config(&t.config(me, CAPACITY, &extra(me))).expect("config");
         d.start().expect("start");
+    }
+    if extra(0).contains("[health]") {
+        for site in [1, 2] {
+            let series = format!("anycast_site_up{{site=\"{}\"}}", NAMES[site]);
+            let up = (0..200).any(|_| {
+                std::thread::sleep(Duration::from_millis(25));
+                metric(&daemons[0].get("/metrics").expect("A's /metrics"), &series) == Some(1)
+            });
+            assert!(up, "site {} never passed A's health checks", NAMES[site]);
+        }
     }
     daemons
 }
@@ -283,9 +294,40 @@ fn health_down_site_gets_no_new_flows_and_its_flows_are_resteered() {
     let at_c: Vec<u16> = services[2].served().into_keys().collect();
     assert!(at_c.len() > 100, "C served only {} of 500 flows at weight 2/5", at_c.len());
 
-    // C's controller stops (its data path keeps running, pinned): its peer API is gone,
-    // so A's checks fail; after `fall` = 3 of them, C is down.
+    // C's controller stops; its data path keeps running (pinned). Its peer API is gone, so
+    // A no longer knows C's load, but C is not down: A's probes through the data path still
+    // pass, and the flows pinned to C stay there (re-steering them would reset them).
     daemons[2].signal(libc::SIGTERM).expect("SIGTERM");
+    let stopped = Instant::now();
+    while daemons[2].running() && stopped.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        wait_health(&daemons[0], 2, false, Duration::from_secs(2)).is_none(),
+        "A took C down when only C's controller stopped"
+    );
+    let before = services[2].datagrams();
+    let resent = client.resend(&t.client, 500, &at_c).expect("resend");
+    sent += resent.len() as u64;
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        services[2].datagrams() - before,
+        at_c.len() as u64,
+        "flows pinned to C moved while only its controller was stopped"
+    );
+
+    // C's data path goes (detached, its counters with it): A's probes through the tunnel
+    // fail; after `fall` = 3 of them, C is down.
+    let c_before_detach = services[2].datagrams();
+    let pin_dir = daemons[2].pin_dir().to_owned();
+    let out = daemons[2]
+        .cli(
+            [std::ffi::OsStr::new("detach"), "--pin-dir".as_ref(), pin_dir.as_os_str()],
+            &[],
+            Duration::from_secs(20),
+        )
+        .expect("detach C");
+    assert!(out.status.success(), "detach C: {}", String::from_utf8_lossy(&out.stderr));
     let down = wait_health(&daemons[0], 2, false, Duration::from_secs(5)).expect("C never went down at A");
     let before_c = services[2].datagrams();
     let ports = client.send(&t.client, 500, 500, &stop).expect("flows");
@@ -299,17 +341,18 @@ fn health_down_site_gets_no_new_flows_and_its_flows_are_resteered() {
     let moved = at_c.iter().filter(|p| served[0].contains_key(p) || served[1].contains_key(p)).count();
     assert_eq!(moved, at_c.len(), "flows pinned to C were not re-steered");
 
-    // C's controller is back: after `rise` = 2 good checks, C is up with its weight.
+    // C's controller is back and attaches its data path: after `rise` = 2 good checks, C
+    // is up with its weight.
     daemons[2].start().expect("restart C");
     let up = wait_health(&daemons[0], 2, true, Duration::from_secs(5)).expect("C never came back at A");
     println!(
-        "health: C down {:.2} s after its controller stopped, {} flows pinned to C re-steered; \
-         up {:.2} s after its restart",
+        "health: C up while only its controller was stopped; down {:.2} s after its data path was \
+         detached, {} flows pinned to C re-steered; up {:.2} s after its restart",
         down.as_secs_f64(),
         at_c.len(),
         up.as_secs_f64()
     );
-    assert!(down <= Duration::from_secs(3), "C went down after {down:?}");
+    assert!(down <= Duration::from_secs(3), "C went down {down:?} after its data path was detached");
     let ports = client.send(&t.client, 500, 200, &stop).expect("flows");
     sent += ports.len() as u64;
     let served = all_served(&services, sent);
@@ -321,6 +364,8 @@ fn health_down_site_gets_no_new_flows_and_its_flows_are_resteered() {
     for i in 1..3 {
         let forwarded = site_packets(a, NAMES[i], "forwarded");
         let received = site_packets(&daemons[i], "a", "received");
-        assert_eq!((forwarded, received), (served[i], served[i]), "site {}", NAMES[i]);
+        // C's counters started over with the data path it attached again.
+        let since = if i == 2 { c_before_detach } else { 0 };
+        assert_eq!((forwarded, received), (served[i], served[i] - since), "site {}", NAMES[i]);
     }
 }

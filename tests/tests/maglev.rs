@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 
 use anycast_common::site::{MAGLEV_LOCAL, MAGLEV_SITE, SITE_NONE};
-use anycast_tests::{pinned::Pinned, topology::local_site};
+use anycast_tests::{admin::AdminApi, pinned::Pinned, topology::local_site};
 use anycast_user::{
     model::status::Status,
     reconcile::maglev::{Backend, build},
@@ -269,7 +269,7 @@ protocol = "udp"
     )
     .unwrap();
     d.start().unwrap();
-    let status: Status = serde_json::from_str(&d.get("/status").unwrap()).unwrap();
+    let status: Status = d.status().unwrap();
     let sites: Vec<Site> =
         status.sites.iter().map(|s| (s.index, s.name.as_str(), s.configured_weight)).collect();
     let table = d.maps().unwrap().maglev(status.vips[0].index).unwrap().expect("the VIP's table");

@@ -43,6 +43,7 @@ use std::{
 };
 
 use anycast_tests::{
+    admin::AdminApi,
     pinned::Pinned,
     sustained::{self, Flows, under_traffic},
 };
@@ -207,7 +208,7 @@ fn shown((id, tag): (u32, u64)) -> String {
 }
 
 fn weights(a: &Daemon) -> Vec<(String, u32)> {
-    let status: Status = serde_json::from_str(&a.get("/status").unwrap()).expect("/status JSON");
+    let status: Status = a.status().expect("/status");
     status.sites.into_iter().map(|s| (s.name, s.weight)).collect()
 }
 

@@ -198,7 +198,7 @@ fn start_daemons(
             ns.name()
         );
     }
-    println!("lab: a site's status: ip netns exec NAMESPACE anycast status --admin {ADMIN_LISTEN}");
+    println!("lab: site a's status: anycast status --socket {}", daemons[0].socket().display());
     Ok(())
 }
 

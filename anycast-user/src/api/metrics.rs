@@ -12,7 +12,7 @@ use anycast_common::{
     counters::{EXCEPTION_SLOTS, exception_slot},
 };
 
-use crate::model::{BgpView, Route, SteeringView};
+use crate::model::{BgpView, ReloadOutcome, Route, SteeringView};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, prometheus_text},
@@ -40,42 +40,41 @@ pub struct Scrape {
     pub steering: SteeringView,
     /// The BGP speaker's view; `None` when the daemon does not drive BGP.
     pub bgp: Option<BgpView>,
+    /// The last reload's outcome; `None` before the first.
+    pub reload: Option<ReloadOutcome>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Process {
     pub resident_bytes: u64,
+    pub virtual_bytes: u64,
     pub cpu_seconds: f64,
     pub open_fds: u64,
+    pub max_fds: u64,
     pub start_time_seconds: f64,
 }
 
 impl Process {
-    /// Reads /proc/self (prometheus-client has no process collector): RSS from statm,
-    /// CPU time and start time from stat (clock ticks), fds from the fd directory.
+    /// This process's figures from /proc/self (prometheus-client has no process
+    /// collector); zeros where /proc cannot be read.
     pub fn read() -> Process {
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let (page, ticks) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
-        let (page, ticks) = (page.max(1) as u64, ticks.max(1) as f64);
-        let rss_pages = std::fs::read_to_string("/proc/self/statm")
-            .ok()
-            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .unwrap_or(0);
-        // Fields after the parenthesised command name (which may contain spaces): utime and
-        // stime are fields 14 and 15 of stat, starttime 22 (1-based), i.e. 11, 12, 19 after ')'.
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let after: Vec<&str> =
-            stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        let field = |i: usize| after.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        let boot = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok()))
-            .unwrap_or(0.0);
+        let Ok(me) = procfs::process::Process::myself() else { return Process::default() };
+        let ticks = procfs::ticks_per_second().max(1) as f64;
+        let boot = procfs::boot_time_secs().unwrap_or(0) as f64;
+        let stat = me.stat().ok();
+        let limits = me.limits().ok();
         Process {
-            resident_bytes: rss_pages * page,
-            cpu_seconds: (field(11) + field(12)) / ticks,
-            open_fds: std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0),
-            start_time_seconds: boot + field(19) / ticks,
+            resident_bytes: me.statm().map_or(0, |m| m.resident * procfs::page_size()),
+            virtual_bytes: stat.as_ref().map_or(0, |s| s.vsize),
+            cpu_seconds: stat.as_ref().map_or(0.0, |s| (s.utime + s.stime) as f64 / ticks),
+            open_fds: me.fd_count().unwrap_or(0) as u64,
+            max_fds: limits
+                .and_then(|l| match l.max_open_files.soft_limit {
+                    procfs::process::LimitValue::Value(v) => Some(v),
+                    procfs::process::LimitValue::Unlimited => None,
+                })
+                .unwrap_or(0),
+            start_time_seconds: stat.map_or(0.0, |s| boot + s.starttime as f64 / ticks),
         }
     }
 }
@@ -246,9 +245,41 @@ impl Collector for Scrape {
             ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
         }
         {
+            let mut m = enc.encode_descriptor(
+                "anycast_peer_reports_refused",
+                "Sibling load reports refused, by site and reason (signature, replay, stale, invalid, site); a refused report changes nothing",
+                None,
+                MetricType::Counter,
+            )?;
+            for (site, reasons) in &v.refused {
+                for (reason, n) in reasons {
+                    ConstCounter::new(*n)
+                        .encode(m.encode_family(&[("site", site.as_str()), ("reason", reason.as_str())])?)?;
+                }
+            }
+        }
+        // Prometheus's own convention for config reloads; 1 before the first.
+        ConstGauge::new(self.reload.as_ref().is_none_or(|r| r.ok) as i64).encode(enc.encode_descriptor(
+            "anycast_config_last_reload_successful",
+            "1 when the last config reload was applied (or none was tried), 0 when it was refused",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        if let Some(r) = &self.reload {
+            ConstGauge::new(r.at as i64).encode(enc.encode_descriptor(
+                "anycast_config_last_reload_timestamp_seconds",
+                "When the last config reload was tried, since the Unix epoch",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        {
             let mut m =
                 enc.encode_descriptor("anycast_build_info", "Controller version", None, MetricType::Gauge)?;
-            ConstGauge::new(1).encode(m.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+            ConstGauge::new(1).encode(m.encode_family(&[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", env!("ANYCAST_GIT_REVISION")),
+            ])?)?;
         }
         let p = self.process;
         ConstGauge::new(p.resident_bytes as i64).encode(enc.encode_descriptor(
@@ -263,9 +294,21 @@ impl Collector for Scrape {
             None,
             MetricType::Counter,
         )?)?;
+        ConstGauge::new(p.virtual_bytes as i64).encode(enc.encode_descriptor(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            None,
+            MetricType::Gauge,
+        )?)?;
         ConstGauge::new(p.open_fds as i64).encode(enc.encode_descriptor(
             "process_open_fds",
             "Number of open file descriptors",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(p.max_fds as i64).encode(enc.encode_descriptor(
+            "process_max_fds",
+            "Maximum number of open file descriptors",
             None,
             MetricType::Gauge,
         )?)?;
@@ -376,6 +419,8 @@ mod tests {
         s.steering.sites.insert("ams".into(), SiteView { up: false, load_ratio: None });
         s.steering.no_headroom = true;
         s.steering.weight_changes = 3;
+        s.steering.refused.insert("ams".into(), BTreeMap::from([("replay".to_owned(), 2)]));
+        s.reload = Some(ReloadOutcome { at: 1_700_000_000, ok: false, message: "line 3: bad".into() });
         s
     }
 
@@ -403,19 +448,27 @@ mod tests {
             "anycast_no_headroom 1",
             "anycast_weight_changes_total 3",
             "anycast_flow_table_capacity 262144",
-            "anycast_build_info{version=\"0.1.0\"} 1",
+            "anycast_peer_reports_refused_total{site=\"ams\",reason=\"replay\"} 2",
+            "anycast_config_last_reload_successful 0",
+            "anycast_config_last_reload_timestamp_seconds 1700000000",
             "# TYPE process_cpu_seconds_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+        let build = format!(
+            "anycast_build_info{{version=\"0.1.0\",revision=\"{}\"}} 1",
+            env!("ANYCAST_GIT_REVISION")
+        );
+        assert!(text.lines().any(|l| l == build), "missing {build:?} in\n{text}");
     }
 
     #[test]
     fn process_stats_are_plausible() {
         let p = Process::read();
         assert!(p.resident_bytes > 1 << 20, "{p:?}");
-        assert!(p.open_fds >= 3, "{p:?}");
+        assert!(p.open_fds >= 3 && p.max_fds >= p.open_fds, "{p:?}");
+        assert!(p.virtual_bytes >= p.resident_bytes, "{p:?}");
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
         assert!(p.start_time_seconds > now - 3600.0 && p.start_time_seconds <= now + 1.0, "{p:?}");
     }

@@ -10,14 +10,14 @@ use crate::model::status::Status;
 pub const TOP_EXCEPTIONS: usize = 5;
 
 /// Packets per second over one interval.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Pps {
     pub local: f64,
     pub forwarded: f64,
     pub received: f64,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SiteRow {
     pub name: String,
     pub state: String,
@@ -27,7 +27,7 @@ pub struct SiteRow {
     pub pps: Option<Pps>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Rates {
     pub sites: Vec<SiteRow>,
     pub total: Pps,
@@ -145,6 +145,9 @@ mod tests {
             drops: drops.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect::<BTreeMap<_, _>>(),
             overloaded: false,
             no_headroom: false,
+            version: String::new(),
+            attached: true,
+            reload: None,
         }
     }
 

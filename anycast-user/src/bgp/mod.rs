@@ -13,8 +13,10 @@
 //! intervals (worse: announce → deprefer → withdraw) or `rise` (better) before it is entered,
 //! so that a signal flapping around a watermark does not flap the route (each BGP update
 //! moves every client of the prefix, and routers damp flapping prefixes). At the
-//! controller's start the state is the one wanted at once: BIRD still holds the previous
-//! run's state, and rewriting the same routes changes nothing.
+//! controller's start each VIP resumes the state the include file says BIRD holds (the
+//! previous run wrote it), and the first step waits for the steering task's first
+//! measurement: a restart announces, de-prefers or withdraws nothing that it did not
+//! before. A VIP the file does not name enters the state wanted at once.
 //!
 //! Applying: the controller renders the routes into a file that BIRD's config includes
 //! (written atomically: a temporary file renamed over it) and runs `birdc -s SOCKET
@@ -55,10 +57,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
 use crate::{
     config::{Bgp, Config},
-    model::{BgpView, Route, SiteSignals},
-    owner::{Shared, lock},
+    model::{BgpView, DataPathView, Route, SiteSignals, SteeringView},
 };
 
 /// Names of the static protocols the include file defines, per family.
@@ -209,14 +214,18 @@ pub enum BirdError {
     Refused { command: String, answer: String },
 }
 
-/// Writes `text` to `path` atomically: a reader (BIRD) sees the old file or the new one.
-/// The temporary file starts with a dot, so the include pattern never matches it.
+/// Writes `text` to `path` atomically and durably: a reader (BIRD) sees the old file or the
+/// new one, also after a power loss. Mode 0644 whatever the umask: BIRD runs as another user
+/// (`bird` on Debian) and must read it; it holds nothing secret. The temporary file starts
+/// with a dot, so the include pattern never matches it.
 pub fn write_include(path: &Path, text: &str) -> Result<(), BirdError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let err = |source| BirdError::Write { path: path.to_owned(), source };
-    std::fs::write(&tmp, text).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    use std::os::unix::fs::PermissionsExt;
+    crate::reconcile::overrides::write_atomic(
+        path,
+        text.as_bytes(),
+        Some(std::fs::Permissions::from_mode(0o644)),
+    )
+    .map_err(|source| BirdError::Write { path: path.to_owned(), source })
 }
 
 /// `birdc -v -s SOCKET configure`: BIRD re-reads its config (with the include) and applies
@@ -259,7 +268,11 @@ pub fn configure(bgp: &Bgp) -> Result<String, BirdError> {
     let answer =
         [stdout.trim(), stderr.trim()].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("\n");
     let failed = answer.lines().any(|l| l.starts_with('8') || l.starts_with('9'));
-    let done = answer.lines().any(|l| l.starts_with('0') && !l.starts_with("0001"));
+    // Only the codes that say the new config is in force: 0003 "Reconfigured", 0018
+    // "Reconfiguration confirmed", 0019 "Nothing to do". 0002 "Reading configuration" is
+    // printed before every outcome, and 0004 "Reconfiguration in progress" (queued behind
+    // another one) is not applied yet.
+    let done = answer.lines().any(|l| ["0003", "0018", "0019"].iter().any(|c| l.starts_with(c)));
     if !status.success() || failed || !done {
         return Err(BirdError::Refused { command, answer: answer.replace('\n', " | ") });
     }
@@ -283,10 +296,25 @@ fn interface(config: &Config) -> &str {
     config.local.interfaces.first().map_or("", String::as_str)
 }
 
+/// The states an include file says BIRD holds: its `# PREFIX (NAMES): STATE` lines.
+pub fn parse_states(text: &str) -> BTreeMap<String, Route> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("# ")?;
+            let (prefix, rest) = rest.split_once(' ')?;
+            let state = rest.strip_prefix('(')?.rsplit_once("): ")?.1;
+            let route = Route::ALL.into_iter().find(|r| r.name() == state)?;
+            prefix.contains('/').then(|| (prefix.to_owned(), route))
+        })
+        .collect()
+}
+
 /// The speaker's memory between intervals.
 #[derive(Default)]
 pub struct Speaker {
     vips: BTreeMap<IpAddr, Hysteresis>,
+    /// What the include file said at the start, per prefix: where each VIP resumes.
+    resumed: BTreeMap<String, Route>,
     /// The include text BIRD confirmed last.
     applied: Option<String>,
     /// The last failure's message and how many in a row: a BIRD that stays down is logged
@@ -296,6 +324,18 @@ pub struct Speaker {
 }
 
 impl Speaker {
+    /// A speaker that carries on from the include file the previous run left (BIRD runs
+    /// with it): each VIP it names resumes its state, and BIRD is not asked to re-apply an
+    /// identical file.
+    pub fn resume(bgp: &Bgp) -> Speaker {
+        let text = std::fs::read_to_string(&bgp.include).ok();
+        Speaker {
+            resumed: text.as_deref().map(parse_states).unwrap_or_default(),
+            applied: text,
+            ..Speaker::default()
+        }
+    }
+
     /// One interval: steps every VIP's state machine (one log line per transition) and
     /// returns the include text when it differs from what BIRD confirmed last.
     pub fn step(&mut self, config: &Config, bgp: &Bgp, signals: &SiteSignals) -> Option<String> {
@@ -307,11 +347,26 @@ impl Speaker {
             let label = prefix(*address);
             let entry = self.view.vips.entry(label.clone()).or_insert((wanted, BTreeMap::new()));
             match self.vips.get_mut(address) {
-                None => {
-                    self.vips.insert(*address, Hysteresis::new(wanted));
-                    entry.0 = wanted;
-                    log::info!("bgp: {label} ({}): {} ({why})", vips.join(", "), wanted.name());
-                }
+                None => match self.resumed.remove(&label) {
+                    // Resumed: the transitions from there take rise/fall like any other.
+                    Some(was) => {
+                        let mut h = Hysteresis::new(was);
+                        h.step(wanted, bgp.rise, bgp.fall);
+                        entry.0 = h.current();
+                        self.vips.insert(*address, h);
+                        log::info!(
+                            "bgp: {label} ({}): {} (as BIRD holds it; wanted: {})",
+                            vips.join(", "),
+                            was.name(),
+                            wanted.name()
+                        );
+                    }
+                    None => {
+                        self.vips.insert(*address, Hysteresis::new(wanted));
+                        entry.0 = wanted;
+                        log::info!("bgp: {label} ({}): {} ({why})", vips.join(", "), wanted.name());
+                    }
+                },
                 Some(h) => {
                     let from = h.current();
                     if let Some(to) = h.step(wanted, bgp.rise, bgp.fall) {
@@ -380,29 +435,42 @@ impl Speaker {
 }
 
 /// The daemon's BGP task: every `[bgp] interval`, the site's signals → the VIPs' states →
-/// BIRD, when something changed or the last apply failed. Follows config reloads: a changed
+/// BIRD, when something changed or the last apply failed. The signals come from the owner's
+/// view (attached, drained) and the steering task's (overloaded, no headroom); the first
+/// step waits for the steering task's first measurement. Follows config reloads: a changed
 /// `[bgp]` re-renders (and re-applies if the routes' text changes); a removed one stops
 /// driving BIRD, which keeps the routes last written.
-pub async fn run(shared: Shared) {
-    let mut speaker = Speaker::default();
-    let mut driving = false;
+pub async fn run(
+    datapath: watch::Receiver<Arc<DataPathView>>,
+    mut steering: watch::Receiver<Arc<SteeringView>>,
+    view: watch::Sender<Option<Arc<BgpView>>>,
+) {
+    if steering.wait_for(|v| v.report.is_some()).await.is_err() {
+        return;
+    }
+    let mut speaker: Option<Speaker> = None;
     loop {
-        let (config, signals) = {
-            let c = lock(&shared);
-            (c.config().clone(), c.signals())
-        };
+        let dp = datapath.borrow().clone();
+        let config = &dp.config;
         let Some(bgp) = config.bgp.clone() else {
-            if driving {
+            if speaker.take().is_some() {
                 log::warn!("bgp: [bgp] removed from the config: BIRD keeps the routes last written");
-                speaker = Speaker::default();
-                driving = false;
-                lock(&shared).set_bgp_view(None);
+                view.send_replace(None);
             }
             tokio::time::sleep(IDLE).await;
             continue;
         };
-        driving = true;
-        if let Some(text) = speaker.step(&config, &bgp, &signals) {
+        let s = speaker.get_or_insert_with(|| Speaker::resume(&bgp));
+        let signals = {
+            let sv = steering.borrow();
+            SiteSignals {
+                attached: dp.attached,
+                drained: config.local_site().is_some_and(|l| dp.drained.contains(&l.name)),
+                overloaded: sv.overloaded,
+                no_headroom: sv.no_headroom,
+            }
+        };
+        if let Some(text) = s.step(config, &bgp, &signals) {
             let (b, t) = (bgp.clone(), text.clone());
             let outcome = tokio::task::spawn_blocking(move || apply(&b, &t)).await.unwrap_or_else(|e| {
                 Err(BirdError::Spawn {
@@ -410,9 +478,9 @@ pub async fn run(shared: Shared) {
                     source: std::io::Error::other(e.to_string()),
                 })
             });
-            speaker.applied(text, outcome, &bgp);
+            s.applied(text, outcome, &bgp);
         }
-        lock(&shared).set_bgp_view(Some(speaker.view().clone()));
+        view.send_replace(Some(Arc::new(s.view().clone())));
         tokio::time::sleep(bgp.interval).await;
     }
 }

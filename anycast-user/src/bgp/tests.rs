@@ -287,3 +287,38 @@ fn deploy_example_bgp_section_is_valid() {
     assert_eq!((bgp.deprefer_med, bgp.deprefer_prepend, bgp.local_as), (Some(1000), 3, Some(64512)));
     assert_eq!(bgp.include, Path::new(crate::config::DEFAULT_BIRD_INCLUDE));
 }
+
+#[test]
+fn resume_keeps_the_state_bird_holds() {
+    let c = config(KNOBS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut bgp = c.bgp.clone().unwrap();
+    bgp.include = dir.path().join("anycast.conf");
+    // The previous run left 192.0.2.1 de-preferred and 2001:db8::1 announced.
+    let mut before = Speaker::default();
+    let full = signals(true, false, true, true);
+    let text = before.step(&c, &bgp, &full).unwrap();
+    std::fs::write(&bgp.include, &text).unwrap();
+    assert_eq!(
+        parse_states(&text),
+        BTreeMap::from([
+            ("192.0.2.1/32".to_owned(), Route::Deprefer),
+            ("2001:db8::1/128".to_owned(), Route::Deprefer)
+        ])
+    );
+    // The restarted speaker sees healthy signals at first (nothing measured has built up
+    // the overload yet): it stays de-preferred for `rise` - 1 intervals, with nothing to
+    // tell BIRD and no transition, instead of announcing and de-preferring again.
+    let mut s = Speaker::resume(&bgp);
+    assert_eq!(s.step(&c, &bgp, &HEALTHY), None, "the restart re-applied an identical file");
+    assert_eq!(s.view().vips["192.0.2.1/32"].0, Route::Deprefer);
+    assert!(s.view().vips["192.0.2.1/32"].1.is_empty(), "a transition at restart");
+    // Still overloaded: no change at all.
+    assert_eq!(s.step(&c, &bgp, &full), None);
+    assert_eq!(s.view().vips["192.0.2.1/32"].0, Route::Deprefer);
+    // A speaker without the file starts in the wanted state, as before.
+    std::fs::remove_file(&bgp.include).unwrap();
+    let mut fresh = Speaker::resume(&bgp);
+    assert!(fresh.step(&c, &bgp, &HEALTHY).is_some());
+    assert_eq!(fresh.view().vips["192.0.2.1/32"].0, Route::Announce);
+}

@@ -1,130 +1,167 @@
-//! `anycast status | drain | undrain | detach` (and the readings of `anycast top`): talk to the running daemon over its admin
-//! HTTP endpoint; when none answers and a config file is given, work on the pinned maps
-//! directly (what the daemon would do; a daemon started later picks the overrides up).
+//! `anycast status | plan | reload | drain | undrain | detach` (and the readings of `anycast
+//! top`): talk to the running daemon over its admin socket.
+//!
+//! One writer of the maps: when no daemon listens on the socket, a command that reads or
+//! writes the maps does so itself only after taking the pin directory's lock, which a
+//! running daemon holds for its whole life. A daemon that is slow, or refuses, is never
+//! gone around: only "nothing listens on the socket" and a free lock let the CLI work on the
+//! maps directly, with the run-time state they hold (load weights and sites down stay).
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anycast_user::{
-    api::server::DrainReply,
+    api::{
+        client::{self, ClientError},
+        server::{DrainReply, ReloadReply},
+        status,
+    },
     bgp,
-    config::{Config, DEFAULT_LISTEN, DEFAULT_PIN_DIR},
-    datapath::loader,
-    model::status::Status,
-    owner::Controller,
+    config::{Config, DEFAULT_SOCKET},
+    datapath::{
+        counters::{Counters, Samples},
+        loader,
+        pin_lock::PinDirLock,
+    },
+    model::{SteeringView, status::Status},
+    owner::Owner,
+    reconcile::preview::Preview,
 };
 use anyhow::{Context, Result, bail};
+use hyper::Method;
+use serde::de::DeserializeOwned;
 
-/// Where to find the daemon and its files.
+use super::Refused;
+use crate::Output;
+
+/// A read answers at once (views are published); a change may wait behind a reconcile.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// Where to find the daemon and its files, and how to print.
 pub struct Target {
-    pub admin: Option<SocketAddr>,
-    pub config: Option<std::path::PathBuf>,
+    pub config: PathBuf,
+    pub socket: Option<PathBuf>,
+    pub output: Output,
 }
 
 impl Target {
-    fn config(&self) -> Result<Option<Config>> {
-        self.config.as_deref().map(|p| Config::load(p).map_err(anyhow::Error::from)).transpose()
+    pub fn load_config(&self) -> Result<Config> {
+        Ok(Config::load(&self.config)?)
     }
 
-    fn admin(&self, config: Option<&Config>) -> SocketAddr {
-        self.admin
-            .or(config.map(|c| c.admin.listen))
-            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses"))
+    /// The socket: --socket, else the config's, else the default (a missing config is
+    /// fine as long as the socket is where the default says).
+    fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .or_else(|| Config::load(&self.config).ok().map(|c| c.admin.socket))
+            .unwrap_or_else(|| DEFAULT_SOCKET.into())
+    }
+
+    pub fn json(&self) -> bool {
+        self.output == Output::Json
     }
 }
 
-enum Reply {
-    Ok(String),
-    /// The daemon answered with an error status.
-    Refused(u16, String),
-    /// Nobody listens (or the connection failed).
-    Unreachable(String),
-}
-
-async fn http(method: &'static str, url: String) -> Reply {
-    tokio::task::spawn_blocking(move || {
-        // No proxy, whatever HTTP_PROXY/ALL_PROXY say (ureq reads them by default): the
-        // daemon listens on this host, and a request sent to a proxy would find "no daemon"
-        // and fall back to writing the pinned maps behind the running daemon's back.
-        let agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder()
-                .proxy(None)
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(5)))
-                .build(),
-        );
-        let res = match method {
-            "POST" => agent.post(&url).send_empty(),
-            _ => agent.get(&url).call(),
-        };
-        match res {
-            Ok(mut r) => {
-                let status = r.status().as_u16();
-                let body = r.body_mut().read_to_string().unwrap_or_default();
-                if status < 300 { Reply::Ok(body) } else { Reply::Refused(status, body) }
-            }
-            Err(e) => Reply::Unreachable(e.to_string()),
+/// One request to the daemon; `Err(ClientError::NoDaemon)` only when nothing listens.
+async fn call<T: DeserializeOwned>(
+    target: &Target,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<Result<T, ClientError>> {
+    match client::request(&target.socket(), method, path, body, timeout).await {
+        Ok(r) if r.status < 300 => {
+            Ok(Ok(serde_json::from_str(&r.body).with_context(|| format!("the daemon's {path} reply"))?))
         }
-    })
-    .await
-    .unwrap_or_else(|e| Reply::Unreachable(e.to_string()))
+        Ok(r) => Err(Refused { status: r.status, message: r.body.trim().to_owned() }.into()),
+        Err(e @ ClientError::NoDaemon { .. }) => Ok(Err(e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The config for working without a daemon; if it cannot be read, the error is that no
+/// daemon answers (exit code 3), with why the fallback cannot help.
+fn offline_config(target: &Target, why: ClientError, what: &str) -> Result<(Config, ClientError)> {
+    match target.load_config() {
+        Ok(c) => Ok((c, why)),
+        Err(e) => Err(anyhow::Error::new(why).context(format!("{what} needs the config: {e:#}"))),
+    }
+}
+
+/// The pin directory's lock, for working on the maps without a daemon; refused while a
+/// daemon holds it.
+fn lock(config: &Config, why: &ClientError) -> Result<(PathBuf, PinDirLock)> {
+    let pin_dir = loader::resolve_pin_dir(&config.datapath.pin_dir)?;
+    let lock = PinDirLock::acquire(&pin_dir).with_context(|| {
+        format!(
+            "{why}, but a process holds {}: a daemon that does not answer on its socket",
+            pin_dir.display()
+        )
+    })?;
+    Ok((pin_dir, lock))
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 /// What `anycast status` and `anycast top` show: from the daemon's `GET /status`, else
-/// (no daemon answers and a config is given) from the pinned maps, with the reason for
-/// that fallback (callers decide how often to warn: `top` reads every interval).
+/// (nothing listens, the lock is free) from the pinned maps, with the reason for that
+/// fallback (callers decide how often to warn: `top` reads every interval).
 pub async fn fetch_status(target: &Target) -> Result<(Status, Option<String>)> {
-    let config = target.config()?;
-    let addr = target.admin(config.as_ref());
-    Ok(match http("GET", format!("http://{addr}/status")).await {
-        Reply::Ok(body) => (serde_json::from_str(&body).context("the daemon's /status reply")?, None),
-        Reply::Refused(code, body) => bail!("the daemon at {addr} answered {code}: {}", body.trim()),
-        Reply::Unreachable(why) => {
-            let Some(config) = config else {
-                bail!(
-                    "no daemon answers at {addr} ({why}); give --config FILE to read the pinned maps instead"
-                )
-            };
-            let mut controller = Controller::open_pinned(config)?;
-            controller.sample()?;
-            (
-                controller.status()?,
-                Some(format!("no daemon answers at {addr} ({why}); reading the pinned maps")),
-            )
+    match call::<Status>(target, Method::GET, "/status", None, READ_TIMEOUT).await? {
+        Ok(s) => Ok((s, None)),
+        Err(why) => {
+            let (config, why) = offline_config(target, why, "reading the pinned maps")?;
+            let (pin_dir, _lock) = lock(&config, &why)?;
+            let owner = Owner::open_pinned(config)?;
+            let counters = Counters::open(&pin_dir)?;
+            let view = owner.view();
+            let snap =
+                counters.snapshot(view.sites.iter().map(|(_, i)| *i), view.vips.iter().map(|(_, i)| *i))?;
+            let samples = Samples { flow_entries: counters.flow_count() as u64, ..Samples::default() };
+            let s = status::build(&view, &SteeringView::default(), &snap, &samples);
+            Ok((s, Some(format!("{why}; reading the pinned maps"))))
         }
-    })
+    }
 }
 
-pub async fn status(target: &Target, json: bool) -> Result<()> {
+pub async fn status(target: &Target) -> Result<()> {
     let (status, fallback) = fetch_status(target).await?;
     if let Some(why) = fallback {
         log::warn!("{why}");
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+    if target.json() {
+        print_json(&status)
     } else {
         print!("{}", status.table());
+        Ok(())
     }
-    Ok(())
 }
 
 pub async fn drain(target: &Target, site: &str, drained: bool) -> Result<()> {
-    let config = target.config()?;
-    let addr = target.admin(config.as_ref());
     let verb = if drained { "drain" } else { "undrain" };
-    let reply: DrainReply = match http("POST", format!("http://{addr}/{verb}/{site}")).await {
-        Reply::Ok(body) => serde_json::from_str(&body).context("the daemon's reply")?,
-        Reply::Refused(_, body) => bail!("{}", body.trim()),
-        Reply::Unreachable(why) => {
-            let Some(config) = config else {
-                bail!(
-                    "no daemon answers at {addr} ({why}); give --config FILE to apply it to the pinned maps"
-                )
-            };
-            log::warn!("no daemon answers at {addr} ({why}); applying to the pinned maps");
-            let weight = Controller::open_pinned(config)?.set_drained(site, drained)?;
+    // The site goes into the path: one percent-encoded segment whatever it holds.
+    let path = format!("/{verb}/{}", encode_segment(site));
+    let reply = match call::<DrainReply>(target, Method::POST, &path, None, CHANGE_TIMEOUT).await? {
+        Ok(r) => r,
+        Err(why) => {
+            let (config, why) = offline_config(target, why, "applying it to the pinned maps")?;
+            let (_, _lock) = lock(&config, &why)?;
+            log::warn!("{why}; applying to the pinned maps");
+            let weight = Owner::open_pinned(config)?.set_drained(site, drained)?;
             DrainReply { site: site.to_owned(), drained, weight }
         }
     };
+    if target.json() {
+        return print_json(&reply);
+    }
     println!(
         "site {}: {} (weight {})",
         reply.site,
@@ -134,21 +171,80 @@ pub async fn drain(target: &Target, site: &str, drained: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn detach(pin_dir: Option<&Path>, config: Option<&Path>) -> Result<()> {
-    let config = config.map(Config::load).transpose()?;
+fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `anycast reload`: the daemon re-reads its file; the outcome (or every problem) printed.
+pub async fn reload(target: &Target) -> Result<()> {
+    match call::<ReloadReply>(target, Method::POST, "/reload", None, CHANGE_TIMEOUT).await? {
+        Ok(r) if target.json() => print_json(&r),
+        Ok(r) => {
+            println!("reloaded: {} map writes, {} Maglev tables", r.writes, r.tables);
+            Ok(())
+        }
+        Err(why) => Err(why.into()),
+    }
+}
+
+/// `anycast plan FILE`: the daemon (or, without one, the pinned maps) compares FILE with
+/// what runs.
+pub async fn plan(target: &Target, file: &Path) -> Result<()> {
+    // Validated here first: the problems then name FILE and its lines.
+    let new = Config::load(file)?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let preview = match call::<Preview>(target, Method::POST, "/plan", Some(text), CHANGE_TIMEOUT).await? {
+        Ok(p) => p,
+        Err(why) => {
+            let (running, why) = offline_config(target, why, "planning against the pinned maps (--config)")?;
+            let (_, _lock) = lock(&running, &why)?;
+            log::warn!("{why}; planning against the pinned maps and {}", target.config.display());
+            Owner::open_pinned(running)?.preview(&new)?
+        }
+    };
+    if target.json() {
+        print_json(&preview)
+    } else {
+        print!("{}", preview.render());
+        Ok(())
+    }
+}
+
+/// `anycast detach`: refused while a daemon runs (it holds the links: unpinning would not
+/// detach anything until it exits, and it would withdraw BGP meanwhile). Otherwise, with
+/// the lock held: every VIP withdrawn from BGP (confirmed by BIRD) first, then the pins.
+pub async fn detach(target: &Target, pin_dir: Option<&Path>, no_bgp: bool) -> Result<()> {
+    if let Ok(r) = client::request(&target.socket(), Method::GET, "/load", None, READ_TIMEOUT).await {
+        bail!(
+            "a daemon is running (it answers on {}, status {}): stop it first (`systemctl stop anycast`), then detach",
+            target.socket().display(),
+            r.status
+        );
+    }
+    let config = target.load_config().ok();
     let pin_dir = match (pin_dir, &config) {
         (Some(p), _) => p.to_owned(),
         (None, Some(c)) => c.datapath.pin_dir.clone(),
-        (None, None) => DEFAULT_PIN_DIR.into(),
+        (None, None) => bail!("no config at {}: give --pin-dir DIR", target.config.display()),
     };
+    let resolved = loader::resolve_pin_dir(&pin_dir)?;
+    let _lock = PinDirLock::acquire(&resolved)?;
     // Withdraw first: a detached data path must not keep attracting traffic. If BIRD does
     // not confirm, nothing is detached (the VIPs would be announced with nobody serving).
-    if let Some((config, bgp)) = config.as_ref().and_then(|c| Some((c, c.bgp.as_ref()?))) {
-        bgp::withdraw_all(config, bgp).context(
-            "withdrawing the VIPs from BIRD before detaching; nothing detached (fix BIRD, or remove [bgp] \
-             from the config to detach without withdrawing)",
-        )?;
-        println!("BGP: every VIP withdrawn ({} rewritten, BIRD reconfigured)", bgp.include.display());
+    match config.as_ref().and_then(|c| Some((c, c.bgp.as_ref()?))) {
+        Some((config, bgp)) if !no_bgp => {
+            bgp::withdraw_all(config, bgp).context(
+                "withdrawing the VIPs from BIRD before detaching; nothing detached (fix BIRD, or detach with --no-bgp)",
+            )?;
+            println!("BGP: every VIP withdrawn ({} rewritten, BIRD reconfigured)", bgp.include.display());
+        }
+        Some(_) => println!("BGP: left as it is (--no-bgp)"),
+        None => {}
     }
     let ifaces = loader::detach(&pin_dir)?;
     if ifaces.is_empty() {

@@ -40,11 +40,16 @@ pub async fn run(target: &Target, interval: Duration, count: Option<u64>) -> Res
         let now = Instant::now();
         // The measured time between the readings, not the nominal interval: a slow
         // reading (pinned-map fallback, busy daemon) would otherwise inflate the rates.
-        let frame = top::render(&cur, &top::rates(&prev, &cur, now.duration_since(prev_at)));
+        let rates = top::rates(&prev, &cur, now.duration_since(prev_at));
         let mut out = std::io::stdout().lock();
-        if tty {
+        if target.json() {
+            // One JSON object per line and refresh, for scripts that follow the rates.
+            writeln!(out, "{}", serde_json::to_string(&rates)?)
+        } else if tty {
+            let frame = top::render(&cur, &rates);
             write!(out, "{CLEAR_HOME}{frame}")
         } else {
+            let frame = top::render(&cur, &rates);
             write!(out, "-- {:.1}s\n{frame}", now.duration_since(started).as_secs_f64())
         }
         .and_then(|()| out.flush())

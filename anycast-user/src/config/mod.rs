@@ -27,6 +27,9 @@ use toml::{
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9100";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/anycast";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/anycast";
+/// Where the packaged unit and every CLI command look for the config.
+pub const DEFAULT_CONFIG: &str = "/etc/anycast/anycast.toml";
+pub const DEFAULT_SOCKET: &str = "/run/anycast/admin.sock";
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = anycast_common::maps::FLOW_TABLE_DEFAULT;
 /// Flow table bounds: below 1024 the LRU thrashes; 2^24 entries are ~1.5 GiB of kernel memory.
 pub const FLOW_TABLE_MIN: u32 = 1 << 10;
@@ -101,11 +104,19 @@ pub const DEFAULT_PIN_BURST: u32 = 10_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admin {
+    /// The TCP listener: `GET /metrics` only (read-only).
     pub listen: SocketAddr,
     pub state_dir: PathBuf,
-    /// Read-only listener for the sibling sites' controllers (`GET /load` only), so the
-    /// admin listener with its unauthenticated drain endpoints can stay on loopback.
+    /// The admin commands' Unix socket (mode 0660).
+    pub socket: PathBuf,
+    /// The group that owns the socket (its members may run admin commands); the daemon's
+    /// own group when `None`.
+    pub socket_group: Option<String>,
+    /// Read-only listener for the sibling sites' controllers (`GET /load` only).
     pub peer_listen: Option<SocketAddr>,
+    /// The deployment's shared key that signs and checks the peer reports; required as soon
+    /// as reports are served (`peer_listen`) or read (a site's `peer`).
+    pub peer_key_file: Option<PathBuf>,
 }
 
 /// `[load]`: how measured load becomes steering weights (see `policy.rs`).
@@ -254,7 +265,7 @@ impl Protocol {
 }
 
 /// One problem in a config file, located.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
     pub line: usize,
     pub column: usize,
@@ -281,6 +292,11 @@ fn render(path: &str, problems: &[Problem]) -> String {
 }
 
 impl Config {
+    /// The site this host belongs to (validation makes sure there is exactly one).
+    pub fn local_site(&self) -> Option<&Site> {
+        self.sites.iter().find(|s| matches!(s.kind, SiteKind::Local))
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
@@ -351,7 +367,10 @@ struct RawDatapath {
 struct RawAdmin {
     listen: Option<Spanned<SocketAddr>>,
     state_dir: Option<Spanned<PathBuf>>,
+    socket: Option<Spanned<PathBuf>>,
+    socket_group: Option<Spanned<String>>,
     peer_listen: Option<Spanned<SocketAddr>>,
+    peer_key_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -563,6 +582,22 @@ impl<'t> Validator<'t> {
                 ),
             );
         }
+        if let (Some(admin), Some(sites)) = (&admin, &sites)
+            && admin.peer_key_file.is_none()
+        {
+            let reads =
+                sites.iter().find(|s| s.peer.is_some()).map(|s| format!("site `{}` has a `peer`", s.name));
+            let serves = admin.peer_listen.map(|a| format!("[admin] peer_listen is {a}"));
+            if let Some(why) = serves.or(reads) {
+                self.error(
+                    0..0,
+                    format!(
+                        "{why}, but [admin] has no peer_key_file: load reports between sites must be \
+                         authenticated (a file with the deployment's shared key, e.g. `openssl rand -hex 32`)"
+                    ),
+                );
+            }
+        }
         let load = load.map(|l| l.map(|l| self.load(l)));
         let health = health.map(|h| h.map(|h| self.health(h)));
         let bgp = bgp.map(|b| b.map(|(b, span)| self.bgp(b, span)));
@@ -696,7 +731,22 @@ impl<'t> Validator<'t> {
             Spanned::into_inner,
         );
         let state_dir = self.absolute(raw.state_dir, DEFAULT_STATE_DIR, "state_dir");
-        Admin { listen, state_dir, peer_listen: raw.peer_listen.map(Spanned::into_inner) }
+        let socket = self.absolute(raw.socket, DEFAULT_SOCKET, "socket");
+        let peer_key_file = raw.peer_key_file.map(|p| self.absolute(Some(p), "", "peer_key_file"));
+        if let Some(g) = &raw.socket_group
+            && (g.get_ref().is_empty()
+                || !g.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+        {
+            self.error(g.span(), format!("socket_group {:?} is not a group name", g.get_ref()));
+        }
+        Admin {
+            listen,
+            state_dir,
+            socket,
+            socket_group: raw.socket_group.map(Spanned::into_inner),
+            peer_listen: raw.peer_listen.map(Spanned::into_inner),
+            peer_key_file,
+        }
     }
 
     fn load(&mut self, raw: RawLoad) -> Load {
@@ -714,20 +764,57 @@ impl<'t> Validator<'t> {
             (raw.target.as_ref().map(Spanned::span), raw.high.as_ref().map(Spanned::span));
         let target = ratio(raw.target, 0.8, "target");
         let high = ratio(raw.high, (target + 0.1).min(1.0), "high");
+        let low_given = raw.low.is_some();
         let low = ratio(raw.low, target - 0.1, "low");
         let max_step = ratio(raw.max_step, 0.25, "max_step");
         if !(low < target && target < high) {
-            let span = target_span.or(high_span).unwrap_or(0..0);
+            let span = target_span.clone().or(high_span).unwrap_or(0..0);
             self.error(
                 span,
                 format!(
                     "[load] needs low < target < high (got {low:.2} < {target:.2} < {high:.2}): the gap between the watermarks is what keeps the weights from oscillating"),
             );
         }
+        let errors = self.errors.len();
         let interval = self.millis(raw.interval_ms, 500, 50..=60_000, "interval_ms");
         let smoothing = self.millis(raw.smoothing_ms, 1_000, 0..=600_000, "smoothing_ms");
-        let peer_timeout = self.millis(raw.peer_timeout_ms, 500, 10..=60_000, "peer_timeout_ms");
-        let stale = self.millis(raw.stale_ms, 3_000, 100..=600_000, "stale_ms");
+        // The defaults follow a short interval: a poll answers within one, a report stays
+        // fresh for at least two.
+        let ms = interval.as_millis() as u64;
+        let peer_timeout = self.millis(raw.peer_timeout_ms, ms.min(500), 10..=60_000, "peer_timeout_ms");
+        let stale = self.millis(raw.stale_ms, (2 * ms).max(3_000), 100..=600_000, "stale_ms");
+        // An explicit low out of range is reported by `ratio`; the default one is not.
+        if !low_given && low <= 0.0 {
+            self.error(
+                target_span.unwrap_or(0..0),
+                format!(
+                    "[load] the default low (target - 0.1) is {low:.2}: set low above 0, or shedding never ends"
+                ),
+            );
+        }
+        // Relations between the intervals, once each is in its range.
+        let in_range = self.errors.len() == errors;
+        if in_range && peer_timeout > interval {
+            self.error(
+                0..0,
+                format!(
+                    "[load] peer_timeout_ms ({}) must not exceed interval_ms ({}): a slow peer would stretch every tick",
+                    peer_timeout.as_millis(),
+                    interval.as_millis()
+                ),
+            );
+        }
+        if in_range && stale < interval * 2 {
+            self.error(
+                0..0,
+                format!(
+                    "[load] stale_ms ({}) must be at least twice interval_ms ({}): every report would be stale \
+                     before the next poll",
+                    stale.as_millis(),
+                    interval.as_millis()
+                ),
+            );
+        }
         Load {
             target,
             high,
@@ -742,10 +829,21 @@ impl<'t> Validator<'t> {
     }
 
     fn health(&mut self, raw: RawHealth) -> Health {
+        let errors = self.errors.len();
         let interval = self.millis(raw.interval_ms, 1_000, 50..=60_000, "interval_ms");
         let timeout = self.millis(raw.timeout_ms, 500, 10..=60_000, "timeout_ms");
         let rise = self.count(raw.rise, 2, "rise");
         let fall = self.count(raw.fall, 3, "fall");
+        if self.errors.len() == errors && timeout > interval {
+            self.error(
+                0..0,
+                format!(
+                    "[health] timeout_ms ({}) must not exceed interval_ms ({}): probes would overlap",
+                    timeout.as_millis(),
+                    interval.as_millis()
+                ),
+            );
+        }
         Health { interval, timeout, rise, fall }
     }
 

@@ -295,7 +295,8 @@ fn load_watermarks_must_bracket_the_target() {
 
 #[test]
 fn peer_is_for_remote_sites_and_must_be_an_address() {
-    let text = BASE.replace("local = true\n", "local = true\npeer = \"10.0.0.1:9101\"\n");
+    let text = format!("{BASE}\n[admin]\npeer_key_file = \"/etc/anycast/peer.key\"\n")
+        .replace("local = true\n", "local = true\npeer = \"10.0.0.1:9101\"\n");
     one(&text, line_of(&text, "peer"), 8, "peer applies only to remote sites");
     let text = BASE.replace("endpoint = \"10.0.0.2\"\n", "endpoint = \"10.0.0.2\"\npeer = \"nowhere\"\n");
     let p = problems(&text);

@@ -1,7 +1,8 @@
 //! One consistent-enough read of every counter of the data path (per-CPU values summed by
-//! [`DataPathMaps`]), and the rates between two reads.
+//! [`DataPathMaps`]), and the rates between two reads; [`Counters`], the read-only handle
+//! through which the daemon's readers get them without going through the map owner.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{collections::BTreeMap, path::Path, time::Instant};
 
 use anycast_common::{
     Event, SiteCounters, VipCounters,
@@ -43,6 +44,18 @@ impl Snapshot {
         })
     }
 
+    /// Packets per second of every VIP since `earlier`.
+    pub fn vip_rates(&self, earlier: &Snapshot) -> BTreeMap<u32, f64> {
+        let secs = self.at.duration_since(earlier.at).as_secs_f64().max(1e-3);
+        self.vips
+            .iter()
+            .map(|(&i, now)| {
+                let before = earlier.vips.get(&i).map_or(0, |c| c.packets);
+                (i, now.packets.saturating_sub(before) as f64 / secs)
+            })
+            .collect()
+    }
+
     /// Packets per second of every site (all actions) since `earlier`.
     pub fn site_rates(&self, earlier: &Snapshot) -> BTreeMap<u32, f64> {
         let secs = self.at.duration_since(earlier.at).as_secs_f64().max(1e-3);
@@ -54,6 +67,43 @@ impl Snapshot {
             })
             .collect()
     }
+}
+
+/// The pinned maps opened a second time, for reading only: the counters (per-CPU arrays,
+/// which need no lock: the kernel adds, readers sum) and the flow-table count. The steering
+/// task, `/metrics` and `/status` read through it while the owner of the data path may be
+/// busy with a reconcile; it offers no write.
+pub struct Counters {
+    maps: DataPathMaps,
+}
+
+impl Counters {
+    pub fn open(pin_dir: &Path) -> Result<Self, MapsError> {
+        Ok(Counters { maps: DataPathMaps::from_pins(pin_dir)? })
+    }
+
+    /// The counters of the given site and VIP slots, now.
+    pub fn snapshot(
+        &self,
+        sites: impl IntoIterator<Item = u32>,
+        vips: impl IntoIterator<Item = u32>,
+    ) -> Result<Snapshot, MapsError> {
+        Snapshot::read(&self.maps, sites, vips)
+    }
+
+    /// Entries in the flow table: a walk of the whole table (batched), seconds for 2^24.
+    pub fn flow_count(&self) -> usize {
+        self.maps.flow_count()
+    }
+}
+
+/// What the daemon's sampler read last: the flow-table count and the last two counter
+/// snapshots (rates are their difference).
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    pub flow_entries: u64,
+    pub previous: Option<Snapshot>,
+    pub last: Option<Snapshot>,
 }
 
 /// Packets of a site counted under any action.

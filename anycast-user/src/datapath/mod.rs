@@ -7,3 +7,4 @@ pub mod ebpf_log;
 pub mod loader;
 pub mod maps;
 pub mod object;
+pub mod pin_lock;

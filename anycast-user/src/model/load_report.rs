@@ -18,4 +18,16 @@ pub struct LoadReport {
     pub attached: bool,
     pub overloaded: bool,
     pub no_headroom: bool,
+    /// When the reporting controller started (ms since the Unix epoch): its sequence
+    /// numbers start over with it.
+    #[serde(default)]
+    pub epoch: u64,
+    /// Bumped by every measurement: a report that does not advance is a replay, or comes
+    /// from a reporter that no longer measures.
+    #[serde(default)]
+    pub seq: u64,
+    /// When it was measured (ms since the Unix epoch): an old one is stale whatever its
+    /// sequence number.
+    #[serde(default)]
+    pub measured_at: u64,
 }

@@ -1,14 +1,16 @@
 //! Plain data shared by the controller's parts: what each task publishes and what the
 //! outside world is told. No behaviour beyond small pure helpers, and no dependency on the
-//! rest of the crate, so that every other module can use it without a cycle.
+//! rest of the crate but `config`, so that every other module can use it without a cycle.
 
 pub mod bgp;
+pub mod datapath_view;
 pub mod load_report;
 pub mod site_signals;
 pub mod status;
 pub mod steering;
 
 pub use bgp::{BgpView, Route};
+pub use datapath_view::{DataPathView, ReloadOutcome};
 pub use load_report::LoadReport;
 pub use site_signals::SiteSignals;
 pub use steering::{SiteView, SteeringView};

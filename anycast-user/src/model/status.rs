@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, fmt::Write};
 
 use serde::{Deserialize, Serialize};
 
+use super::datapath_view::ReloadOutcome;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub interfaces: Vec<String>,
@@ -19,6 +21,15 @@ pub struct Status {
     pub overloaded: bool,
     #[serde(default)]
     pub no_headroom: bool,
+    /// The daemon's version and git revision.
+    #[serde(default)]
+    pub version: String,
+    /// The program runs on every configured interface.
+    #[serde(default)]
+    pub attached: bool,
+    /// The last reload's outcome, if any since the start.
+    #[serde(default)]
+    pub reload: Option<ReloadOutcome>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -160,6 +171,9 @@ mod tests {
             drops: BTreeMap::from([("truncated".to_owned(), 2)]),
             overloaded: false,
             no_headroom: false,
+            version: "0.1.0 (test)".into(),
+            attached: true,
+            reload: None,
         };
         let t = s.table();
         assert!(t.starts_with("interfaces: eth0   flows: 3 / 1024\n"), "{t}");

@@ -17,6 +17,10 @@ pub struct SteeringView {
     pub no_headroom: bool,
     /// Weight sets applied since the start.
     pub weight_changes: u64,
+    /// Ticks since the start (the watchdog checks that they advance).
+    pub ticks: u64,
+    /// Peer reports refused since the start: site → reason → count.
+    pub refused: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

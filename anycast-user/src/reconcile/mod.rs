@@ -28,6 +28,7 @@ use anycast_common::{
 
 pub mod maglev;
 pub mod overrides;
+pub mod preview;
 
 use crate::{
     config::{Affinity, Config, Encap, HashKeySource, SiteKind},
@@ -85,8 +86,9 @@ pub struct Plan {
 /// What the controller decides at run time, on top of the config and the overrides.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dynamic {
-    /// Load-derived Maglev weights (`[load]`); a site missing here, or all of them when
-    /// `None`, gets its configured weight.
+    /// Load-derived Maglev weights (`[load]`); a site missing here gets 0 (one table never
+    /// mixes load-derived and configured weights); all sites get their configured weight
+    /// when `None`.
     pub weights: Option<BTreeMap<String, u32>>,
     /// Sites that failed their health checks: weight 0, and their SITES entry loses
     /// SITE_UP so that the flows pinned to them are re-steered (docs/datapath.md §4).
@@ -135,6 +137,46 @@ impl Dynamic {
         let total: u32 = weights.values().sum();
         (total.abs_diff(WEIGHT_SCALE as u32) <= config.sites.len() as u32).then_some(weights)
     }
+
+    /// What a running data path already steers by, read back from its maps, so that a
+    /// restarted controller (or a CLI command writing the maps while no daemon runs) moves
+    /// nothing: the load-derived weights ([`Dynamic::adopted`]) and, with `[health]`, the
+    /// sites that are not proven up ([`unproven`]).
+    pub fn running(
+        config: &Config,
+        overrides: &Overrides,
+        current: &State,
+        egress: BTreeSet<u32>,
+    ) -> Result<Dynamic, PlanError> {
+        let mut dynamic = Dynamic::at_start(config);
+        let plan = plan(config, overrides, &dynamic, current, egress)?;
+        if let Some(weights) = Dynamic::adopted(config, &plan, current) {
+            dynamic.weights = Some(weights);
+        }
+        if config.health.is_some() {
+            dynamic.down = unproven(config, &plan, current);
+        }
+        Ok(dynamic)
+    }
+}
+
+/// The remote sites of `plan` that the data path (`current`) does not hold as up: down
+/// there (configured without SITE_UP: its health checks failed) or not there at all (new,
+/// or its slot re-used with a new generation). With `[health]` they get no flows until
+/// they pass `rise` checks, across a restart and after a reload that adds them.
+pub fn unproven(config: &Config, plan: &Plan, current: &State) -> BTreeSet<String> {
+    plan.sites
+        .iter()
+        .zip(&config.sites)
+        .filter(|(_, s)| matches!(s.kind, SiteKind::Remote { .. }))
+        .filter(|((_, slot), _)| {
+            let (have, want) = (&current.sites[*slot as usize], &plan.state.sites[*slot as usize]);
+            have.flags & SITE_CONFIGURED == 0
+                || have.flags & SITE_UP == 0
+                || have.generation != want.generation
+        })
+        .map(|((name, _), _)| name.clone())
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,8 +292,11 @@ pub fn plan(
         .sites
         .iter()
         .map(|s| {
-            let load = dynamic.weights.as_ref().and_then(|w| w.get(&s.name)).copied();
-            let w = if out(s) { 0 } else { load.unwrap_or(configured[s.name.as_str()]) };
+            let w = match &dynamic.weights {
+                _ if out(s) => 0,
+                Some(load) => load.get(&s.name).copied().unwrap_or(0),
+                None => configured[s.name.as_str()],
+            };
             (s.name.clone(), w)
         })
         .collect();

@@ -318,3 +318,57 @@ fn local_buckets_that_were_remote_are_flagged_and_stay_flagged() {
     step_dynamic(&local, &mut s);
     assert_eq!(s.maglev[&0][..], t[..]);
 }
+
+#[test]
+fn restart_keeps_down_and_new_sites_start_down() {
+    let text = format!("{BASE}\n[health]\n");
+    let mut s = State::default();
+    // A fresh data path: with [health], no remote site is proven up yet.
+    let fresh = Dynamic::running(&config(&text), &Overrides::default(), &s, BTreeSet::from([7])).unwrap();
+    assert_eq!(fresh.down, BTreeSet::from(["b".to_owned(), "c".to_owned()]));
+    // b up, c down in the maps (as a running controller left them).
+    step_dynamic(&Dynamic { weights: None, down: BTreeSet::from(["c".to_owned()]) }, &mut s);
+    let restarted = Dynamic::running(&config(&text), &Overrides::default(), &s, BTreeSet::from([7])).unwrap();
+    assert_eq!(restarted.down, BTreeSet::from(["c".to_owned()]), "the restart forgot which site was down");
+    // Planning with it writes nothing: the restart changes no map.
+    let p = plan(&config(&text), &Overrides::default(), &restarted, &s, BTreeSet::from([7])).unwrap();
+    assert_eq!(diff(&p.state, &s), [], "a restart with a site down rewrote the maps");
+    // A site added by a reload starts down; without [health] nothing is down.
+    let added = text.replacen(
+        "[[vips]]",
+        "[[sites]]\nname = \"d\"\nendpoint = \"10.0.0.4\"\ncapacity = 10\n\n[[vips]]",
+        1,
+    );
+    let p = plan(&config(&added), &Overrides::default(), &restarted, &s, BTreeSet::from([7])).unwrap();
+    assert_eq!(unproven(&config(&added), &p, &s), BTreeSet::from(["c".to_owned(), "d".to_owned()]));
+    assert_eq!(
+        Dynamic::running(&config(BASE), &Overrides::default(), &s, BTreeSet::from([7])).unwrap().down,
+        BTreeSet::new()
+    );
+}
+
+#[test]
+fn a_site_added_under_load_gets_no_flows_until_the_policy_gives_it_some() {
+    let text = format!("{BASE}\n[load]\n");
+    let mut s = State::default();
+    let weights = BTreeMap::from([("a".to_owned(), 6000), ("b".to_owned(), 2000), ("c".to_owned(), 2000)]);
+    let dynamic = Dynamic { weights: Some(weights), down: BTreeSet::new() };
+    let p = plan(&config(&text), &Overrides::default(), &dynamic, &s, BTreeSet::from([7])).unwrap();
+    for op in diff(&p.state, &s) {
+        s.apply(&op);
+    }
+    // d (capacity 10, as large as b) joins by reload; the load weights do not name it yet.
+    let added = text.replacen(
+        "[[vips]]",
+        "[[sites]]\nname = \"d\"\nendpoint = \"10.0.0.4\"\ncapacity = 10\n\n[[vips]]",
+        1,
+    );
+    let p = plan(&config(&added), &Overrides::default(), &dynamic, &s, BTreeSet::from([7])).unwrap();
+    assert_eq!(p.weights["d"], 0, "a configured weight mixed into a table of load weights");
+    let d = slot(&p, "d");
+    assert!(
+        p.state.maglev[&0].iter().all(|&x| x & MAGLEV_SITE != d),
+        "d got new flows before the policy gave it any"
+    );
+    assert_eq!((p.weights["a"], p.weights["b"]), (6000, 2000));
+}

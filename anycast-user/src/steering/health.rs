@@ -1,7 +1,7 @@
 //! Rise/fall hysteresis of a remote site's health: `fall` failed checks in a row take an up
 //! site down, `rise` good ones bring it back, so one lost probe does not move flows. The
-//! checks themselves (a probe through the data path and the peer API) are run by
-//! `task.rs`; a site starts up, so that a controller restart moves nothing.
+//! checks themselves (a probe through the data path) are run by `task.rs`; a site starts
+//! in the state the data path holds it in, so that a controller restart moves nothing.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tracker {
@@ -17,6 +17,10 @@ impl Default for Tracker {
 }
 
 impl Tracker {
+    pub fn new(up: bool) -> Tracker {
+        Tracker { up, streak: 0 }
+    }
+
     pub fn up(&self) -> bool {
         self.up
     }

@@ -1,15 +1,161 @@
-//! Sibling sites' load. Every controller serves its own [`LoadReport`] on `GET /load` (on
-//! the admin listener and on the read-only `[admin] peer_listen`); every controller polls
-//! the `peer` address of each remote site once per `[load] interval`, with a timeout and
-//! exponential backoff after failures. A report older than `[load] stale` is "unknown" to
-//! the policy, which then treats the site conservatively (`policy.rs`).
+//! Sibling sites' load. Every controller serves its own [`LoadReport`] on `GET /load` of the
+//! read-only `[admin] peer_listen`; every controller polls the `peer` address of each remote
+//! site once per `[load] interval`, with a timeout and exponential backoff after failures.
+//!
+//! A report steers real traffic (a forged one could pull the shed share to one site, force
+//! a de-preference or stop shedding with NaN), so the poller accepts one only if it is:
+//! - **authentic**: an HMAC-SHA256 of the body under the deployment's shared key
+//!   (`[admin] peer_key_file`), in the `x-anycast-signature` header. A shared key rather
+//!   than mutual TLS: one secret file per deployment to distribute and rotate, no
+//!   certificates to issue, renew and pin per site, and no TLS stack in the daemon; the
+//!   reports are not secret, only their origin and freshness matter, and a MAC over the
+//!   body (which carries the timestamp and sequence) gives both per message, whatever
+//!   proxies sit between;
+//! - **fresh**: measured within `[load] stale` of now (hosts keep NTP time), and with a
+//!   sequence number (per reporter start, `epoch`) beyond the last accepted, so a replayed
+//!   report is refused and a reporter that stopped measuring goes stale;
+//! - **sane**: from the site polled, every number finite and in range; its capacity is
+//!   capped at the one configured here for that site.
+//!
+//! A refused report is counted (`anycast_peer_reports_refused_total{site,reason}`) and
+//! logged once until the peer is accepted again; it changes nothing: the site's load is
+//! then "unknown", which the policy treats conservatively (`policy.rs`), never "down" (only
+//! the data-path probe takes a site down).
 
 use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
     net::SocketAddr,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
 use crate::model::LoadReport;
+
+/// The header that carries the report's MAC: `sha256=<hex>`.
+pub const SIGNATURE_HEADER: &str = "x-anycast-signature";
+/// A load report is a few hundred bytes: anything much larger is not one.
+const MAX_BODY: u64 = 16 * 1024;
+/// The shortest key accepted: 128 bits.
+const MIN_KEY_BYTES: usize = 16;
+
+/// The deployment's shared key.
+#[derive(Clone)]
+pub struct PeerKey(Vec<u8>);
+
+impl std::fmt::Debug for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerKey(..)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("reading the peer key {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "the peer key {path} has {len} bytes; at least {MIN_KEY_BYTES} (e.g. `openssl rand -hex 32 > FILE`)"
+    )]
+    Short { path: PathBuf, len: usize },
+}
+
+impl PeerKey {
+    /// The key file's contents, surrounding whitespace trimmed (a hex string from `openssl
+    /// rand -hex 32` is used as is).
+    pub fn load(path: &Path) -> Result<PeerKey, KeyError> {
+        let bytes = std::fs::read(path).map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
+        let key = bytes.trim_ascii().to_vec();
+        if key.len() < MIN_KEY_BYTES {
+            return Err(KeyError::Short { path: path.to_owned(), len: key.len() });
+        }
+        Ok(PeerKey(key))
+    }
+
+    pub fn from_bytes(key: &[u8]) -> PeerKey {
+        PeerKey(key.to_vec())
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
+    }
+
+    /// The signature header's value for `body`.
+    pub fn sign(&self, body: &[u8]) -> String {
+        let mut mac = self.mac();
+        mac.update(body);
+        let mut out = String::from("sha256=");
+        for b in mac.finalize().into_bytes() {
+            let _ = write!(out, "{b:02x}");
+        }
+        out
+    }
+
+    /// Whether `signature` is this key's for `body` (compared in constant time).
+    pub fn verify(&self, body: &[u8], signature: &str) -> bool {
+        let Some(hex) = signature.strip_prefix("sha256=") else { return false };
+        let Some(bytes) = decode_hex(hex) else { return false };
+        let mut mac = self.mac();
+        mac.update(body);
+        mac.verify_slice(&bytes).is_ok()
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// This site's report as served: the exact bytes and their signature, made once per
+/// measurement by the steering task, so that `GET /load` only copies them out.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Published {
+    pub report: Option<LoadReport>,
+    pub body: String,
+    pub signature: Option<String>,
+}
+
+impl Published {
+    pub fn new(report: LoadReport, key: Option<&PeerKey>) -> Published {
+        let body = serde_json::to_string(&report).expect("a load report serialises");
+        let signature = key.map(|k| k.sign(body.as_bytes()));
+        Published { report: Some(report), body, signature }
+    }
+}
+
+/// Why a report was refused (the `reason` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// No signature, or not the deployment key's.
+    Signature,
+    /// Its sequence does not advance: a replay, or a reporter that stopped measuring.
+    Replay,
+    /// Measured too long ago (or too far in the future).
+    Stale,
+    /// A number that is not finite or out of range.
+    Invalid,
+    /// The report names another site than the one polled.
+    Site,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 5] =
+        [Refusal::Signature, Refusal::Replay, Refusal::Stale, Refusal::Invalid, Refusal::Site];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Signature => "signature",
+            Refusal::Replay => "replay",
+            Refusal::Stale => "stale",
+            Refusal::Invalid => "invalid",
+            Refusal::Site => "site",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -17,12 +163,19 @@ pub enum PeerError {
     Http { addr: SocketAddr, reason: String },
     #[error("http://{addr}/load answered {status}")]
     Status { addr: SocketAddr, status: u16 },
-    #[error("http://{addr}/load is not a load report: {reason}")]
-    Body { addr: SocketAddr, reason: String },
+    #[error("http://{addr}/load refused ({}): {why}", .refusal.name())]
+    Refused { addr: SocketAddr, refusal: Refusal, why: String },
 }
 
-/// `GET http://addr/load`, bounded by `timeout`.
-pub async fn fetch(addr: SocketAddr, timeout: Duration) -> Result<LoadReport, PeerError> {
+/// A body and its signature header, as fetched.
+pub struct Fetched {
+    pub addr: SocketAddr,
+    pub body: String,
+    pub signature: Option<String>,
+}
+
+/// `GET http://addr/load`, bounded by `timeout` and in size.
+pub async fn fetch(addr: SocketAddr, timeout: Duration) -> Result<Fetched, PeerError> {
     let http = move |reason: String| PeerError::Http { addr, reason };
     tokio::task::spawn_blocking(move || {
         // No proxy: peers are reached directly over the backbone, whatever the environment
@@ -39,11 +192,84 @@ pub async fn fetch(addr: SocketAddr, timeout: Duration) -> Result<LoadReport, Pe
         if status != 200 {
             return Err(PeerError::Status { addr, status });
         }
-        let body = res.body_mut().read_to_string().map_err(|e| http(e.to_string()))?;
-        serde_json::from_str(&body).map_err(|e| PeerError::Body { addr, reason: e.to_string() })
+        let signature = res.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body =
+            res.body_mut().with_config().limit(MAX_BODY).read_to_string().map_err(|e| http(e.to_string()))?;
+        Ok(Fetched { addr, body, signature })
     })
     .await
     .unwrap_or_else(|e| Err(http(e.to_string())))
+}
+
+/// What the poller checks a report against.
+pub struct Expect<'a> {
+    pub site: &'a str,
+    /// The site's capacity in our config: a report never claims more.
+    pub capacity: f64,
+    pub key: Option<&'a PeerKey>,
+    /// Now, in ms since the Unix epoch, and how old (or early) a measurement may be.
+    pub now_ms: u64,
+    pub max_age: Duration,
+}
+
+/// Checks and decodes one fetched report; `last` is the (epoch, seq) accepted last.
+pub fn accept(f: &Fetched, expect: &Expect, last: Option<(u64, u64)>) -> Result<LoadReport, PeerError> {
+    let refuse = |refusal, why: String| PeerError::Refused { addr: f.addr, refusal, why };
+    if let Some(key) = expect.key {
+        match &f.signature {
+            Some(sig) if key.verify(f.body.as_bytes(), sig) => {}
+            Some(_) => {
+                return Err(refuse(Refusal::Signature, "the signature is not the deployment key's".into()));
+            }
+            None => return Err(refuse(Refusal::Signature, "the report is not signed".into())),
+        }
+    }
+    // JSON has no NaN or infinity: a body with them (or with anything else that is not a
+    // report) does not decode, and is refused like any invalid number.
+    let mut r: LoadReport = serde_json::from_str(&f.body)
+        .map_err(|e| refuse(Refusal::Invalid, format!("not a load report: {e}")))?;
+    if r.site != expect.site {
+        return Err(refuse(
+            Refusal::Site,
+            format!("it reports site `{}`, expected `{}`", r.site, expect.site),
+        ));
+    }
+    let finite = [r.capacity, r.served, r.utilisation, r.target].iter().all(|v| v.is_finite());
+    if !finite
+        || r.capacity <= 0.0
+        || r.served < 0.0
+        || r.utilisation < 0.0
+        || !(r.target > 0.0 && r.target <= 1.0)
+    {
+        return Err(refuse(
+            Refusal::Invalid,
+            format!(
+                "capacity {} served {} utilisation {} target {}: need finite, capacity > 0, served and \
+                 utilisation >= 0, 0 < target <= 1",
+                r.capacity, r.served, r.utilisation, r.target
+            ),
+        ));
+    }
+    let age = expect.now_ms.abs_diff(r.measured_at);
+    if age > expect.max_age.as_millis() as u64 {
+        return Err(refuse(
+            Refusal::Stale,
+            format!(
+                "measured {age} ms from now (more than {:?}; are both clocks synchronised?)",
+                expect.max_age
+            ),
+        ));
+    }
+    if let Some((epoch, seq)) = last
+        && (r.epoch, r.seq) <= (epoch, seq)
+    {
+        return Err(refuse(
+            Refusal::Replay,
+            format!("sequence {}:{} does not advance past {epoch}:{seq}", r.epoch, r.seq),
+        ));
+    }
+    r.capacity = r.capacity.min(expect.capacity);
+    Ok(r)
 }
 
 /// What we know of one peer.
@@ -55,6 +281,8 @@ pub struct Peer {
     pub failures: u32,
     pub next_poll: Option<Instant>,
     pub last_error: Option<String>,
+    /// Refused reports by reason since the start.
+    pub refused: BTreeMap<Refusal, u64>,
 }
 
 /// Backoff after failures: the interval doubles per failure, up to 8 intervals.
@@ -65,11 +293,22 @@ impl Peer {
         self.next_poll.is_none_or(|t| now >= t)
     }
 
-    pub fn record(&mut self, now: Instant, interval: Duration, result: Result<LoadReport, PeerError>) {
+    /// The (epoch, seq) of the last report accepted.
+    pub fn sequence(&self) -> Option<(u64, u64)> {
+        self.last.as_ref().map(|(_, r)| (r.epoch, r.seq))
+    }
+
+    pub fn record(
+        &mut self,
+        name: &str,
+        now: Instant,
+        interval: Duration,
+        result: Result<LoadReport, PeerError>,
+    ) {
         match result {
             Ok(report) => {
                 if self.failures > 0 {
-                    log::info!("peer {}: answering again after {} failed polls", report.site, self.failures);
+                    log::info!("peer {name}: answering again after {} failed polls", self.failures);
                 }
                 self.last = Some((now, report));
                 self.failures = 0;
@@ -77,12 +316,21 @@ impl Peer {
                 self.next_poll = Some(now + interval);
             }
             Err(e) => {
-                if self.failures == 0 {
-                    log::warn!("{e}");
+                let message = e.to_string();
+                // Once per new message, not once per poll.
+                if self.last_error.as_deref() != Some(message.as_str()) {
+                    log::warn!("peer {name}: {message}");
+                }
+                if let PeerError::Refused { refusal, .. } = &e {
+                    *self.refused.entry(*refusal).or_default() += 1;
+                    // A refused report is an answer: poll again at the normal rate.
+                    self.next_poll = Some(now + interval);
+                } else {
+                    self.next_poll =
+                        Some(now + interval * (1 << (self.failures + 1).min(MAX_BACKOFF_DOUBLINGS)));
                 }
                 self.failures += 1;
-                self.last_error = Some(e.to_string());
-                self.next_poll = Some(now + interval * (1 << self.failures.min(MAX_BACKOFF_DOUBLINGS)));
+                self.last_error = Some(message);
             }
         }
     }
@@ -108,30 +356,128 @@ mod tests {
             attached: true,
             overloaded: false,
             no_headroom: false,
+            epoch: 1,
+            seq: 5,
+            measured_at: 1_000_000,
         }
+    }
+
+    const ADDR: &str = "192.0.2.1:9101";
+
+    fn fetched(r: &LoadReport, key: Option<&PeerKey>) -> Fetched {
+        let p = Published::new(r.clone(), key);
+        Fetched { addr: ADDR.parse().unwrap(), body: p.body, signature: p.signature }
+    }
+
+    fn expect(key: Option<&PeerKey>) -> Expect<'_> {
+        Expect { site: "b", capacity: 500.0, key, now_ms: 1_000_500, max_age: Duration::from_secs(3) }
+    }
+
+    fn refusal(r: Result<LoadReport, PeerError>) -> Option<Refusal> {
+        match r {
+            Err(PeerError::Refused { refusal, .. }) => Some(refusal),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_signed_fresh_report_is_accepted_with_its_capacity_capped() {
+        let key = PeerKey::from_bytes(b"0123456789abcdef0123");
+        let r = accept(&fetched(&report(), Some(&key)), &expect(Some(&key)), Some((1, 4))).unwrap();
+        assert_eq!(r.capacity, 500.0, "capped at the configured capacity");
+        assert_eq!(r.seq, 5);
+    }
+
+    #[test]
+    fn forged_replayed_stale_invalid_and_misnamed_reports_are_refused() {
+        let key = PeerKey::from_bytes(b"0123456789abcdef0123");
+        let other = PeerKey::from_bytes(b"another key of twenty");
+        let e = expect(Some(&key));
+        assert_eq!(refusal(accept(&fetched(&report(), None), &e, None)), Some(Refusal::Signature));
+        assert_eq!(refusal(accept(&fetched(&report(), Some(&other)), &e, None)), Some(Refusal::Signature));
+        // A body changed after signing.
+        let mut f = fetched(&report(), Some(&key));
+        f.body = f.body.replace("\"served\":100.0", "\"served\":0.0");
+        assert_eq!(refusal(accept(&f, &e, None)), Some(Refusal::Signature));
+        // The same report twice, or an older one.
+        assert_eq!(refusal(accept(&fetched(&report(), Some(&key)), &e, Some((1, 5)))), Some(Refusal::Replay));
+        assert_eq!(refusal(accept(&fetched(&report(), Some(&key)), &e, Some((2, 0)))), Some(Refusal::Replay));
+        let old = LoadReport { measured_at: 990_000, ..report() };
+        assert_eq!(refusal(accept(&fetched(&old, Some(&key)), &e, None)), Some(Refusal::Stale));
+        for bad in [
+            LoadReport { target: 10.0, ..report() },
+            LoadReport { served: -1.0, ..report() },
+            LoadReport { capacity: 0.0, ..report() },
+            LoadReport { utilisation: -0.5, ..report() },
+        ] {
+            assert_eq!(
+                refusal(accept(&fetched(&bad, Some(&key)), &e, None)),
+                Some(Refusal::Invalid),
+                "{bad:?}"
+            );
+        }
+        // NaN, infinity and null, signed with the right key: JSON cannot carry the first
+        // two, and none decodes as a number.
+        for number in ["NaN", "1e999", "null"] {
+            let body = fetched(&report(), None)
+                .body
+                .replace("\"utilisation\":0.1", &format!("\"utilisation\":{number}"));
+            assert!(body.contains(number));
+            let f = Fetched { addr: ADDR.parse().unwrap(), signature: Some(key.sign(body.as_bytes())), body };
+            assert_eq!(refusal(accept(&f, &e, None)), Some(Refusal::Invalid), "{number}");
+        }
+        let misnamed = LoadReport { site: "c".into(), ..report() };
+        assert_eq!(refusal(accept(&fetched(&misnamed, Some(&key)), &e, None)), Some(Refusal::Site));
+    }
+
+    #[test]
+    fn keys_must_be_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "short\n").unwrap();
+        assert!(matches!(PeerKey::load(&path), Err(KeyError::Short { len: 5, .. })));
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let k = PeerKey::load(&path).unwrap();
+        assert!(k.verify(b"x", &k.sign(b"x")));
+        assert!(!k.verify(b"x", "sha256=00"));
     }
 
     #[test]
     fn backoff_doubles_up_to_eight_intervals_and_resets_on_success() {
         let (t0, i) = (Instant::now(), Duration::from_millis(100));
-        let addr: SocketAddr = "192.0.2.1:9101".parse().unwrap();
+        let addr: SocketAddr = ADDR.parse().unwrap();
         let mut p = Peer::default();
         assert!(p.due(t0));
         let mut gaps = Vec::new();
         for _ in 0..5 {
-            p.record(t0, i, Err(PeerError::Status { addr, status: 500 }));
+            p.record("b", t0, i, Err(PeerError::Status { addr, status: 500 }));
             gaps.push(p.next_poll.unwrap() - t0);
         }
         assert_eq!(gaps, [200, 400, 800, 800, 800].map(Duration::from_millis));
-        p.record(t0, i, Ok(report()));
+        p.record("b", t0, i, Ok(report()));
         assert_eq!((p.failures, p.next_poll), (0, Some(t0 + i)));
+    }
+
+    #[test]
+    fn refusals_are_counted_and_keep_the_normal_poll_rate() {
+        let (t0, i) = (Instant::now(), Duration::from_millis(100));
+        let mut p = Peer::default();
+        let refused = || PeerError::Refused {
+            addr: ADDR.parse().unwrap(),
+            refusal: Refusal::Replay,
+            why: "again".into(),
+        };
+        p.record("b", t0, i, Err(refused()));
+        p.record("b", t0, i, Err(refused()));
+        assert_eq!(p.refused.get(&Refusal::Replay), Some(&2));
+        assert_eq!(p.next_poll, Some(t0 + i));
     }
 
     #[test]
     fn reports_go_stale() {
         let t0 = Instant::now();
         let mut p = Peer::default();
-        p.record(t0, Duration::from_millis(100), Ok(report()));
+        p.record("b", t0, Duration::from_millis(100), Ok(report()));
         assert!(p.fresh(t0 + Duration::from_secs(1), Duration::from_secs(3)).is_some());
         assert!(p.fresh(t0 + Duration::from_secs(4), Duration::from_secs(3)).is_none());
     }

@@ -1,27 +1,40 @@
 //! The steering task of the daemon: every tick it polls the sibling sites' `GET /load`,
 //! probes them through the data path (`[health]`), measures the local load (`meter.rs`),
-//! runs the policy (`policy.rs`, `[load]`) and hands the resulting weights and the set of
-//! sites that are down to the controller, which rewrites the Maglev tables only when
-//! something changed by more than [`MIN_CHANGE`] (one log line per change, never per packet).
+//! runs the policy (`policy.rs`, `[load]`), publishes this site's report and its view, and
+//! hands the resulting weights and the set of sites that are down to the data-path owner,
+//! which rewrites the Maglev tables only when something changed by more than
+//! [`MIN_CHANGE`] (one log line per change, never per packet).
+//!
+//! Health: a site is down only when its data-path probes fail (`fall` in a row), or when
+//! its controller reports, authenticated, that its data path is detached. A peer API that
+//! does not answer (its controller restarting, upgrading, crash-looping) makes the site's
+//! load *unknown*, never down: its data path still forwards, and taking it down would
+//! re-steer, and so reset, every flow pinned to it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{
+    sync::watch,
+    time::{MissedTickBehavior, interval},
 };
 
 use super::{
     health::Tracker,
     meter::{CpuTimes, Meter, Reading},
-    peers::{self, Peer},
+    peers::{self, Expect, Peer, PeerKey, Published},
     policy::{self, Decision, Knobs, Sibling},
     probe::Prober,
 };
 use crate::{
     config::{Config, Encap, SiteKind},
-    model::{LoadReport, SiteView, SteeringView, WEIGHT_SCALE},
-    owner::{Controller, Shared, lock},
+    datapath::counters::Counters,
+    model::{DataPathView, LoadReport, SiteView, SteeringView, WEIGHT_SCALE},
+    owner::{OwnerError, actor::OwnerHandle},
     reconcile::Dynamic,
 };
 
@@ -36,7 +49,7 @@ const DEFAULT_SMOOTHING: Duration = Duration::from_secs(1);
 
 type TunnelAddrs = (Option<Ipv4Addr>, Option<Ipv6Addr>);
 
-fn tick_of(config: &Config) -> Duration {
+pub fn tick_of(config: &Config) -> Duration {
     match (&config.load, &config.health) {
         (Some(l), Some(h)) => l.interval.min(h.interval),
         (Some(l), None) => l.interval,
@@ -45,21 +58,46 @@ fn tick_of(config: &Config) -> Duration {
     }
 }
 
-pub async fn run(shared: Shared) {
-    let mut s = Steering::default();
-    {
-        let c = lock(&shared);
-        s.applied = c.dynamic().clone();
-        // Carry on from the weights in force (adopted from a running data path).
-        if let (Some(w), Some((local, _))) = (&s.applied.weights, c.local_site()) {
-            s.policy.keep = w.get(&local.name).map_or(1.0, |&w| w as f64 / WEIGHT_SCALE);
-            s.policy.shedding = s.policy.keep < 1.0;
-        }
-    }
+fn stale(config: &Config) -> Duration {
+    config.load.as_ref().map_or(Duration::from_secs(3), |l| l.stale)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the task works with and where it publishes.
+pub struct Inputs {
+    pub owner: OwnerHandle,
+    pub datapath: watch::Receiver<Arc<DataPathView>>,
+    pub counters: Arc<Counters>,
+    /// The deployment's peer key (`[admin] peer_key_file`): signs our report, checks theirs.
+    pub key: Option<PeerKey>,
+    pub view: watch::Sender<Arc<SteeringView>>,
+    pub report: watch::Sender<Arc<Published>>,
+}
+
+/// Runs until the owner is gone (the daemon is stopping, or the owner died: the
+/// supervisor sees that first).
+pub async fn run(inputs: Inputs) {
+    let mut s = Steering::new(&inputs.datapath.borrow());
+    let mut period = tick_of(&inputs.datapath.borrow().config);
+    let mut ticker = interval(period);
+    // A slow tick (a peer timing out, a probe waiting) delays the next one instead of
+    // bunching several up.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        let config = lock(&shared).config().clone();
-        tokio::time::sleep(tick_of(&config)).await;
-        s.tick(&shared, &config).await;
+        ticker.tick().await;
+        // The config of this tick, taken after the wait: a reload during it is seen now.
+        let dp = inputs.datapath.borrow().clone();
+        if tick_of(&dp.config) != period {
+            period = tick_of(&dp.config);
+            ticker = interval(period);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        }
+        if let Err(OwnerError::Gone) = s.tick(&inputs, &dp).await {
+            return;
+        }
     }
 }
 
@@ -69,56 +107,74 @@ struct Steering {
     peers: BTreeMap<String, Peer>,
     health: BTreeMap<String, Tracker>,
     next_health: Instant,
-    /// The prober and the tunnel addresses it was made for.
-    prober: Option<(Arc<Prober>, TunnelAddrs)>,
-    applied: Dynamic,
+    /// The prober and the tunnel addresses it was made for, or why it could not be made.
+    prober: Option<(Result<Arc<Prober>, String>, TunnelAddrs)>,
     changes: u64,
+    ticks: u64,
+    /// This controller's start (ms since the epoch) and measurements since: the report's
+    /// epoch and sequence.
+    epoch: u64,
+    seq: u64,
 }
 
-impl Default for Steering {
-    fn default() -> Self {
+impl Steering {
+    fn new(dp: &DataPathView) -> Steering {
+        let mut policy = policy::State::default();
+        // Carry on from the weights in force (adopted from a running data path).
+        if let (Some(w), Some((local, _))) = (&dp.load_weights, dp.local_site()) {
+            policy.keep = w.get(local).map_or(1.0, |&w| w as f64 / WEIGHT_SCALE);
+            policy.shedding = policy.keep < 1.0;
+        }
         Steering {
             meter: Meter::new(DEFAULT_SMOOTHING),
-            policy: policy::State::default(),
+            policy,
             peers: BTreeMap::new(),
             health: BTreeMap::new(),
             next_health: Instant::now(),
             prober: None,
-            applied: Dynamic::default(),
             changes: 0,
+            ticks: 0,
+            epoch: unix_ms(),
+            seq: 0,
         }
     }
-}
 
-impl Steering {
-    async fn tick(&mut self, shared: &Shared, config: &Config) {
+    async fn tick(&mut self, inputs: &Inputs, dp: &DataPathView) -> Result<(), OwnerError> {
+        let config = &dp.config;
         let now = Instant::now();
-        let interval = tick_of(config);
-        self.poll_peers(config, now, interval).await;
-        if let Some(h) = &config.health
-            && now >= self.next_health
-        {
-            self.next_health = now + h.interval;
-            self.check_health(config).await;
+        self.ticks += 1;
+        self.poll_peers(config, inputs.key.as_ref(), now).await;
+        match &config.health {
+            Some(h) if now >= self.next_health => {
+                self.next_health = now + h.interval;
+                self.check_health(config, dp).await;
+            }
+            Some(_) => {}
+            None => self.health.clear(),
         }
         let down: BTreeSet<String> =
             self.health.iter().filter(|(_, t)| !t.up()).map(|(n, _)| n.clone()).collect();
 
         self.meter.set_smoothing(config.load.as_ref().map_or(DEFAULT_SMOOTHING, |l| l.smoothing));
-        let reading = match lock(shared).snapshot() {
-            Ok(snapshot) => Reading { snapshot, cpu: CpuTimes::read() },
+        let counters = inputs.counters.clone();
+        let (sites, vips): (Vec<u32>, Vec<u32>) =
+            (dp.sites.iter().map(|(_, i)| *i).collect(), dp.vips.iter().map(|(_, i)| *i).collect());
+        let snapshot = tokio::task::spawn_blocking(move || counters.snapshot(sites, vips)).await;
+        let reading = match snapshot {
+            Ok(Ok(snapshot)) => Reading { snapshot, cpu: CpuTimes::read() },
+            Ok(Err(e)) => {
+                log::warn!("steering: reading the counters: {e}");
+                return Ok(());
+            }
             Err(e) => {
                 log::warn!("steering: reading the counters: {e}");
-                return;
+                return Ok(());
             }
         };
-        let Some(rates) = self.meter.update(reading).cloned() else { return };
-
-        let mut c = lock(shared);
-        let Some((local, _)) = c.local_site() else { return };
-        let local_name = local.name.clone();
-        let local_capacity = local.capacity as f64;
-        let signals = c.signals();
+        let Some(rates) = self.meter.update(reading).cloned() else { return Ok(()) };
+        let Some((local_name, _)) = dp.local_site() else { return Ok(()) };
+        let local_name = local_name.to_owned();
+        let local_capacity = config.local_site().map_or(0.0, |s| s.capacity as f64);
         let cpu = config.load.as_ref().is_none_or(|l| l.cpu).then_some(rates.cpu).flatten();
         let me = policy::Local {
             offered: rates.offered,
@@ -129,24 +185,62 @@ impl Steering {
         };
         let decision = config.load.as_ref().map(|l| {
             let knobs = Knobs { target: l.target, high: l.high, low: l.low, max_step: l.max_step };
-            let siblings = self.siblings(config, &c, &rates.forwarded, &down, now);
+            let siblings = self.siblings(config, dp, &rates.forwarded, &down, now);
             policy::decide(&knobs, &mut self.policy, &me, &siblings)
         });
         let weights = decision.as_ref().map(|d| policy::weights(&local_name, d));
         let dynamic = Dynamic { weights, down };
-        if self.differs(&dynamic) {
-            match c.set_dynamic(dynamic.clone()) {
-                Ok(applied) => {
+
+        // Publish first: `/load` and the BGP speaker get this measurement even while the
+        // owner is busy applying it.
+        let (overloaded, no_headroom) =
+            decision.as_ref().map_or((false, false), |d| (d.overloaded, d.no_headroom));
+        self.seq += 1;
+        let report = LoadReport {
+            site: local_name.clone(),
+            capacity: local_capacity,
+            served: me.served,
+            utilisation: me.utilisation(),
+            target: config.load.as_ref().map_or(1.0, |l| l.target),
+            drained: dp.drained.contains(&local_name),
+            attached: dp.attached,
+            overloaded,
+            no_headroom,
+            epoch: self.epoch,
+            seq: self.seq,
+            measured_at: unix_ms(),
+        };
+        inputs.report.send_replace(Arc::new(Published::new(report.clone(), inputs.key.as_ref())));
+        self.publish(inputs, config, dp, &local_name, &me, decision.as_ref(), report, now);
+
+        let applied = Dynamic { weights: dp.load_weights.clone(), down: dp.down.clone() };
+        if differs(&dynamic, &applied) {
+            match inputs.owner.apply(dynamic.clone(), dp.generation).await {
+                Ok(a) => {
                     self.changes += 1;
-                    log::info!("{}", describe(&dynamic, decision.as_ref(), &me, applied.writes));
-                    self.applied = dynamic;
+                    log::info!("{}", describe(&dynamic, decision.as_ref(), &me, a.writes));
                 }
+                // A reload came in between: the next tick decides against the new config.
+                Err(OwnerError::Stale(..)) => {}
+                Err(OwnerError::Gone) => return Err(OwnerError::Gone),
                 Err(e) => log::error!("steering: applying weights: {e}; the previous weights stay"),
             }
         }
+        Ok(())
+    }
 
-        let (overloaded, no_headroom) =
-            decision.as_ref().map_or((false, false), |d| (d.overloaded, d.no_headroom));
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &self,
+        inputs: &Inputs,
+        config: &Config,
+        dp: &DataPathView,
+        local_name: &str,
+        me: &policy::Local,
+        decision: Option<&Decision>,
+        report: LoadReport,
+        now: Instant,
+    ) {
         let mut sites: BTreeMap<String, SiteView> = config
             .sites
             .iter()
@@ -157,52 +251,30 @@ impl Steering {
                 (s.name.clone(), SiteView { up, load_ratio: report.map(|r| r.utilisation) })
             })
             .collect();
-        sites.insert(
-            local_name.clone(),
-            SiteView { up: signals.attached, load_ratio: Some(me.utilisation()) },
-        );
-        let report = LoadReport {
-            site: local_name,
-            capacity: local_capacity,
-            served: me.served,
-            utilisation: me.utilisation(),
-            target: config.load.as_ref().map_or(1.0, |l| l.target),
-            drained: signals.drained,
-            attached: signals.attached,
-            overloaded,
-            no_headroom,
-        };
-        c.set_view(SteeringView {
+        sites.insert(local_name.to_owned(), SiteView { up: dp.attached, load_ratio: Some(me.utilisation()) });
+        let refused = self
+            .peers
+            .iter()
+            .map(|(name, p)| {
+                (name.clone(), p.refused.iter().map(|(r, n)| (r.name().to_owned(), *n)).collect())
+            })
+            .collect();
+        inputs.view.send_replace(Arc::new(SteeringView {
+            overloaded: report.overloaded,
+            no_headroom: report.no_headroom,
             report: Some(report),
             sites,
             keep: decision.map(|d| d.keep),
-            overloaded,
-            no_headroom,
             weight_changes: self.changes,
-        });
-    }
-
-    /// Whether `next` is worth a Maglev rebuild over what is applied.
-    fn differs(&self, next: &Dynamic) -> bool {
-        if next.down != self.applied.down {
-            return true;
-        }
-        match (&next.weights, &self.applied.weights) {
-            (Some(a), Some(b)) => {
-                a.len() != b.len()
-                    || a.iter().any(|(n, &w)| {
-                        let old = b.get(n).copied().unwrap_or(0);
-                        (w == 0) != (old == 0) || w.abs_diff(old) >= MIN_CHANGE
-                    })
-            }
-            (a, b) => a.is_some() != b.is_some(),
-        }
+            ticks: self.ticks,
+            refused,
+        }));
     }
 
     fn siblings(
         &self,
         config: &Config,
-        c: &Controller,
+        dp: &DataPathView,
         forwarded: &BTreeMap<u32, f64>,
         down: &BTreeSet<String>,
         now: Instant,
@@ -215,9 +287,9 @@ impl Steering {
             .map(|s| Sibling {
                 name: s.name.clone(),
                 up: !down.contains(&s.name),
-                drained: c.drained(&s.name),
+                drained: dp.drained.contains(&s.name),
                 static_share: if total > 0.0 { s.configured_weight() as f64 / total } else { 0.0 },
-                ours: c.site_index(&s.name).and_then(|i| forwarded.get(&i)).copied().unwrap_or(0.0),
+                ours: dp.site_index(&s.name).and_then(|i| forwarded.get(&i)).copied().unwrap_or(0.0),
                 report: self.peers.get(&s.name).and_then(|p| p.fresh(now, stale(config))).map(|r| {
                     policy::Report {
                         utilisation: r.utilisation,
@@ -231,30 +303,47 @@ impl Steering {
             .collect()
     }
 
-    async fn poll_peers(&mut self, config: &Config, now: Instant, interval: Duration) {
+    async fn poll_peers(&mut self, config: &Config, key: Option<&PeerKey>, now: Instant) {
+        let interval = tick_of(config);
         let timeout = config.load.as_ref().map_or(interval, |l| l.peer_timeout);
-        let wanted: BTreeMap<&str, std::net::SocketAddr> =
-            config.sites.iter().filter_map(|s| Some((s.name.as_str(), s.peer?))).collect();
+        let wanted: BTreeMap<&str, (std::net::SocketAddr, f64)> = config
+            .sites
+            .iter()
+            .filter_map(|s| Some((s.name.as_str(), (s.peer?, s.capacity as f64))))
+            .collect();
         self.peers.retain(|name, _| wanted.contains_key(name.as_str()));
         let mut polls = tokio::task::JoinSet::new();
-        for (name, addr) in wanted {
-            if self.peers.entry(name.to_owned()).or_default().due(now) {
-                let name = name.to_owned();
+        for (name, (addr, _)) in &wanted {
+            if self.peers.entry((*name).to_owned()).or_default().due(now) {
+                let (name, addr) = ((*name).to_owned(), *addr);
                 polls.spawn(async move { (name, peers::fetch(addr, timeout).await) });
             }
         }
-        while let Some(Ok((name, result))) = polls.join_next().await {
-            if let Some(p) = self.peers.get_mut(&name) {
-                p.record(Instant::now(), interval, result);
-            }
+        while let Some(joined) = polls.join_next().await {
+            let (name, fetched) = match joined {
+                Ok(r) => r,
+                Err(e) => {
+                    log::error!("steering: a peer poll failed: {e}");
+                    continue;
+                }
+            };
+            let Some(peer) = self.peers.get_mut(&name) else { continue };
+            let expect = Expect {
+                site: &name,
+                capacity: wanted.get(name.as_str()).map_or(0.0, |(_, c)| *c),
+                key,
+                now_ms: unix_ms(),
+                max_age: stale(config),
+            };
+            let result = fetched.and_then(|f| peers::accept(&f, &expect, peer.sequence()));
+            peer.record(&name, Instant::now(), interval, result);
         }
     }
 
-    /// One round of probes of every remote site: through the data path, and the peer API
-    /// answering with an attached data path (when the site has a `peer`).
-    async fn check_health(&mut self, config: &Config) {
+    /// One round of probes of every remote site through the data path. A site whose
+    /// controller reports (authenticated and fresh) a detached data path fails too.
+    async fn check_health(&mut self, config: &Config, dp: &DataPathView) {
         let Some(h) = &config.health else { return };
-        let Some(prober) = self.prober(config) else { return };
         let targets: Vec<(String, IpAddr, Encap)> = config
             .sites
             .iter()
@@ -264,27 +353,39 @@ impl Steering {
             })
             .collect();
         self.health.retain(|name, _| targets.iter().any(|(n, ..)| n == name));
+        // A site first seen starts as the data path holds it: down if it is down there (or
+        // new), so that neither a restart nor a reload sends it flows before it proved up.
+        for (name, ..) in &targets {
+            self.health.entry(name.clone()).or_insert_with(|| Tracker::new(!dp.down.contains(name)));
+        }
+        let prober = match self.prober(config) {
+            Ok(p) => p,
+            Err(why) => {
+                // Without probes nothing is known: the states stay as they are.
+                log::debug!("health: cannot probe: {why}");
+                return;
+            }
+        };
         let mut probes = tokio::task::JoinSet::new();
         for (name, endpoint, encap) in targets {
             let (prober, timeout) = (prober.clone(), h.timeout);
             probes.spawn(async move { (name, prober.probe(endpoint, encap, timeout).await) });
         }
-        while let Some(Ok((name, result))) = probes.join_next().await {
-            let api = match config.sites.iter().find(|s| s.name == name).and_then(|s| s.peer) {
-                None => Ok(()),
-                Some(_) => match self.peers.get(&name) {
-                    Some(p) if p.failures == 0 && p.last.as_ref().is_some_and(|(_, r)| r.attached) => Ok(()),
-                    Some(p) if p.failures == 0 && p.last.is_some() => {
-                        Err("its data path is not attached".to_owned())
-                    }
-                    Some(p) => Err(p.last_error.clone().unwrap_or_else(|| "no answer yet".to_owned())),
-                    None => Err("not polled yet".to_owned()),
-                },
+        let now = Instant::now();
+        while let Some(joined) = probes.join_next().await {
+            let (name, result) = match joined {
+                Ok(r) => r,
+                Err(e) => {
+                    log::error!("health: a probe failed: {e}");
+                    continue;
+                }
             };
-            let outcome = match (result, api) {
-                (Ok(_), Ok(())) => Ok(()),
-                (Err(e), _) => Err(format!("data-path probe: {e}")),
-                (Ok(_), Err(e)) => Err(format!("peer API: {e}")),
+            let detached =
+                self.peers.get(&name).and_then(|p| p.fresh(now, stale(config))).is_some_and(|r| !r.attached);
+            let outcome = match result {
+                Err(e) => Err(format!("data-path probe: {e}")),
+                Ok(_) if detached => Err("its controller reports its data path detached".to_owned()),
+                Ok(_) => Ok(()),
             };
             let tracker = self.health.entry(name.clone()).or_default();
             if let Some(up) = tracker.record(outcome.is_ok(), h.rise, h.fall) {
@@ -297,23 +398,36 @@ impl Steering {
         }
     }
 
-    fn prober(&mut self, config: &Config) -> Option<Arc<Prober>> {
+    /// The prober for the configured tunnel addresses; made again only when they change
+    /// (and the failure to make it logged once per change).
+    fn prober(&mut self, config: &Config) -> Result<Arc<Prober>, String> {
         let addrs = (config.local.tunnel_v4, config.local.tunnel_v6);
         if self.prober.as_ref().is_none_or(|(_, a)| *a != addrs) {
-            match Prober::new(addrs.0, addrs.1) {
-                Ok(p) => self.prober = Some((Arc::new(p), addrs)),
-                Err(e) => {
-                    log::error!("health: cannot probe: {e}");
-                    self.prober = None;
-                }
+            let made = Prober::new(addrs.0, addrs.1).map(Arc::new).map_err(|e| e.to_string());
+            if let Err(e) = &made {
+                log::error!("health: cannot probe: {e}");
             }
+            self.prober = Some((made, addrs));
         }
-        self.prober.as_ref().map(|(p, _)| p.clone())
+        self.prober.as_ref().map_or(Err("no prober".into()), |(p, _)| p.clone())
     }
 }
 
-fn stale(config: &Config) -> Duration {
-    config.load.as_ref().map_or(Duration::from_secs(3), |l| l.stale)
+/// Whether `next` is worth a Maglev rebuild over what is applied.
+fn differs(next: &Dynamic, applied: &Dynamic) -> bool {
+    if next.down != applied.down {
+        return true;
+    }
+    match (&next.weights, &applied.weights) {
+        (Some(a), Some(b)) => {
+            a.len() != b.len()
+                || a.iter().any(|(n, &w)| {
+                    let old = b.get(n).copied().unwrap_or(0);
+                    (w == 0) != (old == 0) || w.abs_diff(old) >= MIN_CHANGE
+                })
+        }
+        (a, b) => a.is_some() != b.is_some(),
+    }
 }
 
 /// The log line of one applied change.

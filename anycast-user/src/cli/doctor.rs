@@ -1,0 +1,357 @@
+//! `anycast doctor`: every prerequisite of this host, each with what was found and, when
+//! it is missing, the fix. Reads only: it changes nothing on the host.
+
+use std::{
+    net::IpAddr,
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Command, ExitCode},
+};
+
+use anycast_user::{
+    config::{Config, SiteKind},
+    daemon::preflight,
+    datapath::pin_lock::PinDirLock,
+};
+use anyhow::Result;
+use serde::Serialize;
+
+use super::admin::Target;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Verdict {
+    Ok,
+    /// Works, but not as well as it could (generic XDP, a stale neighbour).
+    Warn,
+    /// Missing: the data path or the controller will not work as configured.
+    Fail,
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: String,
+    verdict: Verdict,
+    found: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
+fn check(name: impl Into<String>, verdict: Verdict, found: impl Into<String>, fix: Option<String>) -> Check {
+    Check { name: name.into(), verdict, found: found.into(), fix }
+}
+
+/// `ip -j ARGS`, parsed.
+fn ip_json(args: &[&str]) -> Option<serde_json::Value> {
+    let out = Command::new("ip").arg("-j").args(args).output().ok().filter(|o| o.status.success())?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+pub async fn run(target: &Target) -> Result<ExitCode> {
+    let mut checks = vec![kernel(), btf(), privileges(), bpffs()];
+    match Config::load(&target.config) {
+        Err(e) => checks.push(check(
+            "config",
+            Verdict::Fail,
+            e.to_string(),
+            Some(format!(
+                "write {} (see deploy/anycast.toml), or give --config FILE",
+                target.config.display()
+            )),
+        )),
+        Ok(config) => {
+            checks.push(check("config", Verdict::Ok, format!("{} is valid", target.config.display()), None));
+            checks.extend(interfaces(&config));
+            checks.extend(forwarding(&config));
+            checks.extend(neighbours(&config));
+            checks.push(pin_dir(&config));
+            checks.extend(admin(&config));
+            if let Some(c) = bird(&config) {
+                checks.push(c);
+            }
+        }
+    }
+    let failed = checks.iter().any(|c| c.verdict == Verdict::Fail);
+    if target.json() {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            let mark = match c.verdict {
+                Verdict::Ok => "ok  ",
+                Verdict::Warn => "warn",
+                Verdict::Fail => "FAIL",
+            };
+            println!("{mark} {:<22} {}", c.name, c.found);
+            if let Some(fix) = &c.fix {
+                println!("     {:<22} fix: {fix}", "");
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// The running kernel. The floor itself (the oldest kernel whose verifier and helpers the
+/// program needs) belongs to the data path: `kernel_floor()` is where doctor asks it.
+fn kernel() -> Check {
+    let release = rustix::system::uname().release().to_string_lossy().into_owned();
+    match kernel_floor(&release) {
+        Some((floor, true)) => check("kernel", Verdict::Ok, format!("{release} (floor {floor})"), None),
+        Some((floor, false)) => check(
+            "kernel",
+            Verdict::Fail,
+            format!("{release} is older than {floor}"),
+            Some(format!("run a kernel >= {floor}")),
+        ),
+        None => {
+            check("kernel", Verdict::Ok, format!("{release} (no floor defined by the data path yet)"), None)
+        }
+    }
+}
+
+/// Hook for the data path's kernel-floor check: `Some((floor, release meets it))` once the
+/// data path defines its floor; until then `None`.
+fn kernel_floor(_release: &str) -> Option<(String, bool)> {
+    None
+}
+
+fn btf() -> Check {
+    let path = "/sys/kernel/btf/vmlinux";
+    if Path::new(path).exists() {
+        check("BTF", Verdict::Ok, format!("{path} present"), None)
+    } else {
+        check(
+            "BTF",
+            Verdict::Fail,
+            format!("{path} missing"),
+            Some("a kernel built with CONFIG_DEBUG_INFO_BTF=y".into()),
+        )
+    }
+}
+
+/// Root, or the capabilities the systemd unit grants (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON,
+/// CAP_NET_RAW).
+fn privileges() -> Check {
+    const NEEDED: [(u32, &str); 4] =
+        [(39, "CAP_BPF"), (12, "CAP_NET_ADMIN"), (38, "CAP_PERFMON"), (13, "CAP_NET_RAW")];
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_owned())))
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .unwrap_or(0);
+    let missing: Vec<&str> =
+        NEEDED.iter().filter(|(bit, _)| eff & (1 << bit) == 0).map(|(_, n)| *n).collect();
+    if missing.is_empty() {
+        check("privileges", Verdict::Ok, "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_NET_RAW", None)
+    } else {
+        check(
+            "privileges",
+            Verdict::Fail,
+            format!("missing {}", missing.join(", ")),
+            Some("run as root, or under the systemd unit (AmbientCapabilities)".into()),
+        )
+    }
+}
+
+fn bpffs() -> Check {
+    let fs = rustix::fs::statfs("/sys/fs/bpf");
+    // BPF_FS_MAGIC from linux/magic.h.
+    match fs {
+        Ok(s) if s.f_type == 0xcafe_4a11 => check("bpffs", Verdict::Ok, "/sys/fs/bpf is bpffs", None),
+        _ => check(
+            "bpffs",
+            Verdict::Warn,
+            "/sys/fs/bpf is not bpffs (the daemon mounts it)",
+            Some("mount -t bpf bpf /sys/fs/bpf (systemd does at boot)".into()),
+        ),
+    }
+}
+
+/// Per interface: exists, and the XDP mode the kernel runs it in.
+fn interfaces(config: &Config) -> Vec<Check> {
+    config
+        .local
+        .interfaces
+        .iter()
+        .map(|iface| {
+            let name = format!("XDP on {iface}");
+            let Some(link) = ip_json(&["-d", "link", "show", "dev", iface]) else {
+                return check(
+                    name,
+                    Verdict::Fail,
+                    "no such interface",
+                    Some(format!("create {iface}, or fix [local] interfaces")),
+                );
+            };
+            let xdp = &link[0]["xdp"];
+            // IFLA_XDP_ATTACHED: 1 driver (native), 2 generic (skb), 3 offloaded.
+            match xdp["mode"].as_u64() {
+                Some(1) => check(name, Verdict::Ok, "attached, native (driver) mode", None),
+                Some(3) => check(name, Verdict::Ok, "attached, offloaded to the NIC", None),
+                Some(2) => check(
+                    name,
+                    Verdict::Warn,
+                    "attached in generic (skb) mode: works, several times slower",
+                    Some(format!("a driver with native XDP for {iface} (see `ethtool -i {iface}`)")),
+                ),
+                _ => {
+                    check(name, Verdict::Ok, "exists; no program attached now (`anycast run` attaches)", None)
+                }
+            }
+        })
+        .collect()
+}
+
+fn forwarding(config: &Config) -> Vec<Check> {
+    let findings = preflight::forwarding_findings(config);
+    if findings.is_empty() {
+        let any_remote = config.sites.iter().any(|s| matches!(s.kind, SiteKind::Remote { .. }));
+        let found =
+            if any_remote { "every interface forwards what the remote sites need" } else { "no remote site" };
+        return vec![check("forwarding", Verdict::Ok, found, None)];
+    }
+    findings.into_iter().map(|f| check("forwarding", Verdict::Fail, f.problem, Some(f.fix))).collect()
+}
+
+/// The next hop towards each remote site's endpoint must have a neighbour entry:
+/// `bpf_fib_lookup` does not resolve one, it answers NO_NEIGH and the packet is served
+/// here. (Hook: once the data path manages these neighbours itself, this check reports
+/// what it manages.)
+fn neighbours(config: &Config) -> Vec<Check> {
+    let endpoints: Vec<(String, IpAddr)> = config
+        .sites
+        .iter()
+        .filter_map(|s| match s.kind {
+            SiteKind::Remote { endpoint, .. } => Some((s.name.clone(), endpoint)),
+            SiteKind::Local => None,
+        })
+        .collect();
+    endpoints
+        .into_iter()
+        .map(|(site, endpoint)| {
+            let name = format!("next hop of {site}");
+            let Some(route) = ip_json(&["route", "get", &endpoint.to_string()]) else {
+                return check(
+                    name,
+                    Verdict::Fail,
+                    format!("no route to {endpoint}"),
+                    Some(format!("a route to {endpoint} (the site's tunnel endpoint)")),
+                );
+            };
+            let dev = route[0]["dev"].as_str().unwrap_or_default().to_owned();
+            let hop = route[0]["gateway"].as_str().map_or(endpoint.to_string(), str::to_owned);
+            let neigh = ip_json(&["neigh", "show", "to", &hop, "dev", &dev]);
+            let state = neigh
+                .as_ref()
+                .and_then(|n| n[0]["state"].as_array().and_then(|s| s.first()).and_then(|s| s.as_str()).map(str::to_owned));
+            match state.as_deref() {
+                Some("REACHABLE" | "PERMANENT" | "NOARP" | "DELAY" | "PROBE") => {
+                    check(name, Verdict::Ok, format!("{hop} on {dev}: {}", state.unwrap_or_default()), None)
+                }
+                Some("STALE") => check(
+                    name,
+                    Verdict::Ok,
+                    format!("{hop} on {dev}: STALE (usable; the kernel re-checks it on use)"),
+                    None,
+                ),
+                other => check(
+                    name,
+                    Verdict::Fail,
+                    format!("{hop} on {dev}: {}", other.unwrap_or("no neighbour entry")),
+                    Some(format!(
+                        "resolve it (`ping -c1 {hop}`), or pin it: `ip neigh replace {hop} lladdr MAC dev {dev} nud permanent`"
+                    )),
+                ),
+            }
+        })
+        .collect()
+}
+
+fn pin_dir(config: &Config) -> Check {
+    let dir = &config.datapath.pin_dir;
+    if !dir.exists() {
+        return check(
+            "pin directory",
+            Verdict::Ok,
+            format!("{} not created yet (no data path pinned)", dir.display()),
+            None,
+        );
+    }
+    match PinDirLock::held(dir) {
+        Ok(true) => {
+            check("pin directory", Verdict::Ok, format!("{}: held by a running daemon", dir.display()), None)
+        }
+        Ok(false) => {
+            check("pin directory", Verdict::Ok, format!("{}: no daemon holds it", dir.display()), None)
+        }
+        Err(e) => check(
+            "pin directory",
+            Verdict::Fail,
+            e.to_string(),
+            Some(format!("check the permissions of {}", dir.display())),
+        ),
+    }
+}
+
+fn admin(config: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    if let Some(group) = &config.admin.socket_group {
+        out.push(match nix::unistd::Group::from_name(group) {
+            Ok(Some(_)) => check("admin socket group", Verdict::Ok, format!("{group} exists"), None),
+            _ => check(
+                "admin socket group",
+                Verdict::Fail,
+                format!("no group {group}"),
+                Some(format!("groupadd --system {group}; add the operators to it")),
+            ),
+        });
+    }
+    if let Some(key) = &config.admin.peer_key_file {
+        out.push(match std::fs::metadata(key) {
+            Err(e) => check(
+                "peer key",
+                Verdict::Fail,
+                format!("{}: {e}", key.display()),
+                Some(format!(
+                    "install the deployment's key: `openssl rand -hex 32 > {}` on one host, copied to all",
+                    key.display()
+                )),
+            ),
+            Ok(m) if m.permissions().mode() & 0o004 != 0 => check(
+                "peer key",
+                Verdict::Fail,
+                format!("{} is readable by every user", key.display()),
+                Some(format!("chmod 0640 {}", key.display())),
+            ),
+            Ok(_) => check("peer key", Verdict::Ok, format!("{} present", key.display()), None),
+        });
+    }
+    out
+}
+
+/// BIRD answers on its control socket.
+fn bird(config: &Config) -> Option<Check> {
+    let bgp = config.bgp.as_ref()?;
+    let out = Command::new(&bgp.birdc).arg("-s").arg(&bgp.socket).args(["show", "status"]).output();
+    Some(match out {
+        Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Daemon is up") => {
+            check("BIRD", Verdict::Ok, format!("answers on {}", bgp.socket.display()), None)
+        }
+        Ok(o) => check(
+            "BIRD",
+            Verdict::Fail,
+            format!(
+                "{} -s {}: {}",
+                bgp.birdc.display(),
+                bgp.socket.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Some("start BIRD 2 (`systemctl start bird`) and check [bgp] socket".into()),
+        ),
+        Err(e) => check(
+            "BIRD",
+            Verdict::Fail,
+            format!("cannot run {}: {e}", bgp.birdc.display()),
+            Some("apt-get install bird2, or set [bgp] birdc".into()),
+        ),
+    })
+}

@@ -1,0 +1,142 @@
+//! The owner on its own thread. Map writes are blocking syscalls (a Maglev swap waits for
+//! running programs, ~8 ms per batch), so they never run on the async runtime's workers:
+//! the thread takes one command at a time from a channel, applies it and publishes the new
+//! [`DataPathView`]. Between commands it re-checks the links. The thread ends when every
+//! [`OwnerHandle`] is gone, or by a panic; [`Thread::ended`] tells the supervisor either way.
+
+use std::{
+    sync::{Arc, mpsc},
+    time::Duration,
+};
+
+use tokio::sync::{oneshot, watch};
+
+use super::{Owner, OwnerError};
+use crate::{
+    config::Config,
+    model::DataPathView,
+    reconcile::{Applied, Dynamic, preview::Preview},
+};
+
+/// How often the owner re-checks that the program still runs on every interface when no
+/// command comes.
+const LINK_CHECK: Duration = Duration::from_secs(1);
+
+type Reply<T> = oneshot::Sender<Result<T, OwnerError>>;
+
+enum Command {
+    Apply { dynamic: Dynamic, generation: u64, reply: Reply<Applied> },
+    Reload { config: Box<Config>, reply: Reply<Applied> },
+    Drain { site: String, drained: bool, reply: Reply<u32> },
+    Preview { config: Box<Config>, reply: Reply<Preview> },
+    Ping { reply: Reply<()> },
+}
+
+/// The way to the owner: cheap to clone, one per task or handler.
+#[derive(Clone)]
+pub struct OwnerHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The running thread: its published view, and a future that completes when it ends.
+pub struct Thread {
+    pub handle: OwnerHandle,
+    pub view: watch::Receiver<Arc<DataPathView>>,
+    pub ended: oneshot::Receiver<()>,
+}
+
+/// Moves `owner` to a thread of its own.
+pub fn spawn(owner: Owner) -> std::io::Result<Thread> {
+    let (tx, rx) = mpsc::channel();
+    let (view_tx, view) = watch::channel(Arc::new(owner.view()));
+    let (ended_tx, ended) = oneshot::channel();
+    std::thread::Builder::new().name("anycast-owner".into()).spawn(move || {
+        // Dropped when the thread ends, by a return or by a panic unwinding.
+        let _ended = ended_tx;
+        run(owner, rx, view_tx);
+    })?;
+    Ok(Thread { handle: OwnerHandle { tx }, view, ended })
+}
+
+fn run(mut owner: Owner, rx: mpsc::Receiver<Command>, view: watch::Sender<Arc<DataPathView>>) {
+    loop {
+        let changed = match rx.recv_timeout(LINK_CHECK) {
+            Ok(command) => {
+                handle(&mut owner, command);
+                // Every command may have changed something; publishing an equal view costs
+                // one Arc swap.
+                owner.check_links();
+                true
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => owner.check_links(),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        if changed {
+            if !owner.attached {
+                log::warn!(
+                    "the data path is not attached on every configured interface (a link pin is missing)"
+                );
+            }
+            view.send_replace(Arc::new(owner.view()));
+        }
+    }
+}
+
+fn handle(owner: &mut Owner, command: Command) {
+    // A reply nobody waits for any more (the HTTP client went away) is dropped: the change
+    // itself is done and published.
+    match command {
+        Command::Apply { dynamic, generation, reply } => {
+            let _ = reply.send(owner.set_dynamic(dynamic, generation));
+        }
+        Command::Reload { config, reply } => {
+            let _ = reply.send(owner.reload(*config));
+        }
+        Command::Drain { site, drained, reply } => {
+            let result = owner.set_drained(&site, drained);
+            if let Ok(weight) = &result {
+                log::info!(
+                    "site {site}: {} (weight {weight})",
+                    if drained { "drained" } else { "undrained" }
+                );
+            }
+            let _ = reply.send(result);
+        }
+        Command::Preview { config, reply } => {
+            let _ = reply.send(owner.preview(&config));
+        }
+        Command::Ping { reply } => {
+            let _ = reply.send(Ok(()));
+        }
+    }
+}
+
+impl OwnerHandle {
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, OwnerError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(command(reply)).map_err(|_| OwnerError::Gone)?;
+        answer.await.map_err(|_| OwnerError::Gone)?
+    }
+
+    /// Applies run-time weights and sites down decided against config `generation`.
+    pub async fn apply(&self, dynamic: Dynamic, generation: u64) -> Result<Applied, OwnerError> {
+        self.ask(|reply| Command::Apply { dynamic, generation, reply }).await
+    }
+
+    pub async fn reload(&self, config: Config) -> Result<Applied, OwnerError> {
+        self.ask(|reply| Command::Reload { config: Box::new(config), reply }).await
+    }
+
+    pub async fn drain(&self, site: String, drained: bool) -> Result<u32, OwnerError> {
+        self.ask(|reply| Command::Drain { site, drained, reply }).await
+    }
+
+    pub async fn preview(&self, config: Config) -> Result<Preview, OwnerError> {
+        self.ask(|reply| Command::Preview { config: Box::new(config), reply }).await
+    }
+
+    /// Answers once the owner has taken every command sent before: it is alive and not stuck.
+    pub async fn ping(&self) -> Result<(), OwnerError> {
+        self.ask(|reply| Command::Ping { reply }).await
+    }
+}
