@@ -17,7 +17,7 @@ use std::{
     os::fd::AsRawFd,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -83,6 +83,8 @@ pub struct Served {
 pub struct Sink {
     stop: Arc<AtomicBool>,
     served: Arc<Mutex<Vec<Served>>>,
+    /// Connections accepted and not ended yet.
+    open: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -92,16 +94,19 @@ impl Sink {
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let served: Arc<Mutex<Vec<Served>>> = Arc::default();
-        let (st, sv) = (stop.clone(), served.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        let (st, sv, op) = (stop.clone(), served.clone(), open.clone());
         let thread = thread::spawn(move || {
             let mut connections = Vec::new();
             while !st.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, peer)) => {
-                        let (st, sv) = (st.clone(), sv.clone());
+                        let (st, sv, op) = (st.clone(), sv.clone(), op.clone());
+                        op.fetch_add(1, Ordering::Relaxed);
                         connections.push(thread::spawn(move || {
                             let (bytes, clean) = drain(stream, &st);
                             sv.lock().unwrap().push(Served { peer, bytes, clean });
+                            op.fetch_sub(1, Ordering::Relaxed);
                         }));
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(ACCEPT_POLL),
@@ -115,12 +120,17 @@ impl Sink {
                 let _ = c.join();
             }
         });
-        Ok(Sink { stop, served, thread: Some(thread) })
+        Ok(Sink { stop, served, open, thread: Some(thread) })
     }
 
     /// The connections that have ended so far.
     pub fn served(&self) -> Vec<Served> {
         self.served.lock().unwrap().clone()
+    }
+
+    /// The connections accepted that have not ended yet.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// The connections that have ended, once there are `n` of them or after [`IO_TIMEOUT`]

@@ -66,6 +66,14 @@ enum Task {
         /// Stop the demonstration after this many seconds (default: at Ctrl-C).
         #[arg(long = "for", value_name = "SECONDS", conflicts_with = "args")]
         duration: Option<u64>,
+        /// Write the report of the demonstration (every site's rates, load and weights over
+        /// time, the phases and the final checks) to this SVG file [default:
+        /// target/lab-report.svg].
+        #[arg(long, value_name = "FILE.svg", conflicts_with_all = ["args", "no_report"])]
+        report: Option<PathBuf>,
+        /// Only the terminal view: no report file.
+        #[arg(long, conflicts_with = "args")]
+        no_report: bool,
         /// Arguments for the `anycast` binary, e.g. `-- run --iface eth0`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -96,7 +104,7 @@ fn try_main() -> Result<()> {
             prereq::ensure(Goal::Run)?;
             bench::run(&bench::Options { out, quick })?;
         }
-        Task::Run { release, duration, args } => {
+        Task::Run { release, duration, report, no_report, args } => {
             prereq::ensure(Goal::Run)?;
             // The binary `cargo xtask test` built, when the lab's test runs this.
             let anycast = match std::env::var_os(testkit::daemon::BIN_ENV) {
@@ -104,7 +112,11 @@ fn try_main() -> Result<()> {
                 None => anycast_binary(release)?,
             };
             if args.is_empty() {
-                demo::run(&anycast, duration.map(Duration::from_secs))?;
+                let report = match no_report {
+                    true => None,
+                    false => Some(report.unwrap_or_else(|| toolchain::target_dir().join("lab-report.svg"))),
+                };
+                demo::run(&anycast, duration.map(Duration::from_secs), report.as_deref())?;
             } else {
                 exec(anycast, &args)?;
             }
