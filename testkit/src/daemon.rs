@@ -248,6 +248,8 @@ pub struct Daemon<'ns> {
     starts: u32,
     /// `[admin] peer_listen`, when the sibling sites poll this one.
     peer_listen: Option<std::net::SocketAddr>,
+    /// `[admin] listen` (/metrics): [`ADMIN_LISTEN`] unless a test scrapes it from elsewhere.
+    listen: std::net::SocketAddr,
     /// `[datapath] flow_table_size` of the configs written from now on.
     flow_table_size: u32,
 }
@@ -284,6 +286,7 @@ impl<'ns> Daemon<'ns> {
             child: None,
             starts: 0,
             peer_listen: None,
+            listen: ADMIN_LISTEN.parse().expect("ADMIN_LISTEN is an address"),
             flow_table_size: FLOW_TABLE_SIZE,
         })
     }
@@ -291,6 +294,12 @@ impl<'ns> Daemon<'ns> {
     /// Adds `peer_listen = ADDR` to the `[admin]` section of the configs written from now on.
     pub fn set_peer_listen(&mut self, addr: std::net::SocketAddr) {
         self.peer_listen = Some(addr);
+    }
+
+    /// Sets `[admin] listen` (the /metrics listener) of the configs written from now on, e.g.
+    /// `0.0.0.0:9100` for a Prometheus in another namespace; [`Daemon::get`] follows it.
+    pub fn set_listen(&mut self, addr: std::net::SocketAddr) {
+        self.listen = addr;
     }
 
     /// Sets `[datapath] flow_table_size` of the configs written from now on.
@@ -330,10 +339,11 @@ impl<'ns> Daemon<'ns> {
     pub fn write_config_to(&self, name: &str, body: &str) -> Result<PathBuf> {
         let mut text = format!(
             "{body}\n\n[datapath]\nflow_table_size = {}\npin_dir = \"{}\"\nhash_key = \"{}\"\n\n\
-             [admin]\nlisten = \"{ADMIN_LISTEN}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\npeer_key_file = \"{}\"\n",
+             [admin]\nlisten = \"{}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\npeer_key_file = \"{}\"\n",
             self.flow_table_size,
             self.pin_dir.display(),
             hash_key_hex(),
+            self.listen,
             self.dir.join("state").display(),
             self.socket().display(),
             self.dir.join("peer.key").display(),
@@ -508,7 +518,11 @@ impl<'ns> Daemon<'ns> {
     /// its 127.0.0.1 is): `/metrics`, the only thing it serves; returns the body of a 2xx
     /// reply. The admin API is on [`Daemon::socket`].
     pub fn get(&self, path: &str) -> Result<String> {
-        let url = format!("http://{ADMIN_LISTEN}{path}");
+        let mut at = self.listen;
+        if at.ip().is_unspecified() {
+            at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let url = format!("http://{at}{path}");
         metrics::get(self.ns, &url, &[], HTTP_TIMEOUT).map_err(|message| DaemonError::Http { url, message })
     }
 

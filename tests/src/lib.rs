@@ -6,6 +6,7 @@
 //!   bench.
 //! - [`bird`]: real BIRD 2 daemons in namespaces (BGP tests): config, start/stop, routes.
 //! - [`pinned`]: a daemon's pinned maps and links, read with the controller's library.
+//! - [`prometheus`]: a real Prometheus server scraping controllers, and its query API.
 //! - [`admin`]: a daemon's admin API on its Unix socket, through the CLI's client.
 //! - [`harness`]: the embedded XDP object loaded into the kernel, frames run through it
 //!   with BPF_PROG_RUN, maps reached through `anycast_user::datapath::maps::DataPathMaps`.
@@ -36,6 +37,7 @@ pub mod fixture;
 pub mod harness;
 pub mod packet;
 pub mod pinned;
+pub mod prometheus;
 pub mod reference;
 pub mod sustained;
 pub mod topology;
