@@ -252,6 +252,14 @@ pub struct Daemon<'ns> {
     listen: std::net::SocketAddr,
     /// `[datapath] flow_table_size` of the configs written from now on.
     flow_table_size: u32,
+    /// Whether the configs written from now on carry the options of this build that a
+    /// previous release does not know (and would refuse): `[datapath] hash_key`, `[admin]
+    /// socket` and `peer_key_file`.
+    current_options: bool,
+    /// The log line that says the daemon is up (another release may say it otherwise).
+    ready: &'static str,
+    /// Environment added to the next starts (fault injection).
+    env: Vec<(String, String)>,
 }
 
 impl<'ns> Daemon<'ns> {
@@ -288,7 +296,27 @@ impl<'ns> Daemon<'ns> {
             peer_listen: None,
             listen: ADMIN_LISTEN.parse().expect("ADMIN_LISTEN is an address"),
             flow_table_size: FLOW_TABLE_SIZE,
+            current_options: true,
+            ready: READY,
+            env: Vec::new(),
         })
+    }
+
+    /// Runs `bin` from the next start on (another release of the controller on the same
+    /// pins, state and config), which says it is up with `ready`; `current_options`: whether
+    /// its configs carry this build's new options.
+    pub fn set_binary(&mut self, bin: &Path, ready: &'static str, current_options: bool) {
+        self.bin = bin.to_owned();
+        self.ready = ready;
+        self.current_options = current_options;
+    }
+
+    /// Sets (or with `None` removes) an environment variable of the next starts.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_owned(), v.to_owned()));
+        }
     }
 
     /// Adds `peer_listen = ADDR` to the `[admin]` section of the configs written from now on.
@@ -337,16 +365,26 @@ impl<'ns> Daemon<'ns> {
     /// [`Daemon::write_config`] to another file of this daemon's directory (a config for
     /// another `anycast` command); returns its path.
     pub fn write_config_to(&self, name: &str, body: &str) -> Result<PathBuf> {
+        // The options this build added, which a previous release would refuse.
+        let (key, admin) = if self.current_options {
+            (
+                format!("hash_key = \"{}\"\n", hash_key_hex()),
+                format!(
+                    "socket = \"{}\"\npeer_key_file = \"{}\"\n",
+                    self.socket().display(),
+                    self.dir.join("peer.key").display()
+                ),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let mut text = format!(
-            "{body}\n\n[datapath]\nflow_table_size = {}\npin_dir = \"{}\"\nhash_key = \"{}\"\n\n\
-             [admin]\nlisten = \"{}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\npeer_key_file = \"{}\"\n",
+            "{body}\n\n[datapath]\nflow_table_size = {}\npin_dir = \"{}\"\n{key}\n\
+             [admin]\nlisten = \"{}\"\nstate_dir = \"{}\"\n{admin}",
             self.flow_table_size,
             self.pin_dir.display(),
-            hash_key_hex(),
             self.listen,
             self.dir.join("state").display(),
-            self.socket().display(),
-            self.dir.join("peer.key").display(),
         );
         if let Some(addr) = self.peer_listen {
             text += &format!("peer_listen = \"{addr}\"\n");
@@ -386,9 +424,10 @@ impl<'ns> Daemon<'ns> {
         let mut cmd =
             self.command([OsStr::new("run"), OsStr::new("--config"), config.as_os_str()].iter().chain(extra));
         cmd.stdout(log).stderr(err);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = self.ns.spawn(&mut cmd).map_err(io("starting", &self.bin))?;
         self.child = Some(child);
-        self.wait_for_log(0, READY, START_TIMEOUT)
+        self.wait_for_log(0, self.ready, START_TIMEOUT)
     }
 
     /// Runs `anycast ARGS` once inside the namespace, with `env` added to its environment,

@@ -23,6 +23,7 @@
 pub mod daemon;
 pub mod metrics;
 pub mod netns;
+pub mod previous;
 pub mod require;
 pub mod sequenced;
 pub mod serial;

@@ -43,3 +43,28 @@ pub fn gue_source_port(hash: u64) -> u16 {
 pub fn flow_label(hash: u64) -> u32 {
     ((hash >> 32) & 0xf_ffff) as u32
 }
+
+/// Release 0.1.0's flow hash (unkeyed), written from its definition, to predict where that
+/// release steers a flow before an upgrade: murmur3's 32-bit block mix over the ports word
+/// (sport << 16 | dport) seeded with `0x5bd1e995 ^ proto`, then each address word of src
+/// and dst in turn (one each for IPv4, four each, interleaved, for IPv6; words in memory
+/// order), murmur3's finaliser; the bucket was `hash % m`.
+pub fn v1_bucket<T: Copy>(table: &[T], k: &FlowKey) -> T {
+    fn mix(h: u32, k: u32) -> u32 {
+        let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+        (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    }
+    let word = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    let mut h = mix(0x5bd1_e995 ^ u32::from(k.proto), (u32::from(k.sport) << 16) | u32::from(k.dport));
+    let words = if k.family == anycast_common::Family::V4 as u8 { 1 } else { 4 };
+    for i in 0..words {
+        h = mix(h, word(&k.src, 4 * i));
+        h = mix(h, word(&k.dst, 4 * i));
+    }
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    table[h as usize % table.len()]
+}

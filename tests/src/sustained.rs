@@ -21,7 +21,7 @@ use std::{
 };
 
 use anycast_common::{FlowKey, addr::Family, site::MAGLEV_SITE};
-use anycast_user::model::status::Status;
+use anycast_user::{api::client::Method, datapath::maps::Maglev};
 
 use testkit::{
     daemon::Daemon,
@@ -31,7 +31,7 @@ use testkit::{
     tcp::{self, Connection, Report, Served, Sink},
 };
 
-use crate::{admin::AdminApi, pinned::Pinned, reference, topology::ForwardChain};
+use crate::{admin::AdminApi, reference, topology::ForwardChain};
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
@@ -103,7 +103,7 @@ capacity = 100
 }
 
 /// B's config body: it serves the VIPs itself and decapsulates what A sends.
-fn config_b() -> String {
+pub fn config_b() -> String {
     r#"[local]
 interfaces = ["b0"]
 tunnel_v4 = "10.2.0.2"
@@ -140,14 +140,39 @@ pub fn start<'a>(chain: &'a ForwardChain, flow_table_size: Option<u32>) -> (Daem
 
 /// Client source ports from `first` on whose flows to VIP:`dport` (`proto`) A's Maglev
 /// table sends to each site: `n` for A, then `n` for B.
-fn ports_by_site(a: &Daemon, vip: &str, proto: u8, dport: u16, first: u16, n: usize) -> [Vec<u16>; 2] {
-    let status: Status = a.status().expect("A's /status");
-    let index = |name: &str| status.sites.iter().find(|s| s.name == name).expect("site in /status").index;
-    let vip_index = status.vips.iter().find(|v| v.name == vip).expect("VIP in /status").index;
-    let table = a.maps().expect("A's maps").maglev(vip_index).expect("Maglev map").expect("a Maglev table");
+fn ports_by_site(
+    a: &Daemon,
+    hash: Steering,
+    vip: &str,
+    proto: u8,
+    dport: u16,
+    first: u16,
+    n: usize,
+) -> [Vec<u16>; 2] {
+    // `/status` as plain JSON (release 0.1.0 serves it on TCP, this build on its admin
+    // socket) and the tables through the pinned MAGLEV alone: the same for every release.
+    let body = match hash {
+        Steering::Current => a.admin(Method::GET, "/status", None).expect("A's /status").1,
+        Steering::Release010 => a.get("/status").expect("A's /status"),
+    };
+    let status: serde_json::Value = serde_json::from_str(&body).expect("/status JSON");
+    let slot = |list: &str, name: &str| -> u32 {
+        status[list]
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["name"] == name))
+            .and_then(|e| e["index"].as_u64())
+            .unwrap_or_else(|| panic!("{name} in /status {list}: {status}")) as u32
+    };
+    let index = |name: &str| slot("sites", name);
+    let maglev = Maglev::from_pin(&a.pin_dir().join(anycast_common::maps::MAGLEV)).expect("A's pinned MAGLEV");
+    let table = maglev.table(slot("vips", vip)).expect("Maglev map").expect("a Maglev table");
     let mut ports = [Vec::new(), Vec::new()];
     for port in first..=u16::MAX {
-        let site = reference::bucket(&table, &flow_key(port, dport, proto)) & MAGLEV_SITE;
+        let key = flow_key(port, dport, proto);
+        let site = match hash {
+            Steering::Current => reference::bucket(&table, &key) & MAGLEV_SITE,
+            Steering::Release010 => reference::v1_bucket(&table, &key),
+        };
         for (i, name) in SITES.iter().enumerate() {
             if site == index(name) && ports[i].len() < n {
                 ports[i].push(port);
@@ -264,12 +289,43 @@ pub struct Flows {
     pub tcp: [Vec<u16>; 2],
 }
 
+/// Whose steering A runs: this build's (the keyed hash, flagged entries) or release
+/// 0.1.0's (before an upgrade test migrates it).
+#[derive(Clone, Copy, Debug)]
+pub enum Steering {
+    Current,
+    Release010,
+}
+
 impl Flows {
     /// From A's Maglev tables as they are now.
     pub fn pick(a: &Daemon, tcp_per_site: usize) -> Flows {
-        let mut tcp = ports_by_site(a, "tcp", libc::IPPROTO_TCP as u8, TCP_PORT, 41_000, tcp_per_site);
+        Flows::pick_with(a, Steering::Current, tcp_per_site)
+    }
+
+    /// [`Flows::pick`] for A running `steering`.
+    pub fn pick_with(a: &Daemon, steering: Steering, tcp_per_site: usize) -> Flows {
+        Flows::pick_from(a, steering, tcp_per_site, 0)
+    }
+
+    /// [`Flows::pick_with`] from client ports `offset` above the usual ones: a second
+    /// scenario on the same sites must not reuse the 4-tuples of the first while their
+    /// pins are still in the flow table (docs/datapath.md §6, the port-reuse limitation).
+    pub fn pick_from(a: &Daemon, steering: Steering, tcp_per_site: usize, offset: u16) -> Flows {
+        let mut tcp = ports_by_site(
+            a,
+            steering,
+            "tcp",
+            libc::IPPROTO_TCP as u8,
+            TCP_PORT,
+            41_000 + offset,
+            tcp_per_site,
+        );
         tcp.iter_mut().for_each(|p| p.sort_unstable());
-        Flows { udp: ports_by_site(a, "udp", libc::IPPROTO_UDP as u8, UDP_PORT, 40_000, 1), tcp }
+        Flows {
+            udp: ports_by_site(a, steering, "udp", libc::IPPROTO_UDP as u8, UDP_PORT, 40_000 + offset, 1),
+            tcp,
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use testkit::{daemon, require, teardown};
+use testkit::{daemon, previous, require, teardown};
 
 use crate::toolchain;
 
@@ -57,6 +57,12 @@ pub fn run(options: &Options, anycast: &Path) -> Result<()> {
         cmd.env("RUST_TEST_THREADS", test_threads().to_string());
     }
     cmd.env(daemon::BIN_ENV, anycast);
+    // The upgrade tests run the previous release and migrate its maps: build it once here
+    // (cached under target/previous-release) rather than inside a test.
+    println!("test: the previous release {} for the upgrade tests (built once, then cached)", previous::TAG);
+    let workspace = toolchain::workspace_root();
+    let previous = previous::build(workspace).map_err(|e| anyhow!("{e}"))?;
+    cmd.env(previous::BIN_ENV, previous);
     cmd.env(XTASK_ENV, std::env::current_exe().context("locating xtask's own executable")?);
     println!("test: {}", toolchain::describe(&cmd));
 

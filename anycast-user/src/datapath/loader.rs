@@ -28,7 +28,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anycast_common::maps::{self, FLOWS, PROGRAM};
+use anycast_common::maps::{self, FLOWS, LAYOUT_VERSION, PROGRAM};
 use aya::{
     Ebpf, EbpfLoader,
     maps::MapInfo,
@@ -42,7 +42,8 @@ use aya::{
 
 use super::{
     attach::{self, AttachError, Mode},
-    ebpf_log,
+    ebpf_log, fault,
+    layout::{self, LayoutError, Pinned, Previous},
     maps::{DataPathMaps, MapsError},
 };
 
@@ -59,10 +60,15 @@ pub enum LoaderError {
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: io::Error },
     #[error(
-        "pinned map {path} has key/value sizes {have:?} but this build expects {want:?}: the \
-         map layout changed. `anycast detach` (interrupts forwarding) and start again"
+        "pinned map {path} has key/value sizes {have:?} but this build's layout {LAYOUT_VERSION} expects \
+         {want:?}, and its LAYOUT says it is the same layout: the pins were changed by hand? \
+         `anycast detach` (interrupts forwarding) and start again"
     )]
     Incompatible { path: PathBuf, have: (u32, u32), want: (u32, u32) },
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Kernel(#[from] super::kernel::KernelError),
     #[error("reading pinned map {path}: {source}")]
     PinnedMap { path: PathBuf, source: aya::maps::MapError },
     #[error("parsing the embedded XDP object: {0}")]
@@ -114,13 +120,24 @@ pub struct Instance {
     links: BTreeMap<String, FdLink>,
 }
 
-/// What [`start`] found and did.
-pub struct Started {
-    pub instance: Instance,
+/// The program loaded against the pinned maps (or new ones), its links not touched yet:
+/// [`load`] returns it with the maps, the owner makes the maps match the config, then
+/// [`Loaded::attach`] puts the program on the interfaces.
+pub struct Loaded {
+    pin_dir: PathBuf,
+    ebpf: Ebpf,
+    pinned: Pinned,
+}
+
+/// What [`load`] found.
+pub struct Prepared {
+    pub loaded: Loaded,
     pub maps: DataPathMaps,
-    /// Whether the maps were pinned already (an instance was adopted).
+    /// Whether the maps were pinned already (an instance was adopted or is migrated).
     pub adopted_maps: bool,
-    pub links: Vec<(String, LinkOutcome)>,
+    /// An older layout being migrated: what its data path steers by, for the plan (keep
+    /// the VIP slots, adopt the weights, flag every local bucket).
+    pub previous: Option<Previous>,
 }
 
 pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
@@ -188,40 +205,61 @@ fn mount_bpffs(at: &Path) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-/// Refuses pinned maps whose layout differs from the object's: reusing them would make the
-/// new program read the old layout (the kernel only checks sizes the verifier sees).
-fn check_pinned(object: &[u8], pin_dir: &Path) -> Result<bool> {
+/// Refuses maps to be reused whose key or value size differs from the object's: reusing
+/// them would make the new program read another layout (the kernel only checks sizes the
+/// verifier sees). `paths` are where each map is pinned for this load.
+fn check_pinned(object: &[u8], paths: &[(&str, PathBuf)]) -> Result<bool> {
     let obj = aya_obj::Object::parse(object)?;
     let mut any = false;
-    for name in maps::ALL {
-        let path = pin_dir.join(name);
+    for (name, path) in paths {
         if !path.exists() {
             continue;
         }
         any = true;
-        let info = MapInfo::from_pin(&path)
+        let info = MapInfo::from_pin(path)
             .map_err(|source| LoaderError::PinnedMap { path: path.clone(), source })?;
-        let Some(want) = obj.maps.get(name) else { continue };
+        let Some(want) = obj.maps.get(*name) else { continue };
         // DEVMAP's value size is chosen by aya at creation (ifindex alone or with a program
         // fd, by kernel support), not taken from the object: compare keys only.
-        let value = |v: u32| if name == maps::DEVMAP { 0 } else { v };
+        let value = |v: u32| if *name == maps::DEVMAP { 0 } else { v };
         let have = (info.key_size(), value(info.value_size()));
         let want = (want.key_size(), value(want.value_size()));
         if have != want {
-            return Err(LoaderError::Incompatible { path, have, want });
+            return Err(LoaderError::Incompatible { path: path.clone(), have, want });
         }
     }
     Ok(any)
 }
 
-/// Loads `object` against the maps pinned under `pin_dir` (creating and pinning the ones
-/// that are missing) and attaches, adopts or upgrades a link on every interface.
-pub fn start(object: &[u8], pin_dir: &Path, flow_table_size: u32, ifaces: &[String]) -> Result<Started> {
-    let pin_dir = &resolve_pin_dir(pin_dir)?;
-    let adopted_maps = check_pinned(object, pin_dir)?;
+/// Loads `object` against the maps pinned under `pin_dir` — this build's layout as they
+/// are, an older layout by staging the maps that changed (see [`layout`]) — creating and
+/// pinning the ones that are missing. Touches no link.
+pub fn load(object: &[u8], pin_dir: &Path, flow_table_size: u32) -> Result<Prepared> {
+    super::kernel::check(&super::kernel::release())?;
+    let pin_dir = resolve_pin_dir(pin_dir)?;
+    let pinned = layout::pinned(&pin_dir)?;
+    let previous = match pinned {
+        Pinned::Older { from, resume } => {
+            log::info!(
+                "upgrade: pinned maps are layout {from}, this build's is {LAYOUT_VERSION}: migrating{}",
+                if resume { " (resuming an interrupted migration)" } else { "" }
+            );
+            std::fs::create_dir_all(pin_dir.join(layout::STAGING)).map_err(|source| LoaderError::Io {
+                what: "creating",
+                path: pin_dir.join(layout::STAGING),
+                source,
+            })?;
+            // Resumed, the staged maps hold the plan already (and a commit may have renamed
+            // some of the old ones away): plan against them as they are.
+            if resume { None } else { Some(layout::previous(&pin_dir, from)?) }
+        }
+        Pinned::Fresh | Pinned::Current => None,
+    };
+    let paths: Vec<(&str, PathBuf)> =
+        maps::ALL.iter().map(|&n| (n, layout::map_path(&pin_dir, &pinned, n))).collect();
+    let adopted_maps = check_pinned(object, &paths)?;
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(FLOWS, flow_table_size);
-    let paths: Vec<(&str, PathBuf)> = maps::ALL.iter().map(|&n| (n, pin_dir.join(n))).collect();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -239,10 +277,47 @@ pub fn start(object: &[u8], pin_dir: &Path, flow_table_size: u32, ifaces: &[Stri
     }
     ebpf_log::spawn(&mut ebpf);
     program(&mut ebpf)?.load()?;
-    let maps = DataPathMaps::take(&mut ebpf)?;
-    let mut instance = Instance { pin_dir: pin_dir.to_owned(), ebpf, links: BTreeMap::new() };
-    let links = instance.set_interfaces(ifaces)?;
-    Ok(Started { instance, maps, adopted_maps, links })
+    let mut maps = DataPathMaps::take(&mut ebpf)?;
+    match pinned {
+        Pinned::Fresh => maps.set_layout(LAYOUT_VERSION)?,
+        Pinned::Older { from, resume: false } => {
+            layout::carry_counters(&pin_dir, from)?;
+            log::info!(
+                "upgrade: new maps staged in {}, counters carried over",
+                pin_dir.join(layout::STAGING).display()
+            );
+        }
+        Pinned::Older { resume: true, .. } | Pinned::Current => {}
+    }
+    Ok(Prepared { loaded: Loaded { pin_dir, ebpf, pinned }, maps, adopted_maps, previous })
+}
+
+impl Loaded {
+    /// Puts the program on `ifaces` (attaching, adopting or upgrading each link). A
+    /// migration is marked complete first (its maps must hold the config by now: the owner
+    /// reconciled them), then each link's program is swapped (`BPF_LINK_UPDATE`) and the
+    /// staged pins are committed.
+    pub fn attach(
+        self,
+        maps: &mut DataPathMaps,
+        ifaces: &[String],
+    ) -> Result<(Instance, Vec<(String, LinkOutcome)>)> {
+        let Loaded { pin_dir, ebpf, pinned } = self;
+        if let Pinned::Older { from, .. } = pinned {
+            maps.set_layout(LAYOUT_VERSION)?;
+            log::info!(
+                "upgrade: staged maps of layout {from} → {LAYOUT_VERSION} hold the config; swapping the programs"
+            );
+            fault::point("staged");
+        }
+        let mut instance = Instance { pin_dir, ebpf, links: BTreeMap::new() };
+        let links = instance.set_interfaces(ifaces)?;
+        if let Pinned::Older { from, .. } = pinned {
+            layout::commit(&instance.pin_dir, from)?;
+            log::info!("upgrade: layout {from} → {LAYOUT_VERSION} complete; the old maps are released");
+        }
+        Ok((instance, links))
+    }
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
@@ -305,6 +380,7 @@ impl Instance {
             let id = prog.attach_to_link(xdp)?;
             let link =
                 FdLink::try_from(prog.take_link(id)?).map_err(|source| LoaderError::Link { path, source })?;
+            fault::point("swap");
             return Ok((link, LinkOutcome::Upgraded));
         }
         let (id, mode) = attach::attach(prog, iface)?;
@@ -339,6 +415,7 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<String>> {
     for name in maps::ALL {
         remove_pin(&pin_dir.join(name))?;
     }
+    layout::remove_staging(&pin_dir.join(layout::STAGING))?;
     for dir in [links.as_path(), pin_dir] {
         match std::fs::remove_dir(dir) {
             Ok(()) => {}

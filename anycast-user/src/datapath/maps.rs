@@ -267,21 +267,7 @@ impl DataPathMaps {
 
     /// The table currently in VIP slot `vip` (without the size slot), if any.
     pub fn maglev(&self, vip: u32) -> Result<Option<Vec<u32>>> {
-        let inner = match self.maglev.get(&vip, 0) {
-            Ok(inner) => inner,
-            Err(MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(map_err(maps::MAGLEV)(e)),
-        };
-        let fd = IterableMap::<u32, u32>::map(&inner).fd().as_fd().as_raw_fd();
-        let mut all = match lookup_batch(fd, inner.len()) {
-            Ok(all) => all,
-            // Kernels before 5.6: one syscall per entry.
-            Err(_) => collect_array(inner.iter(), maps::MAGLEV)?,
-        };
-        let size = all.first().copied().unwrap_or(0) as usize;
-        all.truncate(size + 1);
-        all.remove(0);
-        Ok(Some(all))
+        read_table(&self.maglev, vip).map_err(map_err(maps::MAGLEV))
     }
 
     pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>> {
@@ -423,6 +409,42 @@ fn sum_per_cpu<const N: usize>(map: &PerCpuArray<MapData, u64>, name: &'static s
         *slot = map.get(&(i as u32), 0).map_err(map_err(name))?.iter().sum();
     }
     Ok(out)
+}
+
+/// A Maglev outer map opened on its own: a migration reads an older layout's tables with it.
+pub struct Maglev(ArrayOfMaps<MapData, Array<MapData, u32>>);
+
+impl Maglev {
+    pub fn from_pin(path: &Path) -> Result<Maglev, MapError> {
+        let data = MapData::from_pin(path)?;
+        Ok(Maglev(ArrayOfMaps::try_from(Map::ArrayOfMaps(data))?))
+    }
+
+    /// The table in VIP slot `vip` (without the size slot), if any.
+    pub fn table(&self, vip: u32) -> Result<Option<Vec<u32>>, MapError> {
+        read_table(&self.0, vip)
+    }
+}
+
+fn read_table(
+    outer: &ArrayOfMaps<MapData, Array<MapData, u32>>,
+    vip: u32,
+) -> Result<Option<Vec<u32>>, MapError> {
+    let inner = match outer.get(&vip, 0) {
+        Ok(inner) => inner,
+        Err(MapError::KeyNotFound) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let fd = IterableMap::<u32, u32>::map(&inner).fd().as_fd().as_raw_fd();
+    let mut all = match lookup_batch(fd, inner.len()) {
+        Ok(all) => all,
+        // Kernels before 5.6: one syscall per entry.
+        Err(_) => inner.iter().collect::<Result<Vec<_>, _>>()?,
+    };
+    let size = all.first().copied().unwrap_or(0) as usize;
+    all.truncate(size + 1);
+    all.remove(0);
+    Ok(Some(all))
 }
 
 /// `union bpf_attr`'s `batch` member (linux/bpf.h). aya 0.14 has no batch operations,

@@ -4,6 +4,9 @@
 pub mod attach;
 pub mod counters;
 pub mod ebpf_log;
+pub mod fault;
+pub mod kernel;
+pub mod layout;
 pub mod loader;
 pub mod maps;
 pub mod object;

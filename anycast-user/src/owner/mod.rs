@@ -29,7 +29,7 @@ use crate::{
     },
     model::{DataPathView, ReloadOutcome},
     reconcile::{
-        self, Applied, Dynamic, Plan, PlanError, Reconciler,
+        self, Applied, Dynamic, Plan, PlanError, Reconciler, State,
         overrides::{Overrides, OverridesError},
         preview::{self, Preview},
     },
@@ -141,19 +141,18 @@ impl Owner {
         let config = with_hash_key(config)?;
         let overrides = Overrides::load(&config.admin.state_dir)?;
         let t0 = Instant::now();
-        let started = loader::start(
-            object,
-            &config.datapath.pin_dir,
-            config.datapath.flow_table_size,
-            &config.local.interfaces,
-        )?;
-        let mut maps = started.maps;
+        let prepared = loader::load(object, &config.datapath.pin_dir, config.datapath.flow_table_size)?;
+        let mut maps = prepared.maps;
         let t1 = Instant::now();
         let mut reconciler = Reconciler::new(&maps)?;
+        // A migration plans against what the older layout's data path steers by (its VIP
+        // slots and tables, its sites) and writes into the new maps.
+        let planning = prepared.previous.as_ref().map(|p| reconciler.current().with_previous(p));
+        let current = planning.as_ref().unwrap_or(reconciler.current());
         let t2 = Instant::now();
         let egress = ifindexes(&config.local.interfaces)?;
-        let dynamic = Dynamic::running(&config, &overrides, reconciler.current(), egress.clone())?;
-        if let Some(w) = dynamic.weights.as_ref().filter(|_| started.adopted_maps) {
+        let dynamic = Dynamic::running(&config, &overrides, current, egress.clone())?;
+        if let Some(w) = dynamic.weights.as_ref().filter(|_| prepared.adopted_maps) {
             log::info!("load steering: carrying on with the running weights {w:?}");
         }
         if !dynamic.down.is_empty() {
@@ -162,15 +161,19 @@ impl Owner {
                 dynamic.down.iter().cloned().collect::<Vec<_>>().join(", ")
             );
         }
-        let plan = reconcile::plan(&config, &overrides, &dynamic, reconciler.current(), egress)?;
+        let plan = reconcile::plan(&config, &overrides, &dynamic, current, egress)?;
         let applied = reconciler.apply(&mut maps, &plan.state)?;
+        let t3 = Instant::now();
+        // Only now, with the maps holding the config, does the program meet packets.
+        let (instance, links) = prepared.loaded.attach(&mut maps, &config.local.interfaces)?;
         log::info!(
-            "start: load and attach {:.0} ms, read maps {:.0} ms, reconcile {:.0} ms",
+            "start: load {:.0} ms, read maps {:.0} ms, reconcile {:.0} ms, attach {:.0} ms",
             (t1 - t0).as_secs_f64() * 1e3,
             (t2 - t1).as_secs_f64() * 1e3,
-            t2.elapsed().as_secs_f64() * 1e3
+            (t3 - t2).as_secs_f64() * 1e3,
+            t3.elapsed().as_secs_f64() * 1e3
         );
-        let pin_dir = started.instance.pin_dir().to_owned();
+        let pin_dir = instance.pin_dir().to_owned();
         let owner = Owner {
             flow_capacity: flow_capacity(&pin_dir),
             attached: attached(&config, &pin_dir),
@@ -179,13 +182,13 @@ impl Owner {
             generation: 0,
             overrides,
             maps,
-            instance: Some(started.instance),
+            instance: Some(instance),
             reconciler,
             plan,
             dynamic,
             reload: None,
         };
-        Ok(Started { owner, links: started.links, applied })
+        Ok(Started { owner, links, applied })
     }
 
     /// Opens the maps of a running instance without touching its links, for one-shot CLI

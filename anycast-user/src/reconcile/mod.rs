@@ -32,7 +32,10 @@ pub mod preview;
 
 use crate::{
     config::{Affinity, Config, Encap, HashKeySource, SiteKind},
-    datapath::maps::{DataPathMaps, MapsError},
+    datapath::{
+        layout::Previous,
+        maps::{DataPathMaps, MapsError},
+    },
     model::WEIGHT_SCALE,
 };
 use maglev::Backend;
@@ -522,6 +525,25 @@ pub fn diff(want: &State, have: &State) -> Vec<Op> {
 }
 
 impl State {
+    /// The state to plan a migration against: this one (the maps as the new program will
+    /// see them) with the VIP slots and Maglev tables of the older layout's running data
+    /// path, so that VIPs keep their indices (and counters) and the running weights are
+    /// adopted. Every entry of those tables counts as flagged `MAGLEV_CHECK`: layout 1 pinned
+    /// every flow, so any local bucket may hold flows pinned to another site.
+    pub fn with_previous(&self, previous: &Previous) -> State {
+        let mut s = self.clone();
+        s.vips = previous.vips.iter().map(|(k, index)| (*k, VipInfo { index: *index, flags: 0 })).collect();
+        s.maglev = previous
+            .maglev
+            .iter()
+            .map(|(index, table)| {
+                let flagged: Vec<u32> = table.iter().map(|&e| e | MAGLEV_CHECK).collect();
+                (*index, flagged.into())
+            })
+            .collect();
+        s
+    }
+
     /// Records a write that succeeded.
     pub fn apply(&mut self, op: &Op) {
         match op {
