@@ -164,7 +164,8 @@ fn ports_by_site(
             .unwrap_or_else(|| panic!("{name} in /status {list}: {status}")) as u32
     };
     let index = |name: &str| slot("sites", name);
-    let maglev = Maglev::from_pin(&a.pin_dir().join(anycast_common::maps::MAGLEV)).expect("A's pinned MAGLEV");
+    let maglev =
+        Maglev::from_pin(&a.pin_dir().join(anycast_common::maps::MAGLEV)).expect("A's pinned MAGLEV");
     let table = maglev.table(slot("vips", vip)).expect("Maglev map").expect("a Maglev table");
     let mut ports = [Vec::new(), Vec::new()];
     for port in first..=u16::MAX {

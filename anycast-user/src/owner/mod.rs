@@ -29,7 +29,7 @@ use crate::{
     },
     model::{DataPathView, ReloadOutcome},
     reconcile::{
-        self, Applied, Dynamic, Plan, PlanError, Reconciler, State,
+        self, Applied, Dynamic, Plan, PlanError, Reconciler,
         overrides::{Overrides, OverridesError},
         preview::{self, Preview},
     },
