@@ -42,8 +42,21 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValue
 /// (bpffs refuses names with a dot: "reserved for future use".)
 pub const STAGING: &str = "staging";
 
-/// The oldest layout this build migrates from.
-pub const OLDEST: u32 = 1;
+/// The maps release 0.1.0 (layout 1) pinned.
+const LAYOUT_1_MAPS: [&str; 12] = [
+    maps::CONFIG,
+    maps::ADDR_FILTER,
+    maps::VIPS,
+    maps::MAGLEV,
+    maps::SITES,
+    maps::TUNNEL_PEERS,
+    maps::FLOWS,
+    maps::DEVMAP,
+    maps::SITE_STATS,
+    maps::VIP_STATS,
+    maps::EXCEPTIONS,
+    maps::FIB_CACHE,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -52,6 +65,11 @@ pub enum LayoutError {
          that pinned them (or a newer one), or `anycast detach` first (interrupts forwarding)"
     )]
     Newer { dir: PathBuf, found: u32 },
+    #[error(
+        "{dir} holds maps without a LAYOUT, but not all of release 0.1.0's (missing: {missing}): not what \
+         a release of anycast pinned. `anycast detach` (interrupts forwarding) and start again"
+    )]
+    Incomplete { dir: PathBuf, missing: String },
     #[error("reading the pinned {name}: {source}")]
     Read { name: String, source: MapError },
     #[error("{what} {path}: {source}")]
@@ -95,6 +113,13 @@ pub fn pinned(dir: &Path) -> Result<Pinned> {
             return Ok(Pinned::Fresh);
         }
     };
+    if from == 1 {
+        // Release 0.1.0 pinned all twelve of its maps; anything less is not its work.
+        let missing: Vec<&str> = LAYOUT_1_MAPS.iter().copied().filter(|n| !dir.join(n).exists()).collect();
+        if !missing.is_empty() {
+            return Err(LayoutError::Incomplete { dir: dir.to_owned(), missing: missing.join(", ") });
+        }
+    }
     let resume = read_layout(&staging.join(maps::LAYOUT))? == Some(LAYOUT_VERSION);
     if !resume {
         remove_staging(&staging)?;

@@ -238,6 +238,9 @@ pub fn load(object: &[u8], pin_dir: &Path, flow_table_size: u32) -> Result<Prepa
     super::kernel::check(&super::kernel::release())?;
     let pin_dir = resolve_pin_dir(pin_dir)?;
     let pinned = layout::pinned(&pin_dir)?;
+    let paths: Vec<(&str, PathBuf)> =
+        maps::ALL.iter().map(|&n| (n, layout::map_path(&pin_dir, &pinned, n))).collect();
+    let adopted_maps = check_pinned(object, &paths)?;
     let previous = match pinned {
         Pinned::Older { from, resume } => {
             log::info!(
@@ -255,9 +258,6 @@ pub fn load(object: &[u8], pin_dir: &Path, flow_table_size: u32) -> Result<Prepa
         }
         Pinned::Fresh | Pinned::Current => None,
     };
-    let paths: Vec<(&str, PathBuf)> =
-        maps::ALL.iter().map(|&n| (n, layout::map_path(&pin_dir, &pinned, n))).collect();
-    let adopted_maps = check_pinned(object, &paths)?;
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(FLOWS, flow_table_size);
     for (name, path) in &paths {
