@@ -90,6 +90,20 @@ fn upgrade_from_the_previous_release_under_traffic_moves_nothing_and_roll_back_i
     let old = previous::binary().expect("the previous release");
     let chain = sustained::topology("upg").unwrap();
     let (mut a, _b) = start_on_previous_release(&chain);
+    // Beforehand, this build's `anycast plan` says what a start would migrate, touching
+    // nothing.
+    let out = std::process::Command::new(current).arg("plan").arg(a.config_path()).output().unwrap();
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "anycast plan: {out:?}");
+    for line in [
+        "upgrade: pinned maps are layout 1; this build's is 2",
+        "upgrade: kept as they run (state and counters go on): SITES, TUNNEL_PEERS, FLOWS",
+        "upgrade: rebuilt from the config",
+        "upgrade: rolling back:",
+    ] {
+        assert!(plan.contains(line), "no {line:?} in `anycast plan`:\n{plan}");
+    }
+    assert!(!a.pin_dir().join(anycast_user::datapath::layout::STAGING).exists(), "the plan staged something");
     let flows = Flows::pick_with(&a, Steering::Release010, TCP_PER_SITE);
     let mut log = String::new();
     let measured = under_traffic(&chain, flows, SETTLE, || {

@@ -281,6 +281,14 @@ impl Collector for Scrape {
                 ("revision", env!("ANYCAST_GIT_REVISION")),
             ])?)?;
         }
+        // A running controller has migrated whatever it found (docs/controller.md,
+        // "Upgrades"): the data path's maps are this build's layout.
+        ConstGauge::new(anycast_common::maps::LAYOUT_VERSION as i64).encode(enc.encode_descriptor(
+            "anycast_datapath_layout_version",
+            "Layout version of the data path's pinned maps (anycast_common::maps::LAYOUT_VERSION)",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let p = self.process;
         ConstGauge::new(p.resident_bytes as i64).encode(enc.encode_descriptor(
             "process_resident_memory_bytes",
@@ -461,6 +469,7 @@ mod tests {
             env!("ANYCAST_GIT_REVISION")
         );
         assert!(text.lines().any(|l| l == build), "missing {build:?} in\n{text}");
+        assert!(text.lines().any(|l| l == "anycast_datapath_layout_version 2"), "{text}");
     }
 
     #[test]

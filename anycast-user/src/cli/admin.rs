@@ -22,6 +22,7 @@ use anycast_user::{
     config::{Config, DEFAULT_SOCKET},
     datapath::{
         counters::{Counters, Samples},
+        layout::{self, Pinned},
         loader,
         pin_lock::PinDirLock,
     },
@@ -197,6 +198,18 @@ pub async fn reload(target: &Target) -> Result<()> {
 pub async fn plan(target: &Target, file: &Path) -> Result<()> {
     // Validated here first: the problems then name FILE and its lines.
     let new = Config::load(file)?;
+    // Maps of an older layout (this build not running yet): what a start would migrate.
+    let pin_dir = loader::resolve_pin_dir(&new.datapath.pin_dir)?;
+    if let Pinned::Older { .. } = layout::inspect_only(&pin_dir)? {
+        let steps = layout::describe(&pin_dir)?;
+        if target.json() {
+            return print_json(&serde_json::json!({ "upgrade": steps }));
+        }
+        for step in steps {
+            println!("upgrade: {step}");
+        }
+        return Ok(());
+    }
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let preview = match call::<Preview>(target, Method::POST, "/plan", Some(text), CHANGE_TIMEOUT).await? {
         Ok(p) => p,

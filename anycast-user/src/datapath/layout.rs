@@ -92,9 +92,20 @@ pub enum Pinned {
     Older { from: u32, resume: bool },
 }
 
-/// Reads which layout `dir` holds (and throws away an incomplete staging).
+/// Reads which layout `dir` holds, and throws away an incomplete staging.
 pub fn pinned(dir: &Path) -> Result<Pinned> {
+    inspect(dir, true)
+}
+
+/// [`pinned`] touching nothing (for a dry run).
+pub fn inspect_only(dir: &Path) -> Result<Pinned> {
+    inspect(dir, false)
+}
+
+/// [`pinned`]; `tidy`: throw away an incomplete staging.
+fn inspect(dir: &Path, tidy: bool) -> Result<Pinned> {
     let staging = dir.join(STAGING);
+    let remove_staging = |s: &Path| if tidy { remove_staging(s) } else { Ok(()) };
     if let Some(v) = read_layout(&dir.join(maps::LAYOUT))? {
         if v > LAYOUT_VERSION {
             return Err(LayoutError::Newer { dir: dir.to_owned(), found: v });
@@ -313,10 +324,10 @@ pub fn commit(dir: &Path, from: u32) -> Result<()> {
     Ok(())
 }
 
-/// What an upgrade of `dir` would do, one line per step (for `anycast plan`): nothing for
-/// this build's layout.
+/// What an upgrade of `dir` would do, one line per step (for `anycast plan`), touching
+/// nothing.
 pub fn describe(dir: &Path) -> Result<Vec<String>> {
-    let from = match pinned(dir)? {
+    let from = match inspect(dir, false)? {
         Pinned::Fresh => {
             return Ok(vec![format!("no pinned maps: a start creates them in layout {LAYOUT_VERSION}")]);
         }
