@@ -302,3 +302,71 @@ fn peer_is_for_remote_sites_and_must_be_an_address() {
     let p = problems(&text);
     assert!(p.iter().any(|p| p.line == line_of(&text, "peer")), "{p:?}");
 }
+
+#[test]
+fn datapath_limits_key_and_affinity() {
+    let vips = "\n[[vips]]\naddress = \"192.0.2.1\"\nport = 53\nprotocol = \"udp\"\naffinity = \"none\"\n";
+    let text = format!(
+        "{BASE}{vips}\n[datapath]\nhash_key = \"00112233445566778899aabbccddeeff\"\nicmp_rate = 10\n\
+         icmp_burst = 2\npin_rate = 500\npin_burst = 5\nsocket_netns_id = 3\n"
+    );
+    let c = Config::parse(&text, "t.toml").unwrap();
+    let d = &c.datapath;
+    let mut want = [0u8; 16];
+    for (i, b) in want.iter_mut().enumerate() {
+        *b = (i as u8) * 0x11;
+    }
+    assert_eq!(d.hash_key, HashKeySource::Inline(want));
+    assert_eq!((d.icmp_rate, d.icmp_burst, d.pin_rate, d.pin_burst), (10, 2, 500, 5));
+    assert_eq!(d.socket_netns_id, Some(3));
+    assert_eq!(c.vips[0].affinity, Affinity::None);
+    // Defaults: a generated key, limits, the interfaces' namespace, pinned UDP.
+    let c = Config::parse(
+        &format!("{BASE}\n[[vips]]\naddress = \"192.0.2.1\"\nport = 53\nprotocol = \"udp\"\n"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.datapath.hash_key, HashKeySource::Generated);
+    assert_eq!((c.datapath.icmp_rate, c.datapath.pin_rate), (DEFAULT_ICMP_RATE, DEFAULT_PIN_RATE));
+    assert_eq!(c.datapath.socket_netns_id, None);
+    assert_eq!(c.vips[0].affinity, Affinity::Flow);
+    let file =
+        Config::parse(&format!("{BASE}\n[datapath]\nhash_key_file = \"/etc/anycast/key\"\n"), "t").unwrap();
+    assert_eq!(file.datapath.hash_key, HashKeySource::File("/etc/anycast/key".into()));
+}
+
+#[test]
+fn datapath_key_and_limit_errors() {
+    // Each problem at the line of its key (the first line that starts with it).
+    let check = |extra: &str, key: &str, column: usize, needle: &str| {
+        let text = format!("{BASE}\n[datapath]\n{extra}\n");
+        let line = text.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+        one(&text, line, column, needle);
+    };
+    check("hash_key = \"0123\"", "hash_key", 12, "32 hexadecimal digits");
+    check("hash_key = \"zz112233445566778899aabbccddeeff\"", "hash_key", 12, "32 hexadecimal digits");
+    check(
+        "hash_key = \"00112233445566778899aabbccddeeff\"\nhash_key_file = \"/k\"",
+        "hash_key_file",
+        17,
+        "not both",
+    );
+    check("hash_key_file = \"key\"", "hash_key_file", 17, "absolute path");
+    check("icmp_burst = 0", "icmp_burst", 14, "at least 1");
+    check("pin_rate = 0", "pin_rate", 12, "at least 1");
+    check("socket_netns_id = 4294967295", "socket_netns_id", 19, "namespace id");
+}
+
+#[test]
+fn affinity_is_for_udp_vips_only() {
+    let text = format!(
+        "{BASE}\n[[vips]]\naddress = \"192.0.2.1\"\nport = 80\nprotocol = \"tcp\"\naffinity = \"none\"\n"
+    );
+    let line = text.lines().position(|l| l.starts_with("affinity")).unwrap() + 1;
+    one(&text, line, 12, "UDP VIPs only");
+    let bad = format!(
+        "{BASE}\n[[vips]]\naddress = \"192.0.2.1\"\nport = 53\nprotocol = \"udp\"\naffinity = \"sticky\"\n"
+    );
+    let p = problems(&bad);
+    assert!(p.iter().any(|p| p.message.contains("unknown variant `sticky`")), "{p:#?}");
+}
