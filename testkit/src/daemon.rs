@@ -250,6 +250,8 @@ pub struct Daemon<'ns> {
     peer_listen: Option<std::net::SocketAddr>,
     /// `[admin] listen` (/metrics): [`ADMIN_LISTEN`] unless a test scrapes it from elsewhere.
     listen: std::net::SocketAddr,
+    /// `[admin] socket_group`.
+    socket_group: Option<String>,
     /// `[datapath] flow_table_size` of the configs written from now on.
     flow_table_size: u32,
     /// Whether the configs written from now on carry the options of this build that a
@@ -295,6 +297,7 @@ impl<'ns> Daemon<'ns> {
             starts: 0,
             peer_listen: None,
             listen: ADMIN_LISTEN.parse().expect("ADMIN_LISTEN is an address"),
+            socket_group: None,
             flow_table_size: FLOW_TABLE_SIZE,
             current_options: true,
             ready: READY,
@@ -317,6 +320,12 @@ impl<'ns> Daemon<'ns> {
         if let Some(v) = value {
             self.env.push((key.to_owned(), v.to_owned()));
         }
+    }
+
+    /// Adds `socket_group = GROUP` to the `[admin]` section of the configs written from now
+    /// on: the admin socket's group.
+    pub fn set_socket_group(&mut self, group: &str) {
+        self.socket_group = Some(group.to_owned());
     }
 
     /// Adds `peer_listen = ADDR` to the `[admin]` section of the configs written from now on.
@@ -388,6 +397,9 @@ impl<'ns> Daemon<'ns> {
         );
         if let Some(addr) = self.peer_listen {
             text += &format!("peer_listen = \"{addr}\"\n");
+        }
+        if let Some(group) = &self.socket_group {
+            text += &format!("socket_group = \"{group}\"\n");
         }
         let path = self.dir.join(name);
         fs::write(&path, text).map_err(io("writing", &path))?;

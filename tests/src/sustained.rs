@@ -123,6 +123,36 @@ capacity = 100
         + &vips(Some("b"))
 }
 
+/// B's peer listener, for [`start_watched`].
+pub const B_PEER: &str = "10.2.0.2:9101";
+/// `[health]` at A for [`start_watched`]: down after 3 failed probes 250 ms apart.
+pub const HEALTH: &str = "\n[health]\ninterval_ms = 250\ntimeout_ms = 200\nrise = 2\nfall = 3\n";
+
+/// [`start`], with A watching B: A probes B through the data path (`[health]`) and polls
+/// B's load report (B's `peer_listen`). Returns once A holds B up.
+pub fn start_watched(chain: &ForwardChain) -> (Daemon<'_>, Daemon<'_>) {
+    let mut b = Daemon::new(&chain.b).expect("B's daemon");
+    b.set_peer_listen(B_PEER.parse().expect("address"));
+    b.write_config(&config_b()).expect("B's config");
+    b.start().expect("start B's controller");
+    let mut a = Daemon::new(&chain.a).expect("A's daemon");
+    let config = config_a().replacen(
+        "encap = \"ip\"\ncapacity = 100\n",
+        &format!("encap = \"ip\"\ncapacity = 100\npeer = \"{B_PEER}\"\n"),
+        1,
+    ) + HEALTH;
+    a.write_config(&config).expect("A's config");
+    a.start().expect("start A's controller");
+    let up = testkit::wait::until(Duration::from_secs(10), || site_up(&a, "b") == Some(1));
+    assert!(up.is_some(), "A never held B up:\n{}", a.log());
+    (a, b)
+}
+
+/// `anycast_site_up{site}` at `d`.
+pub fn site_up(d: &Daemon, site: &str) -> Option<u64> {
+    metric(&d.get("/metrics").ok()?, &format!("anycast_site_up{{site=\"{site}\"}}"))
+}
+
 /// Starts B's controller, then A's (A redirects into a1, which delivers only once b0 runs
 /// XDP). `flow_table_size` for A, if given.
 pub fn start<'a>(chain: &'a ForwardChain, flow_table_size: Option<u32>) -> (Daemon<'a>, Daemon<'a>) {

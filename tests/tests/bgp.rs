@@ -14,7 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_tests::bird::{Bird, Learned};
+use anycast_tests::{
+    admin::AdminApi,
+    bird::{Bird, Learned},
+    pinned::Pinned,
+};
 use anycast_user::{
     bgp::{self, EXPORT_FILTER},
     config::Config,
@@ -434,4 +438,68 @@ fn bgp_include_file_parses_in_bird() {
     let out = parse();
     assert!(out.status.success(), "{}\n{include}", String::from_utf8_lossy(&out.stderr));
     std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// A restart remembers: a remote site that is down stays down (its SITES entry never gets
+/// SITE_UP back, it never gets a flow), and a de-preferred route stays de-preferred: no
+/// BGP transition, no announce in between, no second de-prefer.
+#[test]
+fn bgp_restart_keeps_a_down_site_and_the_deprefer() {
+    if !require("bgp_restart_keeps_a_down_site_and_the_deprefer", &[Need::Kernel, BIRD, BIRDC]) {
+        return;
+    }
+    let lab = lab();
+    let mut d = Daemon::new(&lab.site).expect("daemon");
+    let speaker_dir = lab.speaker.dir().to_owned();
+    // A second site whose tunnel endpoint nobody answers: its probes fail, it is down; with
+    // it down no site has headroom, so the overload de-prefers.
+    let body = config(&speaker_dir, &lab.speaker.socket(), "\"s0\"")
+        .replace("interfaces = [\"s0\"]\n", "interfaces = [\"s0\"]\ntunnel_v4 = \"10.9.0.1\"\n")
+        .replacen(
+            "[[vips]]",
+            "[[sites]]\nname = \"dead\"\nendpoint = \"10.9.0.77\"\ncapacity = 1000\n\n[[vips]]",
+            1,
+        )
+        + "\n[health]\ninterval_ms = 250\ntimeout_ms = 200\nrise = 2\nfall = 2\n";
+    d.write_config(&body).expect("config");
+    d.start().expect("start");
+    let dead_up = |d: &Daemon| {
+        let slot = d.status().expect("/status").sites.iter().find(|s| s.name == "dead").expect("dead").index;
+        d.maps().expect("maps").site(slot).expect("SITES").flags & anycast_common::site::SITE_UP != 0
+    };
+    assert!(!dead_up(&d), "a site never proven up has SITE_UP");
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| overload(&lab.up, &stop));
+        lab.upstream
+            .wait_for("de-prefer under overload", Duration::from_secs(10), |b| {
+                b.route(VIP_NET).ok() == Some(Some(depreferred()))
+            })
+            .unwrap_or_else(|e| panic!("{e}\ndaemon log:\n{}", d.log()));
+        assert_eq!(metric(&d.get("/metrics").unwrap(), r#"anycast_site_up{site="dead"}"#), Some(0));
+
+        // The controller crashes and comes back while the overload goes on.
+        d.kill().expect("kill");
+        d.start().expect("restart");
+        let until = Instant::now() + INTERVAL * 12;
+        while Instant::now() < until {
+            assert_eq!(
+                lab.upstream.route(VIP_NET).expect("upstream"),
+                Some(depreferred()),
+                "the restart changed the route:\n{}",
+                d.log()
+            );
+            assert!(!dead_up(&d), "the restart brought the dead site back up:\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    for to in ["announce", "deprefer", "withdraw"] {
+        assert_eq!(transitions(&d, to), 0, "a transition to {to} after the restart:\n{}", d.log());
+    }
+    assert_eq!(state(&d, "deprefer"), 1);
+    let text = d.get("/metrics").unwrap();
+    assert_eq!(metric(&text, r#"anycast_site_up{site="dead"}"#), Some(0), "{text}");
+    assert_eq!(metric(&text, r#"anycast_site_weight{site="dead"}"#), Some(0), "{text}");
+    assert!(d.log().contains("as BIRD holds it"), "{}", d.log());
 }

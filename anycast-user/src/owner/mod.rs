@@ -299,6 +299,7 @@ impl Owner {
     /// interfaces are attached and detached next, the maps written last; if a step fails,
     /// the interfaces and maps go back to the running config.
     pub fn reload(&mut self, config: Config) -> Result<Applied> {
+        log::info!("reload: planning {} sites, {} VIPs", config.sites.len(), config.vips.len());
         let result = self.try_reload(config);
         self.reload = Some(ReloadOutcome {
             at: unix_now(),

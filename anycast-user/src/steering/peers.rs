@@ -317,8 +317,10 @@ impl Peer {
             }
             Err(e) => {
                 let message = e.to_string();
-                // Once per new message, not once per poll.
-                if self.last_error.as_deref() != Some(message.as_str()) {
+                // Once per kind of failure (a refusal's reason, or the message), not once
+                // per poll: a message may carry a figure that changes every time.
+                let kind = |m: &str| m.split_once(": ").map_or(m.to_owned(), |(k, _)| k.to_owned());
+                if self.last_error.as_deref().map(kind) != Some(kind(&message)) {
                     log::warn!("peer {name}: {message}");
                 }
                 if let PeerError::Refused { refusal, .. } = &e {

@@ -1,5 +1,5 @@
 //! Control-plane figures: Maglev build time, weight change → data path latency, `/metrics`
-//! render time, and the controller's peak RSS.
+//! render time, the controller's peak RSS, and `GET /load` latency while it is busy.
 
 use std::{
     fs,
@@ -21,7 +21,11 @@ use anycast_user::{
 };
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
-use super::{stats::median, world};
+use super::{
+    report::{LoadLatency, round},
+    stats::{median, quantile},
+    world,
+};
 use crate::{
     anchor,
     harness::{Action, DataPath},
@@ -191,23 +195,39 @@ pub struct ControllerRun {
     pub peak_rss_bytes: u64,
     /// Median ms of `GET /metrics` over HTTP (map reads + render + transfer).
     pub metrics_http_ms: f64,
+    pub load: LoadLatency,
+    /// Flow-table entries the sampler counted while busy, and reloads applied meanwhile.
+    pub flow_entries: u64,
+    pub reloads: usize,
 }
+
+/// The flow table of the `/load` figure: 2^20 entries, filled before the busy phase.
+const FLOW_TABLE: u32 = 1 << 20;
+/// Where the controller serves `/load` to its siblings.
+const PEER_LISTEN: &str = "127.0.0.1:9101";
 
 /// Runs the `anycast` controller (`run --config`) with 256 sites × 64 VIPs on a veth in a
 /// namespace of its own, idle for `idle`, scrapes `/metrics` a few times, and reads its
-/// peak RSS (VmHWM) before stopping it and removing its pins.
+/// peak RSS (VmHWM); then measures `GET /load` idle and busy ([`load_latency`]) before
+/// stopping it and removing its pins.
 pub fn controller_peak_rss(anycast: &Path, idle: Duration) -> Result<ControllerRun> {
     let ns = Netns::new("bench-rss")?;
     ns.add_veth("rs0", &ns, "rs1")?;
+    // The controller refuses a host that does not forward to its remote sites.
+    ns.enable_forwarding()?;
     let dir = std::env::temp_dir().join(format!("anycast-bench-{}", std::process::id()));
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/anycast-bench-{}", std::process::id()));
     fs::create_dir_all(dir.join("state")).with_context(|| format!("creating {}", dir.display()))?;
     let config = dir.join("anycast.toml");
-    fs::write(&config, controller_config(&pin_dir, &dir.join("state")))?;
+    fs::write(&config, controller_config(&pin_dir, &dir.join("state"), None))?;
+    fs::write(dir.join("state/peer.key"), "bench-peer-key-0123456789abcdef")?;
     let log = dir.join("anycast.log");
     let result = (|| {
         let mut child = spawn_in(&ns, anycast, &config, &log)?;
-        let outcome = measure(&ns, &mut child, idle);
+        let outcome = measure(&ns, &mut child, idle).and_then(|(rss, http)| {
+            let (load, flow_entries, reloads) = load_latency(&ns, &child, &pin_dir, &dir, &config, &log)?;
+            Ok(ControllerRun { peak_rss_bytes: rss, metrics_http_ms: http, load, flow_entries, reloads })
+        });
         // SIGTERM: the controller stops and leaves the (pinned) data path; then detach it.
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -245,7 +265,8 @@ pub fn controller_peak_rss(anycast: &Path, idle: Duration) -> Result<ControllerR
     Ok(run)
 }
 
-fn measure(ns: &Netns, child: &mut Child, idle: Duration) -> Result<ControllerRun> {
+/// Peak RSS (bytes) and the median ms of `GET /metrics`.
+fn measure(ns: &Netns, child: &mut Child, idle: Duration) -> Result<(u64, f64)> {
     let start = Instant::now();
     // Up when /metrics answers (bounded: the load of 64 tables takes well under a second).
     let up = loop {
@@ -277,7 +298,113 @@ fn measure(ns: &Netns, child: &mut Child, idle: Duration) -> Result<ControllerRu
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmHWM in /proc/PID/status")?;
-    Ok(ControllerRun { peak_rss_bytes: kib * 1024, metrics_http_ms: median(&http) })
+    Ok((kib * 1024, median(&http)))
+}
+
+/// `GET /load` from the controller's peer listener, ms, every 5 ms for `time`.
+fn load_samples(ns: &Netns, time: Duration) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < time {
+        let t = Instant::now();
+        ns.run(|| http_get(PEER_LISTEN, "/load"))?;
+        out.push(t.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(out)
+}
+
+/// `GET /load` latency (what a sibling's poll waits for): first with the controller idle
+/// (the baseline), then while its flow table holds 2^20 entries (which its sampler walks
+/// every 2 s) and it reloads, again and again, a config whose 64 VIPs each have a Maglev
+/// table of their own over 256 sites (so every reload rebuilds and swaps 64 tables).
+/// Returns the figures, the flow-table count the controller reported and the reloads it
+/// applied during the busy phase.
+fn load_latency(
+    ns: &Netns,
+    child: &Child,
+    pin_dir: &Path,
+    dir: &Path,
+    config: &Path,
+    log: &Path,
+) -> Result<(LoadLatency, u64, usize)> {
+    // The first report comes with the steering task's second measurement.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ns.run(|| http_get(PEER_LISTEN, "/load")).is_err() {
+        ensure!(Instant::now() < deadline, "no /load within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let idle = load_samples(ns, Duration::from_secs(2))?;
+    fill_flows(pin_dir, FLOW_TABLE)?;
+    let state = dir.join("state");
+    let variants = [controller_config(pin_dir, &state, Some(0)), controller_config(pin_dir, &state, Some(1))];
+    let applied_before = fs::read_to_string(log)?.matches("SIGHUP: config applied").count();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let busy = std::thread::scope(|s| -> Result<Vec<f64>> {
+        let reloader = s.spawn(|| -> Result<()> {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                fs::write(config, &variants[i % 2])?;
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+                i += 1;
+                // Wait for it to be applied (or 10 s), then the next one at once.
+                let want = applied_before + i;
+                let until = Instant::now() + Duration::from_secs(10);
+                while fs::read_to_string(log)?.matches("SIGHUP: config applied").count() < want
+                    && Instant::now() < until
+                    && !stop.load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            Ok(())
+        });
+        let samples = load_samples(ns, Duration::from_secs(8));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reloader.join().map_err(|_| anyhow!("the reloader panicked"))??;
+        samples
+    })?;
+    let reloads = fs::read_to_string(log)?.matches("SIGHUP: config applied").count() - applied_before;
+    ensure!(reloads >= 2, "only {reloads} reloads during the busy phase: it was not busy");
+    let metrics = ns.run(http_get_metrics)?;
+    let flow_entries = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("anycast_flow_table_entries "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no anycast_flow_table_entries")?;
+    let (idle_p99, busy_p99) = (quantile(&idle, 0.99), quantile(&busy, 0.99));
+    let load = LoadLatency {
+        idle_p50: round(median(&idle), 3),
+        idle_p99: round(idle_p99, 3),
+        busy_p50: round(median(&busy), 3),
+        busy_p99: round(busy_p99, 3),
+        busy_over_idle_p99: round(busy_p99 / idle_p99, 2),
+    };
+    Ok((load, flow_entries, reloads))
+}
+
+/// Fills the pinned flow table with `n` distinct flows (what a busy site's table holds).
+fn fill_flows(pin_dir: &Path, n: u32) -> Result<()> {
+    use anycast_common::{FlowKey, FlowValue, addr::Family};
+    use aya::maps::{HashMap, Map, MapData};
+    let data = MapData::from_pin(pin_dir.join(anycast_common::maps::FLOWS))?;
+    let mut flows: HashMap<MapData, FlowKey, FlowValue> = Map::from_map_data(data)?.try_into()?;
+    for i in 0..n {
+        let mut src = [0u8; 16];
+        src[..4].copy_from_slice(&(0x0a00_0000 | (i >> 8)).to_be_bytes());
+        let key = FlowKey {
+            src,
+            dst: [10, 200, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: (i & 0xff) as u16 + 1024,
+            dport: 80,
+            proto: libc::IPPROTO_TCP as u8,
+            family: Family::V4 as u8,
+            pad: [0; 2],
+        };
+        flows.insert(key, FlowValue { site: 1, generation: 1 }, 0)?;
+    }
+    Ok(())
 }
 
 /// `anycast run --config` inside `ns`: setns(2) in the child before exec, rather than
@@ -302,28 +429,38 @@ fn spawn_in(ns: &Netns, anycast: &Path, config: &Path, log: &Path) -> Result<Chi
 }
 
 fn http_get_metrics() -> Result<String> {
-    let mut s = TcpStream::connect("127.0.0.1:9100")?;
+    http_get("127.0.0.1:9100", "/metrics")
+}
+
+/// `GET path` over HTTP/1.0 (the server closes after its answer); the whole reply of a 200.
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     ensure!(
         text.starts_with("HTTP/1.") && text.split_whitespace().nth(1) == Some("200"),
-        "GET /metrics: {}",
+        "GET {path}: {}",
         text.lines().next().unwrap_or("")
     );
     Ok(text)
 }
 
-/// 256 sites (one local) × 64 VIPs, every VIP served by every site (as with `sites`
-/// omitted): the scale of the metrics figure.
-fn controller_config(pin_dir: &Path, state_dir: &Path) -> String {
+/// 256 sites (one local) × 64 VIPs. `tables: None`: every VIP served by every site (as with
+/// `sites` omitted), the scale of the metrics figure; `Some(variant)`: VIP `v` served by
+/// every site but `site-(v+1)`, so that each VIP has a table of its own, and the remote
+/// capacities shifted by `variant` (so that a reload between two variants rebuilds all 64).
+fn controller_config(pin_dir: &Path, state_dir: &Path, tables: Option<usize>) -> String {
     let mut c = format!(
-        "[local]\ninterfaces = [\"rs0\"]\ntunnel_v4 = \"{}\"\n\n[datapath]\npin_dir = \"{}\"\n\n\
-         [admin]\nlisten = \"127.0.0.1:9100\"\nstate_dir = \"{}\"\n",
+        "[local]\ninterfaces = [\"rs0\"]\ntunnel_v4 = \"{}\"\n\n[datapath]\npin_dir = \"{}\"\nflow_table_size = {FLOW_TABLE}\n\n\
+         [admin]\nlisten = \"127.0.0.1:9100\"\nstate_dir = \"{}\"\nsocket = \"{}\"\npeer_listen = \"{PEER_LISTEN}\"\n\
+         peer_key_file = \"{}\"\n",
         world::TUNNEL_V4,
         pin_dir.display(),
-        state_dir.display()
+        state_dir.display(),
+        state_dir.join("admin.sock").display(),
+        state_dir.join("peer.key").display(),
     );
     for (i, name) in names(METRICS_SITES).iter().enumerate() {
         if i == 0 {
@@ -333,15 +470,25 @@ fn controller_config(pin_dir: &Path, state_dir: &Path) -> String {
                 "\n[[sites]]\nname = \"{name}\"\nendpoint = \"10.1.{}.{}\"\nencap = \"ip\"\ncapacity = {}\n",
                 i / 250,
                 i % 250 + 1,
-                100 + i
+                100 + i + 100 * tables.unwrap_or(0)
             );
         }
     }
+    let names = names(METRICS_SITES);
     for i in 0..METRICS_VIPS {
         c += &format!(
             "\n[[vips]]\nname = \"vip-{i:02}\"\naddress = \"10.201.0.{}\"\nport = 80\nprotocol = \"tcp\"\n",
             i + 1
         );
+        if tables.is_some() {
+            let members: Vec<String> = names
+                .iter()
+                .enumerate()
+                .filter(|(s, _)| *s != i + 1)
+                .map(|(_, n)| format!("\"{n}\""))
+                .collect();
+            c += &format!("sites = [{}]\n", members.join(", "));
+        }
     }
     c
 }
@@ -354,10 +501,18 @@ mod tests {
 
     #[test]
     fn controller_config_is_valid_at_scale() {
-        let text = controller_config(Path::new("/sys/fs/bpf/x"), Path::new("/tmp/x"));
+        let text = controller_config(Path::new("/sys/fs/bpf/x"), Path::new("/tmp/x"), None);
         let c = Config::parse(&text, "bench.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!((c.sites.len(), c.vips.len()), (METRICS_SITES, METRICS_VIPS));
         assert_eq!(c.sites.iter().filter(|s| s.kind == SiteKind::Local).count(), 1);
+        // The busy variants: 64 VIPs of 64 different site sets, capacities that differ.
+        let [a, b] = [0, 1].map(|v| {
+            let text = controller_config(Path::new("/sys/fs/bpf/x"), Path::new("/tmp/x"), Some(v));
+            Config::parse(&text, "bench.toml").unwrap_or_else(|e| panic!("{e}"))
+        });
+        let sets: std::collections::BTreeSet<&Vec<String>> = a.vips.iter().map(|v| &v.sites).collect();
+        assert_eq!(sets.len(), METRICS_VIPS);
+        assert!(a.sites.iter().zip(&b.sites).skip(1).all(|(x, y)| x.capacity != y.capacity));
     }
 
     #[test]

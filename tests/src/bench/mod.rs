@@ -145,20 +145,27 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
          given counters for 256 sites × 64 VIPs (map reads excluded)",
         weight.build_ms, weight.swap_ms
     ));
-    let rss_bytes = if anycast.exists() {
+    let (rss_bytes, load_ms) = if anycast.exists() {
         let c = control::controller_peak_rss(anycast, scale.controller_idle)?;
         notes.push(format!(
             "rss_bytes: VmHWM of `anycast run --config` (256 sites × 64 VIPs, attached to a veth in a namespace) after {:?} \
              idle and 5 scrapes; GET /metrics over HTTP there (map reads + render): {:.2} ms",
             scale.controller_idle, c.metrics_http_ms
         ));
-        c.peak_rss_bytes
+        notes.push(format!(
+            "load_ms: GET /load on that controller's peer listener every 5 ms (what a sibling's poll waits for): idle \
+             (2 s, the baseline) and busy (8 s) with its flow table filled to 2^20 entries ({} counted by its sampler, \
+             which walks them every 2 s) while it applied {} reloads back to back, each rebuilding and swapping 64 \
+             Maglev tables over 256 sites; target: busy p99 ≤ 50 ms",
+            c.flow_entries, c.reloads
+        ));
+        (c.peak_rss_bytes, Some(c.load))
     } else {
         notes.push(format!(
             "rss_bytes: {} not found, so this is the benchmark process's own VmHWM, not the controller's",
             anycast.display()
         ));
-        own_peak_rss()?
+        (own_peak_rss()?, None)
     };
     Ok(Report {
         machine,
@@ -169,6 +176,7 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
             weight_apply_ms: round(weight.total_ms, 3),
             metrics_render_ms: round(metrics_render_ms, 3),
             rss_bytes,
+            load_ms,
         },
     })
 }

@@ -69,6 +69,20 @@ pub struct Control {
     pub weight_apply_ms: f64,
     pub metrics_render_ms: f64,
     pub rss_bytes: u64,
+    /// `GET /load` latency of the running controller; `None` without its binary.
+    pub load_ms: Option<LoadLatency>,
+}
+
+/// `GET /load` (a sibling's poll) latency, ms: with the controller idle (the baseline), and
+/// while it walks a full flow table and reconciles 256 sites × 64 VIPs again and again.
+#[derive(Debug, Serialize)]
+pub struct LoadLatency {
+    pub idle_p50: f64,
+    pub idle_p99: f64,
+    pub busy_p50: f64,
+    pub busy_p99: f64,
+    /// busy_p99 / idle_p99.
+    pub busy_over_idle_p99: f64,
 }
 
 /// ms to build a 65537-slot table, by site count.
@@ -122,6 +136,14 @@ impl Report {
         let _ = writeln!(t, "{:<26} {:>12.3} ms", "/metrics render 256×64", c.metrics_render_ms);
         let _ =
             writeln!(t, "{:<26} {:>12.1} MiB", "controller peak RSS", c.rss_bytes as f64 / (1 << 20) as f64);
+        if let Some(l) = &c.load_ms {
+            let _ = writeln!(t, "{:<26} {:>12.2} ms", "GET /load p99 idle", l.idle_p99);
+            let _ = writeln!(
+                t,
+                "{:<26} {:>12.2} ms ({:.1} × idle)",
+                "GET /load p99 busy", l.busy_p99, l.busy_over_idle_p99
+            );
+        }
         if !m.notes.is_empty() {
             let _ = writeln!(t, "\nnotes");
             for n in &m.notes {
@@ -151,6 +173,13 @@ mod tests {
                 weight_apply_ms: 30.0,
                 metrics_render_ms: 0.5,
                 rss_bytes: 1 << 20,
+                load_ms: Some(LoadLatency {
+                    idle_p50: 0.2,
+                    idle_p99: 0.5,
+                    busy_p50: 0.3,
+                    busy_p99: 2.0,
+                    busy_over_idle_p99: 4.0,
+                }),
             },
         };
         let v: serde_json::Value = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
@@ -168,7 +197,9 @@ mod tests {
         for key in ["weight_apply_ms", "metrics_render_ms", "rss_bytes"] {
             assert!(v["control"][key].is_number(), "control.{key}");
         }
+        assert_eq!(v["control"]["load_ms"]["busy_p99"], 2.0);
         assert!(r.table().contains("anycast_over_kernel"));
+        assert!(r.table().contains("GET /load p99 busy"));
     }
 
     #[test]

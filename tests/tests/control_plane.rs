@@ -1,0 +1,432 @@
+//! The controller's promises about its own restarts and its control surfaces (issue 15),
+//! with the real binary in the real kernel. Root only.
+//!
+//! 1. `control_sibling_controller_restart_moves_nothing`: B's controller SIGKILLed and
+//!    restarted under A's live TCP transfers and UDP streams to B: nothing lost or reset,
+//!    and A never takes B down (its data path kept forwarding, A's probes kept passing).
+//! 2. `control_drain_while_busy_goes_through_the_daemon`: a drain sent while the daemon
+//!    reconciles 256 sites × 64 VIPs waits for it and is applied by it, never around it.
+//! 3. `control_forged_replayed_and_nan_reports_change_nothing`: a fake sibling serves a
+//!    report with NaN, one signed with another key, and one valid report over and over:
+//!    the first two are refused, the third accepted once and then refused as a replay;
+//!    each refusal counted; what A believes and does changes only with the accepted one.
+//! 4. `control_tcp_listener_is_read_only_and_the_socket_has_a_group`: POST to the TCP
+//!    listener refused, nothing drained; the admin socket refuses a user outside its group
+//!    and serves one in it.
+
+use std::{
+    ffi::OsStr,
+    io::{Read, Write},
+    net::TcpListener,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anycast_tests::{
+    admin::AdminApi,
+    pinned::Pinned,
+    sustained::{self, Flows, site_up, under_traffic},
+    topology::{LOCAL_SITE, local_site},
+};
+use anycast_user::{
+    api::client::Method,
+    model::LoadReport,
+    steering::peers::{PeerKey, Published, SIGNATURE_HEADER},
+};
+use testkit::{
+    daemon::{Daemon, PEER_KEY, anycast_bin},
+    metrics::{gauge, metric},
+    require::{Need, require},
+    wait,
+};
+
+/// How long the traffic flows before and after the disturbance.
+const SETTLE: Duration = Duration::from_secs(2);
+
+fn metrics(d: &Daemon) -> String {
+    d.get("/metrics").unwrap_or_else(|e| panic!("/metrics: {e}\n{}", d.log()))
+}
+
+#[test]
+fn control_sibling_controller_restart_moves_nothing() {
+    if !require("control_sibling_controller_restart_moves_nothing", &[Need::Kernel]) {
+        return;
+    }
+    let chain = sustained::topology("csr").expect("topology");
+    let (a, mut b) = sustained::start_watched(&chain);
+    let flows = Flows::pick(&a, 4);
+    let mut lowest = u64::MAX;
+    let mut down_for = Duration::ZERO;
+    let measured = under_traffic(&chain, flows, SETTLE, || {
+        b.kill().expect("SIGKILL B's controller");
+        // Far longer than A needs to take a site down (3 failed probes, 250 ms apart): had
+        // A counted B's silent controller as a failure, B would be down by now.
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            lowest = lowest.min(site_up(&a, "b").expect("anycast_site_up{site=\"b\"} at A"));
+            thread::sleep(Duration::from_millis(50));
+        }
+        let restarted = Instant::now();
+        b.start().expect("restart B's controller");
+        down_for = restarted.elapsed();
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            lowest = lowest.min(site_up(&a, "b").expect("anycast_site_up at A"));
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    println!(
+        "sibling restart: B's controller down 3 s, restarted in {:.2} s; {}",
+        down_for.as_secs_f64(),
+        measured.summary()
+    );
+    measured.assert_clean("B's controller SIGKILLed and restarted");
+    assert_eq!(lowest, 1, "A took B down while only B's controller was restarting:\n{}", a.log());
+    let text = metrics(&a);
+    assert_eq!(metric(&text, r#"anycast_site_weight{site="b"}"#), Some(100), "{text}");
+    // B's restarted controller adopted its running data path: its counters went on.
+    let received = metric(&metrics(&b), r#"anycast_site_packets_total{site="a",action="received"}"#);
+    assert!(received.is_some_and(|n| n > 0), "B's counters: {received:?}");
+}
+
+/// A config of `sites` sites (the local one first) and `vips` VIPs, each VIP served by a
+/// different subset of the sites (so every VIP has a Maglev table of its own to build).
+fn big_config(sites: usize, vips: usize) -> String {
+    let mut text = String::from(
+        "[local]\ninterfaces = [\"l0\"]\ntunnel_v4 = \"10.1.0.1\"\n\n[[sites]]\nname = \"here\"\nlocal = true\ncapacity = 100\n",
+    );
+    for i in 1..sites {
+        text += &format!(
+            "\n[[sites]]\nname = \"s{i}\"\nendpoint = \"10.{}.{}.{}\"\ncapacity = {}\n",
+            50 + i / 65_536,
+            (i / 256) % 256,
+            i % 256,
+            100 + i
+        );
+    }
+    for v in 0..vips {
+        let members: Vec<String> = std::iter::once("\"here\"".to_owned())
+            .chain((1..sites).filter(|&i| i != v + 1).map(|i| format!("\"s{i}\"")))
+            .collect();
+        text += &format!(
+            "\n[[vips]]\nname = \"v{v}\"\naddress = \"10.201.{}.{}\"\nport = 53\nprotocol = \"udp\"\nsites = [{}]\n",
+            v / 256,
+            v % 256,
+            members.join(", ")
+        );
+    }
+    text
+}
+
+#[test]
+fn control_drain_while_busy_goes_through_the_daemon() {
+    if !require("control_drain_while_busy_goes_through_the_daemon", &[Need::Kernel]) {
+        return;
+    }
+    let (_cl, site) = local_site("cdb");
+    let mut d = Daemon::new(&site).unwrap();
+    d.write_config(LOCAL_SITE).unwrap();
+    d.start().unwrap();
+    // The daemon busy: a reload to 256 sites × 64 VIPs, 64 Maglev tables of 65,537 slots.
+    d.write_config(&big_config(256, 64)).unwrap();
+    let mark = d.log_mark();
+    d.signal(libc::SIGHUP).unwrap();
+    // As soon as the owner has started on it.
+    d.wait_for_log(mark, "reload: planning 256 sites, 64 VIPs", Duration::from_secs(10)).unwrap();
+    let drained_at = Instant::now();
+    // The daemon's views answer meanwhile: a read never waits for the reconcile.
+    let (code, _) = d.admin(Method::GET, "/status", None).unwrap();
+    assert_eq!(code, 200);
+    let status_ms = drained_at.elapsed().as_secs_f64() * 1e3;
+    let config = d.config_path();
+    let out = d
+        .cli(
+            [OsStr::new("drain"), OsStr::new("s7"), OsStr::new("--config"), config.as_os_str()],
+            &[],
+            Duration::from_secs(120),
+        )
+        .unwrap();
+    let answered = drained_at.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "drain: {stderr}");
+    assert!(!stderr.contains("pinned maps"), "the drain went around the busy daemon: {stderr}");
+    let log = d.wait_for_log(mark, "SIGHUP: config applied", Duration::from_secs(5)).unwrap();
+    assert!(log.contains("site s7: drained"), "the daemon did not apply the drain:\n{log}");
+    let applied = log.find("SIGHUP: config applied").unwrap();
+    let reload_ms: f64 = log[applied..]
+        .split("applied in ")
+        .nth(1)
+        .and_then(|r| r.split(" ms").next())
+        .and_then(|n| n.parse().ok())
+        .expect("the reload's duration");
+    let answered_ms = answered.as_secs_f64() * 1e3;
+    println!(
+        "drain while busy: the reload of 256 sites x 64 VIPs took {reload_ms:.0} ms; /status answered in \
+         {status_ms:.1} ms meanwhile; the drain answered after {answered_ms:.0} ms, applied by the daemon"
+    );
+    assert!(reload_ms > 200.0, "the daemon was not busy ({reload_ms:.0} ms): the test proves nothing");
+    // It waited for the reconcile in the owner (sent once the reload had started, it cannot
+    // have been answered much before the reload ended).
+    assert!(
+        answered_ms + 100.0 >= reload_ms,
+        "answered in {answered_ms:.0} ms, the reload took {reload_ms:.0} ms"
+    );
+    let status = d.status().unwrap();
+    let s7 = status.sites.iter().find(|s| s.name == "s7").expect("s7");
+    assert_eq!((s7.state.as_str(), s7.weight), ("drained", 0));
+    assert_eq!(status.sites.len(), 256);
+    // The maps agree: s7's slot is in no Maglev table.
+    let maps = d.maps().unwrap();
+    for v in &status.vips {
+        let table = maps.maglev(v.index).unwrap().expect("a table");
+        assert!(
+            table.iter().all(|&e| e & anycast_common::site::MAGLEV_SITE != s7.index),
+            "s7 still in {}",
+            v.name
+        );
+    }
+}
+
+/// A sibling that answers `GET /load` with what `respond` gives it, counting requests.
+struct FakePeer {
+    body: Arc<Mutex<(String, Option<String>)>>,
+    requests: Arc<Mutex<u64>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakePeer {
+    fn start(ns: &testkit::netns::Netns, addr: &str) -> FakePeer {
+        let listener = ns.run(|| TcpListener::bind(addr)).expect("fake peer's listener");
+        listener.set_nonblocking(true).unwrap();
+        let body = Arc::new(Mutex::new((String::new(), None)));
+        let requests = Arc::new(Mutex::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, r, s) = (body.clone(), requests.clone(), stop.clone());
+        thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let mut buf = [0u8; 2048];
+                let _ = conn.read(&mut buf);
+                let (text, sig) = b.lock().unwrap().clone();
+                let sig = sig.map(|s| format!("{SIGNATURE_HEADER}: {s}\r\n")).unwrap_or_default();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{sig}connection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = conn.write_all(reply.as_bytes());
+                *r.lock().unwrap() += 1;
+            }
+        });
+        FakePeer { body, requests, stop }
+    }
+
+    fn serve(&self, body: String, signature: Option<String>) {
+        *self.body.lock().unwrap() = (body, signature);
+    }
+
+    fn requests(&self) -> u64 {
+        *self.requests.lock().unwrap()
+    }
+}
+
+impl Drop for FakePeer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn report(seq: u64) -> LoadReport {
+    LoadReport {
+        site: "b".into(),
+        capacity: 200.0,
+        served: 84.0,
+        utilisation: 0.42,
+        target: 0.8,
+        drained: false,
+        attached: true,
+        overloaded: false,
+        no_headroom: false,
+        epoch: 1,
+        seq,
+        measured_at: unix_ms(),
+    }
+}
+
+#[test]
+fn control_forged_replayed_and_nan_reports_change_nothing() {
+    if !require("control_forged_replayed_and_nan_reports_change_nothing", &[Need::Kernel]) {
+        return;
+    }
+    const FAKE: &str = "127.0.0.1:19101";
+    let (_cl, site) = local_site("cfr");
+    let peer = FakePeer::start(&site, FAKE);
+    let mut d = Daemon::new(&site).unwrap();
+    d.write_config(&format!(
+        r#"[local]
+interfaces = ["l0"]
+tunnel_v4 = "10.1.0.1"
+
+[[sites]]
+name = "here"
+local = true
+capacity = 100
+
+[[sites]]
+name = "b"
+endpoint = "10.9.0.2"
+capacity = 100
+peer = "{FAKE}"
+
+[[vips]]
+name = "svc"
+address = "10.200.0.1"
+port = 5353
+protocol = "udp"
+
+[load]
+interval_ms = 250
+cpu = false
+"#
+    ))
+    .unwrap();
+    d.start().unwrap();
+    let key = PeerKey::from_bytes(PEER_KEY.as_bytes());
+    let refused = |reason: &str| {
+        metric(&metrics(&d), &format!("anycast_peer_reports_refused_total{{site=\"b\",reason=\"{reason}\"}}"))
+            .unwrap_or(0)
+    };
+    let believed = || gauge(&metrics(&d), r#"anycast_site_load_ratio{site="b"}"#);
+    let weights = || {
+        let text = metrics(&d);
+        ["here", "b"].map(|s| metric(&text, &format!("anycast_site_weight{{site=\"{s}\"}}")).unwrap())
+    };
+    let before = weights();
+    let wait_refused = |reason: &str| {
+        let at = peer.requests();
+        wait::until(Duration::from_secs(5), || refused(reason) > 0 && peer.requests() > at + 1)
+            .unwrap_or_else(|| panic!("no {reason} refusal counted:\n{}", metrics(&d)));
+    };
+
+    // NaN, correctly signed: JSON cannot carry it; refused as invalid.
+    let nan = Published::new(report(1), None).body.replace("\"utilisation\":0.42", "\"utilisation\":NaN");
+    peer.serve(nan.clone(), Some(key.sign(nan.as_bytes())));
+    wait_refused("invalid");
+    // Finite but out of range: a target of 10 (the review's inf/NaN attack).
+    let wild = Published::new(LoadReport { target: 10.0, capacity: 1.7e308, ..report(2) }, Some(&key));
+    peer.serve(wild.body, wild.signature);
+    wait::until(Duration::from_secs(5), || refused("invalid") >= 3).expect("out-of-range reports refused");
+    // Forged: signed with another key.
+    let other = PeerKey::from_bytes(b"not-the-deployment-key");
+    let forged = Published::new(report(3), Some(&other));
+    peer.serve(forged.body, forged.signature);
+    wait_refused("signature");
+    assert_eq!(believed(), None, "A believed a refused report");
+    assert_eq!(weights(), before, "a refused report changed A's weights");
+
+    // A valid report: accepted once, then the same bytes again are a replay.
+    let valid = Published::new(report(4), Some(&key));
+    peer.serve(valid.body.clone(), valid.signature.clone());
+    wait::until(Duration::from_secs(5), || believed() == Some(0.42))
+        .unwrap_or_else(|| panic!("the valid report was not accepted:\n{}\n{}", metrics(&d), d.log()));
+    wait_refused("replay");
+    let replays = refused("replay");
+    assert!(replays >= 1, "{replays}");
+    // The replays do not keep the report alive: it goes stale (3 s) although served fresh
+    // bytes every poll.
+    let stale = wait::until(Duration::from_secs(6), || believed().is_none());
+    assert!(stale.is_some(), "a replayed report kept A's view of b alive:\n{}", metrics(&d));
+    assert_eq!(weights(), before, "the reports changed A's weights");
+    let log = d.log();
+    // Logged once per kind, not once per poll.
+    let lines = log.lines().filter(|l| l.contains("peer b:") && l.contains("does not advance")).count();
+    assert!(lines <= 2, "{lines} log lines for replays:\n{log}");
+}
+
+#[test]
+fn control_tcp_listener_is_read_only_and_the_socket_has_a_group() {
+    if !require("control_tcp_listener_is_read_only_and_the_socket_has_a_group", &[Need::Kernel]) {
+        return;
+    }
+    let (_cl, site) = local_site("cro");
+    let mut d = Daemon::new(&site).unwrap();
+    // The socket's group: nogroup (65534, Debian's), a group `nobody` is not in unless its
+    // primary group is set to it below.
+    d.set_socket_group("nogroup");
+    d.write_config(
+        &LOCAL_SITE
+            .replace("interfaces = [\"l0\"]\n", "interfaces = [\"l0\"]\ntunnel_v4 = \"10.1.0.1\"\n")
+            .replace(
+                "[[vips]]",
+                "[[sites]]\nname = \"there\"\nendpoint = \"10.9.0.2\"\ncapacity = 100\n\n[[vips]]",
+            ),
+    )
+    .unwrap();
+    d.start().unwrap();
+
+    // TCP: GET /metrics only.
+    let tcp = |method: &str, path: &str| -> u16 {
+        site.run(|| {
+            let mut s = std::net::TcpStream::connect(testkit::daemon::ADMIN_LISTEN).expect("connect");
+            write!(
+                s,
+                "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            reply.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+        })
+    };
+    assert_eq!(tcp("GET", "/metrics"), 200);
+    for (method, path, want) in [
+        ("POST", "/drain/there", 404),
+        ("POST", "/undrain/there", 404),
+        ("POST", "/reload", 404),
+        ("GET", "/status", 404),
+        ("GET", "/load", 404),
+        ("POST", "/metrics", 405),
+    ] {
+        assert_eq!(tcp(method, path), want, "{method} {path} on the TCP listener");
+    }
+    let status = d.status().unwrap();
+    assert!(status.sites.iter().all(|s| s.state == "up"), "a POST to the TCP listener drained something");
+
+    // The socket: 0660, group nogroup.
+    let socket = d.socket();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "admin socket mode {mode:o}");
+    let as_user = |gid: u32| {
+        let mut cmd = Command::new(anycast_bin().unwrap());
+        cmd.args([OsStr::new("drain"), OsStr::new("there"), OsStr::new("--socket"), socket.as_os_str()])
+            .args([OsStr::new("--config"), OsStr::new("/nonexistent.toml")])
+            .uid(65534)
+            .gid(gid);
+        cmd.output().expect("anycast as nobody")
+    };
+    // nobody with primary group nobody's 65534 is in the group… so take another: 1 (daemon).
+    let outsider = as_user(1);
+    let stderr = String::from_utf8_lossy(&outsider.stderr);
+    assert!(!outsider.status.success() && stderr.contains("permission denied"), "{stderr}");
+    assert!(d.status().unwrap().sites.iter().all(|s| s.state == "up"), "an outsider drained a site");
+    let member = as_user(65534);
+    let stderr = String::from_utf8_lossy(&member.stderr);
+    assert!(member.status.success(), "a member of the socket's group was refused: {stderr}");
+    let there = d.status().unwrap().sites.into_iter().find(|s| s.name == "there").unwrap();
+    assert_eq!(there.state, "drained");
+    let _ = d.admin(Method::POST, "/undrain/there", None).unwrap();
+}
