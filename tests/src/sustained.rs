@@ -129,7 +129,8 @@ pub const B_PEER: &str = "10.2.0.2:9101";
 pub const HEALTH: &str = "\n[health]\ninterval_ms = 250\ntimeout_ms = 200\nrise = 2\nfall = 3\n";
 
 /// [`start`], with A watching B: A probes B through the data path (`[health]`) and polls
-/// B's load report (B's `peer_listen`). Returns once A holds B up.
+/// B's load report (B's `peer_listen`). Returns once A holds B up (a site starts down until
+/// it passed its probes) and steers to it.
 pub fn start_watched(chain: &ForwardChain) -> (Daemon<'_>, Daemon<'_>) {
     let mut b = Daemon::new(&chain.b).expect("B's daemon");
     b.set_peer_listen(B_PEER.parse().expect("address"));
@@ -143,7 +144,11 @@ pub fn start_watched(chain: &ForwardChain) -> (Daemon<'_>, Daemon<'_>) {
     ) + HEALTH;
     a.write_config(&config).expect("A's config");
     a.start().expect("start A's controller");
-    let up = testkit::wait::until(Duration::from_secs(10), || site_up(&a, "b") == Some(1));
+    // Up at A, and its weight in A's tables (the owner applied it: the Maglev tables hold it).
+    let weight = |a: &Daemon| metric(&a.get("/metrics").ok()?, r#"anycast_site_weight{site="b"}"#);
+    let up = testkit::wait::until(Duration::from_secs(10), || {
+        site_up(&a, "b") == Some(1) && weight(&a) == Some(100)
+    });
     assert!(up.is_some(), "A never held B up:\n{}", a.log());
     (a, b)
 }

@@ -11,7 +11,7 @@ use std::{
 use anycast_user::{
     config::{Config, SiteKind},
     daemon::preflight,
-    datapath::pin_lock::PinDirLock,
+    datapath::{kernel, pin_lock::PinDirLock},
 };
 use anyhow::Result;
 use serde::Serialize;
@@ -90,28 +90,15 @@ pub async fn run(target: &Target) -> Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-/// The running kernel. The floor itself (the oldest kernel whose verifier and helpers the
-/// program needs) belongs to the data path: `kernel_floor()` is where doctor asks it.
+/// The running kernel against the data path's floor (`datapath::kernel`, which the daemon
+/// checks at start too).
 fn kernel() -> Check {
-    let release = rustix::system::uname().release().to_string_lossy().into_owned();
-    match kernel_floor(&release) {
-        Some((floor, true)) => check("kernel", Verdict::Ok, format!("{release} (floor {floor})"), None),
-        Some((floor, false)) => check(
-            "kernel",
-            Verdict::Fail,
-            format!("{release} is older than {floor}"),
-            Some(format!("run a kernel >= {floor}")),
-        ),
-        None => {
-            check("kernel", Verdict::Ok, format!("{release} (no floor defined by the data path yet)"), None)
-        }
+    let release = kernel::release();
+    let floor = format!("{}.{}", kernel::FLOOR.0, kernel::FLOOR.1);
+    match kernel::check(&release) {
+        Ok(()) => check("kernel", Verdict::Ok, format!("{release} (floor {floor})"), None),
+        Err(e) => check("kernel", Verdict::Fail, e.to_string(), Some(format!("run Linux {floor} or newer"))),
     }
-}
-
-/// Hook for the data path's kernel-floor check: `Some((floor, release meets it))` once the
-/// data path defines its floor; until then `None`.
-fn kernel_floor(_release: &str) -> Option<(String, bool)> {
-    None
 }
 
 fn btf() -> Check {
