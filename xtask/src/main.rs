@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod figures;
 mod prereq;
 mod test;
 mod toolchain;
@@ -51,12 +52,20 @@ enum Task {
     /// frames) against the kernel's own path, and control-plane figures; prints a table.
     /// Runs as root (loads XDP programs, makes network namespaces).
     Bench {
-        /// Also write the results as JSON to this file.
+        /// Also write the results as JSON to this file, and their figures as SVG beside it
+        /// (FILE.svg).
         #[arg(long, value_name = "FILE.json")]
         out: Option<PathBuf>,
         /// Smoke run, under a minute (3 rounds of 2e5 repetitions, short throughput runs).
         #[arg(long)]
         quick: bool,
+    },
+    /// Draws the figures of a benchmark's JSON (`bench --out FILE.json`) as one SVG.
+    Figures {
+        json: PathBuf,
+        /// Where to write them [default: FILE.svg beside FILE.json].
+        #[arg(long, value_name = "FILE.svg")]
+        out: Option<PathBuf>,
     },
     /// Without ARGS: a demonstration lab in network namespaces with the `anycast` controller
     /// attached and traffic flowing, torn down on exit. With ARGS: `anycast ARGS`.
@@ -102,7 +111,17 @@ fn try_main() -> Result<()> {
         }
         Task::Bench { out, quick } => {
             prereq::ensure(Goal::Run)?;
-            bench::run(&bench::Options { out, quick })?;
+            bench::run(&bench::Options { out: out.clone(), quick })?;
+            if let Some(json) = out {
+                let svg = figures::beside(&json);
+                figures::bench(&json, &svg)?;
+                println!("bench: figures: {}", svg.display());
+            }
+        }
+        Task::Figures { json, out } => {
+            let svg = out.unwrap_or_else(|| figures::beside(&json));
+            figures::bench(&json, &svg)?;
+            println!("figures: {}", svg.display());
         }
         Task::Run { release, duration, report, no_report, args } => {
             prereq::ensure(Goal::Run)?;

@@ -1,8 +1,11 @@
 //! What `anycast top` shows: per-site packet rates computed from two successive
 //! [`Status`] readings (counter difference divided by the time between them), rendered as
-//! a table. Pure functions; the CLI does the reading, timing and screen handling.
+//! a table, and under it a short history per site ([`History`]: sparklines of the last
+//! minute of load and share of the steered packets), so that a person watching a surge
+//! sees it without reading numbers. Pure functions; the CLI does the reading, timing and
+//! screen handling.
 
-use std::{fmt::Write, time::Duration};
+use std::{collections::VecDeque, fmt::Write, time::Duration};
 
 use crate::model::status::Status;
 
@@ -72,6 +75,114 @@ pub fn rates(prev: &Status, cur: &Status, interval: Duration) -> Rates {
     exceptions.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     exceptions.truncate(TOP_EXCEPTIONS);
     Rates { sites, total, exceptions }
+}
+
+/// How far back the sparklines go, and how many characters wide they are.
+pub const HISTORY: Duration = Duration::from_secs(60);
+pub const SPARK_WIDTH: usize = 30;
+const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// One refresh of one site in the history.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Point {
+    load: Option<f64>,
+    /// The site's share of the packets this host steered (kept here or forwarded there).
+    share: Option<f64>,
+}
+
+/// The last [`HISTORY`] of every site's load and share, a point per refresh.
+#[derive(Clone, Debug, PartialEq)]
+pub struct History {
+    points: usize,
+    sites: Vec<(String, VecDeque<Point>)>,
+}
+
+impl History {
+    /// For refreshes every `interval`.
+    pub fn new(interval: Duration) -> History {
+        let points = (HISTORY.as_secs_f64() / interval.as_secs_f64().max(1e-3)).ceil().max(1.0) as usize;
+        History { points, sites: Vec::new() }
+    }
+
+    /// Adds a refresh; sites gone from the config (a reload) are forgotten.
+    pub fn push(&mut self, rates: &Rates) {
+        let steered = rates.total.local + rates.total.forwarded;
+        let mut sites = Vec::with_capacity(rates.sites.len());
+        for row in &rates.sites {
+            let mut points = match self.sites.iter().position(|(name, _)| *name == row.name) {
+                Some(i) => self.sites.swap_remove(i).1,
+                None => VecDeque::with_capacity(self.points),
+            };
+            let share = row.pps.filter(|_| steered > 0.0).map(|p| (p.local + p.forwarded) / steered);
+            points.push_back(Point { load: row.load, share });
+            while points.len() > self.points {
+                points.pop_front();
+            }
+            sites.push((row.name.clone(), points));
+        }
+        self.sites = sites;
+    }
+
+    /// A line per site: its load and share over the last minute, each with its last value.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if self.sites.is_empty() {
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "{:<16} {:<w$}  {:>5}   {:<w$}  {:>5}",
+            format!("LAST {}s", HISTORY.as_secs()),
+            "LOAD (full = 1 or the window's peak)",
+            "",
+            "SHARE OF STEERED PACKETS",
+            "",
+            w = SPARK_WIDTH
+        );
+        for (name, points) in &self.sites {
+            let loads: Vec<Option<f64>> = points.iter().map(|p| p.load).collect();
+            let shares: Vec<Option<f64>> = points.iter().map(|p| p.share).collect();
+            let peak = loads.iter().flatten().copied().fold(1.0, f64::max);
+            let last = |values: &[Option<f64>], show: &dyn Fn(f64) -> String| {
+                values.last().copied().flatten().map_or("-".to_owned(), show)
+            };
+            let _ = writeln!(
+                out,
+                "{name:<16} {:<w$}  {:>5}   {:<w$}  {:>5}",
+                sparkline(&loads, peak, SPARK_WIDTH),
+                last(&loads, &|v| format!("{v:.2}")),
+                sparkline(&shares, 1.0, SPARK_WIDTH),
+                last(&shares, &|v| format!("{:.0}%", v * 100.0)),
+                w = SPARK_WIDTH
+            );
+        }
+        out
+    }
+}
+
+/// `values` (oldest first) as at most `width` block characters, scaled so that `max` is a
+/// full block; the newest values are kept and, when there are more than `width`, averaged
+/// in groups. A gap (no value) is a space.
+pub fn sparkline(values: &[Option<f64>], max: f64, width: usize) -> String {
+    if values.is_empty() || width == 0 {
+        return String::new();
+    }
+    let per_cell = values.len().div_ceil(width);
+    // Groups aligned on the newest value, so the rightmost cell is always the latest.
+    let first = values.len() % per_cell;
+    let head = (first > 0).then(|| &values[..first]);
+    head.into_iter()
+        .chain(values[first..].chunks(per_cell))
+        .map(|cell| {
+            let known: Vec<f64> = cell.iter().flatten().copied().filter(|v| v.is_finite()).collect();
+            if known.is_empty() {
+                return ' ';
+            }
+            let mean = known.iter().sum::<f64>() / known.len() as f64;
+            let level = (mean / max.max(f64::MIN_POSITIVE) * BLOCKS.len() as f64).ceil() as usize;
+            BLOCKS[level.clamp(1, BLOCKS.len()) - 1]
+        })
+        .collect()
 }
 
 /// The table for one refresh.
@@ -189,6 +300,62 @@ mod tests {
         assert_eq!(r.sites[0].pps, Some(Pps { local: 0.0, forwarded: 400.0, received: 0.0 }));
         assert_eq!(r.exceptions.len(), TOP_EXCEPTIONS);
         assert_eq!(r.exceptions[0], ("r7".to_owned(), 160.0));
+    }
+
+    #[test]
+    fn sparklines_scale_to_the_maximum_and_keep_the_newest_values() {
+        let v = |xs: &[f64]| xs.iter().map(|&x| Some(x)).collect::<Vec<_>>();
+        assert_eq!(sparkline(&v(&[0.0, 0.5, 1.0, 2.0]), 1.0, 10), "▁▄██");
+        assert_eq!(sparkline(&[Some(0.25), None, Some(1.0)], 1.0, 10), "▂ █");
+        // 5 values in 2 cells of 3: the oldest two, then the newest three averaged.
+        assert_eq!(sparkline(&v(&[1.0, 1.0, 0.0, 0.0, 0.75]), 1.0, 2), "█▂");
+        assert_eq!(sparkline(&[], 1.0, 10), "");
+        assert_eq!(sparkline(&v(&[1.0; 120]), 1.0, 30).chars().count(), 30);
+    }
+
+    #[test]
+    fn history_keeps_a_minute_per_site_and_shows_load_and_share() {
+        let mut h = History::new(Duration::from_secs(2));
+        let row = |name: &str, load: f64, local: f64, forwarded: f64| SiteRow {
+            name: name.into(),
+            state: "up".into(),
+            weight: 1,
+            load: Some(load),
+            pps: Some(Pps { local, forwarded, received: 0.0 }),
+        };
+        let refresh = |sites: Vec<SiteRow>| {
+            let total = sites.iter().filter_map(|s| s.pps).fold(Pps::default(), |t, p| Pps {
+                local: t.local + p.local,
+                forwarded: t.forwarded + p.forwarded,
+                received: 0.0,
+            });
+            Rates { sites, total, exceptions: vec![] }
+        };
+        for i in 0..40 {
+            let surge = i >= 30;
+            h.push(&refresh(vec![
+                row("fra", if surge { 1.2 } else { 0.5 }, if surge { 50.0 } else { 100.0 }, 0.0),
+                row("ams", 0.2, 0.0, if surge { 50.0 } else { 0.0 }),
+            ]));
+        }
+        assert_eq!(h.sites[0].1.len(), 30, "a minute at 2 s per refresh");
+        let text = h.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        let fra: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(fra[0], "fra");
+        // 20 calm refreshes at half of the peak load, then 10 at the peak.
+        assert_eq!(fra[1], format!("{}{}", "▄".repeat(20), "█".repeat(10)));
+        assert_eq!((fra[2], fra[4]), ("1.20", "50%"));
+        let ams: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            ams[3],
+            format!("{}{}", "▁".repeat(20), "▄".repeat(10)),
+            "ams's share rises from 0 to half"
+        );
+        // A site removed by a reload is forgotten.
+        h.push(&refresh(vec![row("fra", 0.5, 100.0, 0.0)]));
+        assert_eq!(h.render().lines().count(), 2);
     }
 
     #[test]

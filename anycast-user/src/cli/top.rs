@@ -1,6 +1,7 @@
 //! `anycast top`: the live per-site view of a running deployment. Each refresh reads what
 //! `anycast status` reads (daemon, else pinned maps) and shows the rates since the
-//! previous reading: redrawn in place on a terminal, appended as plain blocks otherwise
+//! previous reading, and the last minute of each site's load and share as sparklines:
+//! redrawn in place on a terminal, appended as plain blocks otherwise
 //! (a pipe or a log file gets no escape sequences).
 
 use std::{
@@ -26,6 +27,7 @@ pub async fn run(target: &Target, interval: Duration, count: Option<u64>) -> Res
     let mut prev_at = Instant::now();
     let started = prev_at;
     let mut refreshes = 0u64;
+    let mut history = top::History::new(interval);
     while count.is_none_or(|n| refreshes < n) {
         tokio::time::sleep(interval).await;
         let (cur, now_fallback) = fetch_status(target).await?;
@@ -41,15 +43,16 @@ pub async fn run(target: &Target, interval: Duration, count: Option<u64>) -> Res
         // The measured time between the readings, not the nominal interval: a slow
         // reading (pinned-map fallback, busy daemon) would otherwise inflate the rates.
         let rates = top::rates(&prev, &cur, now.duration_since(prev_at));
+        history.push(&rates);
         let mut out = std::io::stdout().lock();
         if target.json() {
             // One JSON object per line and refresh, for scripts that follow the rates.
             writeln!(out, "{}", serde_json::to_string(&rates)?)
         } else if tty {
-            let frame = top::render(&cur, &rates);
+            let frame = format!("{}\n{}", top::render(&cur, &rates), history.render());
             write!(out, "{CLEAR_HOME}{frame}")
         } else {
-            let frame = top::render(&cur, &rates);
+            let frame = format!("{}\n{}", top::render(&cur, &rates), history.render());
             write!(out, "-- {:.1}s\n{frame}", now.duration_since(started).as_secs_f64())
         }
         .and_then(|()| out.flush())
