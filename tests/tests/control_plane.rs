@@ -430,3 +430,46 @@ fn control_tcp_listener_is_read_only_and_the_socket_has_a_group() {
     assert_eq!(there.state, "drained");
     let _ = d.admin(Method::POST, "/undrain/there", None).unwrap();
 }
+
+/// Whether `ip -d link` shows an XDP program on `ifname` in `ns`.
+fn runs_xdp(ns: &testkit::netns::Netns, ifname: &str) -> bool {
+    ns.ip(&["-d", "link", "show", "dev", ifname])
+        .is_ok_and(|t| t.lines().any(|l| l.trim_start().starts_with("prog/xdp")))
+}
+
+/// A pinned link whose interface was deleted and created again (driver reload, a VLAN
+/// recreated) is defunct: the controller attaches the program again, while it runs and at
+/// its start, instead of adopting the dead link as attached.
+#[test]
+fn control_recreated_interface_is_attached_again() {
+    if !require("control_recreated_interface_is_attached_again", &[Need::Kernel]) {
+        return;
+    }
+    let (_cl, site) = local_site("cri");
+    site.add_veth("x0", &site, "x1").unwrap();
+    let mut d = Daemon::new(&site).unwrap();
+    d.write_config(&LOCAL_SITE.replace("interfaces = [\"l0\"]", "interfaces = [\"x0\"]")).unwrap();
+    d.start().unwrap();
+    assert!(runs_xdp(&site, "x0"));
+    let recreate = || {
+        site.ip(&["link", "del", "x0"]).unwrap();
+        site.add_veth("x0", &site, "x1").unwrap();
+        site.ip(&["link", "set", "x0", "up"]).unwrap();
+        assert!(!runs_xdp(&site, "x0"), "a new interface with a program already");
+    };
+
+    // While the controller runs.
+    recreate();
+    let back = wait::until(Duration::from_secs(5), || runs_xdp(&site, "x0"));
+    assert!(back.is_some(), "the running controller did not attach the recreated x0:\n{}", d.log());
+    assert!(d.log().contains("x0: its link was defunct"), "{}", d.log());
+    assert!(d.status().unwrap().attached, "attached is not back to true");
+
+    // While no controller runs: the next start does not take the dead link for a live one.
+    let (status, _) = d.stop(libc::SIGTERM, Duration::from_secs(10)).unwrap();
+    assert!(status.success());
+    recreate();
+    d.start().unwrap();
+    assert!(runs_xdp(&site, "x0"), "the start adopted a defunct link:\n{}", d.log());
+    assert!(d.status().unwrap().attached);
+}

@@ -107,6 +107,8 @@ fn with_prober<T: Send>(
 ) -> T {
     ns.run(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // The Prober reads its replies in a task of the runtime it is made in.
+        let _in_runtime = rt.enter();
         let prober = Prober::new(v4, v6).unwrap();
         rt.block_on(f(&prober))
     })

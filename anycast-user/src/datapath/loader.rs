@@ -359,6 +359,17 @@ impl Instance {
         Ok(outcomes)
     }
 
+    /// Attaches afresh on `iface`, whose pinned link is defunct (its interface was
+    /// recreated: `link_state`): the dead link and its pin go, a new one is attached and
+    /// pinned.
+    pub fn reattach(&mut self, iface: &str) -> Result<LinkOutcome> {
+        self.links.remove(iface);
+        remove_pin(&link_pin(&self.pin_dir, iface))?;
+        let (link, outcome) = self.link(iface)?;
+        self.links.insert(iface.to_owned(), link);
+        Ok(outcome)
+    }
+
     fn link(&mut self, iface: &str) -> Result<(FdLink, LinkOutcome)> {
         let path = link_pin(&self.pin_dir, iface);
         let prog = program(&mut self.ebpf)?;

@@ -7,6 +7,7 @@ pub mod ebpf_log;
 pub mod fault;
 pub mod kernel;
 pub mod layout;
+pub mod link_state;
 pub mod loader;
 pub mod maps;
 pub mod object;

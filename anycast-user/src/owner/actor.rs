@@ -60,23 +60,24 @@ pub fn spawn(owner: Owner) -> std::io::Result<Thread> {
 
 fn run(mut owner: Owner, rx: mpsc::Receiver<Command>, view: watch::Sender<Arc<DataPathView>>) {
     loop {
-        let changed = match rx.recv_timeout(LINK_CHECK) {
-            Ok(command) => {
-                handle(&mut owner, command);
-                // Every command may have changed something; publishing an equal view costs
-                // one Arc swap.
-                owner.check_links();
-                true
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => owner.check_links(),
+        let command = match rx.recv_timeout(LINK_CHECK) {
+            Ok(command) => Some(command),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        if changed {
-            if !owner.attached {
-                log::warn!(
-                    "the data path is not attached on every configured interface (a link pin is missing)"
-                );
-            }
+        let handled = command.is_some();
+        if let Some(command) = command {
+            handle(&mut owner, command);
+        }
+        let links_changed = owner.check_links();
+        if links_changed && !owner.attached {
+            log::warn!(
+                "the data path is not attached on every configured interface (a link is missing or defunct)"
+            );
+        }
+        // Every command may have changed something; publishing an equal view costs one Arc
+        // swap.
+        if handled || links_changed {
             view.send_replace(Arc::new(owner.view()));
         }
     }

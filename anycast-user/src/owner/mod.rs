@@ -24,6 +24,7 @@ use crate::{
         hash_key::{self, HashKeyError},
     },
     datapath::{
+        link_state::{self, LinkState},
         loader::{self, Instance, LinkOutcome, LoaderError},
         maps::{DataPathMaps, MapsError},
     },
@@ -123,10 +124,15 @@ fn flow_capacity(pin_dir: &Path) -> u64 {
     MapInfo::from_pin(pin_dir.join(FLOWS)).map(|i| i.max_entries() as u64).unwrap_or(0)
 }
 
-/// Whether the kernel runs the program on every interface: the pins, not our link
-/// handles, since what matters is the kernel's state whoever holds the link.
+/// Whether the kernel runs the program on every interface: the pinned links' state, not
+/// our link handles (what matters is the kernel's state whoever holds the link), and not
+/// the pins alone (a link whose interface was recreated is pinned but defunct).
 fn attached(config: &Config, pin_dir: &Path) -> bool {
-    config.local.interfaces.iter().all(|i| loader::link_pin(pin_dir, i).exists())
+    config
+        .local
+        .interfaces
+        .iter()
+        .all(|i| link_state::state(&loader::link_pin(pin_dir, i), i) == LinkState::Attached)
 }
 
 fn unix_now() -> u64 {
@@ -174,7 +180,7 @@ impl Owner {
             t3.elapsed().as_secs_f64() * 1e3
         );
         let pin_dir = instance.pin_dir().to_owned();
-        let owner = Owner {
+        let mut owner = Owner {
             flow_capacity: flow_capacity(&pin_dir),
             attached: attached(&config, &pin_dir),
             pin_dir,
@@ -188,6 +194,8 @@ impl Owner {
             dynamic,
             reload: None,
         };
+        // A link adopted from a pin whose interface was recreated since runs nowhere.
+        owner.check_links();
         Ok(Started { owner, links, applied })
     }
 
@@ -271,8 +279,23 @@ impl Owner {
         Ok(applied)
     }
 
-    /// Re-checks that the program still runs on every interface; true when that changed.
+    /// Re-checks that the program still runs on every interface, and attaches it again on
+    /// one whose link went defunct while its interface exists again (recreated); true when
+    /// the attached state changed.
     pub fn check_links(&mut self) -> bool {
+        if let Some(instance) = &mut self.instance {
+            for iface in &self.config.local.interfaces {
+                let pin = loader::link_pin(&self.pin_dir, iface);
+                if link_state::state(&pin, iface) == LinkState::Defunct && link_state::ifindex(iface) != 0 {
+                    match instance.reattach(iface) {
+                        Ok(outcome) => {
+                            log::warn!("{iface}: its link was defunct (interface recreated): {outcome}")
+                        }
+                        Err(e) => log::error!("{iface}: its link is defunct and attaching again failed: {e}"),
+                    }
+                }
+            }
+        }
         let now = attached(&self.config, &self.pin_dir);
         std::mem::replace(&mut self.attached, now) != now
     }

@@ -17,33 +17,39 @@
 //!
 //! Sending: the kernel adds the outer header. A raw socket of protocol 4 (IPIP) or 41
 //! (IPv6) bound to our tunnel address sends the inner packet as the payload of an outer IP
-//! header with that protocol; a UDP socket bound to it sends GUE. Receiving: one raw
-//! ICMP and one raw ICMPv6 socket, read by one background thread that hands each echo
-//! reply to the probe waiting for its (sequence, source); the identifier (from the pid and
-//! an instance counter) tells our replies from those of other pingers on the host.
+//! header with that protocol; a UDP socket bound to it sends GUE (socket2 for all of them).
+//! Receiving: one raw ICMP and one raw ICMPv6 socket, registered with the runtime
+//! (`AsyncFd`) and read by one task that hands each echo reply to the probe waiting for its
+//! (sequence, source). The identifier and the first sequence number are random, so that
+//! neither our replies can be mistaken for those of other pingers on the host nor a reply
+//! be forged by someone who cannot see the requests.
 
 use std::{
     collections::HashMap,
     io,
-    mem::{size_of, size_of_val},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    mem::MaybeUninit,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU16, Ordering},
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use etherparse::{Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type, Ipv4Slice, PacketBuilder};
-use tokio::sync::oneshot;
+use socket2::{Domain, Protocol, SockAddr, SockFilter, Socket, Type};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::oneshot,
+    task::JoinHandle,
+};
 
 use crate::config::Encap;
 
 /// IP protocol numbers of the outer header (IANA): IPv4-in-IP and IPv6-in-IP.
-const IPPROTO_IPIP: libc::c_int = 4;
-const IPPROTO_IPV6: libc::c_int = 41;
+const IPPROTO_IPIP: i32 = 4;
+const IPPROTO_IPV6: i32 = 41;
 /// linux/icmp.h: `setsockopt(SOL_RAW, ICMP_FILTER, u32)`, a bit set per ICMP type to drop.
 const SOL_RAW: libc::c_int = 255;
 const ICMP_FILTER: libc::c_int = 1;
@@ -58,9 +64,6 @@ const INNER_TTL: u8 = 64;
 const PAYLOAD: &[u8] = b"anycast health probe";
 /// Largest echo reply read: ours are small, anything longer is not ours (and truncated).
 const RECV_BUF: usize = 1500;
-
-/// Makes the identifier of each Prober of a process different.
-static INSTANCE: AtomicU16 = AtomicU16::new(0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -90,9 +93,9 @@ struct Senders {
     /// Our tunnel address of this family: source of the outer and the inner header.
     tunnel: IpAddr,
     /// Raw socket of protocol IPIP (IPv4) or 41 (IPv6), bound to our tunnel address.
-    ip: OwnedFd,
+    ip: Socket,
     /// UDP socket bound to our tunnel address, any port.
-    gue: UdpSocket,
+    gue: Socket,
 }
 
 /// Sends probes and matches their replies; cheap to share (`Arc<Prober>`) between the
@@ -103,14 +106,24 @@ pub struct Prober {
     ident: u16,
     seq: AtomicU16,
     waiting: Arc<Waiting>,
-    /// Written on drop to wake the receiver thread and let it end.
-    stop: Arc<OwnedFd>,
-    receiver: Option<JoinHandle<()>>,
+    /// The receiving task, aborted on drop.
+    receiver: JoinHandle<()>,
+}
+
+/// Two random bytes (the identifier, the first sequence number).
+fn random_u16() -> u16 {
+    let mut b = [0u8; 2];
+    // Without entropy the probes still work; only their guessability suffers.
+    if getrandom::fill(&mut b).is_err() {
+        b = (std::process::id() as u16).to_ne_bytes();
+    }
+    u16::from_ne_bytes(b)
 }
 
 impl Prober {
-    /// Opens the sockets of each family that has a tunnel address and starts the receiver
-    /// thread. Sockets belong to the network namespace of the calling thread.
+    /// Opens the sockets of each family that has a tunnel address and starts the receiving
+    /// task. Sockets belong to the network namespace of the calling thread; call it within
+    /// a tokio runtime (the replies are read by a task of it).
     pub fn new(tunnel_v4: Option<Ipv4Addr>, tunnel_v6: Option<Ipv6Addr>) -> Result<Prober> {
         let mut icmp = Vec::new();
         let v4 = match tunnel_v4 {
@@ -127,27 +140,15 @@ impl Prober {
             }
             None => None,
         };
-        // SAFETY: plain system call; the result is checked.
-        let stop = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
-            .map_err(sock_err("creating an eventfd"))?;
-        // SAFETY: a new descriptor that nothing else owns.
-        let stop = Arc::new(unsafe { OwnedFd::from_raw_fd(stop) });
-        let ident = (std::process::id() as u16).wrapping_add(INSTANCE.fetch_add(1, Ordering::Relaxed) << 8);
+        let ident = random_u16();
         let waiting = Arc::new(Waiting::default());
-        let receiver = {
-            let (waiting, stop) = (waiting.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("health-probe-rx".into())
-                .spawn(move || {
-                    if let Err(e) = receive(&icmp, &stop, ident, &waiting) {
-                        log::error!(
-                            "health probes: receiving echo replies failed, probes will time out: {e}"
-                        );
-                    }
-                })
-                .map_err(sock_err("starting the probe receiver thread"))?
-        };
-        Ok(Prober { v4, v6, ident, seq: AtomicU16::new(0), waiting, stop, receiver: Some(receiver) })
+        let w = waiting.clone();
+        let receiver = tokio::spawn(async move {
+            if let Err(e) = receive(icmp, ident, &w).await {
+                log::error!("health probes: receiving echo replies failed, probes will time out: {e}");
+            }
+        });
+        Ok(Prober { v4, v6, ident, seq: AtomicU16::new(random_u16()), waiting, receiver })
     }
 
     /// Sends one probe to the site at `endpoint`, encapsulated as `encap`, and waits at
@@ -167,9 +168,13 @@ impl Prober {
         let (tx, rx) = oneshot::channel();
         let pending = Pending::register(&self.waiting, (seq, endpoint), tx);
         let sent = Instant::now();
+        // Non-blocking sockets: a full socket buffer is an error for this probe, never a
+        // blocked task. Raw sockets take port 0.
         match encap {
-            Encap::Ip => send_raw(&senders.ip, &inner, endpoint),
-            Encap::Gue { port } => senders.gue.send_to(&inner, SocketAddr::new(endpoint, port)).map(drop),
+            Encap::Ip => senders.ip.send_to(&inner, &SockAddr::from(SocketAddr::new(endpoint, 0))),
+            Encap::Gue { port } => {
+                senders.gue.send_to(&inner, &SockAddr::from(SocketAddr::new(endpoint, port)))
+            }
         }
         .map_err(|source| ProbeError::Send { endpoint, source })?;
         let reply = tokio::time::timeout(timeout, rx).await;
@@ -200,11 +205,7 @@ fn echo_request(src: IpAddr, dst: IpAddr, ident: u16, seq: u16) -> Result<Vec<u8
 
 impl Drop for Prober {
     fn drop(&mut self) {
-        // SAFETY: writes 8 bytes to our own eventfd.
-        unsafe { libc::eventfd_write(self.stop.as_raw_fd(), 1) };
-        if let Some(r) = self.receiver.take() {
-            let _ = r.join();
-        }
+        self.receiver.abort();
     }
 }
 
@@ -236,219 +237,122 @@ fn lock(w: &Waiting) -> std::sync::MutexGuard<'_, HashMap<(u16, IpAddr), oneshot
 impl Senders {
     fn new(tunnel: IpAddr) -> Result<Senders> {
         let (domain, proto) = match tunnel {
-            IpAddr::V4(_) => (libc::AF_INET, IPPROTO_IPIP),
-            IpAddr::V6(_) => (libc::AF_INET6, IPPROTO_IPV6),
+            IpAddr::V4(_) => (Domain::IPV4, IPPROTO_IPIP),
+            IpAddr::V6(_) => (Domain::IPV6, IPPROTO_IPV6),
         };
-        let ip = raw_socket(domain, proto)
+        let bound = SockAddr::from(SocketAddr::new(tunnel, 0));
+        let ip = Socket::new(domain, Type::RAW, Some(Protocol::from(proto)))
             .map_err(sock_err(format!("raw socket of protocol {proto} (needs CAP_NET_RAW)")))?;
-        bind(&ip, tunnel)
-            .map_err(sock_err(format!("binding the protocol {proto} raw socket to {tunnel}")))?;
+        ip.bind(&bound).map_err(sock_err(format!("binding the protocol {proto} raw socket to {tunnel}")))?;
         // Send-only: every IPIP/IPv6-in-IP packet the stack gets (our data path decapsulates
         // those of known peers before it does) would otherwise queue here unread.
-        drop_all_input(&ip).map_err(sock_err("filtering the raw socket's input"))?;
-        let gue = UdpSocket::bind(SocketAddr::new(tunnel, 0))
-            .map_err(sock_err(format!("binding a UDP socket to {tunnel}")))?;
-        gue.set_nonblocking(true).map_err(sock_err("setting the UDP socket non-blocking"))?;
-        drop_all_input(&gue).map_err(sock_err("filtering the UDP socket's input"))?;
+        ip.attach_filter(&DROP_ALL).map_err(sock_err("filtering the raw socket's input"))?;
+        let gue = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+            .map_err(sock_err(format!("a UDP socket for {tunnel}")))?;
+        gue.bind(&bound).map_err(sock_err(format!("binding a UDP socket to {tunnel}")))?;
+        gue.attach_filter(&DROP_ALL).map_err(sock_err("filtering the UDP socket's input"))?;
+        for s in [&ip, &gue] {
+            s.set_nonblocking(true).map_err(sock_err("setting a probe socket non-blocking"))?;
+        }
         Ok(Senders { tunnel, ip, gue })
     }
 }
+
+/// A classic BPF filter that accepts nothing (`ret #0`): the socket's receive queue stays
+/// empty.
+const DROP_ALL: [SockFilter; 1] = [SockFilter::new((libc::BPF_RET | libc::BPF_K) as u16, 0, 0, 0)];
 
 fn sock_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ProbeError {
     let what = what.into();
     move |source| ProbeError::Socket { what, source }
 }
 
-fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
-}
-
-fn raw_socket(domain: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain system call; the result is checked.
-    let fd = cvt(unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) })?;
-    // SAFETY: a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn setsockopt<T>(fd: &impl AsRawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+/// `setsockopt` for the ICMP type filters, which socket2 does not offer.
+fn setsockopt<T>(s: &Socket, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` is valid for size_of::<T>() bytes for the duration of the call.
-    cvt(unsafe {
+    let rc = unsafe {
         libc::setsockopt(
-            fd.as_raw_fd(),
+            s.as_raw_fd(),
             level,
             name,
             (value as *const T).cast(),
             size_of::<T>() as libc::socklen_t,
         )
-    })
-    .map(drop)
-}
-
-/// A classic BPF filter that accepts nothing: the socket's receive queue stays empty.
-fn drop_all_input(fd: &impl AsRawFd) -> io::Result<()> {
-    let mut reject = [libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: 0 }];
-    let prog = libc::sock_fprog { len: 1, filter: reject.as_mut_ptr() };
-    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// A raw ICMP (or ICMPv6) socket that receives echo replies only: the kernel filters out
 /// every other type, so the host's other ICMP traffic does not wake the receiver.
-fn echo_reply_socket(v6: bool) -> Result<(OwnedFd, bool)> {
+fn echo_reply_socket(v6: bool) -> Result<(Socket, bool)> {
     let (domain, proto, what) = if v6 {
-        (libc::AF_INET6, libc::IPPROTO_ICMPV6, "ICMPv6")
+        (Domain::IPV6, Protocol::ICMPV6, "ICMPv6")
     } else {
-        (libc::AF_INET, libc::IPPROTO_ICMP, "ICMP")
+        (Domain::IPV4, Protocol::ICMPV4, "ICMP")
     };
-    let fd = raw_socket(domain, proto).map_err(sock_err(format!("raw {what} socket (needs CAP_NET_RAW)")))?;
+    let s = Socket::new(domain, Type::RAW, Some(proto))
+        .map_err(sock_err(format!("raw {what} socket (needs CAP_NET_RAW)")))?;
     let filtered = if v6 {
         let mut block = [u32::MAX; 8];
         block[(ICMPV6_ECHO_REPLY >> 5) as usize] &= !(1 << (ICMPV6_ECHO_REPLY & 31));
-        setsockopt(&fd, libc::IPPROTO_ICMPV6, ICMPV6_FILTER, &block)
+        setsockopt(&s, libc::IPPROTO_ICMPV6, ICMPV6_FILTER, &block)
     } else {
-        setsockopt(&fd, SOL_RAW, ICMP_FILTER, &!(1u32 << ICMP_ECHOREPLY))
+        setsockopt(&s, SOL_RAW, ICMP_FILTER, &!(1u32 << ICMP_ECHOREPLY))
     };
     filtered.map_err(sock_err(format!("filtering the raw {what} socket")))?;
-    Ok((fd, v6))
+    s.set_nonblocking(true).map_err(sock_err(format!("setting the raw {what} socket non-blocking")))?;
+    Ok((s, v6))
 }
 
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            size_of_val(&sin)
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            size_of_val(&sin6)
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
-/// The address of a sockaddr the kernel filled in (recvfrom).
-fn source_of(storage: &libc::sockaddr_storage) -> Option<IpAddr> {
-    match storage.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says it is a sockaddr_in; storage is aligned for it.
-            let sin = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(IpAddr::V4(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes())))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says it is a sockaddr_in6; storage is aligned for it.
-            let sin6 = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
-        }
-        _ => None,
-    }
-}
-
-fn bind(fd: &OwnedFd, addr: IpAddr) -> io::Result<()> {
-    let (sa, len) = sockaddr(SocketAddr::new(addr, 0));
-    // SAFETY: `sa` is a valid sockaddr of `len` bytes.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_storage).cast(), len) }).map(drop)
-}
-
-/// Sends `packet` as the payload of an outer IP header to `to` (raw sockets: port 0).
-fn send_raw(fd: &OwnedFd, packet: &[u8], to: IpAddr) -> io::Result<()> {
-    let (sa, len) = sockaddr(SocketAddr::new(to, 0));
-    // SAFETY: `packet` and `sa` are valid for the lengths given; MSG_DONTWAIT: a full
-    // socket buffer is an error for this probe, never a blocked task.
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            packet.as_ptr().cast(),
-            packet.len(),
-            libc::MSG_DONTWAIT,
-            (&sa as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
-/// The receiver thread: waits on the ICMP sockets and `stop`, and hands each echo reply
-/// with our identifier to the probe waiting for its (sequence, source).
-fn receive(icmp: &[(OwnedFd, bool)], stop: &OwnedFd, ident: u16, waiting: &Waiting) -> io::Result<()> {
-    let mut fds: Vec<libc::pollfd> = icmp
-        .iter()
-        .map(|(fd, _)| fd.as_raw_fd())
-        .chain([stop.as_raw_fd()])
-        .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
-        .collect();
-    let mut buf = [0u8; RECV_BUF];
+/// The receiving task: waits until one of the ICMP sockets is readable and hands each echo
+/// reply with our identifier to the probe waiting for its (sequence, source).
+async fn receive(icmp: Vec<(Socket, bool)>, ident: u16, waiting: &Waiting) -> io::Result<()> {
+    let fds = icmp
+        .into_iter()
+        .map(|(s, v6)| {
+            // SAFETY: a Socket owns its descriptor for its whole life and always returns
+            // that one; the AsyncFd owns the Socket.
+            let fd =
+                unsafe { AsyncFd::register_with_interest(s, Interest::READABLE) }.map_err(io::Error::from)?;
+            Ok((fd, v6))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut buf = [MaybeUninit::<u8>::uninit(); RECV_BUF];
     loop {
-        // SAFETY: `fds` is a valid array of fds.len() pollfd.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if fds.last().is_some_and(|p| p.revents != 0) {
-            return Ok(());
-        }
-        for (p, (fd, v6)) in fds.iter().zip(icmp) {
-            if p.revents != 0 {
-                drain(fd.as_raw_fd(), *v6, &mut buf, ident, waiting)?;
-            }
-        }
-    }
-}
-
-/// Reads every queued packet of one ICMP socket.
-fn drain(fd: RawFd, v6: bool, buf: &mut [u8], ident: u16, waiting: &Waiting) -> io::Result<()> {
-    loop {
-        // SAFETY: all-zero is a valid sockaddr_storage.
-        let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut len = size_of_val(&from) as libc::socklen_t;
-        // SAFETY: `buf` and `from` are valid for the lengths given.
-        let n = unsafe {
-            libc::recvfrom(
-                fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-                (&mut from as *mut libc::sockaddr_storage).cast(),
-                &mut len,
-            )
+        // The first socket to become readable (at most two: one per family).
+        let ready = match fds.as_slice() {
+            [] => return Ok(()),
+            [(a, v6)] => (a.readable().await?, *v6),
+            [(a, av6), (b, bv6), ..] => tokio::select! {
+                r = a.readable() => (r?, *av6),
+                r = b.readable() => (r?, *bv6),
+            },
         };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock => Ok(()),
-                io::ErrorKind::Interrupted => continue,
-                _ => Err(e),
-            };
-        }
-        let at = Instant::now();
-        let (Some(source), Some((id, seq))) = (source_of(&from), echo_reply(&buf[..n as usize], v6)) else {
-            continue;
-        };
-        if id != ident {
-            continue;
-        }
-        if let Some(tx) = lock(waiting).remove(&(seq, source)) {
-            // The probe may have timed out in between: nobody to tell then.
-            let _ = tx.send(at);
+        let (mut guard, v6) = ready;
+        loop {
+            match guard.try_io(|fd| fd.get_ref().recv_from(&mut buf)) {
+                Ok(Ok((n, from))) => {
+                    let at = Instant::now();
+                    // SAFETY: recv_from initialised the first `n` bytes.
+                    let packet = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+                    let (Some(source), Some((id, seq))) =
+                        (from.as_socket().map(|a| a.ip()), echo_reply(packet, v6))
+                    else {
+                        continue;
+                    };
+                    if id != ident {
+                        continue;
+                    }
+                    if let Some(tx) = lock(waiting).remove(&(seq, source)) {
+                        // The probe may have timed out in between: nobody to tell then.
+                        let _ = tx.send(at);
+                    }
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                // Drained: wait for the next readiness.
+                Err(_would_block) => break,
+            }
         }
     }
 }
@@ -492,14 +396,5 @@ mod tests {
         b6.write(&mut v6, PAYLOAD).unwrap();
         assert_eq!(echo_reply(&v6[40..], true), Some((0xbeef, 65535)));
         assert_eq!(echo_reply(&v6[40..44], true), None, "truncated");
-    }
-
-    #[test]
-    fn probe_sockaddr_round_trip() {
-        for a in ["10.1.2.3:0", "[fd00::7]:0"] {
-            let addr: SocketAddr = a.parse().unwrap();
-            let (sa, _) = sockaddr(addr);
-            assert_eq!(source_of(&sa), Some(addr.ip()));
-        }
     }
 }
