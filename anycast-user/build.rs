@@ -1,4 +1,4 @@
-//! Builds the XDP objects (`anycast`; `noop`, `bench_reset` and `bench_sink` used by
+//! Builds the XDP objects (`anycast`; `noop`, `bench_reset`, `bench_sink` and `bench_ceiling` used by
 //! benchmarks) from the `anycast-ebpf` crate and leaves them in OUT_DIR, where
 //! `src/datapath/object.rs` embeds them; and sets `ANYCAST_GIT_REVISION`. This is the one code path that builds eBPF: `cargo build`, `cargo test`, `cargo clippy` and
 //! every xtask command go through it.
@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 const TARGET: &str = "bpfel-unknown-none";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_BPF_CORE: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
-const OBJECTS: [&str; 4] = ["anycast", "noop", "bench_reset", "bench_sink"];
+const OBJECTS: [&str; 5] = ["anycast", "noop", "bench_reset", "bench_sink", "bench_ceiling"];
 
 enum Toolchain {
     Debian,

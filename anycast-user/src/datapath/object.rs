@@ -13,3 +13,7 @@ pub static BENCH_RESET: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// The benchmark sink: counts and drops what reaches the far end of a veth pair.
 pub static BENCH_SINK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_sink.bpf.o"));
+
+/// The benchmark ceiling: swaps the MACs and returns XDP_TX, the least any XDP forwarder does.
+pub static BENCH_CEILING: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_ceiling.bpf.o"));

@@ -8,7 +8,7 @@ use anycast_common::{
 };
 use anycast_user::datapath::maps::{DataPathMaps, MapsError};
 
-use super::world::{REMOTE_SITES, SITE_LOCAL_INDEX, VIP_TCP, VIP_UDP};
+use super::world::{REMOTE_SITES, SITE_LOCAL_INDEX, VIPS};
 
 /// Totals over the benchmark world's sites and VIPs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,8 +16,8 @@ pub struct Totals {
     pub local: u64,
     pub forwarded: u64,
     pub received: u64,
-    pub vip_tcp: u64,
-    pub vip_udp: u64,
+    /// Packets per VIP of the world, in [`VIPS`] order.
+    pub vips: [u64; VIPS.len()],
     pub exceptions: [u64; EXCEPTION_SLOTS as usize],
 }
 
@@ -27,8 +27,7 @@ impl Default for Totals {
             local: 0,
             forwarded: 0,
             received: 0,
-            vip_tcp: 0,
-            vip_udp: 0,
+            vips: [0; VIPS.len()],
             exceptions: [0; EXCEPTION_SLOTS as usize],
         }
     }
@@ -42,8 +41,9 @@ impl Totals {
             t.forwarded += c.forwarded_packets;
             t.received += c.received_packets;
         }
-        t.vip_tcp = m.vip_counters(VIP_TCP)?.packets;
-        t.vip_udp = m.vip_counters(VIP_UDP)?.packets;
+        for (slot, &vip) in t.vips.iter_mut().zip(&VIPS) {
+            *slot = m.vip_counters(vip)?.packets;
+        }
         t.exceptions = m.exceptions()?;
         Ok(t)
     }
@@ -58,8 +58,7 @@ impl Totals {
             local: self.local.wrapping_sub(earlier.local),
             forwarded: self.forwarded.wrapping_sub(earlier.forwarded),
             received: self.received.wrapping_sub(earlier.received),
-            vip_tcp: self.vip_tcp.wrapping_sub(earlier.vip_tcp),
-            vip_udp: self.vip_udp.wrapping_sub(earlier.vip_udp),
+            vips: std::array::from_fn(|i| self.vips[i].wrapping_sub(earlier.vips[i])),
             exceptions,
         }
     }
@@ -70,10 +69,18 @@ impl Totals {
             local: self.local * n,
             forwarded: self.forwarded * n,
             received: self.received * n,
-            vip_tcp: self.vip_tcp * n,
-            vip_udp: self.vip_udp * n,
+            vips: self.vips.map(|v| v * n),
             exceptions: self.exceptions.map(|e| e * n),
         }
+    }
+
+    /// One packet of VIP `vip` (a slot of [`VIPS`]), handled as `local`/`forwarded` say.
+    pub fn vip(vip: u32, local: u64, forwarded: u64) -> Totals {
+        let mut t = Totals { local, forwarded, ..Totals::default() };
+        if let Some(i) = VIPS.iter().position(|&v| v == vip) {
+            t.vips[i] = 1;
+        }
+        t
     }
 
     /// One exception counter set, nothing else.

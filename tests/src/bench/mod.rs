@@ -90,18 +90,23 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
     notes.push(format!(
         "per packet: BPF_PROG_RUN behind the reset harness (bench_reset restores the frame, then tail-calls the program), \
          median of {} rounds × {} repetitions, interleaved; ns_over_noop = case − noop, both through the harness \
-         (without the harness, where no reset is needed: noop {plain_noop:.0} ns, vip_local_pass {plain_local:.0} ns over it)",
+         (without the harness, where no reset is needed: noop {plain_noop:.0} ns, vip_udp_stateless's frame {plain_local:.0} ns over it)",
         scale.rounds, scale.repeat
     ));
     notes.push(
-        "cases: anchor frames; vip_local_pass = anchor UDP to 10.200.1.1:53, whose Maglev table names the local site; \
-         vip_forward_* = anchor TCP to 10.200.1.1:80 over three IPIP sites (65537-slot weighted Maglev), XDP_TX after a real \
-         bpf_fib_lookup (next hop cached per docs/datapath.md §7); vip_forward_new stamps a run counter into the IPv4 source \
-         address each run (a new flow, flow-table insert included), the flow table emptied before each round and sized for a whole \
-         round (max(262144, repetitions rounded up to a power of two) entries), so no insert evicts (the anchor's \"reset the table \
-         between rounds\"); vip_forward_new_evicting = the same with the table first filled with a capacity's worth of other new \
-         flows, so every insert also evicts (the LRU steady state under a flood of new flows); decap = IPIP from 10.0.0.2 \
-         carrying the anchor SYN; malformed_drop = anchor UDP with IHL 4 (counted bad_header and passed, per docs/datapath.md §2)"
+        "cases, all on the anchor frames to VIP 10.200.1.1 (ports changed to pick each path's VIP entry): \
+         vip_local_new = TCP SYN to :8080 (a local, never-remote bucket), a new client address each run (the harness stamps \
+         a run counter into the IPv4 source); vip_local_established = TCP ACK to :8080 of a real connection the bench holds \
+         (no lookup: the bucket is local and clean); vip_local_moved_bucket = TCP ACK to :8081 of a real connection whose \
+         bucket names a remote site (flow table miss, then bpf_skc_lookup_tcp finds the socket); vip_forward_new = TCP SYN \
+         to :80 over three IPIP sites (65537-slot weighted Maglev), a new client each run: an embryo written, XDP_TX after a \
+         real bpf_fib_lookup (next hop cached, docs/datapath.md §7); vip_forward_handshake = the first ACK of each of 4096 \
+         such SYNs (stamped alike): the promotion, a flow-table insert into an emptied table; vip_forward_established = TCP \
+         ACK of a pinned forwarded flow; vip_udp_stateless = UDP to :53 (affinity = \"none\", served locally), a new client \
+         each run; vip_forward_new_evicting = UDP to :5353 (affinity = \"flow\", remote buckets), a new client each run, the \
+         flow table first filled to capacity: each first packet pins and evicts (the steady state under a flood of new \
+         pinned flows); decap = IPIP from 10.0.0.2 carrying the anchor SYN; malformed_drop = anchor UDP with IHL 4 (counted \
+         bad_header and passed, docs/datapath.md §2)"
             .to_owned(),
     );
     let cases = results
@@ -120,14 +125,16 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
     let tp = throughput::run(&topo, scale.live_frames, scale.live_time)?;
     notes.push(format!(
         "throughput: BPF_PROG_RUN live frames (batch 64) of the anchor TCP ACK into lb0, counted by bench_sink (XDP) on its \
-         veth peer, one CPU; anycast = IPIP encap + XDP_TX; kernel = XDP_PASS into the stack, {} to the first site, \
+         veth peer, one CPU; anycast = IPIP encap + XDP_TX of a pinned flow; ceiling = bench_ceiling (MACs swapped, XDP_TX: the least an XDP forwarder does); kernel = XDP_PASS into the stack, {} to the first site, \
          routed back out of lb0",
         tp.kernel_job
     ));
     notes.extend(tp.notes);
     let throughput = vec![
         Throughput::Pps { name: "anycast_xdp_forward", pps: tp.anycast_pps.round() },
+        Throughput::Pps { name: "platform_ceiling", pps: tp.ceiling_pps.round() },
         Throughput::Pps { name: "kernel_forward", pps: tp.kernel_pps.round() },
+        Throughput::Ratio { name: "anycast_over_ceiling", ratio: round(tp.anycast_pps / tp.ceiling_pps, 2) },
         Throughput::Ratio { name: "anycast_over_kernel", ratio: round(tp.anycast_pps / tp.kernel_pps, 2) },
     ];
 

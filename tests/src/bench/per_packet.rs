@@ -19,7 +19,10 @@ use super::{
     counters::Totals,
     reset::ResetHarness,
     stats::median,
-    world::{self, NEXT_HOP_MAC, TUNNEL_V4, VIP_TCP},
+    world::{
+        self, Connections, NEXT_HOP_MAC, PORT_TCP_LOCAL, PORT_TCP_MOVED, PORT_UDP_PINNED, TUNNEL_V4, VIP_TCP,
+        VIP_TCP_LOCAL, VIP_TCP_MOVED, VIP_UDP, VIP_UDP_PINNED,
+    },
 };
 use crate::{
     anchor,
@@ -29,11 +32,17 @@ use crate::{
     reference,
 };
 
-/// Where the harness stamps its 4-byte run counter for `vip_forward_new`: the IPv4 source
+/// Where the harness stamps its 4-byte run counter for the new-flow cases: the IPv4 source
 /// address (frame offsets 26..30), a new client and so a new flow every run. (The source
 /// port is not next to any other 2 bytes that may change: the destination address and port
 /// select the VIP.)
 const NEW_FLOW_STAMP: u32 = 26;
+/// Offset of the destination port in the anchor frames (Ethernet 14 + IPv4 20 + 2).
+const DPORT: usize = 36;
+/// Repetitions per round of the handshake case: its SYNs' embryos must survive until their
+/// ACKs (each overwritten one turns a promotion into an unpinned forward, which the
+/// counters cannot tell apart): ~3 % of 4096 collide in 65536 embryo slots.
+const HANDSHAKES: u32 = 4096;
 
 /// The flow table before a timed round of a new-flow case.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -62,9 +71,10 @@ enum Kind {
     Noop,
     /// Not for us: PASS, untouched, no counter (§2 pre-filter).
     NotOurs,
-    /// VIP whose Maglev table names the local site: PASS, untouched, VIP + local (§6).
+    /// To the case's VIP, for the local stack: PASS, untouched, VIP + local (§6).
     Local,
-    /// VIP forwarded to a remote site: XDP_TX, IPIP-encapsulated towards the Maglev site (§7).
+    /// To the case's VIP, forwarded to a remote site: XDP_TX, IPIP-encapsulated towards the
+    /// site its Maglev table names (§7).
     Forward,
     /// IPIP from a known peer to our tunnel address: stripped, PASS, received (§5).
     Decap,
@@ -73,12 +83,12 @@ enum Kind {
 }
 
 impl Kind {
-    /// The counter changes of one packet.
-    fn per_packet(self) -> Totals {
+    /// The counter changes of one packet to VIP `vip`.
+    fn per_packet(self, vip: u32) -> Totals {
         match self {
             Kind::Noop | Kind::NotOurs => Totals::default(),
-            Kind::Local => Totals { local: 1, vip_udp: 1, ..Totals::default() },
-            Kind::Forward => Totals { forwarded: 1, vip_tcp: 1, ..Totals::default() },
+            Kind::Local => Totals::vip(vip, 1, 0),
+            Kind::Forward => Totals::vip(vip, 0, 1),
             Kind::Decap => Totals { received: 1, ..Totals::default() },
             Kind::Malformed => Totals::exception(Exception::BadHeader, Verdict::Pass),
         }
@@ -91,10 +101,23 @@ struct Case {
     kind: Kind,
     /// Offset the harness stamps with its run counter (0: none).
     vary_offset: u32,
-    /// A frame run once through the data path before each timed round (the flow an
-    /// established-flow case needs, which the new-flow case's inserts may have evicted).
-    prime: Option<Vec<u8>>,
+    /// The VIP slot its packets are for (Local, Forward).
+    vip: u32,
+    /// What runs before each timed round (untimed).
+    prime: Prime,
     table: Table,
+    /// At most this many repetitions per round.
+    repeat_cap: Option<u32>,
+}
+
+/// What runs before a timed round.
+enum Prime {
+    None,
+    /// Each frame once through the data path: the handshake an established-flow case needs.
+    Frames(Vec<Vec<u8>>),
+    /// This frame (the SYNs) stamped as the round's frames will be, as many times, from the
+    /// same run counter: the embryos the round's ACKs promote.
+    Stamped(Vec<u8>),
 }
 
 impl Case {
@@ -103,24 +126,57 @@ impl Case {
     }
 }
 
-/// The anchor frames and the two packets the anchor set lacks (decap, malformed).
+/// `frame` with its destination port replaced.
+fn to_port(frame: &[u8], port: u16) -> Vec<u8> {
+    packet::set(frame.to_vec(), DPORT, &port.to_be_bytes())
+}
+
+/// The cases, on the anchor frames (ports changed to pick the VIP entry of each path) and
+/// the two packets the anchor set lacks (decap, malformed). Names are the JSON's.
 fn cases() -> Vec<Case> {
     let (syn, ack, udp) = (hex(anchor::SYN), hex(anchor::ACK), hex(anchor::UDP));
     let decap = packet::ip_in_ip(anchor::SITE_ENDPOINTS[0], TUNNEL_V4, &Packet::parse(&syn)).frame();
     let malformed = packet::set(udp.clone(), 14, &[0x44]);
-    let case =
-        |name, frame, kind| Case { name, frame, kind, vary_offset: 0, prime: None, table: Table::AsIs };
-    let new_flow =
-        |name, table| Case { vary_offset: NEW_FLOW_STAMP, table, ..case(name, syn.clone(), Kind::Forward) };
+    let case = |name, frame, kind, vip| Case {
+        name,
+        frame,
+        kind,
+        vip,
+        vary_offset: 0,
+        prime: Prime::None,
+        table: Table::AsIs,
+        repeat_cap: None,
+    };
+    let stamped = |c: Case| Case { vary_offset: NEW_FLOW_STAMP, ..c };
     vec![
-        case("noop", hex(anchor::NON_VIP), Kind::Noop),
-        case("non_vip_pass", hex(anchor::NON_VIP), Kind::NotOurs),
-        case("vip_local_pass", udp, Kind::Local),
-        Case { prime: Some(syn.clone()), ..case("vip_forward_established", ack, Kind::Forward) },
-        new_flow("vip_forward_new", Table::Empty),
-        new_flow("vip_forward_new_evicting", Table::Full),
-        case("decap", decap, Kind::Decap),
-        case("malformed_drop", malformed, Kind::Malformed),
+        case("noop", hex(anchor::NON_VIP), Kind::Noop, 0),
+        case("non_vip_pass", hex(anchor::NON_VIP), Kind::NotOurs, 0),
+        stamped(case("vip_local_new", to_port(&syn, PORT_TCP_LOCAL), Kind::Local, VIP_TCP_LOCAL)),
+        case("vip_local_established", to_port(&ack, PORT_TCP_LOCAL), Kind::Local, VIP_TCP_LOCAL),
+        case("vip_local_moved_bucket", to_port(&ack, PORT_TCP_MOVED), Kind::Local, VIP_TCP_MOVED),
+        stamped(case("vip_forward_new", syn.clone(), Kind::Forward, VIP_TCP)),
+        Case {
+            prime: Prime::Stamped(syn.clone()),
+            table: Table::Empty,
+            repeat_cap: Some(HANDSHAKES),
+            ..stamped(case("vip_forward_handshake", ack.clone(), Kind::Forward, VIP_TCP))
+        },
+        Case {
+            prime: Prime::Frames(vec![syn.clone(), ack.clone()]),
+            ..case("vip_forward_established", ack, Kind::Forward, VIP_TCP)
+        },
+        stamped(case("vip_udp_stateless", udp.clone(), Kind::Local, VIP_UDP)),
+        Case {
+            table: Table::Full,
+            ..stamped(case(
+                "vip_forward_new_evicting",
+                to_port(&udp, PORT_UDP_PINNED),
+                Kind::Forward,
+                VIP_UDP_PINNED,
+            ))
+        },
+        case("decap", decap, Kind::Decap, 0),
+        case("malformed_drop", malformed, Kind::Malformed, 0),
     ]
 }
 
@@ -141,6 +197,8 @@ pub struct PerPacket {
     /// `FLOWS` capacity: at least one round of new flows, so that an emptied table takes a
     /// whole round without evicting.
     flow_entries: u32,
+    /// The sockets of the local-flow cases.
+    _connections: Connections,
 }
 
 impl PerPacket {
@@ -152,7 +210,17 @@ impl PerPacket {
         let mut maps = anycast.maps()?;
         world::configure(&mut maps)?;
         let noop = DataPath::load_noop().context("loading the noop baseline")?;
-        Ok(PerPacket { harness: ResetHarness::load()?, anycast, noop, maps, ingress, flow_entries })
+        let client_port = Packet::parse(&hex(anchor::ACK)).key().sport;
+        let connections = Connections::open(client_port, &[PORT_TCP_LOCAL, PORT_TCP_MOVED])?;
+        Ok(PerPacket {
+            harness: ResetHarness::load()?,
+            anycast,
+            noop,
+            maps,
+            ingress,
+            flow_entries,
+            _connections: connections,
+        })
     }
 
     fn fd(&self, target: Target) -> Result<ProgramFd> {
@@ -185,12 +253,28 @@ impl PerPacket {
             .collect())
     }
 
-    fn prime(&self, case: &Case) -> Result<()> {
-        if let Some(frame) = &case.prime {
-            let run = self.anycast.run(frame, Some(self.ingress))?;
-            ensure!(run.action == Action::Tx, "priming frame: {:?}, expected XDP_TX", run.action);
+    /// Runs what `case` needs before `repeat` repetitions, and readies the harness for
+    /// them (its frame, its target, its run counter).
+    fn prime(&mut self, case: &Case, repeat: u32) -> Result<()> {
+        match &case.prime {
+            Prime::None => {}
+            Prime::Frames(frames) => {
+                for frame in frames {
+                    let run = self.anycast.run(frame, Some(self.ingress))?;
+                    ensure!(run.action == Action::Tx, "priming frame: {:?}, expected XDP_TX", run.action);
+                }
+            }
+            Prime::Stamped(frame) => {
+                let fd = self.fd(Target::Anycast)?;
+                self.harness.prepare(frame, case.vary_offset, &fd)?;
+                self.harness.reset_runs()?;
+                let (action, _, _) = self.harness.run(frame, self.ingress, repeat)?;
+                ensure!(action == Action::Tx, "priming frames: {action:?}, expected XDP_TX");
+            }
         }
-        Ok(())
+        let fd = self.fd(case.target())?;
+        self.harness.prepare(&case.frame, case.vary_offset, &fd)?;
+        self.harness.reset_runs()
     }
 
     /// Sets the flow table up as `case` wants it (untimed). Filling runs the case's own
@@ -216,14 +300,15 @@ impl PerPacket {
     }
 
     fn timed_round(&mut self, case: &Case, repeat: u32) -> Result<f64> {
-        self.prime(case)?;
-        let fd = self.fd(case.target())?;
-        self.harness.prepare(&case.frame, case.vary_offset, &fd)?;
+        let repeat = case.repeat_cap.map_or(repeat, |cap| repeat.min(cap));
+        // Primed first: filling the table then goes on with the run counter, so that the
+        // round's flows are new ones.
+        self.prime(case, repeat)?;
         self.set_table(case)?;
         let before = Totals::read(&self.maps)?;
         let (action, _, ns) = self.harness.run(&case.frame, self.ingress, repeat)?;
         let moved = Totals::read(&self.maps)?.since(&before);
-        let want = case.kind.per_packet().times(u64::from(repeat));
+        let want = case.kind.per_packet(case.vip).times(u64::from(repeat));
         ensure!(
             moved == want,
             "{repeat} repetitions moved the counters by {moved:?}, expected {want:?} (last verdict {action:?})"
@@ -233,18 +318,23 @@ impl PerPacket {
 
     /// One repetition through the harness, checked packet by packet.
     fn verify(&mut self, case: &Case) -> Result<()> {
-        self.prime(case)?;
-        let fd = self.fd(case.target())?;
-        self.harness.prepare(&case.frame, case.vary_offset, &fd)?;
+        self.prime(case, 1)?;
+        self.set_table(case)?;
         let before = Totals::read(&self.maps)?;
         let (action, out, _) = self.harness.run(&case.frame, self.ingress, 1)?;
         let moved = Totals::read(&self.maps)?.since(&before);
-        let want = case.kind.per_packet();
+        let want = case.kind.per_packet(case.vip);
         ensure!(moved == want, "counters moved by {moved:?}, expected {want:?}");
         match case.kind {
             Kind::Noop | Kind::NotOurs | Kind::Local | Kind::Malformed => {
+                // The frame as stamped (a new client each run), otherwise untouched.
+                let mut want = case.frame.clone();
+                let at = case.vary_offset as usize;
+                if at != 0 && out.len() >= at + 4 {
+                    want[at..at + 4].copy_from_slice(&out[at..at + 4]);
+                }
                 ensure!(
-                    action == Action::Pass && out == case.frame,
+                    action == Action::Pass && out == want,
                     "{action:?} with {} bytes, expected XDP_PASS untouched",
                     out.len()
                 );
@@ -283,7 +373,7 @@ impl PerPacket {
             input[at..at + 4].copy_from_slice(&out[at + outer..at + outer + 4]);
         }
         let p = Packet::parse(&input);
-        let table = self.maps.maglev(VIP_TCP)?.context("no Maglev table for the TCP VIP")?;
+        let table = self.maps.maglev(case.vip)?.context("no Maglev table for the case's VIP")?;
         let site = reference::bucket(&table, &p.key()) & MAGLEV_SITE;
         let endpoint = world::REMOTE_SITES
             .iter()

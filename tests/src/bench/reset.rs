@@ -8,7 +8,7 @@ use anycast_user::datapath::object::BENCH_RESET;
 use anyhow::{Context, Result, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, ProgramArray},
+    maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
 };
 
@@ -22,6 +22,8 @@ pub struct ResetHarness {
     ebpf: Ebpf,
     frame: Array<MapData, ResetFrame>,
     target: ProgramArray<MapData>,
+    /// The per-CPU run counter the harness stamps into the frame.
+    runs: PerCpuArray<MapData, u32>,
 }
 
 impl ResetHarness {
@@ -31,7 +33,8 @@ impl ResetHarness {
         prog.load().context("loading bench_reset into the kernel")?;
         let frame = Array::try_from(ebpf.take_map("RESET_FRAME").context("no map RESET_FRAME")?)?;
         let target = ProgramArray::try_from(ebpf.take_map("TARGET").context("no map TARGET")?)?;
-        Ok(ResetHarness { ebpf, frame, target })
+        let runs = PerCpuArray::try_from(ebpf.take_map("RUNS").context("no map RUNS")?)?;
+        Ok(ResetHarness { ebpf, frame, target, runs })
     }
 
     pub fn prepare(&mut self, frame: &[u8], vary_offset: u32, target: &ProgramFd) -> Result<()> {
@@ -45,6 +48,14 @@ impl ResetHarness {
         self.frame.set(0, reset, 0).context("writing RESET_FRAME")?;
         self.target.set(0, target, 0).context("writing TARGET[0]")?;
         Ok(())
+    }
+
+    /// Restarts the run counter on every CPU: the next `n` stamped runs stamp 1..=n again
+    /// (a round of ACKs then matches the round of SYNs before it, flow for flow).
+    pub fn reset_runs(&mut self) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let zero = PerCpuValues::try_from(vec![0u32; cpus]).context("per-CPU values")?;
+        self.runs.set(0, zero, 0).context("resetting RUNS")
     }
 
     /// `repeat` repetitions of `frame` arriving on `ingress`: the last verdict, the frame as

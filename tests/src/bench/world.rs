@@ -12,9 +12,10 @@ use std::net::IpAddr;
 use anycast_common::{
     Encap, HashKey, LocalConfig, SiteInfo, VipInfo, VipKey,
     addr::filter,
-    config::CONFIG_TUNNEL_V4,
+    config::{CONFIG_TUNNEL_V4, Limit},
     maps::MAGLEV_DEFAULT_SIZE,
     site::{MAGLEV_LOCAL, SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
+    vip::VIP_STATELESS,
 };
 use anycast_user::{
     datapath::maps::{DataPathMaps, filter_index},
@@ -23,7 +24,7 @@ use anycast_user::{
         maglev::{self, Backend},
     },
 };
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::{
     anchor,
@@ -39,10 +40,22 @@ pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa2];
 /// Site slots: 0 is this host (local), 1..=3 the anchor's remote IPIP sites.
 pub const SITE_LOCAL_INDEX: u32 = 0;
 pub const REMOTE_SITES: [u32; 3] = [1, 2, 3];
-/// VIP slots: the TCP VIP is spread over the three remote sites; the UDP VIP is served by
-/// the local site (the `vip_local_pass` case: same anchor frame kind, local verdict).
+/// VIP slots, all on the anchor's address. The anchor's TCP VIP (port 80) is spread over
+/// the three remote sites; its UDP VIP (port 53) is `affinity = "none"`, served locally (a
+/// DNS site); the others give each benchmarked path its own entry: TCP port 8080 whose table
+/// names the local site (never remote: no flag), TCP port 8081 whose table names the
+/// remote sites while the host holds a connection to it (a local flow whose bucket moved),
+/// UDP port 5353 of `affinity = "flow"` spread over the remote sites (each flow pinned on its
+/// first packet).
 pub const VIP_TCP: u32 = 0;
 pub const VIP_UDP: u32 = 1;
+pub const VIP_TCP_LOCAL: u32 = 2;
+pub const VIP_TCP_MOVED: u32 = 3;
+pub const VIP_UDP_PINNED: u32 = 4;
+pub const VIPS: [u32; 5] = [VIP_TCP, VIP_UDP, VIP_TCP_LOCAL, VIP_TCP_MOVED, VIP_UDP_PINNED];
+pub const PORT_TCP_LOCAL: u16 = 8080;
+pub const PORT_TCP_MOVED: u16 = 8081;
+pub const PORT_UDP_PINNED: u16 = 5353;
 /// A non-VIP destination of the anchor frames; must not share a pre-filter slot with a VIP.
 const NON_VIP_DST: &str = "10.9.9.9";
 
@@ -102,6 +115,10 @@ pub fn configure(m: &mut DataPathMaps) -> Result<()> {
         tunnel_v4: [t4[0], t4[1], t4[2], t4[3]],
         socket_netns: u32::MAX,
         local_site: SITE_LOCAL_INDEX,
+        // As the controller's defaults would set them, except the pin guard, which a
+        // benchmark of a million pins per second would otherwise measure.
+        icmp: Limit::per_second(1000, 50),
+        pin: Limit::default(),
         ..LocalConfig::default()
     })?;
     let up = SITE_CONFIGURED | SITE_UP;
@@ -132,10 +149,20 @@ pub fn configure(m: &mut DataPathMaps) -> Result<()> {
         m.set_tunnel_peer(&addr_key(addr(endpoint)), index)?;
     }
     m.set_vip(&vip_key(PROTO_TCP, 80), &VipInfo { index: VIP_TCP, flags: 0 })?;
-    m.set_vip(&vip_key(PROTO_UDP, 53), &VipInfo { index: VIP_UDP, flags: 0 })?;
-    m.set_vip_addr(&addr_key(addr(anchor::VIP)), 2)?;
+    m.set_vip(&vip_key(PROTO_UDP, 53), &VipInfo { index: VIP_UDP, flags: VIP_STATELESS })?;
+    m.set_vip(&vip_key(PROTO_TCP, PORT_TCP_LOCAL), &VipInfo { index: VIP_TCP_LOCAL, flags: 0 })?;
+    m.set_vip(&vip_key(PROTO_TCP, PORT_TCP_MOVED), &VipInfo { index: VIP_TCP_MOVED, flags: 0 })?;
+    m.set_vip(&vip_key(PROTO_UDP, PORT_UDP_PINNED), &VipInfo { index: VIP_UDP_PINNED, flags: 0 })?;
+    m.set_vip_addr(&addr_key(addr(anchor::VIP)), VIPS.len() as u32)?;
     let table = anchor_table();
-    m.set_maglev_tables(&[(VIP_TCP, &table), (VIP_UDP, &[SITE_LOCAL_INDEX | MAGLEV_LOCAL])])?;
+    let local: &[u32] = &[SITE_LOCAL_INDEX | MAGLEV_LOCAL];
+    m.set_maglev_tables(&[
+        (VIP_TCP, &table),
+        (VIP_UDP, local),
+        (VIP_TCP_LOCAL, local),
+        (VIP_TCP_MOVED, &table),
+        (VIP_UDP_PINNED, &table),
+    ])?;
     let entries = [(addr_key(addr(anchor::VIP)), filter::VIP), (addr_key(addr(TUNNEL_V4)), filter::TUNNEL)];
     let other = filter_index(&addr_key(addr(NON_VIP_DST)));
     if entries.iter().any(|(k, _)| filter_index(k) == other) {
@@ -145,4 +172,57 @@ pub fn configure(m: &mut DataPathMaps) -> Result<()> {
     }
     m.set_filter(entries).context("writing the address pre-filter")?;
     Ok(())
+}
+
+/// Real TCP connections from the anchor client to the VIP, inside `lb`: the sockets the
+/// local-flow cases' packets belong to. The client and the VIP are put on `lo` for them
+/// and taken off again when the value is dropped (the throughput benchmark's kernel path
+/// must not find the client's address local: it would drop its frames as martians).
+pub struct Connections {
+    _held: Vec<std::net::TcpStream>,
+}
+
+/// `ip ARGS` in the calling thread's namespace (the child inherits it).
+fn ip_here(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("ip").args(args).output().context("running ip")?;
+    ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
+const LO_ADDRS: [&str; 2] = [anchor::VIP, anchor::CLIENT];
+
+impl Connections {
+    /// One connection from the anchor client's port to each of `ports` of the VIP. Call in
+    /// the `lb` namespace, on the thread that drops the value.
+    pub fn open(client_port: u16, ports: &[u16]) -> Result<Connections> {
+        use socket2::{Domain, Socket, Type};
+        for a in LO_ADDRS {
+            ip_here(&["addr", "replace", &format!("{a}/32"), "dev", "lo"])?;
+        }
+        let mut held = Vec::new();
+        for &port in ports {
+            let server = std::net::SocketAddr::new(addr(anchor::VIP), port);
+            let client = std::net::SocketAddr::new(addr(anchor::CLIENT), client_port);
+            let listener =
+                std::net::TcpListener::bind(server).with_context(|| format!("listening on {server}"))?;
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&client.into()).with_context(|| format!("binding {client}"))?;
+            socket.connect(&server.into()).with_context(|| format!("connecting {client} → {server}"))?;
+            let (accepted, _) = listener.accept()?;
+            held.push(socket.into());
+            held.push(accepted);
+        }
+        Ok(Connections { _held: held })
+    }
+}
+
+impl Drop for Connections {
+    fn drop(&mut self) {
+        for a in LO_ADDRS {
+            if let Err(e) = ip_here(&["addr", "del", &format!("{a}/32"), "dev", "lo"]) {
+                eprintln!("bench: removing {a} from lo: {e:#}");
+            }
+        }
+    }
 }
