@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod figures;
 mod prereq;
+mod sim;
 mod test;
 mod toolchain;
 
@@ -67,6 +68,19 @@ enum Task {
         #[arg(long, value_name = "FILE.svg")]
         out: Option<PathBuf>,
     },
+    /// The steering simulator: the controller's own decision code over hundreds of sites of
+    /// several hosts (BGP catchments, flows, report delay and loss, failures), no kernel.
+    /// Prints each scenario's figures; writes an SVG plot per scenario (load vs target per
+    /// site). `-- --help` lists the simulator's options (--sites, --hosts, --scenario,
+    /// --out FILE.json, ...).
+    Sim {
+        /// Directory for the SVG plots (default: target/sim).
+        #[arg(long, value_name = "DIR")]
+        svg: Option<PathBuf>,
+        /// Arguments for the simulator, e.g. `-- --sites 300 --hosts 8 --out sim.json`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Without ARGS: a demonstration lab in network namespaces with the `anycast` controller
     /// attached and traffic flowing, torn down on exit. With ARGS: `anycast ARGS`.
     Run {
@@ -122,6 +136,10 @@ fn try_main() -> Result<()> {
             let svg = out.unwrap_or_else(|| figures::beside(&json));
             figures::bench(&json, &svg)?;
             println!("figures: {}", svg.display());
+        }
+        Task::Sim { svg, args } => {
+            prereq::ensure(Goal::Build)?;
+            sim::run(&sim::Options { svg, args })?;
         }
         Task::Run { release, duration, report, no_report, args } => {
             prereq::ensure(Goal::Run)?;

@@ -84,7 +84,7 @@ impl Meter {
             return self.smoothed.as_ref();
         }
         let raw = rates(&last, now, dt);
-        let alpha = if self.tau.is_zero() { 1.0 } else { 1.0 - (-dt / self.tau.as_secs_f64()).exp() };
+        let alpha = smoothing_factor(dt, self.tau);
         let smoothed = match self.smoothed.take() {
             None => raw,
             Some(s) => Rates {
@@ -107,7 +107,13 @@ impl Meter {
     }
 }
 
-fn ewma(avg: f64, x: f64, alpha: f64) -> f64 {
+/// The EWMA weight of a sample `dt` seconds after the previous one: `1 − e^(−dt/τ)`.
+pub fn smoothing_factor(dt: f64, tau: Duration) -> f64 {
+    if tau.is_zero() { 1.0 } else { 1.0 - (-dt / tau.as_secs_f64()).exp() }
+}
+
+/// One EWMA step.
+pub fn ewma(avg: f64, x: f64, alpha: f64) -> f64 {
     avg + alpha * (x - avg)
 }
 

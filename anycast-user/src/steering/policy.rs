@@ -32,7 +32,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::WEIGHT_SCALE;
+use crate::model::{LoadReport, WEIGHT_SCALE};
 
 /// The `[load]` knobs the policy uses.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -77,10 +77,24 @@ pub struct Report {
     pub drained: bool,
 }
 
-/// A sibling site as the policy sees it.
-#[derive(Clone, Debug, PartialEq)]
+impl Report {
+    /// What the policy reads from a sibling's load report: a site whose data path is not
+    /// attached takes nothing, as a drained one.
+    pub fn of(r: &LoadReport) -> Report {
+        Report {
+            utilisation: r.utilisation,
+            served: r.served,
+            capacity: r.capacity,
+            target: r.target,
+            drained: r.drained || !r.attached,
+        }
+    }
+}
+
+/// A sibling site as the policy sees it. The policy knows siblings by their position in
+/// the slice it is given (no names: the simulator runs it for hundreds of sites a round).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sibling {
-    pub name: String,
     /// Health probes say it is up (or there are no probes).
     pub up: bool,
     /// Drained here by an operator.
@@ -130,8 +144,9 @@ const KEEP_DEAD_BAND: f64 = 0.01;
 pub struct Decision {
     /// Share of new flows kept local.
     pub keep: f64,
-    /// Share of new flows per sibling; they sum to `1 - keep`.
-    pub shares: BTreeMap<String, f64>,
+    /// Share of new flows per sibling, in the order of the siblings given; they sum to
+    /// `1 - keep`.
+    pub shares: Vec<f64>,
     /// Smoothed utilisation above `high`.
     pub overloaded: bool,
     /// Overloaded and the siblings cannot take what we would shed.
@@ -162,11 +177,7 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
     }
     state.keep = keep;
     let no_headroom = overloaded && capped;
-    let shares = siblings
-        .iter()
-        .zip(&rooms)
-        .map(|(s, r)| (s.name.clone(), if room > 0.0 { (1.0 - keep) * r / room } else { 0.0 }))
-        .collect();
+    let shares = rooms.iter().map(|r| if room > 0.0 { (1.0 - keep) * r / room } else { 0.0 }).collect();
     Decision { keep, shares, overloaded, no_headroom }
 }
 
@@ -188,11 +199,32 @@ fn wanted_keep(knobs: &Knobs, keep: f64, local: &Local) -> f64 {
     by_rate.min(by_cpu).clamp(0.0, 1.0)
 }
 
-/// Maglev weights from a decision: shares scaled to integers ([`WEIGHT_SCALE`]).
-pub fn weights(local_name: &str, d: &Decision) -> BTreeMap<String, u32> {
+/// Weight changes below this (in [`WEIGHT_SCALE`] units: 1 %) are not applied: a Maglev
+/// rebuild per interval for noise would churn nothing but CPU.
+pub const MIN_CHANGE: u32 = 100;
+
+/// Whether new weights are worth a Maglev rebuild over the applied ones, given as
+/// `(new, applied)` pairs per site: a site that gains or loses its last slot, or a weight
+/// that moves by [`MIN_CHANGE`] or more.
+pub fn worth_applying(pairs: impl IntoIterator<Item = (u32, u32)>) -> bool {
+    pairs.into_iter().any(|(w, old)| (w == 0) != (old == 0) || w.abs_diff(old) >= MIN_CHANGE)
+}
+
+/// A share as a Maglev weight: scaled to an integer ([`WEIGHT_SCALE`]).
+pub fn weight(share: f64) -> u32 {
+    (share * WEIGHT_SCALE).round() as u32
+}
+
+/// Maglev weights from a decision, by name: `siblings` names the decision's siblings in
+/// the order they were given.
+pub fn weights<'a>(
+    local_name: &str,
+    siblings: impl IntoIterator<Item = &'a str>,
+    d: &Decision,
+) -> BTreeMap<String, u32> {
     let mut w: BTreeMap<String, u32> =
-        d.shares.iter().map(|(n, s)| (n.clone(), (s * WEIGHT_SCALE).round() as u32)).collect();
-    w.insert(local_name.to_owned(), (d.keep * WEIGHT_SCALE).round() as u32);
+        siblings.into_iter().zip(&d.shares).map(|(n, &s)| (n.to_owned(), weight(s))).collect();
+    w.insert(local_name.to_owned(), weight(d.keep));
     w
 }
 
@@ -202,8 +234,8 @@ mod tests {
 
     const KNOBS: Knobs = Knobs { target: 0.8, high: 0.9, low: 0.7, max_step: 0.25 };
 
-    fn sibling(name: &str, report: Option<Report>) -> Sibling {
-        Sibling { name: name.into(), up: true, drained: false, static_share: 1.0 / 3.0, ours: 0.0, report }
+    fn sibling(report: Option<Report>) -> Sibling {
+        Sibling { up: true, drained: false, static_share: 1.0 / 3.0, ours: 0.0, report }
     }
 
     fn idle(capacity: f64) -> Option<Report> {
@@ -223,21 +255,16 @@ mod tests {
     #[test]
     fn normal_load_keeps_everything_local() {
         let mut state = State::default();
-        let d = decide(
-            &KNOBS,
-            &mut state,
-            &at(500.0, 1.0),
-            &[sibling("b", idle(1000.0)), sibling("c", idle(1000.0))],
-        );
+        let d = decide(&KNOBS, &mut state, &at(500.0, 1.0), &[sibling(idle(1000.0)), sibling(idle(1000.0))]);
         assert_eq!(d.keep, 1.0);
-        assert!(d.shares.values().all(|&s| s == 0.0));
+        assert!(d.shares.iter().all(|&s| s == 0.0));
         assert!(!d.overloaded && !d.no_headroom);
     }
 
     #[test]
     fn overload_sheds_to_target_in_bounded_steps() {
         // 2,000 pps offered to a 1,000 pps site: keep 0.4 puts it at 800 = target.
-        let siblings = [sibling("b", idle(1000.0)), sibling("c", idle(1000.0))];
+        let siblings = [sibling(idle(1000.0)), sibling(idle(1000.0))];
         let mut state = State::default();
         let ds = run(2000.0, &siblings, &mut state, 20);
         let keeps: Vec<f64> = ds.iter().map(|d| d.keep).collect();
@@ -245,36 +272,39 @@ mod tests {
         assert!((at(2000.0, state.keep).utilisation() - KNOBS.target).abs() < 1e-9);
         // Equal room: equal shares, summing to 1 - keep.
         let last = ds.last().unwrap();
-        assert!((last.shares["b"] - 0.3).abs() < 1e-9 && (last.shares["c"] - 0.3).abs() < 1e-9);
+        assert!((last.shares[0] - 0.3).abs() < 1e-9 && (last.shares[1] - 0.3).abs() < 1e-9);
         assert!(!last.overloaded && !last.no_headroom);
     }
 
     #[test]
     fn shares_follow_room_and_skip_full_down_or_drained_siblings() {
         let local = at(2000.0, 0.4);
-        let mut full = sibling("full", idle(1000.0));
+        let mut full = sibling(idle(1000.0));
         full.report.as_mut().unwrap().utilisation = 0.85;
-        let mut down = sibling("down", idle(1000.0));
+        let mut down = sibling(idle(1000.0));
         down.up = false;
-        let mut drained = sibling("drained", idle(1000.0));
+        let mut drained = sibling(idle(1000.0));
         drained.drained = true;
-        let big = sibling("big", idle(3000.0)); // room 2400 - 300 = 2100
-        let small = sibling("small", idle(1000.0)); // room 800 - 100 = 700
+        let big = sibling(idle(3000.0)); // room 2400 - 300 = 2100
+        let small = sibling(idle(1000.0)); // room 800 - 100 = 700
         let mut state = State { keep: 0.4, shedding: true };
         let d = decide(&KNOBS, &mut state, &local, &[full, down, drained, big, small]);
-        assert_eq!(d.shares["full"] + d.shares["down"] + d.shares["drained"], 0.0);
-        assert!((d.shares["big"] / d.shares["small"] - 3.0).abs() < 1e-9);
-        assert!((d.shares.values().sum::<f64>() + d.keep - 1.0).abs() < 1e-9);
+        assert_eq!(d.shares[0] + d.shares[1] + d.shares[2], 0.0);
+        assert!((d.shares[3] / d.shares[4] - 3.0).abs() < 1e-9);
+        assert!((d.shares.iter().sum::<f64>() + d.keep - 1.0).abs() < 1e-9);
     }
 
     #[test]
     fn what_we_already_send_counts_as_ours_to_keep() {
         // b serves 700 of which 600 are ours: its room for us is 800 - 100 = 700, not 100.
         let local = at(1600.0, 0.625);
-        let mut b = sibling(
-            "b",
-            Some(Report { utilisation: 0.7, served: 700.0, capacity: 1000.0, target: 0.8, drained: false }),
-        );
+        let mut b = sibling(Some(Report {
+            utilisation: 0.7,
+            served: 700.0,
+            capacity: 1000.0,
+            target: 0.8,
+            drained: false,
+        }));
         b.ours = 600.0;
         let mut state = State { keep: 0.625, shedding: true };
         let d = decide(&KNOBS, &mut state, &local, &[b]);
@@ -285,9 +315,9 @@ mod tests {
     #[test]
     fn no_headroom_anywhere_keeps_traffic_local_and_raises_the_flag() {
         let local = at(2000.0, 1.0);
-        let mut b = sibling("b", idle(1000.0));
+        let mut b = sibling(idle(1000.0));
         b.report.as_mut().unwrap().utilisation = 0.95;
-        let mut c = sibling("c", idle(1000.0));
+        let mut c = sibling(idle(1000.0));
         c.up = false;
         let mut state = State::default();
         let d = decide(&KNOBS, &mut state, &local, &[b, c]);
@@ -298,17 +328,17 @@ mod tests {
     #[test]
     fn unknown_sibling_gets_at_most_its_static_share() {
         let local = at(4000.0, 0.3);
-        let unknown = sibling("u", None); // static share 1/3 of 4000
+        let unknown = sibling(None); // static share 1/3 of 4000
         let mut state = State { keep: 0.3, shedding: true };
         let d = decide(&KNOBS, &mut state, &local, &[unknown]);
-        assert!((d.shares["u"] - 1.0 / 3.0).abs() < 1e-9, "{d:?}");
+        assert!((d.shares[0] - 1.0 / 3.0).abs() < 1e-9, "{d:?}");
         assert!(d.no_headroom);
     }
 
     #[test]
     fn falling_load_returns_flows_without_oscillating() {
         // Siblings with room for all of the surge (2 x 1,400 pps).
-        let siblings = [sibling("b", idle(2000.0)), sibling("c", idle(2000.0))];
+        let siblings = [sibling(idle(2000.0)), sibling(idle(2000.0))];
         let mut state = State::default();
         let mut keeps = Vec::new();
         // Load ramps up to 2.5x capacity and back down to half, 10 intervals per step.
@@ -326,7 +356,7 @@ mod tests {
 
     #[test]
     fn shedding_starts_above_high_and_ends_only_below_low() {
-        let siblings = [sibling("b", idle(2000.0))];
+        let siblings = [sibling(idle(2000.0))];
         let mut state = State::default();
         // 880 pps: below high, nothing happens.
         run(880.0, &siblings, &mut state, 5);
@@ -349,19 +379,14 @@ mod tests {
     fn cpu_bound_site_sheds_by_cpu() {
         let local = Local { cpu: Some(0.95), ..at(100.0, 1.0) };
         let mut state = State::default();
-        let d = decide(&KNOBS, &mut state, &local, &[sibling("b", idle(1000.0))]);
+        let d = decide(&KNOBS, &mut state, &local, &[sibling(idle(1000.0))]);
         assert!((d.keep - 0.8 / 0.95).abs() < 1e-9, "{d:?}");
     }
 
     #[test]
     fn weights_scale_the_shares() {
-        let d = Decision {
-            keep: 0.4,
-            shares: [("b".to_owned(), 0.45), ("c".to_owned(), 0.15)].into(),
-            overloaded: true,
-            no_headroom: false,
-        };
-        let w = weights("a", &d);
+        let d = Decision { keep: 0.4, shares: vec![0.45, 0.15], overloaded: true, no_headroom: false };
+        let w = weights("a", ["b", "c"], &d);
         assert_eq!(w, [("a".to_owned(), 4000), ("b".to_owned(), 4500), ("c".to_owned(), 1500)].into());
     }
 }

@@ -3,7 +3,7 @@
 //! runs the policy (`policy.rs`, `[load]`), publishes this site's report and its view, and
 //! hands the resulting weights and the set of sites that are down to the data-path owner,
 //! which rewrites the Maglev tables only when something changed by more than
-//! [`MIN_CHANGE`] (one log line per change, never per packet).
+//! [`policy::MIN_CHANGE`] (one log line per change, never per packet).
 //!
 //! Health: a site is down only when its data-path probes fail (`fall` in a row), or when
 //! its controller reports, authenticated, that its data path is detached. A peer API that
@@ -37,10 +37,6 @@ use crate::{
     owner::{OwnerError, actor::OwnerHandle},
     reconcile::Dynamic,
 };
-
-/// Weight changes below this (in [`WEIGHT_SCALE`] units: 1 %) are not applied: a
-/// Maglev rebuild per tick for noise would churn nothing but CPU.
-pub const MIN_CHANGE: u32 = 100;
 
 /// Tick when neither `[load]` nor `[health]` sets one: the load is still measured for
 /// `GET /load` and `anycast_site_load_ratio`.
@@ -188,7 +184,9 @@ impl Steering {
             let siblings = self.siblings(config, dp, &rates.forwarded, &down, now);
             policy::decide(&knobs, &mut self.policy, &me, &siblings)
         });
-        let weights = decision.as_ref().map(|d| policy::weights(&local_name, d));
+        let remote = config.sites.iter().filter(|s| matches!(s.kind, SiteKind::Remote { .. }));
+        let weights =
+            decision.as_ref().map(|d| policy::weights(&local_name, remote.map(|s| s.name.as_str()), d));
         let dynamic = Dynamic { weights, down };
 
         // Publish first: `/load` and the BGP speaker get this measurement even while the
@@ -285,20 +283,15 @@ impl Steering {
             .iter()
             .filter(|s| matches!(s.kind, SiteKind::Remote { .. }))
             .map(|s| Sibling {
-                name: s.name.clone(),
                 up: !down.contains(&s.name),
                 drained: dp.drained.contains(&s.name),
                 static_share: if total > 0.0 { s.configured_weight() as f64 / total } else { 0.0 },
                 ours: dp.site_index(&s.name).and_then(|i| forwarded.get(&i)).copied().unwrap_or(0.0),
-                report: self.peers.get(&s.name).and_then(|p| p.fresh(now, stale(config))).map(|r| {
-                    policy::Report {
-                        utilisation: r.utilisation,
-                        served: r.served,
-                        capacity: r.capacity,
-                        target: r.target,
-                        drained: r.drained || !r.attached,
-                    }
-                }),
+                report: self
+                    .peers
+                    .get(&s.name)
+                    .and_then(|p| p.fresh(now, stale(config)))
+                    .map(policy::Report::of),
             })
             .collect()
     }
@@ -421,10 +414,7 @@ fn differs(next: &Dynamic, applied: &Dynamic) -> bool {
     match (&next.weights, &applied.weights) {
         (Some(a), Some(b)) => {
             a.len() != b.len()
-                || a.iter().any(|(n, &w)| {
-                    let old = b.get(n).copied().unwrap_or(0);
-                    (w == 0) != (old == 0) || w.abs_diff(old) >= MIN_CHANGE
-                })
+                || policy::worth_applying(a.iter().map(|(n, &w)| (w, b.get(n).copied().unwrap_or(0))))
         }
         (a, b) => a.is_some() != b.is_some(),
     }

@@ -1,0 +1,161 @@
+//! `anycast-sim`: runs the scenarios, prints their figures, writes the JSON and the plots.
+//! `cargo xtask sim` builds and runs it (release).
+
+use std::{path::PathBuf, time::Instant};
+
+use anycast_sim::{
+    engine::{Params, Sim},
+    plot,
+    scenario::{NAMES, Scenario},
+};
+use anycast_user::{
+    config::Config,
+    model::LoadReport,
+    steering::{
+        peers::{PeerKey, Published, SIGNATURE_HEADER},
+        policy::Knobs,
+    },
+};
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "anycast-sim",
+    about = "Simulate the steering loop over many sites with the daemon's own decision code"
+)]
+struct Cli {
+    /// Number of sites.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u16).range(2..=1024))]
+    sites: u16,
+    /// Hosts per site.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    hosts: u16,
+    /// Scenarios to run (default: all).
+    #[arg(long = "scenario", value_parser = clap::builder::PossibleValuesParser::new(NAMES))]
+    scenarios: Vec<String>,
+    /// Take the [load], [health] and [bgp] knobs from this daemon config file (default:
+    /// the daemon's defaults).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Write every scenario's figures as JSON to this file.
+    #[arg(long, value_name = "FILE.json")]
+    out: Option<PathBuf>,
+    /// Write one SVG plot per scenario (load vs target per site) into this directory.
+    #[arg(long, value_name = "DIR")]
+    svg: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Probability that one poll of a sibling's report is lost.
+    #[arg(long, default_value_t = 0.01)]
+    report_loss: f64,
+    /// Relative noise of each measured rate per interval.
+    #[arg(long, default_value_t = 0.02)]
+    noise: f64,
+}
+
+/// The daemon's config for a site with every steering section at its defaults.
+const DEFAULTS: &str = r#"
+[local]
+interfaces = ["sim0"]
+tunnel_v4 = "192.0.2.1"
+[[sites]]
+name = "sim"
+local = true
+capacity = 1
+[load]
+[health]
+[bgp]
+deprefer_med = 100
+"#;
+
+fn params(cli: &Cli) -> Result<Params> {
+    let defaults = Config::parse(DEFAULTS, "defaults").context("the built-in config")?;
+    let given = match &cli.config {
+        Some(path) => Some(Config::load(path)?),
+        None => None,
+    };
+    let pick = |f: fn(&Config) -> bool| given.as_ref().filter(|c| f(c)).unwrap_or(&defaults);
+    let load = pick(|c| c.load.is_some()).load.clone().context("[load]")?;
+    let health = pick(|c| c.health.is_some()).health.clone().context("[health]")?;
+    let bgp = pick(|c| c.bgp.is_some()).bgp.clone().context("[bgp]")?;
+    if !(0.0..1.0).contains(&cli.report_loss) || !(0.0..1.0).contains(&cli.noise) {
+        bail!("--report-loss and --noise are in [0, 1)");
+    }
+    Ok(Params {
+        knobs: Knobs { target: load.target, high: load.high, low: load.low, max_step: load.max_step },
+        interval: load.interval.as_secs_f64(),
+        smoothing: load.smoothing,
+        stale: load.stale.as_secs_f64(),
+        health_interval: health.interval.as_secs_f64(),
+        health_rise: health.rise,
+        health_fall: health.fall,
+        bgp_interval: bgp.interval.as_secs_f64(),
+        bgp_rise: bgp.rise,
+        bgp_fall: bgp.fall,
+        dt: 0.1,
+        noise: cli.noise,
+        report_loss: cli.report_loss,
+        deprefer_shift: 0.5,
+        convergence: 30.0,
+        maglev_size: 65537,
+        seed: cli.seed,
+    })
+}
+
+/// The bytes of one load report as the daemon serves it: the JSON body and its signature
+/// header.
+fn report_bytes() -> usize {
+    let r = LoadReport {
+        site: "eu-042".into(),
+        capacity: 300000.0,
+        served: 123456.789,
+        utilisation: 0.41152263,
+        target: 0.8,
+        drained: false,
+        attached: true,
+        overloaded: false,
+        no_headroom: false,
+        epoch: 1_764_580_000_000,
+        seq: 123_456,
+        measured_at: 1_764_640_000_000,
+    };
+    let signed = Published::new(r, Some(&PeerKey::from_bytes(&[7; 32])));
+    signed.body.len() + signed.signature.map_or(0, |s| SIGNATURE_HEADER.len() + 4 + s.len())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let p = params(&cli)?;
+    let names: Vec<&str> = if cli.scenarios.is_empty() {
+        NAMES.to_vec()
+    } else {
+        cli.scenarios.iter().map(String::as_str).collect()
+    };
+    if let Some(dir) = &cli.svg {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut all = Vec::new();
+    for name in names {
+        let s =
+            Scenario::named(name, cli.sites as usize, cli.hosts as usize, cli.seed).context("scenario")?;
+        let started = Instant::now();
+        let rec = Sim::new(&s, &p).run();
+        let took = started.elapsed();
+        let figures = rec.finish(&s, &p, report_bytes(), cli.hosts as usize, "per host");
+        if let Some(dir) = &cli.svg {
+            let path = dir.join(format!("{name}.svg"));
+            let svg = plot::timeline(&s, &rec, &figures, p.dt, p.knobs.target, p.knobs.high).svg()?;
+            std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        }
+        print!("{}", figures.summary());
+        println!("   ({:.1} s of simulated time in {:.2} s)", s.duration, took.as_secs_f64());
+        all.push(figures);
+    }
+    if let Some(out) = &cli.out {
+        let json = serde_json::to_string_pretty(&all)?;
+        std::fs::write(out, json).with_context(|| format!("writing {}", out.display()))?;
+        println!("figures written to {}", out.display());
+    }
+    Ok(())
+}
