@@ -13,6 +13,12 @@
 //! 4. `control_tcp_listener_is_read_only_and_the_socket_has_a_group`: POST to the TCP
 //!    listener refused, nothing drained; the admin socket refuses a user outside its group
 //!    and serves one in it.
+//! 5. `control_recreated_interface_is_attached_again`: a link whose interface was deleted
+//!    and created again is attached afresh, while the controller runs and at its start.
+//! 6. `control_tells_systemd_ready_watchdog_and_stopping`: READY=1, WATCHDOG=1, STOPPING=1
+//!    on a notify socket of the test's.
+//! 7. `control_a_dead_task_ends_the_daemon`: a task that panics ends the daemon with a
+//!    failure (for systemd to restart it); the data path stays attached.
 
 use std::{
     ffi::OsStr,
@@ -472,4 +478,64 @@ fn control_recreated_interface_is_attached_again() {
     d.start().unwrap();
     assert!(runs_xdp(&site, "x0"), "the start adopted a defunct link:\n{}", d.log());
     assert!(d.status().unwrap().attached);
+}
+
+/// Under systemd (`Type=notify`): READY=1 once attached and reconciled, WATCHDOG=1 at half
+/// the watchdog period while it is healthy, STOPPING=1 on SIGTERM. The notify socket is
+/// the test's.
+#[test]
+fn control_tells_systemd_ready_watchdog_and_stopping() {
+    if !require("control_tells_systemd_ready_watchdog_and_stopping", &[Need::Kernel]) {
+        return;
+    }
+    let (_cl, site) = local_site("csn");
+    let mut d = Daemon::new(&site).unwrap();
+    let socket = d.dir().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    notify.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    d.set_env("NOTIFY_SOCKET", Some(socket.to_str().unwrap()));
+    // 1 s: the daemon pets every 0.5 s.
+    d.set_env("WATCHDOG_USEC", Some("1000000"));
+    d.write_config(LOCAL_SITE).unwrap();
+    let started = Instant::now();
+    d.start().unwrap();
+    let mut got: Vec<(Duration, String)> = Vec::new();
+    let read_for = |time: Duration, got: &mut Vec<(Duration, String)>| {
+        let until = Instant::now() + time;
+        let mut buf = [0u8; 512];
+        while Instant::now() < until {
+            if let Ok(n) = notify.recv(&mut buf) {
+                got.push((started.elapsed(), String::from_utf8_lossy(&buf[..n]).into_owned()));
+            }
+        }
+    };
+    read_for(Duration::from_secs(2), &mut got);
+    assert!(got.first().is_some_and(|(_, m)| m.contains("READY=1")), "{got:?}");
+    let pets = got.iter().filter(|(_, m)| m.contains("WATCHDOG=1")).count();
+    assert!(pets >= 2, "{pets} watchdog pets in 2 s with a 1 s watchdog: {got:?}");
+    let (status, _) = d.stop(libc::SIGTERM, Duration::from_secs(10)).unwrap();
+    assert!(status.success());
+    read_for(Duration::from_millis(300), &mut got);
+    assert!(got.iter().any(|(_, m)| m.contains("STOPPING=1")), "{got:?}");
+}
+
+/// A task that dies ends the daemon with a failure (systemd restarts it); the data path
+/// stays attached meanwhile.
+#[test]
+fn control_a_dead_task_ends_the_daemon() {
+    if !require("control_a_dead_task_ends_the_daemon", &[Need::Kernel]) {
+        return;
+    }
+    let (_cl, site) = local_site("ctd");
+    let mut d = Daemon::new(&site).unwrap();
+    d.set_env(anycast_user::datapath::fault::ENV, Some("steering-task"));
+    d.write_config(LOCAL_SITE).unwrap();
+    // The start may or may not be seen before the exit: the task dies at once.
+    let _ = d.start();
+    let exited = wait::until(Duration::from_secs(10), || d.exited().is_ok_and(|s| s.is_some()));
+    assert!(exited.is_some(), "the daemon went on without its steering task:\n{}", d.log());
+    let status = d.exited().unwrap().unwrap();
+    assert!(!status.success(), "exit status {status} after a task died:\n{}", d.log());
+    assert!(d.log().contains("the steering task panicked"), "{}", d.log());
+    assert!(runs_xdp(&site, "l0"), "the data path went with the controller");
 }

@@ -168,38 +168,52 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
         config_path: config_path.to_owned(),
     };
 
+    // Every task returns its name when it ends; a panicking one is named through its id.
     let mut tasks: JoinSet<&'static str> = JoinSet::new();
-    tasks.spawn(async move {
-        let _ = ended.await;
-        "data-path owner"
-    });
+    let mut names = std::collections::HashMap::new();
+    let id = tasks
+        .spawn(async move {
+            let _ = ended.await;
+            "data-path owner"
+        })
+        .id();
+    names.insert(id, "data-path owner");
     let app = server::admin_router(handles.clone());
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(admin_listener, app).await {
-            log::error!("admin API: {e}");
-        }
-        "admin API"
-    });
+    let id = tasks
+        .spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, app).await {
+                log::error!("admin API: {e}");
+            }
+            "admin API"
+        })
+        .id();
+    names.insert(id, "admin API");
     log::info!("admin API on {} (unix socket)", socket.display());
     let app = server::metrics_router(handles.clone());
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(metrics_listener, app).await {
-            log::error!("metrics server: {e}");
-        }
-        "metrics server"
-    });
+    let id = tasks
+        .spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, app).await {
+                log::error!("metrics server: {e}");
+            }
+            "metrics server"
+        })
+        .id();
+    names.insert(id, "metrics server");
     log::info!("metrics on http://{listen_addr}/metrics");
     if let Some(peer_listener) = peer_listener {
         if let Ok(addr) = peer_listener.local_addr() {
             log::info!("load reports for peers on http://{addr}/load");
         }
         let app = server::peer_router(handles.clone());
-        tasks.spawn(async move {
-            if let Err(e) = axum::serve(peer_listener, app).await {
-                log::error!("peer API: {e}");
-            }
-            "peer API"
-        });
+        let id = tasks
+            .spawn(async move {
+                if let Err(e) = axum::serve(peer_listener, app).await {
+                    log::error!("peer API: {e}");
+                }
+                "peer API"
+            })
+            .id();
+        names.insert(id, "peer API");
     }
     let inputs = steering::task::Inputs {
         owner: owner.clone(),
@@ -209,21 +223,30 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
         view: steering_tx,
         report: report_tx,
     };
-    tasks.spawn(async move {
-        steering::task::run(inputs).await;
-        "steering"
-    });
+    let id = tasks
+        .spawn(async move {
+            steering::task::run(inputs).await;
+            "steering"
+        })
+        .id();
+    names.insert(id, "steering");
     // Idle without [bgp]; follows reloads that add, change or remove it.
     let (dp, sv) = (datapath.clone(), steering_rx.clone());
-    tasks.spawn(async move {
-        bgp::run(dp, sv, bgp_tx).await;
-        "BGP"
-    });
+    let id = tasks
+        .spawn(async move {
+            bgp::run(dp, sv, bgp_tx).await;
+            "BGP"
+        })
+        .id();
+    names.insert(id, "BGP");
     let dp = datapath.clone();
-    tasks.spawn(async move {
-        sampler::run(counters, dp, samples_tx, SAMPLE_EVERY).await;
-        "sampler"
-    });
+    let id = tasks
+        .spawn(async move {
+            sampler::run(counters, dp, samples_tx, SAMPLE_EVERY).await;
+            "sampler"
+        })
+        .id();
+    names.insert(id, "sampler");
 
     notify(&[sd_notify::NotifyState::Ready]);
     log::info!("ready: data path attached and reconciled");
@@ -232,11 +255,15 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
     let mut last_ticks = 0;
     let result = loop {
         tokio::select! {
-            ended = tasks.join_next() => {
+            ended = tasks.join_next_with_id() => {
                 let name = match ended {
-                    Some(Ok(name)) => name,
-                    Some(Err(e)) => { log::error!("a task panicked: {e}"); "a" }
-                    None => "every",
+                    Some(Ok((_, name))) => name,
+                    Some(Err(e)) => {
+                        let name = names.get(&e.id()).copied().unwrap_or("unknown");
+                        log::error!("the {name} task panicked: {e}");
+                        name
+                    }
+                    None => "last",
                 };
                 break Err(DaemonError::TaskEnded(name));
             }

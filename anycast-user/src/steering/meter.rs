@@ -33,19 +33,28 @@ pub struct CpuTimes {
     pub total: u64,
 }
 
+impl From<&procfs::CpuTime> for CpuTimes {
+    /// Busy: user, nice, system, irq, softirq, steal (guest time is already inside user and
+    /// nice, proc(5)); idle and iowait complete the total.
+    fn from(t: &procfs::CpuTime) -> CpuTimes {
+        let o = |v: Option<u64>| v.unwrap_or(0);
+        let busy = t.user + t.nice + t.system + o(t.irq) + o(t.softirq) + o(t.steal);
+        CpuTimes { busy, total: busy + t.idle + o(t.iowait) }
+    }
+}
+
 impl CpuTimes {
+    /// The host's times now (procfs reads /proc/stat).
     pub fn read() -> Option<CpuTimes> {
-        CpuTimes::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+        use procfs::CurrentSI as _;
+        procfs::KernelStats::current().ok().map(|k| CpuTimes::from(&k.total))
     }
 
-    /// `cpu  user nice system idle iowait irq softirq steal guest guest_nice` (proc(5));
-    /// guest time is already inside user and nice.
+    /// The times of a /proc/stat text.
     pub fn parse(stat: &str) -> Option<CpuTimes> {
-        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-        let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().ok()).collect::<Option<_>>()?;
-        let f = |i: usize| v.get(i).copied().unwrap_or(0);
-        let busy = f(0) + f(1) + f(2) + f(5) + f(6) + f(7);
-        Some(CpuTimes { busy, total: busy + f(3) + f(4) })
+        use procfs::FromBufReadSI as _;
+        let k = procfs::KernelStats::from_buf_read(stat.as_bytes(), procfs::current_system_info()).ok()?;
+        Some(CpuTimes::from(&k.total))
     }
 
     fn utilisation(&self, earlier: &CpuTimes) -> Option<f64> {
@@ -168,7 +177,8 @@ mod tests {
 
     #[test]
     fn proc_stat_busy_includes_irq_and_softirq() {
-        let stat = "cpu  100 10 50 800 40 5 20 3 7 0\ncpu0 1 2 3 4 5 6 7 8 9 0\n";
+        let stat = "cpu  100 10 50 800 40 5 20 3 7 0\ncpu0 1 2 3 4 5 6 7 8 9 0\nctxt 1\nbtime 1\nprocesses 1\n\
+                    procs_running 1\nprocs_blocked 0\n";
         assert_eq!(CpuTimes::parse(stat), Some(CpuTimes { busy: 188, total: 1028 }));
         assert_eq!(CpuTimes::parse("intr 1 2 3\n"), None);
     }

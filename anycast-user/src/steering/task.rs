@@ -76,6 +76,9 @@ pub struct Inputs {
 /// Runs until the owner is gone (the daemon is stopping, or the owner died: the
 /// supervisor sees that first).
 pub async fn run(inputs: Inputs) {
+    if crate::datapath::fault::armed("steering-task") {
+        panic!("fault injection: the steering task panics");
+    }
     let mut s = Steering::new(&inputs.datapath.borrow());
     let mut period = tick_of(&inputs.datapath.borrow().config);
     let mut ticker = interval(period);
