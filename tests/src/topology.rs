@@ -56,6 +56,15 @@ port = 5353
 protocol = "udp"
 "#;
 
+/// [`LOCAL_SITE`] with a remote site `there` beside it (reached through nothing: for tests
+/// that forward nothing) at equal weights, the VIP served by `vip_sites`.
+pub fn two_sites(vip_sites: &[&str]) -> String {
+    LOCAL_SITE.replace("interfaces = [\"l0\"]\n", "interfaces = [\"l0\"]\ntunnel_v4 = \"10.1.0.1\"\n").replace(
+        "\n[[vips]]",
+        "\n[[sites]]\nname = \"there\"\nendpoint = \"10.9.0.2\"\nencap = \"ip\"\ncapacity = 100\n\n[[vips]]",
+    ) + &format!("sites = {vip_sites:?}\n")
+}
+
 /// client `c0` 10.1.0.2 ⇄ `l0` 10.1.0.1 [site, [`LOCAL_VIP`] on lo]. Returns (client, site).
 pub fn local_site(tag: &str) -> (Netns, Netns) {
     let cl = Netns::new(&format!("{tag}-cl")).unwrap();

@@ -39,7 +39,7 @@ use anycast_common::maps::{MAX_SITES, MAX_VIPS};
 use anycast_tests::{
     admin::AdminApi,
     pinned::Pinned,
-    topology::{LOCAL_SITE, LOCAL_VIP, LOCAL_VIP_PORT, local_site},
+    topology::{LOCAL_SITE, LOCAL_VIP, LOCAL_VIP_PORT, local_site, two_sites},
 };
 use anycast_user::model::status::Status;
 use testkit::{
@@ -466,15 +466,6 @@ fn cli_daemon_refuses_a_pinned_map_of_another_layout() {
         "the old map was changed: {}",
         text(&shown.stdout)
     );
-}
-
-/// A local site and a remote one (reached through nothing: these tests forward nothing)
-/// at equal weights, the VIP served by `vip_sites`.
-fn two_sites(vip_sites: &[&str]) -> String {
-    LOCAL_SITE.replace("interfaces = [\"l0\"]\n", "interfaces = [\"l0\"]\ntunnel_v4 = \"10.1.0.1\"\n").replace(
-        "\n[[vips]]",
-        "\n[[sites]]\nname = \"there\"\nendpoint = \"10.9.0.2\"\nencap = \"ip\"\ncapacity = 100\n\n[[vips]]",
-    ) + &format!("sites = {vip_sites:?}\n")
 }
 
 /// Columns of the table row that starts with `first` (after the header line).

@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod figures;
+mod fuzz;
 mod prereq;
 mod sim;
 mod test;
@@ -43,6 +44,11 @@ enum Task {
     Test {
         #[arg(long)]
         release: bool,
+        /// Instead of the tests: fuzz every parser that takes outside input (config file, peer
+        /// load report, admin API) for SECONDS each (default 60). Needs a nightly toolchain;
+        /// installs cargo-fuzz when missing.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "60")]
+        fuzz: Option<u64>,
         /// Run only tests whose names contain this string.
         filter: Option<String>,
         /// Arguments for the test binaries, e.g. `-- --nocapture`.
@@ -118,10 +124,14 @@ fn try_main() -> Result<()> {
             prereq::ensure(Goal::Build)?;
             cargo_build(release, &[])?;
         }
-        Task::Test { release, filter, args } => {
+        Task::Test { release, fuzz, filter, args } => {
             prereq::ensure(Goal::Test)?;
             let anycast = anycast_binary(release)?;
-            test::run(&test::Options { release, filter, args }, &anycast)?;
+            let options = test::Options { release, filter, args, env: Vec::new() };
+            match fuzz {
+                Some(seconds) => fuzz::run_all(seconds, &options, &anycast)?,
+                None => test::run(&options, &anycast)?,
+            }
         }
         Task::Bench { out, quick } => {
             prereq::ensure(Goal::Run)?;

@@ -36,6 +36,8 @@ pub struct Options {
     pub filter: Option<String>,
     /// Passed to every test binary after the filter (e.g. --nocapture).
     pub args: Vec<String>,
+    /// More environment for the tests.
+    pub env: Vec<(String, String)>,
 }
 
 /// The environment variable by which the lab's test finds this xtask.
@@ -63,6 +65,7 @@ pub fn run(options: &Options, anycast: &Path) -> Result<()> {
     let workspace = toolchain::workspace_root();
     let previous = previous::build(workspace).map_err(|e| anyhow!("{e}"))?;
     cmd.env(previous::BIN_ENV, previous);
+    cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
     cmd.env(XTASK_ENV, std::env::current_exe().context("locating xtask's own executable")?);
     println!("test: {}", toolchain::describe(&cmd));
 
