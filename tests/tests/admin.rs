@@ -1,6 +1,6 @@
 //! The admin API's requests, fuzzed against the real daemon: generated requests (well
-//! formed, almost well formed, and plain bytes) sent to its listener. Whatever comes, the
-//! daemon answers with an HTTP status or closes the connection, keeps running, and a
+//! formed, almost well formed, and plain bytes) sent to its admin socket and to its metrics
+//! listener (TCP). Whatever comes, the daemon answers with an HTTP status or closes the connection, keeps running, and a
 //! request that is not a well-formed drain or undrain of a configured site changes nothing:
 //! the sites' weights and states in `/status` and the VIP's Maglev table in the kernel stay
 //! as they were (docs/controller.md, "HTTP"; BRIEF: a forged control message changes
@@ -15,20 +15,23 @@
 use std::{
     io::{Read, Write},
     net::{Shutdown, TcpStream},
+    os::unix::net::UnixStream,
     time::{Duration, Instant},
 };
 
 use anycast_tests::{
+    admin::AdminApi,
     pinned::Pinned,
     topology::{local_site, two_sites},
 };
-use anycast_user::{datapath::maps::DataPathMaps, model::status::Status};
+use anycast_user::datapath::maps::DataPathMaps;
 use proptest::{
     prelude::*,
     test_runner::{Config, TestCaseError, TestRunner},
 };
 use testkit::{
     daemon::{ADMIN_LISTEN, Daemon},
+    netns::Netns,
     require::{Need, require},
 };
 
@@ -72,38 +75,59 @@ struct State {
 }
 
 fn state(d: &Daemon, maps: &DataPathMaps) -> State {
-    let status: Status = serde_json::from_str(&d.get("/status").unwrap()).unwrap();
+    let status = d.status().unwrap();
     let table = maps.maglev_id(status.vips[0].index).unwrap();
     State { sites: status.sites.into_iter().map(|s| (s.name, s.state, s.weight)).collect(), table }
 }
 
-/// Sends `request` as it is, half-closes, and reads what comes back: the status line's
-/// code, or `None` if the daemon closed without answering (its right for garbage).
-fn send(site: &testkit::netns::Netns, request: &[u8]) -> Result<Option<u16>, String> {
-    site.run(|| {
+/// Sends `request` as it is on `stream`, half-closes, and reads what comes back: the
+/// status line's code, or `None` if the daemon closed without answering (its right for
+/// garbage).
+fn exchange<S: Read + Write>(
+    mut s: S,
+    request: &[u8],
+    shutdown: impl FnOnce(&S),
+) -> Result<Option<u16>, String> {
+    // The daemon may close early on garbage: a failed write is then no failure.
+    if s.write_all(request).is_ok() {
+        shutdown(&s);
+    }
+    let mut answer = Vec::new();
+    match s.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => return Err(format!("no answer and no close within {IO_TIMEOUT:?}: {e}")),
+    }
+    if answer.is_empty() {
+        return Ok(None);
+    }
+    let head = String::from_utf8_lossy(&answer[..answer.len().min(64)]).into_owned();
+    let code = head
+        .strip_prefix("HTTP/1.")
+        .and_then(|r| r.get(2..5))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {head:?}"))?;
+    Ok(Some(code))
+}
+
+/// `request` to the admin API (the daemon's Unix socket) and to its metrics listener (TCP,
+/// inside its namespace): both must answer or close, and neither may change anything.
+fn send(d: &Daemon, site: &Netns, request: &[u8]) -> Result<[Option<u16>; 2], String> {
+    let admin =
+        UnixStream::connect(d.socket()).map_err(|e| format!("connect {}: {e}", d.socket().display()))?;
+    admin.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    admin.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let admin = exchange(admin, request, |s| drop(s.shutdown(Shutdown::Write)))
+        .map_err(|e| format!("admin socket: {e}"))?;
+    let metrics = site.run(|| {
         let addr = ADMIN_LISTEN.parse().unwrap();
-        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        // The daemon may close early on garbage: a failed write is then no failure.
-        let _ = s.write_all(request).and_then(|()| s.shutdown(Shutdown::Write));
-        let mut answer = Vec::new();
-        match s.read_to_end(&mut answer) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            Err(e) => return Err(format!("no answer and no close within {IO_TIMEOUT:?}: {e}")),
-        }
-        if answer.is_empty() {
-            return Ok(None);
-        }
-        let head = String::from_utf8_lossy(&answer[..answer.len().min(64)]).into_owned();
-        let code = head
-            .strip_prefix("HTTP/1.")
-            .and_then(|r| r.get(2..5))
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| format!("not an HTTP answer: {head:?}"))?;
-        Ok(Some(code))
-    })
+        exchange(s, request, |s| drop(s.shutdown(Shutdown::Write)))
+            .map_err(|e| format!("metrics listener: {e}"))
+    })?;
+    Ok([admin, metrics])
 }
 
 /// A request line, headers and a body, each from shapes that reach the router and shapes
@@ -178,8 +202,8 @@ fn admin_requests_fuzzed_change_nothing() {
     let check = |request: &[u8]| -> Result<(), TestCaseError> {
         let d = &mut *d.borrow_mut();
         let shown = String::from_utf8_lossy(&request[..request.len().min(200)]).into_owned();
-        let answer = send(&site, request).map_err(|e| TestCaseError::fail(format!("{shown:?}: {e}")))?;
-        if let Some(code) = answer {
+        let answers = send(d, &site, request).map_err(|e| TestCaseError::fail(format!("{shown:?}: {e}")))?;
+        for code in answers.into_iter().flatten() {
             prop_assert!((200..600).contains(&code), "{shown:?}: status {code}");
         }
         prop_assert!(d.running(), "{shown:?} stopped the daemon:\n{}", d.log());
