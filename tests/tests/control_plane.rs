@@ -19,6 +19,13 @@
 //!    on a notify socket of the test's.
 //! 7. `control_a_dead_task_ends_the_daemon`: a task that panics ends the daemon with a
 //!    failure (for systemd to restart it); the data path stays attached.
+//! 8. `control_plan_reload_json_completions_version`: `plan` reports the share of the table
+//!    a new site takes and changes nothing; `reload` applies and says so, a broken file is
+//!    refused with its line and recorded as the last reload's outcome; JSON output,
+//!    completions, `--version` with the git revision.
+//! 9. `control_run_refuses_a_host_that_does_not_forward`: `doctor` fails the forwarding
+//!    check with the sysctl to set; `run` refuses before attaching, and starts with
+//!    `--allow-no-forwarding`, warning.
 
 use std::{
     ffi::OsStr,
@@ -538,4 +545,148 @@ fn control_a_dead_task_ends_the_daemon() {
     assert!(!status.success(), "exit status {status} after a task died:\n{}", d.log());
     assert!(d.log().contains("the steering task panicked"), "{}", d.log());
     assert!(runs_xdp(&site, "l0"), "the data path went with the controller");
+}
+
+/// `anycast ARGS --config` of `d`, its output.
+fn anycast_cli(d: &Daemon, args: &[&str]) -> std::process::Output {
+    let config = d.config_path();
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.extend([OsStr::new("--config"), config.as_os_str()]);
+    d.cli(all, &[], Duration::from_secs(60)).expect("anycast")
+}
+
+const TWO_SITES: &str = r#"[local]
+interfaces = ["l0"]
+tunnel_v4 = "10.1.0.1"
+
+[[sites]]
+name = "here"
+local = true
+capacity = 100
+
+[[sites]]
+name = "there"
+endpoint = "10.9.0.2"
+capacity = 100
+
+[[vips]]
+name = "svc"
+address = "10.200.0.1"
+port = 5353
+protocol = "udp"
+"#;
+
+/// `plan` says what a reload would do and does nothing; `reload` does it and says so, or
+/// refuses with every problem; read commands speak JSON; completions and `--version`.
+#[test]
+fn control_plan_reload_json_completions_version() {
+    if !require("control_plan_reload_json_completions_version", &[Need::Kernel]) {
+        return;
+    }
+    let (_cl, site) = local_site("cpl");
+    let mut d = Daemon::new(&site).unwrap();
+    d.write_config(TWO_SITES).unwrap();
+    d.start().unwrap();
+    let status = d.status().unwrap();
+    let vip = status.vips[0].index;
+    let table = |d: &Daemon| d.maps().unwrap().maglev(vip).unwrap().expect("the VIP's table");
+    let before = table(&d);
+
+    // A third site of the same capacity: a third of the table moves to it.
+    let third = TWO_SITES.replacen(
+        "[[vips]]",
+        "[[sites]]\nname = \"far\"\nendpoint = \"10.9.0.3\"\ncapacity = 100\n\n[[vips]]",
+        1,
+    );
+    let new = d.write_config_to("new.toml", &third).unwrap();
+    let out = anycast_cli(&d, &["plan", new.to_str().unwrap(), "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(plan["sites"][0]["name"], "far");
+    assert_eq!(plan["sites"][0]["change"], "added");
+    let moved = plan["vips"][0]["moved"].as_f64().unwrap();
+    assert!((0.25..0.45).contains(&moved), "a third site moved {moved} of the table");
+    assert!(plan["writes"].as_u64().unwrap() > 0);
+    assert_eq!(table(&d), before, "plan changed the data path");
+    let text = anycast_cli(&d, &["plan", new.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("% of new flows move"), "{text:?}");
+
+    // Reload: applied and said.
+    std::fs::copy(&new, d.config_path()).unwrap();
+    let out = anycast_cli(&d, &["reload"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.starts_with("reloaded: "), "{out:?}");
+    let status = d.status().unwrap();
+    assert_eq!(status.sites.len(), 3);
+    assert!(status.reload.as_ref().is_some_and(|r| r.ok), "{:?}", status.reload);
+    assert_ne!(table(&d), before);
+    // A broken file: refused (exit 4, a config error) with its line, nothing changed.
+    let applied = table(&d);
+    d.write_config(&third.replacen("capacity = 100", "capacity = = 100", 1)).unwrap();
+    let out = anycast_cli(&d, &["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("anycast.toml:8:12:"), "{stderr}");
+    assert_eq!(table(&d), applied);
+    // Sent all the same (SIGHUP), the daemon refuses it and records the outcome.
+    d.signal(libc::SIGHUP).unwrap();
+    let refused = wait::until(Duration::from_secs(5), || d.status().unwrap().reload.is_some_and(|r| !r.ok));
+    assert!(refused.is_some(), "{:?}", d.status().unwrap().reload);
+    assert_eq!(table(&d), applied);
+
+    // JSON for scripts (the config good again: the CLI finds the socket through it).
+    d.write_config(&third).unwrap();
+    let out = anycast_cli(&d, &["status", "--output", "json"]);
+    let s: anycast_user::model::status::Status = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert!(s.version.contains(env!("CARGO_PKG_VERSION")), "{}", s.version);
+    let out = anycast_cli(&d, &["check-config", new.to_str().unwrap(), "--output", "json"]);
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check-config JSON");
+    assert_eq!(c["ok"], true);
+
+    // Completions and the version with the git revision.
+    let out = anycast_cli(&d, &["completions", "bash"]);
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("_anycast()") && script.contains("plan") && script.contains("doctor"),
+        "{script}"
+    );
+    let out = anycast_cli(&d, &["--version"]);
+    let version = String::from_utf8_lossy(&out.stdout);
+    let rev = version.trim().rsplit_once('(').and_then(|(_, r)| r.strip_suffix(')')).unwrap_or("");
+    assert!(rev == "unknown" || (rev.len() == 12 && rev.chars().all(|c| c.is_ascii_hexdigit())), "{version}");
+}
+
+/// A host that does not forward would serve every packet meant for a remote site itself:
+/// `run` refuses it (and starts with `--allow-no-forwarding`, warning), `doctor` says what
+/// to set.
+#[test]
+fn control_run_refuses_a_host_that_does_not_forward() {
+    if !require("control_run_refuses_a_host_that_does_not_forward", &[Need::Kernel]) {
+        return;
+    }
+    let (_cl, site) = local_site("cnf");
+    let mut d = Daemon::new(&site).unwrap();
+    d.write_config(TWO_SITES).unwrap();
+    for key in ["net/ipv4/conf/all/forwarding", "net/ipv4/conf/l0/forwarding"] {
+        site.sysctl(key, "0").unwrap();
+    }
+    let out = anycast_cli(&d, &["doctor", "--output", "json"]);
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    let forwarding =
+        checks.as_array().unwrap().iter().find(|c| c["name"] == "forwarding").expect("a forwarding check");
+    assert_eq!(forwarding["verdict"], "fail", "{forwarding}");
+    assert!(forwarding["fix"].as_str().unwrap().contains("net.ipv4.conf.l0.forwarding=1"), "{forwarding}");
+    assert!(!out.status.success(), "doctor exit 0 with a failed check");
+
+    let refused = d.start();
+    assert!(refused.is_err(), "the daemon started on a host that does not forward");
+    assert!(
+        d.log().contains("refusing to start") && d.log().contains("net.ipv4.conf.l0.forwarding=1"),
+        "{}",
+        d.log()
+    );
+    assert!(!d.pin_dir().join("links").join("l0").exists(), "attached before refusing");
+
+    d.start_with(&[OsStr::new("--allow-no-forwarding")]).unwrap();
+    assert!(d.log().contains("l0 does not forward ipv4"), "no warning:\n{}", d.log());
 }

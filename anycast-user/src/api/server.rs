@@ -198,6 +198,7 @@ pub async fn reload_file(h: &Handles, trigger: &str) -> Result<Applied, Response
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             log::error!("{trigger}: config refused, the running state is kept:\n{e}");
+            h.owner.refused(e.to_string());
             return Err((StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response());
         }
         Err(e) => return Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()),

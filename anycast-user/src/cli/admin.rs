@@ -182,7 +182,10 @@ fn encode_segment(s: &str) -> String {
 }
 
 /// `anycast reload`: the daemon re-reads its file; the outcome (or every problem) printed.
+/// A file with errors is reported here (exit 4) and the daemon is not asked: it would refuse
+/// it whole, and the file may be where its admin socket is named.
 pub async fn reload(target: &Target) -> Result<()> {
+    target.load_config()?;
     match call::<ReloadReply>(target, Method::POST, "/reload", None, CHANGE_TIMEOUT).await? {
         Ok(r) if target.json() => print_json(&r),
         Ok(r) => {

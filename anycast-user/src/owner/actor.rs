@@ -25,11 +25,31 @@ const LINK_CHECK: Duration = Duration::from_secs(1);
 type Reply<T> = oneshot::Sender<Result<T, OwnerError>>;
 
 enum Command {
-    Apply { dynamic: Dynamic, generation: u64, reply: Reply<Applied> },
-    Reload { config: Box<Config>, reply: Reply<Applied> },
-    Drain { site: String, drained: bool, reply: Reply<u32> },
-    Preview { config: Box<Config>, reply: Reply<Preview> },
-    Ping { reply: Reply<()> },
+    Apply {
+        dynamic: Dynamic,
+        generation: u64,
+        reply: Reply<Applied>,
+    },
+    Reload {
+        config: Box<Config>,
+        reply: Reply<Applied>,
+    },
+    Drain {
+        site: String,
+        drained: bool,
+        reply: Reply<u32>,
+    },
+    Preview {
+        config: Box<Config>,
+        reply: Reply<Preview>,
+    },
+    /// A reload refused before it reached the owner (the file does not parse).
+    Refused {
+        message: String,
+    },
+    Ping {
+        reply: Reply<()>,
+    },
 }
 
 /// The way to the owner: cheap to clone, one per task or handler.
@@ -106,6 +126,7 @@ fn handle(owner: &mut Owner, command: Command) {
         Command::Preview { config, reply } => {
             let _ = reply.send(owner.preview(&config));
         }
+        Command::Refused { message } => owner.refused(message),
         Command::Ping { reply } => {
             let _ = reply.send(Ok(()));
         }
@@ -134,6 +155,13 @@ impl OwnerHandle {
 
     pub async fn preview(&self, config: Config) -> Result<Preview, OwnerError> {
         self.ask(|reply| Command::Preview { config: Box::new(config), reply }).await
+    }
+
+    /// Records a reload that was refused before it reached the owner (a file with errors),
+    /// so that the published outcome says the file and the running state differ.
+    pub fn refused(&self, message: String) {
+        // Gone: the daemon is stopping, nobody will read the outcome.
+        let _ = self.tx.send(Command::Refused { message });
     }
 
     /// Answers once the owner has taken every command sent before: it is alive and not stuck.

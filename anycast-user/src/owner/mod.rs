@@ -335,6 +335,11 @@ impl Owner {
         result
     }
 
+    /// Records a reload refused before planning (its file does not parse).
+    pub fn refused(&mut self, message: String) {
+        self.reload = Some(ReloadOutcome { at: unix_now(), ok: false, message });
+    }
+
     fn try_reload(&mut self, config: Config) -> Result<Applied> {
         let config = with_hash_key(config)?;
         if config.datapath.hash_key != self.config.datapath.hash_key {
