@@ -289,34 +289,12 @@ fn control_forged_replayed_and_nan_reports_change_nothing() {
     let (_cl, site) = local_site("cfr");
     let peer = FakePeer::start(&site, FAKE);
     let mut d = Daemon::new(&site).unwrap();
-    d.write_config(&format!(
-        r#"[local]
-interfaces = ["l0"]
-tunnel_v4 = "10.1.0.1"
-
-[[sites]]
-name = "here"
-local = true
-capacity = 100
-
-[[sites]]
-name = "b"
-endpoint = "10.9.0.2"
-capacity = 100
-peer = "{FAKE}"
-
-[[vips]]
-name = "svc"
-address = "10.200.0.1"
-port = 5353
-protocol = "udp"
-
-[load]
-interval_ms = 250
-cpu = false
-"#
-    ))
-    .unwrap();
+    let body = TWO_SITES.replace("name = \"there\"", "name = \"b\"").replacen(
+        "capacity = 100\n\n[[vips]]",
+        &format!("capacity = 100\npeer = \"{FAKE}\"\n\n[[vips]]"),
+        1,
+    ) + "\n[load]\ninterval_ms = 250\ncpu = false\n";
+    d.write_config(&body).unwrap();
     d.start().unwrap();
     let key = PeerKey::from_bytes(PEER_KEY.as_bytes());
     let refused = |reason: &str| {
@@ -380,15 +358,7 @@ fn control_tcp_listener_is_read_only_and_the_socket_has_a_group() {
     // The socket's group: nogroup (65534, Debian's), a group `nobody` is not in unless its
     // primary group is set to it below.
     d.set_socket_group("nogroup");
-    d.write_config(
-        &LOCAL_SITE
-            .replace("interfaces = [\"l0\"]\n", "interfaces = [\"l0\"]\ntunnel_v4 = \"10.1.0.1\"\n")
-            .replace(
-                "[[vips]]",
-                "[[sites]]\nname = \"there\"\nendpoint = \"10.9.0.2\"\ncapacity = 100\n\n[[vips]]",
-            ),
-    )
-    .unwrap();
+    d.write_config(TWO_SITES).unwrap();
     d.start().unwrap();
 
     // TCP: GET /metrics only.

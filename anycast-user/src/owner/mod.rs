@@ -73,6 +73,16 @@ pub struct Started {
     pub applied: Applied,
 }
 
+/// What a start and a one-shot open both read before an [`Owner`] exists.
+struct Parts {
+    config: Config,
+    overrides: Overrides,
+    maps: DataPathMaps,
+    reconciler: Reconciler,
+    plan: Plan,
+    dynamic: Dynamic,
+}
+
 pub struct Owner {
     config: Arc<Config>,
     generation: u64,
@@ -180,20 +190,8 @@ impl Owner {
             t3.elapsed().as_secs_f64() * 1e3
         );
         let pin_dir = instance.pin_dir().to_owned();
-        let mut owner = Owner {
-            flow_capacity: flow_capacity(&pin_dir),
-            attached: attached(&config, &pin_dir),
-            pin_dir,
-            config: Arc::new(config),
-            generation: 0,
-            overrides,
-            maps,
-            instance: Some(instance),
-            reconciler,
-            plan,
-            dynamic,
-            reload: None,
-        };
+        let parts = Parts { config, overrides, maps, reconciler, plan, dynamic };
+        let mut owner = Owner::assemble(parts, Some(instance), pin_dir);
         // A link adopted from a pin whose interface was recreated since runs nowhere.
         owner.check_links();
         Ok(Started { owner, links, applied })
@@ -216,20 +214,24 @@ impl Owner {
         let dynamic = Dynamic::running(&config, &overrides, reconciler.current(), egress.clone())?;
         // Plan only: nothing is written until a change is asked for.
         let plan = reconcile::plan(&config, &overrides, &dynamic, reconciler.current(), egress)?;
-        Ok(Owner {
+        Ok(Owner::assemble(Parts { config, overrides, maps, reconciler, plan, dynamic }, None, pin_dir))
+    }
+
+    fn assemble(p: Parts, instance: Option<Instance>, pin_dir: PathBuf) -> Owner {
+        Owner {
             flow_capacity: flow_capacity(&pin_dir),
-            attached: attached(&config, &pin_dir),
+            attached: attached(&p.config, &pin_dir),
             pin_dir,
-            config: Arc::new(config),
+            config: Arc::new(p.config),
             generation: 0,
-            overrides,
-            maps,
-            instance: None,
-            reconciler,
-            plan,
-            dynamic,
+            overrides: p.overrides,
+            maps: p.maps,
+            instance,
+            reconciler: p.reconciler,
+            plan: p.plan,
+            dynamic: p.dynamic,
             reload: None,
-        })
+        }
     }
 
     pub fn config(&self) -> &Config {

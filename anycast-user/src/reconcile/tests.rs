@@ -372,3 +372,34 @@ fn a_site_added_under_load_gets_no_flows_until_the_policy_gives_it_some() {
     );
     assert_eq!((p.weights["a"], p.weights["b"]), (6000, 2000));
 }
+
+#[test]
+fn preview_of_a_new_site_moves_its_share_of_the_tables_that_get_it() {
+    let before = config(BASE);
+    let mut s = State::default();
+    let (old, _) = step(BASE, &Overrides::default(), &mut s);
+    // The same config: nothing to write, nothing moves.
+    let again = plan(&before, &Overrides::default(), &Dynamic::default(), &s, BTreeSet::from([7])).unwrap();
+    let same = preview::preview(&before, &old, &before, &again, &s);
+    assert_eq!((same.writes, same.sites.len()), (0, 0), "{same:?}");
+    assert!(same.vips.iter().all(|v| v.moved == 0.0), "{same:?}");
+    assert!(same.render().starts_with("no change"), "{}", same.render());
+    // d (capacity 40 of 80) joins the first VIP (every site) but not the second (a and c).
+    let text = BASE.replacen(
+        "[[vips]]",
+        "[[sites]]\nname = \"d\"\nendpoint = \"10.0.0.4\"\ncapacity = 40\n\n[[vips]]",
+        1,
+    );
+    let after = config(&text);
+    let new = plan(&after, &Overrides::default(), &Dynamic::default(), &s, BTreeSet::from([7])).unwrap();
+    let p = preview::preview(&before, &old, &after, &new, &s);
+    assert_eq!(p.sites.len(), 1, "{p:?}");
+    assert_eq!((&p.sites[0].name[..], &p.sites[0].change), ("d", &preview::Change::Added));
+    // Maglev moves about d's share of the slots (a little more: the others' permutations
+    // shift too), never the whole table; the VIP d does not serve moves nothing.
+    let m = p.vips[0].moved;
+    assert!((0.45..0.65).contains(&m), "moved {m}");
+    assert_eq!((p.vips[1].moved, &p.vips[1].change), (0.0, &preview::Change::Unchanged));
+    assert!(p.writes > 0);
+    assert!(p.render().contains("% of new flows move"), "{}", p.render());
+}
