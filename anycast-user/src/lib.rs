@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod model;
+pub mod neighbours;
 pub mod owner;
 pub mod reconcile;
 pub mod steering;

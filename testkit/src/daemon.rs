@@ -262,6 +262,8 @@ pub struct Daemon<'ns> {
     ready: &'static str,
     /// Environment added to the next starts (fault injection).
     env: Vec<(String, String)>,
+    /// More `[datapath]` lines for the configs written from now on.
+    datapath: String,
 }
 
 impl<'ns> Daemon<'ns> {
@@ -302,6 +304,7 @@ impl<'ns> Daemon<'ns> {
             current_options: true,
             ready: READY,
             env: Vec::new(),
+            datapath: String::new(),
         })
     }
 
@@ -340,6 +343,13 @@ impl<'ns> Daemon<'ns> {
     }
 
     /// Sets `[datapath] flow_table_size` of the configs written from now on.
+    /// Adds `line` (e.g. `icmp_rate = 50`) to the `[datapath]` section of the configs
+    /// written from now on.
+    pub fn add_datapath_option(&mut self, line: &str) {
+        self.datapath += line;
+        self.datapath.push('\n');
+    }
+
     pub fn set_flow_table_size(&mut self, entries: u32) {
         self.flow_table_size = entries;
     }
@@ -388,10 +398,11 @@ impl<'ns> Daemon<'ns> {
             (String::new(), String::new())
         };
         let mut text = format!(
-            "{body}\n\n[datapath]\nflow_table_size = {}\npin_dir = \"{}\"\n{key}\n\
+            "{body}\n\n[datapath]\nflow_table_size = {}\npin_dir = \"{}\"\n{key}{}\n\
              [admin]\nlisten = \"{}\"\nstate_dir = \"{}\"\n{admin}",
             self.flow_table_size,
             self.pin_dir.display(),
+            self.datapath,
             self.listen,
             self.dir.join("state").display(),
         );

@@ -12,7 +12,7 @@ use anycast_common::{
     counters::{EXCEPTION_SLOTS, exception_slot},
 };
 
-use crate::model::{BgpView, ReloadOutcome, Route, SteeringView};
+use crate::model::{BgpView, NextHops, ReloadOutcome, Route, SteeringView};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, prometheus_text},
@@ -42,6 +42,8 @@ pub struct Scrape {
     pub bgp: Option<BgpView>,
     /// The last reload's outcome; `None` before the first.
     pub reload: Option<ReloadOutcome>,
+    /// The neighbour keeper's last sweep.
+    pub next_hops: NextHops,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -289,6 +291,28 @@ impl Collector for Scrape {
             None,
             MetricType::Gauge,
         )?)?;
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_next_hop_resolved",
+                "1 when the kernel holds the next hop towards a remote site resolved (bpf_fib_lookup forwards only through resolved ones); address and dev are \"-\" without a route",
+                None,
+                MetricType::Gauge,
+            )?;
+            for h in &self.next_hops.hops {
+                let address = h.address.map_or("-".to_owned(), |a| a.to_string());
+                ConstGauge::new(h.resolved as i64).encode(m.encode_family(&[
+                    ("site", h.site.as_str()),
+                    ("address", address.as_str()),
+                    ("dev", h.dev.as_str()),
+                ])?)?;
+            }
+        }
+        ConstGauge::new(self.next_hops.unresolved().count() as i64).encode(enc.encode_descriptor(
+            "anycast_next_hops_unresolved",
+            "Next hops towards remote sites the kernel does not hold resolved: forwarding to them fails",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let p = self.process;
         ConstGauge::new(p.resident_bytes as i64).encode(enc.encode_descriptor(
             "process_resident_memory_bytes",
@@ -429,6 +453,15 @@ mod tests {
         s.steering.weight_changes = 3;
         s.steering.refused.insert("ams".into(), BTreeMap::from([("replay".to_owned(), 2)]));
         s.reload = Some(ReloadOutcome { at: 1_700_000_000, ok: false, message: "line 3: bad".into() });
+        s.next_hops.hops.push(crate::model::NextHop {
+            site: "ams".into(),
+            endpoint: "10.0.0.2".parse().unwrap(),
+            address: Some("10.9.0.1".parse().unwrap()),
+            dev: "eth1".into(),
+            state: "FAILED".into(),
+            resolved: false,
+            managed: true,
+        });
         s
     }
 
@@ -470,6 +503,12 @@ mod tests {
         );
         assert!(text.lines().any(|l| l == build), "missing {build:?} in\n{text}");
         assert!(text.lines().any(|l| l == "anycast_datapath_layout_version 2"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l == "anycast_next_hop_resolved{site=\"ams\",address=\"10.9.0.1\",dev=\"eth1\"} 0"),
+            "{text}"
+        );
+        assert!(text.lines().any(|l| l == "anycast_next_hops_unresolved 1"), "{text}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::{
     datapath::counters::{Counters, Samples},
-    model::{BgpView, DataPathView, SteeringView},
+    model::{BgpView, DataPathView, NextHops, SteeringView},
     owner::actor::OwnerHandle,
     steering::peers::Published,
 };
@@ -27,6 +27,8 @@ pub struct Handles {
     pub steering: watch::Receiver<Arc<SteeringView>>,
     pub bgp: watch::Receiver<Option<Arc<BgpView>>>,
     pub samples: watch::Receiver<Arc<Samples>>,
+    /// The neighbour keeper's last sweep.
+    pub next_hops: watch::Receiver<Arc<NextHops>>,
     /// This site's load report as the peers get it (body and signature).
     pub report: watch::Receiver<Arc<Published>>,
     pub counters: Arc<Counters>,

@@ -152,6 +152,7 @@ pub fn scrape(h: &Handles, snap: &Snapshot) -> Scrape {
         steering: (*steering).clone(),
         bgp: h.bgp.borrow().as_deref().cloned(),
         reload: dp.reload.clone(),
+        next_hops: (*h.next_hops.borrow().clone()).clone(),
     }
 }
 
@@ -172,7 +173,8 @@ async fn status(State(h): State<Handles>) -> Response {
     let dp = h.datapath.borrow().clone();
     let steering = h.steering.borrow().clone();
     let samples = h.samples.borrow().clone();
-    Json(status::build(&dp, &steering, &snap, &samples)).into_response()
+    let next_hops = h.next_hops.borrow().clone();
+    Json(status::build(&dp, &steering, &snap, &samples, &next_hops)).into_response()
 }
 
 async fn set_drained(h: Handles, site: String, drained: bool) -> Response {

@@ -5,7 +5,7 @@ use crate::{
     config::{Encap, SiteKind},
     datapath::counters::{Samples, Snapshot},
     model::{
-        DataPathView, SteeringView,
+        DataPathView, NextHops, SteeringView,
         status::{SiteStatus, Status, VipStatus},
     },
 };
@@ -14,7 +14,13 @@ use crate::{
 /// from (build.rs), e.g. `0.1.0 (3f2c1ab)`.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ANYCAST_GIT_REVISION"), ")");
 
-pub fn build(dp: &DataPathView, steering: &SteeringView, snap: &Snapshot, samples: &Samples) -> Status {
+pub fn build(
+    dp: &DataPathView,
+    steering: &SteeringView,
+    snap: &Snapshot,
+    samples: &Samples,
+    next_hops: &NextHops,
+) -> Status {
     let (site_pps, vip_pps) = match (&samples.previous, &samples.last) {
         (Some(a), Some(b)) => (b.site_rates(a), b.vip_rates(a)),
         _ => Default::default(),
@@ -95,5 +101,6 @@ pub fn build(dp: &DataPathView, steering: &SteeringView, snap: &Snapshot, sample
         version: VERSION.to_owned(),
         attached: dp.attached,
         reload: dp.reload.clone(),
+        next_hops: next_hops.clone(),
     }
 }

@@ -259,6 +259,7 @@ mod tests {
             version: String::new(),
             attached: true,
             reload: None,
+            next_hops: Default::default(),
         }
     }
 

@@ -26,7 +26,7 @@ use anycast_user::{
         loader,
         pin_lock::PinDirLock,
     },
-    model::{SteeringView, status::Status},
+    model::{NextHops, SteeringView, status::Status},
     owner::Owner,
     reconcile::preview::Preview,
 };
@@ -127,7 +127,7 @@ pub async fn fetch_status(target: &Target) -> Result<(Status, Option<String>)> {
             let snap =
                 counters.snapshot(view.sites.iter().map(|(_, i)| *i), view.vips.iter().map(|(_, i)| *i))?;
             let samples = Samples { flow_entries: counters.flow_count() as u64, ..Samples::default() };
-            let s = status::build(&view, &SteeringView::default(), &snap, &samples);
+            let s = status::build(&view, &SteeringView::default(), &snap, &samples, &NextHops::default());
             Ok((s, Some(format!("{why}; reading the pinned maps"))))
         }
     }

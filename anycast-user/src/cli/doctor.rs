@@ -2,16 +2,16 @@
 //! it is missing, the fix. Reads only: it changes nothing on the host.
 
 use std::{
-    net::IpAddr,
     os::unix::fs::PermissionsExt,
     path::Path,
     process::{Command, ExitCode},
 };
 
 use anycast_user::{
-    config::{Config, SiteKind},
+    config::{Config, NeighbourMode, SiteKind},
     daemon::preflight,
     datapath::{kernel, pin_lock::PinDirLock},
+    neighbours::netlink::{Rtnl, state_name},
 };
 use anyhow::Result;
 use serde::Serialize;
@@ -199,58 +199,64 @@ fn forwarding(config: &Config) -> Vec<Check> {
     findings.into_iter().map(|f| check("forwarding", Verdict::Fail, f.problem, Some(f.fix))).collect()
 }
 
-/// The next hop towards each remote site's endpoint must have a neighbour entry:
-/// `bpf_fib_lookup` does not resolve one, it answers NO_NEIGH and the packet is served
-/// here. (Hook: once the data path manages these neighbours itself, this check reports
-/// what it manages.)
+/// The next hops towards each remote site's endpoint (every path of the route), read the
+/// way the daemon's neighbour keeper reads them: `bpf_fib_lookup` forwards only through a
+/// resolved one (docs/datapath.md §5). The daemon keeps them resolved (`[local]
+/// neighbours`); here they are only read.
 fn neighbours(config: &Config) -> Vec<Check> {
-    let endpoints: Vec<(String, IpAddr)> = config
-        .sites
-        .iter()
-        .filter_map(|s| match s.kind {
-            SiteKind::Remote { endpoint, .. } => Some((s.name.clone(), endpoint)),
-            SiteKind::Local => None,
-        })
-        .collect();
-    endpoints
-        .into_iter()
-        .map(|(site, endpoint)| {
-            let name = format!("next hop of {site}");
-            let Some(route) = ip_json(&["route", "get", &endpoint.to_string()]) else {
-                return check(
+    let mut rtnl = match Rtnl::open() {
+        Ok(r) => r,
+        Err(e) => return vec![check("next hops", Verdict::Fail, e.to_string(), None)],
+    };
+    let kept = config.local.neighbours != NeighbourMode::Off;
+    let mut checks = Vec::new();
+    for site in &config.sites {
+        let SiteKind::Remote { endpoint, .. } = site.kind else { continue };
+        let name = format!("next hop of {}", site.name);
+        let hops = match rtnl.route_hops(endpoint) {
+            Ok(h) => h,
+            Err(e) => {
+                checks.push(check(
                     name,
                     Verdict::Fail,
-                    format!("no route to {endpoint}"),
+                    e.to_string(),
                     Some(format!("a route to {endpoint} (the site's tunnel endpoint)")),
-                );
-            };
-            let dev = route[0]["dev"].as_str().unwrap_or_default().to_owned();
-            let hop = route[0]["gateway"].as_str().map_or(endpoint.to_string(), str::to_owned);
-            let neigh = ip_json(&["neigh", "show", "to", &hop, "dev", &dev]);
-            let state = neigh
-                .as_ref()
-                .and_then(|n| n[0]["state"].as_array().and_then(|s| s.first()).and_then(|s| s.as_str()).map(str::to_owned));
-            match state.as_deref() {
-                Some("REACHABLE" | "PERMANENT" | "NOARP" | "DELAY" | "PROBE") => {
-                    check(name, Verdict::Ok, format!("{hop} on {dev}: {}", state.unwrap_or_default()), None)
-                }
-                Some("STALE") => check(
-                    name,
-                    Verdict::Ok,
-                    format!("{hop} on {dev}: STALE (usable; the kernel re-checks it on use)"),
-                    None,
-                ),
-                other => check(
-                    name,
-                    Verdict::Fail,
-                    format!("{hop} on {dev}: {}", other.unwrap_or("no neighbour entry")),
-                    Some(format!(
-                        "resolve it (`ping -c1 {hop}`), or pin it: `ip neigh replace {hop} lladdr MAC dev {dev} nud permanent`"
-                    )),
-                ),
+                ));
+                continue;
             }
-        })
-        .collect()
+        };
+        for hop in hops {
+            let dev = nix::net::if_::if_indextoname(hop.ifindex)
+                .map_or_else(|_| format!("ifindex {}", hop.ifindex), |n| n.to_string_lossy().into_owned());
+            let at = format!("{} on {dev}", hop.addr);
+            checks.push(match rtnl.neighbour(hop) {
+                Ok(Some(e)) if e.resolved() => {
+                    let how = if e.managed { ", managed" } else { "" };
+                    check(&name, Verdict::Ok, format!("{at}: {}{how}", state_name(e.state)), None)
+                }
+                found => {
+                    let state = match found {
+                        Ok(Some(e)) => state_name(e.state),
+                        Ok(None) => "no neighbour entry".into(),
+                        Err(e) => e.to_string(),
+                    };
+                    let fix = if kept {
+                        format!(
+                            "the daemon keeps it resolved ([local] neighbours); if it stays unresolved, {} does not answer ARP/ND on {dev}",
+                            hop.addr
+                        )
+                    } else {
+                        format!(
+                            "[local] neighbours = \"off\": resolve it, or pin it: `ip neigh replace {} lladdr MAC dev {dev} nud permanent`",
+                            hop.addr
+                        )
+                    };
+                    check(&name, if kept { Verdict::Warn } else { Verdict::Fail }, format!("{at}: {state}"), Some(fix))
+                }
+            });
+        }
+    }
+    checks
 }
 
 fn pin_dir(config: &Config) -> Check {

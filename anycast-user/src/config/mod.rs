@@ -62,6 +62,24 @@ pub struct Local {
     /// GUE decapsulation port; `None` turns GUE decap off.
     pub gue_port: Option<u16>,
     pub debug_log: bool,
+    /// How the next hops towards the remote sites are kept resolved.
+    pub neighbours: NeighbourMode,
+}
+
+/// `[local] neighbours`: who keeps the next hops towards the remote sites resolved.
+/// `bpf_fib_lookup` only reads the neighbour table; nothing in the host would ever resolve
+/// a next hop that only XDP uses, so without this a neighbour expiry stops forwarding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NeighbourMode {
+    /// Managed entries (Linux ≥ 5.16): the kernel keeps them resolved; on older kernels
+    /// the controller falls back to `refresh`.
+    #[default]
+    Managed,
+    /// The controller asks the kernel to resolve or re-confirm every next hop each sweep.
+    Refresh,
+    /// Someone else does (static entries, a routing daemon): only reported.
+    Off,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -345,6 +363,8 @@ struct RawLocal {
     gue_port: Option<Spanned<u16>>,
     #[serde(default)]
     debug_log: bool,
+    #[serde(default)]
+    neighbours: NeighbourMode,
 }
 
 #[derive(Deserialize, Default)]
@@ -645,6 +665,7 @@ impl<'t> Validator<'t> {
             tunnel_v6: raw.tunnel_v6.map(Spanned::into_inner),
             gue_port: raw.gue_port.map(Spanned::into_inner),
             debug_log: raw.debug_log,
+            neighbours: raw.neighbours,
         }
     }
 

@@ -370,3 +370,22 @@ fn affinity_is_for_udp_vips_only() {
     let p = problems(&bad);
     assert!(p.iter().any(|p| p.message.contains("unknown variant `sticky`")), "{p:#?}");
 }
+
+#[test]
+fn neighbours_mode() {
+    assert_eq!(Config::parse(BASE, "t.toml").unwrap().local.neighbours, NeighbourMode::Managed);
+    for (text, mode) in [
+        ("refresh", NeighbourMode::Refresh),
+        ("off", NeighbourMode::Off),
+        ("managed", NeighbourMode::Managed),
+    ] {
+        let c = Config::parse(
+            &BASE.replacen("[local]\n", &format!("[local]\nneighbours = \"{text}\"\n"), 1),
+            "t.toml",
+        );
+        assert_eq!(c.unwrap().local.neighbours, mode, "{text}");
+    }
+    let bad = BASE.replacen("[local]\n", "[local]\nneighbours = \"static\"\n", 1);
+    let p = problems(&bad);
+    assert!(p.iter().any(|p| p.line == 3 && p.message.contains("unknown variant `static`")), "{p:#?}");
+}

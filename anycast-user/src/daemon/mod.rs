@@ -44,7 +44,8 @@ use crate::{
         maps::MapsError,
         pin_lock::{LockError, PinDirLock},
     },
-    model::SteeringView,
+    model::{NextHops, SteeringView},
+    neighbours,
     owner::{Owner, OwnerError, Started, actor},
     steering::{
         self,
@@ -157,12 +158,14 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
     let (report_tx, report_rx) = watch::channel(Arc::new(Published::default()));
     let (bgp_tx, bgp_rx) = watch::channel(None);
     let (samples_tx, samples_rx) = watch::channel(Arc::new(Samples::default()));
+    let (next_hops_tx, next_hops_rx) = watch::channel(Arc::new(NextHops::default()));
     let handles = Handles {
         owner: owner.clone(),
         datapath: datapath.clone(),
         steering: steering_rx.clone(),
         bgp: bgp_rx,
         samples: samples_rx,
+        next_hops: next_hops_rx,
         report: report_rx,
         counters: counters.clone(),
         config_path: config_path.to_owned(),
@@ -239,6 +242,14 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
         })
         .id();
     names.insert(id, "BGP");
+    let dp = datapath.clone();
+    let id = tasks
+        .spawn(async move {
+            neighbours::run(dp, next_hops_tx).await;
+            "neighbour keeper"
+        })
+        .id();
+    names.insert(id, "neighbour keeper");
     let dp = datapath.clone();
     let id = tasks
         .spawn(async move {

@@ -5,6 +5,7 @@
 pub mod bgp;
 pub mod datapath_view;
 pub mod load_report;
+pub mod next_hops;
 pub mod site_signals;
 pub mod status;
 pub mod steering;
@@ -12,6 +13,7 @@ pub mod steering;
 pub use bgp::{BgpView, Route};
 pub use datapath_view::{DataPathView, ReloadOutcome};
 pub use load_report::LoadReport;
+pub use next_hops::{NextHop, NextHops};
 pub use site_signals::SiteSignals;
 pub use steering::{SiteView, SteeringView};
 

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::datapath_view::ReloadOutcome;
+use super::{datapath_view::ReloadOutcome, next_hops::NextHops};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -30,6 +30,10 @@ pub struct Status {
     /// The last reload's outcome, if any since the start.
     #[serde(default)]
     pub reload: Option<ReloadOutcome>,
+    /// The next hops towards the remote sites (the neighbour keeper's last sweep; empty
+    /// without a daemon).
+    #[serde(default)]
+    pub next_hops: NextHops,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -120,6 +124,14 @@ impl Status {
         for v in &self.vips {
             let _ = writeln!(out, "{:<32} {:>10.1} {:>12}  {}", v.name, v.pps, v.packets, v.sites.join(","));
         }
+        if !self.next_hops.hops.is_empty() {
+            let _ = writeln!(out, "\nnext hops (kept: {}):", self.next_hops.mode);
+            for h in &self.next_hops.hops {
+                let address = h.address.map_or("-".to_owned(), |a| a.to_string());
+                let flag = if h.resolved { "" } else { "   UNRESOLVED: forwarding to this site fails" };
+                let _ = writeln!(out, "  {:<16} {:<26} {:<12} {}{flag}", h.site, address, h.dev, h.state);
+            }
+        }
         if !self.drops.is_empty() {
             let _ = writeln!(out, "\nexceptions:");
             for (reason, n) in &self.drops {
@@ -174,6 +186,19 @@ mod tests {
             version: "0.1.0 (test)".into(),
             attached: true,
             reload: None,
+            next_hops: NextHops {
+                mode: "managed".into(),
+                hops: vec![crate::model::NextHop {
+                    site: "ams".into(),
+                    endpoint: "10.0.0.2".parse().unwrap(),
+                    address: Some("10.9.0.1".parse().unwrap()),
+                    dev: "eth1".into(),
+                    state: "FAILED".into(),
+                    resolved: false,
+                    managed: true,
+                }],
+                sweeps: 1,
+            },
         };
         let t = s.table();
         assert!(t.starts_with("interfaces: eth0   flows: 3 / 1024\n"), "{t}");
@@ -187,6 +212,10 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("truncated            2"), "{t}");
+        assert!(t.contains("next hops (kept: managed):"), "{t}");
+        let hop = t.lines().find(|l| l.trim_start().starts_with("ams ") && l.contains("10.9.0.1")).expect(&t);
+        assert_eq!(hop.split_whitespace().take(4).collect::<Vec<_>>(), ["ams", "10.9.0.1", "eth1", "FAILED"]);
+        assert!(hop.contains("UNRESOLVED"), "{t}");
         let back: Status = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }
