@@ -19,7 +19,7 @@ pub mod wire;
 #[cfg(feature = "user")]
 mod pod;
 
-pub use addr::{AddrKey, Family};
+pub use addr::{AddrEntry, AddrKey, AddrPort, AddrSlot, Family};
 pub use config::LocalConfig;
 pub use counters::{Action, Event, Exception, SiteCounters, VipCounters};
 pub use flow::{FlowKey, FlowValue, HashKey, flow_hash};

@@ -5,7 +5,8 @@
 //! | --- | --- | --- | --- |
 //! | `LAYOUT` | Array | 0 → u32 [`LAYOUT_VERSION`] | 1 |
 //! | `CONFIG` | Array | 0 → [`LocalConfig`](crate::LocalConfig) | 1 |
-//! | `ADDR_FILTER` | Array | [`filter_index_v4`](crate::addr::filter_index_v4) / `_v6` → u8 bits ([`filter`](crate::addr::filter)) | [`ADDR_FILTER_SIZE`] |
+//! | `ADDR_FILTER` | Array | [`filter_index_v4`](crate::addr::filter_index_v4) / `_v6` → [`AddrSlot`](crate::addr::AddrSlot) (bits, `ADDRS` id) | [`ADDR_FILTER_SIZE`] |
+//! | `ADDRS` | Array | id → [`AddrEntry`](crate::addr::AddrEntry) (a VIP address and its ports) | [`ADDR_IDS`] |
 //! | `VIP_ADDRS` | HashMap | [`AddrKey`](crate::AddrKey) → u32 (number of VIPS entries of that address) | [`MAX_VIPS`] |
 //! | `VIPS` | HashMap | [`VipKey`](crate::VipKey) → [`VipInfo`](crate::VipInfo) | [`MAX_VIPS`] |
 //! | `MAGLEV` | ArrayOfMaps (BTF) | VIP index → inner Array u32 ([`MAGLEV_SITE`](crate::site::MAGLEV_SITE) + flags) | [`MAX_VIPS`] outer; inner [`maglev_inner_len`] |
@@ -39,6 +40,7 @@ pub const LAYOUT_VERSION: u32 = 2;
 pub const LAYOUT: &str = "LAYOUT";
 pub const CONFIG: &str = "CONFIG";
 pub const ADDR_FILTER: &str = "ADDR_FILTER";
+pub const ADDRS: &str = "ADDRS";
 pub const VIP_ADDRS: &str = "VIP_ADDRS";
 pub const VIPS: &str = "VIPS";
 pub const MAGLEV: &str = "MAGLEV";
@@ -55,10 +57,11 @@ pub const FIB_CACHE: &str = "FIB_CACHE";
 pub const RATE: &str = "RATE";
 
 /// Every map name, for pinning and adoption.
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 18] = [
     LAYOUT,
     CONFIG,
     ADDR_FILTER,
+    ADDRS,
     VIP_ADDRS,
     VIPS,
     MAGLEV,
@@ -82,6 +85,9 @@ pub const PROGRAM: &str = "anycast";
 /// lookup (~2 ns) decides that a packet is not for us.
 pub const ADDR_FILTER_SIZE: u32 = 1 << 16;
 pub const MAX_VIPS: u32 = 256;
+/// `ADDRS` entries: two per possible VIP address, so that a changed entry is always written
+/// into an unused one and the filter slot switched to it in one store.
+pub const ADDR_IDS: u32 = 2 * MAX_VIPS;
 pub const MAX_SITES: u32 = 1024;
 /// An IPv4 and an IPv6 tunnel address per site.
 pub const MAX_TUNNEL_PEERS: u32 = 2 * MAX_SITES;

@@ -9,6 +9,9 @@ macro_rules! pod {
 
 pod!(
     crate::AddrKey,
+    crate::AddrEntry,
+    crate::AddrPort,
+    crate::AddrSlot,
     crate::config::Bucket,
     crate::bench::ResetFrame,
     crate::LocalConfig,

@@ -9,8 +9,9 @@ use std::{
 };
 
 use anycast_common::{
-    AddrKey, Exception, FlowKey, FlowValue, HashKey, LocalConfig, NextHop, SiteCounters, SiteInfo,
-    VipCounters, VipInfo, VipKey,
+    AddrEntry, AddrKey, AddrPort, AddrSlot, Exception, FlowKey, FlowValue, HashKey, LocalConfig, NextHop,
+    SiteCounters, SiteInfo, VipCounters, VipInfo, VipKey,
+    addr::ADDR_PORTS,
     config::{Bucket, Limit},
     counters::{Action, EXCEPTION_SLOTS, Event, exception_index},
     flow::{
@@ -253,6 +254,13 @@ fn map_keys_and_values_have_their_documented_layout() {
     );
     assert_eq!(size_of::<VipInfo>(), 8);
     assert_eq!(size_of::<AddrKey>(), 20);
+    assert_eq!((size_of::<AddrSlot>(), align_of::<AddrSlot>()), (4, 4));
+    assert_eq!(size_of::<AddrPort>(), 12);
+    assert_eq!((size_of::<AddrEntry>(), align_of::<AddrEntry>()), (24 + 12 * ADDR_PORTS, 8));
+    assert_eq!(
+        [offset_of!(AddrEntry, family), offset_of!(AddrEntry, count), offset_of!(AddrEntry, ports)],
+        [16, 17, 24]
+    );
     assert_eq!(offset_of!(AddrKey, family), 16);
     assert_eq!(size_of::<SiteInfo>(), 28);
     assert_eq!(size_of::<NextHop>(), 48);

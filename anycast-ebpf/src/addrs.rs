@@ -1,14 +1,28 @@
-//! Which addresses are this host's own: its VIP addresses (`ADDR_FILTER` bit VIP, then
-//! `VIP_ADDRS` for the exact address) and its tunnel addresses (`CONFIG`). Decapsulation
-//! accepts only inner packets for them (§5), and the ICMP responder never answers them (§8).
+//! Which addresses are this host's own: its VIP addresses (the `ADDR_FILTER` slot, then its
+//! `ADDRS` entry, or `VIP_ADDRS` for an overflowing slot) and its tunnel addresses
+//! (`CONFIG`). Decapsulation accepts only inner packets for them (§5), and the ICMP
+//! responder never answers them (§8).
 
 use anycast_common::{
-    AddrKey, Family, LocalConfig,
+    AddrEntry, AddrKey, AddrSlot, Family, LocalConfig,
     addr::{filter, filter_index_v4, filter_index_v6},
     config::{CONFIG_TUNNEL_V4, CONFIG_TUNNEL_V6},
 };
 
-use crate::maps::{ADDR_FILTER, VIP_ADDRS};
+use crate::maps::{ADDR_FILTER, ADDRS, VIP_ADDRS};
+
+/// The `ADDR_FILTER` slot at `index` (an empty one if out of range).
+#[inline(always)]
+pub fn slot(index: u32) -> AddrSlot {
+    ADDR_FILTER.get(index).copied().unwrap_or_default()
+}
+
+/// The `ADDRS` entry of a VIP slot without `OVERFLOW`, if `addr` (of `family`) is its
+/// address: another address on the same slot is none of our VIPs.
+#[inline(always)]
+pub fn entry(slot: AddrSlot, addr: &[u8; 16], family: u8) -> Option<&'static AddrEntry> {
+    ADDRS.get(slot.id as u32).filter(|e| e.family == family && e.addr == *addr)
+}
 
 /// An address as the maps key it: 16 bytes (IPv4 in the first four) and its family.
 #[inline(always)]
@@ -28,11 +42,15 @@ pub fn is_vip(addr: &AddrKey) -> bool {
     } else {
         filter_index_v4([addr.addr[0], addr.addr[1], addr.addr[2], addr.addr[3]])
     };
-    if ADDR_FILTER.get(index).is_none_or(|&bits| bits & filter::VIP == 0) {
+    let slot = slot(index);
+    if slot.bits & filter::VIP == 0 {
         return false;
     }
-    // SAFETY: only the presence of the entry is used.
-    unsafe { VIP_ADDRS.get(addr) }.is_some()
+    if slot.bits & filter::OVERFLOW != 0 {
+        // SAFETY: only the presence of the entry is used.
+        return unsafe { VIP_ADDRS.get(addr) }.is_some();
+    }
+    entry(slot, &addr.addr, addr.family).is_some()
 }
 
 /// Whether `addr` is our tunnel address of its family.

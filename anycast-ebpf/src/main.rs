@@ -50,23 +50,23 @@ fn try_anycast(ctx: &XdpContext) -> Result<u32, Verdict> {
         return Ok(xdp_action::XDP_PASS);
     };
     // The host's other traffic stops here.
-    let filter = parse::prefilter(&frame, eth)?;
-    if filter == 0 {
+    let slot = parse::prefilter(&frame, eth)?;
+    if slot.bits == 0 {
         return Ok(xdp_action::XDP_PASS);
     }
     let Some(cfg) = maps::config() else { return Ok(xdp_action::XDP_PASS) };
 
     let mut pkt = parse::Packet::default();
     parse::packet(&frame, eth, &mut pkt)?;
-    if filter & TUNNEL != 0 {
+    if slot.bits & TUNNEL != 0 {
         if let Some(action) = decap::decap(ctx, frame, cfg, &pkt)? {
             return Ok(action);
         }
     }
-    if filter & VIP == 0 {
+    if slot.bits & VIP == 0 {
         return Ok(xdp_action::XDP_PASS);
     }
-    let Some(vip) = steer::vip(&pkt.key) else {
+    let Some(vip) = steer::vip(&pkt.key, slot) else {
         return Ok(xdp_action::XDP_PASS);
     };
     counters::vip(vip.index, frame.len());

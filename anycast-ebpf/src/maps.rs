@@ -2,14 +2,14 @@
 //! `anycast_common::maps` (the statics' names are the map names userspace looks up).
 
 use anycast_common::{
-    AddrKey, Event, FlowKey, FlowValue, LocalConfig, NextHop, SiteCounters, SiteInfo, VipCounters, VipInfo,
-    VipKey,
+    AddrEntry, AddrKey, AddrSlot, Event, FlowKey, FlowValue, LocalConfig, NextHop, SiteCounters, SiteInfo,
+    VipCounters, VipInfo, VipKey,
     config::{Bucket, RATE_SLOTS},
     counters::EXCEPTION_SLOTS,
     flow::EMBRYO_SLOTS,
     maps::{
-        ADDR_FILTER_SIZE, BPF_F_INNER_MAP, FLOW_TABLE_DEFAULT, MAGLEV_DEFAULT_SIZE, MAX_IFACES, MAX_SITES,
-        MAX_TUNNEL_PEERS, MAX_VIPS, maglev_inner_len,
+        ADDR_FILTER_SIZE, ADDR_IDS, BPF_F_INNER_MAP, FLOW_TABLE_DEFAULT, MAGLEV_DEFAULT_SIZE, MAX_IFACES,
+        MAX_SITES, MAX_TUNNEL_PEERS, MAX_VIPS, maglev_inner_len,
     },
 };
 use aya_ebpf::{
@@ -27,7 +27,11 @@ pub static LAYOUT: Array<u32> = Array::with_max_entries(1, 0);
 pub static CONFIG: Array<LocalConfig> = Array::with_max_entries(1, 0);
 
 #[map]
-pub static ADDR_FILTER: Array<u8> = Array::with_max_entries(ADDR_FILTER_SIZE, 0);
+pub static ADDR_FILTER: Array<AddrSlot> = Array::with_max_entries(ADDR_FILTER_SIZE, 0);
+
+/// The VIP addresses, each with its ports: the VIP match without a hash lookup.
+#[map]
+pub static ADDRS: Array<AddrEntry> = Array::with_max_entries(ADDR_IDS, 0);
 
 /// Every address that has a `VIPS` entry (value: how many), for "is this one of our VIP
 /// addresses" whatever the port and protocol.

@@ -9,11 +9,11 @@
 //! check, one address read and one filter lookup.
 
 use anycast_common::{
-    Exception, Family, FlowKey,
+    AddrSlot, Exception, Family, FlowKey,
     addr::{filter_index_v4, filter_index_v6},
 };
 
-use crate::{frame::Frame, maps::ADDR_FILTER};
+use crate::{addrs, frame::Frame};
 
 use anycast_common::wire::{
     ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ICMP_HLEN, IP_MF, IP_OFFSET, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
@@ -89,10 +89,11 @@ pub fn ethernet(frame: &Frame) -> Result<Option<Ethernet>, Exception> {
     })
 }
 
-/// §2: the `ADDR_FILTER` bits of the destination address. This is all the host's other
-/// traffic pays: one inlined array lookup.
+/// §2: the `ADDR_FILTER` slot of the destination address (its bits, and for a VIP address
+/// where its `ADDRS` entry is). This is all the host's other traffic pays: one inlined
+/// array lookup.
 #[inline(always)]
-pub fn prefilter(frame: &Frame, eth: Ethernet) -> Result<u8, Exception> {
+pub fn prefilter(frame: &Frame, eth: Ethernet) -> Result<AddrSlot, Exception> {
     let index = if eth.v6 {
         frame.at::<IPV6_HLEN>(eth.l2_len).ok_or(Exception::Truncated)?;
         filter_index_v6(frame.bytes::<16>(eth.l2_len + 24).ok_or(Exception::Truncated)?)
@@ -100,7 +101,7 @@ pub fn prefilter(frame: &Frame, eth: Ethernet) -> Result<u8, Exception> {
         frame.at::<IPV4_HLEN>(eth.l2_len).ok_or(Exception::Truncated)?;
         filter_index_v4(frame.bytes::<4>(eth.l2_len + 16).ok_or(Exception::Truncated)?)
     };
-    Ok(ADDR_FILTER.get(index).copied().unwrap_or(0))
+    Ok(addrs::slot(index))
 }
 
 /// §2–§3 for a candidate: validates the IP header, finds L4 and builds the flow key.

@@ -3,7 +3,8 @@
 //! for handshakes in flight. Every rule is in docs/datapath.md §6.
 
 use anycast_common::{
-    Event, Exception, FlowKey, HashKey, LocalConfig, SiteInfo, VipKey,
+    AddrSlot, Event, Exception, FlowKey, HashKey, LocalConfig, SiteInfo, VipKey,
+    addr::{ADDR_PORTS, filter::OVERFLOW},
     flow::maglev_slot,
     flow_hash,
     site::{MAGLEV_CHECK, MAGLEV_LOCAL, MAGLEV_SITE, SITE_LOCAL, SITE_NONE},
@@ -12,6 +13,7 @@ use anycast_common::{
 use aya_ebpf::programs::XdpContext;
 
 use crate::{
+    addrs,
     affinity::{self, Pin},
     counters,
     frame::Frame,
@@ -27,9 +29,38 @@ pub struct Vip {
 }
 
 /// §4: `(dst, dport, proto)`, then `(dst, 0, proto)`. Fragments and portless protocols have
-/// dport 0 already, so they only ever match the any-port entry.
+/// dport 0 already, so they only ever match the any-port entry. From the address's `ADDRS`
+/// entry (one inlined array lookup and a scan of its ports); from `VIPS` for an
+/// overflowing filter slot.
 #[inline(always)]
-pub fn vip(key: &FlowKey) -> Option<Vip> {
+pub fn vip(key: &FlowKey, slot: AddrSlot) -> Option<Vip> {
+    if slot.bits & OVERFLOW != 0 {
+        return hashed(key);
+    }
+    let e = addrs::entry(slot, &key.dst, key.family)?;
+    let mut any = None;
+    let mut i = 0;
+    while i < ADDR_PORTS {
+        if i >= e.count as usize {
+            break;
+        }
+        let p = &e.ports[i];
+        if p.proto == key.proto {
+            if p.port == key.dport {
+                return Some(Vip { index: p.vip.index, flags: p.vip.flags });
+            }
+            if p.port == 0 {
+                any = Some(Vip { index: p.vip.index, flags: p.vip.flags });
+            }
+        }
+        i += 1;
+    }
+    any
+}
+
+/// [`vip`] through the hash map, which holds every VIP.
+#[inline(always)]
+fn hashed(key: &FlowKey) -> Option<Vip> {
     let mut vk = VipKey { addr: key.dst, port: key.dport, proto: key.proto, family: key.family };
     // SAFETY: the value is copied out at once, before anything can reuse the entry.
     if let Some(v) = unsafe { VIPS.get(&vk) } {

@@ -17,7 +17,6 @@ use std::sync::Mutex;
 use anycast_common::{
     Action as Act, AddrKey, Encap, Event as Ev_, Exception as E, FlowKey, FlowValue, HashKey, LocalConfig,
     NextHop, SiteInfo, VipInfo, VipKey,
-    addr::filter,
     config::{CONFIG_TUNNEL_V4, CONFIG_TUNNEL_V6, Limit},
     flow::embryo_slot,
     site::{MAGLEV_CHECK, MAGLEV_LOCAL, SITE_CONFIGURED, SITE_LOCAL, SITE_NONE, SITE_UP},
@@ -31,7 +30,7 @@ use anycast_tests::{
     packet::*,
     reference::{self, KEY},
 };
-use anycast_user::datapath::maps::{DataPathMaps, filter_index};
+use anycast_user::datapath::{addresses::filter_index, maps::DataPathMaps};
 use testkit::require::{Need, require};
 
 // Exception counters, short: reason and action.
@@ -88,6 +87,8 @@ fn cases() -> Vec<Case> {
         one("ipv6_non_vip_passes", tcp(C6, "2001:db8::99", 1, 80, SYN).frame(), Expect::Pass, &[]),
         one("vip_address_other_port_passes", tcp(C4, &v4(0), 1, 8080, SYN).frame(), Expect::Pass, &[]),
         one("vip_address_other_proto_passes", udp(C4, &v4(0), 1, 80).frame(), Expect::Pass, &[]),
+        one("address_on_a_vip_filter_slot_passes", udp(C4, SLOT_NEIGHBOUR, 1, 443).frame(), Expect::Pass, &[]),
+        one("overflowing_address_other_port_passes", tcp(C4, "10.200.7.1", 1, 7999, SYN).frame(), Expect::Pass, &[]),
         one("icmp_echo_to_tcp_vip_passes", echo(C4, &v4(0)).frame(), Expect::Pass, &[]),
         one("non_vip_ihl_below_5_not_inspected", set(udp(C4, "10.9.9.9", 1, 53).frame(), 14, &[0x44]), Expect::Pass, &[]),
         // ---- VIP, local site ------------------------------------------------------------
@@ -125,6 +126,10 @@ fn cases() -> Vec<Case> {
         fwd("forward_sets_df_on_outer_even_without_inner_df", udp(C4, &v4(1), 40000, 53).df(false), 1),
         fwd("forward_ipv4_max_options", tcp(C4, &v4(1), 40000, 80, SYN).options(&[1; 40]), 1),
         fwd("vip_exact_port_beats_any_port", udp(C4, "10.200.9.1", 40000, 443), 33),
+        local("vip_overflowing_address_exact_port", tcp(C4, "10.200.7.1", 40000, 7005, SYN), 45),
+        fwd("vip_overflowing_address_any_port", udp(C4, "10.200.7.1", 40000, 9999), 46),
+        fwd("vip_shared_slot_first_address", udp(C4, "10.200.8.1", 40000, 53), 47),
+        local("vip_shared_slot_second_address", udp(C4, SLOT_SHARER, 40000, 53), 48),
         fwd("forward_redirect_to_other_interface", tcp(C4, &v4(8), 40000, 80, SYN), 8),
         // A mid-flow TCP packet of a remote bucket with no pin, socket or embryo: forwarded
         // by the bucket, nothing recorded.
@@ -1176,7 +1181,27 @@ const EXTRA_VIPS: &[(&str, u16, u8, u32)] = &[
     ("10.200.6.2", 53, PROTO_UDP, 42), // affinity = "none" → site 6 (no neighbour)
     ("10.200.3.2", 0, PROTO_ICMP, 43), // any ICMP → site 1
     ("10.200.2.1", 0, PROTO_TCP, 44),  // TCP fragments → site 3
+    // More (port, protocol) entries than an address table entry holds: OVERFLOW, matched
+    // through VIPS (docs/datapath.md §4).
+    ("10.200.7.1", 7001, PROTO_TCP, 45), // → local
+    ("10.200.7.1", 7002, PROTO_TCP, 45),
+    ("10.200.7.1", 7003, PROTO_TCP, 45),
+    ("10.200.7.1", 7004, PROTO_TCP, 45),
+    ("10.200.7.1", 7005, PROTO_TCP, 45),
+    ("10.200.7.1", 7006, PROTO_TCP, 45),
+    ("10.200.7.1", 7007, PROTO_TCP, 45),
+    ("10.200.7.1", 7008, PROTO_TCP, 45),
+    ("10.200.7.1", 0, PROTO_UDP, 46), // any port → site 1
+    // Two VIP addresses on one filter slot (checked in `world`): OVERFLOW too.
+    ("10.200.8.1", 53, PROTO_UDP, 47), // → site 1
+    (SLOT_SHARER, 53, PROTO_UDP, 48),  // → local
 ];
+
+/// An address on the filter slot of 10.200.8.1.
+const SLOT_SHARER: &str = "10.201.191.60";
+/// An address that is no VIP on the filter slot of the VIP address 10.200.9.1 (whose
+/// `ADDRS` entry has UDP 443): the data path must compare the address itself.
+const SLOT_NEIGHBOUR: &str = "10.9.149.8";
 
 /// VIPs of `affinity = "none"` (UDP steered by the table alone).
 const STATELESS: &[u32] = &[41, 42];
@@ -1196,6 +1221,10 @@ const EXTRA_TABLES: &[(u32, &[u32])] = &[
     (42, &[6]),
     (43, &[S_IPIP]),
     (44, &[S_GUE4]),
+    (45, &[S_LOCAL | MAGLEV_LOCAL]),
+    (46, &[S_IPIP]),
+    (47, &[S_IPIP]),
+    (48, &[S_LOCAL | MAGLEV_LOCAL]),
     (50, ANCHOR_TABLE),
 ];
 
@@ -1293,16 +1322,13 @@ fn world(m: &mut DataPathMaps, lb1_ifindex: u32) -> anyhow::Result<()> {
     for (a, site) in PEERS {
         m.set_tunnel_peer(&key_of(a), *site)?;
     }
-    let vips = all_vips();
-    let mut addrs = std::collections::BTreeMap::new();
-    for (a, port, proto, index) in &vips {
-        let flags = if STATELESS.contains(index) { VIP_STATELESS } else { 0 };
-        m.set_vip(&vip_key(a, *port, *proto), &VipInfo { index: *index, flags })?;
-        *addrs.entry(key_of(a)).or_insert(0u32) += 1;
-    }
-    for (a, n) in &addrs {
-        m.set_vip_addr(a, *n)?;
-    }
+    let vips: Vec<(VipKey, VipInfo)> = all_vips()
+        .iter()
+        .map(|(a, port, proto, index)| {
+            let flags = if STATELESS.contains(index) { VIP_STATELESS } else { 0 };
+            (vip_key(a, *port, *proto), VipInfo { index: *index, flags })
+        })
+        .collect();
     // One batch: every table swap waits for running programs once per batch.
     let singles: Vec<(u32, [u32; 1])> = SITES
         .iter()
@@ -1315,19 +1341,26 @@ fn world(m: &mut DataPathMaps, lb1_ifindex: u32) -> anyhow::Result<()> {
     let mut tables: Vec<(u32, &[u32])> = singles.iter().map(|(v, t)| (*v, &t[..])).collect();
     tables.extend(EXTRA_TABLES.iter().map(|(v, t)| (*v, *t)));
     m.set_maglev_tables(&tables)?;
-    let mut filter_entries: Vec<(AddrKey, u8)> =
-        vips.iter().map(|(a, ..)| (key_of(a), filter::VIP)).collect();
-    filter_entries.push((key_of(TUNNEL_V4), filter::TUNNEL));
-    filter_entries.push((key_of(TUNNEL_V6), filter::TUNNEL));
+    let tunnels = [key_of(TUNNEL_V4), key_of(TUNNEL_V6)];
     // The non-VIP addresses the table uses must not share a filter slot with a VIP, or the
     // "not inspected" cases would not test the pre-filter.
+    let ours: Vec<AddrKey> = vips
+        .iter()
+        .map(|(k, _)| AddrKey { addr: k.addr, family: k.family, pad: [0; 3] })
+        .chain(tunnels)
+        .collect();
+    for (vip, other) in [("10.200.8.1", SLOT_SHARER), ("10.200.9.1", SLOT_NEIGHBOUR)] {
+        if filter_index(&key_of(vip)) != filter_index(&key_of(other)) {
+            anyhow::bail!("{other} no longer shares {vip}'s filter slot: pick another");
+        }
+    }
     for other in ["10.9.9.9", "2001:db8::99"] {
         let i = filter_index(&key_of(other));
-        if let Some((k, _)) = filter_entries.iter().find(|(k, _)| filter_index(k) == i) {
+        if let Some(k) = ours.iter().find(|k| filter_index(k) == i) {
             anyhow::bail!("{other} shares filter slot {i} with {k:?}: pick another test address");
         }
     }
-    m.set_filter(filter_entries)?;
+    m.set_vips_with_addresses(&vips, &tunnels)?;
     m.add_egress(lb1_ifindex)?;
     Ok(())
 }

@@ -16,7 +16,6 @@ use std::{
 
 use anycast_common::{
     AddrKey, Encap, LocalConfig, SiteInfo, VipInfo, VipKey,
-    addr::filter,
     config::CONFIG_TUNNEL_V4,
     site::{MAGLEV_LOCAL, SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
 };
@@ -132,12 +131,16 @@ fn netns_local_vip_and_other_traffic() {
     let local =
         SiteInfo { flags: SITE_CONFIGURED | SITE_UP | SITE_LOCAL, generation: 1, ..SiteInfo::default() };
     maps.set_site(0, &local).unwrap();
-    maps.set_vip(&vip_key(VIP_PORT), &VipInfo { index: 0, flags: 0 }).unwrap();
     maps.set_maglev(0, &[MAGLEV_LOCAL]).unwrap();
-    maps.set_vip(&vip6_key(VIP_PORT), &VipInfo { index: 1, flags: 0 }).unwrap();
     maps.set_maglev(1, &[MAGLEV_LOCAL]).unwrap();
-    let vip6 = AddrKey::v6(VIP6.parse::<std::net::Ipv6Addr>().unwrap().octets());
-    maps.set_filter([(AddrKey::v4(VIP), filter::VIP), (vip6, filter::VIP)]).unwrap();
+    maps.set_vips_with_addresses(
+        &[
+            (vip_key(VIP_PORT), VipInfo { index: 0, flags: 0 }),
+            (vip6_key(VIP_PORT), VipInfo { index: 1, flags: 0 }),
+        ],
+        &[],
+    )
+    .unwrap();
 
     let vip_srv = lb.run(|| UdpSocket::bind(("10.200.0.1", VIP_PORT)).expect("bind VIP"));
     let vip6_srv = lb.run(|| UdpSocket::bind((VIP6, VIP_PORT)).expect("bind IPv6 VIP"));
@@ -189,9 +192,11 @@ fn netns_forward_to_remote_site_and_decap() {
         .unwrap();
     maps_b.set_tunnel_peer(&AddrKey::v4([10, 2, 0, 1]), A_AT_B).unwrap();
     // B decapsulates only inner packets for its own VIPs (docs/datapath.md §5).
-    maps_b.set_vip_addr(&AddrKey::v4(VIP), 1).unwrap();
     maps_b
-        .set_filter([(AddrKey::v4([10, 2, 0, 2]), filter::TUNNEL), (AddrKey::v4(VIP), filter::VIP)])
+        .set_vips_with_addresses(
+            &[(vip_key(VIP_PORT), VipInfo { index: 0, flags: 0 })],
+            &[AddrKey::v4([10, 2, 0, 2])],
+        )
         .unwrap();
 
     let (_dp_a, mut maps_a) = attach(&a, "a0");
@@ -212,9 +217,8 @@ fn netns_forward_to_remote_site_and_decap() {
         gue_port: 0,
     };
     maps_a.set_site(B_AT_A, &site_b).unwrap();
-    maps_a.set_vip(&vip_key(VIP_PORT), &VipInfo { index: 0, flags: 0 }).unwrap();
     maps_a.set_maglev(0, &[B_AT_A]).unwrap();
-    maps_a.set_filter([(AddrKey::v4(VIP), filter::VIP)]).unwrap();
+    maps_a.set_vips_with_addresses(&[(vip_key(VIP_PORT), VipInfo { index: 0, flags: 0 })], &[]).unwrap();
     // A DEVMAP update resolves the ifindex in the updating thread's namespace.
     let a1 = a.ifindex("a1").unwrap();
     a.run(|| maps_a.add_egress(a1)).unwrap();

@@ -176,8 +176,9 @@ pub fn kept(from: u32) -> &'static [&'static str] {
         // Layout 1 → 2: the flow table (same key bytes, same value), the site slots with
         // their generations, the tunnel peers, the egress devices, the per-site and per-VIP
         // counters and the next-hop cache. Replaced: CONFIG (a key, limits), ADDR_FILTER (a
-        // new index function), VIPS (flags), MAGLEV (entries carry flags), EXCEPTIONS (per
-        // reason and action). New: LAYOUT, VIP_ADDRS, EMBRYOS, EVENTS, RATE.
+        // new index function, slots that point into ADDRS), VIPS (flags), MAGLEV (entries
+        // carry flags), EXCEPTIONS (per reason and action). New: LAYOUT, ADDRS, VIP_ADDRS,
+        // EMBRYOS, EVENTS, RATE.
         1 => &[
             maps::SITES,
             maps::TUNNEL_PEERS,

@@ -9,13 +9,14 @@ use std::{
 };
 
 use anycast_common::{
-    AddrKey, Event, FlowKey, FlowValue, LocalConfig, NextHop, SiteCounters, SiteInfo, VipCounters, VipInfo,
-    VipKey,
-    addr::{filter_index_v4, filter_index_v6},
+    AddrEntry, AddrKey, AddrSlot, Event, FlowKey, FlowValue, LocalConfig, NextHop, SiteCounters, SiteInfo,
+    VipCounters, VipInfo, VipKey,
     counters::EXCEPTION_SLOTS,
     flow::EMBRYO_SLOTS,
-    maps::{self, ADDR_FILTER_SIZE, BPF_F_INNER_MAP, maglev_inner_len},
+    maps::{self, BPF_F_INNER_MAP, maglev_inner_len},
 };
+
+use super::addresses::{self, Addresses, Write};
 use aya::{
     Ebpf, Pod,
     maps::{
@@ -44,22 +45,15 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
     move |source| MapsError::Map { name, source }
 }
 
-/// Which filter bits an address gets, for [`DataPathMaps::set_filter`].
-pub fn filter_index(addr: &AddrKey) -> u32 {
-    if addr.family == anycast_common::Family::V4 as u8 {
-        filter_index_v4([addr.addr[0], addr.addr[1], addr.addr[2], addr.addr[3]])
-    } else {
-        filter_index_v6(addr.addr)
-    }
-}
-
 /// Every map of one data-path instance, typed.
 pub struct DataPathMaps {
     layout: Array<MapData, u32>,
     config: Array<MapData, LocalConfig>,
-    addr_filter: Array<MapData, u8>,
-    /// What `addr_filter` holds, so that a filter update writes only the slots that change.
-    filter_shadow: Vec<u8>,
+    addr_filter: Array<MapData, AddrSlot>,
+    addrs: Array<MapData, AddrEntry>,
+    /// What `addr_filter` and `addrs` hold, so that an update writes only what changes.
+    filter_shadow: Vec<AddrSlot>,
+    addrs_shadow: Vec<AddrEntry>,
     vip_addrs: HashMap<MapData, AddrKey, u32>,
     vips: HashMap<MapData, VipKey, VipInfo>,
     maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
@@ -100,9 +94,11 @@ impl DataPathMaps {
         ) -> Result<T> {
             T::try_from(get(name)?).map_err(map_err(name))
         }
-        let addr_filter: Array<MapData, u8> = typed(&mut get, maps::ADDR_FILTER)?;
+        let addr_filter: Array<MapData, AddrSlot> = typed(&mut get, maps::ADDR_FILTER)?;
         let filter_shadow =
-            addr_filter.iter().collect::<Result<Vec<u8>, _>>().map_err(map_err(maps::ADDR_FILTER))?;
+            addr_filter.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(maps::ADDR_FILTER))?;
+        let addrs: Array<MapData, AddrEntry> = typed(&mut get, maps::ADDRS)?;
+        let addrs_shadow = addrs.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(maps::ADDRS))?;
         let maglev = get(maps::MAGLEV)?;
         let maglev_fd = match &maglev {
             Map::ArrayOfMaps(data) => data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
@@ -117,7 +113,9 @@ impl DataPathMaps {
             layout: typed(&mut get, maps::LAYOUT)?,
             config: typed(&mut get, maps::CONFIG)?,
             addr_filter,
+            addrs,
             filter_shadow,
+            addrs_shadow,
             vip_addrs: typed(&mut get, maps::VIP_ADDRS)?,
             vips: typed(&mut get, maps::VIPS)?,
             maglev: maglev.try_into().map_err(map_err(maps::MAGLEV))?,
@@ -152,20 +150,46 @@ impl DataPathMaps {
         self.config.set(0, config, 0).map_err(map_err(maps::CONFIG))
     }
 
-    /// Makes the filter hold exactly these addresses with these bits (OR-ed on collision);
-    /// writes only the slots that change.
-    pub fn set_filter(&mut self, addrs: impl IntoIterator<Item = (AddrKey, u8)>) -> Result<()> {
-        let mut want = vec![0u8; ADDR_FILTER_SIZE as usize];
-        for (addr, bits) in addrs {
-            want[filter_index(&addr) as usize] |= bits;
-        }
-        for (i, (&w, have)) in want.iter().zip(self.filter_shadow.iter_mut()).enumerate() {
-            if w != *have {
-                self.addr_filter.set(i as u32, w, 0).map_err(map_err(maps::ADDR_FILTER))?;
-                *have = w;
+    /// Makes the filter and the address entries hold exactly `want`, writing only what
+    /// changes, entries before the slots that point at them ([`addresses::update`]).
+    pub fn set_addresses(&mut self, want: &Addresses) -> Result<()> {
+        let (mut filter, mut entries) = (self.filter_shadow.clone(), self.addrs_shadow.clone());
+        for w in addresses::update(want, &mut filter, &mut entries) {
+            match w {
+                Write::Entry(id, e) => {
+                    self.addrs.set(u32::from(id), e, 0).map_err(map_err(maps::ADDRS))?;
+                    self.addrs_shadow[id as usize] = e;
+                }
+                Write::Slot(i, s) => {
+                    self.addr_filter.set(i, s, 0).map_err(map_err(maps::ADDR_FILTER))?;
+                    self.filter_shadow[i as usize] = s;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Whether the filter and the address entries hold exactly `want` (an update would
+    /// write nothing).
+    pub fn holds_addresses(&self, want: &Addresses) -> bool {
+        let (mut filter, mut entries) = (self.filter_shadow.clone(), self.addrs_shadow.clone());
+        addresses::update(want, &mut filter, &mut entries).is_empty()
+    }
+
+    /// Every VIP at once (`VIPS`, `VIP_ADDRS`) and the address table with them and the
+    /// `tunnels`: for the tests and benchmarks, which build a data path by hand (the
+    /// reconciler orders these writes itself, `reconcile::diff`).
+    pub fn set_vips_with_addresses(&mut self, vips: &[(VipKey, VipInfo)], tunnels: &[AddrKey]) -> Result<()> {
+        let mut per_addr: std::collections::BTreeMap<AddrKey, u32> = Default::default();
+        for (k, info) in vips {
+            self.set_vip(k, info)?;
+            *per_addr.entry(AddrKey { addr: k.addr, family: k.family, pad: [0; 3] }).or_default() += 1;
+        }
+        for (a, n) in &per_addr {
+            self.set_vip_addr(a, *n)?;
+        }
+        let all: std::collections::HashMap<VipKey, VipInfo> = vips.iter().copied().collect();
+        self.set_addresses(&Addresses::new(&all, tunnels.iter().copied()))
     }
 
     /// The VIP address set (address → number of VIPS entries with it).

@@ -1,6 +1,7 @@
 //! Everything that touches the kernel: the embedded XDP objects, loading, attaching and
 //! pinning them, the typed maps and the counter reads.
 
+pub mod addresses;
 pub mod attach;
 pub mod counters;
 pub mod ebpf_log;

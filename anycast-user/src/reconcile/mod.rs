@@ -19,7 +19,6 @@ use std::{
 
 use anycast_common::{
     AddrKey, HashKey, LocalConfig, SiteInfo, VipInfo, VipKey,
-    addr::filter,
     config::{CONFIG_DEBUG_LOG, CONFIG_TUNNEL_V4, CONFIG_TUNNEL_V6, Limit},
     maps::{MAX_SITES, MAX_VIPS},
     site::{MAGLEV_CHECK, MAGLEV_LOCAL, MAGLEV_SITE, SITE_CONFIGURED, SITE_LOCAL, SITE_NONE, SITE_UP},
@@ -33,6 +32,7 @@ pub mod preview;
 use crate::{
     config::{Affinity, Config, Encap, HashKeySource, SiteKind},
     datapath::{
+        addresses::Addresses,
         layout::Previous,
         maps::{DataPathMaps, MapsError},
     },
@@ -55,7 +55,10 @@ pub struct State {
     /// `MAGLEV_LOCAL` / `MAGLEV_CHECK`). Shared (`Arc`) between VIPs whose tables are equal, so
     /// that 64 VIPs served by the same sites cost one table of memory, not 64.
     pub maglev: BTreeMap<u32, Arc<[u32]>>,
-    pub filter: Vec<(AddrKey, u8)>,
+    /// What `ADDR_FILTER` and `ADDRS` hold: the VIP and tunnel addresses. `None` when they
+    /// hold something else than the other maps imply (read back after a write was cut
+    /// short): the next plan then writes them whatever it wants.
+    pub addresses: Option<Addresses>,
     pub egress: BTreeSet<u32>,
 }
 
@@ -68,7 +71,7 @@ impl Default for State {
             vip_addrs: BTreeMap::new(),
             peers: HashMap::new(),
             maglev: BTreeMap::new(),
-            filter: Vec::new(),
+            addresses: None,
             egress: BTreeSet::new(),
         }
     }
@@ -374,8 +377,6 @@ pub fn plan(
     for v in &config.vips {
         *vip_addrs.entry(addr_key(v.address)).or_default() += 1;
     }
-    let mut filter_bits: Vec<(AddrKey, u8)> =
-        config.vips.iter().map(|v| (addr_key(v.address), filter::VIP)).collect();
     let mut flags = if config.local.debug_log { CONFIG_DEBUG_LOG } else { 0 };
     let d = &config.datapath;
     let mut local = LocalConfig {
@@ -395,18 +396,16 @@ pub fn plan(
     if let Some(a) = config.local.tunnel_v4 {
         flags |= CONFIG_TUNNEL_V4;
         local.tunnel_v4 = a.octets();
-        filter_bits.push((AddrKey::v4(a.octets()), filter::TUNNEL));
     }
     if let Some(a) = config.local.tunnel_v6 {
         flags |= CONFIG_TUNNEL_V6;
         local.tunnel_v6 = a.octets();
-        filter_bits.push((AddrKey::v6(a.octets()), filter::TUNNEL));
     }
     local.flags = flags;
-    normalise_filter(&mut filter_bits);
+    let addresses = Some(Addresses::new(&vips, tunnels(&local)));
 
     Ok(Plan {
-        state: State { config: local, sites, vips, vip_addrs, peers, maglev, filter: filter_bits, egress },
+        state: State { config: local, sites, vips, vip_addrs, peers, maglev, addresses, egress },
         sites: names,
         vips: vip_names,
         weights,
@@ -439,16 +438,11 @@ fn flag_table(base: &[u32], local: Option<u32>, previous: Option<&[u32]>) -> Vec
         .collect()
 }
 
-/// One entry per address, bits OR-ed, in a fixed order (so equal sets compare equal).
-fn normalise_filter(f: &mut Vec<(AddrKey, u8)>) {
-    let mut merged: BTreeMap<([u8; 16], u8), u8> = BTreeMap::new();
-    for (a, bits) in f.iter() {
-        *merged.entry((a.addr, a.family)).or_default() |= bits;
-    }
-    *f = merged
-        .into_iter()
-        .map(|((addr, family), bits)| (AddrKey { addr, family, pad: [0; 3] }, bits))
-        .collect();
+/// The tunnel addresses `config` holds.
+fn tunnels(config: &LocalConfig) -> impl Iterator<Item = AddrKey> + use<> {
+    let v4 = (config.flags & CONFIG_TUNNEL_V4 != 0).then(|| AddrKey::v4(config.tunnel_v4));
+    let v6 = (config.flags & CONFIG_TUNNEL_V6 != 0).then(|| AddrKey::v6(config.tunnel_v6));
+    v4.into_iter().chain(v6)
 }
 
 /// One write to the data path.
@@ -460,7 +454,7 @@ pub enum Op {
     Maglev(u32, Arc<[u32]>),
     Vip(VipKey, VipInfo),
     VipAddr(AddrKey, u32),
-    Filter(Vec<(AddrKey, u8)>),
+    Addresses(Addresses),
     RemoveVipAddr(AddrKey),
     RemoveVip(VipKey),
     RemovePeer(AddrKey),
@@ -506,8 +500,10 @@ pub fn diff(want: &State, have: &State) -> Vec<Op> {
             ops.push(Op::Vip(*k, *v));
         }
     }
-    if want.filter != have.filter {
-        ops.push(Op::Filter(want.filter.clone()));
+    if let Some(a) = &want.addresses
+        && want.addresses != have.addresses
+    {
+        ops.push(Op::Addresses(a.clone()));
     }
     for k in have.vips.keys().filter(|k| !want.vips.contains_key(*k)) {
         ops.push(Op::RemoveVip(*k));
@@ -564,7 +560,7 @@ impl State {
             Op::RemoveVipAddr(k) => {
                 self.vip_addrs.remove(k);
             }
-            Op::Filter(f) => self.filter = f.clone(),
+            Op::Addresses(a) => self.addresses = Some(a.clone()),
             Op::RemoveVip(k) => {
                 if let Some(info) = self.vips.remove(k) {
                     self.maglev.remove(&info.index);
@@ -604,20 +600,11 @@ impl State {
             }
         }
         let config = maps.config()?;
-        let mut filter_bits: Vec<(AddrKey, u8)> = Vec::new();
-        // The filter is a hash of addresses and cannot be read back as addresses;
-        // `DataPathMaps::set_filter` diffs the slots itself. Rebuild what it should hold
-        // from the other maps so that an unchanged config compares equal.
-        for k in vips.keys() {
-            filter_bits.push((AddrKey { addr: k.addr, family: k.family, pad: [0; 3] }, filter::VIP));
-        }
-        if config.flags & CONFIG_TUNNEL_V4 != 0 {
-            filter_bits.push((AddrKey::v4(config.tunnel_v4), filter::TUNNEL));
-        }
-        if config.flags & CONFIG_TUNNEL_V6 != 0 {
-            filter_bits.push((AddrKey::v6(config.tunnel_v6), filter::TUNNEL));
-        }
-        normalise_filter(&mut filter_bits);
+        // The filter is a hash of addresses and cannot be read back as addresses. What it
+        // and ADDRS should hold follows from VIPS and CONFIG; kept only if they hold exactly
+        // that, so that an unchanged config compares equal and an interrupted write is
+        // finished by the next plan.
+        let addresses = Some(Addresses::new(&vips, tunnels(&config))).filter(|a| maps.holds_addresses(a));
         Ok(State {
             config,
             sites: (0..MAX_SITES).map(|i| maps.site(i)).collect::<Result<_, _>>()?,
@@ -625,7 +612,7 @@ impl State {
             vip_addrs: maps.vip_addrs()?.into_iter().collect(),
             peers: maps.tunnel_peers()?.into_iter().collect(),
             maglev,
-            filter: filter_bits,
+            addresses,
             egress: maps.egress()?.into_iter().collect(),
         })
     }
@@ -640,7 +627,7 @@ fn write(maps: &mut DataPathMaps, op: &Op) -> Result<(), MapsError> {
         Op::Vip(k, v) => maps.set_vip(k, v),
         Op::VipAddr(k, n) => maps.set_vip_addr(k, *n),
         Op::RemoveVipAddr(k) => maps.remove_vip_addr(k),
-        Op::Filter(f) => maps.set_filter(f.iter().copied()),
+        Op::Addresses(a) => maps.set_addresses(a),
         Op::RemoveVip(k) => maps.remove_vip(k),
         Op::RemovePeer(k) => maps.remove_tunnel_peer(k),
         Op::AddEgress(i) => maps.add_egress(*i),

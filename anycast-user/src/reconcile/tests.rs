@@ -76,7 +76,8 @@ fn first_plan_writes_everything_in_a_safe_order() {
     assert_eq!(s.peers[&AddrKey::v4([10, 0, 0, 3])], 2);
     assert_eq!(s.config.flags, CONFIG_TUNNEL_V4);
     assert_eq!((s.config.tunnel_v4, s.config.gue_port), ([10, 0, 0, 1], 6080));
-    assert_eq!(s.filter.len(), 3, "two VIP addresses and the tunnel address");
+    let slots = s.addresses.as_ref().unwrap().slots();
+    assert_eq!(slots.len(), 3, "two VIP addresses and the tunnel address: {slots:?}");
     assert_eq!(s.egress, BTreeSet::from([7]));
     // The second VIP's table only names a and c.
     let t = &s.maglev[&1];
@@ -87,7 +88,7 @@ fn first_plan_writes_everything_in_a_safe_order() {
     let pos = |f: &dyn Fn(&Op) -> bool| ops.iter().position(f).unwrap();
     assert!(pos(&|o| matches!(o, Op::Site(..))) < pos(&|o| matches!(o, Op::Maglev(..))));
     assert!(pos(&|o| matches!(o, Op::Maglev(..))) < pos(&|o| matches!(o, Op::Vip(..))));
-    assert!(pos(&|o| matches!(o, Op::Vip(..))) < pos(&|o| matches!(o, Op::Filter(..))));
+    assert!(pos(&|o| matches!(o, Op::Vip(..))) < pos(&|o| matches!(o, Op::Addresses(..))));
 }
 
 #[test]
@@ -200,7 +201,7 @@ fn vip_removal_and_addition_keep_other_indices() {
     assert_eq!(p.vips[1].1, 1, "the unchanged VIP keeps index 1");
     assert_eq!(p.vips[0].1, 2, "the new VIP does not reuse the index being vacated");
     assert!(ops.iter().any(|o| matches!(o, Op::RemoveVip(k) if k.addr[..4] == [192, 0, 2, 1])));
-    assert!(ops.iter().any(|o| matches!(o, Op::Filter(_))));
+    assert!(ops.iter().any(|o| matches!(o, Op::Addresses(_))));
 }
 
 #[test]

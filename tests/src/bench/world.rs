@@ -11,14 +11,13 @@ use std::net::IpAddr;
 
 use anycast_common::{
     Encap, HashKey, LocalConfig, SiteInfo, VipInfo, VipKey,
-    addr::filter,
     config::{CONFIG_TUNNEL_V4, Limit},
     maps::MAGLEV_DEFAULT_SIZE,
     site::{MAGLEV_LOCAL, SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
     vip::VIP_STATELESS,
 };
 use anycast_user::{
-    datapath::maps::{DataPathMaps, filter_index},
+    datapath::{addresses::filter_index, maps::DataPathMaps},
     reconcile::{
         addr_key,
         maglev::{self, Backend},
@@ -148,12 +147,6 @@ pub fn configure(m: &mut DataPathMaps) -> Result<()> {
         )?;
         m.set_tunnel_peer(&addr_key(addr(endpoint)), index)?;
     }
-    m.set_vip(&vip_key(PROTO_TCP, 80), &VipInfo { index: VIP_TCP, flags: 0 })?;
-    m.set_vip(&vip_key(PROTO_UDP, 53), &VipInfo { index: VIP_UDP, flags: VIP_STATELESS })?;
-    m.set_vip(&vip_key(PROTO_TCP, PORT_TCP_LOCAL), &VipInfo { index: VIP_TCP_LOCAL, flags: 0 })?;
-    m.set_vip(&vip_key(PROTO_TCP, PORT_TCP_MOVED), &VipInfo { index: VIP_TCP_MOVED, flags: 0 })?;
-    m.set_vip(&vip_key(PROTO_UDP, PORT_UDP_PINNED), &VipInfo { index: VIP_UDP_PINNED, flags: 0 })?;
-    m.set_vip_addr(&addr_key(addr(anchor::VIP)), VIPS.len() as u32)?;
     let table = anchor_table();
     let local: &[u32] = &[SITE_LOCAL_INDEX | MAGLEV_LOCAL];
     m.set_maglev_tables(&[
@@ -163,14 +156,21 @@ pub fn configure(m: &mut DataPathMaps) -> Result<()> {
         (VIP_TCP_MOVED, &table),
         (VIP_UDP_PINNED, &table),
     ])?;
-    let entries = [(addr_key(addr(anchor::VIP)), filter::VIP), (addr_key(addr(TUNNEL_V4)), filter::TUNNEL)];
+    let vips = [
+        (vip_key(PROTO_TCP, 80), VipInfo { index: VIP_TCP, flags: 0 }),
+        (vip_key(PROTO_UDP, 53), VipInfo { index: VIP_UDP, flags: VIP_STATELESS }),
+        (vip_key(PROTO_TCP, PORT_TCP_LOCAL), VipInfo { index: VIP_TCP_LOCAL, flags: 0 }),
+        (vip_key(PROTO_TCP, PORT_TCP_MOVED), VipInfo { index: VIP_TCP_MOVED, flags: 0 }),
+        (vip_key(PROTO_UDP, PORT_UDP_PINNED), VipInfo { index: VIP_UDP_PINNED, flags: 0 }),
+    ];
+    let tunnel = addr_key(addr(TUNNEL_V4));
     let other = filter_index(&addr_key(addr(NON_VIP_DST)));
-    if entries.iter().any(|(k, _)| filter_index(k) == other) {
+    if [addr_key(addr(anchor::VIP)), tunnel].iter().any(|k| filter_index(k) == other) {
         bail!(
             "{NON_VIP_DST} shares a pre-filter slot with a VIP: non_vip_pass would not measure the pre-filter"
         );
     }
-    m.set_filter(entries).context("writing the address pre-filter")?;
+    m.set_vips_with_addresses(&vips, &[tunnel]).context("writing the VIPs and the address table")?;
     Ok(())
 }
 
