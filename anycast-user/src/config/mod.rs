@@ -24,7 +24,9 @@ use toml::{
     de::{DeTable, DeValue, ValueDeserializer},
 };
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9100";
+/// Not 9100: that is node_exporter's, which nearly every host that Prometheus scrapes
+/// runs; a clash would stop one of the two from starting.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9871";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/anycast";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/anycast";
 /// Where the packaged unit and every CLI command look for the config.

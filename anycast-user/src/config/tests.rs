@@ -48,7 +48,7 @@ fn example_config_is_valid() {
     assert_eq!(c.vips[0].sites, ["fra", "ams", "lhr"]);
     assert_eq!(c.vips[2].name, "192.0.2.53:any/icmp");
     assert_eq!(c.datapath.maglev_table_size, 65537);
-    assert_eq!(c.admin.listen, "127.0.0.1:9100".parse().unwrap());
+    assert_eq!(c.admin.listen, "127.0.0.1:9871".parse().unwrap());
 }
 
 #[test]
