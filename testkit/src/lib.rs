@@ -7,6 +7,8 @@
 //!   locally and a failure under CI.
 //! - [`netns`]: network-namespace topologies (veth, addresses, routes, static neighbours,
 //!   sysctls) with unique names and guaranteed teardown; code and commands run inside one.
+//! - [`frames`]: whole Ethernet frames out of an interface: one, or a bounded flood at the
+//!   highest rate the machine reaches.
 //! - [`daemon`]: the `anycast` binary run as a daemon inside a namespace, with its own
 //!   config, pins and state, all removed on drop.
 //! - [`metrics`]: a controller's HTTP endpoints, and series of its `/metrics`.
@@ -21,6 +23,7 @@
 //! - [`xdp`]: a pass-everything XDP program, for a veth peer that must receive XDP_TX.
 
 pub mod daemon;
+pub mod frames;
 pub mod metrics;
 pub mod netns;
 pub mod previous;

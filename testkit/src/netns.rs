@@ -17,7 +17,7 @@
 use std::{
     ffi::CString,
     fs::File,
-    os::fd::{AsRawFd, FromRawFd},
+    os::fd::AsRawFd,
     path::Path,
     process::Command,
     sync::{
@@ -26,7 +26,7 @@ use std::{
     },
 };
 
-use crate::teardown;
+use crate::{frames::PacketSocket, teardown};
 
 /// Prefix of every namespace the tests and the lab create.
 pub const PREFIX: &str = "acy";
@@ -241,41 +241,10 @@ impl Netns {
     /// Sends `frame` (a whole Ethernet frame, e.g. with VLAN tags that no interface of
     /// this namespace would add) out of `ifname` through a packet socket.
     pub fn send_frame(&self, ifname: &str, frame: &[u8]) -> Result<()> {
-        let ifindex = self.ifindex(ifname)?;
-        let io = |what: &str, source| NetnsError::Io {
+        PacketSocket::open(self, ifname)?.send(frame).map_err(|source| NetnsError::Io {
             ns: self.name.clone(),
-            what: format!("{what} on {ifname}"),
+            what: format!("sending a frame on {ifname}"),
             source,
-        };
-        self.run(|| {
-            // SAFETY: socket(2) has no memory-safety preconditions.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-            if fd < 0 {
-                return Err(io("a packet socket", std::io::Error::last_os_error()));
-            }
-            // SAFETY: a descriptor the kernel just gave us, owned (and closed) from here on.
-            let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-            // SAFETY: sockaddr_ll is plain data, valid zeroed.
-            let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            to.sll_family = libc::AF_PACKET as u16;
-            to.sll_ifindex = ifindex as i32;
-            to.sll_halen = 6;
-            to.sll_addr[..6].copy_from_slice(&frame[..6]);
-            // SAFETY: `frame` and `to` are valid for the lengths given, for the call.
-            let sent = unsafe {
-                libc::sendto(
-                    socket.as_raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&to as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            match usize::try_from(sent) {
-                Ok(n) if n == frame.len() => Ok(()),
-                _ => Err(io("sending a frame", std::io::Error::last_os_error())),
-            }
         })
     }
 

@@ -1,7 +1,8 @@
 //! The Internet checksum (RFC 1071), written here from the RFC so that the checksums the
 //! data path computes (outer IPv4 headers, ICMP / ICMPv6 replies) are checked against an
 //! implementation that shares no code with it — nor with the packet builder (etherparse),
-//! which the unit tests below cross-check it against.
+//! which the unit tests below cross-check it against. And its incremental update (RFC 1624),
+//! checked against the full sum.
 
 /// One's-complement sum of `data` as big-endian 16-bit words (an odd last byte is padded
 /// with zero), folded to 16 bits, not yet complemented.
@@ -62,6 +63,15 @@ pub fn icmpv6(src: [u8; 16], dst: [u8; 16], message: &[u8]) -> u16 {
     internet(&[&pseudo, &m])
 }
 
+/// A stored checksum after bytes `old` of the data it covers became `new` (same even length,
+/// at an even offset): RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'). For frames made by the
+/// hundred thousand from one built whole.
+pub fn update(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
+    assert!(old.len() == new.len() && old.len().is_multiple_of(2), "a checksum update of {old:?} to {new:?}");
+    let inverted: Vec<u8> = old.iter().map(|b| !b).collect();
+    !fold(new, u64::from(fold(&inverted, u64::from(!checksum))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +116,16 @@ mod tests {
         let mut msg6 = h6.to_bytes().to_vec();
         msg6.extend_from_slice(&body);
         assert_eq!(icmpv6(src, dst, &msg6), h6.checksum);
+    }
+
+    #[test]
+    fn update_matches_a_full_sum() {
+        let mut data: Vec<u8> = (0..40u32).map(|i| (i * 37 + 11) as u8).collect();
+        for (at, new) in [(0, [0xff, 0xff]), (12, [0, 0]), (38, [0x12, 0x34]), (6, [0xab, 0xcd])] {
+            let before = internet(&[&data]);
+            let old = [data[at], data[at + 1]];
+            data[at..at + 2].copy_from_slice(&new);
+            assert_eq!(update(before, &old, &new), internet(&[&data]), "bytes {at}.. to {new:?}");
+        }
     }
 }

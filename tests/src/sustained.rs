@@ -161,16 +161,85 @@ pub fn site_up(d: &Daemon, site: &str) -> Option<u64> {
 /// Starts B's controller, then A's (A redirects into a1, which delivers only once b0 runs
 /// XDP). `flow_table_size` for A, if given.
 pub fn start<'a>(chain: &'a ForwardChain, flow_table_size: Option<u32>) -> (Daemon<'a>, Daemon<'a>) {
+    start_configured(chain, |a| {
+        if let Some(n) = flow_table_size {
+            a.set_flow_table_size(n);
+        }
+    })
+}
+
+/// [`start`], with `configure` applied to A's daemon before its config is written (its
+/// `[datapath]` options).
+pub fn start_configured<'a>(
+    chain: &'a ForwardChain,
+    configure: impl FnOnce(&mut Daemon<'a>),
+) -> (Daemon<'a>, Daemon<'a>) {
     let mut b = Daemon::new(&chain.b).expect("B's daemon");
     b.write_config(&config_b()).expect("B's config");
     b.start().expect("start B's controller");
     let mut a = Daemon::new(&chain.a).expect("A's daemon");
-    if let Some(n) = flow_table_size {
-        a.set_flow_table_size(n);
-    }
+    configure(&mut a);
     a.write_config(&config_a()).expect("A's config");
     a.start().expect("start A's controller");
     (a, b)
+}
+
+/// A VIP's Maglev table at A, read through the pins: the site of every bucket, as A's
+/// steering `hash` picks them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Table {
+    hash: Steering,
+    /// The site index of each bucket (flags masked off).
+    sites: Vec<u32>,
+    /// The indices of [`SITES`] in A's site table.
+    index: [u32; 2],
+}
+
+impl Table {
+    /// VIP `vip`'s table as A steers by it now.
+    pub fn read(a: &Daemon, hash: Steering, vip: &str) -> Table {
+        // `/status` as plain JSON (release 0.1.0 serves it on TCP, this build on its admin
+        // socket) and the tables through the pinned MAGLEV alone: the same for every release.
+        let body = match hash {
+            Steering::Current => a.admin(Method::GET, "/status", None).expect("A's /status").1,
+            Steering::Release010 => a.get("/status").expect("A's /status"),
+        };
+        let status: serde_json::Value = serde_json::from_str(&body).expect("/status JSON");
+        let slot = |list: &str, name: &str| -> u32 {
+            status[list]
+                .as_array()
+                .and_then(|l| l.iter().find(|e| e["name"] == name))
+                .and_then(|e| e["index"].as_u64())
+                .unwrap_or_else(|| panic!("{name} in /status {list}: {status}")) as u32
+        };
+        let maglev =
+            Maglev::from_pin(&a.pin_dir().join(anycast_common::maps::MAGLEV)).expect("A's pinned MAGLEV");
+        let table = maglev.table(slot("vips", vip)).expect("Maglev map").expect("a Maglev table");
+        let sites = match hash {
+            Steering::Current => table.iter().map(|e| e & MAGLEV_SITE).collect(),
+            Steering::Release010 => table,
+        };
+        Table { hash, sites, index: SITES.map(|name| slot("sites", name)) }
+    }
+
+    /// Which of [`SITES`] the bucket of `key` names (`None`: another site, or none).
+    pub fn site(&self, key: &FlowKey) -> Option<usize> {
+        match self.hash {
+            Steering::Current => self.site_of_hash(reference::flow_hash(key, &reference::KEY)),
+            Steering::Release010 => self.named(reference::v1_bucket(&self.sites, key)),
+        }
+    }
+
+    /// [`Table::site`] of a flow of flow hash `hash` ([`reference::flow_hash`]), in a table of
+    /// this build's steering: for many flows in several tables, each hashed once.
+    pub fn site_of_hash(&self, hash: u64) -> Option<usize> {
+        assert_eq!(self.hash, Steering::Current, "release 0.1.0 steered by another hash");
+        self.named(self.sites[reference::maglev_slot(hash, self.sites.len())])
+    }
+
+    fn named(&self, site: u32) -> Option<usize> {
+        self.index.iter().position(|&i| i == site)
+    }
 }
 
 /// Client source ports from `first` on whose flows to VIP:`dport` (`proto`) A's Maglev
@@ -184,33 +253,11 @@ fn ports_by_site(
     first: u16,
     n: usize,
 ) -> [Vec<u16>; 2] {
-    // `/status` as plain JSON (release 0.1.0 serves it on TCP, this build on its admin
-    // socket) and the tables through the pinned MAGLEV alone: the same for every release.
-    let body = match hash {
-        Steering::Current => a.admin(Method::GET, "/status", None).expect("A's /status").1,
-        Steering::Release010 => a.get("/status").expect("A's /status"),
-    };
-    let status: serde_json::Value = serde_json::from_str(&body).expect("/status JSON");
-    let slot = |list: &str, name: &str| -> u32 {
-        status[list]
-            .as_array()
-            .and_then(|l| l.iter().find(|e| e["name"] == name))
-            .and_then(|e| e["index"].as_u64())
-            .unwrap_or_else(|| panic!("{name} in /status {list}: {status}")) as u32
-    };
-    let index = |name: &str| slot("sites", name);
-    let maglev =
-        Maglev::from_pin(&a.pin_dir().join(anycast_common::maps::MAGLEV)).expect("A's pinned MAGLEV");
-    let table = maglev.table(slot("vips", vip)).expect("Maglev map").expect("a Maglev table");
+    let table = Table::read(a, hash, vip);
     let mut ports = [Vec::new(), Vec::new()];
     for port in first..=u16::MAX {
-        let key = flow_key(port, dport, proto);
-        let site = match hash {
-            Steering::Current => reference::bucket(&table, &key) & MAGLEV_SITE,
-            Steering::Release010 => reference::v1_bucket(&table, &key),
-        };
-        for (i, name) in SITES.iter().enumerate() {
-            if site == index(name) && ports[i].len() < n {
+        if let Some(i) = table.site(&flow_key(port, dport, proto)) {
+            if ports[i].len() < n {
                 ports[i].push(port);
             }
         }
@@ -231,8 +278,8 @@ pub fn flow_key(sport: u16, dport: u16, proto: u8) -> FlowKey {
 
 /// What one scenario measured.
 pub struct Measured {
-    /// Per site (A, B): datagrams sent on the stream steered there, and what arrived.
-    pub udp: [(u32, Received); 2],
+    /// Per UDP stream: the site it was steered to, the datagrams sent, and what arrived.
+    pub udp: Vec<(&'static str, u32, Received)>,
     /// Every TCP connection, from the client.
     pub tcp: Vec<Report>,
     /// Per site: the connections its TCP service saw.
@@ -243,11 +290,11 @@ pub struct Measured {
 
 impl Measured {
     pub fn datagrams_sent(&self) -> u32 {
-        self.udp.iter().map(|(sent, _)| sent).sum()
+        self.udp.iter().map(|(_, sent, _)| sent).sum()
     }
 
     pub fn datagrams_lost(&self) -> usize {
-        self.udp.iter().map(|(sent, got)| got.missing(*sent).len()).sum()
+        self.udp.iter().map(|(_, sent, got)| got.missing(*sent).len()).sum()
     }
 
     pub fn resets(&self) -> usize {
@@ -257,11 +304,11 @@ impl Measured {
     /// One line of figures for the test's output.
     pub fn summary(&self) -> String {
         let bytes: u64 = self.tcp.iter().map(|r| r.acknowledged).sum();
+        let streams: Vec<String> = self.udp.iter().map(|(site, sent, _)| format!("{site} {sent}")).collect();
         format!(
-            "UDP: {} datagrams sent (A {}, B {}), {} lost; TCP: {} connections (A {}, B {}), {} bytes acknowledged, {} reset",
+            "UDP: {} datagrams sent ({}), {} lost; TCP: {} connections (A {}, B {}), {} bytes acknowledged, {} reset",
             self.datagrams_sent(),
-            self.udp[0].0,
-            self.udp[1].0,
+            streams.join(", "),
             self.datagrams_lost(),
             self.tcp.len(),
             self.tcp_ports[0].len(),
@@ -274,7 +321,7 @@ impl Measured {
     /// Nothing lost, duplicated or reset; every connection served, by the site A's Maglev
     /// table named, and counted there byte for byte.
     pub fn assert_clean(&self, what: &str) {
-        for (site, (sent, got)) in SITES.iter().zip(&self.udp) {
+        for (site, sent, got) in &self.udp {
             let missing = got.missing(*sent);
             assert!(
                 *sent > 0 && missing.is_empty() && got.duplicates == 0 && got.foreign == 0,
@@ -318,8 +365,8 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// The client's flows of a scenario, by the site A steers them to: one UDP stream and
-/// some TCP connections per site (their source ports).
+/// The client's flows of a scenario, by the site A steers them to: one UDP stream (or none)
+/// and some TCP connections per site (their source ports).
 pub struct Flows {
     pub udp: [Vec<u16>; 2],
     pub tcp: [Vec<u16>; 2],
@@ -327,7 +374,7 @@ pub struct Flows {
 
 /// Whose steering A runs: this build's (the keyed hash, flagged entries) or release
 /// 0.1.0's (before an upgrade test migrates it).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Steering {
     Current,
     Release010,
@@ -363,6 +410,12 @@ impl Flows {
             tcp,
         }
     }
+
+    /// The TCP connections alone: for a scenario that loses packets on purpose (a flood),
+    /// which TCP retransmits and a sequenced stream would count as lost.
+    pub fn without_udp(self) -> Flows {
+        Flows { udp: Default::default(), ..self }
+    }
 }
 
 /// Runs the `flows` (a sequenced UDP stream and long-lived TCP transfers to each site),
@@ -378,14 +431,19 @@ pub fn under_traffic(
     let vip = |port| SocketAddr::new(IpAddr::V4(VIP), port);
     let from = |port| SocketAddr::new(IpAddr::V4(CLIENT), port);
     let Flows { udp: udp_ports, tcp: tcp_ports } = flows;
-    let receivers = [udp_socket(&chain.a, vip(UDP_PORT)), udp_socket(&chain.b, vip(UDP_PORT))];
+    let streams: Vec<(usize, u16)> =
+        udp_ports.iter().enumerate().filter_map(|(site, p)| p.first().map(|&port| (site, port))).collect();
+    let receivers: Vec<UdpSocket> =
+        streams.iter().map(|&(site, _)| udp_socket([&chain.a, &chain.b][site], vip(UDP_PORT))).collect();
     let sinks = [
         Sink::start(&chain.a, vip(TCP_PORT)).expect("TCP service in A"),
         Sink::start(&chain.b, vip(TCP_PORT)).expect("TCP service in B"),
     ];
-    let senders: Vec<Sender> = udp_ports
+    let senders: Vec<Sender> = streams
         .iter()
-        .map(|p| Sender::new(udp_socket(&chain.client, from(p[0])), vip(UDP_PORT), UDP_RATE, UDP_MAX))
+        .map(|&(_, port)| {
+            Sender::new(udp_socket(&chain.client, from(port)), vip(UDP_PORT), UDP_RATE, UDP_MAX)
+        })
         .collect();
     let connections: Vec<Connection> = tcp_ports
         .iter()
@@ -412,9 +470,9 @@ pub fn under_traffic(
         stop_tcp.store(true, Ordering::Relaxed);
         let sent: Vec<u32> = tx.into_iter().map(|t| t.join().expect("UDP sender")).collect();
         let got: Vec<Received> = rx.into_iter().map(|r| r.join().expect("UDP receiver")).collect();
-        let mut udp = sent.into_iter().zip(got);
-        let udp = [udp.next().expect("stream to A"), udp.next().expect("stream to B")];
-        (udp, tcp.join().expect("TCP transfers"))
+        let udp =
+            streams.iter().zip(sent.into_iter().zip(got)).map(|(&(site, _), (n, r))| (SITES[site], n, r));
+        (udp.collect(), tcp.join().expect("TCP transfers"))
     });
     let served = [sinks[0].wait_served(tcp_ports[0].len()), sinks[1].wait_served(tcp_ports[1].len())];
     Measured { udp, tcp, served, tcp_ports }
