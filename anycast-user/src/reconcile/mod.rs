@@ -470,16 +470,37 @@ pub fn diff(want: &State, have: &State) -> Vec<Op> {
     if want.config != have.config {
         ops.push(Op::Config(want.config));
     }
+    // Site updates in three groups: those that make a site usable (or change it) come before
+    // anything that names it; a site going down comes after the tables that take its weight
+    // away (in between, a new flow whose bucket still names it would be served here as
+    // `site_down`, then sent elsewhere by the new table: a TCP flow would be reset); sites
+    // being unconfigured come last of all.
     let configured = |s: &SiteInfo| s.flags & SITE_CONFIGURED != 0;
-    let site_ops = |keep: bool| {
+    let going_down = |w: &SiteInfo, h: &SiteInfo| {
+        configured(w) && configured(h) && h.flags & SITE_UP != 0 && w.flags & SITE_UP == 0
+    };
+    #[derive(PartialEq, Clone, Copy)]
+    enum Group {
+        First,
+        Down,
+        Last,
+    }
+    let site_ops = |group: Group| {
         want.sites
             .iter()
             .zip(&have.sites)
             .enumerate()
-            .filter(move |(_, (w, h))| w != h && configured(w) == keep)
+            .filter(move |(_, (w, h))| {
+                let g = match () {
+                    _ if !configured(w) => Group::Last,
+                    _ if going_down(w, h) => Group::Down,
+                    _ => Group::First,
+                };
+                w != h && g == group
+            })
             .map(|(i, (w, _))| Op::Site(i as u32, *w))
     };
-    ops.extend(site_ops(true));
+    ops.extend(site_ops(Group::First));
     for (k, v) in &want.peers {
         if have.peers.get(k) != Some(v) {
             ops.push(Op::Peer(*k, *v));
@@ -505,6 +526,7 @@ pub fn diff(want: &State, have: &State) -> Vec<Op> {
     {
         ops.push(Op::Addresses(a.clone()));
     }
+    ops.extend(site_ops(Group::Down));
     for k in have.vips.keys().filter(|k| !want.vips.contains_key(*k)) {
         ops.push(Op::RemoveVip(*k));
     }
@@ -516,7 +538,7 @@ pub fn diff(want: &State, have: &State) -> Vec<Op> {
     }
     ops.extend(want.egress.difference(&have.egress).map(|&i| Op::AddEgress(i)));
     ops.extend(have.egress.difference(&want.egress).map(|&i| Op::RemoveEgress(i)));
-    ops.extend(site_ops(false));
+    ops.extend(site_ops(Group::Last));
     ops
 }
 

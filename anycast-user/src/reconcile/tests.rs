@@ -232,14 +232,29 @@ fn step_dynamic(dynamic: &Dynamic, current: &mut State) -> Plan {
 #[test]
 fn down_site_loses_its_weight_and_site_up_so_its_flows_move() {
     let mut s = State::default();
+    step_dynamic(&Dynamic::default(), &mut s);
+    // Down: the tables that take c's weight away are written before c loses SITE_UP, so that
+    // no new flow is served here as `site_down` and then sent elsewhere by the new table.
     let dynamic = Dynamic { weights: None, down: BTreeSet::from(["c".to_owned()]) };
+    let down = plan(&config(BASE), &Overrides::default(), &dynamic, &s, BTreeSet::from([7])).unwrap();
+    let ops = diff(&down.state, &s);
+    let table = ops.iter().rposition(|o| matches!(o, Op::Maglev(..))).expect("c's weight taken away");
+    let site = ops.iter().position(|o| matches!(o, Op::Site(2, _))).expect("c's SITE_UP cleared");
+    assert!(table < site, "{ops:?}");
     let p = step_dynamic(&dynamic, &mut s);
     assert_eq!((p.weights["b"], p.weights["c"]), (10, 0));
     assert_eq!(s.sites[2].flags & SITE_UP, 0, "pinned flows re-steer off a down site");
     assert_eq!(s.sites[2].flags & SITE_CONFIGURED, SITE_CONFIGURED);
     assert!(s.maglev.values().all(|t| t.iter().all(|&x| x & MAGLEV_SITE != 2)));
-    // Back up: SITE_UP again, same generation (its flows may come back).
+    // Back up: SITE_UP again, same generation (its flows may come back). The site is
+    // usable before any table names it again.
     let g = s.sites[2].generation;
+    let up =
+        plan(&config(BASE), &Overrides::default(), &Dynamic::default(), &s, BTreeSet::from([7])).unwrap();
+    let ops = diff(&up.state, &s);
+    let site = ops.iter().position(|o| matches!(o, Op::Site(2, _))).expect("c's SITE_UP written");
+    let table = ops.iter().position(|o| matches!(o, Op::Maglev(..))).expect("tables give c its weight");
+    assert!(site < table, "{ops:?}");
     step_dynamic(&Dynamic::default(), &mut s);
     assert_eq!((s.sites[2].flags & SITE_UP, s.sites[2].generation), (SITE_UP, g));
 }
