@@ -215,6 +215,36 @@ fn controller_reload_refuses_broken_config() {
     assert!(daemon.running(), "the daemon exited after a broken config:\n{}", daemon.log());
 }
 
+#[test]
+fn controller_reload_removing_a_vip_releases_its_table() {
+    if !require("controller_reload_removing_a_vip_releases_its_table", &[Need::Kernel]) {
+        return;
+    }
+    const COUNT: u32 = 100;
+    let (cl, site) = local_site("crr");
+    let mut daemon = Daemon::new(&site).unwrap();
+    let two = format!(
+        "{LOCAL_SITE}\n[[vips]]\nname = \"svc2\"\naddress = \"10.200.0.1\"\nport = 5354\nprotocol = \"udp\"\n"
+    );
+    daemon.write_config(&two).unwrap();
+    daemon.start().unwrap();
+    let status: Status = daemon.status().expect("/status");
+    let svc2 = status.vips.iter().find(|v| v.name == "svc2").expect("svc2 in /status").index;
+    assert!(daemon.maps().unwrap().maglev_id(svc2).unwrap().is_some(), "svc2 has a table");
+
+    daemon.write_config(LOCAL_SITE).unwrap();
+    let mark = daemon.log_mark();
+    daemon.signal(libc::SIGHUP).unwrap();
+    daemon.wait_for_log(mark, "SIGHUP: config applied", LOG_TIMEOUT).unwrap();
+    // The kernel holds no table for the removed VIP any more (it would stay allocated, up to
+    // 256 KiB per VIP, for as long as the pins live), and the remaining VIP serves on.
+    let maps = daemon.maps().unwrap();
+    assert_eq!(maps.maglev_id(svc2).unwrap(), None, "the removed VIP's table is still in MAGLEV");
+    assert_eq!(maps.vips().unwrap().len(), 1);
+    let srv = bind(&site, "10.200.0.1:5353");
+    assert_all_arrived(&send_and_receive(&cl, vip(), &srv, COUNT), COUNT, "after the removal");
+}
+
 /// A local and a remote site serving the VIP, with static weights.
 fn two_site_config(here: u32, there: u32) -> String {
     format!(

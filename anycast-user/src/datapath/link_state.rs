@@ -8,9 +8,7 @@ use std::{ffi::CString, io, os::unix::ffi::OsStrExt, path::Path};
 
 use aya_obj::generated::bpf_link_info;
 
-/// bpf(2) commands (linux/bpf.h).
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+use super::sys::{BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD, bpf};
 
 /// `union bpf_attr` for BPF_OBJ_GET.
 #[repr(C)]
@@ -26,12 +24,6 @@ struct InfoAttr {
     bpf_fd: u32,
     info_len: u32,
     info: u64,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a valid bpf_attr prefix of size_of::<T>() bytes for this command.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
 }
 
 /// The ifindex the link pinned at `pin` is attached to: `None` without a pin, `Some(0)` for

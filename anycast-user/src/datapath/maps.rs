@@ -16,7 +16,10 @@ use anycast_common::{
     maps::{self, BPF_F_INNER_MAP, maglev_inner_len},
 };
 
-use super::addresses::{self, Addresses, Write};
+use super::{
+    addresses::{self, Addresses, Write},
+    sys::{self, BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH},
+};
 use aya::{
     Ebpf, Pod,
     maps::{
@@ -35,6 +38,8 @@ pub enum MapsError {
     Devmap { name: &'static str, source: XdpMapError },
     #[error("map {name}: per-CPU values: {source}")]
     PerCpu { name: &'static str, source: std::io::Error },
+    #[error("map {name}: {source}")]
+    Io { name: &'static str, source: std::io::Error },
     #[error("Maglev table of {0} slots: sizes are 1..={max}", max = maps::MAGLEV_MAX_SIZE)]
     MaglevSize(usize),
 }
@@ -276,6 +281,16 @@ impl DataPathMaps {
         Ok(())
     }
 
+    /// Empties VIP slot `vip` of `MAGLEV`, releasing its table (programs running with it
+    /// keep their reference until they end). An empty slot is already what is wanted.
+    pub fn remove_maglev(&mut self, vip: u32) -> Result<()> {
+        match sys::delete_elem(self.maglev_fd.as_raw_fd(), vip) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(source) => Err(MapsError::Io { name: maps::MAGLEV, source }),
+        }
+    }
+
     /// Kernel id of the inner map in VIP slot `vip`, if any: VIPs sharing a table share it,
     /// which lets a reader fetch each distinct table once.
     pub fn maglev_id(&self, vip: u32) -> Result<Option<u32>> {
@@ -486,14 +501,8 @@ struct BatchAttr {
     flags: u64,
 }
 
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
 fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
-    // SAFETY: attr is a valid, fully initialised bpf_attr prefix; the callers make its
-    // pointers cover `count` entries and outlive the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, size_of::<BatchAttr>()) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    sys::bpf(cmd, attr).map(drop)
 }
 
 /// An inner Maglev array holding `table` (size in slot 0), written in one batch.

@@ -13,3 +13,4 @@ pub mod loader;
 pub mod maps;
 pub mod object;
 pub mod pin_lock;
+pub mod sys;

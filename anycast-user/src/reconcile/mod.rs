@@ -457,6 +457,9 @@ pub enum Op {
     Addresses(Addresses),
     RemoveVipAddr(AddrKey),
     RemoveVip(VipKey),
+    /// A table no VIP uses any more (its VIP was removed): the slot is emptied so that the
+    /// kernel frees it.
+    RemoveMaglev(u32),
     RemovePeer(AddrKey),
     AddEgress(u32),
     RemoveEgress(u32),
@@ -530,6 +533,9 @@ pub fn diff(want: &State, have: &State) -> Vec<Op> {
     for k in have.vips.keys().filter(|k| !want.vips.contains_key(*k)) {
         ops.push(Op::RemoveVip(*k));
     }
+    for i in have.maglev.keys().filter(|i| !want.maglev.contains_key(*i)) {
+        ops.push(Op::RemoveMaglev(*i));
+    }
     for k in have.vip_addrs.keys().filter(|k| !want.vip_addrs.contains_key(*k)) {
         ops.push(Op::RemoveVipAddr(*k));
     }
@@ -584,9 +590,10 @@ impl State {
             }
             Op::Addresses(a) => self.addresses = Some(a.clone()),
             Op::RemoveVip(k) => {
-                if let Some(info) = self.vips.remove(k) {
-                    self.maglev.remove(&info.index);
-                }
+                self.vips.remove(k);
+            }
+            Op::RemoveMaglev(i) => {
+                self.maglev.remove(i);
             }
             Op::RemovePeer(k) => {
                 self.peers.remove(k);
@@ -651,6 +658,7 @@ fn write(maps: &mut DataPathMaps, op: &Op) -> Result<(), MapsError> {
         Op::RemoveVipAddr(k) => maps.remove_vip_addr(k),
         Op::Addresses(a) => maps.set_addresses(a),
         Op::RemoveVip(k) => maps.remove_vip(k),
+        Op::RemoveMaglev(i) => maps.remove_maglev(*i),
         Op::RemovePeer(k) => maps.remove_tunnel_peer(k),
         Op::AddEgress(i) => maps.add_egress(*i),
         Op::RemoveEgress(i) => maps.remove_egress(*i),

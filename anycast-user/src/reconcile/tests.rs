@@ -202,6 +202,10 @@ fn vip_removal_and_addition_keep_other_indices() {
     assert_eq!(p.vips[0].1, 2, "the new VIP does not reuse the index being vacated");
     assert!(ops.iter().any(|o| matches!(o, Op::RemoveVip(k) if k.addr[..4] == [192, 0, 2, 1])));
     assert!(ops.iter().any(|o| matches!(o, Op::Addresses(_))));
+    // The vacated slot's table is released, after the VIP that used it is gone.
+    let vip = ops.iter().position(|o| matches!(o, Op::RemoveVip(_))).unwrap();
+    assert_eq!(ops.iter().position(|o| *o == Op::RemoveMaglev(0)).map(|t| t > vip), Some(true), "{ops:?}");
+    assert!(!s.maglev.contains_key(&0) && s.maglev.contains_key(&1) && s.maglev.contains_key(&2));
 }
 
 #[test]
