@@ -542,13 +542,7 @@ fn scenarios() -> Vec<Case> {
                 send_fwd(f4(52000, SYN), 1),
                 // Another port of the same client has no connection: forwarded by its bucket.
                 send_fwd(f4(52001, ACK), 1),
-                Step::Maps(
-                    "connections closed",
-                    Box::new(|_| {
-                        HELD.lock().unwrap().clear();
-                        Ok(())
-                    }),
-                ),
+                connections_closed(),
             ],
         ),
         own(
@@ -560,13 +554,7 @@ fn scenarios() -> Vec<Case> {
                     Box::new(|_| hold_connection("[2001:db8::42]:52100", "[fd00:200::1]:80")),
                 ),
                 send_to_ev(tcp(C6, "fd00:200::1", 52100, 80, ACK), 17, S_LOCAL, &[Ev(Ev_::SocketLocal)]),
-                Step::Maps(
-                    "connections closed",
-                    Box::new(|_| {
-                        HELD.lock().unwrap().clear();
-                        Ok(())
-                    }),
-                ),
+                connections_closed(),
             ],
         ),
         own(
@@ -813,6 +801,17 @@ static HELD: Mutex<Vec<std::net::TcpStream>> = Mutex::new(Vec::new());
 
 /// Opens a real TCP connection `client` → `server` in the calling thread's namespace (the
 /// suite's `lb`, where both addresses are on `lo`) and keeps both ends in [`HELD`].
+/// The step that closes every connection [`hold_connection`] opened.
+fn connections_closed() -> Step {
+    Step::Maps(
+        "connections closed",
+        Box::new(|_| {
+            HELD.lock().unwrap().clear();
+            Ok(())
+        }),
+    )
+}
+
 fn hold_connection(client: &str, server: &str) -> anyhow::Result<()> {
     use socket2::{Domain, Socket, Type};
     let (client, server): (std::net::SocketAddr, std::net::SocketAddr) = (client.parse()?, server.parse()?);
