@@ -24,10 +24,10 @@
 //!   bucket names another site now are established flows moved. Across a backbone partition
 //!   nothing passes: forwarded packets are lost until the probes take the far sites down.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, rc::Rc, time::Duration};
 
 use anycast_user::{
-    bgp::Hysteresis,
+    bgp::{Hysteresis, Pacing},
     model::{Route, SiteSignals},
     reconcile::maglev::{self, Backend},
     steering::{
@@ -50,8 +50,7 @@ pub struct Params {
     pub health_rise: u32,
     pub health_fall: u32,
     pub bgp_interval: f64,
-    pub bgp_rise: u32,
-    pub bgp_fall: u32,
+    pub pacing: Pacing,
     /// Simulation step, s.
     pub dt: f64,
     /// Relative standard deviation of each measured rate per interval.
@@ -63,6 +62,7 @@ pub struct Params {
     /// Seconds from a route change to the catchment following it.
     pub convergence: f64,
     pub maglev_size: u32,
+    pub steering: Steering,
     pub seed: u64,
 }
 
@@ -131,8 +131,10 @@ struct Host {
     counted: Rates,
     counted_fwd: Vec<f64>,
     read_at: f64,
-    /// The meter's smoothed rates (None before the first reading).
+    /// The meter's smoothed rates (None before the first reading), and the policy's view
+    /// of them with the last interval's.
     smoothed: Option<Rates>,
+    figures: Option<policy::Local>,
     smoothed_fwd: Vec<f64>,
     /// Forwarded flows' cohorts by (table epoch, site), kept for hosts whose failure the
     /// scenario schedules; with the weights of each epoch.
@@ -145,10 +147,21 @@ struct Cohorts {
     weights: HashMap<u32, Vec<u32>>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Published {
     at: f64,
     report: Report,
+    /// (site, wants, sends) of a shedder.
+    claims: Vec<(usize, f64, f64)>,
+}
+
+/// Who decides: every host on its own figures (the daemon before sites of several hosts),
+/// or the site's first host alive on the sum of its hosts', the others installing its
+/// weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Steering {
+    PerHost,
+    PerSite,
 }
 
 /// Where the clients of one catchment go: (site, share).
@@ -161,10 +174,11 @@ pub struct Sim<'a> {
     hosts: Vec<Host>,
     /// Hosts of each site, as indices into `hosts`.
     site_hosts: Vec<Vec<usize>>,
-    /// Per site: its reports as published (newest last).
-    published: Vec<Vec<Published>>,
+    /// Per site: its reports as published (newest last), shared with the pollers that hold
+    /// them.
+    published: Vec<Vec<Rc<Published>>>,
     /// Per (poller, site): the report the poller holds.
-    held: Vec<Option<Published>>,
+    held: Vec<Option<Rc<Published>>>,
     /// Per (prober, site): the health tracker.
     health: Vec<Tracker>,
     /// Routes: as the site's speakers have them, and as the catchments follow them.
@@ -172,7 +186,11 @@ pub struct Sim<'a> {
     effective: Vec<Route>,
     pending: Vec<Option<(f64, Route)>>,
     catchment: Vec<Route2>,
-    static_share: Vec<f64>,
+    /// Per site (per-site steering): the policy's state, the host deciding, and the
+    /// weights it decided last (which the other hosts install).
+    site_policy: Vec<policy::State>,
+    leader: Vec<Option<usize>>,
+    decided: Vec<Option<Vec<u32>>>,
     decay: [f64; C],
     /// `SIM_DEBUG` set: the first focus site's decisions on stderr.
     debug: bool,
@@ -211,12 +229,12 @@ impl<'a> Sim<'a> {
                     counted_fwd: vec![0.0; n],
                     read_at: 0.0,
                     smoothed: None,
+                    figures: None,
                     smoothed_fwd: vec![0.0; n],
                     cohorts: tracked.contains(&i).then(Cohorts::default),
                 });
             }
         }
-        let total: f64 = s.world.sites.iter().map(|x| x.capacity()).sum();
         let mut sim = Sim {
             s,
             p,
@@ -230,7 +248,9 @@ impl<'a> Sim<'a> {
             effective: vec![Route::Announce; n],
             pending: vec![None; n],
             catchment: (0..n).map(|i| [(i, 1.0), (i, 0.0)]).collect(),
-            static_share: s.world.sites.iter().map(|x| x.capacity() / total).collect(),
+            site_policy: vec![policy::State::default(); n],
+            leader: vec![None; n],
+            decided: vec![None; n],
             decay: CLASSES.map(|c| (-p.dt / c.lifetime).exp()),
             debug: std::env::var_os("SIM_DEBUG").is_some(),
             rec: Recorder::new(s, p),
@@ -460,6 +480,7 @@ impl<'a> Sim<'a> {
         host.table = Table { keep: 1.0, shares: Vec::new(), epoch: host.table.epoch + 1 };
         host.share.iter_mut().for_each(|x| *x = 0.0);
         host.smoothed = None;
+        host.figures = None;
         host.counted = Rates::default();
         host.counted_fwd.iter_mut().for_each(|x| *x = 0.0);
         host.read_at = t + self.p.dt;
@@ -661,53 +682,139 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// One tick of host `h`'s controller: read its counters, poll the siblings, decide,
-    /// apply, publish.
+    /// One tick of host `h`'s controller: read its counters; then, per host, decide on its
+    /// own figures, or per site, install the site's decision and, on the site's first host
+    /// alive, aggregate its hosts' figures and decide for the site.
     fn tick(&mut self, h: usize, t: f64) {
-        let n = self.s.world.len();
+        let site = self.hosts[h].site;
+        let Some(local) = self.measure(h, t) else { return };
+        match self.p.steering {
+            Steering::PerHost => {
+                let mut state = std::mem::take(&mut self.hosts[h].policy);
+                let (weights, decision) = self.decide(site, h, &local, &mut state, t);
+                let host = &mut self.hosts[h];
+                host.policy = state;
+                host.decision = Some(decision);
+                if policy::worth_applying(weights.iter().copied().zip(host.applied.iter().copied())) {
+                    self.apply(h, weights, t);
+                }
+            }
+            Steering::PerSite => {
+                let leader = self.site_hosts[site].iter().copied().find(|&k| self.hosts[k].alive);
+                if leader == Some(h) {
+                    if self.leader[site] != Some(h) {
+                        // A new leader carries on from the weights it installed.
+                        let host = &self.hosts[h];
+                        let n = self.s.world.len();
+                        let share = |j: usize| host.applied[j] as f64 / policy::weight(1.0) as f64;
+                        let shares = (0..n).filter(|&j| j != site).map(share).collect();
+                        self.site_policy[site] = policy::State::adopted(share(site), shares);
+                        self.leader[site] = Some(h);
+                    }
+                    let hosts: Vec<policy::Local> = self.site_hosts[site]
+                        .iter()
+                        .filter(|&&k| self.hosts[k].alive)
+                        .filter_map(|&k| self.hosts[k].figures)
+                        .collect();
+                    let site_local = policy::Local::sum(&hosts);
+                    let mut state = std::mem::take(&mut self.site_policy[site]);
+                    let (weights, decision) = self.decide(site, h, &site_local, &mut state, t);
+                    self.site_policy[site] = state;
+                    for &k in &self.site_hosts[site] {
+                        self.hosts[k].decision = Some(decision.clone());
+                    }
+                    if policy::worth_applying(
+                        weights.iter().copied().zip(self.hosts[h].applied.iter().copied()),
+                    ) {
+                        self.decided[site] = Some(weights.clone());
+                        self.apply(h, weights, t);
+                    }
+                } else if let Some(w) = &self.decided[site]
+                    && *w != self.hosts[h].applied
+                {
+                    // A follower installs what its leader decided (polled at its tick).
+                    let w = w.clone();
+                    self.apply(h, w, t);
+                }
+            }
+        }
+    }
+
+    /// Host `h` reads its counters: its smoothed and last-interval figures.
+    fn measure(&mut self, h: usize, t: f64) -> Option<policy::Local> {
         let site = self.hosts[h].site;
         let noise = self.p.noise;
-        let alpha;
-        {
-            let host = &mut self.hosts[h];
-            let elapsed = t - host.read_at;
-            if elapsed <= 0.0 {
-                return;
-            }
-            alpha = smoothing_factor(elapsed, self.p.smoothing);
-            let mut jitter = || 1.0 + noise * gauss(&mut self.rng);
-            let raw = Rates {
-                offered: host.counted.offered / elapsed * jitter(),
-                local: host.counted.local / elapsed * jitter(),
-                received: host.counted.received / elapsed * jitter(),
-            };
-            let first = host.smoothed.is_none();
-            let s = host.smoothed.get_or_insert(raw);
-            if !first {
-                s.offered = ewma(s.offered, raw.offered, alpha);
-                s.local = ewma(s.local, raw.local, alpha);
-                s.received = ewma(s.received, raw.received, alpha);
-            }
-            for &j in &host.active {
-                let r = host.counted_fwd[j] / elapsed;
-                host.smoothed_fwd[j] = if first { r } else { ewma(host.smoothed_fwd[j], r, alpha) };
-                host.counted_fwd[j] = 0.0;
-            }
-            host.counted = Rates::default();
-            host.read_at = t;
+        let host = &mut self.hosts[h];
+        let elapsed = t - host.read_at;
+        if elapsed <= 0.0 {
+            return None;
         }
-        let host = &self.hosts[h];
-        let Some(m) = host.smoothed else { return };
-        let capacity = self.s.world.sites[site].host_capacity;
+        let alpha = smoothing_factor(elapsed, self.p.smoothing);
+        let mut jitter = || 1.0 + noise * gauss(&mut self.rng);
+        let raw = Rates {
+            offered: host.counted.offered / elapsed * jitter(),
+            local: host.counted.local / elapsed * jitter(),
+            received: host.counted.received / elapsed * jitter(),
+        };
+        let first = host.smoothed.is_none();
+        let s = host.smoothed.get_or_insert(raw);
+        if !first {
+            s.offered = ewma(s.offered, raw.offered, alpha);
+            s.local = ewma(s.local, raw.local, alpha);
+            s.received = ewma(s.received, raw.received, alpha);
+        }
+        for &j in &host.active {
+            let r = host.counted_fwd[j] / elapsed;
+            host.smoothed_fwd[j] = if first { r } else { ewma(host.smoothed_fwd[j], r, alpha) };
+            host.counted_fwd[j] = 0.0;
+        }
+        host.counted = Rates::default();
+        host.read_at = t;
+        let rates = |r: &Rates| policy::Rates {
+            offered: r.offered,
+            received: r.received,
+            served: r.local + r.received,
+        };
         let local = policy::Local {
-            offered: m.offered,
-            received: m.received,
-            served: m.local + m.received,
-            capacity,
+            smoothed: rates(s),
+            recent: rates(&raw),
+            fixed: 0.0,
+            capacity: self.s.world.sites[site].host_capacity,
             cpu: None,
         };
-        let mut siblings = Vec::with_capacity(n - 1);
+        host.figures = Some(local);
+        Some(local)
+    }
+
+    /// The policy's decision for `site` on `local` (host `h`'s figures per host, the site's
+    /// per site), as weights per site; publishes the report its peer address serves.
+    fn decide(
+        &mut self,
+        site: usize,
+        h: usize,
+        local: &policy::Local,
+        state: &mut policy::State,
+        t: f64,
+    ) -> (Vec<u32>, Decision) {
+        let n = self.s.world.len();
+        // What the other shedders claim, from the reports this site holds.
+        let (mut want, mut send) = (vec![0.0; n], vec![0.0; n]);
         let row = site * n..(site + 1) * n;
+        for held in self.held[row.clone()].iter().flatten().filter(|p| t - p.at <= self.p.stale) {
+            for &(j, w, s) in &held.claims {
+                want[j] += w;
+                send[j] += s;
+            }
+        }
+        // What this decider sends each site: its own (per host) or its hosts' (per site).
+        let deciders: Vec<usize> = match self.p.steering {
+            Steering::PerHost => vec![h],
+            Steering::PerSite => {
+                self.site_hosts[site].iter().copied().filter(|&k| self.hosts[k].alive).collect()
+            }
+        };
+        let ours = |j: usize| deciders.iter().map(|&k| self.hosts[k].smoothed_fwd[j]).sum::<f64>();
+        let mut siblings = Vec::with_capacity(n - 1);
         for (j, (held, health)) in self.held[row.clone()].iter().zip(&self.health[row]).enumerate() {
             if j == site {
                 continue;
@@ -722,54 +829,57 @@ impl<'a> Sim<'a> {
             siblings.push(Sibling {
                 up: health.up(),
                 drained: false,
-                static_share: self.static_share[j],
-                ours: host.smoothed_fwd[j],
+                cost: self.s.world.rtt_ms(site, j),
+                ours: ours(j),
+                others_want: want[j],
+                others_send: send[j],
                 report,
             });
         }
-        let mut state = host.policy;
-        let decision = policy::decide(&self.p.knobs, &mut state, &local, &siblings);
+        let decision = policy::decide(&self.p.knobs, state, local, &siblings);
         let mut weights = vec![0u32; n];
         weights[site] = policy::weight(decision.keep);
-        for (k, j) in (0..n).filter(|&j| j != site).enumerate() {
+        let others = (0..n).filter(|&j| j != site);
+        let mut claims = Vec::new();
+        for (k, j) in others.enumerate() {
             if siblings[k].up {
                 weights[j] = policy::weight(decision.shares[k]);
             }
+            if decision.wants[k] > 0.0 {
+                claims.push((j, decision.wants[k], siblings[k].ours));
+            }
         }
-        let report = Report {
-            utilisation: local.utilisation(),
-            served: local.served,
-            capacity,
-            target: self.p.knobs.target,
-            drained: false,
-        };
         if self.debug && site == self.s.focus[0] && self.site_hosts[site][0] == h {
             eprintln!(
-                "t {t:.1} keep {:.3} shed {} u {:.3} off {:.0} recv {:.0} served {:.0} cap {:.0} floor? dec {:?}",
+                "t {t:.1} keep {:.3} shed {} u {:.3} recent {:.3} off {:.0} served {:.0} cap {:.0} over {} nohead {} moved {:.3}",
                 state.keep,
                 state.shedding,
                 local.utilisation(),
-                local.offered,
-                local.received,
-                local.served,
-                capacity,
-                (decision.overloaded, decision.no_headroom)
+                local.recent.served / local.capacity,
+                local.smoothed.offered,
+                local.smoothed.served,
+                local.capacity,
+                decision.overloaded,
+                decision.no_headroom,
+                decision.moved,
             );
         }
-        let host = &mut self.hosts[h];
-        host.policy = state;
-        host.decision = Some(decision);
-        if policy::worth_applying(weights.iter().copied().zip(host.applied.iter().copied())) {
-            self.apply(h, weights, t);
-        }
         // The site's peer address is its first host's.
-        if self.site_hosts[site][0] == h {
+        if self.site_hosts[site][0] == h || self.p.steering == Steering::PerSite {
+            let report = Report {
+                utilisation: local.utilisation(),
+                served: local.smoothed.served,
+                capacity: local.capacity,
+                target: self.p.knobs.target,
+                drained: false,
+            };
             let list = &mut self.published[site];
             if list.len() == PUBLISHED {
                 list.remove(0);
             }
-            list.push(Published { at: t, report });
+            list.push(Rc::new(Published { at: t, report, claims }));
         }
+        (weights, decision)
     }
 
     fn apply(&mut self, h: usize, weights: Vec<u32>, t: f64) {
@@ -807,7 +917,16 @@ impl<'a> Sim<'a> {
     fn poll(&mut self, site: usize, t: f64) {
         let n = self.s.world.len();
         let part = self.s.partitioned(t);
-        let pollers = self.site_hosts[site].iter().filter(|&&h| self.hosts[h].alive).count() as u64;
+        let alive = self.site_hosts[site].iter().filter(|&&h| self.hosts[h].alive).count() as u64;
+        // Per host, every host polls every sibling; per site, the deciding host does, and
+        // polls its site's other hosts' figures, which poll it for the weights.
+        let pollers = match self.p.steering {
+            Steering::PerHost => alive,
+            Steering::PerSite => {
+                self.rec.polls[site] += 2 * alive.saturating_sub(1);
+                1
+            }
+        };
         for j in (0..n).filter(|&j| j != site) {
             self.rec.polls[site] += pollers;
             if part.is_some_and(|side| side[site] != side[j]) || self.rng.f64() < self.p.report_loss {
@@ -818,7 +937,7 @@ impl<'a> Sim<'a> {
             }
             let sent = t - self.s.world.rtt_ms(site, j) / 2000.0;
             if let Some(p) = self.published[j].iter().rev().find(|p| p.at <= sent) {
-                self.held[site * n + j] = Some(*p);
+                self.held[site * n + j] = Some(Rc::clone(p));
             }
         }
     }
@@ -876,7 +995,7 @@ impl<'a> Sim<'a> {
                 host.decision.as_ref().map_or((false, false), |d| (d.overloaded, d.no_headroom));
             let signals = SiteSignals { attached: true, drained: false, overloaded, no_headroom };
             let (wanted, _) = Route::wanted(&signals);
-            if host.speaker.step(wanted, self.p.bgp_rise, self.p.bgp_fall).is_some() {
+            if host.speaker.step(wanted, &self.p.pacing).is_some() {
                 self.rec.bgp(site, t);
             }
         }
@@ -911,7 +1030,15 @@ mod tests {
 
     fn params() -> Params {
         Params {
-            knobs: Knobs { target: 0.8, high: 0.9, low: 0.7, max_step: 0.25 },
+            knobs: Knobs {
+                target: 0.8,
+                high: 0.9,
+                low: 0.7,
+                max_step: 0.25,
+                max_moved_per_minute: 1.0,
+                window: 120,
+                escalate_after: 20,
+            },
             interval: 0.5,
             smoothing: Duration::from_secs(1),
             stale: 3.0,
@@ -919,14 +1046,14 @@ mod tests {
             health_rise: 2,
             health_fall: 3,
             bgp_interval: 1.0,
-            bgp_rise: 3,
-            bgp_fall: 2,
+            pacing: Pacing { rise: 3, fall: 2, deprefer_after: 30, hold_down: 300 },
             dt: 0.1,
             noise: 0.02,
             report_loss: 0.01,
             deprefer_shift: 0.5,
             convergence: 30.0,
             maglev_size: 4099,
+            steering: Steering::PerHost,
             seed: 7,
         }
     }

@@ -309,9 +309,9 @@ impl Recorder {
             let b = self.peak[s.focus[0]];
             check(
                 "shared sibling",
-                "the sibling shared by two shedders stays at or below its target".into(),
+                "the sibling shared by two shedders stays at or below its target (+1 % for noise)".into(),
                 b,
-                b <= self.target + 1e-3,
+                b <= self.target + 0.01,
             );
         }
         let per_site = (0..self.n)

@@ -4,13 +4,14 @@
 use std::{path::PathBuf, time::Instant};
 
 use anycast_sim::{
-    engine::{Params, Sim},
+    engine::{Params, Sim, Steering},
     plot,
     scenario::{NAMES, Scenario},
 };
 use anycast_user::{
+    bgp::Pacing,
     config::Config,
-    model::LoadReport,
+    model::{Claim, LoadReport},
     steering::{
         peers::{PeerKey, Published, SIGNATURE_HEADER},
         policy::Knobs,
@@ -52,6 +53,10 @@ struct Cli {
     /// Relative noise of each measured rate per interval.
     #[arg(long, default_value_t = 0.02)]
     noise: f64,
+    /// Every host decides alone on its own counters (as the daemon did before sites of
+    /// several hosts), instead of its site's first host deciding on the sum of the site's.
+    #[arg(long)]
+    per_host: bool,
 }
 
 /// The daemon's config for a site with every steering section at its defaults.
@@ -83,7 +88,7 @@ fn params(cli: &Cli) -> Result<Params> {
         bail!("--report-loss and --noise are in [0, 1)");
     }
     Ok(Params {
-        knobs: Knobs { target: load.target, high: load.high, low: load.low, max_step: load.max_step },
+        knobs: Knobs::of(&load),
         interval: load.interval.as_secs_f64(),
         smoothing: load.smoothing,
         stale: load.stale.as_secs_f64(),
@@ -91,14 +96,14 @@ fn params(cli: &Cli) -> Result<Params> {
         health_rise: health.rise,
         health_fall: health.fall,
         bgp_interval: bgp.interval.as_secs_f64(),
-        bgp_rise: bgp.rise,
-        bgp_fall: bgp.fall,
+        pacing: Pacing::of(&bgp),
         dt: 0.1,
         noise: cli.noise,
         report_loss: cli.report_loss,
         deprefer_shift: 0.5,
         convergence: 30.0,
         maglev_size: 65537,
+        steering: if cli.per_host { Steering::PerHost } else { Steering::PerSite },
         seed: cli.seed,
     })
 }
@@ -119,6 +124,8 @@ fn report_bytes() -> usize {
         epoch: 1_764_580_000_000,
         seq: 123_456,
         measured_at: 1_764_640_000_000,
+        // A shedder's wants: its few nearest siblings.
+        claims: (0..3).map(|i| (format!("eu-{i:03}"), Claim { wants: 12345.678, sends: 9876.543 })).collect(),
     };
     let signed = Published::new(r, Some(&PeerKey::from_bytes(&[7; 32])));
     signed.body.len() + signed.signature.map_or(0, |s| SIGNATURE_HEADER.len() + 4 + s.len())
@@ -142,7 +149,8 @@ fn main() -> Result<()> {
         let started = Instant::now();
         let rec = Sim::new(&s, &p).run();
         let took = started.elapsed();
-        let figures = rec.finish(&s, &p, report_bytes(), cli.hosts as usize, "per host");
+        let steering = if cli.per_host { "per host" } else { "per site" };
+        let figures = rec.finish(&s, &p, report_bytes(), cli.hosts as usize, steering);
         if let Some(dir) = &cli.svg {
             let path = dir.join(format!("{name}.svg"));
             let svg = plot::timeline(&s, &rec, &figures, p.dt, p.knobs.target, p.knobs.high).svg()?;

@@ -150,6 +150,9 @@ fall = {FALL}
 deprefer_med = {MED}
 deprefer_prepend = {PREPEND}
 local_as = {SITE_AS}
+# The states, not the timescales (minutes by default), are under test here.
+deprefer_after_ms = 0
+hold_down_ms = 0
 "#,
         socket.display(),
         speaker.display(),

@@ -277,6 +277,7 @@ fn report(seq: u64) -> LoadReport {
         epoch: 1,
         seq,
         measured_at: unix_ms(),
+        claims: Default::default(),
     }
 }
 

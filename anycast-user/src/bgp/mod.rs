@@ -75,17 +75,52 @@ const BIRDC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a controller without `[bgp]` looks whether a reload added it.
 const IDLE: Duration = Duration::from_secs(1);
 
-/// One VIP's state with rise/fall hysteresis.
+/// How fast a route may change, in intervals: `rise` / `fall` consecutive intervals for a
+/// better / worse state, at least `deprefer_after` to enter de-prefer, and at least
+/// `hold_down` in de-prefer before announcing again — doubled for each de-prefer entered
+/// since the route last stayed announced for four hold-downs (exponential backoff, up to
+/// 16×). Route changes then come minutes apart: each one moves every client of the prefix,
+/// BGP takes seconds to minutes to converge, and routers damp prefixes whose attributes
+/// change often (RFC 2439, RFC 7196). Withdrawing (a drain, a detached data path) is not
+/// held back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pacing {
+    pub rise: u32,
+    pub fall: u32,
+    pub deprefer_after: u32,
+    pub hold_down: u32,
+}
+
+impl Pacing {
+    pub fn of(bgp: &Bgp) -> Pacing {
+        let intervals = |d: Duration| (d.as_secs_f64() / bgp.interval.as_secs_f64().max(1e-3)).ceil() as u32;
+        Pacing {
+            rise: bgp.rise,
+            fall: bgp.fall,
+            deprefer_after: intervals(bgp.deprefer_after),
+            hold_down: intervals(bgp.hold_down),
+        }
+    }
+}
+
+/// The largest backoff factor of the hold-down.
+const MAX_BACKOFF: u32 = 16;
+
+/// One VIP's state with rise/fall hysteresis and pacing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hysteresis {
     current: Route,
     /// A different state wanted, and for how many consecutive steps.
     pending: Option<(Route, u32)>,
+    /// Intervals since the current state was entered.
+    held: u32,
+    /// De-prefers entered and not yet forgiven.
+    entries: u32,
 }
 
 impl Hysteresis {
     pub fn new(current: Route) -> Hysteresis {
-        Hysteresis { current, pending: None }
+        Hysteresis { current, pending: None, held: 0, entries: u32::from(current == Route::Deprefer) }
     }
 
     pub fn current(&self) -> Route {
@@ -93,7 +128,11 @@ impl Hysteresis {
     }
 
     /// One interval's wish; the new state when it is entered.
-    pub fn step(&mut self, wanted: Route, rise: u32, fall: u32) -> Option<Route> {
+    pub fn step(&mut self, wanted: Route, pacing: &Pacing) -> Option<Route> {
+        self.held = self.held.saturating_add(1);
+        if self.current == Route::Announce && self.held >= 4 * pacing.hold_down {
+            self.entries = 0;
+        }
         if wanted == self.current {
             self.pending = None;
             return None;
@@ -102,10 +141,22 @@ impl Hysteresis {
             Some((r, n)) if r == wanted => n + 1,
             _ => 1,
         };
-        let needed = if wanted > self.current { rise } else { fall };
-        if count >= needed {
+        let needed = match (self.current, wanted) {
+            (Route::Announce, Route::Deprefer) => pacing.fall.max(pacing.deprefer_after),
+            (from, to) if to > from => pacing.rise,
+            _ => pacing.fall,
+        };
+        let backoff = 1u32 << self.entries.saturating_sub(1).min(MAX_BACKOFF.trailing_zeros());
+        let held_down = self.current == Route::Deprefer
+            && wanted == Route::Announce
+            && self.held < pacing.hold_down * backoff;
+        if count >= needed && !held_down {
+            if wanted == Route::Deprefer {
+                self.entries += 1;
+            }
             self.current = wanted;
             self.pending = None;
+            self.held = 0;
             Some(wanted)
         } else {
             self.pending = Some((wanted, count));
@@ -351,7 +402,7 @@ impl Speaker {
                     // Resumed: the transitions from there take rise/fall like any other.
                     Some(was) => {
                         let mut h = Hysteresis::new(was);
-                        h.step(wanted, bgp.rise, bgp.fall);
+                        h.step(wanted, &Pacing::of(bgp));
                         entry.0 = h.current();
                         self.vips.insert(*address, h);
                         log::info!(
@@ -369,7 +420,7 @@ impl Speaker {
                 },
                 Some(h) => {
                     let from = h.current();
-                    if let Some(to) = h.step(wanted, bgp.rise, bgp.fall) {
+                    if let Some(to) = h.step(wanted, &Pacing::of(bgp)) {
                         let n = if to > from { bgp.rise } else { bgp.fall };
                         log::info!(
                             "bgp: {label} ({}): {} → {} ({why}, {n} interval{})",

@@ -36,7 +36,8 @@ protocol = "tcp"
     Config::parse(&text, "t.toml").unwrap_or_else(|e| panic!("{e}"))
 }
 
-const KNOBS: &str = "deprefer_med = 500\ndeprefer_prepend = 2\nlocal_as = 65001\nrise = 3\nfall = 2";
+// Pacing off: these tests are about the states, not the timescales (those have their own).
+const KNOBS: &str = "deprefer_med = 500\ndeprefer_prepend = 2\nlocal_as = 65001\nrise = 3\nfall = 2\ndeprefer_after_ms = 0\nhold_down_ms = 0";
 
 fn signals(attached: bool, drained: bool, overloaded: bool, no_headroom: bool) -> SiteSignals {
     SiteSignals { attached, drained, overloaded, no_headroom }
@@ -61,28 +62,59 @@ fn wanted_state_from_signals() {
 #[test]
 fn hysteresis_needs_fall_to_worsen_and_rise_to_recover() {
     let mut h = Hysteresis::new(Route::Announce);
-    assert_eq!(h.step(Route::Withdraw, 3, 2), None);
-    assert_eq!(h.step(Route::Withdraw, 3, 2), Some(Route::Withdraw));
+    assert_eq!(h.step(Route::Withdraw, &paced(3, 2, 0, 0)), None);
+    assert_eq!(h.step(Route::Withdraw, &paced(3, 2, 0, 0)), Some(Route::Withdraw));
     assert_eq!(h.current(), Route::Withdraw);
-    assert_eq!(h.step(Route::Announce, 3, 2), None);
-    assert_eq!(h.step(Route::Announce, 3, 2), None);
-    assert_eq!(h.step(Route::Announce, 3, 2), Some(Route::Announce));
+    assert_eq!(h.step(Route::Announce, &paced(3, 2, 0, 0)), None);
+    assert_eq!(h.step(Route::Announce, &paced(3, 2, 0, 0)), None);
+    assert_eq!(h.step(Route::Announce, &paced(3, 2, 0, 0)), Some(Route::Announce));
     // Deprefer is worse than announce: fall.
-    assert_eq!(h.step(Route::Deprefer, 3, 1), Some(Route::Deprefer));
+    assert_eq!(h.step(Route::Deprefer, &paced(3, 1, 0, 0)), Some(Route::Deprefer));
+}
+
+fn paced(rise: u32, fall: u32, deprefer_after: u32, hold_down: u32) -> Pacing {
+    Pacing { rise, fall, deprefer_after, hold_down }
+}
+
+#[test]
+fn deprefer_takes_minutes_to_enter_and_leave_and_backs_off_when_repeated() {
+    // 1 s intervals: de-prefer after 30 s of wanting it, announce again after 300 s at
+    // least, 600 s the second time.
+    let p = paced(3, 2, 30, 300);
+    let mut h = Hysteresis::new(Route::Announce);
+    let steps_to =
+        |h: &mut Hysteresis, want: Route| (1..10_000).find(|_| h.step(want, &p).is_some()).unwrap();
+    assert_eq!(steps_to(&mut h, Route::Deprefer), 30);
+    assert_eq!(steps_to(&mut h, Route::Announce), 300);
+    assert_eq!(steps_to(&mut h, Route::Deprefer), 30);
+    assert_eq!(steps_to(&mut h, Route::Announce), 600, "the second entry holds twice as long");
+    // Four hold-downs announced forgive the entries.
+    for _ in 0..1200 {
+        assert_eq!(h.step(Route::Announce, &p), None);
+    }
+    assert_eq!(steps_to(&mut h, Route::Deprefer), 30);
+    assert_eq!(steps_to(&mut h, Route::Announce), 300);
+    // A drain withdraws at once whatever the hold-down.
+    assert_eq!(steps_to(&mut h, Route::Deprefer), 30);
+    assert_eq!(steps_to(&mut h, Route::Withdraw), 2);
 }
 
 #[test]
 fn hysteresis_resets_on_a_flap() {
     let mut h = Hysteresis::new(Route::Announce);
     for _ in 0..10 {
-        assert_eq!(h.step(Route::Deprefer, 3, 2), None);
-        assert_eq!(h.step(Route::Announce, 3, 2), None, "back to the current state resets the count");
+        assert_eq!(h.step(Route::Deprefer, &paced(3, 2, 0, 0)), None);
+        assert_eq!(
+            h.step(Route::Announce, &paced(3, 2, 0, 0)),
+            None,
+            "back to the current state resets the count"
+        );
     }
     assert_eq!(h.current(), Route::Announce);
     // Wanting another worse state restarts the count.
-    assert_eq!(h.step(Route::Deprefer, 3, 2), None);
-    assert_eq!(h.step(Route::Withdraw, 3, 2), None);
-    assert_eq!(h.step(Route::Withdraw, 3, 2), Some(Route::Withdraw));
+    assert_eq!(h.step(Route::Deprefer, &paced(3, 2, 0, 0)), None);
+    assert_eq!(h.step(Route::Withdraw, &paced(3, 2, 0, 0)), None);
+    assert_eq!(h.step(Route::Withdraw, &paced(3, 2, 0, 0)), Some(Route::Withdraw));
 }
 
 #[test]

@@ -148,12 +148,18 @@ pub struct Load {
     pub high: f64,
     /// ...and flows come back only below this one.
     pub low: f64,
-    /// Largest change of the local share of new flows per interval.
+    /// Largest share of new flows moved (to or from any site) per interval...
     pub max_step: f64,
+    /// ...and per minute.
+    pub max_moved_per_minute: f64,
+    /// Overloaded this long while shedding cannot bring the site down: escalate
+    /// (`no_headroom`, which the BGP speaker acts on).
+    pub escalate_after: Duration,
     pub interval: Duration,
     /// EWMA time constant of the load figures.
     pub smoothing: Duration,
-    /// Whether host CPU utilisation (busy incl. softirq, /proc/stat) counts in the load.
+    /// Whether CPU counts in the load (default no): the busiest core's softirq time
+    /// (where XDP and the receive path run), steal excluded.
     pub cpu: bool,
     /// Peer `/load` polls time out after this; data older than `stale` is "unknown".
     pub peer_timeout: Duration,
@@ -190,6 +196,10 @@ pub struct Bgp {
     pub deprefer_prepend: u32,
     /// This speaker's AS number (needed to prepend).
     pub local_as: Option<u32>,
+    /// De-prefer only after wanting it this long, and stay de-preferred at least
+    /// `hold_down` (doubled for repeated entries): see `bgp::Pacing`.
+    pub deprefer_after: Duration,
+    pub hold_down: Duration,
 }
 
 pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
@@ -207,6 +217,9 @@ pub struct Site {
     pub weight: Option<u32>,
     /// Its controller's peer API (`[admin] peer_listen` there), polled for its load.
     pub peer: Option<SocketAddr>,
+    /// What sending this site flows costs (e.g. the round trip to it in ms): under `[load]`
+    /// the cheapest room is filled first. Default 0: equal.
+    pub cost: u32,
 }
 
 impl Site {
@@ -402,6 +415,8 @@ struct RawLoad {
     high: Option<Spanned<f64>>,
     low: Option<Spanned<f64>>,
     max_step: Option<Spanned<f64>>,
+    max_moved_per_minute: Option<Spanned<f64>>,
+    escalate_after_ms: Option<Spanned<u64>>,
     interval_ms: Option<Spanned<u64>>,
     smoothing_ms: Option<Spanned<u64>>,
     cpu: Option<bool>,
@@ -430,6 +445,8 @@ struct RawBgp {
     deprefer_med: Option<u32>,
     deprefer_prepend: Option<Spanned<u32>>,
     local_as: Option<Spanned<u32>>,
+    deprefer_after_ms: Option<Spanned<u64>>,
+    hold_down_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -450,6 +467,7 @@ struct RawSite {
     capacity: Spanned<u32>,
     weight: Option<Spanned<u32>>,
     peer: Option<Spanned<SocketAddr>>,
+    cost: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -790,6 +808,7 @@ impl<'t> Validator<'t> {
         let low_given = raw.low.is_some();
         let low = ratio(raw.low, target - 0.1, "low");
         let max_step = ratio(raw.max_step, 0.25, "max_step");
+        let max_moved_per_minute = ratio(raw.max_moved_per_minute, 1.0, "max_moved_per_minute");
         if !(low < target && target < high) {
             let span = target_span.clone().or(high_span).unwrap_or(0..0);
             self.error(
@@ -801,6 +820,7 @@ impl<'t> Validator<'t> {
         let errors = self.errors.len();
         let interval = self.millis(raw.interval_ms, 500, 50..=60_000, "interval_ms");
         let smoothing = self.millis(raw.smoothing_ms, 1_000, 0..=600_000, "smoothing_ms");
+        let escalate_after = self.millis(raw.escalate_after_ms, 10_000, 500..=3_600_000, "escalate_after_ms");
         // The defaults follow a short interval: a poll answers within one, a report stays
         // fresh for at least two.
         let ms = interval.as_millis() as u64;
@@ -843,9 +863,11 @@ impl<'t> Validator<'t> {
             high,
             low,
             max_step,
+            max_moved_per_minute,
+            escalate_after,
             interval,
             smoothing,
-            cpu: raw.cpu.unwrap_or(true),
+            cpu: raw.cpu.unwrap_or(false),
             peer_timeout,
             stale,
         }
@@ -876,6 +898,8 @@ impl<'t> Validator<'t> {
         let interval = self.millis(raw.interval_ms, 1_000, 100..=60_000, "interval_ms");
         let rise = self.count(raw.rise, 3, "rise");
         let fall = self.count(raw.fall, 2, "fall");
+        let deprefer_after = self.millis(raw.deprefer_after_ms, 30_000, 0..=3_600_000, "deprefer_after_ms");
+        let hold_down = self.millis(raw.hold_down_ms, 300_000, 0..=86_400_000, "hold_down_ms");
         let deprefer_prepend = raw.deprefer_prepend.as_ref().map_or(0, |p| {
             if *p.get_ref() > MAX_PREPEND {
                 self.error(
@@ -913,6 +937,8 @@ impl<'t> Validator<'t> {
             deprefer_med: raw.deprefer_med,
             deprefer_prepend,
             local_as: raw.local_as.map(Spanned::into_inner),
+            deprefer_after,
+            hold_down,
         }
     }
 
@@ -1007,6 +1033,7 @@ impl<'t> Validator<'t> {
                 capacity: s.capacity.into_inner(),
                 weight: s.weight.map(Spanned::into_inner),
                 peer: s.peer.map(Spanned::into_inner),
+                cost: s.cost.unwrap_or(0),
             });
         }
         match locals.len() {

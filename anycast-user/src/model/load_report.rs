@@ -1,5 +1,7 @@
 //! The report every controller serves about its own site on `GET /load`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// One site's load as its own controller sees it.
@@ -30,4 +32,15 @@ pub struct LoadReport {
     /// sequence number.
     #[serde(default)]
     pub measured_at: u64,
+    /// What this site wants from each sibling it sheds to, and sends it now (none while it
+    /// does not shed): the other shedders share that sibling's room with it in proportion.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, Claim>,
+}
+
+/// A shedder's claim on one sibling's room, packets/s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    pub wants: f64,
+    pub sends: f64,
 }

@@ -4,14 +4,21 @@
 //! - offered  = Σ over sites of (local + forwarded) packets/s: clients' packets for our VIPs
 //! - received = Σ over sites of received packets/s: what siblings tunnel to us
 //! - served   = local + received packets/s: what this host's services answer
-//! - cpu      = Δbusy / Δtotal from the first line of /proc/stat, where busy counts user,
-//!   nice, system, irq, softirq (XDP and the stack's receive path run there) and steal.
+//! - cpu      = the busiest core's Δsoftirq / Δ(its time less steal), from /proc/stat's
+//!   per-core lines: XDP and the stack's receive path run in softirq on the receive
+//!   queues' cores, which saturate long before the host-wide average moves; time the
+//!   hypervisor stole is nobody's load here.
+//! - vips     = packets/s of each VIP (the policy keeps VIPs no other site serves apart:
+//!   they cannot be shed)
+//! - recent   = offered, received and served over the last interval alone, unsmoothed
+//!   (the policy judges overload on the worse of the two)
 //!
 //! EWMA with a time constant τ: `x̄ += α (x − x̄)`, `α = 1 − e^(−Δt/τ)`, so irregular
 //! sampling intervals weigh correctly and τ = 0 means no smoothing.
 
 use std::{collections::BTreeMap, time::Duration};
 
+use super::policy;
 use crate::datapath::counters::Snapshot;
 
 /// Smoothed rates, packets/s.
@@ -24,22 +31,29 @@ pub struct Rates {
     pub cpu: Option<f64>,
     /// Packets/s forwarded to each site slot.
     pub forwarded: BTreeMap<u32, f64>,
+    /// Packets/s of each VIP slot.
+    pub vips: BTreeMap<u32, f64>,
+    /// Offered, received, served over the last interval, unsmoothed.
+    pub recent: policy::Rates,
 }
 
-/// CPU time counters of /proc/stat's `cpu` line, in USER_HZ.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Per-core CPU time counters of /proc/stat's `cpuN` lines, in USER_HZ: softirq, and all
+/// time less steal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CpuTimes {
-    pub busy: u64,
-    pub total: u64,
+    pub cores: Vec<(u64, u64)>,
 }
 
-impl From<&procfs::CpuTime> for CpuTimes {
-    /// Busy: user, nice, system, irq, softirq, steal (guest time is already inside user and
-    /// nice, proc(5)); idle and iowait complete the total.
-    fn from(t: &procfs::CpuTime) -> CpuTimes {
+impl From<&procfs::KernelStats> for CpuTimes {
+    /// Per core: softirq, and user + nice + system + idle + iowait + irq + softirq (guest time
+    /// is already inside user and nice, proc(5); steal is left out).
+    fn from(k: &procfs::KernelStats) -> CpuTimes {
         let o = |v: Option<u64>| v.unwrap_or(0);
-        let busy = t.user + t.nice + t.system + o(t.irq) + o(t.softirq) + o(t.steal);
-        CpuTimes { busy, total: busy + t.idle + o(t.iowait) }
+        let core = |t: &procfs::CpuTime| {
+            let softirq = o(t.softirq);
+            (softirq, t.user + t.nice + t.system + t.idle + o(t.iowait) + o(t.irq) + softirq)
+        };
+        CpuTimes { cores: k.cpu_time.iter().map(core).collect() }
     }
 }
 
@@ -47,19 +61,29 @@ impl CpuTimes {
     /// The host's times now (procfs reads /proc/stat).
     pub fn read() -> Option<CpuTimes> {
         use procfs::CurrentSI as _;
-        procfs::KernelStats::current().ok().map(|k| CpuTimes::from(&k.total))
+        procfs::KernelStats::current().ok().map(|k| CpuTimes::from(&k)).filter(|t| !t.cores.is_empty())
     }
 
     /// The times of a /proc/stat text.
     pub fn parse(stat: &str) -> Option<CpuTimes> {
         use procfs::FromBufReadSI as _;
         let k = procfs::KernelStats::from_buf_read(stat.as_bytes(), procfs::current_system_info()).ok()?;
-        Some(CpuTimes::from(&k.total))
+        Some(CpuTimes::from(&k)).filter(|t| !t.cores.is_empty())
     }
 
+    /// The busiest core's softirq share since `earlier`.
     fn utilisation(&self, earlier: &CpuTimes) -> Option<f64> {
-        let total = self.total.checked_sub(earlier.total)?;
-        (total > 0).then(|| self.busy.saturating_sub(earlier.busy) as f64 / total as f64)
+        if self.cores.len() != earlier.cores.len() {
+            return None;
+        }
+        self.cores
+            .iter()
+            .zip(&earlier.cores)
+            .filter_map(|(&(s, t), &(s0, t0))| {
+                let total = t.checked_sub(t0)?;
+                (total > 0).then(|| s.saturating_sub(s0) as f64 / total as f64)
+            })
+            .reduce(f64::max)
     }
 }
 
@@ -104,16 +128,18 @@ impl Meter {
                     (Some(a), Some(b)) => Some(ewma(a, b, alpha)),
                     (_, b) => b,
                 },
-                forwarded: raw
-                    .forwarded
-                    .iter()
-                    .map(|(i, r)| (*i, ewma(s.forwarded.get(i).copied().unwrap_or(0.0), *r, alpha)))
-                    .collect(),
+                forwarded: smooth(&s.forwarded, &raw.forwarded, alpha),
+                vips: smooth(&s.vips, &raw.vips, alpha),
+                recent: raw.recent,
             },
         };
         self.smoothed = Some(smoothed);
         self.smoothed.as_ref()
     }
+}
+
+fn smooth(avg: &BTreeMap<u32, f64>, raw: &BTreeMap<u32, f64>, alpha: f64) -> BTreeMap<u32, f64> {
+    raw.iter().map(|(i, r)| (*i, ewma(avg.get(i).copied().unwrap_or(0.0), *r, alpha))).collect()
 }
 
 /// The EWMA weight of a sample `dt` seconds after the previous one: `1 − e^(−dt/τ)`.
@@ -141,10 +167,12 @@ fn rates(a: &Reading, b: &Reading, dt: f64) -> Rates {
         r.served += local + received;
         r.forwarded.insert(*i, forwarded);
     }
-    r.cpu = match (a.cpu, b.cpu) {
-        (Some(a), Some(b)) => b.utilisation(&a),
+    r.cpu = match (&a.cpu, &b.cpu) {
+        (Some(a), Some(b)) => b.utilisation(a),
         _ => None,
     };
+    r.vips = b.snapshot.vip_rates(&a.snapshot);
+    r.recent = policy::Rates { offered: r.offered, received: r.received, served: r.served };
     r
 }
 
@@ -176,27 +204,32 @@ mod tests {
     }
 
     #[test]
-    fn proc_stat_busy_includes_irq_and_softirq() {
-        let stat = "cpu  100 10 50 800 40 5 20 3 7 0\ncpu0 1 2 3 4 5 6 7 8 9 0\nctxt 1\nbtime 1\nprocesses 1\n\
-                    procs_running 1\nprocs_blocked 0\n";
-        assert_eq!(CpuTimes::parse(stat), Some(CpuTimes { busy: 188, total: 1028 }));
+    fn cpu_is_the_busiest_cores_softirq_without_steal() {
+        let stat = "cpu  100 10 50 800 40 5 20 3 7 0\ncpu0 1 2 3 4 5 6 7 8 9 0\ncpu1 10 0 0 80 0 0 10 100 0 0\n\
+                    ctxt 1\nbtime 1\nprocesses 1\nprocs_running 1\nprocs_blocked 0\n";
+        let t = CpuTimes::parse(stat).unwrap();
+        assert_eq!(t.cores, [(7, 28), (10, 100)]);
         assert_eq!(CpuTimes::parse("intr 1 2 3\n"), None);
+        // Core 1 spent half its (non-stolen) time in softirq since: that is the figure,
+        // whatever core 0 and the stolen time did.
+        let later = CpuTimes { cores: vec![(8, 128), (60, 200)] };
+        assert_eq!(later.utilisation(&t), Some(0.5));
     }
 
     #[test]
     fn rates_and_ewma() {
         let t0 = Instant::now();
         let mut m = Meter::new(Duration::from_secs(1));
-        assert!(m.update(reading(t0, 0, 0, 0, CpuTimes { busy: 0, total: 0 })).is_none());
+        assert!(m.update(reading(t0, 0, 0, 0, CpuTimes { cores: vec![(0, 0)] })).is_none());
         // First interval: no smoothing yet.
         let t1 = t0 + Duration::from_millis(500);
-        let r = m.update(reading(t1, 300, 200, 100, CpuTimes { busy: 25, total: 100 })).unwrap().clone();
+        let r = m.update(reading(t1, 300, 200, 100, CpuTimes { cores: vec![(25, 100)] })).unwrap().clone();
         assert_eq!((r.offered, r.received, r.served), (1000.0, 200.0, 800.0));
         assert_eq!(r.cpu, Some(0.25));
         assert_eq!(r.forwarded[&1], 400.0);
         // Second interval at twice the rates: moves by α = 1 − e^−0.5 ≈ 0.393 of the way.
         let t2 = t1 + Duration::from_millis(500);
-        let r = m.update(reading(t2, 900, 600, 300, CpuTimes { busy: 125, total: 200 })).unwrap();
+        let r = m.update(reading(t2, 900, 600, 300, CpuTimes { cores: vec![(125, 200)] })).unwrap();
         let alpha = 1.0 - (-0.5f64).exp();
         assert!((r.offered - (1000.0 + alpha * 1000.0)).abs() < 1e-9);
         assert!((r.cpu.unwrap() - (0.25 + alpha * 0.75)).abs() < 1e-9);

@@ -235,6 +235,13 @@ pub fn accept(f: &Fetched, expect: &Expect, last: Option<(u64, u64)>) -> Result<
         ));
     }
     let finite = [r.capacity, r.served, r.utilisation, r.target].iter().all(|v| v.is_finite());
+    let fine = |x: f64| x.is_finite() && x >= 0.0;
+    if let Some((site, c)) = r.claims.iter().find(|(_, c)| !(fine(c.wants) && fine(c.sends))) {
+        return Err(refuse(
+            Refusal::Invalid,
+            format!("claims {} (sends {}) on `{site}`: need finite and >= 0", c.wants, c.sends),
+        ));
+    }
     if !finite
         || r.capacity <= 0.0
         || r.served < 0.0
@@ -361,6 +368,7 @@ mod tests {
             epoch: 1,
             seq: 5,
             measured_at: 1_000_000,
+            claims: Default::default(),
         }
     }
 

@@ -1,38 +1,60 @@
 //! The load policy: from this site's measured load and what the sibling sites report, the
 //! share of *new* flows this site keeps and how the rest is spread. Pure: no I/O, no clock;
-//! `task.rs` feeds it once per `[load] interval`.
+//! `task.rs` feeds it once per `[load] interval`, and the simulator (`cargo xtask sim`)
+//! runs the same function over hundreds of sites.
 //!
 //! Model. `offered` is the packet rate of clients arriving at this site for its VIPs (what
-//! the data path counts as local + forwarded), `received` what siblings send us through the
-//! tunnel (we serve it but cannot steer it), `capacity` the packet rate the site serves at
-//! utilisation 1. Utilisation `u = max((kept + received) / capacity, cpu)`, smoothed by the
-//! caller (EWMA). The lever is `keep`, the fraction of new flows the local site's Maglev
-//! weight claims; established flows never move (the flow table pins them), so `keep` acts on
-//! the served rate as flows turn over.
+//! the data path counts as local + forwarded), of which `fixed` cannot be shed (VIPs no
+//! other site serves); `received` what siblings send us through the tunnel (we serve it but
+//! cannot steer it); `capacity` the packet rate the site serves at utilisation 1. The lever
+//! is `keep`, the share of new (sheddable) flows the local site's Maglev weight claims;
+//! established flows never move, so `keep` acts on the served rate as flows turn over.
+//! Every figure comes twice: smoothed (EWMA), and over the last interval alone (`recent`).
 //!
 //! Each interval:
-//! 1. `wanted` is the keep that would put us at `target`: by rate
-//!    `(target * capacity - received) / offered`, and when CPU counts, the current keep scaled
-//!    by `target / cpu` (CPU taken as proportional to the traffic we keep); the smaller wins.
-//! 2. Hysteresis: shedding starts when `u` passes `high` and ends when the load would stay
-//!    below `low` with every new flow kept (`offered + received < low * capacity`). While
-//!    shedding, keep follows `wanted`, so the site sits at `target`; otherwise it returns
-//!    to 1. Each move is at most `max_step`, and moves under 1 % are not made. Shedding
-//!    starts and stops at different loads, so a load near one watermark does not flip it
-//!    back and forth; and `wanted` depends on the offered rate, not on what keep did to the
-//!    served rate, so following it does not feed back into itself.
-//! 3. Headroom: a sibling may take `target_i * capacity_i - (served_i - ours_i)` packets/s
-//!    from us (its room at its own target, counting what we already send it as ours to
-//!    keep). A sibling that is down, drained, at or above its target gets nothing. One
-//!    whose report is stale or missing is "unknown": it gets at most its static share (its
-//!    configured weight's share) of our offered rate. What we shed never exceeds the total
-//!    room: the remainder stays local, and if nothing can be shed while overloaded, the
-//!    `no_headroom` flag is raised (the BGP speaker de-prefers the VIP on it).
-//! 4. The shed share is spread over the siblings in proportion to their room.
+//! 1. Overload is judged on the worse of the smoothed and the recent utilisation (a flash
+//!    crowd is seen within one interval; only a calm that lasts brings flows back).
+//!    Shedding starts above `high` and ends when the load would stay below `low` with
+//!    every new flow kept.
+//! 2. While shedding, the wanted keep is what puts the site at `target`:
+//!    `(target·C − received − fixed − E) / (offered − fixed)`, where `E` is the local load
+//!    the current keep does not explain — established flows kept under an earlier, higher
+//!    keep, which only time removes. Without established flows this is the feed-forward
+//!    `(target·C − received − fixed) / sheddable`; with them the site sheds a little more
+//!    at first and takes it back as they end, without a reversal (the correction shrinks
+//!    monotonically). No integrator: nothing winds up.
+//! 3. Room at a sibling is continuous: `target·C − (served − ours)` (its room at its own
+//!    target, counting what we already send as ours), never cut off at a threshold. A
+//!    sibling down, drained or detached has none; one whose report is stale keeps what we
+//!    send it now and gets no more (its controller may be restarting: its data path still
+//!    serves).
+//! 4. Nearest room first: siblings are filled in order of `cost`, those of equal cost in
+//!    proportion to their room (with every cost equal, as by default, that is the spread
+//!    in proportion to room of the whole set). Several
+//!    shedders share a sibling's room in proportion to what each wants from it: every
+//!    shedder publishes what it wants from each sibling and what it sends it now; the
+//!    sibling's room for all of them is its room for us plus what the others send it, and
+//!    each takes `room × mine / (mine + others')` of it when they do not all fit; what a
+//!    sibling cannot give spills to the next one.
+//! 5. Bounded moves, both ways: the share of new flows moved in one interval (to or from
+//!    any site) is at most `max_step`; moved away from home over the last minute, at most
+//!    `max_moved_per_minute` (coming home is never held back by it); moves under 1 % are
+//!    not made, nor moves back against the last one under 2.5 % (unless overloaded): noise
+//!    does not make the weights go back and forth.
+//! 6. Escalation: overloaded with no room to shed into, or overloaded for `escalate_after`
+//!    while shedding (what cannot be shed), raises `no_headroom`, which the BGP speaker
+//!    acts on, slowly (`bgp/`).
+//! 7. CPU (optional): the busiest core's softirq share, steal excluded. It may lower keep
+//!    (by `keep·target/cpu`) only while lowering keep lowers it: after [`CPU_TRIES`]
+//!    decreases that did not, CPU stops driving keep down (anti-windup) and the site
+//!    escalates instead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
-use crate::model::{LoadReport, WEIGHT_SCALE};
+use crate::{
+    config::Load as LoadConfig,
+    model::{LoadReport, WEIGHT_SCALE},
+};
 
 /// The `[load]` knobs the policy uses.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -40,30 +62,92 @@ pub struct Knobs {
     pub target: f64,
     pub high: f64,
     pub low: f64,
+    /// Largest share of new flows moved per interval.
     pub max_step: f64,
+    /// Largest share of new flows moved over the last [`Knobs::window`] intervals.
+    pub max_moved_per_minute: f64,
+    /// Intervals in a minute.
+    pub window: usize,
+    /// Intervals overloaded while shedding before escalating.
+    pub escalate_after: u32,
 }
 
-/// This site, smoothed.
+impl Knobs {
+    pub fn of(l: &LoadConfig) -> Knobs {
+        let interval = l.interval.as_secs_f64().max(1e-3);
+        Knobs {
+            target: l.target,
+            high: l.high,
+            low: l.low,
+            max_step: l.max_step,
+            max_moved_per_minute: l.max_moved_per_minute,
+            window: (60.0 / interval).round().max(1.0) as usize,
+            escalate_after: (l.escalate_after.as_secs_f64() / interval).ceil().max(1.0) as u32,
+        }
+    }
+}
+
+/// Packet rates, packets/s.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rates {
+    /// Clients' packets for our VIPs arriving here (kept or forwarded).
+    pub offered: f64,
+    /// Decapsulated from siblings.
+    pub received: f64,
+    /// Served here: kept + received (established flows included).
+    pub served: f64,
+}
+
+impl Rates {
+    /// The sum of several hosts' rates: a site's.
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a Rates>) -> Rates {
+        all.into_iter().fold(Rates::default(), |a, r| Rates {
+            offered: a.offered + r.offered,
+            received: a.received + r.received,
+            served: a.served + r.served,
+        })
+    }
+}
+
+/// This site.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Local {
-    /// Packets/s for our VIPs arriving from clients (kept or forwarded).
-    pub offered: f64,
-    /// Packets/s decapsulated from siblings.
-    pub received: f64,
-    /// Packets/s served here: kept + received, measured (established flows included, so
-    /// it follows `keep` with the flows' turnover).
-    pub served: f64,
+    pub smoothed: Rates,
+    /// Over the last interval, unsmoothed.
+    pub recent: Rates,
+    /// Offered packets/s that no other site can take (VIPs only this site serves).
+    pub fixed: f64,
     /// Packets/s the site serves at utilisation 1.
     pub capacity: f64,
-    /// Host CPU utilisation 0..1, if it counts.
+    /// CPU utilisation 0..1, if it counts.
     pub cpu: Option<f64>,
 }
 
 impl Local {
-    /// The load figure the watermarks compare with.
+    /// A site's figures from its hosts': rates and capacities add up, CPU is the busiest.
+    pub fn sum<'a>(hosts: impl IntoIterator<Item = &'a Local> + Clone) -> Local {
+        Local {
+            smoothed: Rates::sum(hosts.clone().into_iter().map(|h| &h.smoothed)),
+            recent: Rates::sum(hosts.clone().into_iter().map(|h| &h.recent)),
+            fixed: hosts.clone().into_iter().map(|h| h.fixed).sum(),
+            capacity: hosts.clone().into_iter().map(|h| h.capacity).sum(),
+            cpu: hosts.into_iter().filter_map(|h| h.cpu).reduce(f64::max),
+        }
+    }
+
+    fn ratio(&self, r: &Rates) -> f64 {
+        if self.capacity > 0.0 { r.served / self.capacity } else { 0.0 }
+    }
+
+    /// The smoothed load figure: served / capacity (or CPU, when it counts and is higher).
     pub fn utilisation(&self) -> f64 {
-        let rate = if self.capacity > 0.0 { self.served / self.capacity } else { 0.0 };
+        let rate = self.ratio(&self.smoothed);
         self.cpu.map_or(rate, |c| rate.max(c))
+    }
+
+    /// The figure overload is judged on: the worse of the smoothed and the last interval's.
+    fn pessimistic(&self) -> f64 {
+        self.utilisation().max(self.ratio(&self.recent))
     }
 }
 
@@ -92,53 +176,100 @@ impl Report {
 }
 
 /// A sibling site as the policy sees it. The policy knows siblings by their position in
-/// the slice it is given (no names: the simulator runs it for hundreds of sites a round).
+/// the slice it is given, which must stay the same from one call to the next (the config's
+/// order); no names, so that the simulator can run it for hundreds of sites a round.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sibling {
     /// Health probes say it is up (or there are no probes).
     pub up: bool,
     /// Drained here by an operator.
     pub drained: bool,
-    /// Its configured weight's share of all configured weights: the most an unknown
-    /// sibling gets from us.
-    pub static_share: f64,
+    /// What sending it a flow costs (a round trip in ms, or a configured preference):
+    /// the cheapest room is filled first.
+    pub cost: f64,
     /// Packets/s we forward to it now.
     pub ours: f64,
+    /// Packets/s the other shedders want from it, and what they send it now (from their
+    /// reports).
+    pub others_want: f64,
+    pub others_send: f64,
     /// `None`: stale or never heard from.
     pub report: Option<Report>,
 }
 
 impl Sibling {
-    /// Packets/s of our offered load it may take.
-    fn room(&self, offered: f64) -> f64 {
+    /// Packets/s of our load it may take.
+    fn room(&self) -> f64 {
         if !self.up || self.drained {
             return 0.0;
         }
         match &self.report {
-            None => self.static_share * offered,
-            Some(r) if r.drained || r.utilisation >= r.target => 0.0,
+            None => self.ours,
+            Some(r) if r.drained => 0.0,
             Some(r) => (r.target * r.capacity - (r.served - self.ours)).max(0.0),
         }
     }
+
+    fn usable(&self) -> bool {
+        self.up && !self.drained && !self.report.is_some_and(|r| r.drained)
+    }
 }
 
+/// After this many CPU-driven decreases of keep that did not lower the CPU, CPU no longer
+/// lowers keep.
+pub const CPU_TRIES: u32 = 3;
+
 /// What the policy remembers between intervals.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct State {
     pub keep: f64,
+    /// Shares per sibling, as last decided (empty: none yet).
+    pub shares: Vec<f64>,
     /// Between crossing `high` and the load falling below `low`.
     pub shedding: bool,
+    /// Consecutive intervals overloaded.
+    pub overloaded_for: u32,
+    /// The sign of keep's last move.
+    pub direction: f64,
+    /// Shares of new flows moved away from home in the last intervals (newest last).
+    pub moved: VecDeque<f64>,
+    /// CPU when keep was last lowered for CPU, and how many such decreases did not help.
+    pub cpu_at: Option<f64>,
+    pub cpu_misses: u32,
 }
 
 impl Default for State {
     fn default() -> Self {
-        State { keep: 1.0, shedding: false }
+        State::keeping(1.0, Vec::new())
     }
 }
 
-/// Moves of `keep` smaller than this are not made: the offered rate's noise would otherwise
-/// move the weights every interval.
-const KEEP_DEAD_BAND: f64 = 0.01;
+impl State {
+    /// Carrying on from the shares in force, the siblings' in their order (a restart adopts
+    /// the weights the running data path steers by).
+    pub fn adopted(keep: f64, shares: Vec<f64>) -> State {
+        State { shedding: keep < 1.0, ..State::keeping(keep, shares) }
+    }
+
+    fn keeping(keep: f64, shares: Vec<f64>) -> State {
+        State {
+            keep,
+            shares,
+            shedding: false,
+            overloaded_for: 0,
+            direction: 0.0,
+            moved: VecDeque::new(),
+            cpu_at: None,
+            cpu_misses: 0,
+        }
+    }
+}
+
+/// Moves smaller than this share of new flows are not made: the offered rate's noise would
+/// otherwise move the weights every interval.
+const DEAD_BAND: f64 = 0.01;
+/// Moves back against the last one smaller than this are not made (unless overloaded).
+const REVERSAL_BAND: f64 = 0.025;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
@@ -147,56 +278,176 @@ pub struct Decision {
     /// Share of new flows per sibling, in the order of the siblings given; they sum to
     /// `1 - keep`.
     pub shares: Vec<f64>,
-    /// Smoothed utilisation above `high`.
+    /// Packets/s this site wants from each sibling before sharing its room with the other
+    /// shedders (published, so that they can share it).
+    pub wants: Vec<f64>,
+    /// Utilisation above `high`.
     pub overloaded: bool,
-    /// Overloaded and the siblings cannot take what we would shed.
+    /// Overloaded, and shedding cannot bring the site down: no room, or not fast enough.
     pub no_headroom: bool,
+    /// Share of new flows moved by this decision.
+    pub moved: f64,
 }
 
 pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibling]) -> Decision {
-    let u = local.utilisation();
+    if state.shares.len() != siblings.len() {
+        // Another set of siblings (a reload): start from "everything local"; the bounded
+        // moves take it from there.
+        *state = State { shares: vec![0.0; siblings.len()], ..State::default() };
+    }
+    let u = local.pessimistic();
     let overloaded = u > knobs.high;
+    state.overloaded_for = if overloaded { state.overloaded_for + 1 } else { 0 };
     if overloaded {
         state.shedding = true;
     } else if state.shedding && full_utilisation(state.keep, local) < knobs.low {
         state.shedding = false;
     }
-    let wanted = if state.shedding { wanted_keep(knobs, state.keep, local) } else { 1.0 };
-    let mut keep = state.keep;
-    if (wanted - keep).abs() >= KEEP_DEAD_BAND || (wanted == 1.0 && keep != 1.0) {
-        keep = wanted.clamp(keep - knobs.max_step, keep + knobs.max_step);
-    }
 
-    let rooms: Vec<f64> = siblings.iter().map(|s| s.room(local.offered)).collect();
-    let room: f64 = rooms.iter().sum();
-    // The least we can keep when the siblings take all the room they have.
-    let floor = if local.offered > 0.0 { 1.0 - room / local.offered } else { 1.0 };
-    let capped = keep < floor;
-    if capped {
-        keep = floor;
+    let sheddable = (local.smoothed.offered.max(local.recent.offered) - local.fixed).max(0.0);
+    let mut cpu_stalled = false;
+    let wanted = if state.shedding && sheddable > 0.0 {
+        let mut w = wanted_keep(knobs, state.keep, local, sheddable);
+        if let Some(c) = local.cpu.filter(|&c| c > knobs.target) {
+            cpu_stalled = state.cpu_misses >= CPU_TRIES;
+            if !cpu_stalled {
+                w = w.min(state.keep * knobs.target / c);
+            }
+        }
+        w
+    } else {
+        1.0
+    };
+
+    // Where the shed share goes: nearest room first, shared with the other shedders.
+    let rooms: Vec<f64> = siblings.iter().map(Sibling::room).collect();
+    let order = by_cost(siblings, &rooms);
+    let shed = (1.0 - wanted) * sheddable;
+    let mut wants = vec![0.0; siblings.len()];
+    let mut left = shed;
+    for tier in order.chunk_by(|&a, &b| siblings[a].cost == siblings[b].cost) {
+        // Siblings of equal cost share the tier's part in proportion to their room.
+        let room: f64 = tier.iter().map(|&j| rooms[j]).sum();
+        let take = left.min(room);
+        for &j in tier {
+            wants[j] = take * rooms[j] / room;
+        }
+        left -= take;
+    }
+    // The room the shedders of a sibling share: its room for us plus what the others
+    // already send it (our own is in our room).
+    let pool = |j: usize| rooms[j] + siblings[j].others_send;
+    let mut given: Vec<f64> = (0..siblings.len())
+        .map(|j| {
+            let (mine, others) = (wants[j], siblings[j].others_want);
+            if mine + others <= pool(j) { mine } else { pool(j) * mine / (mine + others) }
+        })
+        .collect();
+    let mut deficit = shed - given.iter().sum::<f64>();
+    for &j in &order {
+        if deficit <= 0.0 {
+            break;
+        }
+        let spare = (pool(j) - siblings[j].others_want - given[j]).max(0.0).min(rooms[j] - given[j]);
+        let extra = deficit.min(spare);
+        given[j] += extra;
+        deficit -= extra;
+    }
+    let capped = overloaded && deficit > DEAD_BAND * sheddable.max(1.0);
+    let mut shares: Vec<f64> =
+        given.iter().map(|g| if sheddable > 0.0 { g / sheddable } else { 0.0 }).collect();
+    // A sibling that cannot take flows loses its share at once (health and drains are not
+    // rate-limited: the data path stops sending it new flows either way).
+    for (j, s) in siblings.iter().enumerate() {
+        if !s.usable() {
+            state.shares[j] = 0.0;
+            shares[j] = 0.0;
+        }
+    }
+    state.keep = 1.0 - state.shares.iter().sum::<f64>();
+    let mut keep = 1.0 - shares.iter().sum::<f64>();
+
+    // Bounded moves: interpolate from the shares in force towards the wanted ones.
+    let moved = (keep - state.keep).abs() / 2.0
+        + shares.iter().zip(&state.shares).map(|(a, b)| (a - b).abs()).sum::<f64>() / 2.0;
+    // The minute's budget limits moves away from home (what could congest others); flows
+    // come back home at `max_step` per interval whatever was moved before.
+    let outward = keep < state.keep;
+    let used: f64 = state.moved.iter().sum();
+    let budget = if outward {
+        knobs.max_step.min((knobs.max_moved_per_minute - used).max(0.0))
+    } else {
+        knobs.max_step
+    };
+    let returning = !state.shedding && state.keep < 1.0;
+    // Turning back needs a larger move than going on: measurement noise alone then never
+    // makes the weights go back and forth.
+    let turning = (keep - state.keep) * state.direction < 0.0;
+    let band = if turning && !overloaded { REVERSAL_BAND } else { DEAD_BAND };
+    let step = if moved < band && !(returning && moved > 0.0) {
+        0.0
+    } else if moved > budget {
+        budget / moved
+    } else {
+        1.0
+    };
+    keep = state.keep + step * (keep - state.keep);
+    for (s, old) in shares.iter_mut().zip(&state.shares) {
+        *s = old + step * (*s - old);
+    }
+    let moved = moved * step;
+    state.moved.push_back(if outward { moved } else { 0.0 });
+    while state.moved.len() > knobs.window {
+        state.moved.pop_front();
+    }
+    if let Some(c) = local.cpu {
+        if keep < state.keep - DEAD_BAND / 2.0 && c > knobs.target {
+            // Lowered for CPU: did the last such decrease help?
+            if state.cpu_at.is_some_and(|before| c >= before) {
+                state.cpu_misses += 1;
+            } else {
+                state.cpu_misses = 0;
+            }
+            state.cpu_at = Some(c);
+        } else if c <= knobs.target {
+            state.cpu_at = None;
+            state.cpu_misses = 0;
+        }
+    }
+    if keep != state.keep {
+        state.direction = (keep - state.keep).signum();
     }
     state.keep = keep;
-    let no_headroom = overloaded && capped;
-    let shares = rooms.iter().map(|r| if room > 0.0 { (1.0 - keep) * r / room } else { 0.0 }).collect();
-    Decision { keep, shares, overloaded, no_headroom }
+    state.shares.clone_from(&shares);
+    let escalate = state.shedding && state.overloaded_for >= knobs.escalate_after;
+    let no_headroom = overloaded && (capped || escalate || cpu_stalled);
+    Decision { keep, shares, wants, overloaded, no_headroom, moved }
+}
+
+/// Siblings with room, from the cheapest to the dearest; among equals, the roomiest first.
+fn by_cost(siblings: &[Sibling], rooms: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..siblings.len()).filter(|&j| rooms[j] > 0.0).collect();
+    order.sort_by(|&a, &b| siblings[a].cost.total_cmp(&siblings[b].cost).then(rooms[b].total_cmp(&rooms[a])));
+    order
 }
 
 /// The utilisation if every new flow stayed local: rate and, when it counts, CPU scaled up
 /// from the share kept now.
 fn full_utilisation(keep: f64, local: &Local) -> f64 {
-    let rate = if local.capacity > 0.0 { (local.offered + local.received) / local.capacity } else { 0.0 };
-    local.cpu.map_or(rate, |c| rate.max(c / keep.max(KEEP_DEAD_BAND)))
+    let s = &local.smoothed;
+    let rate = if local.capacity > 0.0 { (s.offered + s.received) / local.capacity } else { 0.0 };
+    local.cpu.map_or(rate, |c| rate.max(c / keep.max(DEAD_BAND)))
 }
 
-/// The keep that brings the utilisation to `target`, in [0, 1].
-fn wanted_keep(knobs: &Knobs, keep: f64, local: &Local) -> f64 {
-    let by_rate = if local.offered > 0.0 {
-        (knobs.target * local.capacity - local.received) / local.offered
-    } else {
-        1.0
-    };
-    let by_cpu = local.cpu.filter(|&c| c > 0.0).map_or(f64::INFINITY, |c| keep * knobs.target / c);
-    by_rate.min(by_cpu).clamp(0.0, 1.0)
+/// The keep that brings the site to `target`, in [0, 1] (step 2 of the module docs).
+fn wanted_keep(knobs: &Knobs, keep: f64, local: &Local, sheddable: f64) -> f64 {
+    let (s, r) = (&local.smoothed, &local.recent);
+    let received = s.received.max(r.received);
+    let room = knobs.target * local.capacity - received - local.fixed;
+    // The local load the keep in force explains, against what the last interval served.
+    let kept = (r.served - r.received - local.fixed).max(0.0);
+    let unexplained = (kept - keep * (r.offered - local.fixed).max(0.0)).max(0.0);
+    ((room - unexplained) / sheddable).clamp(0.0, 1.0)
 }
 
 /// Weight changes below this (in [`WEIGHT_SCALE`] units: 1 %) are not applied: a Maglev
@@ -229,164 +480,4 @@ pub fn weights<'a>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const KNOBS: Knobs = Knobs { target: 0.8, high: 0.9, low: 0.7, max_step: 0.25 };
-
-    fn sibling(report: Option<Report>) -> Sibling {
-        Sibling { up: true, drained: false, static_share: 1.0 / 3.0, ours: 0.0, report }
-    }
-
-    fn idle(capacity: f64) -> Option<Report> {
-        Some(Report { utilisation: 0.1, served: 0.1 * capacity, capacity, target: 0.8, drained: false })
-    }
-
-    /// The site with `offered` pps at 1,000 pps capacity, serving what `keep` keeps.
-    fn at(offered: f64, keep: f64) -> Local {
-        Local { offered, received: 0.0, served: keep * offered, capacity: 1000.0, cpu: None }
-    }
-
-    /// Runs the policy for `n` intervals, feeding back the load each keep produces.
-    fn run(offered: f64, siblings: &[Sibling], state: &mut State, n: usize) -> Vec<Decision> {
-        (0..n).map(|_| decide(&KNOBS, state, &at(offered, state.keep), siblings)).collect()
-    }
-
-    #[test]
-    fn normal_load_keeps_everything_local() {
-        let mut state = State::default();
-        let d = decide(&KNOBS, &mut state, &at(500.0, 1.0), &[sibling(idle(1000.0)), sibling(idle(1000.0))]);
-        assert_eq!(d.keep, 1.0);
-        assert!(d.shares.iter().all(|&s| s == 0.0));
-        assert!(!d.overloaded && !d.no_headroom);
-    }
-
-    #[test]
-    fn overload_sheds_to_target_in_bounded_steps() {
-        // 2,000 pps offered to a 1,000 pps site: keep 0.4 puts it at 800 = target.
-        let siblings = [sibling(idle(1000.0)), sibling(idle(1000.0))];
-        let mut state = State::default();
-        let ds = run(2000.0, &siblings, &mut state, 20);
-        let keeps: Vec<f64> = ds.iter().map(|d| d.keep).collect();
-        assert_eq!(&keeps[..4], &[0.75, 0.5, 0.4, 0.4]);
-        assert!((at(2000.0, state.keep).utilisation() - KNOBS.target).abs() < 1e-9);
-        // Equal room: equal shares, summing to 1 - keep.
-        let last = ds.last().unwrap();
-        assert!((last.shares[0] - 0.3).abs() < 1e-9 && (last.shares[1] - 0.3).abs() < 1e-9);
-        assert!(!last.overloaded && !last.no_headroom);
-    }
-
-    #[test]
-    fn shares_follow_room_and_skip_full_down_or_drained_siblings() {
-        let local = at(2000.0, 0.4);
-        let mut full = sibling(idle(1000.0));
-        full.report.as_mut().unwrap().utilisation = 0.85;
-        let mut down = sibling(idle(1000.0));
-        down.up = false;
-        let mut drained = sibling(idle(1000.0));
-        drained.drained = true;
-        let big = sibling(idle(3000.0)); // room 2400 - 300 = 2100
-        let small = sibling(idle(1000.0)); // room 800 - 100 = 700
-        let mut state = State { keep: 0.4, shedding: true };
-        let d = decide(&KNOBS, &mut state, &local, &[full, down, drained, big, small]);
-        assert_eq!(d.shares[0] + d.shares[1] + d.shares[2], 0.0);
-        assert!((d.shares[3] / d.shares[4] - 3.0).abs() < 1e-9);
-        assert!((d.shares.iter().sum::<f64>() + d.keep - 1.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn what_we_already_send_counts_as_ours_to_keep() {
-        // b serves 700 of which 600 are ours: its room for us is 800 - 100 = 700, not 100.
-        let local = at(1600.0, 0.625);
-        let mut b = sibling(Some(Report {
-            utilisation: 0.7,
-            served: 700.0,
-            capacity: 1000.0,
-            target: 0.8,
-            drained: false,
-        }));
-        b.ours = 600.0;
-        let mut state = State { keep: 0.625, shedding: true };
-        let d = decide(&KNOBS, &mut state, &local, &[b]);
-        // 1600 * 0.5 = 800 wanted local; shedding 800 exceeds the room of 700: keep 1 - 700/1600.
-        assert!((d.keep - (1.0 - 700.0 / 1600.0)).abs() < 1e-9, "{d:?}");
-    }
-
-    #[test]
-    fn no_headroom_anywhere_keeps_traffic_local_and_raises_the_flag() {
-        let local = at(2000.0, 1.0);
-        let mut b = sibling(idle(1000.0));
-        b.report.as_mut().unwrap().utilisation = 0.95;
-        let mut c = sibling(idle(1000.0));
-        c.up = false;
-        let mut state = State::default();
-        let d = decide(&KNOBS, &mut state, &local, &[b, c]);
-        assert_eq!(d.keep, 1.0);
-        assert!(d.overloaded && d.no_headroom);
-    }
-
-    #[test]
-    fn unknown_sibling_gets_at_most_its_static_share() {
-        let local = at(4000.0, 0.3);
-        let unknown = sibling(None); // static share 1/3 of 4000
-        let mut state = State { keep: 0.3, shedding: true };
-        let d = decide(&KNOBS, &mut state, &local, &[unknown]);
-        assert!((d.shares[0] - 1.0 / 3.0).abs() < 1e-9, "{d:?}");
-        assert!(d.no_headroom);
-    }
-
-    #[test]
-    fn falling_load_returns_flows_without_oscillating() {
-        // Siblings with room for all of the surge (2 x 1,400 pps).
-        let siblings = [sibling(idle(2000.0)), sibling(idle(2000.0))];
-        let mut state = State::default();
-        let mut keeps = Vec::new();
-        // Load ramps up to 2.5x capacity and back down to half, 10 intervals per step.
-        for offered in [500.0, 1200.0, 2500.0, 1800.0, 1000.0, 500.0] {
-            keeps.extend(run(offered, &siblings, &mut state, 10).iter().map(|d| d.keep));
-            let u = at(offered, state.keep).utilisation();
-            assert!(u <= KNOBS.high + 1e-9, "offered {offered}: settled at u = {u}");
-        }
-        assert_eq!(state.keep, 1.0, "all flows back home at half load");
-        let changes = keeps.windows(2).filter(|w| w[0] != w[1]).count();
-        let reversals = keeps.windows(3).filter(|w| (w[1] - w[0]) * (w[2] - w[1]) < 0.0).count();
-        assert!(changes <= 12, "{changes} changes: {keeps:?}");
-        assert!(reversals <= 2, "{reversals} direction changes: {keeps:?}");
-    }
-
-    #[test]
-    fn shedding_starts_above_high_and_ends_only_below_low() {
-        let siblings = [sibling(idle(2000.0))];
-        let mut state = State::default();
-        // 880 pps: below high, nothing happens.
-        run(880.0, &siblings, &mut state, 5);
-        assert_eq!((state.keep, state.shedding), (1.0, false));
-        // 950: above high, shed to target.
-        run(950.0, &siblings, &mut state, 5);
-        assert!(state.shedding && (state.keep - 800.0 / 950.0).abs() < 1e-9, "{state:?}");
-        // 750 (between low and target): everything fits at target again, but shedding stays
-        // armed, so a return to 880 sheds at once instead of waiting for high.
-        run(750.0, &siblings, &mut state, 5);
-        assert_eq!((state.keep, state.shedding), (1.0, true));
-        run(880.0, &siblings, &mut state, 5);
-        assert!((state.keep - 800.0 / 880.0).abs() < 1e-9, "{state:?}");
-        // 650: below low with everything kept: shedding ends.
-        run(650.0, &siblings, &mut state, 5);
-        assert_eq!((state.keep, state.shedding), (1.0, false));
-    }
-
-    #[test]
-    fn cpu_bound_site_sheds_by_cpu() {
-        let local = Local { cpu: Some(0.95), ..at(100.0, 1.0) };
-        let mut state = State::default();
-        let d = decide(&KNOBS, &mut state, &local, &[sibling(idle(1000.0))]);
-        assert!((d.keep - 0.8 / 0.95).abs() < 1e-9, "{d:?}");
-    }
-
-    #[test]
-    fn weights_scale_the_shares() {
-        let d = Decision { keep: 0.4, shares: vec![0.45, 0.15], overloaded: true, no_headroom: false };
-        let w = weights("a", ["b", "c"], &d);
-        assert_eq!(w, [("a".to_owned(), 4000), ("b".to_owned(), 4500), ("c".to_owned(), 1500)].into());
-    }
-}
+mod tests;

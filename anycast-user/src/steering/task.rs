@@ -33,7 +33,7 @@ use super::{
 use crate::{
     config::{Config, Encap, SiteKind},
     datapath::counters::Counters,
-    model::{DataPathView, LoadReport, SiteView, SteeringView, WEIGHT_SCALE},
+    model::{Claim, DataPathView, LoadReport, SiteView, SteeringView, WEIGHT_SCALE},
     owner::{OwnerError, actor::OwnerHandle},
     reconcile::Dynamic,
 };
@@ -121,8 +121,9 @@ impl Steering {
         let mut policy = policy::State::default();
         // Carry on from the weights in force (adopted from a running data path).
         if let (Some(w), Some((local, _))) = (&dp.load_weights, dp.local_site()) {
-            policy.keep = w.get(local).map_or(1.0, |&w| w as f64 / WEIGHT_SCALE);
-            policy.shedding = policy.keep < 1.0;
+            let share = |name: &str| w.get(name).map_or(0.0, |&w| w as f64 / WEIGHT_SCALE);
+            let shares = remote_sites(&dp.config).map(|s| share(&s.name)).collect();
+            policy = policy::State::adopted(share(local), shares);
         }
         Steering {
             meter: Meter::new(DEFAULT_SMOOTHING),
@@ -175,21 +176,40 @@ impl Steering {
         let local_name = local_name.to_owned();
         let local_capacity = config.local_site().map_or(0.0, |s| s.capacity as f64);
         let cpu = config.load.as_ref().is_none_or(|l| l.cpu).then_some(rates.cpu).flatten();
+        // VIPs that only this site serves cannot be shed.
+        let fixed = config
+            .vips
+            .iter()
+            .zip(&dp.vips)
+            .filter(|(v, _)| v.sites.len() == 1 && v.sites[0] == local_name)
+            .map(|(_, (_, index))| rates.vips.get(index).copied().unwrap_or(0.0))
+            .sum();
         let me = policy::Local {
-            offered: rates.offered,
-            received: rates.received,
-            served: rates.served,
+            smoothed: policy::Rates {
+                offered: rates.offered,
+                received: rates.received,
+                served: rates.served,
+            },
+            recent: rates.recent,
+            fixed,
             capacity: local_capacity,
             cpu,
         };
         let decision = config.load.as_ref().map(|l| {
-            let knobs = Knobs { target: l.target, high: l.high, low: l.low, max_step: l.max_step };
             let siblings = self.siblings(config, dp, &rates.forwarded, &down, now);
-            policy::decide(&knobs, &mut self.policy, &me, &siblings)
+            policy::decide(&Knobs::of(l), &mut self.policy, &me, &siblings)
         });
-        let remote = config.sites.iter().filter(|s| matches!(s.kind, SiteKind::Remote { .. }));
-        let weights =
-            decision.as_ref().map(|d| policy::weights(&local_name, remote.map(|s| s.name.as_str()), d));
+        let remote = || remote_sites(config).map(|s| s.name.as_str());
+        let weights = decision.as_ref().map(|d| policy::weights(&local_name, remote(), d));
+        let sends =
+            |name: &str| dp.site_index(name).and_then(|i| rates.forwarded.get(&i)).copied().unwrap_or(0.0);
+        let claims = decision.as_ref().map_or_else(BTreeMap::new, |d| {
+            remote()
+                .zip(&d.wants)
+                .filter(|(_, w)| **w > 0.0)
+                .map(|(n, &wants)| (n.to_owned(), Claim { wants, sends: sends(n) }))
+                .collect()
+        });
         let dynamic = Dynamic { weights, down };
 
         // Publish first: `/load` and the BGP speaker get this measurement even while the
@@ -200,7 +220,7 @@ impl Steering {
         let report = LoadReport {
             site: local_name.clone(),
             capacity: local_capacity,
-            served: me.served,
+            served: me.smoothed.served,
             utilisation: me.utilisation(),
             target: config.load.as_ref().map_or(1.0, |l| l.target),
             drained: dp.drained.contains(&local_name),
@@ -210,6 +230,7 @@ impl Steering {
             epoch: self.epoch,
             seq: self.seq,
             measured_at: unix_ms(),
+            claims,
         };
         inputs.report.send_replace(Arc::new(Published::new(report.clone(), inputs.key.as_ref())));
         self.publish(inputs, config, dp, &local_name, &me, decision.as_ref(), report, now);
@@ -280,15 +301,16 @@ impl Steering {
         down: &BTreeSet<String>,
         now: Instant,
     ) -> Vec<Sibling> {
-        let total: f64 = config.sites.iter().map(|s| s.configured_weight() as f64).sum();
-        config
-            .sites
-            .iter()
-            .filter(|s| matches!(s.kind, SiteKind::Remote { .. }))
+        let fresh: Vec<&LoadReport> =
+            self.peers.values().filter_map(|p| p.fresh(now, stale(config))).collect();
+        remote_sites(config)
             .map(|s| Sibling {
                 up: !down.contains(&s.name),
                 drained: dp.drained.contains(&s.name),
-                static_share: if total > 0.0 { s.configured_weight() as f64 / total } else { 0.0 },
+                cost: s.cost as f64,
+                // What the other shedders want from it (their own reports say).
+                others_want: fresh.iter().filter_map(|r| r.claims.get(&s.name)).map(|c| c.wants).sum(),
+                others_send: fresh.iter().filter_map(|r| r.claims.get(&s.name)).map(|c| c.sends).sum(),
                 ours: dp.site_index(&s.name).and_then(|i| forwarded.get(&i)).copied().unwrap_or(0.0),
                 report: self
                     .peers
@@ -409,6 +431,11 @@ impl Steering {
     }
 }
 
+/// The remote sites in config order: the order of the policy's siblings.
+fn remote_sites(config: &Config) -> impl Iterator<Item = &crate::config::Site> {
+    config.sites.iter().filter(|s| matches!(s.kind, SiteKind::Remote { .. }))
+}
+
 /// Whether `next` is worth a Maglev rebuild over what is applied.
 fn differs(next: &Dynamic, applied: &Dynamic) -> bool {
     if next.down != applied.down {
@@ -435,7 +462,7 @@ fn describe(d: &Dynamic, decision: Option<&Decision>, me: &policy::Local, writes
             " (keep {:.2}; load {:.2}: served {:.0}/s of capacity {:.0}/s{}{}{})",
             dec.keep,
             me.utilisation(),
-            me.served,
+            me.smoothed.served,
             me.capacity,
             me.cpu.map(|c| format!(", cpu {c:.2}")).unwrap_or_default(),
             if dec.overloaded { ", overloaded" } else { "" },

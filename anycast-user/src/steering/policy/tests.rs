@@ -1,0 +1,366 @@
+//! The policy against a plant with established flows: a site's served load follows its keep
+//! only as flows turn over (an instant part, DNS-like, and long flows with a lifetime), and
+//! several shedders and hosts decide from each other's published reports, one interval old.
+
+use super::*;
+
+const KNOBS: Knobs = Knobs {
+    target: 0.8,
+    high: 0.9,
+    low: 0.7,
+    max_step: 0.25,
+    max_moved_per_minute: 1.0,
+    window: 120,
+    escalate_after: 20,
+};
+
+/// Interval, s.
+const DT: f64 = 0.5;
+/// Share of packets that follow the table at once (one-packet flows).
+const INSTANT: f64 = 0.4;
+/// Lifetime of the other flows, s.
+const LIFETIME: f64 = 30.0;
+
+/// One site: its clients' demand, what it keeps, what it sends each sibling.
+#[derive(Clone, Debug)]
+struct Plant {
+    capacity: f64,
+    demand: f64,
+    /// Long flows served here / forwarded to each sibling, in packets/s.
+    kept: f64,
+    sent: Vec<f64>,
+    received: f64,
+    keep: f64,
+    shares: Vec<f64>,
+}
+
+impl Plant {
+    fn new(capacity: f64, demand: f64, siblings: usize) -> Plant {
+        Plant {
+            capacity,
+            demand,
+            kept: demand * (1.0 - INSTANT),
+            sent: vec![0.0; siblings],
+            received: 0.0,
+            keep: 1.0,
+            shares: vec![0.0; siblings],
+        }
+    }
+
+    /// One interval of flows under the table in force.
+    fn step(&mut self) {
+        let decay = (-DT / LIFETIME).exp();
+        let long = self.demand * (1.0 - INSTANT);
+        self.kept = self.kept * decay + self.keep * long * (1.0 - decay);
+        for (s, share) in self.sent.iter_mut().zip(&self.shares) {
+            *s = *s * decay + share * long * (1.0 - decay);
+        }
+    }
+
+    fn to(&self, j: usize) -> f64 {
+        self.sent[j] + self.shares[j] * self.demand * INSTANT
+    }
+
+    fn local_rates(&self) -> Rates {
+        let kept = self.kept + self.keep * self.demand * INSTANT;
+        let offered = kept + (0..self.sent.len()).map(|j| self.to(j)).sum::<f64>();
+        Rates { offered, received: self.received, served: kept + self.received }
+    }
+
+    fn utilisation(&self) -> f64 {
+        self.local_rates().served / self.capacity
+    }
+
+    fn local(&self) -> Local {
+        let r = self.local_rates();
+        Local { smoothed: r, recent: r, fixed: 0.0, capacity: self.capacity, cpu: None }
+    }
+
+    fn apply(&mut self, d: &Decision) {
+        self.keep = d.keep;
+        self.shares.clone_from(&d.shares);
+    }
+}
+
+fn sibling(report: Report, ours: f64, cost: f64) -> Sibling {
+    Sibling { up: true, drained: false, cost, ours, others_want: 0.0, others_send: 0.0, report: Some(report) }
+}
+
+fn idle(capacity: f64) -> Report {
+    Report { utilisation: 0.1, served: 0.1 * capacity, capacity, target: 0.8, drained: false }
+}
+
+/// Runs one shedder against idle siblings that serve what it sends them.
+fn shed_alone(plant: &mut Plant, siblings: &[(f64, f64)], state: &mut State, n: usize) -> Vec<Decision> {
+    (0..n)
+        .map(|_| {
+            plant.step();
+            let sibs: Vec<Sibling> = siblings
+                .iter()
+                .enumerate()
+                .map(|(j, &(capacity, cost))| {
+                    let mut r = idle(capacity);
+                    r.served += plant.to(j);
+                    r.utilisation = r.served / capacity;
+                    sibling(r, plant.to(j), cost)
+                })
+                .collect();
+            let d = decide(&KNOBS, state, &plant.local(), &sibs);
+            plant.apply(&d);
+            d
+        })
+        .collect()
+}
+
+fn reversals(keeps: &[f64]) -> usize {
+    let steps: Vec<f64> = keeps.windows(2).map(|w| w[1] - w[0]).filter(|d| d.abs() > 1e-12).collect();
+    steps.windows(2).filter(|w| w[0] * w[1] < 0.0).count()
+}
+
+#[test]
+fn normal_load_keeps_everything_local() {
+    let mut plant = Plant::new(1000.0, 500.0, 2);
+    let mut state = State::default();
+    let ds = shed_alone(&mut plant, &[(1000.0, 1.0), (1000.0, 2.0)], &mut state, 10);
+    assert!(ds.iter().all(|d| d.keep == 1.0 && d.shares.iter().all(|&s| s == 0.0) && !d.overloaded));
+}
+
+#[test]
+fn a_flash_crowd_is_shed_within_two_intervals_and_settles_without_reversal() {
+    // 3x at a site at half load: 1,500 pps offered to 1,000 pps of capacity.
+    let mut plant = Plant::new(1000.0, 500.0, 2);
+    let mut state = State::default();
+    shed_alone(&mut plant, &[(1000.0, 1.0), (1000.0, 1.0)], &mut state, 4);
+    plant.demand = 1500.0;
+    let mut keeps = Vec::new();
+    let mut loads = Vec::new();
+    for d in shed_alone(&mut plant, &[(1000.0, 1.0), (1000.0, 1.0)], &mut state, 240) {
+        keeps.push(d.keep);
+        loads.push(plant.utilisation());
+    }
+    // Two intervals of bounded moves bring it within 5 % of target, and it stays there.
+    assert!(loads[2..].iter().all(|&u| u <= KNOBS.target + 0.05), "{:?}", &loads[..10]);
+    assert!(loads.iter().all(|&u| u <= KNOBS.high + 0.2));
+    // Established flows end: keep rises back towards 800/1500, never reversing.
+    assert_eq!(reversals(&keeps[2..]), 0, "{keeps:?}");
+    let last = *keeps.last().unwrap();
+    assert!((last - 800.0 / 1500.0).abs() < 0.02, "settles at the feed-forward keep: {last}");
+    assert!((plant.utilisation() - KNOBS.target).abs() < 0.02, "{}", plant.utilisation());
+}
+
+#[test]
+fn moves_are_bounded_both_ways_and_per_minute() {
+    let mut plant = Plant::new(1000.0, 500.0, 1);
+    let mut state = State::default();
+    shed_alone(&mut plant, &[(10_000.0, 1.0)], &mut state, 4);
+    plant.demand = 3000.0;
+    let ds = shed_alone(&mut plant, &[(10_000.0, 1.0)], &mut state, 10);
+    assert!(ds.iter().all(|d| d.moved <= KNOBS.max_step + 1e-9));
+    assert!((ds[0].keep - 0.75).abs() < 1e-9, "the first move is one step: {}", ds[0].keep);
+    // The crowd leaves: keep comes back up, one step at most per interval, even though the
+    // minute's budget for moving away was spent.
+    plant.demand = 300.0;
+    let back = shed_alone(&mut plant, &[(10_000.0, 1.0)], &mut state, 240);
+    assert!(back.windows(2).all(|w| w[1].keep - w[0].keep <= KNOBS.max_step + 1e-9));
+    assert_eq!(back.last().unwrap().keep, 1.0);
+    // Per minute: with a budget of 0.3, a site that must move 0.8 stops at 0.3.
+    let knobs = Knobs { max_moved_per_minute: 0.3, ..KNOBS };
+    let mut plant = Plant::new(1000.0, 5000.0, 1);
+    let mut state = State::default();
+    let mut last = None;
+    for _ in 0..20 {
+        plant.step();
+        let mut r = idle(100_000.0);
+        r.served += plant.to(0);
+        let d = decide(&knobs, &mut state, &plant.local(), &[sibling(r, plant.to(0), 1.0)]);
+        plant.apply(&d);
+        last = Some(d);
+    }
+    let moved: f64 = state.moved.iter().sum();
+    assert!(moved <= 0.3 + 1e-9 && (last.unwrap().keep - 0.7).abs() < 1e-9, "moved {moved}");
+}
+
+#[test]
+fn room_is_continuous_at_the_siblings_target() {
+    // A sibling just below and just above its target offers nearly the same room: no
+    // cliff that would make the shedder jump back.
+    let local = Plant::new(1000.0, 2000.0, 1).local();
+    let at = |served: f64| {
+        let mut state = State { shedding: true, ..State::default() };
+        let r =
+            Report { utilisation: served / 1000.0, served, capacity: 1000.0, target: 0.8, drained: false };
+        decide(&KNOBS, &mut state, &local, &[sibling(r, 300.0, 1.0)]).wants[0]
+    };
+    let (below, above) = (at(799.0), at(801.0));
+    assert!((below - above).abs() < 5.0, "{below} vs {above}");
+    assert!(above > 250.0, "what we send counts as ours: {above}");
+}
+
+#[test]
+fn the_nearest_room_is_filled_first() {
+    let mut plant = Plant::new(1000.0, 500.0, 3);
+    let mut state = State::default();
+    let siblings = [(1000.0, 30.0), (500.0, 5.0), (1000.0, 10.0)];
+    shed_alone(&mut plant, &siblings, &mut state, 4);
+    plant.demand = 1500.0;
+    // Costs 30, 5, 10: the second is nearest, then the third; the first is not needed.
+    let ds = shed_alone(&mut plant, &siblings, &mut state, 40);
+    let last = ds.last().unwrap();
+    assert_eq!(last.shares[0], 0.0, "{last:?}");
+    assert!(last.shares[1] > 0.0 && last.shares[2] > 0.0, "{last:?}");
+    // The nearest is filled to its own target (room 400 - 50 = 350 of 500 at 0.1 load).
+    let nearest = plant.to(1) + 0.1 * 500.0;
+    assert!(nearest <= 0.8 * 500.0 + 1.0 && nearest > 0.7 * 500.0, "{nearest}");
+}
+
+#[test]
+fn an_unknown_sibling_keeps_what_it_has_and_gets_no_more() {
+    let local = Plant::new(1000.0, 3000.0, 2).local();
+    let mut state = State::adopted(0.7, vec![0.1, 0.2]);
+    let unknown = Sibling { report: None, ..sibling(idle(1000.0), 600.0, 1.0) };
+    let d = decide(&KNOBS, &mut state, &local, &[unknown, sibling(idle(10_000.0), 300.0, 2.0)]);
+    assert!(d.wants[0] <= 600.0 + 1e-9, "{d:?}");
+}
+
+#[test]
+fn down_or_drained_siblings_lose_their_share_at_once() {
+    let local = Plant::new(1000.0, 3000.0, 2).local();
+    let mut state = State::adopted(0.4, vec![0.3, 0.3]);
+    let down = Sibling { up: false, ..sibling(idle(1000.0), 900.0, 1.0) };
+    let d = decide(&KNOBS, &mut state, &local, &[down, sibling(idle(10_000.0), 900.0, 2.0)]);
+    assert_eq!(d.shares[0], 0.0);
+    assert!((d.keep + d.shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+}
+
+/// Two overloaded sites a and c and one sibling b between them with room for less than both
+/// want; each sees the other's wants one interval late.
+fn shared_sibling(knobs: &Knobs, intervals: usize) -> (Vec<f64>, Plant, Plant) {
+    let (mut a, mut c) = (Plant::new(1000.0, 500.0, 1), Plant::new(1000.0, 500.0, 1));
+    let b_capacity = 1000.0;
+    let b_base = 300.0;
+    let (mut sa, mut sc) = (State::default(), State::default());
+    let (mut wants_a, mut wants_c) = ((0.0, 0.0), (0.0, 0.0));
+    let mut b_loads = Vec::new();
+    for i in 0..intervals {
+        if i == 4 {
+            (a.demand, c.demand) = (1100.0, 1100.0);
+        }
+        a.step();
+        c.step();
+        let b_served = b_base + a.to(0) + c.to(0);
+        b_loads.push(b_served / b_capacity);
+        let b = Report {
+            utilisation: b_served / b_capacity,
+            served: b_served,
+            capacity: b_capacity,
+            target: 0.8,
+            drained: false,
+        };
+        let claim =
+            |(want, send), ours| Sibling { others_want: want, others_send: send, ..sibling(b, ours, 1.0) };
+        let da = decide(knobs, &mut sa, &a.local(), &[claim(wants_c, a.to(0))]);
+        let dc = decide(knobs, &mut sc, &c.local(), &[claim(wants_a, c.to(0))]);
+        (wants_a, wants_c) = ((da.wants[0], a.to(0)), (dc.wants[0], c.to(0)));
+        a.apply(&da);
+        c.apply(&dc);
+    }
+    (b_loads, a, c)
+}
+
+#[test]
+fn two_shedders_share_one_siblings_room_and_never_push_it_above_its_target() {
+    let (b, a, c) = shared_sibling(&KNOBS, 400);
+    let peak = b.iter().copied().fold(0.0, f64::max);
+    assert!(peak <= 0.8 + 0.01, "b peaked at {peak}");
+    // Its room (500) is split evenly: each sheds ~250 and sits at ~0.85, below high.
+    assert!((b.last().unwrap() - 0.8).abs() < 0.02, "{:?}", &b[b.len() - 5..]);
+    assert!((a.utilisation() - c.utilisation()).abs() < 0.01);
+    assert!(a.utilisation() < KNOBS.high);
+}
+
+#[test]
+fn a_site_of_several_hosts_decides_as_the_sum_of_its_hosts() {
+    // Two hosts with different shares of the site's clients: their sum decides as one host
+    // with the whole would.
+    let hosts = [Plant::new(500.0, 900.0, 1), Plant::new(500.0, 300.0, 1)];
+    let whole = Plant::new(1000.0, 1200.0, 1);
+    let site = Local::sum(&[hosts[0].local(), hosts[1].local()]);
+    assert_eq!(site, whole.local());
+    let sib = [sibling(idle(2000.0), 0.0, 1.0)];
+    let (mut s1, mut s2) = (State::default(), State::default());
+    assert_eq!(decide(&KNOBS, &mut s1, &site, &sib), decide(&KNOBS, &mut s2, &whole.local(), &sib));
+    // Deciding per host instead, the lighter host would not shed at all: two tables.
+    let mut s3 = State::default();
+    assert_eq!(decide(&KNOBS, &mut s3, &hosts[1].local(), &sib).keep, 1.0);
+}
+
+#[test]
+fn load_that_cannot_be_shed_escalates_instead_of_winding_keep_down() {
+    // 1,200 pps of a VIP only this site serves, on 1,000 pps: shedding cannot help.
+    let r = Rates { offered: 1300.0, received: 0.0, served: 1300.0 };
+    let local = Local { smoothed: r, recent: r, fixed: 1200.0, capacity: 1000.0, cpu: None };
+    let mut state = State::default();
+    let sib = [sibling(idle(10_000.0), 0.0, 1.0)];
+    let ds: Vec<Decision> =
+        (0..KNOBS.escalate_after as usize + 1).map(|_| decide(&KNOBS, &mut state, &local, &sib)).collect();
+    // The sheddable 100 pps are all shed (keep 0 of the sheddable part), no further.
+    assert!(ds.last().unwrap().keep < 1e-9);
+    assert!(!ds[0].no_headroom && ds.last().unwrap().no_headroom, "escalates after escalate_after");
+}
+
+#[test]
+fn no_room_anywhere_keeps_traffic_local_and_raises_no_headroom() {
+    let local = Plant::new(1000.0, 2000.0, 2).local();
+    let mut full = idle(1000.0);
+    full.served = 850.0;
+    let down = Sibling { up: false, ..sibling(idle(1000.0), 0.0, 1.0) };
+    let mut state = State::default();
+    let d = decide(&KNOBS, &mut state, &local, &[sibling(full, 0.0, 1.0), down]);
+    assert_eq!(d.keep, 1.0);
+    assert!(d.overloaded && d.no_headroom);
+}
+
+#[test]
+fn cpu_that_shedding_does_not_lower_stops_driving_keep_down() {
+    let r = Rates { offered: 500.0, received: 0.0, served: 500.0 };
+    let local = Local { smoothed: r, recent: r, fixed: 0.0, capacity: 1000.0, cpu: Some(0.95) };
+    let mut state = State::default();
+    let sib = [sibling(idle(10_000.0), 0.0, 1.0)];
+    let keeps: Vec<f64> = (0..12).map(|_| decide(&KNOBS, &mut state, &local, &sib).keep).collect();
+    // It tries a few times, then CPU no longer drives keep down (no windup to the floor):
+    // the packet rate alone, well below target, brings every flow home...
+    assert!(keeps[0] < 1.0);
+    assert!(keeps[..=CPU_TRIES as usize].windows(2).all(|w| w[1] < w[0]), "{keeps:?}");
+    assert_eq!(*keeps.last().unwrap(), 1.0, "{keeps:?}");
+    // ...and the site escalates.
+    assert!(decide(&KNOBS, &mut state, &local, &sib).no_headroom);
+}
+
+#[test]
+fn weights_scale_the_shares() {
+    let d = Decision {
+        keep: 0.4,
+        shares: vec![0.45, 0.15],
+        wants: vec![0.0; 2],
+        overloaded: true,
+        no_headroom: false,
+        moved: 0.6,
+    };
+    let w = weights("a", ["b", "c"], &d);
+    assert_eq!(w, [("a".to_owned(), 4000), ("b".to_owned(), 4500), ("c".to_owned(), 1500)].into());
+    assert!(worth_applying([(4000, 3950), (4500, 4400)]));
+    assert!(!worth_applying([(4000, 3950), (4500, 4550)]));
+    assert!(worth_applying([(0, 50)]));
+}
+
+#[test]
+fn siblings_of_equal_cost_share_in_proportion_to_their_room() {
+    let local = Plant::new(1000.0, 1500.0, 3).local();
+    let mut state = State { shedding: true, ..State::default() };
+    let sibs =
+        [sibling(idle(1000.0), 0.0, 0.0), sibling(idle(3000.0), 0.0, 0.0), sibling(idle(1000.0), 0.0, 9.0)];
+    let d = decide(&KNOBS, &mut state, &local, &sibs);
+    // Rooms 700 and 2100 at cost 0 take all of it, 1:3; the dearer one nothing.
+    assert!((d.wants[1] / d.wants[0] - 3.0).abs() < 1e-9, "{d:?}");
+    assert_eq!(d.wants[2], 0.0);
+}
