@@ -981,13 +981,11 @@ impl<'a> Sim<'a> {
     fn speak(&mut self, t: f64) {
         for h in 0..self.hosts.len() {
             let host = &mut self.hosts[h];
-            let site = host.site;
             let before = host.speaker.current();
             if !host.alive {
                 // Its BGP session is gone: the routers drop its route at once.
                 if before != Route::Withdraw {
                     host.speaker = Hysteresis::new(Route::Withdraw);
-                    self.rec.bgp(site, t);
                 }
                 continue;
             }
@@ -995,9 +993,7 @@ impl<'a> Sim<'a> {
                 host.decision.as_ref().map_or((false, false), |d| (d.overloaded, d.no_headroom));
             let signals = SiteSignals { attached: true, drained: false, overloaded, no_headroom };
             let (wanted, _) = Route::wanted(&signals);
-            if host.speaker.step(wanted, &self.p.pacing).is_some() {
-                self.rec.bgp(site, t);
-            }
+            host.speaker.step(wanted, &self.p.pacing);
         }
         for site in 0..self.s.world.len() {
             let best = self.site_hosts[site]
@@ -1007,6 +1003,8 @@ impl<'a> Sim<'a> {
                 .max()
                 .unwrap_or(Route::Withdraw);
             if best != self.route[site] {
+                // What the site's routers see change (its hosts announce the same route).
+                self.rec.bgp(site, t);
                 self.route[site] = best;
                 self.pending[site] = Some((t + self.p.convergence, best));
             }
@@ -1035,7 +1033,7 @@ mod tests {
                 high: 0.9,
                 low: 0.7,
                 max_step: 0.25,
-                max_moved_per_minute: 1.0,
+                max_moved_per_minute: 2.0,
                 window: 120,
                 escalate_after: 20,
             },

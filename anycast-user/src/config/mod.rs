@@ -791,24 +791,27 @@ impl<'t> Validator<'t> {
     }
 
     fn load(&mut self, raw: RawLoad) -> Load {
-        let mut ratio = |v: Option<Spanned<f64>>, default: f64, what: &str| match v {
+        // A share in (0, max]: of capacity for the watermarks and of new flows for the moves.
+        let mut share = |v: Option<Spanned<f64>>, default: f64, max: f64, what: &str| match v {
             None => default,
             Some(v) => {
                 let x = *v.get_ref();
-                if !(x > 0.0 && x <= 1.0) {
-                    self.error(v.span(), format!("{what} {x} is not a ratio in (0, 1]"));
+                if !(x > 0.0 && x <= max) {
+                    let kind = if max == 1.0 { "ratio" } else { "share" };
+                    self.error(v.span(), format!("{what} {x} is not a {kind} in (0, {max}]"));
                 }
                 x
             }
         };
         let (target_span, high_span) =
             (raw.target.as_ref().map(Spanned::span), raw.high.as_ref().map(Spanned::span));
-        let target = ratio(raw.target, 0.8, "target");
-        let high = ratio(raw.high, (target + 0.1).min(1.0), "high");
+        let target = share(raw.target, 0.8, 1.0, "target");
+        let high = share(raw.high, (target + 0.1).min(1.0), 1.0, "high");
         let low_given = raw.low.is_some();
-        let low = ratio(raw.low, target - 0.1, "low");
-        let max_step = ratio(raw.max_step, 0.25, "max_step");
-        let max_moved_per_minute = ratio(raw.max_moved_per_minute, 1.0, "max_moved_per_minute");
+        let low = share(raw.low, target - 0.1, 1.0, "low");
+        let max_step = share(raw.max_step, 0.25, 1.0, "max_step");
+        // Moves add up over a minute (out, back, out again), so this one may exceed 1.
+        let max_moved_per_minute = share(raw.max_moved_per_minute, 2.0, 10.0, "max_moved_per_minute");
         if !(low < target && target < high) {
             let span = target_span.clone().or(high_span).unwrap_or(0..0);
             self.error(
@@ -826,7 +829,7 @@ impl<'t> Validator<'t> {
         let ms = interval.as_millis() as u64;
         let peer_timeout = self.millis(raw.peer_timeout_ms, ms.min(500), 10..=60_000, "peer_timeout_ms");
         let stale = self.millis(raw.stale_ms, (2 * ms).max(3_000), 100..=600_000, "stale_ms");
-        // An explicit low out of range is reported by `ratio`; the default one is not.
+        // An explicit low out of range is reported by `share`; the default one is not.
         if !low_given && low <= 0.0 {
             self.error(
                 target_span.unwrap_or(0..0),
