@@ -32,7 +32,7 @@ use anycast_user::{
     reconcile::maglev::{self, Backend},
     steering::{
         health::Tracker,
-        meter::{ewma, smoothing_factor},
+        meter::{ewma, follow, smoothing_factor},
         policy::{self, Decision, Knobs, Report, Sibling},
     },
 };
@@ -759,9 +759,9 @@ impl<'a> Sim<'a> {
         let first = host.smoothed.is_none();
         let s = host.smoothed.get_or_insert(raw);
         if !first {
-            s.offered = ewma(s.offered, raw.offered, alpha);
-            s.local = ewma(s.local, raw.local, alpha);
-            s.received = ewma(s.received, raw.received, alpha);
+            s.offered = follow(s.offered, raw.offered, alpha, elapsed);
+            s.local = follow(s.local, raw.local, alpha, elapsed);
+            s.received = follow(s.received, raw.received, alpha, elapsed);
         }
         for &j in &host.active {
             let r = host.counted_fwd[j] / elapsed;

@@ -11,10 +11,11 @@
 //! - vips     = packets/s of each VIP (the policy keeps VIPs no other site serves apart:
 //!   they cannot be shed)
 //! - recent   = offered, received and served over the last interval alone, unsmoothed
-//!   (the policy judges overload on the worse of the two)
+//!   (the policy measures on it the local load that the keep in force does not explain)
 //!
 //! EWMA with a time constant τ: `x̄ += α (x − x̄)`, `α = 1 − e^(−Δt/τ)`, so irregular
-//! sampling intervals weigh correctly and τ = 0 means no smoothing.
+//! sampling intervals weigh correctly and τ = 0 means no smoothing. The packet rates take a
+//! rise beyond noise in one interval at once ([`follow`]): a step is not noise.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -121,9 +122,9 @@ impl Meter {
         let smoothed = match self.smoothed.take() {
             None => raw,
             Some(s) => Rates {
-                offered: ewma(s.offered, raw.offered, alpha),
-                received: ewma(s.received, raw.received, alpha),
-                served: ewma(s.served, raw.served, alpha),
+                offered: follow(s.offered, raw.offered, alpha, dt),
+                received: follow(s.received, raw.received, alpha, dt),
+                served: follow(s.served, raw.served, alpha, dt),
                 cpu: match (s.cpu, raw.cpu) {
                     (Some(a), Some(b)) => Some(ewma(a, b, alpha)),
                     (_, b) => b,
@@ -150,6 +151,21 @@ pub fn smoothing_factor(dt: f64, tau: Duration) -> f64 {
 /// One EWMA step.
 pub fn ewma(avg: f64, x: f64, alpha: f64) -> f64 {
     avg + alpha * (x - avg)
+}
+
+/// A rise in one interval is a step, not noise, beyond this share...
+pub const STEP: f64 = 0.1;
+/// ...and beyond this many standard deviations of the interval's packet count (Poisson:
+/// `√n` of `n` packets, so a small site's figures need a larger rise).
+pub const STEP_SIGMAS: f64 = 4.0;
+
+/// One step of a rate's smoothing, `dt` seconds after the last: an EWMA step, except that
+/// a rise beyond noise ([`STEP`], [`STEP_SIGMAS`]) is taken at once (a flash crowd is seen
+/// within one interval, and the average does not lag behind it for the following ones).
+/// Falls are always smoothed: flows come home slowly.
+pub fn follow(avg: f64, x: f64, alpha: f64, dt: f64) -> f64 {
+    let noise = STEP_SIGMAS / (x * dt).max(1.0).sqrt();
+    if x > avg * (1.0 + STEP.max(noise)) { x } else { ewma(avg, x, alpha) }
 }
 
 /// Raw rates between two readings `dt` seconds apart. A counter that went backwards (the
@@ -227,12 +243,21 @@ mod tests {
         assert_eq!((r.offered, r.received, r.served), (1000.0, 200.0, 800.0));
         assert_eq!(r.cpu, Some(0.25));
         assert_eq!(r.forwarded[&1], 400.0);
-        // Second interval at twice the rates: moves by α = 1 − e^−0.5 ≈ 0.393 of the way.
+        // Second interval at 1.1 times the rates (within the noise of 550 packets: 4 √550 /
+        // 550 = 17 %): moves by α = 1 − e^−0.5 ≈ 0.393 of the way.
         let t2 = t1 + Duration::from_millis(500);
-        let r = m.update(reading(t2, 900, 600, 300, CpuTimes { cores: vec![(125, 200)] })).unwrap();
+        let r = m.update(reading(t2, 630, 420, 210, CpuTimes { cores: vec![(125, 200)] })).unwrap().clone();
         let alpha = 1.0 - (-0.5f64).exp();
-        assert!((r.offered - (1000.0 + alpha * 1000.0)).abs() < 1e-9);
+        assert!((r.offered - (1000.0 + alpha * 100.0)).abs() < 1e-9);
         assert!((r.cpu.unwrap() - (0.25 + alpha * 0.75)).abs() < 1e-9);
+        // Third at twice the first's: a step beyond noise, taken at once.
+        let t3 = t2 + Duration::from_millis(500);
+        let r = m.update(reading(t3, 1230, 820, 410, CpuTimes { cores: vec![(225, 300)] })).unwrap().clone();
+        assert_eq!((r.offered, r.received, r.served), (2000.0, 400.0, 1600.0));
+        // And back to the first's: smoothed (flows come home slowly).
+        let t4 = t3 + Duration::from_millis(500);
+        let r = m.update(reading(t4, 1530, 1020, 510, CpuTimes { cores: vec![(325, 400)] })).unwrap();
+        assert!((r.offered - (2000.0 - alpha * 1000.0)).abs() < 1e-9);
     }
 
     #[test]

@@ -9,20 +9,25 @@
 //! cannot steer it); `capacity` the packet rate the site serves at utilisation 1. The lever
 //! is `keep`, the share of new (sheddable) flows the local site's Maglev weight claims;
 //! established flows never move, so `keep` acts on the served rate as flows turn over.
-//! Every figure comes twice: smoothed (EWMA), and over the last interval alone (`recent`).
+//! Every figure comes twice: smoothed (an EWMA that takes a rise beyond noise at once, so
+//! that a flash crowd is seen within one interval: `meter::follow`), and over the last
+//! interval alone (`recent`).
 //!
 //! Each interval:
-//! 1. Overload is judged on the worse of the smoothed and the recent utilisation (a flash
-//!    crowd is seen within one interval; only a calm that lasts brings flows back).
-//!    Shedding starts above `high` and ends when the load would stay below `low` with
-//!    every new flow kept.
+//! 1. Overload is judged on the smoothed utilisation (only a calm that lasts brings flows
+//!    back). Shedding starts above `high` and ends when the load would stay below `low`
+//!    with every new flow kept.
 //! 2. While shedding, the wanted keep is what puts the site at `target`:
 //!    `(target·C − received − fixed − E) / (offered − fixed)`, where `E` is the local load
 //!    the current keep does not explain — established flows kept under an earlier, higher
 //!    keep, which only time removes. Without established flows this is the feed-forward
 //!    `(target·C − received − fixed) / sheddable`; with them the site sheds a little more
 //!    at first and takes it back as they end, without a reversal (the correction shrinks
-//!    monotonically). No integrator: nothing winds up.
+//!    monotonically). `E` is measured on each interval alone (the smoothed figures lag
+//!    behind a change of keep) and averaged over the last few ([`UNEXPLAINED_WEIGHT`]):
+//!    which flow lands where is random, and one interval's figure of a small site is
+//!    noisy; overloaded, a higher figure of the last interval counts at once. No
+//!    integrator: nothing winds up.
 //! 3. Room at a sibling is continuous: `target·C − (served − ours)` (its room at its own
 //!    target, counting what we already send as ours), never cut off at a threshold. A
 //!    sibling down, drained or detached has none; one whose report is stale keeps what we
@@ -39,8 +44,9 @@
 //! 5. Bounded moves, both ways: the share of new flows moved in one interval (to or from
 //!    any site) is at most `max_step`; moved away from home over the last minute, at most
 //!    `max_moved_per_minute` (coming home is never held back by it); moves under 1 % are
-//!    not made, nor moves back against the last one under 2.5 % (unless overloaded): noise
-//!    does not make the weights go back and forth.
+//!    not made, nor moves back against the last one under 2.5 % (unless overloaded, or a
+//!    sibling above its own target gets flows back): noise does not make the weights go
+//!    back and forth.
 //! 6. Escalation: overloaded with no room to shed into, or overloaded for `escalate_after`
 //!    while shedding (what cannot be shed), raises `no_headroom`, which the BGP speaker
 //!    acts on, slowly (`bgp/`).
@@ -144,11 +150,6 @@ impl Local {
         let rate = self.ratio(&self.smoothed);
         self.cpu.map_or(rate, |c| rate.max(c))
     }
-
-    /// The figure overload is judged on: the worse of the smoothed and the last interval's.
-    fn pessimistic(&self) -> f64 {
-        self.utilisation().max(self.ratio(&self.recent))
-    }
 }
 
 /// What a sibling site told us (its `GET /load`), if anything recent.
@@ -236,6 +237,9 @@ pub struct State {
     /// CPU when keep was last lowered for CPU, and how many such decreases did not help.
     pub cpu_at: Option<f64>,
     pub cpu_misses: u32,
+    /// The local load the keep in force does not explain, averaged (packets/s; may be
+    /// negative: noise).
+    pub unexplained: f64,
 }
 
 impl Default for State {
@@ -261,6 +265,7 @@ impl State {
             moved: VecDeque::new(),
             cpu_at: None,
             cpu_misses: 0,
+            unexplained: 0.0,
         }
     }
 }
@@ -270,6 +275,8 @@ impl State {
 const DEAD_BAND: f64 = 0.01;
 /// Moves back against the last one smaller than this are not made (unless overloaded).
 const REVERSAL_BAND: f64 = 0.025;
+/// The weight of the last interval in the average of the unexplained local load.
+pub const UNEXPLAINED_WEIGHT: f64 = 0.25;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
@@ -295,8 +302,14 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
         // moves take it from there.
         *state = State { shares: vec![0.0; siblings.len()], ..State::default() };
     }
-    let u = local.pessimistic();
-    let overloaded = u > knobs.high;
+    let overloaded = local.utilisation() > knobs.high;
+    // Overloaded, the last interval's figure counts at once if higher (a flash crowd: the
+    // flows kept under keep 1 are there now); otherwise an average (noise).
+    let e = unexplained(state.keep, local);
+    state.unexplained += UNEXPLAINED_WEIGHT * (e - state.unexplained);
+    if overloaded {
+        state.unexplained = state.unexplained.max(e);
+    }
     state.overloaded_for = if overloaded { state.overloaded_for + 1 } else { 0 };
     if overloaded {
         state.shedding = true;
@@ -304,10 +317,10 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
         state.shedding = false;
     }
 
-    let sheddable = (local.smoothed.offered.max(local.recent.offered) - local.fixed).max(0.0);
+    let sheddable = (local.smoothed.offered - local.fixed).max(0.0);
     let mut cpu_stalled = false;
     let wanted = if state.shedding && sheddable > 0.0 {
-        let mut w = wanted_keep(knobs, state.keep, local, sheddable);
+        let mut w = wanted_keep(knobs, state.unexplained.max(0.0), local, sheddable);
         if let Some(c) = local.cpu.filter(|&c| c > knobs.target) {
             cpu_stalled = state.cpu_misses >= CPU_TRIES;
             if !cpu_stalled {
@@ -384,7 +397,13 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
     // makes the weights go back and forth.
     let turning = (keep - state.keep) * state.direction < 0.0;
     let band = if turning && !overloaded { REVERSAL_BAND } else { DEAD_BAND };
-    let step = if moved < band && !(returning && moved > 0.0) {
+    // A sibling above its own target gets back what it wants back, however little: the
+    // bands hold noise, not an overload we caused.
+    let relieving = siblings
+        .iter()
+        .zip(shares.iter().zip(&state.shares))
+        .any(|(s, (new, old))| new < old && s.report.is_some_and(|r| r.served > r.target * r.capacity));
+    let step = if moved < band && !(returning && moved > 0.0) && !relieving {
         0.0
     } else if moved > budget {
         budget / moved
@@ -440,14 +459,16 @@ fn full_utilisation(keep: f64, local: &Local) -> f64 {
 }
 
 /// The keep that brings the site to `target`, in [0, 1] (step 2 of the module docs).
-fn wanted_keep(knobs: &Knobs, keep: f64, local: &Local, sheddable: f64) -> f64 {
-    let (s, r) = (&local.smoothed, &local.recent);
-    let received = s.received.max(r.received);
-    let room = knobs.target * local.capacity - received - local.fixed;
-    // The local load the keep in force explains, against what the last interval served.
-    let kept = (r.served - r.received - local.fixed).max(0.0);
-    let unexplained = (kept - keep * (r.offered - local.fixed).max(0.0)).max(0.0);
+fn wanted_keep(knobs: &Knobs, unexplained: f64, local: &Local, sheddable: f64) -> f64 {
+    let room = knobs.target * local.capacity - local.smoothed.received - local.fixed;
     ((room - unexplained) / sheddable).clamp(0.0, 1.0)
+}
+
+/// What the last interval served locally beyond what the keep in force explains.
+fn unexplained(keep: f64, local: &Local) -> f64 {
+    let r = &local.recent;
+    let kept = (r.served - r.received - local.fixed).max(0.0);
+    kept - keep * (r.offered - local.fixed).max(0.0)
 }
 
 /// Weight changes below this (in [`WEIGHT_SCALE`] units: 1 %) are not applied: a Maglev

@@ -148,6 +148,69 @@ fn a_flash_crowd_is_shed_within_two_intervals_and_settles_without_reversal() {
     assert!((plant.utilisation() - KNOBS.target).abs() < 0.02, "{}", plant.utilisation());
 }
 
+/// A normal deviate from a xorshift state (Box-Muller): noise that is the same every run.
+fn gauss(seed: &mut u64) -> f64 {
+    let mut uniform = || {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        ((*seed >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let (a, b) = (uniform(), uniform());
+    (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
+}
+
+#[test]
+fn measurement_noise_does_not_move_the_weights_back_and_forth() {
+    // A small site's figures over one interval are noisy: which flow lands where is random
+    // (over a quarter of a second, 200 packets served: 7 %; 500 offered: 4.5 %), counted
+    // apart. The figures reach the policy as the meter makes them: each interval's, and
+    // smoothed.
+    const COUNTED: f64 = 0.25;
+    let alpha = crate::steering::meter::smoothing_factor(DT, std::time::Duration::from_secs(1));
+    let mut plant = Plant::new(1000.0, 500.0, 2);
+    let mut state = State::default();
+    let mut seed = 0x9e37_79b9_7f4a_7c15;
+    let mut smoothed: Option<Rates> = None;
+    let siblings = [(2000.0, 1.0), (2000.0, 1.0)];
+    let mut keeps = Vec::new();
+    for i in 0..400 {
+        if i == 10 {
+            plant.demand = 2000.0;
+        }
+        plant.step();
+        let exact = plant.local_rates();
+        let mut noisy = |x: f64| x * (1.0 + gauss(&mut seed) / (x * COUNTED).sqrt());
+        let recent = Rates { offered: noisy(exact.offered), received: 0.0, served: noisy(exact.served) };
+        let s = smoothed.get_or_insert(recent);
+        let follow = |avg, x| crate::steering::meter::follow(avg, x, alpha, COUNTED);
+        (s.offered, s.served) = (follow(s.offered, recent.offered), follow(s.served, recent.served));
+        let local = Local { smoothed: *s, recent, fixed: 0.0, capacity: 1000.0, cpu: None };
+        let sibs: Vec<Sibling> = siblings
+            .iter()
+            .enumerate()
+            .map(|(j, &(capacity, cost))| {
+                let mut r = idle(capacity);
+                r.served += plant.to(j);
+                sibling(r, plant.to(j), cost)
+            })
+            .collect();
+        let d = decide(&KNOBS, &mut state, &local, &sibs);
+        plant.apply(&d);
+        keeps.push(d.keep);
+    }
+    // Settled by 20 s into the crowd (long flows have a 30 s lifetime): from then on, keep
+    // stays within a few points of 800/2000 and turns seldom (the noise moves it by 3
+    // points at times, a rare overload further down; the bands hold the rest).
+    let settled = &keeps[50..];
+    let (lo, hi) = settled.iter().fold((1.0f64, 0.0f64), |(lo, hi), &k| (lo.min(k), hi.max(k)));
+    let turns = reversals(settled);
+    println!("noisy counts: keep in [{lo:.3}, {hi:.3}], {turns} reversals in {} intervals", settled.len());
+    assert!(lo > 0.4 - 0.1 && hi < 0.4 + 0.06, "keep in [{lo:.3}, {hi:.3}]: {settled:.3?}");
+    assert!(turns <= 20, "{turns} reversals: {settled:.3?}");
+    assert!((plant.utilisation() - KNOBS.target).abs() < 0.04, "{}", plant.utilisation());
+}
+
 #[test]
 fn moves_are_bounded_both_ways_and_per_minute() {
     let mut plant = Plant::new(1000.0, 500.0, 1);
@@ -204,7 +267,8 @@ fn the_nearest_room_is_filled_first() {
     shed_alone(&mut plant, &siblings, &mut state, 4);
     plant.demand = 1500.0;
     // Costs 30, 5, 10: the second is nearest, then the third; the first is not needed.
-    let ds = shed_alone(&mut plant, &siblings, &mut state, 40);
+    // 40 s: the long flows (30 s) follow the shares over their lifetime.
+    let ds = shed_alone(&mut plant, &siblings, &mut state, 80);
     let last = ds.last().unwrap();
     assert_eq!(last.shares[0], 0.0, "{last:?}");
     assert!(last.shares[1] > 0.0 && last.shares[2] > 0.0, "{last:?}");
@@ -271,7 +335,12 @@ fn shared_sibling(knobs: &Knobs, intervals: usize) -> (Vec<f64>, Plant, Plant) {
 fn two_shedders_share_one_siblings_room_and_never_push_it_above_its_target() {
     let (b, a, c) = shared_sibling(&KNOBS, 400);
     let peak = b.iter().copied().fold(0.0, f64::max);
-    assert!(peak <= 0.8 + 0.01, "b peaked at {peak}");
+    let at = b.iter().position(|&x| x == peak).unwrap();
+    assert!(
+        peak <= 0.8 + 0.01,
+        "b peaked at {peak} at {at}: {:?}",
+        &b[at.saturating_sub(10)..(at + 10).min(b.len())]
+    );
     // Its room (500) is split evenly: each sheds ~250 and sits at ~0.85, below high.
     assert!((b.last().unwrap() - 0.8).abs() < 0.02, "{:?}", &b[b.len() - 5..]);
     assert!((a.utilisation() - c.utilisation()).abs() < 0.01);
