@@ -270,13 +270,8 @@ pub enum BirdError {
 /// (`bird` on Debian) and must read it; it holds nothing secret. The temporary file starts
 /// with a dot, so the include pattern never matches it.
 pub fn write_include(path: &Path, text: &str) -> Result<(), BirdError> {
-    use std::os::unix::fs::PermissionsExt;
-    crate::reconcile::overrides::write_atomic(
-        path,
-        text.as_bytes(),
-        Some(std::fs::Permissions::from_mode(0o644)),
-    )
-    .map_err(|source| BirdError::Write { path: path.to_owned(), source })
+    crate::durable::replace(path, text.as_bytes(), Some(0o644))
+        .map_err(|source| BirdError::Write { path: path.to_owned(), source })
 }
 
 /// `birdc -v -s SOCKET configure`: BIRD re-reads its config (with the include) and applies

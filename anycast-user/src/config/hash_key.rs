@@ -3,10 +3,7 @@
 //! reload, before anything is planned. See [`super::HashKeySource`] for why it is part of
 //! the configuration rather than per-host state.
 
-use std::{
-    io::Write as _,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use super::{HashKeySource, parse_hash_key};
 
@@ -51,13 +48,10 @@ fn generate(path: &Path) -> Result<[u8; 16], HashKeyError> {
     getrandom::fill(&mut key).map_err(|e| err(e.into()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
-    // A temporary file in the same directory (mode 0600), synced, then renamed: the key is
-    // either absent or whole, never half-written.
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+    // Whole or absent, never half-written (mode 0600); if another start wrote one
+    // meanwhile, that one stays and this one is refused.
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    writeln!(tmp, "{hex}").map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist_noclobber(path).map_err(|e| err(e.error))?;
+    crate::durable::create(path, format!("{hex}\n").as_bytes()).map_err(err)?;
     Ok(key)
 }
 

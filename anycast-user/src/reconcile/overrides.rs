@@ -55,27 +55,10 @@ impl Overrides {
         let write = || -> io::Result<()> {
             std::fs::create_dir_all(state_dir)?;
             let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-            write_atomic(&path, &json, None)
+            crate::durable::replace(&path, &json, None)
         };
         write().map_err(|source| OverridesError::Write { path: path.clone(), source })
     }
-}
-
-/// `contents` to `path` through a uniquely named temporary file in the same directory
-/// (concurrent writers never share one), synced, given `mode` if set, renamed over `path`,
-/// and the directory synced so that the rename itself survives a power loss.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: Option<std::fs::Permissions>) -> io::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).tempfile_in(dir)?;
-    tmp.write_all(contents)?;
-    if let Some(mode) = mode {
-        tmp.as_file().set_permissions(mode)?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
