@@ -212,6 +212,11 @@ pub struct Expect<'a> {
     pub max_age: Duration,
 }
 
+/// The most packets/s a report may give for anything (capacity, served, a claim).
+pub const MAX_RATE: f64 = 1e12;
+/// The highest utilisation a report may give.
+pub const MAX_UTILISATION: f64 = 1e3;
+
 /// Checks and decodes one fetched report; `last` is the (epoch, seq) accepted last.
 pub fn accept(f: &Fetched, expect: &Expect, last: Option<(u64, u64)>) -> Result<LoadReport, PeerError> {
     let refuse = |refusal, why: String| PeerError::Refused { addr: f.addr, refusal, why };
@@ -234,25 +239,26 @@ pub fn accept(f: &Fetched, expect: &Expect, last: Option<(u64, u64)>) -> Result<
             format!("it reports site `{}`, expected `{}`", r.site, expect.site),
         ));
     }
-    let finite = [r.capacity, r.served, r.utilisation, r.target].iter().all(|v| v.is_finite());
-    let fine = |x: f64| x.is_finite() && x >= 0.0;
-    if let Some((site, c)) = r.claims.iter().find(|(_, c)| !(fine(c.wants) && fine(c.sends))) {
+    // Finite is not enough: a huge finite value (1e308) overflows to infinity in the
+    // policy's sums and products and ends as NaN shares. No site serves 10^12 packets/s,
+    // and no real utilisation is a thousand times its capacity.
+    let rate = |x: f64| (0.0..=MAX_RATE).contains(&x);
+    if let Some((site, c)) = r.claims.iter().find(|(_, c)| !(rate(c.wants) && rate(c.sends))) {
         return Err(refuse(
             Refusal::Invalid,
-            format!("claims {} (sends {}) on `{site}`: need finite and >= 0", c.wants, c.sends),
+            format!("claims {} (sends {}) on `{site}`: need 0..={MAX_RATE:e}", c.wants, c.sends),
         ));
     }
-    if !finite
-        || r.capacity <= 0.0
-        || r.served < 0.0
-        || r.utilisation < 0.0
+    if !(rate(r.capacity) && r.capacity > 0.0)
+        || !rate(r.served)
+        || !(0.0..=MAX_UTILISATION).contains(&r.utilisation)
         || !(r.target > 0.0 && r.target <= 1.0)
     {
         return Err(refuse(
             Refusal::Invalid,
             format!(
-                "capacity {} served {} utilisation {} target {}: need finite, capacity > 0, served and \
-                 utilisation >= 0, 0 < target <= 1",
+                "capacity {} served {} utilisation {} target {}: need 0 < capacity <= {MAX_RATE:e}, \
+                 0 <= served <= {MAX_RATE:e}, 0 <= utilisation <= {MAX_UTILISATION}, 0 < target <= 1",
                 r.capacity, r.served, r.utilisation, r.target
             ),
         ));
@@ -353,6 +359,7 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Claim;
 
     fn report() -> LoadReport {
         LoadReport {
@@ -419,6 +426,11 @@ mod tests {
             LoadReport { served: -1.0, ..report() },
             LoadReport { capacity: 0.0, ..report() },
             LoadReport { utilisation: -0.5, ..report() },
+            // Finite but huge: would overflow the policy's sums to infinity, then NaN.
+            LoadReport { served: 1e308, ..report() },
+            LoadReport { capacity: 1e308, ..report() },
+            LoadReport { utilisation: 1e308, ..report() },
+            LoadReport { claims: [("a".to_owned(), Claim { wants: 1e308, sends: 0.0 })].into(), ..report() },
         ] {
             assert_eq!(
                 refusal(accept(&fetched(&bad, Some(&key)), &e, None)),
