@@ -12,6 +12,7 @@ use anycast_common::{
     counters::{EXCEPTION_SLOTS, exception_slot},
 };
 
+use super::listener::{MAX_CONNECTIONS, MAX_PER_SOURCE};
 use crate::model::{BgpView, NextHops, ReloadOutcome, Route, SteeringView};
 use prometheus_client::{
     collector::Collector,
@@ -44,6 +45,16 @@ pub struct Scrape {
     pub reload: Option<ReloadOutcome>,
     /// The neighbour keeper's last sweep.
     pub next_hops: NextHops,
+    /// Per TCP listener: connections open now and refused since the start.
+    pub listeners: Vec<ListenerCounts>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ListenerCounts {
+    /// `metrics` or `peer`.
+    pub name: &'static str,
+    pub open: u64,
+    pub refused: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -313,6 +324,27 @@ impl Collector for Scrape {
             None,
             MetricType::Gauge,
         )?)?;
+        {
+            let mut m = enc.encode_descriptor(
+                "anycast_listener_connections",
+                "Connections open now on each TCP listener (metrics: [admin] listen, peer: [admin] peer_listen)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for l in &self.listeners {
+                ConstGauge::new(l.open as i64).encode(m.encode_family(&[("listener", l.name)])?)?;
+            }
+        }
+        {
+            let help = format!(
+                "Connections a TCP listener closed as soon as it accepted them: it had {MAX_CONNECTIONS} open, or {MAX_PER_SOURCE} from that address"
+            );
+            let mut m =
+                enc.encode_descriptor("anycast_listener_refused", &help, None, MetricType::Counter)?;
+            for l in &self.listeners {
+                ConstCounter::new(l.refused).encode(m.encode_family(&[("listener", l.name)])?)?;
+            }
+        }
         let p = self.process;
         ConstGauge::new(p.resident_bytes as i64).encode(enc.encode_descriptor(
             "process_resident_memory_bytes",
@@ -447,6 +479,7 @@ mod tests {
         s.flow_entries = 4;
         s.flow_capacity = 262144;
         s.process = Process::read();
+        s.listeners.push(ListenerCounts { name: "peer", open: 8, refused: 72 });
         s.steering.sites.insert("fra".into(), SiteView { up: true, load_ratio: Some(0.5) });
         s.steering.sites.insert("ams".into(), SiteView { up: false, load_ratio: None });
         s.steering.no_headroom = true;
@@ -493,6 +526,8 @@ mod tests {
             "anycast_config_last_reload_successful 0",
             "anycast_config_last_reload_timestamp_seconds 1700000000",
             "# TYPE process_cpu_seconds_total counter",
+            "anycast_listener_connections{listener=\"peer\"} 8",
+            "anycast_listener_refused_total{listener=\"peer\"} 72",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

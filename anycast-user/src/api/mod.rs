@@ -2,6 +2,7 @@
 //! on TCP, `/load` for the sibling sites, and the pieces the CLI renders.
 
 pub mod client;
+pub mod listener;
 pub mod metrics;
 pub mod server;
 pub mod status;
@@ -32,6 +33,8 @@ pub struct Handles {
     /// This site's load report as the peers get it (body and signature).
     pub report: watch::Receiver<Arc<Published>>,
     pub counters: Arc<Counters>,
+    /// The TCP listeners' admission (open and refused connections, for `/metrics`).
+    pub gates: Vec<Arc<listener::Gate>>,
     /// The config file `POST /reload` re-reads.
     pub config_path: PathBuf,
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Handles,
-    metrics::{self, Process, Scrape},
+    metrics::{self, ListenerCounts, Process, Scrape},
     status,
 };
 use crate::{
@@ -153,6 +153,11 @@ pub fn scrape(h: &Handles, snap: &Snapshot) -> Scrape {
         bgp: h.bgp.borrow().as_deref().cloned(),
         reload: dp.reload.clone(),
         next_hops: (*h.next_hops.borrow().clone()).clone(),
+        listeners: h
+            .gates
+            .iter()
+            .map(|g| ListenerCounts { name: g.name, open: g.open() as u64, refused: g.refused() })
+            .collect(),
     }
 }
 

@@ -35,7 +35,11 @@ use tokio::{
 };
 
 use crate::{
-    api::{Handles, server},
+    api::{
+        Handles,
+        listener::{self, Gate},
+        server,
+    },
     bgp,
     config::{Config, ConfigError},
     datapath::{
@@ -159,6 +163,8 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
     let (bgp_tx, bgp_rx) = watch::channel(None);
     let (samples_tx, samples_rx) = watch::channel(Arc::new(Samples::default()));
     let (next_hops_tx, next_hops_rx) = watch::channel(Arc::new(NextHops::default()));
+    let metrics_gate = Gate::new("metrics");
+    let peer_gate = peer_listener.as_ref().map(|_| Gate::new("peer"));
     let handles = Handles {
         owner: owner.clone(),
         datapath: datapath.clone(),
@@ -168,6 +174,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
         next_hops: next_hops_rx,
         report: report_rx,
         counters: counters.clone(),
+        gates: std::iter::once(metrics_gate.clone()).chain(peer_gate.clone()).collect(),
         config_path: config_path.to_owned(),
     };
 
@@ -195,24 +202,20 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
     let app = server::metrics_router(handles.clone());
     let id = tasks
         .spawn(async move {
-            if let Err(e) = axum::serve(metrics_listener, app).await {
-                log::error!("metrics server: {e}");
-            }
+            listener::serve(metrics_listener, app, metrics_gate).await;
             "metrics server"
         })
         .id();
     names.insert(id, "metrics server");
     log::info!("metrics on http://{listen_addr}/metrics");
-    if let Some(peer_listener) = peer_listener {
+    if let (Some(peer_listener), Some(peer_gate)) = (peer_listener, peer_gate) {
         if let Ok(addr) = peer_listener.local_addr() {
             log::info!("load reports for peers on http://{addr}/load");
         }
         let app = server::peer_router(handles.clone());
         let id = tasks
             .spawn(async move {
-                if let Err(e) = axum::serve(peer_listener, app).await {
-                    log::error!("peer API: {e}");
-                }
+                listener::serve(peer_listener, app, peer_gate).await;
                 "peer API"
             })
             .id();
