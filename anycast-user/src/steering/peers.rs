@@ -249,11 +249,13 @@ pub fn accept(f: &Fetched, expect: &Expect, last: Option<(u64, u64)>) -> Result<
             format!("claims {} (sends {}) on `{site}`: need 0..={MAX_RATE:e}", c.wants, c.sends),
         ));
     }
-    if !(rate(r.capacity) && r.capacity > 0.0)
-        || !rate(r.served)
-        || !(0.0..=MAX_UTILISATION).contains(&r.utilisation)
-        || !(r.target > 0.0 && r.target <= 1.0)
-    {
+    let valid = rate(r.capacity)
+        && r.capacity > 0.0
+        && rate(r.served)
+        && (0.0..=MAX_UTILISATION).contains(&r.utilisation)
+        && r.target > 0.0
+        && r.target <= 1.0;
+    if !valid {
         return Err(refuse(
             Refusal::Invalid,
             format!(
