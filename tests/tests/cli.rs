@@ -120,8 +120,8 @@ fn valid() -> String {
     format!("{SITES}{VIP}")
 }
 
-/// One bad file: its text with [`MARK`] where the problem is (none: line 1, column 1, what
-/// the parser reports for a problem of the whole file) and a part of the message.
+/// One bad file: its text with [`MARK`] where the problem is (none: a problem of the whole
+/// file, reported with no line) and a part of the message.
 struct Case {
     name: &'static str,
     text: String,
@@ -140,26 +140,31 @@ fn edit(from: &str, to: &str) -> String {
 }
 
 /// 1-based line and column (in characters) of the mark, and the text without it.
-fn locate(marked: &str) -> ((usize, usize), String) {
-    let Some(at) = marked.find(MARK) else { return ((1, 1), marked.to_owned()) };
+fn locate(marked: &str) -> (Option<(usize, usize)>, String) {
+    let Some(at) = marked.find(MARK) else { return (None, marked.to_owned()) };
     let before = &marked[..at];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().unwrap_or(before).chars().count() + 1;
-    ((line, column), marked.replacen(MARK, "", 1))
+    (Some((line, column)), marked.replacen(MARK, "", 1))
 }
 
 fn cases() -> Vec<Case> {
     let many_sites: String = (0..MAX_SITES)
         .map(|i| {
+            // The first site past the limit (after a and b) is where the problem is.
+            let mark = if i == MAX_SITES - 2 { MARK.to_string() } else { String::new() };
             format!(
-                "\n[[sites]]\nname = \"r{i}\"\nendpoint = \"10.{}.{}.1\"\ncapacity = 1\n",
+                "\n[[sites]]\nname = {mark}\"r{i}\"\nendpoint = \"10.{}.{}.1\"\ncapacity = 1\n",
                 1 + i / 256,
                 i % 256
             )
         })
         .collect();
     let many_vips: String = (1..=MAX_VIPS + 1)
-        .map(|p| format!("\n[[vips]]\naddress = \"192.0.2.1\"\nport = {p}\nprotocol = \"udp\"\n"))
+        .map(|p| {
+            let mark = if p == MAX_VIPS + 1 { MARK.to_string() } else { String::new() };
+            format!("\n[[vips]]\naddress = {mark}\"192.0.2.1\"\nport = {p}\nprotocol = \"udp\"\n")
+        })
         .collect();
     let site_c = "\n[[sites]]\nname = \"c\"\nendpoint = \"10.0.0.3\"\ncapacity = 100\n";
     let section = |body: &str| format!("{}{body}", valid());
@@ -184,7 +189,7 @@ fn cases() -> Vec<Case> {
         case("too many VIPs", format!("{SITES}{many_vips}"), "VIPs; the data path holds at most"),
         case(
             "Maglev table below the site count",
-            format!("{SITES}{site_c}\n[datapath]\nmaglev_table_size = 2\n"),
+            format!("{SITES}{site_c}\n[datapath]\nmaglev_table_size = {MARK}2\n"),
             "maglev_table_size 2 is smaller than the number of sites (3)",
         ),
         case(
@@ -345,10 +350,13 @@ fn cli_check_config_names_every_problem_with_line_and_column() {
     let mut wrong = Vec::new();
     let cases = cases();
     for Case { name, text: marked, message } in &cases {
-        let ((line, column), text) = locate(marked);
+        let (at, text) = locate(marked);
         let out = check(&text);
         let stderr = self::text(&out.stderr);
-        let want = format!("{}:{line}:{column}: ", path.display());
+        let want = match at {
+            Some((line, column)) => format!("{}:{line}:{column}: ", path.display()),
+            None => format!("{}: ", path.display()),
+        };
         let found =
             stderr.lines().any(|l| l.strip_prefix(&want).is_some_and(|m| m.contains(message.as_str())));
         if out.status.code() != Some(4) || !found || !stderr.contains("nothing applied") {
@@ -422,8 +430,8 @@ fn cli_daemon_refuses_a_bad_config_at_start() {
     }
     let (_cl, site) = local_site("cbs");
     let mut d = Daemon::new(&site).unwrap();
-    let ((line, column), body) =
-        locate(&LOCAL_SITE.replace("capacity = 100", &format!("capacity = {MARK}0")));
+    let (at, body) = locate(&LOCAL_SITE.replace("capacity = 100", &format!("capacity = {MARK}0")));
+    let (line, column) = at.expect("the capacity is marked");
     d.write_config(&body).unwrap();
     let log = refused_start(&mut d);
     let located = format!("{}:{line}:{column}: site `here`: capacity must be > 0", d.config_path().display());

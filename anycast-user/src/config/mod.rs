@@ -297,9 +297,13 @@ impl Protocol {
     }
 }
 
+/// The span of a problem about the file as a whole (a missing section): no line to point at.
+const WHOLE_FILE: Range<usize> = usize::MAX..usize::MAX;
+
 /// One problem in a config file, located.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
+    /// 1-based; 0 (with column 0) for a problem about the file as a whole.
     pub line: usize,
     pub column: usize,
     pub message: String,
@@ -314,8 +318,13 @@ pub enum ConfigError {
 }
 
 fn render(path: &str, problems: &[Problem]) -> String {
-    let mut lines: Vec<String> =
-        problems.iter().map(|p| format!("{path}:{}:{}: {}", p.line, p.column, p.message)).collect();
+    let mut lines: Vec<String> = problems
+        .iter()
+        .map(|p| match p.line {
+            0 => format!("{path}: {}", p.message),
+            line => format!("{path}:{line}:{}: {}", p.column, p.message),
+        })
+        .collect();
     lines.push(format!(
         "{path}: {} error{}, nothing applied",
         problems.len(),
@@ -348,7 +357,8 @@ impl Config {
                 let problems = spans
                     .into_iter()
                     .map(|(span, message)| {
-                        let (line, column) = line_column(text, span.start);
+                        let (line, column) =
+                            if span == WHOLE_FILE { (0, 0) } else { line_column(text, span.start) };
                         Problem { line, column, message }
                     })
                     .collect();
@@ -566,7 +576,7 @@ impl<'t> Validator<'t> {
             // After a syntax error the tree is a guess; type and semantic messages about
             // it would mislead.
             for e in syntax {
-                self.error(e.span().unwrap_or(0..0), e.message().trim().to_owned());
+                self.error(e.span().unwrap_or(WHOLE_FILE), e.message().trim().to_owned());
             }
             return None;
         }
@@ -582,7 +592,7 @@ impl<'t> Validator<'t> {
         let local: Option<RawLocal> = match root.get("local") {
             Some(v) => self.decode(v),
             None => {
-                self.error(0..0, "missing section [local] (interfaces, tunnel addresses)");
+                self.error(WHOLE_FILE, "missing section [local] (interfaces, tunnel addresses)");
                 None
             }
         };
@@ -592,7 +602,7 @@ impl<'t> Validator<'t> {
         let sites: Option<Vec<RawSite>> = match root.get("sites") {
             Some(v) => self.decode_entries("sites", v),
             None => {
-                self.error(0..0, "no [[sites]]: at least the local site is needed");
+                self.error(WHOLE_FILE, "no [[sites]]: at least the local site is needed");
                 None
             }
         };
@@ -604,6 +614,20 @@ impl<'t> Validator<'t> {
         let bgp: Option<Option<(RawBgp, Range<usize>)>> =
             root.get("bgp").map_or(Some(None), |v| self.decode(v).map(|b| Some((b, v.span()))));
 
+        // Where the relations between sections below point: the value that decides, else its
+        // section.
+        let span_of = |name: &str| root.get(name).map(|v| v.span());
+        let maglev_span = datapath
+            .as_ref()
+            .and_then(|d| d.maglev_table_size.as_ref().map(Spanned::span))
+            .or_else(|| span_of("sites"))
+            .unwrap_or(WHOLE_FILE);
+        let peer_span = admin
+            .as_ref()
+            .and_then(|a| a.peer_listen.as_ref().map(Spanned::span))
+            .or_else(|| sites.iter().flatten().find_map(|s| s.peer.as_ref().map(Spanned::span)))
+            .unwrap_or(WHOLE_FILE);
+        let (load_span, health_span) = (span_of("load"), span_of("health"));
         let local = local.map(|l| self.local(l));
         let datapath = datapath.map(|d| self.datapath(d));
         let admin = admin.map(|a| self.admin(a));
@@ -613,7 +637,7 @@ impl<'t> Validator<'t> {
             && (datapath.maglev_table_size as usize) < sites.len()
         {
             self.error(
-                0..0,
+                maglev_span,
                 format!(
                     "maglev_table_size {} is smaller than the number of sites ({}); use a \
                      prime at least 100 times larger",
@@ -630,7 +654,7 @@ impl<'t> Validator<'t> {
             let serves = admin.peer_listen.map(|a| format!("[admin] peer_listen is {a}"));
             if let Some(why) = serves.or(reads) {
                 self.error(
-                    0..0,
+                    peer_span,
                     format!(
                         "{why}, but [admin] has no peer_key_file: load reports between sites must be \
                          authenticated (a file with the deployment's shared key, e.g. `openssl rand -hex 32`)"
@@ -638,8 +662,8 @@ impl<'t> Validator<'t> {
                 );
             }
         }
-        let load = load.map(|l| l.map(|l| self.load(l)));
-        let health = health.map(|h| h.map(|h| self.health(h)));
+        let load = load.map(|l| l.map(|l| self.load(l, load_span.clone().unwrap_or(WHOLE_FILE))));
+        let health = health.map(|h| h.map(|h| self.health(h, health_span.clone().unwrap_or(WHOLE_FILE))));
         let bgp = bgp.map(|b| b.map(|(b, span)| self.bgp(b, span)));
         Some(Config {
             local: local?,
@@ -790,7 +814,7 @@ impl<'t> Validator<'t> {
         }
     }
 
-    fn load(&mut self, raw: RawLoad) -> Load {
+    fn load(&mut self, raw: RawLoad, section: Range<usize>) -> Load {
         // A share in (0, max]: of capacity for the watermarks and of new flows for the moves.
         let mut share = |v: Option<Spanned<f64>>, default: f64, max: f64, what: &str| match v {
             None => default,
@@ -813,7 +837,7 @@ impl<'t> Validator<'t> {
         // Moves add up over a minute (out, back, out again), so this one may exceed 1.
         let max_moved_per_minute = share(raw.max_moved_per_minute, 2.0, 10.0, "max_moved_per_minute");
         if !(low < target && target < high) {
-            let span = target_span.clone().or(high_span).unwrap_or(0..0);
+            let span = target_span.clone().or(high_span).unwrap_or(section.clone());
             self.error(
                 span,
                 format!(
@@ -821,6 +845,11 @@ impl<'t> Validator<'t> {
             );
         }
         let errors = self.errors.len();
+        let (interval_span, timeout_span, stale_span) = (
+            raw.interval_ms.as_ref().map(Spanned::span),
+            raw.peer_timeout_ms.as_ref().map(Spanned::span),
+            raw.stale_ms.as_ref().map(Spanned::span),
+        );
         let interval = self.millis(raw.interval_ms, 500, 50..=60_000, "interval_ms");
         let smoothing = self.millis(raw.smoothing_ms, 1_000, 0..=600_000, "smoothing_ms");
         let escalate_after = self.millis(raw.escalate_after_ms, 10_000, 500..=3_600_000, "escalate_after_ms");
@@ -832,7 +861,7 @@ impl<'t> Validator<'t> {
         // An explicit low out of range is reported by `share`; the default one is not.
         if !low_given && low <= 0.0 {
             self.error(
-                target_span.unwrap_or(0..0),
+                target_span.unwrap_or(section.clone()),
                 format!(
                     "[load] the default low (target - 0.1) is {low:.2}: set low above 0, or shedding never ends"
                 ),
@@ -842,7 +871,7 @@ impl<'t> Validator<'t> {
         let in_range = self.errors.len() == errors;
         if in_range && peer_timeout > interval {
             self.error(
-                0..0,
+                timeout_span.or(interval_span.clone()).unwrap_or(section.clone()),
                 format!(
                     "[load] peer_timeout_ms ({}) must not exceed interval_ms ({}): a slow peer would stretch every tick",
                     peer_timeout.as_millis(),
@@ -852,7 +881,7 @@ impl<'t> Validator<'t> {
         }
         if in_range && stale < interval * 2 {
             self.error(
-                0..0,
+                stale_span.or(interval_span).unwrap_or(section),
                 format!(
                     "[load] stale_ms ({}) must be at least twice interval_ms ({}): every report would be stale \
                      before the next poll",
@@ -876,15 +905,16 @@ impl<'t> Validator<'t> {
         }
     }
 
-    fn health(&mut self, raw: RawHealth) -> Health {
+    fn health(&mut self, raw: RawHealth, section: Range<usize>) -> Health {
         let errors = self.errors.len();
+        let span = raw.timeout_ms.as_ref().or(raw.interval_ms.as_ref()).map_or(section, Spanned::span);
         let interval = self.millis(raw.interval_ms, 1_000, 50..=60_000, "interval_ms");
         let timeout = self.millis(raw.timeout_ms, 500, 10..=60_000, "timeout_ms");
         let rise = self.count(raw.rise, 2, "rise");
         let fall = self.count(raw.fall, 3, "fall");
         if self.errors.len() == errors && timeout > interval {
             self.error(
-                0..0,
+                span,
                 format!(
                     "[health] timeout_ms ({}) must not exceed interval_ms ({}): probes would overlap",
                     timeout.as_millis(),
@@ -998,8 +1028,13 @@ impl<'t> Validator<'t> {
         let mut locals = Vec::new();
         let mut out = Vec::new();
         if raw.len() > MAX_SITES as usize {
-            self.error(0..0, format!("{} sites; the data path holds at most {MAX_SITES}", raw.len()));
+            let first_too_many = raw[MAX_SITES as usize].name.span();
+            self.error(
+                first_too_many,
+                format!("{} sites; the data path holds at most {MAX_SITES}", raw.len()),
+            );
         }
+        let first = raw.first().map_or(WHOLE_FILE, |s| s.name.span());
         for s in raw {
             let name = s.name.get_ref().clone();
             self.check_name(&s.name, "site");
@@ -1041,7 +1076,7 @@ impl<'t> Validator<'t> {
         }
         match locals.len() {
             1 => {}
-            0 => self.error(0..0, "no local site: exactly one [[sites]] entry needs `local = true`"),
+            0 => self.error(first, "no local site: exactly one [[sites]] entry needs `local = true`"),
             _ => {
                 for span in locals.into_iter().skip(1) {
                     self.error(span, "a second local site: exactly one site may be `local = true`");
@@ -1111,7 +1146,8 @@ impl<'t> Validator<'t> {
 
     fn vips(&mut self, raw: Vec<RawVip>, sites: Option<&Vec<Site>>, local: Option<&Local>) -> Vec<Vip> {
         if raw.len() > MAX_VIPS as usize {
-            self.error(0..0, format!("{} VIPs; the data path holds at most {MAX_VIPS}", raw.len()));
+            let first_too_many = raw[MAX_VIPS as usize].address.span();
+            self.error(first_too_many, format!("{} VIPs; the data path holds at most {MAX_VIPS}", raw.len()));
         }
         let mut keys: HashMap<(IpAddr, u16, Protocol), String> = HashMap::new();
         let mut names = HashSet::new();

@@ -181,7 +181,8 @@ fn unknown_protocol() {
 
 #[test]
 fn no_local_site_and_two_local_sites() {
-    one(&BASE.replace("local = true", "endpoint = \"10.0.0.3\""), 1, 1, "no local site");
+    // At the first site, the one that would usually be local.
+    one(&BASE.replace("local = true", "endpoint = \"10.0.0.3\""), 7, 8, "no local site");
     one(&BASE.replace("endpoint = \"10.0.0.2\"", "local = true"), 13, 9, "second local site");
 }
 
@@ -388,4 +389,29 @@ fn neighbours_mode() {
     let bad = BASE.replacen("[local]\n", "[local]\nneighbours = \"static\"\n", 1);
     let p = problems(&bad);
     assert!(p.iter().any(|p| p.line == 3 && p.message.contains("unknown variant `static`")), "{p:#?}");
+}
+
+#[test]
+fn relations_point_at_the_value_that_decides_and_whole_file_problems_have_no_line() {
+    // Between two values: at the one that must change (or its section when both default).
+    let health = format!("{BASE}\n[health]\ninterval_ms = 100\ntimeout_ms = 200\n");
+    let line = health.lines().position(|l| l.starts_with("timeout_ms")).unwrap() + 1;
+    one(&health, line, 14, "must not exceed interval_ms");
+    let load = format!("{BASE}\n[load]\ninterval_ms = 1000\nstale_ms = 1500\n");
+    let line = load.lines().position(|l| l.starts_with("stale_ms")).unwrap() + 1;
+    one(&load, line, 12, "at least twice interval_ms");
+    let three = format!("{BASE}\n[[sites]]\nname = \"c\"\nendpoint = \"10.0.0.3\"\ncapacity = 1\n");
+    let size = three.replacen("[local]", "[datapath]\nmaglev_table_size = 2\n\n[local]", 1);
+    let line = size.lines().position(|l| l.starts_with("maglev_table_size")).unwrap() + 1;
+    one(&size, line, 21, "smaller than the number of sites");
+    // About the file as a whole: no line, and the message says so without one.
+    let text = BASE.replacen("[local]\ninterfaces = [\"veth0\"]\ntunnel_v4 = \"10.0.0.1\"\n", "", 1);
+    let p = problems(&text);
+    let missing = p.iter().find(|p| p.message.contains("missing section [local]")).expect("{p:#?}");
+    assert_eq!((missing.line, missing.column), (0, 0), "{p:#?}");
+    let Err(e) = Config::parse(&text, "t.toml") else { panic!("accepted") };
+    assert!(
+        e.to_string().lines().any(|l| l == "t.toml: missing section [local] (interfaces, tunnel addresses)"),
+        "{e}"
+    );
 }
