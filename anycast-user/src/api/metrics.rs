@@ -486,15 +486,7 @@ mod tests {
         s.steering.weight_changes = 3;
         s.steering.refused.insert("ams".into(), BTreeMap::from([("replay".to_owned(), 2)]));
         s.reload = Some(ReloadOutcome { at: 1_700_000_000, ok: false, message: "line 3: bad".into() });
-        s.next_hops.hops.push(crate::model::NextHop {
-            site: "ams".into(),
-            endpoint: "10.0.0.2".parse().unwrap(),
-            address: Some("10.9.0.1".parse().unwrap()),
-            dev: "eth1".into(),
-            state: "FAILED".into(),
-            resolved: false,
-            managed: true,
-        });
+        s.next_hops.hops.push(crate::model::NextHop::failed_example());
         s
     }
 

@@ -178,48 +178,26 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
         config_path: config_path.to_owned(),
     };
 
-    // Every task returns its name when it ends; a panicking one is named through its id.
-    let mut tasks: JoinSet<&'static str> = JoinSet::new();
-    let mut names = std::collections::HashMap::new();
-    let id = tasks
-        .spawn(async move {
-            let _ = ended.await;
-            "data-path owner"
-        })
-        .id();
-    names.insert(id, "data-path owner");
+    let mut tasks = Tasks::default();
+    tasks.spawn("data-path owner", async move {
+        let _ = ended.await;
+    });
     let app = server::admin_router(handles.clone());
-    let id = tasks
-        .spawn(async move {
-            if let Err(e) = axum::serve(admin_listener, app).await {
-                log::error!("admin API: {e}");
-            }
-            "admin API"
-        })
-        .id();
-    names.insert(id, "admin API");
+    tasks.spawn("admin API", async move {
+        if let Err(e) = axum::serve(admin_listener, app).await {
+            log::error!("admin API: {e}");
+        }
+    });
     log::info!("admin API on {} (unix socket)", socket.display());
     let app = server::metrics_router(handles.clone());
-    let id = tasks
-        .spawn(async move {
-            listener::serve(metrics_listener, app, metrics_gate).await;
-            "metrics server"
-        })
-        .id();
-    names.insert(id, "metrics server");
+    tasks.spawn("metrics server", listener::serve(metrics_listener, app, metrics_gate));
     log::info!("metrics on http://{listen_addr}/metrics");
     if let (Some(peer_listener), Some(peer_gate)) = (peer_listener, peer_gate) {
         if let Ok(addr) = peer_listener.local_addr() {
             log::info!("load reports for peers on http://{addr}/load");
         }
         let app = server::peer_router(handles.clone());
-        let id = tasks
-            .spawn(async move {
-                listener::serve(peer_listener, app, peer_gate).await;
-                "peer API"
-            })
-            .id();
-        names.insert(id, "peer API");
+        tasks.spawn("peer API", listener::serve(peer_listener, app, peer_gate));
     }
     let inputs = steering::task::Inputs {
         owner: owner.clone(),
@@ -229,38 +207,11 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
         view: steering_tx,
         report: report_tx,
     };
-    let id = tasks
-        .spawn(async move {
-            steering::task::run(inputs).await;
-            "steering"
-        })
-        .id();
-    names.insert(id, "steering");
+    tasks.spawn("steering", steering::task::run(inputs));
     // Idle without [bgp]; follows reloads that add, change or remove it.
-    let (dp, sv) = (datapath.clone(), steering_rx.clone());
-    let id = tasks
-        .spawn(async move {
-            bgp::run(dp, sv, bgp_tx).await;
-            "BGP"
-        })
-        .id();
-    names.insert(id, "BGP");
-    let dp = datapath.clone();
-    let id = tasks
-        .spawn(async move {
-            neighbours::run(dp, next_hops_tx).await;
-            "neighbour keeper"
-        })
-        .id();
-    names.insert(id, "neighbour keeper");
-    let dp = datapath.clone();
-    let id = tasks
-        .spawn(async move {
-            sampler::run(counters, dp, samples_tx, SAMPLE_EVERY).await;
-            "sampler"
-        })
-        .id();
-    names.insert(id, "sampler");
+    tasks.spawn("BGP", bgp::run(datapath.clone(), steering_rx.clone(), bgp_tx));
+    tasks.spawn("neighbour keeper", neighbours::run(datapath.clone(), next_hops_tx));
+    tasks.spawn("sampler", sampler::run(counters, datapath.clone(), samples_tx, SAMPLE_EVERY));
 
     notify(&[sd_notify::NotifyState::Ready]);
     log::info!("ready: data path attached and reconciled");
@@ -269,18 +220,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
     let mut last_ticks = 0;
     let result = loop {
         tokio::select! {
-            ended = tasks.join_next_with_id() => {
-                let name = match ended {
-                    Some(Ok((_, name))) => name,
-                    Some(Err(e)) => {
-                        let name = names.get(&e.id()).copied().unwrap_or("unknown");
-                        log::error!("the {name} task panicked: {e}");
-                        name
-                    }
-                    None => "last",
-                };
-                break Err(DaemonError::TaskEnded(name));
-            }
+            name = tasks.first_ended() => break Err(DaemonError::TaskEnded(name)),
             _ = sighup.recv() => {
                 let h = handles.clone();
                 // The reload waits for the owner: run it aside, so that signals keep flowing.
@@ -307,7 +247,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
         }
     };
     notify(&[sd_notify::NotifyState::Stopping]);
-    tasks.abort_all();
+    tasks.set.abort_all();
     let _ = std::fs::remove_file(&socket);
     log::info!(
         "controller stopped; the data path keeps running (pinned under {}); `anycast detach` removes it",
@@ -348,4 +288,33 @@ async fn bind_socket(path: &Path, group: Option<&str>) -> Result<UnixListener, D
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
     Ok(listener)
+}
+
+/// The daemon's tasks, each under its name: none of them is meant to end, and the one that
+/// does (or panics) is named when it ends the daemon.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Tasks {
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let id = self.set.spawn(task).id();
+        self.names.insert(id, name);
+    }
+
+    /// The name of the first task to end (a panic is logged).
+    async fn first_ended(&mut self) -> &'static str {
+        let (id, panic) = match self.set.join_next_with_id().await {
+            Some(Ok((id, ()))) => (id, None),
+            Some(Err(e)) => (e.id(), Some(e)),
+            None => return "last",
+        };
+        let name = self.names.get(&id).copied().unwrap_or("unknown");
+        if let Some(e) = panic {
+            log::error!("the {name} task panicked: {e}");
+        }
+        name
+    }
 }

@@ -34,6 +34,22 @@ pub struct NextHop {
     pub managed: bool,
 }
 
+#[cfg(test)]
+impl NextHop {
+    /// A managed hop of site `ams` that the kernel could not resolve, for the views' tests.
+    pub fn failed_example() -> NextHop {
+        NextHop {
+            site: "ams".into(),
+            endpoint: "10.0.0.2".parse().unwrap(),
+            address: Some("10.9.0.1".parse().unwrap()),
+            dev: "eth1".into(),
+            state: "FAILED".into(),
+            resolved: false,
+            managed: true,
+        }
+    }
+}
+
 impl NextHops {
     pub fn unresolved(&self) -> impl Iterator<Item = &NextHop> {
         self.hops.iter().filter(|h| !h.resolved)

@@ -188,15 +188,7 @@ mod tests {
             reload: None,
             next_hops: NextHops {
                 mode: "managed".into(),
-                hops: vec![crate::model::NextHop {
-                    site: "ams".into(),
-                    endpoint: "10.0.0.2".parse().unwrap(),
-                    address: Some("10.9.0.1".parse().unwrap()),
-                    dev: "eth1".into(),
-                    state: "FAILED".into(),
-                    resolved: false,
-                    managed: true,
-                }],
+                hops: vec![crate::model::NextHop::failed_example()],
                 sweeps: 1,
             },
         };

@@ -176,15 +176,8 @@ impl Rtnl {
     /// caller reads the entry back to know.
     pub fn manage(&mut self, hop: Hop) -> Result<(), NetlinkError> {
         let mut msg = neigh_msg(hop);
-        msg.header.state = NeighbourState::None;
         msg.attributes.push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
-        let what = format!("managing neighbour {} (ifindex {})", hop.addr, hop.ifindex);
-        self.request(
-            RouteNetlinkMessage::NewNeighbour(msg),
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-            &what,
-        )
-        .map(drop)
+        self.new_neighbour(msg, &format!("managing neighbour {} (ifindex {})", hop.addr, hop.ifindex))
     }
 
     /// Asks the kernel to resolve `hop` now, or to re-confirm it (NTF_USE:
@@ -192,13 +185,18 @@ impl Rtnl {
     /// needed. The fallback on kernels without managed neighbours, repeated every sweep.
     pub fn refresh(&mut self, hop: Hop) -> Result<(), NetlinkError> {
         let mut msg = neigh_msg(hop);
-        msg.header.state = NeighbourState::None;
         msg.header.flags = NeighbourFlags::Use;
-        let what = format!("resolving neighbour {} (ifindex {})", hop.addr, hop.ifindex);
+        self.new_neighbour(msg, &format!("resolving neighbour {} (ifindex {})", hop.addr, hop.ifindex))
+    }
+
+    /// RTM_NEWNEIGH of `msg` with no state of its own (the kernel keeps or resolves it),
+    /// creating or replacing the entry.
+    fn new_neighbour(&mut self, mut msg: NeighbourMessage, what: &str) -> Result<(), NetlinkError> {
+        msg.header.state = NeighbourState::None;
         self.request(
             RouteNetlinkMessage::NewNeighbour(msg),
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-            &what,
+            what,
         )
         .map(drop)
     }
