@@ -80,6 +80,10 @@ enum Command {
         /// Detach without withdrawing the VIPs from BGP first.
         #[arg(long)]
         no_bgp: bool,
+        /// Withdraw at once, without the `[bgp] graceful_shutdown_ms` of GRACEFUL_SHUTDOWN
+        /// (which this command otherwise waits out, the data path still forwarding).
+        #[arg(long, conflicts_with = "no_bgp")]
+        no_graceful: bool,
     },
     /// Check every prerequisite of this host (kernel, BTF, XDP, forwarding, neighbours,
     /// BIRD) and say how to fix what is missing.
@@ -155,8 +159,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Drain { site } => cli::admin::drain(&target, &site, true).await?,
         Command::Undrain { site } => cli::admin::drain(&target, &site, false).await?,
-        Command::Detach { pin_dir, no_bgp } => {
-            cli::admin::detach(&target, pin_dir.as_deref(), no_bgp).await?
+        Command::Detach { pin_dir, no_bgp, no_graceful } => {
+            cli::admin::detach(&target, pin_dir.as_deref(), no_bgp, no_graceful).await?
         }
         Command::Doctor => return cli::doctor::run(&target).await,
         Command::Completions { shell } => {

@@ -520,6 +520,11 @@ impl<'a> Sim<'a> {
                     Some(k) => [(i, 1.0 - self.p.deprefer_shift), (k, self.p.deprefer_shift)],
                     None => [(i, 1.0), (i, 0.0)],
                 },
+                // Routers that honour GRACEFUL_SHUTDOWN take any other site's route first.
+                Route::Shutdown => match nearest(Route::Deprefer) {
+                    Some(k) => [(k, 1.0), (k, 0.0)],
+                    None => [(i, 1.0), (i, 0.0)],
+                },
                 Route::Withdraw => match nearest(Route::Deprefer) {
                     Some(k) => [(k, 1.0), (k, 0.0)],
                     None => [(i, 0.0), (i, 0.0)],
@@ -1044,7 +1049,7 @@ mod tests {
             health_rise: 2,
             health_fall: 3,
             bgp_interval: 1.0,
-            pacing: Pacing { rise: 3, fall: 2, deprefer_after: 30, hold_down: 300 },
+            pacing: Pacing { rise: 3, fall: 2, deprefer_after: 30, hold_down: 300, graceful_shutdown: 30 },
             dt: 0.1,
             noise: 0.02,
             report_loss: 0.01,

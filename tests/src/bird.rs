@@ -45,6 +45,10 @@ pub struct Learned {
     /// AS numbers of `BGP.as_path`, nearest first.
     pub as_path: Vec<u32>,
     pub med: Option<u32>,
+    /// `BGP.local_pref`, as this router's import set it.
+    pub local_pref: Option<u32>,
+    /// `BGP.community` pairs.
+    pub communities: Vec<(u32, u32)>,
 }
 
 /// One BIRD daemon in a namespace.
@@ -197,11 +201,13 @@ impl Drop for Bird {
 ///         via 10.9.0.1 on u0
 ///         BGP.as_path: 65001 65001 65001
 ///         BGP.med: 500
+///         BGP.local_pref: 0
+///         BGP.community: (65535,0)
 /// ```
 fn parse_route(out: &str, prefix: &str) -> Option<Learned> {
     let mut lines = out.lines().skip_while(|l| !l.starts_with(&format!("{prefix} ")));
     lines.next()?;
-    let mut learned = Learned { as_path: Vec::new(), med: None };
+    let mut learned = Learned { as_path: Vec::new(), med: None, local_pref: None, communities: Vec::new() };
     // The attributes of the first (best) route, up to the next route or table.
     for line in lines.take_while(|l| l.starts_with(char::is_whitespace)) {
         let line = line.trim();
@@ -209,6 +215,16 @@ fn parse_route(out: &str, prefix: &str) -> Option<Learned> {
             learned.as_path = path.split_whitespace().filter_map(|a| a.parse().ok()).collect();
         } else if let Some(med) = line.strip_prefix("BGP.med:") {
             learned.med = med.trim().parse().ok();
+        } else if let Some(pref) = line.strip_prefix("BGP.local_pref:") {
+            learned.local_pref = pref.trim().parse().ok();
+        } else if let Some(list) = line.strip_prefix("BGP.community:") {
+            learned.communities = list
+                .split_whitespace()
+                .filter_map(|c| {
+                    let (a, b) = c.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+                    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+                })
+                .collect();
         }
     }
     Some(learned)
@@ -222,10 +238,15 @@ mod tests {
     fn bgp_parses_birdc_route_output() {
         let out = "BIRD 2.0.12 ready.\nTable master4:\n10.200.0.1/32        unicast [site 21:30:31.709] * (100) [AS65001i]\n\
                    \tvia 10.9.0.1 on u0\n\tType: BGP univ\n\tBGP.origin: IGP\n\tBGP.as_path: 65001 65001 65001\n\
-                   \tBGP.next_hop: 10.9.0.1\n\tBGP.med: 500\n\tBGP.local_pref: 100\n";
+                   \tBGP.next_hop: 10.9.0.1\n\tBGP.med: 500\n\tBGP.local_pref: 0\n\tBGP.community: (65535,0) (64512,7)\n";
         assert_eq!(
             parse_route(out, "10.200.0.1/32"),
-            Some(Learned { as_path: vec![65001, 65001, 65001], med: Some(500) })
+            Some(Learned {
+                as_path: vec![65001, 65001, 65001],
+                med: Some(500),
+                local_pref: Some(0),
+                communities: vec![(65535, 0), (64512, 7)]
+            })
         );
         assert_eq!(parse_route(out, "10.200.0.2/32"), None);
     }

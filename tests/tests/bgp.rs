@@ -1,6 +1,7 @@
 //! BGP (issue 8), end to end: the site's controller drives a real BIRD (the site's
 //! speaker), peered over eBGP with a second BIRD (the "upstream router") in another
-//! namespace; the test reads what the upstream learned. Root only. Transition times are
+//! namespace whose import honours GRACEFUL_SHUTDOWN (RFC 8326: LOCAL_PREF 0, as README
+//! "BGP" shows); the test reads what the upstream learned. Root only. Transition times are
 //! printed for the issue's note.
 //!
 //! ```text
@@ -41,6 +42,11 @@ const RISE: u32 = 2;
 const FALL: u32 = 2;
 const MED: u32 = 500;
 const PREPEND: usize = 2;
+/// `[bgp] graceful_shutdown_ms`: 8 intervals, short enough for a test, long enough to undo
+/// a drain inside it.
+const GRACEFUL: Duration = Duration::from_millis(2000);
+/// The import policy of a router that honours GRACEFUL_SHUTDOWN (README "BGP").
+const HONOUR_GSHUT: &str = "filter { if (65535, 0) ~ bgp_community then bgp_local_pref = 0; accept; };";
 /// The most a transition may take: `fall` (or `rise`) intervals, one more for the phase of
 /// the tick, birdc and the BGP update, with room for a CPU shared by other tests.
 const WINDOW: Duration = Duration::from_secs(3);
@@ -81,7 +87,14 @@ fn lab() -> Lab {
 
     let upstream_conf = format!(
         "router id 10.9.0.2;\nlog stderr all;\nprotocol device {{}}\n{}",
-        bgp_session("site", "10.9.0.2", UPSTREAM_AS, "10.9.0.1", SITE_AS, "all;\n    export none;")
+        bgp_session(
+            "site",
+            "10.9.0.2",
+            UPSTREAM_AS,
+            "10.9.0.1",
+            SITE_AS,
+            &format!("{HONOUR_GSHUT}\n    export none;")
+        )
     );
     let upstream =
         Bird::start(&up, Bird::dir_for("upstream").expect("dir"), &upstream_conf).expect("upstream BIRD");
@@ -153,19 +166,45 @@ local_as = {SITE_AS}
 # The states, not the timescales (minutes by default), are under test here.
 deprefer_after_ms = 0
 hold_down_ms = 0
+graceful_shutdown_ms = {}
 "#,
         socket.display(),
         speaker.display(),
-        INTERVAL.as_millis()
+        INTERVAL.as_millis(),
+        GRACEFUL.as_millis()
     )
 }
 
+/// The upstream's default LOCAL_PREF for what it learns.
+const LOCAL_PREF: u32 = 100;
+
 fn announced() -> Learned {
-    Learned { as_path: vec![SITE_AS], med: None }
+    Learned { as_path: vec![SITE_AS], med: None, local_pref: Some(LOCAL_PREF), communities: vec![] }
 }
 
 fn depreferred() -> Learned {
-    Learned { as_path: vec![SITE_AS; PREPEND + 1], med: Some(MED) }
+    Learned { as_path: vec![SITE_AS; PREPEND + 1], med: Some(MED), ..announced() }
+}
+
+/// `before` in graceful shutdown: its attributes, the community, and LOCAL_PREF 0 by the
+/// upstream's policy.
+fn shutting_down(before: Learned) -> Learned {
+    Learned { local_pref: Some(0), communities: vec![bgp::GRACEFUL_SHUTDOWN], ..before }
+}
+
+/// Waits until the upstream loses the VIP's route, which it must hold as `meanwhile` until
+/// then; the time it took.
+fn held_until_withdrawn(lab: &Lab, meanwhile: &Learned, what: &str, d: &Daemon) -> Duration {
+    lab.upstream
+        .wait_for(what, GRACEFUL + WINDOW * 2, |b| match b.route(VIP_NET) {
+            Ok(None) => true,
+            Ok(Some(l)) => {
+                assert_eq!(&l, meanwhile, "{what}: the upstream's route changed\n{}", d.log());
+                false
+            }
+            Err(_) => false,
+        })
+        .unwrap_or_else(|e| panic!("{e}\ndaemon log:\n{}", d.log()))
 }
 
 /// Waits until the upstream's route for the VIP is `want` (`None`: withdrawn).
@@ -232,15 +271,27 @@ fn bgp_announce_withdraw_deprefer_follow_the_site() {
     assert_eq!(bgp_metric(&d, "anycast_bgp_apply_failures_total"), 0);
     println!("bgp: learned {:.2} s after the daemon was ready", learned.as_secs_f64());
 
-    // Drained: withdrawn within the fall window.
+    // Drained: within the fall window the upstream learns the route with GRACEFUL_SHUTDOWN
+    // (and so LOCAL_PREF 0), holds it so for `graceful_shutdown_ms`, then loses it.
     let t0 = Instant::now();
     cli(&d, &["drain", "a", "--config", config_arg]);
-    wait_route(&lab, None, "withdraw after drain");
+    wait_route(&lab, Some(shutting_down(announced())), "graceful shutdown after drain");
     let drained = t0.elapsed();
-    assert!(drained <= WINDOW, "drain → withdrawn took {drained:?}");
+    assert!(drained <= WINDOW, "drain → graceful shutdown took {drained:?}");
+    assert_eq!((state(&d, "graceful_shutdown"), transitions(&d, "graceful_shutdown")), (1, 1));
+    let shut =
+        held_until_withdrawn(&lab, &shutting_down(announced()), "withdraw after the graceful shutdown", &d);
+    assert!(shut >= GRACEFUL - INTERVAL, "withdrawn {shut:?} after the graceful shutdown began");
+    assert!(shut <= GRACEFUL + WINDOW, "graceful shutdown → withdrawn took {shut:?}");
     assert_eq!((state(&d, "withdraw"), transitions(&d, "withdraw")), (1, 1));
-    let line = format!("bgp: {VIP_NET} (udp): announce → withdraw (drained, {FALL} intervals)");
-    assert_eq!(d.log().matches(&line).count(), 1, "one log line per transition:\n{}", d.log());
+    for line in [
+        format!(
+            "bgp: {VIP_NET} (udp): announce → graceful_shutdown (drained, {FALL} intervals; withdrawn in {GRACEFUL:?})"
+        ),
+        format!("bgp: {VIP_NET} (udp): graceful_shutdown → withdraw (drained, after its graceful shutdown)"),
+    ] {
+        assert_eq!(d.log().matches(&line).count(), 1, "one log line per transition:\n{}", d.log());
+    }
 
     // Undrained: announced again, after `rise` intervals (never sooner than rise - 1).
     let t0 = Instant::now();
@@ -250,6 +301,42 @@ fn bgp_announce_withdraw_deprefer_follow_the_site() {
     assert!(undrained <= WINDOW, "undrain → announced took {undrained:?}");
     assert!(undrained >= INTERVAL * (RISE - 1), "announced after {undrained:?}: no rise hysteresis");
     assert_eq!(transitions(&d, "announce"), 1);
+
+    // Drained and undrained within the graceful shutdown: announced as before at the next
+    // interval (the route never left the upstream), nothing withdrawn.
+    cli(&d, &["drain", "a", "--config", config_arg]);
+    wait_route(&lab, Some(shutting_down(announced())), "graceful shutdown after the second drain");
+    let t0 = Instant::now();
+    cli(&d, &["undrain", "a", "--config", config_arg]);
+    let cancelled = lab
+        .upstream
+        .wait_for("announce after a cancelled graceful shutdown", WINDOW, |b| match b.route(VIP_NET) {
+            Ok(r) => {
+                assert!(r.is_some(), "withdrawn although undrained in the graceful shutdown:\n{}", d.log());
+                r == Some(announced())
+            }
+            Err(_) => false,
+        })
+        .unwrap_or_else(|e| panic!("{e}\ndaemon log:\n{}", d.log()));
+    assert!(t0.elapsed() < GRACEFUL, "undrain → announced took {cancelled:?}");
+    assert_eq!((transitions(&d, "graceful_shutdown"), transitions(&d, "withdraw")), (2, 1));
+    assert_eq!(transitions(&d, "announce"), 2);
+
+    // The controller crashes inside a graceful shutdown and comes back: it resumes it with
+    // the time it had left (as the include file says), not from the start, and withdraws.
+    cli(&d, &["drain", "a", "--config", config_arg]);
+    wait_route(&lab, Some(shutting_down(announced())), "graceful shutdown before the crash");
+    let began = Instant::now();
+    d.kill().expect("kill");
+    d.start().expect("restart");
+    let restart = began.elapsed();
+    held_until_withdrawn(&lab, &shutting_down(announced()), "withdraw after the restart", &d);
+    let resumed = began.elapsed();
+    assert!(d.log().contains("graceful_shutdown (as BIRD holds it; wanted: withdraw)"), "{}", d.log());
+    assert_eq!((transitions(&d, "graceful_shutdown"), transitions(&d, "withdraw")), (0, 1));
+    assert!(resumed <= GRACEFUL + WINDOW, "graceful shutdown with a restart → withdrawn took {resumed:?}");
+    cli(&d, &["undrain", "a", "--config", config_arg]);
+    wait_route(&lab, Some(announced()), "announce after the resumed graceful shutdown");
 
     // Overloaded, and no other site to shed to: de-preferred (MED and AS path length) while
     // it lasts, announced as is once the load is gone.
@@ -349,22 +436,39 @@ fn bgp_announce_withdraw_deprefer_follow_the_site() {
     assert!(!out.status.success() && stderr.contains("nothing detached"), "{stderr}");
     assert!(d.pin_dir().exists(), "detached although BIRD was not told");
     assert_eq!(lab.upstream.route(VIP_NET).expect("upstream"), Some(announced()));
+    // The include BIRD refused was put back: it says what BIRD holds.
+    let include = std::fs::read_to_string(speaker_dir.join("anycast.conf")).expect("include");
+    assert_eq!(bgp::parse_states(&include)[VIP_NET], Route::Announce.into(), "{include}");
 
-    // Detach: withdrawn as soon as it returns.
+    // Detach: the routes in graceful shutdown first, the pins still there (the data path
+    // forwards meanwhile); withdrawn `graceful_shutdown_ms` later, as soon as it returns.
     let t0 = Instant::now();
-    let said = cli(&d, &["detach", "--config", config_arg]);
-    assert!(said.contains("every VIP withdrawn"), "{said}");
+    let said = std::thread::scope(|s| {
+        let detach = s.spawn(|| cli(&d, &["detach", "--config", config_arg]));
+        wait_route(&lab, Some(shutting_down(announced())), "graceful shutdown on detach");
+        assert!(d.pin_dir().exists(), "detached before the withdraw");
+        detach.join().expect("detach")
+    });
+    assert!(said.contains("GRACEFUL_SHUTDOWN") && said.contains("every VIP withdrawn"), "{said}");
     wait_route(&lab, None, "withdraw after detach");
     let detached = t0.elapsed();
     assert!(!d.pin_dir().exists(), "pins left after detach");
-    assert!(detached <= WINDOW, "detach → withdrawn took {detached:?}");
+    assert!(detached >= GRACEFUL, "detach → withdrawn took {detached:?}: no graceful shutdown");
+    assert!(detached <= GRACEFUL + WINDOW, "detach → withdrawn took {detached:?}");
 
     println!(
-        "bgp: drain → withdrawn {:.2} s, undrain → announced {:.2} s, overload → de-preferred {:.2} s, \
+        "bgp: drain → graceful shutdown {:.2} s → withdrawn {:.2} s later (graceful_shutdown_ms {}), \
+         undrain → announced {:.2} s, undrain in the graceful shutdown → announced {:.2} s, restart in it → withdrawn \
+         {:.2} s after it began (restart {:.2} s), overload → de-preferred {:.2} s, \
          load gone → announced {:.2} s, VIP added by SIGHUP (BIRD fixed) → announced {:.2} s, detach → withdrawn {:.2} s \
          (interval {} ms, rise {RISE}, fall {FALL})",
         drained.as_secs_f64(),
+        shut.as_secs_f64(),
+        GRACEFUL.as_millis(),
         undrained.as_secs_f64(),
+        cancelled.as_secs_f64(),
+        resumed.as_secs_f64(),
+        restart.as_secs_f64(),
         to_deprefer.as_secs_f64(),
         back.as_secs_f64(),
         late.as_secs_f64(),
@@ -408,13 +512,19 @@ fn bgp_include_file_parses_in_bird() {
     let text = "[local]\ninterfaces = [\"eth0\"]\n[[sites]]\nname = \"a\"\nlocal = true\ncapacity = 1\n\
                 [bgp]\ndeprefer_med = 500\ndeprefer_prepend = 3\nlocal_as = 65001\n";
     let bgp_config = Config::parse(text, "t.toml").expect("config").bgp.expect("[bgp]");
-    let routes: std::collections::BTreeMap<std::net::IpAddr, Route> = [
-        ("192.0.2.1", Route::Announce),
-        ("192.0.2.2", Route::Deprefer),
-        ("192.0.2.3", Route::Withdraw),
-        ("2001:db8::1", Route::Announce),
-        ("2001:db8::2", Route::Deprefer),
-        ("2001:db8::3", Route::Withdraw),
+    let until = std::time::SystemTime::now() + Duration::from_secs(30);
+    let shutdown = |from| bgp::Export { route: Route::Shutdown, shutdown: Some((from, until)) };
+    let routes: std::collections::BTreeMap<std::net::IpAddr, bgp::Export> = [
+        ("192.0.2.1", Route::Announce.into()),
+        ("192.0.2.2", Route::Deprefer.into()),
+        ("192.0.2.3", Route::Withdraw.into()),
+        ("192.0.2.4", shutdown(Route::Announce)),
+        ("192.0.2.5", shutdown(Route::Deprefer)),
+        ("2001:db8::1", Route::Announce.into()),
+        ("2001:db8::2", Route::Deprefer.into()),
+        ("2001:db8::3", Route::Withdraw.into()),
+        ("2001:db8::4", shutdown(Route::Announce)),
+        ("2001:db8::5", shutdown(Route::Deprefer)),
     ]
     .into_iter()
     .map(|(a, r)| (a.parse().unwrap(), r))

@@ -179,7 +179,8 @@ async fn status(State(h): State<Handles>) -> Response {
     let steering = h.steering.borrow().clone();
     let samples = h.samples.borrow().clone();
     let next_hops = h.next_hops.borrow().clone();
-    Json(status::build(&dp, &steering, &snap, &samples, &next_hops)).into_response()
+    let bgp = h.bgp.borrow().clone();
+    Json(status::build(&dp, &steering, &snap, &samples, &next_hops, bgp.as_deref())).into_response()
 }
 
 async fn set_drained(h: Handles, site: String, drained: bool) -> Response {

@@ -5,7 +5,7 @@ use crate::{
     config::{Encap, SiteKind},
     datapath::counters::{Samples, Snapshot},
     model::{
-        DataPathView, NextHops, SteeringView,
+        BgpView, DataPathView, NextHops, SteeringView,
         status::{SiteStatus, Status, VipStatus},
     },
 };
@@ -20,6 +20,7 @@ pub fn build(
     snap: &Snapshot,
     samples: &Samples,
     next_hops: &NextHops,
+    bgp: Option<&BgpView>,
 ) -> Status {
     let (site_pps, vip_pps) = match (&samples.previous, &samples.last) {
         (Some(a), Some(b)) => (b.site_rates(a), b.vip_rates(a)),
@@ -102,5 +103,6 @@ pub fn build(
         attached: dp.attached,
         reload: dp.reload.clone(),
         next_hops: next_hops.clone(),
+        bgp: bgp.map(|b| b.routes(std::time::SystemTime::now())).unwrap_or_default(),
     }
 }

@@ -260,6 +260,7 @@ mod tests {
             attached: true,
             reload: None,
             next_hops: Default::default(),
+            bgp: Vec::new(),
         }
     }
 

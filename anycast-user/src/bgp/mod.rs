@@ -7,7 +7,15 @@
 //!   that can reach another site prefer it; entered when the site is overloaded and no
 //!   sibling has headroom (shedding in the data path can do no more);
 //! - **withdraw**: not exported; entered when the site is drained or the data path is not
-//!   attached on every configured interface.
+//!   attached on every configured interface;
+//! - **graceful_shutdown**: the way to withdraw (RFC 8326), for `graceful_shutdown_ms`: the
+//!   route stays exported with the attributes it had, plus the well-known GRACEFUL_SHUTDOWN
+//!   community (65535:0) and LOCAL_PREF 0. Routers whose import policy honours the community
+//!   (LOCAL_PREF 0, as RFC 8326 asks of receivers) and our iBGP peers (BIRD sends LOCAL_PREF only over iBGP)
+//!   move to another site's route while this one is still there, so the withdraw that
+//!   follows moves no traffic and leaves nothing black-holed while BGP converges. Wanting
+//!   anything but withdraw meanwhile (an undrain) cancels it at once: the route never left
+//!   the routers' tables, so it is told as before at the next interval.
 //!
 //! A state that differs from the current one must be wanted for `fall` consecutive
 //! intervals (worse: announce → deprefer → withdraw) or `rise` (better) before it is entered,
@@ -16,7 +24,9 @@
 //! controller's start each VIP resumes the state the include file says BIRD holds (the
 //! previous run wrote it), and the first step waits for the steering task's first
 //! measurement: a restart announces, de-prefers or withdraws nothing that it did not
-//! before. A VIP the file does not name enters the state wanted at once.
+//! before. A VIP the file does not name enters the state wanted at once. A route in graceful
+//! shutdown resumes it with the time left: the file names the state it came from and when it
+//! is withdrawn.
 //!
 //! Applying: the controller renders the routes into a file that BIRD's config includes
 //! (written atomically: a temporary file renamed over it) and runs `birdc -s SOCKET
@@ -37,9 +47,10 @@
 //!   withdraw and re-announce of the site.
 //! - The data path goes away: only through `anycast detach` (the pinned link holds the
 //!   program on the interface), which writes every route withdrawn and reconfigures BIRD
-//!   *before* it unpins, and refuses to detach if BIRD does not confirm; or with its
-//!   interface, and each route is a device route bound to the first configured interface,
-//!   which BIRD withdraws when that interface goes down or disappears.
+//!   *before* it unpins (after its graceful shutdown: the data path still forwards while the
+//!   community moves the traffic away), and refuses to detach if BIRD does not confirm; or
+//!   with its interface, and each route is a device route bound to the first configured
+//!   interface, which BIRD withdraws when that interface goes down or disappears.
 //! - The host reboots: the pins are gone, and so is the file if it lives on a tmpfs (the
 //!   default `/run/bird/anycast.conf`). BIRD includes it with a pattern
 //!   (`include "/run/bird/anycast*.conf";`), which matches nothing until the controller has
@@ -54,7 +65,7 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use std::sync::Arc;
@@ -82,13 +93,14 @@ const IDLE: Duration = Duration::from_secs(1);
 /// 16×). Route changes then come minutes apart: each one moves every client of the prefix,
 /// BGP takes seconds to minutes to converge, and routers damp prefixes whose attributes
 /// change often (RFC 2439, RFC 7196). Withdrawing (a drain, a detached data path) is not
-/// held back.
+/// held back, but goes through `graceful_shutdown` intervals of GRACEFUL_SHUTDOWN first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pacing {
     pub rise: u32,
     pub fall: u32,
     pub deprefer_after: u32,
     pub hold_down: u32,
+    pub graceful_shutdown: u32,
 }
 
 impl Pacing {
@@ -99,6 +111,7 @@ impl Pacing {
             fall: bgp.fall,
             deprefer_after: intervals(bgp.deprefer_after),
             hold_down: intervals(bgp.hold_down),
+            graceful_shutdown: intervals(bgp.graceful_shutdown),
         }
     }
 }
@@ -116,15 +129,36 @@ pub struct Hysteresis {
     held: u32,
     /// De-prefers entered and not yet forgiven.
     entries: u32,
+    /// In graceful shutdown: the state it left (whose attributes stay exported, and where a
+    /// cancel returns) and the intervals left before the withdraw.
+    shutdown: Option<(Route, u32)>,
 }
 
 impl Hysteresis {
+    /// A route in `current` (announce, deprefer or withdraw).
     pub fn new(current: Route) -> Hysteresis {
-        Hysteresis { current, pending: None, held: 0, entries: u32::from(current == Route::Deprefer) }
+        Hysteresis {
+            current,
+            pending: None,
+            held: 0,
+            entries: u32::from(current == Route::Deprefer),
+            shutdown: None,
+        }
+    }
+
+    /// A route in graceful shutdown from `from`, withdrawn at the `left`-th step (a restart
+    /// resuming it).
+    pub fn shutting_down(from: Route, left: u32) -> Hysteresis {
+        Hysteresis { current: Route::Shutdown, shutdown: Some((from, left)), ..Hysteresis::new(from) }
     }
 
     pub fn current(&self) -> Route {
         self.current
+    }
+
+    /// In graceful shutdown: the state whose attributes the route keeps.
+    pub fn shutting_down_from(&self) -> Option<Route> {
+        self.shutdown.map(|(from, _)| from)
     }
 
     /// One interval's wish; the new state when it is entered.
@@ -132,6 +166,26 @@ impl Hysteresis {
         self.held = self.held.saturating_add(1);
         if self.current == Route::Announce && self.held >= 4 * pacing.hold_down {
             self.entries = 0;
+        }
+        if self.current == Route::Shutdown {
+            let (from, left) = self.shutdown.unwrap_or((Route::Announce, 0));
+            if wanted != Route::Withdraw {
+                // Cancelled: the route is still in every table, told as before at once; from
+                // there the usual pacing (`held` counts on from the entry into `from`).
+                self.current = from;
+                self.shutdown = None;
+                self.pending = None;
+                return Some(from);
+            }
+            let left = left.saturating_sub(1);
+            if left > 0 {
+                self.shutdown = Some((from, left));
+                return None;
+            }
+            self.shutdown = None;
+            self.current = Route::Withdraw;
+            self.held = 0;
+            return Some(Route::Withdraw);
         }
         if wanted == self.current {
             self.pending = None;
@@ -151,11 +205,16 @@ impl Hysteresis {
             && wanted == Route::Announce
             && self.held < pacing.hold_down * backoff;
         if count >= needed && !held_down {
+            self.pending = None;
+            if wanted == Route::Withdraw && pacing.graceful_shutdown > 0 {
+                self.shutdown = Some((self.current, pacing.graceful_shutdown));
+                self.current = Route::Shutdown;
+                return Some(Route::Shutdown);
+            }
             if wanted == Route::Deprefer {
                 self.entries += 1;
             }
             self.current = wanted;
-            self.pending = None;
             self.held = 0;
             Some(wanted)
         } else {
@@ -184,7 +243,8 @@ fn addresses(config: &Config) -> BTreeMap<IpAddr, Vec<String>> {
 
 /// The BGP export filter BIRD's sessions use, as the README and the include's header give
 /// it: only the VIP routes, and the MED re-set because BIRD sends an eBGP peer a MED only
-/// when the export filter set it (a static route's own MED would be dropped).
+/// when the export filter set it (a static route's own MED would be dropped). Communities
+/// (GRACEFUL_SHUTDOWN) pass as the route has them: the filter must not delete them.
 pub const EXPORT_FILTER: &str = concat!(
     "export filter {\n",
     "    if proto !~ \"anycast*\" then reject;\n",
@@ -193,14 +253,50 @@ pub const EXPORT_FILTER: &str = concat!(
     "};",
 );
 
+/// The well-known GRACEFUL_SHUTDOWN community (RFC 8326), as BIRD writes a pair.
+pub const GRACEFUL_SHUTDOWN: (u32, u32) = (65535, 0);
+
+/// How the include file exports one route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Export {
+    pub route: Route,
+    /// In graceful shutdown: the state whose attributes the route keeps, and when it is
+    /// withdrawn.
+    pub shutdown: Option<(Route, SystemTime)>,
+}
+
+impl From<Route> for Export {
+    fn from(route: Route) -> Export {
+        Export { route, shutdown: None }
+    }
+}
+
+/// A time as the include file writes it: unix seconds with milliseconds, in integers so that
+/// it reads back exactly.
+fn unix(t: SystemTime) -> String {
+    let ms = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+fn parse_unix(text: &str) -> Option<SystemTime> {
+    let (s, ms) = text.split_once('.')?;
+    let ms = s
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1000)?
+        .checked_add(ms.parse::<u64>().ok().filter(|m| *m < 1000)?)?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
+
 /// The include file for these routes: device routes on `interface` (see the module docs:
-/// BIRD withdraws them when it goes down), de-preferred ones with their MED and prepends.
-/// It defines nothing that the rest of bird.conf refers to, so BIRD runs without it.
+/// BIRD withdraws them when it goes down), de-preferred ones with their MED and prepends,
+/// ones in graceful shutdown with the attributes they had plus the community and LOCAL_PREF
+/// 0. It defines nothing that the rest of bird.conf refers to, so BIRD runs without it.
 pub fn render(
     bgp: &Bgp,
     interface: &str,
     names: &BTreeMap<IpAddr, Vec<String>>,
-    routes: &BTreeMap<IpAddr, Route>,
+    routes: &BTreeMap<IpAddr, Export>,
 ) -> String {
     let mut out = format!(
         "# Written by the anycast controller ([bgp] of its config): do not edit, every change\n\
@@ -213,10 +309,15 @@ pub fn render(
     for line in EXPORT_FILTER.lines() {
         let _ = writeln!(out, "#     {line}");
     }
-    out += "#\n";
-    for (address, route) in routes {
+    out += "#\n# A route in graceful_shutdown keeps the attributes of the state it came from, with\n\
+            # GRACEFUL_SHUTDOWN and LOCAL_PREF 0, until it is withdrawn (unix time):\n";
+    for (address, export) in routes {
         let vips = names.get(address).map(|n| n.join(", ")).unwrap_or_default();
-        let _ = writeln!(out, "# {} ({vips}): {}", prefix(*address), route.name());
+        let _ = write!(out, "# {} ({vips}): {}", prefix(*address), export.route.name());
+        if let Some((from, until)) = export.shutdown {
+            let _ = write!(out, " from {} until {}", from.name(), unix(until));
+        }
+        out += "\n";
     }
     let mut deprefer = String::new();
     if let Some(med) = bgp.deprefer_med {
@@ -227,14 +328,30 @@ pub fn render(
             let _ = write!(deprefer, " bgp_path.prepend({asn});");
         }
     }
+    let (c, v) = GRACEFUL_SHUTDOWN;
+    let shutdown = format!(" bgp_community.add(({c}, {v})); bgp_local_pref = 0;");
+    let attributes = |route: Route| match route {
+        Route::Deprefer => deprefer.clone(),
+        _ => String::new(),
+    };
     for (v4, protocol, channel) in [(true, PROTOCOL_V4, "ipv4"), (false, PROTOCOL_V6, "ipv6")] {
         let _ = write!(out, "\nprotocol static {protocol} {{\n    {channel};\n");
-        for (address, route) in routes.iter().filter(|(a, _)| a.is_ipv4() == v4) {
+        for (address, export) in routes.iter().filter(|(a, _)| a.is_ipv4() == v4) {
             let net = prefix(*address);
-            let _ = match route {
-                Route::Announce => writeln!(out, "    route {net} via \"{interface}\";"),
-                Route::Deprefer => writeln!(out, "    route {net} via \"{interface}\" {{{deprefer} }};"),
-                Route::Withdraw => writeln!(out, "    # {net} withdrawn"),
+            let attributes = match export.route {
+                Route::Withdraw => {
+                    let _ = writeln!(out, "    # {net} withdrawn");
+                    continue;
+                }
+                Route::Shutdown => {
+                    attributes(export.shutdown.map_or(Route::Announce, |(from, _)| from)) + &shutdown
+                }
+                route => attributes(route),
+            };
+            let _ = if attributes.is_empty() {
+                writeln!(out, "    route {net} via \"{interface}\";")
+            } else {
+                writeln!(out, "    route {net} via \"{interface}\" {{{attributes} }};")
             };
         }
         out += "}\n";
@@ -325,16 +442,69 @@ pub fn configure(bgp: &Bgp) -> Result<String, BirdError> {
     Ok(answer)
 }
 
-/// Writes the include and has BIRD apply it.
+/// Writes the include and has BIRD apply it. Refused, the previous file is put back (or
+/// removed if there was none), so that the file says what BIRD holds: a restart resumes
+/// that, and a graceful shutdown BIRD never had is not taken for one in progress.
 pub fn apply(bgp: &Bgp, text: &str) -> Result<(), BirdError> {
+    let before = std::fs::read(&bgp.include).ok();
     write_include(&bgp.include, text)?;
-    configure(bgp).map(drop)
+    configure(bgp).map(drop).inspect_err(|_| {
+        let restored = match &before {
+            Some(b) => crate::durable::replace(&bgp.include, b, Some(0o644)),
+            None => std::fs::remove_file(&bgp.include),
+        };
+        if let Err(e) = restored {
+            log::warn!("bgp: putting {} back after BIRD refused it: {e}", bgp.include.display());
+        }
+    })
+}
+
+/// `anycast detach`, first: every route the include file exports is put in graceful
+/// shutdown for `graceful_shutdown` (one already in it keeps its time, if sooner), confirmed
+/// by BIRD; when the last is due to be withdrawn. `None` (nothing written) when no route is
+/// exported or graceful shutdown is off.
+pub fn shut_down_all(config: &Config, bgp: &Bgp) -> Result<Option<SystemTime>, BirdError> {
+    if bgp.graceful_shutdown.is_zero() {
+        return Ok(None);
+    }
+    let held = std::fs::read_to_string(&bgp.include).map(|t| parse_states(&t)).unwrap_or_default();
+    let names = addresses(config);
+    let routes = shut_down(&held, &names, SystemTime::now() + bgp.graceful_shutdown);
+    let last = routes.values().filter_map(|e| e.shutdown.map(|(_, at)| at)).max();
+    if last.is_some() {
+        apply(bgp, &render(bgp, interface(config), &names, &routes))?;
+    }
+    Ok(last)
+}
+
+/// The routes of `names` in graceful shutdown until `until` from the states `held`: what
+/// is exported goes into it, what is in it keeps its time if sooner, the rest is withdrawn.
+fn shut_down(
+    held: &BTreeMap<String, Export>,
+    names: &BTreeMap<IpAddr, Vec<String>>,
+    until: SystemTime,
+) -> BTreeMap<IpAddr, Export> {
+    names
+        .keys()
+        .map(|a| {
+            let export = match held.get(&prefix(*a)).copied() {
+                Some(Export { route: Route::Shutdown, shutdown: Some((from, at)) }) => {
+                    Export { route: Route::Shutdown, shutdown: Some((from, at.min(until))) }
+                }
+                Some(Export { route: from @ (Route::Announce | Route::Deprefer), .. }) => {
+                    Export { route: Route::Shutdown, shutdown: Some((from, until)) }
+                }
+                _ => Route::Withdraw.into(),
+            };
+            (*a, export)
+        })
+        .collect()
 }
 
 /// `anycast detach`: every VIP withdrawn, confirmed by BIRD, before the data path goes.
 pub fn withdraw_all(config: &Config, bgp: &Bgp) -> Result<(), BirdError> {
     let names = addresses(config);
-    let routes = names.keys().map(|a| (*a, Route::Withdraw)).collect();
+    let routes = names.keys().map(|a| (*a, Route::Withdraw.into())).collect();
     apply(bgp, &render(bgp, interface(config), &names, &routes))
 }
 
@@ -342,15 +512,26 @@ fn interface(config: &Config) -> &str {
     config.local.interfaces.first().map_or("", String::as_str)
 }
 
-/// The states an include file says BIRD holds: its `# PREFIX (NAMES): STATE` lines.
-pub fn parse_states(text: &str) -> BTreeMap<String, Route> {
+/// The states an include file says BIRD holds: its `# PREFIX (NAMES): STATE` lines, a
+/// graceful shutdown with `from STATE until UNIX_TIME`.
+pub fn parse_states(text: &str) -> BTreeMap<String, Export> {
+    let route = |name: &str| Route::ALL.into_iter().find(|r| r.name() == name);
     text.lines()
         .filter_map(|l| {
             let rest = l.strip_prefix("# ")?;
             let (prefix, rest) = rest.split_once(' ')?;
-            let state = rest.strip_prefix('(')?.rsplit_once("): ")?.1;
-            let route = Route::ALL.into_iter().find(|r| r.name() == state)?;
-            prefix.contains('/').then(|| (prefix.to_owned(), route))
+            let mut state = rest.strip_prefix('(')?.rsplit_once("): ")?.1.split(' ');
+            let export = match route(state.next()?)? {
+                Route::Shutdown => match (state.next(), state.next(), state.next(), state.next()) {
+                    (Some("from"), Some(from), Some("until"), Some(at)) => Export {
+                        route: Route::Shutdown,
+                        shutdown: Some((route(from).filter(|f| *f > Route::Shutdown)?, parse_unix(at)?)),
+                    },
+                    _ => return None,
+                },
+                r => r.into(),
+            };
+            (prefix.contains('/') && state.next().is_none()).then(|| (prefix.to_owned(), export))
         })
         .collect()
 }
@@ -360,7 +541,7 @@ pub fn parse_states(text: &str) -> BTreeMap<String, Route> {
 pub struct Speaker {
     vips: BTreeMap<IpAddr, Hysteresis>,
     /// What the include file said at the start, per prefix: where each VIP resumes.
-    resumed: BTreeMap<String, Route>,
+    resumed: BTreeMap<String, Export>,
     /// The include text BIRD confirmed last.
     applied: Option<String>,
     /// The last failure's message and how many in a row: a BIRD that stays down is logged
@@ -387,50 +568,88 @@ impl Speaker {
     pub fn step(&mut self, config: &Config, bgp: &Bgp, signals: &SiteSignals) -> Option<String> {
         let names = addresses(config);
         let (wanted, why) = Route::wanted(signals);
+        let pacing = Pacing::of(bgp);
+        let now = SystemTime::now();
         self.vips.retain(|a, _| names.contains_key(a));
         self.view.vips.retain(|p, _| names.keys().any(|a| &prefix(*a) == p));
+        self.view.withdraw_at.retain(|p, _| names.keys().any(|a| &prefix(*a) == p));
         for (address, vips) in &names {
             let label = prefix(*address);
+            let vips = vips.join(", ");
             let entry = self.view.vips.entry(label.clone()).or_insert((wanted, BTreeMap::new()));
-            match self.vips.get_mut(address) {
-                None => match self.resumed.remove(&label) {
-                    // Resumed: the transitions from there take rise/fall like any other.
+            let h = match self.vips.entry(*address) {
+                std::collections::btree_map::Entry::Occupied(h) => h.into_mut(),
+                std::collections::btree_map::Entry::Vacant(slot) => match self.resumed.remove(&label) {
+                    // Resumed: the transitions from there take rise/fall like any other, a
+                    // graceful shutdown the time it had left.
                     Some(was) => {
-                        let mut h = Hysteresis::new(was);
-                        h.step(wanted, &Pacing::of(bgp));
-                        entry.0 = h.current();
-                        self.vips.insert(*address, h);
                         log::info!(
-                            "bgp: {label} ({}): {} (as BIRD holds it; wanted: {})",
-                            vips.join(", "),
-                            was.name(),
+                            "bgp: {label} ({vips}): {} (as BIRD holds it; wanted: {})",
+                            was.route.name(),
                             wanted.name()
                         );
+                        entry.0 = was.route;
+                        slot.insert(match was.shutdown {
+                            Some((from, until)) => {
+                                // At most the whole time from now: the clock may have jumped.
+                                let until = until.min(now + bgp.graceful_shutdown);
+                                self.view.withdraw_at.insert(label.clone(), until);
+                                let left = until.duration_since(now).unwrap_or_default();
+                                // The first step is now: one more, so that the withdraw comes
+                                // at `until` or the interval after.
+                                let left =
+                                    (left.as_secs_f64() / bgp.interval.as_secs_f64()).ceil() as u32 + 1;
+                                Hysteresis::shutting_down(from, left)
+                            }
+                            None => Hysteresis::new(was.route),
+                        })
                     }
                     None => {
-                        self.vips.insert(*address, Hysteresis::new(wanted));
+                        slot.insert(Hysteresis::new(wanted));
                         entry.0 = wanted;
-                        log::info!("bgp: {label} ({}): {} ({why})", vips.join(", "), wanted.name());
+                        log::info!("bgp: {label} ({vips}): {} ({why})", wanted.name());
+                        continue;
                     }
                 },
-                Some(h) => {
-                    let from = h.current();
-                    if let Some(to) = h.step(wanted, &Pacing::of(bgp)) {
-                        let n = if to > from { bgp.rise } else { bgp.fall };
-                        log::info!(
-                            "bgp: {label} ({}): {} → {} ({why}, {n} interval{})",
-                            vips.join(", "),
-                            from.name(),
-                            to.name(),
-                            if n == 1 { "" } else { "s" }
-                        );
-                        entry.0 = to;
-                        *entry.1.entry(to).or_default() += 1;
-                    }
+            };
+            let from = h.current();
+            let Some(to) = h.step(wanted, &pacing) else { continue };
+            let how = match (from, to) {
+                (_, Route::Shutdown) => {
+                    let until = now + bgp.interval * pacing.graceful_shutdown;
+                    self.view.withdraw_at.insert(label.clone(), until);
+                    format!(
+                        "{why}, {} interval{}; withdrawn in {:?}",
+                        bgp.fall,
+                        if bgp.fall == 1 { "" } else { "s" },
+                        bgp.interval * pacing.graceful_shutdown
+                    )
                 }
+                (Route::Shutdown, Route::Withdraw) => format!("{why}, after its graceful shutdown"),
+                (Route::Shutdown, _) => format!("{why}: the withdraw cancelled"),
+                _ => {
+                    let n = if to > from { bgp.rise } else { bgp.fall };
+                    format!("{why}, {n} interval{}", if n == 1 { "" } else { "s" })
+                }
+            };
+            if to != Route::Shutdown {
+                self.view.withdraw_at.remove(&label);
             }
+            log::info!("bgp: {label} ({vips}): {} → {} ({how})", from.name(), to.name());
+            entry.0 = to;
+            *entry.1.entry(to).or_default() += 1;
         }
-        let routes = self.vips.iter().map(|(a, h)| (*a, h.current())).collect();
+        let routes = self
+            .vips
+            .iter()
+            .map(|(a, h)| {
+                let until = self.view.withdraw_at.get(&prefix(*a)).copied().unwrap_or(now);
+                (
+                    *a,
+                    Export { route: h.current(), shutdown: h.shutting_down_from().map(|from| (from, until)) },
+                )
+            })
+            .collect();
         let text = render(bgp, interface(config), &names, &routes);
         self.view.in_sync = self.applied.as_ref() == Some(&text);
         (!self.view.in_sync).then_some(text)

@@ -73,7 +73,7 @@ fn hysteresis_needs_fall_to_worsen_and_rise_to_recover() {
 }
 
 fn paced(rise: u32, fall: u32, deprefer_after: u32, hold_down: u32) -> Pacing {
-    Pacing { rise, fall, deprefer_after, hold_down }
+    Pacing { rise, fall, deprefer_after, hold_down, graceful_shutdown: 0 }
 }
 
 #[test]
@@ -122,9 +122,11 @@ fn render_announce_deprefer_withdraw() {
     let c = config(KNOBS);
     let bgp = c.bgp.clone().unwrap();
     let names = addresses(&c);
-    let routes: BTreeMap<IpAddr, Route> =
-        [("192.0.2.1".parse().unwrap(), Route::Deprefer), ("2001:db8::1".parse().unwrap(), Route::Announce)]
-            .into();
+    let routes: BTreeMap<IpAddr, Export> = [
+        ("192.0.2.1".parse().unwrap(), Route::Deprefer.into()),
+        ("2001:db8::1".parse().unwrap(), Route::Announce.into()),
+    ]
+    .into();
     let text = render(&bgp, "eth0", &names, &routes);
     for line in [
         "#     include \"/run/bird/anycast*.conf\";",
@@ -139,7 +141,7 @@ fn render_announce_deprefer_withdraw() {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
 
-    let withdrawn: BTreeMap<IpAddr, Route> = names.keys().map(|a| (*a, Route::Withdraw)).collect();
+    let withdrawn: BTreeMap<IpAddr, Export> = names.keys().map(|a| (*a, Route::Withdraw.into())).collect();
     let text = render(&bgp, "eth0", &names, &withdrawn);
     assert!(!text.contains("    route "), "{text}");
     assert!(text.contains("# 192.0.2.1/32 (dns, dns-tcp): withdraw"), "{text}");
@@ -150,7 +152,7 @@ fn render_announce_deprefer_withdraw() {
 fn render_without_prepend_sets_only_the_med() {
     let c = config("deprefer_med = 70");
     let bgp = c.bgp.clone().unwrap();
-    let routes = [("192.0.2.1".parse().unwrap(), Route::Deprefer)].into();
+    let routes = [("192.0.2.1".parse().unwrap(), Route::Deprefer.into())].into();
     let text = render(&bgp, "eth1", &addresses(&c), &routes);
     assert!(text.contains("    route 192.0.2.1/32 via \"eth1\" { bgp_med = 70; };\n"), "{text}");
 }
@@ -217,6 +219,7 @@ fn config_bgp_defaults_and_errors() {
     assert_eq!(b.socket, Path::new(crate::config::DEFAULT_BIRD_SOCKET));
     assert_eq!(b.include, Path::new(crate::config::DEFAULT_BIRD_INCLUDE));
     assert_eq!((b.rise, b.fall, b.interval, b.deprefer_prepend), (3, 2, Duration::from_secs(1), 0));
+    assert_eq!(b.graceful_shutdown, Duration::from_secs(30));
 
     let base =
         "[local]\ninterfaces = [\"eth0\"]\n[[sites]]\nname = \"a\"\nlocal = true\ncapacity = 1\n[bgp]\n";
@@ -233,6 +236,11 @@ fn config_bgp_defaults_and_errors() {
         ("deprefer_med = 1\nlocal_as = 0\n", 9, "reserved"),
         ("deprefer_med = 1\nrise = 0\n", 9, "rise 0 is out of range"),
         ("deprefer_med = 1\ninterval_ms = 5\n", 9, "interval_ms 5 is out of range"),
+        (
+            "deprefer_med = 1\ngraceful_shutdown_ms = 600001\n",
+            9,
+            "graceful_shutdown_ms 600001 is out of range 0..=600000",
+        ),
         ("deprefer_med = 1\ninclude = \"anycast.conf\"\n", 9, "include must be an absolute path"),
         ("deprefer_med = 1\nsocket = 3\n", 9, "invalid type"),
         ("deprefer_med = 1\nmed = 3\n", 9, "unknown field"),
@@ -283,6 +291,7 @@ fn metrics_expose_state_and_transitions() {
         vips: [("192.0.2.1/32".to_owned(), (Route::Announce, into))].into(),
         apply_failures: 3,
         in_sync: true,
+        withdraw_at: BTreeMap::new(),
     };
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(view));
@@ -292,6 +301,7 @@ fn metrics_expose_state_and_transitions() {
         "# TYPE anycast_bgp_state gauge",
         "anycast_bgp_state{vip=\"192.0.2.1/32\",state=\"announce\"} 1",
         "anycast_bgp_state{vip=\"192.0.2.1/32\",state=\"deprefer\"} 0",
+        "anycast_bgp_state{vip=\"192.0.2.1/32\",state=\"graceful_shutdown\"} 0",
         "anycast_bgp_state{vip=\"192.0.2.1/32\",state=\"withdraw\"} 0",
         "anycast_bgp_transitions_total{vip=\"192.0.2.1/32\",to=\"withdraw\"} 2",
         "anycast_bgp_transitions_total{vip=\"192.0.2.1/32\",to=\"deprefer\"} 0",
@@ -334,8 +344,8 @@ fn resume_keeps_the_state_bird_holds() {
     assert_eq!(
         parse_states(&text),
         BTreeMap::from([
-            ("192.0.2.1/32".to_owned(), Route::Deprefer),
-            ("2001:db8::1/128".to_owned(), Route::Deprefer)
+            ("192.0.2.1/32".to_owned(), Route::Deprefer.into()),
+            ("2001:db8::1/128".to_owned(), Route::Deprefer.into())
         ])
     );
     // The restarted speaker sees healthy signals at first (nothing measured has built up
@@ -353,4 +363,208 @@ fn resume_keeps_the_state_bird_holds() {
     let mut fresh = Speaker::resume(&bgp);
     assert!(fresh.step(&c, &bgp, &HEALTHY).is_some());
     assert_eq!(fresh.view().vips["192.0.2.1/32"].0, Route::Announce);
+}
+
+#[test]
+fn graceful_shutdown_comes_before_the_withdraw() {
+    let p = Pacing { graceful_shutdown: 5, ..paced(3, 2, 0, 0) };
+    let mut h = Hysteresis::new(Route::Announce);
+    // `fall` intervals to leave, then `graceful_shutdown` intervals of the community.
+    assert_eq!(h.step(Route::Withdraw, &p), None);
+    assert_eq!(h.step(Route::Withdraw, &p), Some(Route::Shutdown));
+    assert_eq!(h.shutting_down_from(), Some(Route::Announce));
+    for _ in 1..5 {
+        assert_eq!(h.step(Route::Withdraw, &p), None);
+    }
+    assert_eq!(h.step(Route::Withdraw, &p), Some(Route::Withdraw), "withdrawn after 5 intervals");
+    assert_eq!(h.shutting_down_from(), None);
+    // Back: `rise` intervals, as always.
+    let steps = (1..10).find(|_| h.step(Route::Announce, &p).is_some()).unwrap();
+    assert_eq!((steps, h.current()), (3, Route::Announce));
+    // Off: straight to withdraw.
+    assert_eq!(h.step(Route::Withdraw, &paced(3, 1, 0, 0)), Some(Route::Withdraw));
+}
+
+#[test]
+fn a_cancelled_graceful_shutdown_returns_at_once_and_keeps_the_hold_down() {
+    let p = Pacing { graceful_shutdown: 5, ..paced(3, 2, 0, 10) };
+    let mut h = Hysteresis::new(Route::Deprefer);
+    assert_eq!(h.step(Route::Withdraw, &p), None);
+    assert_eq!(h.step(Route::Withdraw, &p), Some(Route::Shutdown));
+    assert_eq!(h.shutting_down_from(), Some(Route::Deprefer), "keeps the de-preferred attributes");
+    assert_eq!(h.step(Route::Withdraw, &p), None);
+    // The drain undone: told as before at the next interval, not after `rise`.
+    assert_eq!(h.step(Route::Announce, &p), Some(Route::Deprefer));
+    assert_eq!(h.shutting_down_from(), None);
+    // The hold-down counts from the entry into de-prefer (4 intervals ago): 6 more.
+    let steps = (1..20).find(|_| h.step(Route::Announce, &p).is_some()).unwrap();
+    assert_eq!((steps, h.current()), (6, Route::Announce));
+    // A flap of the wish inside the graceful shutdown: cancelled, then `fall` again.
+    assert_eq!(h.step(Route::Withdraw, &p), None);
+    assert_eq!(h.step(Route::Withdraw, &p), Some(Route::Shutdown));
+    assert_eq!(h.step(Route::Announce, &p), Some(Route::Announce));
+    assert_eq!(h.step(Route::Withdraw, &p), None);
+}
+
+const GRACEFUL: &str = "deprefer_med = 500\ndeprefer_prepend = 2\nlocal_as = 65001\nrise = 3\nfall = 2\n\
+                        deprefer_after_ms = 0\nhold_down_ms = 0\ngraceful_shutdown_ms = 2500";
+
+fn drained() -> SiteSignals {
+    signals(true, true, false, false)
+}
+
+#[test]
+fn render_graceful_shutdown_keeps_the_attributes_and_adds_the_community() {
+    let c = config(GRACEFUL);
+    let bgp = c.bgp.clone().unwrap();
+    let until = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_222_400_042);
+    let routes: BTreeMap<IpAddr, Export> = [
+        (
+            "192.0.2.1".parse().unwrap(),
+            Export { route: Route::Shutdown, shutdown: Some((Route::Deprefer, until)) },
+        ),
+        (
+            "2001:db8::1".parse().unwrap(),
+            Export { route: Route::Shutdown, shutdown: Some((Route::Announce, until)) },
+        ),
+    ]
+    .into();
+    let text = render(&bgp, "eth0", &addresses(&c), &routes);
+    for line in [
+        "# 192.0.2.1/32 (dns, dns-tcp): graceful_shutdown from deprefer until 1796222400.042",
+        "# 2001:db8::1/128 (web6): graceful_shutdown from announce until 1796222400.042",
+        "    route 192.0.2.1/32 via \"eth0\" { bgp_med = 500; bgp_path.prepend(65001); bgp_path.prepend(65001); \
+         bgp_community.add((65535, 0)); bgp_local_pref = 0; };",
+        "    route 2001:db8::1/128 via \"eth0\" { bgp_community.add((65535, 0)); bgp_local_pref = 0; };",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+    // What the file says reads back exactly: a restart resumes it.
+    let names = ["192.0.2.1/32", "2001:db8::1/128"].map(String::from);
+    assert_eq!(parse_states(&text), names.into_iter().zip(routes.values().copied()).collect());
+    // A damaged shutdown line is not resumed (the VIP enters its wanted state).
+    for bad in [
+        "graceful_shutdown",
+        "graceful_shutdown from withdraw until 1.000",
+        "graceful_shutdown from announce until x",
+    ] {
+        assert!(parse_states(&format!("# 192.0.2.1/32 (dns): {bad}\n")).is_empty(), "{bad}");
+    }
+}
+
+#[test]
+fn speaker_shuts_down_gracefully_then_withdraws_or_cancels() {
+    let c = config(GRACEFUL);
+    let bgp = c.bgp.clone().unwrap();
+    let mut s = Speaker::default();
+    let text = s.step(&c, &bgp, &HEALTHY).unwrap();
+    s.applied(text, Ok(()), &bgp);
+    // Drained: `fall` = 2 intervals, then 3 intervals (2.5 s at 1 s) of the community.
+    assert_eq!(s.step(&c, &bgp, &drained()), None);
+    let t0 = SystemTime::now();
+    let text = s.step(&c, &bgp, &drained()).expect("graceful shutdown");
+    assert!(
+        text.contains(
+            "route 192.0.2.1/32 via \"eth0\" { bgp_community.add((65535, 0)); bgp_local_pref = 0; };"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("# 192.0.2.1/32 (dns, dns-tcp): graceful_shutdown from announce until "), "{text}");
+    assert_eq!(s.view().vips["192.0.2.1/32"].0, Route::Shutdown);
+    let until = s.view().withdraw_at["192.0.2.1/32"];
+    let wait = until.duration_since(t0).unwrap();
+    assert!(wait >= Duration::from_millis(2500) && wait < Duration::from_millis(3100), "{wait:?}");
+    let status = s.view().routes(t0);
+    assert_eq!(status[0].state, "graceful_shutdown");
+    assert!(status[0].withdraw_in.is_some_and(|w| (2.5..3.1).contains(&w)), "{status:?}");
+    s.applied(text, Ok(()), &bgp);
+    assert_eq!(s.step(&c, &bgp, &drained()), None, "nothing new while it lasts");
+    assert_eq!(s.step(&c, &bgp, &drained()), None);
+    let text = s.step(&c, &bgp, &drained()).expect("withdrawn");
+    assert!(!text.contains("    route "), "{text}");
+    assert_eq!(s.view().vips["192.0.2.1/32"].0, Route::Withdraw);
+    assert!(s.view().withdraw_at.is_empty());
+    let into = &s.view().vips["192.0.2.1/32"].1;
+    assert_eq!((into[&Route::Shutdown], into[&Route::Withdraw]), (1, 1));
+    s.applied(text, Ok(()), &bgp);
+
+    // Undrained inside the graceful shutdown: announced again at the next interval.
+    for _ in 0..3 {
+        s.step(&c, &bgp, &HEALTHY);
+    }
+    assert_eq!(s.view().vips["192.0.2.1/32"].0, Route::Announce);
+    s.step(&c, &bgp, &drained());
+    s.step(&c, &bgp, &drained()).expect("graceful shutdown");
+    let text = s.step(&c, &bgp, &HEALTHY).expect("cancelled");
+    assert!(text.contains("    route 192.0.2.1/32 via \"eth0\";\n"), "{text}");
+    assert!(!text.contains("65535"), "{text}");
+    assert_eq!(s.view().vips["192.0.2.1/32"].0, Route::Announce);
+    assert!(s.view().withdraw_at.is_empty());
+}
+
+#[test]
+fn restart_in_a_graceful_shutdown_resumes_it_with_the_time_left() {
+    let c = config(GRACEFUL);
+    let dir = tempfile::tempdir().unwrap();
+    let mut bgp = c.bgp.clone().unwrap();
+    bgp.include = dir.path().join("anycast.conf");
+    // The previous run started a graceful shutdown 1.5 s ago (1 s of 2.5 s left), de-preferred before.
+    let names = addresses(&c);
+    let until = SystemTime::now() + Duration::from_millis(1000);
+    let routes = names
+        .keys()
+        .map(|a| (*a, Export { route: Route::Shutdown, shutdown: Some((Route::Deprefer, until)) }))
+        .collect();
+    let text = render(&bgp, "eth0", &names, &routes);
+    std::fs::write(&bgp.include, &text).unwrap();
+
+    // Still drained: the same file (nothing re-applied, no transition), withdrawn when its
+    // time is up (the interval after), not after a new 2.5 s.
+    let mut s = Speaker::resume(&bgp);
+    assert_eq!(s.step(&c, &bgp, &drained()), None, "the restart re-applied an identical file");
+    assert_eq!(s.view().vips["192.0.2.1/32"].0, Route::Shutdown);
+    assert_eq!(s.view().withdraw_at["192.0.2.1/32"], parse_states(&text)["192.0.2.1/32"].shutdown.unwrap().1);
+    let text = s.step(&c, &bgp, &drained()).expect("withdrawn one interval (1 s) later");
+    assert!(!text.contains("    route "), "{text}");
+    assert_eq!(s.view().vips["192.0.2.1/32"].1[&Route::Withdraw], 1);
+
+    // Undrained while the daemon was down: the resumed shutdown is cancelled at once, back
+    // to the de-preferred route it came from.
+    std::fs::write(&bgp.include, render(&bgp, "eth0", &names, &routes)).unwrap();
+    let mut s = Speaker::resume(&bgp);
+    let text = s.step(&c, &bgp, &HEALTHY).expect("cancelled");
+    assert!(text.contains("route 192.0.2.1/32 via \"eth0\" { bgp_med = 500;"), "{text}");
+    assert!(!text.contains("65535"), "{text}");
+    assert_eq!(s.view().vips["192.0.2.1/32"].0, Route::Deprefer);
+
+    // Its time long past (the daemon was down longer): withdrawn at the first interval.
+    let past = SystemTime::now() - Duration::from_secs(60);
+    let routes = names
+        .keys()
+        .map(|a| (*a, Export { route: Route::Shutdown, shutdown: Some((Route::Announce, past)) }))
+        .collect();
+    std::fs::write(&bgp.include, render(&bgp, "eth0", &names, &routes)).unwrap();
+    let mut s = Speaker::resume(&bgp);
+    let text = s.step(&c, &bgp, &drained()).expect("withdrawn at once");
+    assert!(!text.contains("    route "), "{text}");
+}
+
+#[test]
+fn detach_shuts_down_what_is_exported_and_keeps_a_shutdown_in_progress() {
+    let c = config(GRACEFUL);
+    let names = addresses(&c);
+    let now = SystemTime::now();
+    let (sooner, until) = (now + Duration::from_secs(5), now + Duration::from_secs(30));
+    let v4: IpAddr = "192.0.2.1".parse().unwrap();
+    let v6: IpAddr = "2001:db8::1".parse().unwrap();
+    let held = |r4: Export, r6: Export| BTreeMap::from([(prefix(v4), r4), (prefix(v6), r6)]);
+    let routes = shut_down(&held(Route::Deprefer.into(), Route::Withdraw.into()), &names, until);
+    assert_eq!(routes[&v4], Export { route: Route::Shutdown, shutdown: Some((Route::Deprefer, until)) });
+    assert_eq!(routes[&v6], Route::Withdraw.into(), "a withdrawn route stays withdrawn");
+    let in_progress = Export { route: Route::Shutdown, shutdown: Some((Route::Announce, sooner)) };
+    let routes = shut_down(&held(in_progress, Route::Announce.into()), &names, until);
+    assert_eq!(routes[&v4], in_progress, "a shutdown in progress keeps its time");
+    assert_eq!(routes[&v6], Export { route: Route::Shutdown, shutdown: Some((Route::Announce, until)) });
+    // No file (BIRD holds nothing of ours): nothing to shut down.
+    assert!(shut_down(&BTreeMap::new(), &names, until).values().all(|e| e.route == Route::Withdraw));
 }

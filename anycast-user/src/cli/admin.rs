@@ -9,7 +9,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anycast_user::{
@@ -127,7 +127,8 @@ pub async fn fetch_status(target: &Target) -> Result<(Status, Option<String>)> {
             let snap =
                 counters.snapshot(view.sites.iter().map(|(_, i)| *i), view.vips.iter().map(|(_, i)| *i))?;
             let samples = Samples { flow_entries: counters.flow_count() as u64, ..Samples::default() };
-            let s = status::build(&view, &SteeringView::default(), &snap, &samples, &NextHops::default());
+            let s =
+                status::build(&view, &SteeringView::default(), &snap, &samples, &NextHops::default(), None);
             Ok((s, Some(format!("{why}; reading the pinned maps"))))
         }
     }
@@ -233,8 +234,9 @@ pub async fn plan(target: &Target, file: &Path) -> Result<()> {
 
 /// `anycast detach`: refused while a daemon runs (it holds the links: unpinning would not
 /// detach anything until it exits, and it would withdraw BGP meanwhile). Otherwise, with
-/// the lock held: every VIP withdrawn from BGP (confirmed by BIRD) first, then the pins.
-pub async fn detach(target: &Target, pin_dir: Option<&Path>, no_bgp: bool) -> Result<()> {
+/// the lock held: every VIP withdrawn from BGP (confirmed by BIRD) first — after its
+/// graceful shutdown unless `no_graceful` — then the pins.
+pub async fn detach(target: &Target, pin_dir: Option<&Path>, no_bgp: bool, no_graceful: bool) -> Result<()> {
     if let Ok(r) = client::request(&target.socket(), Method::GET, "/load", None, READ_TIMEOUT).await {
         bail!(
             "a daemon is running (it answers on {}, status {}): stop it first (`systemctl stop anycast`), then detach",
@@ -252,11 +254,24 @@ pub async fn detach(target: &Target, pin_dir: Option<&Path>, no_bgp: bool) -> Re
     let _lock = PinDirLock::acquire(&resolved)?;
     // Withdraw first: a detached data path must not keep attracting traffic. If BIRD does
     // not confirm, nothing is detached (the VIPs would be announced with nobody serving).
+    // The graceful shutdown waits here, the data path still forwarding (detach is planned
+    // maintenance, and the daemon is stopped: nothing else waits on this command), so that
+    // the withdraw moves no traffic. Interrupted, it leaves the routes in graceful shutdown
+    // with the data path attached: detach again (it keeps the time left), or start the
+    // daemon (a healthy site cancels it).
+    let why = "withdrawing the VIPs from BIRD before detaching; nothing detached (fix BIRD, or detach with --no-bgp)";
     match config.as_ref().and_then(|c| Some((c, c.bgp.as_ref()?))) {
         Some((config, bgp)) if !no_bgp => {
-            bgp::withdraw_all(config, bgp).context(
-                "withdrawing the VIPs from BIRD before detaching; nothing detached (fix BIRD, or detach with --no-bgp)",
-            )?;
+            if !no_graceful && let Some(until) = bgp::shut_down_all(config, bgp).context(why)? {
+                let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
+                println!(
+                    "BGP: every announced VIP exported with GRACEFUL_SHUTDOWN (65535:0); withdrawing in {:.1} s \
+                     (the data path forwards meanwhile; --no-graceful withdraws at once)",
+                    wait.as_secs_f64()
+                );
+                tokio::time::sleep(wait).await;
+            }
+            bgp::withdraw_all(config, bgp).context(why)?;
             println!("BGP: every VIP withdrawn ({} rewritten, BIRD reconfigured)", bgp.include.display());
         }
         Some(_) => println!("BGP: left as it is (--no-bgp)"),

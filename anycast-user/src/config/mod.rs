@@ -200,6 +200,9 @@ pub struct Bgp {
     /// `hold_down` (doubled for repeated entries): see `bgp::Pacing`.
     pub deprefer_after: Duration,
     pub hold_down: Duration,
+    /// Before a withdraw, export the route this long with the GRACEFUL_SHUTDOWN community
+    /// (RFC 8326); zero withdraws at once.
+    pub graceful_shutdown: Duration,
 }
 
 pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
@@ -457,6 +460,7 @@ struct RawBgp {
     local_as: Option<Spanned<u32>>,
     deprefer_after_ms: Option<Spanned<u64>>,
     hold_down_ms: Option<Spanned<u64>>,
+    graceful_shutdown_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -933,6 +937,10 @@ impl<'t> Validator<'t> {
         let fall = self.count(raw.fall, 2, "fall");
         let deprefer_after = self.millis(raw.deprefer_after_ms, 30_000, 0..=3_600_000, "deprefer_after_ms");
         let hold_down = self.millis(raw.hold_down_ms, 300_000, 0..=86_400_000, "hold_down_ms");
+        // 30 s: an update may wait one MinRouteAdvertisementInterval (30 s for eBGP in
+        // RFC 4271's suggestion) at a router before it is passed on.
+        let graceful_shutdown =
+            self.millis(raw.graceful_shutdown_ms, 30_000, 0..=600_000, "graceful_shutdown_ms");
         let deprefer_prepend = raw.deprefer_prepend.as_ref().map_or(0, |p| {
             if *p.get_ref() > MAX_PREPEND {
                 self.error(
@@ -972,6 +980,7 @@ impl<'t> Validator<'t> {
             local_as: raw.local_as.map(Spanned::into_inner),
             deprefer_after,
             hold_down,
+            graceful_shutdown,
         }
     }
 

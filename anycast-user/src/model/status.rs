@@ -34,6 +34,18 @@ pub struct Status {
     /// without a daemon).
     #[serde(default)]
     pub next_hops: NextHops,
+    /// The VIP routes as the BGP speaker holds them (empty without `[bgp]` or a daemon).
+    #[serde(default)]
+    pub bgp: Vec<BgpRouteStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BgpRouteStatus {
+    pub prefix: String,
+    /// announce, deprefer, graceful_shutdown or withdraw.
+    pub state: String,
+    /// In graceful shutdown: seconds until the withdraw.
+    pub withdraw_in: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,6 +144,13 @@ impl Status {
                 let _ = writeln!(out, "  {:<16} {:<26} {:<12} {}{flag}", h.site, address, h.dev, h.state);
             }
         }
+        if !self.bgp.is_empty() {
+            let _ = writeln!(out, "\nBGP:");
+            for r in &self.bgp {
+                let left = r.withdraw_in.map_or(String::new(), |s| format!(" (withdrawn in {s:.0} s)"));
+                let _ = writeln!(out, "  {:<44} {}{left}", r.prefix, r.state);
+            }
+        }
         if !self.drops.is_empty() {
             let _ = writeln!(out, "\nexceptions:");
             for (reason, n) in &self.drops {
@@ -191,6 +210,11 @@ mod tests {
                 hops: vec![crate::model::NextHop::failed_example()],
                 sweeps: 1,
             },
+            bgp: vec![BgpRouteStatus {
+                prefix: "192.0.2.53/32".into(),
+                state: "graceful_shutdown".into(),
+                withdraw_in: Some(7.2),
+            }],
         };
         let t = s.table();
         assert!(t.starts_with("interfaces: eth0   flows: 3 / 1024\n"), "{t}");
@@ -208,6 +232,12 @@ mod tests {
         let hop = t.lines().find(|l| l.trim_start().starts_with("ams ") && l.contains("10.9.0.1")).expect(&t);
         assert_eq!(hop.split_whitespace().take(4).collect::<Vec<_>>(), ["ams", "10.9.0.1", "eth1", "FAILED"]);
         assert!(hop.contains("UNRESOLVED"), "{t}");
+        assert!(t.contains("\nBGP:\n"), "{t}");
+        let route = t.lines().find(|l| l.trim_start().starts_with("192.0.2.53/32")).expect(&t);
+        assert_eq!(
+            route.split_whitespace().collect::<Vec<_>>(),
+            ["192.0.2.53/32", "graceful_shutdown", "(withdrawn", "in", "7", "s)"]
+        );
         let back: Status = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }
