@@ -335,6 +335,11 @@ fn bgp_announce_withdraw_deprefer_follow_the_site() {
     assert!(d.log().contains("graceful_shutdown (as BIRD holds it; wanted: withdraw)"), "{}", d.log());
     assert_eq!((transitions(&d, "graceful_shutdown"), transitions(&d, "withdraw")), (0, 1));
     assert!(resumed <= GRACEFUL + WINDOW, "graceful shutdown with a restart → withdrawn took {resumed:?}");
+    // Started over, it would end a whole graceful_shutdown_ms after the restart.
+    assert!(
+        resumed < restart + GRACEFUL,
+        "withdrawn {resumed:?} after it began, restart {restart:?}: started over"
+    );
     cli(&d, &["undrain", "a", "--config", config_arg]);
     wait_route(&lab, Some(announced()), "announce after the resumed graceful shutdown");
 
