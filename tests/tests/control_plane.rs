@@ -278,6 +278,9 @@ fn report(seq: u64) -> LoadReport {
         seq,
         measured_at: unix_ms(),
         claims: Default::default(),
+        host: None,
+        host_load: None,
+        decision: None,
     }
 }
 

@@ -109,7 +109,7 @@ fn with_prober<T: Send>(
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         // The Prober reads its replies in a task of the runtime it is made in.
         let _in_runtime = rt.enter();
-        let prober = Prober::new(v4, v6).unwrap();
+        let prober = Prober::new(v4, v6, None).unwrap();
         rt.block_on(f(&prober))
     })
 }
@@ -231,7 +231,7 @@ fn health_probe_silent_address_times_out() {
         assert_times_out(p, silent4, Encap::Ip, "IPIP probe of a silent address").await;
         assert_times_out(p, silent6, Encap::Gue { port: GUE_PORT }, "GUE probe of a silent address").await;
         // A family without a tunnel address is refused at once, not timed out.
-        let only_v4 = Prober::new(Some(A4), None).unwrap();
+        let only_v4 = Prober::new(Some(A4), None, None).unwrap();
         let err = only_v4.probe(silent6, Encap::Ip, SILENT_TIMEOUT).await.unwrap_err();
         assert!(matches!(err, ProbeError::NoTunnelAddress { family: 6, .. }), "{err}");
     });

@@ -224,7 +224,13 @@ impl Collector for Scrape {
             }
         }
         let v = &self.steering;
-        let flags: [(&str, &str, bool); 2] = [
+        let deciding = v.deciding_host.is_none() || v.deciding_host == v.report.as_ref().and_then(|r| r.host.clone());
+        let flags: [(&str, &str, bool); 3] = [
+            (
+                "anycast_deciding",
+                "1 while this host decides its site's weights (always, in a site of one host)",
+                deciding,
+            ),
             (
                 "anycast_overloaded",
                 "1 while the local site's smoothed load is above the high watermark",

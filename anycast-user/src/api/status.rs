@@ -104,5 +104,7 @@ pub fn build(
         reload: dp.reload.clone(),
         next_hops: next_hops.clone(),
         bgp: bgp.map(|b| b.routes(std::time::SystemTime::now())).unwrap_or_default(),
+        host: steering.report.as_ref().and_then(|r| r.host.clone()),
+        deciding_host: steering.deciding_host.clone(),
     }
 }

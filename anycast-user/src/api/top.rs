@@ -261,6 +261,8 @@ mod tests {
             reload: None,
             next_hops: Default::default(),
             bgp: Vec::new(),
+            host: None,
+            deciding_host: None,
         }
     }
 

@@ -66,6 +66,8 @@ pub struct Local {
     pub debug_log: bool,
     /// How the next hops towards the remote sites are kept resolved.
     pub neighbours: NeighbourMode,
+    /// This host's name among the local site's `hosts`, when the site has several.
+    pub host: Option<String>,
 }
 
 /// `[local] neighbours`: who keeps the next hops towards the remote sites resolved.
@@ -220,6 +222,9 @@ pub struct Site {
     pub weight: Option<u32>,
     /// Its controller's peer API (`[admin] peer_listen` there), polled for its load.
     pub peer: Option<SocketAddr>,
+    /// Its hosts, when it has several (behind its routers' ECMP): each serves the site's
+    /// report; the local site's hosts also poll each other for their own figures.
+    pub hosts: Vec<Host>,
     /// What sending this site flows costs (e.g. the round trip to it in ms): under `[load]`
     /// the cheapest room is filled first. Default 0: equal.
     pub cost: u32,
@@ -230,6 +235,25 @@ impl Site {
     pub fn configured_weight(&self) -> u32 {
         self.weight.unwrap_or(self.capacity)
     }
+
+    /// Where its report is served: its `peer`, or each of its hosts'.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peer.into_iter().chain(self.hosts.iter().map(|h| h.peer)).collect()
+    }
+
+    /// What one of its hosts serves at utilisation 1: the hosts of a site are alike.
+    pub fn host_capacity(&self) -> f64 {
+        self.capacity as f64 / self.hosts.len().max(1) as f64
+    }
+}
+
+/// One host of a site of several.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    /// Its controller's `[admin] peer_listen`; its address is also where this host's health
+    /// probes are answered (the site's tunnel address is shared by its hosts).
+    pub peer: SocketAddr,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -393,6 +417,7 @@ struct RawLocal {
     debug_log: bool,
     #[serde(default)]
     neighbours: NeighbourMode,
+    host: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -482,6 +507,14 @@ struct RawSite {
     weight: Option<Spanned<u32>>,
     peer: Option<Spanned<SocketAddr>>,
     cost: Option<u32>,
+    hosts: Option<Spanned<Vec<RawHost>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: Spanned<String>,
+    peer: Spanned<SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -630,12 +663,14 @@ impl<'t> Validator<'t> {
             .as_ref()
             .and_then(|a| a.peer_listen.as_ref().map(Spanned::span))
             .or_else(|| sites.iter().flatten().find_map(|s| s.peer.as_ref().map(Spanned::span)))
+            .or_else(|| sites.iter().flatten().find_map(|s| s.hosts.as_ref().map(Spanned::span)))
             .unwrap_or(WHOLE_FILE);
+        let host_span = local.as_ref().and_then(|l| l.host.as_ref().map(Spanned::span));
         let (load_span, health_span) = (span_of("load"), span_of("health"));
         let local = local.map(|l| self.local(l));
         let datapath = datapath.map(|d| self.datapath(d));
         let admin = admin.map(|a| self.admin(a));
-        let sites = sites.map(|s| self.sites(s, local.as_ref()));
+        let sites = sites.map(|s| self.sites(s, local.as_ref(), host_span));
         let vips = vips.map(|v| self.vips(v, sites.as_ref(), local.as_ref()));
         if let (Some(datapath), Some(sites)) = (&datapath, &sites)
             && (datapath.maglev_table_size as usize) < sites.len()
@@ -653,8 +688,10 @@ impl<'t> Validator<'t> {
         if let (Some(admin), Some(sites)) = (&admin, &sites)
             && admin.peer_key_file.is_none()
         {
-            let reads =
-                sites.iter().find(|s| s.peer.is_some()).map(|s| format!("site `{}` has a `peer`", s.name));
+            let reads = sites
+                .iter()
+                .find(|s| !s.peers().is_empty())
+                .map(|s| format!("site `{}` has a `peer`", s.name));
             let serves = admin.peer_listen.map(|a| format!("[admin] peer_listen is {a}"));
             if let Some(why) = serves.or(reads) {
                 self.error(
@@ -714,6 +751,7 @@ impl<'t> Validator<'t> {
             gue_port: raw.gue_port.map(Spanned::into_inner),
             debug_log: raw.debug_log,
             neighbours: raw.neighbours,
+            host: raw.host.map(Spanned::into_inner),
         }
     }
 
@@ -1031,7 +1069,7 @@ impl<'t> Validator<'t> {
         }
     }
 
-    fn sites(&mut self, raw: Vec<RawSite>, local: Option<&Local>) -> Vec<Site> {
+    fn sites(&mut self, raw: Vec<RawSite>, local: Option<&Local>, host_span: Option<Range<usize>>) -> Vec<Site> {
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut endpoints: HashMap<IpAddr, String> = HashMap::new();
         let mut locals = Vec::new();
@@ -1055,6 +1093,10 @@ impl<'t> Validator<'t> {
                 self.error(s.capacity.span(), format!("site `{name}`: capacity must be > 0"));
             }
             let is_local = s.local.as_ref().is_some_and(|l| *l.get_ref());
+            let hosts = self.hosts(&s, &name);
+            if is_local {
+                self.this_host(&name, &hosts, s.hosts.as_ref().map(Spanned::span), local, host_span.clone());
+            }
             let kind = if is_local {
                 locals.push(s.local.as_ref().map(Spanned::span).unwrap_or_default());
                 for (span, field) in [
@@ -1080,8 +1122,14 @@ impl<'t> Validator<'t> {
                 capacity: s.capacity.into_inner(),
                 weight: s.weight.map(Spanned::into_inner),
                 peer: s.peer.map(Spanned::into_inner),
+                hosts,
                 cost: s.cost.unwrap_or(0),
             });
+        }
+        if locals.is_empty()
+            && let Some(span) = host_span
+        {
+            self.error(span, "[local] host names a host of the local site, but there is no local site");
         }
         match locals.len() {
             1 => {}
@@ -1093,6 +1141,66 @@ impl<'t> Validator<'t> {
             }
         }
         out
+    }
+
+    /// A site's `hosts`: at least two (one host is the site itself), names unique, each peer
+    /// API at its own address; `peer` is then per host.
+    fn hosts(&mut self, s: &RawSite, site: &str) -> Vec<Host> {
+        let Some(list) = &s.hosts else { return Vec::new() };
+        if list.get_ref().len() < 2 {
+            self.error(
+                list.span(),
+                format!("site `{site}`: hosts lists {} host; a site of one host needs no hosts", list.get_ref().len()),
+            );
+        }
+        if let Some(peer) = &s.peer {
+            self.error(peer.span(), format!("site `{site}` has hosts: each host has its own peer, not the site"));
+        }
+        let mut names = HashSet::new();
+        let mut peers = HashSet::new();
+        for h in list.get_ref() {
+            self.check_name(&h.name, "host");
+            if !names.insert(h.name.get_ref().clone()) {
+                self.error(h.name.span(), format!("site `{site}`: host `{}` is listed twice", h.name.get_ref()));
+            }
+            if !peers.insert(h.peer.get_ref().ip()) {
+                self.error(
+                    h.peer.span(),
+                    format!("site `{site}`: two hosts at {}: each host has its own address", h.peer.get_ref().ip()),
+                );
+            }
+        }
+        list.get_ref()
+            .iter()
+            .map(|h| Host { name: h.name.get_ref().clone(), peer: *h.peer.get_ref() })
+            .collect()
+    }
+
+    /// `[local] host` names one of the local site's hosts, and is set if it has several.
+    fn this_host(
+        &mut self,
+        site: &str,
+        hosts: &[Host],
+        hosts_span: Option<Range<usize>>,
+        local: Option<&Local>,
+        host_span: Option<Range<usize>>,
+    ) {
+        let Some(local) = local else { return };
+        match (&local.host, host_span, hosts_span) {
+            (None, _, Some(span)) => self.error(
+                span,
+                format!("the local site `{site}` has several hosts: [local] host must say which one this is"),
+            ),
+            (Some(host), Some(span), None) => self.error(
+                span,
+                format!("[local] host is `{host}`, but the local site `{site}` has no hosts (a site of one host needs none)"),
+            ),
+            (Some(host), Some(span), Some(_)) if !hosts.iter().any(|h| &h.name == host) => {
+                let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+                self.error(span, format!("[local] host `{host}` is not one of site `{site}`'s hosts ({})", names.join(", ")));
+            }
+            _ => {}
+        }
     }
 
     fn remote(

@@ -415,3 +415,55 @@ fn relations_point_at_the_value_that_decides_and_whole_file_problems_have_no_lin
         "{e}"
     );
 }
+
+/// [`BASE`] whose local site `a` has two hosts, this one being `host`, and whose remote
+/// site `b` has two hosts too.
+fn hosts(host: &str) -> String {
+    BASE.replace("tunnel_v4 = \"10.0.0.1\"\n", &format!("tunnel_v4 = \"10.0.0.1\"\n{host}"))
+        .replace(
+            "local = true\ncapacity = 10\n",
+            "local = true\ncapacity = 10\nhosts = [{ name = \"a1\", peer = \"10.1.0.1:9101\" }, \
+             { name = \"a2\", peer = \"10.1.0.2:9101\" }]\n",
+        )
+        .replace(
+            "endpoint = \"10.0.0.2\"\ncapacity = 10\n",
+            "endpoint = \"10.0.0.2\"\ncapacity = 10\nhosts = [{ name = \"b1\", peer = \"10.2.0.1:9101\" }, \
+             { name = \"b2\", peer = \"10.2.0.2:9101\" }]\n",
+        )
+        + "\n[admin]\npeer_key_file = \"/etc/anycast/peer.key\"\n"
+}
+
+#[test]
+fn sites_of_several_hosts() {
+    let c = Config::parse(&hosts("host = \"a2\"\n"), "t").unwrap();
+    assert_eq!(c.local.host.as_deref(), Some("a2"));
+    assert_eq!(c.sites[0].hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["a1", "a2"]);
+    assert_eq!(c.sites[0].host_capacity(), 5.0, "the hosts of a site are alike");
+    assert_eq!(c.sites[1].peers(), ["10.2.0.1:9101".parse().unwrap(), "10.2.0.2:9101".parse().unwrap()]);
+}
+
+#[test]
+fn the_host_must_be_one_of_the_local_sites() {
+    one(&hosts(""), 10, 9, "[local] host must say which one this is");
+    one(&hosts("host = \"b1\"\n"), 5, 8, "`b1` is not one of site `a`'s hosts (a1, a2)");
+    one(&BASE.replace("tunnel_v4 = \"10.0.0.1\"\n", "tunnel_v4 = \"10.0.0.1\"\nhost = \"a1\"\n"), 5, 8, "has no hosts");
+}
+
+#[test]
+fn hosts_are_two_or_more_with_their_own_addresses_and_no_site_peer() {
+    let text = hosts("host = \"a1\"\n");
+    one(&text.replace("peer = \"10.1.0.2:9101\"", "peer = \"10.1.0.1:9102\""), 11, 73, "two hosts at 10.1.0.1");
+    one(&text.replace("name = \"a2\"", "name = \"a1\""), 11, 60, "host `a1` is listed twice");
+    one(
+        &text.replace(", { name = \"b2\", peer = \"10.2.0.2:9101\" }", ""),
+        17,
+        9,
+        "hosts lists 1 host",
+    );
+    one(
+        &text.replace("endpoint = \"10.0.0.2\"\n", "endpoint = \"10.0.0.2\"\npeer = \"10.2.0.9:9101\"\n"),
+        16,
+        8,
+        "each host has its own peer",
+    );
+}

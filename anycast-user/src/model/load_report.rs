@@ -1,6 +1,6 @@
 //! The report every controller serves about its own site on `GET /load`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,51 @@ pub struct LoadReport {
     /// does not shed): the other shedders share that sibling's room with it in proportion.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub claims: BTreeMap<String, Claim>,
+    /// In a site of several hosts: the reporting host (`[local] host`). The figures above
+    /// are then the site's, as its deciding host added them up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// ... and this host's own, which the deciding host adds up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_load: Option<HostLoad>,
+    /// From the deciding host: what every host of the site installs, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<SiteDecision>,
+}
+
+/// Packet rates, packets/s (`policy::Rates` on the wire).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostRates {
+    pub offered: f64,
+    pub received: f64,
+    pub served: f64,
+}
+
+/// One host's own measurement (`policy::Local` on the wire, less the capacity: the hosts
+/// of a site are alike, and each knows the site's from its config).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostLoad {
+    pub smoothed: HostRates,
+    pub recent: HostRates,
+    pub fixed: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+}
+
+/// The weights and the down set that the deciding host of a site decided, for every host
+/// of the site to install at the same moment `at` (ms since the Unix epoch), so that their
+/// Maglev tables are alike at every instant and an ECMP change moves no flow.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SiteDecision {
+    /// The deciding host, and its report's (epoch, seq) when it decided: the decision's id.
+    pub by: String,
+    pub epoch: u64,
+    pub seq: u64,
+    pub at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<BTreeMap<String, u32>>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub down: BTreeSet<String>,
 }
 
 /// A shedder's claim on one sibling's room, packets/s.

@@ -12,7 +12,7 @@ pub mod steering;
 
 pub use bgp::{BgpView, Route};
 pub use datapath_view::{DataPathView, ReloadOutcome};
-pub use load_report::{Claim, LoadReport};
+pub use load_report::{Claim, HostLoad, HostRates, LoadReport, SiteDecision};
 pub use next_hops::{NextHop, NextHops};
 pub use site_signals::SiteSignals;
 pub use steering::{SiteView, SteeringView};

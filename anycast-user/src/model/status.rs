@@ -37,6 +37,11 @@ pub struct Status {
     /// The VIP routes as the BGP speaker holds them (empty without `[bgp]` or a daemon).
     #[serde(default)]
     pub bgp: Vec<BgpRouteStatus>,
+    /// In a site of several hosts: this host, and the one deciding for the site now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deciding_host: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -89,8 +94,13 @@ impl Status {
             (true, false) => "   OVERLOADED: shedding new flows",
             _ => "",
         };
+        let host = match (&self.host, &self.deciding_host) {
+            (Some(me), Some(d)) if me == d => format!("   host {me}, deciding for its site"),
+            (Some(me), Some(d)) => format!("   host {me}, installing what {d} decides"),
+            _ => String::new(),
+        };
         format!(
-            "interfaces: {}   flows: {} / {}{flag}",
+            "interfaces: {}   flows: {} / {}{host}{flag}",
             self.interfaces.join(", "),
             self.flow_entries,
             self.flow_capacity
@@ -215,6 +225,8 @@ mod tests {
                 state: "graceful_shutdown".into(),
                 withdraw_in: Some(7.2),
             }],
+            host: None,
+            deciding_host: None,
         };
         let t = s.table();
         assert!(t.starts_with("interfaces: eth0   flows: 3 / 1024\n"), "{t}");

@@ -11,6 +11,8 @@ pub struct SteeringView {
     pub report: Option<LoadReport>,
     /// Per site (the local one included).
     pub sites: BTreeMap<String, SiteView>,
+    /// In a site of several hosts: the host that decides for it now.
+    pub deciding_host: Option<String>,
     /// Share of new flows kept local, with `[load]`.
     pub keep: Option<f64>,
     pub overloaded: bool,

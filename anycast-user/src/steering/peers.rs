@@ -204,6 +204,8 @@ pub async fn fetch(addr: SocketAddr, timeout: Duration) -> Result<Fetched, PeerE
 /// What the poller checks a report against.
 pub struct Expect<'a> {
     pub site: &'a str,
+    /// For a host of a site of several: the host polled.
+    pub host: Option<&'a str>,
     /// The site's capacity in our config: a report never claims more.
     pub capacity: f64,
     pub key: Option<&'a PeerKey>,
@@ -239,6 +241,15 @@ pub fn accept(f: &Fetched, expect: &Expect, last: Option<(u64, u64)>) -> Result<
             format!("it reports site `{}`, expected `{}`", r.site, expect.site),
         ));
     }
+    if expect.host.is_some() && r.host.as_deref() != expect.host {
+        return Err(refuse(
+            Refusal::Site,
+            format!("it reports host {:?} of `{}`, expected {:?}", r.host, r.site, expect.host),
+        ));
+    }
+    if r.decision.as_ref().is_some_and(|d| r.host.as_ref() != Some(&d.by)) {
+        return Err(refuse(Refusal::Site, "it carries a decision of another host than itself".into()));
+    }
     // Finite is not enough: a huge finite value (1e308) overflows to infinity in the
     // policy's sums and products and ends as NaN shares. No site serves 10^12 packets/s,
     // and no real utilisation is a thousand times its capacity.
@@ -248,6 +259,14 @@ pub fn accept(f: &Fetched, expect: &Expect, last: Option<(u64, u64)>) -> Result<
             Refusal::Invalid,
             format!("claims {} (sends {}) on `{site}`: need 0..={MAX_RATE:e}", c.wants, c.sends),
         ));
+    }
+    let host_valid = r.host_load.is_none_or(|h| {
+        [h.smoothed, h.recent].iter().all(|x| rate(x.offered) && rate(x.received) && rate(x.served))
+            && rate(h.fixed)
+            && h.cpu.is_none_or(|c| (0.0..=MAX_UTILISATION).contains(&c))
+    });
+    if !host_valid {
+        return Err(refuse(Refusal::Invalid, format!("host figures out of range: {:?}", r.host_load)));
     }
     let valid = rate(r.capacity)
         && r.capacity > 0.0
@@ -361,7 +380,7 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Claim;
+    use crate::model::{Claim, HostLoad, HostRates, SiteDecision};
 
     fn report() -> LoadReport {
         LoadReport {
@@ -378,6 +397,9 @@ mod tests {
             seq: 5,
             measured_at: 1_000_000,
             claims: Default::default(),
+            host: None,
+            host_load: None,
+            decision: None,
         }
     }
 
@@ -389,7 +411,7 @@ mod tests {
     }
 
     fn expect(key: Option<&PeerKey>) -> Expect<'_> {
-        Expect { site: "b", capacity: 500.0, key, now_ms: 1_000_500, max_age: Duration::from_secs(3) }
+        Expect { site: "b", host: None, capacity: 500.0, key, now_ms: 1_000_500, max_age: Duration::from_secs(3) }
     }
 
     fn refusal(r: Result<LoadReport, PeerError>) -> Option<Refusal> {
@@ -452,6 +474,28 @@ mod tests {
         }
         let misnamed = LoadReport { site: "c".into(), ..report() };
         assert_eq!(refusal(accept(&fetched(&misnamed, Some(&key)), &e, None)), Some(Refusal::Site));
+    }
+
+    #[test]
+    fn a_host_report_must_come_from_the_host_polled_and_carry_only_its_own_decision() {
+        let key = PeerKey::from_bytes(b"0123456789abcdef0123");
+        let e = Expect { host: Some("b1"), ..expect(Some(&key)) };
+        let own = LoadReport { host: Some("b1".into()), ..report() };
+        assert!(accept(&fetched(&own, Some(&key)), &e, None).is_ok());
+        let decision = |by: &str| Some(SiteDecision { by: by.into(), ..Default::default() });
+        let deciding = LoadReport { decision: decision("b1"), ..own.clone() };
+        assert!(accept(&fetched(&deciding, Some(&key)), &e, None).is_ok());
+        for wrong in [
+            LoadReport { host: Some("b2".into()), ..report() },
+            report(),
+            // A host relaying (or forging) another host's decision.
+            LoadReport { decision: decision("b2"), ..own.clone() },
+        ] {
+            assert_eq!(refusal(accept(&fetched(&wrong, Some(&key)), &e, None)), Some(Refusal::Site), "{wrong:?}");
+        }
+        let rates = HostRates { offered: 1e308, ..Default::default() };
+        let wild = LoadReport { host_load: Some(HostLoad { smoothed: rates, ..Default::default() }), ..own };
+        assert_eq!(refusal(accept(&fetched(&wild, Some(&key)), &e, None)), Some(Refusal::Invalid));
     }
 
     #[test]

@@ -90,8 +90,9 @@ type Waiting = Mutex<HashMap<(u16, IpAddr), oneshot::Sender<Instant>>>;
 
 /// The sockets that send probes of one family.
 struct Senders {
-    /// Our tunnel address of this family: source of the outer and the inner header.
-    tunnel: IpAddr,
+    /// Source of the inner header, where the reply goes: our tunnel address of this family
+    /// (the outer source, the sockets are bound to it), or this host's own address.
+    reply_to: IpAddr,
     /// Raw socket of protocol IPIP (IPv4) or 41 (IPv6), bound to our tunnel address.
     ip: Socket,
     /// UDP socket bound to our tunnel address, any port.
@@ -124,19 +125,24 @@ impl Prober {
     /// Opens the sockets of each family that has a tunnel address and starts the receiving
     /// task. Sockets belong to the network namespace of the calling thread; call it within
     /// a tokio runtime (the replies are read by a task of it).
-    pub fn new(tunnel_v4: Option<Ipv4Addr>, tunnel_v6: Option<Ipv6Addr>) -> Result<Prober> {
+    ///
+    /// `reply_to`: in a site of several hosts, this host's own address (its `peer` there),
+    /// the inner source of the probes of its family: the site's tunnel address is shared by
+    /// its hosts, and a reply to it would reach whichever host the routers pick.
+    pub fn new(tunnel_v4: Option<Ipv4Addr>, tunnel_v6: Option<Ipv6Addr>, reply_to: Option<IpAddr>) -> Result<Prober> {
+        let reply = |tunnel: IpAddr| reply_to.filter(|r| r.is_ipv4() == tunnel.is_ipv4()).unwrap_or(tunnel);
         let mut icmp = Vec::new();
         let v4 = match tunnel_v4 {
             Some(a) => {
                 icmp.push(echo_reply_socket(false)?);
-                Some(Senders::new(IpAddr::V4(a))?)
+                Some(Senders::new(IpAddr::V4(a), reply(IpAddr::V4(a)))?)
             }
             None => None,
         };
         let v6 = match tunnel_v6 {
             Some(a) => {
                 icmp.push(echo_reply_socket(true)?);
-                Some(Senders::new(IpAddr::V6(a))?)
+                Some(Senders::new(IpAddr::V6(a), reply(IpAddr::V6(a)))?)
             }
             None => None,
         };
@@ -163,7 +169,7 @@ impl Prober {
             return Err(ProbeError::GuePortZero { endpoint });
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let inner = echo_request(senders.tunnel, endpoint, self.ident, seq)?;
+        let inner = echo_request(senders.reply_to, endpoint, self.ident, seq)?;
 
         let (tx, rx) = oneshot::channel();
         let pending = Pending::register(&self.waiting, (seq, endpoint), tx);
@@ -235,7 +241,7 @@ fn lock(w: &Waiting) -> std::sync::MutexGuard<'_, HashMap<(u16, IpAddr), oneshot
 }
 
 impl Senders {
-    fn new(tunnel: IpAddr) -> Result<Senders> {
+    fn new(tunnel: IpAddr, reply_to: IpAddr) -> Result<Senders> {
         let (domain, proto) = match tunnel {
             IpAddr::V4(_) => (Domain::IPV4, IPPROTO_IPIP),
             IpAddr::V6(_) => (Domain::IPV6, IPPROTO_IPV6),
@@ -254,7 +260,7 @@ impl Senders {
         for s in [&ip, &gue] {
             s.set_nonblocking(true).map_err(sock_err("setting a probe socket non-blocking"))?;
         }
-        Ok(Senders { tunnel, ip, gue })
+        Ok(Senders { reply_to, ip, gue })
     }
 }
 

@@ -5,6 +5,16 @@
 //! which rewrites the Maglev tables only when something changed by more than
 //! [`policy::MIN_CHANGE`] (one log line per change, never per packet).
 //!
+//! A site of several hosts (`hosts` in its [[sites]] entry, `[local] host`): its hosts
+//! poll each other's `GET /load` for their own figures; the first host in config order
+//! whose report is fresh and attached (or this one) *decides*, on the sum of the hosts'
+//! figures, and publishes its decision with a moment to install it (one interval and a
+//! peer timeout ahead: every host has polled it by then); every host of the site (it
+//! included) installs each decision at that moment, so that their Maglev tables are alike
+//! at every instant and an ECMP change at the site's routers moves no flow. The others
+//! relay the deciding host's site figures in their own reports, so that other sites may
+//! poll any host of the site: they poll one (the first that answers), not all.
+//!
 //! Health: a site is down only when its data-path probes fail (`fall` in a row), or when
 //! its controller reports, authenticated, that its data path is detached. A peer API that
 //! does not answer (its controller restarting, upgrading, crash-looping) makes the site's
@@ -20,7 +30,7 @@ use std::{
 
 use tokio::{
     sync::watch,
-    time::{MissedTickBehavior, interval},
+    time::{MissedTickBehavior, interval, sleep},
 };
 
 use super::{
@@ -31,9 +41,12 @@ use super::{
     probe::Prober,
 };
 use crate::{
-    config::{Config, Encap, SiteKind},
+    config::{Config, Encap, Site, SiteKind},
     datapath::counters::Counters,
-    model::{Claim, DataPathView, LoadReport, SiteView, SteeringView, WEIGHT_SCALE},
+    model::{
+        Claim, DataPathView, HostLoad, HostRates, LoadReport, SiteDecision, SiteView, SteeringView,
+        WEIGHT_SCALE,
+    },
     owner::{OwnerError, actor::OwnerHandle},
     reconcile::Dynamic,
 };
@@ -43,7 +56,8 @@ use crate::{
 const DEFAULT_TICK: Duration = Duration::from_millis(500);
 const DEFAULT_SMOOTHING: Duration = Duration::from_secs(1);
 
-type TunnelAddrs = (Option<Ipv4Addr>, Option<Ipv6Addr>);
+/// The tunnel addresses, and where the probes' replies go.
+type TunnelAddrs = (Option<Ipv4Addr>, Option<Ipv6Addr>, Option<IpAddr>);
 
 pub fn tick_of(config: &Config) -> Duration {
     match (&config.load, &config.health) {
@@ -86,9 +100,20 @@ pub async fn run(inputs: Inputs) {
     // bunching several up.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        // A decision of the site's deciding host is installed at its moment, between ticks.
+        let due = s.next_due();
+        let activation = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = sleep(due.unwrap_or(Duration::from_secs(3600))), if due.is_some() => true,
+        };
         // The config of this tick, taken after the wait: a reload during it is seen now.
         let dp = inputs.datapath.borrow().clone();
+        if activation {
+            if let Err(OwnerError::Gone) = s.activate(&inputs, &dp).await {
+                return;
+            }
+            continue;
+        }
         if tick_of(&dp.config) != period {
             period = tick_of(&dp.config);
             ticker = interval(period);
@@ -97,6 +122,44 @@ pub async fn run(inputs: Inputs) {
         if let Err(OwnerError::Gone) = s.tick(&inputs, &dp).await {
             return;
         }
+    }
+}
+
+/// Where a site's (or one of its hosts') report is kept in [`Steering::peers`].
+fn peer_key(site: &str, host: Option<&str>) -> String {
+    host.map_or_else(|| site.to_owned(), |h| format!("{site}/{h}"))
+}
+
+/// This host's name, if the local site has several.
+fn this_host(config: &Config) -> Option<&str> {
+    config.local_site().filter(|s| !s.hosts.is_empty()).and(config.local.host.as_deref())
+}
+
+/// How far ahead a site's decision is to be installed: every other host of the site polls
+/// the deciding one within an interval, and waits at most a peer timeout for it.
+fn lead_time(config: &Config) -> Duration {
+    tick_of(config) + config.load.as_ref().map_or(tick_of(config), |l| l.peer_timeout)
+}
+
+fn host_load(l: &policy::Local) -> HostLoad {
+    let rates = |r: &policy::Rates| HostRates { offered: r.offered, received: r.received, served: r.served };
+    HostLoad { smoothed: rates(&l.smoothed), recent: rates(&l.recent), fixed: l.fixed, cpu: l.cpu }
+}
+
+fn local_of(h: &HostLoad, capacity: f64) -> policy::Local {
+    let rates = |r: &HostRates| policy::Rates { offered: r.offered, received: r.received, served: r.served };
+    policy::Local { smoothed: rates(&h.smoothed), recent: rates(&h.recent), fixed: h.fixed, capacity, cpu: h.cpu }
+}
+
+/// The policy's state carried on from the weights in force.
+fn adopted(dp: &DataPathView) -> policy::State {
+    match (&dp.load_weights, dp.local_site()) {
+        (Some(w), Some((local, _))) => {
+            let share = |name: &str| w.get(name).map_or(0.0, |&w| w as f64 / WEIGHT_SCALE);
+            let shares = remote_sites(&dp.config).map(|s| share(&s.name)).collect();
+            policy::State::adopted(share(local), shares)
+        }
+        _ => policy::State::default(),
     }
 }
 
@@ -114,20 +177,20 @@ struct Steering {
     /// epoch and sequence.
     epoch: u64,
     seq: u64,
+    /// In a site of several hosts: whether this one decided at the last tick, and the
+    /// decisions seen (its own or the deciding host's), in order, not installed yet.
+    deciding: bool,
+    schedule: Vec<SiteDecision>,
+    /// The latest decision scheduled: (deciding host, epoch, seq).
+    seen: Option<(String, u64, u64)>,
 }
 
 impl Steering {
     fn new(dp: &DataPathView) -> Steering {
-        let mut policy = policy::State::default();
-        // Carry on from the weights in force (adopted from a running data path).
-        if let (Some(w), Some((local, _))) = (&dp.load_weights, dp.local_site()) {
-            let share = |name: &str| w.get(name).map_or(0.0, |&w| w as f64 / WEIGHT_SCALE);
-            let shares = remote_sites(&dp.config).map(|s| share(&s.name)).collect();
-            policy = policy::State::adopted(share(local), shares);
-        }
         Steering {
             meter: Meter::new(DEFAULT_SMOOTHING),
-            policy,
+            // Carry on from the weights in force (adopted from a running data path).
+            policy: adopted(dp),
             peers: BTreeMap::new(),
             health: BTreeMap::new(),
             next_health: Instant::now(),
@@ -136,7 +199,97 @@ impl Steering {
             ticks: 0,
             epoch: unix_ms(),
             seq: 0,
+            deciding: true,
+            schedule: Vec::new(),
+            seen: None,
         }
+    }
+
+    /// How long until the earliest scheduled decision is due.
+    fn next_due(&self) -> Option<Duration> {
+        let now = unix_ms();
+        self.schedule.first().map(|d| Duration::from_millis(d.at.saturating_sub(now)))
+    }
+
+    /// Schedules `d` unless it is known already; a decision of another deciding host than
+    /// the last one's replaces what that one scheduled.
+    fn schedule(&mut self, d: SiteDecision) {
+        if let Some((by, epoch, seq)) = &self.seen
+            && *by == d.by
+            && (d.epoch, d.seq) <= (*epoch, *seq)
+        {
+            return;
+        }
+        self.seen = Some((d.by.clone(), d.epoch, d.seq));
+        self.schedule.retain(|x| x.by == d.by && x.at <= d.at);
+        self.schedule.push(d);
+    }
+
+    /// Installs the latest decision that is due (the earlier ones are past).
+    async fn activate(&mut self, inputs: &Inputs, dp: &DataPathView) -> Result<(), OwnerError> {
+        let now = unix_ms();
+        let Some(last) = self.schedule.iter().rposition(|d| d.at <= now) else { return Ok(()) };
+        let d = self.schedule.drain(..=last).next_back().expect("at least one is due");
+        let late = now.saturating_sub(d.at);
+        if late > tick_of(&dp.config).as_millis() as u64 {
+            log::warn!("steering: installing {}'s decision {late} ms late", d.by);
+        }
+        let dynamic = Dynamic { weights: d.weights, down: d.down };
+        let note = format!(" (decided by {})", d.by);
+        self.install(inputs, dp, dynamic, &note).await
+    }
+
+    /// Hands `dynamic` to the owner if it differs enough from what is applied.
+    async fn install(
+        &mut self,
+        inputs: &Inputs,
+        dp: &DataPathView,
+        dynamic: Dynamic,
+        note: &str,
+    ) -> Result<(), OwnerError> {
+        let applied = Dynamic { weights: dp.load_weights.clone(), down: dp.down.clone() };
+        if !differs(&dynamic, &applied) {
+            return Ok(());
+        }
+        match inputs.owner.apply(dynamic.clone(), dp.generation).await {
+            Ok(a) => {
+                self.changes += 1;
+                log::info!("{}", describe(&dynamic, note, a.writes));
+                Ok(())
+            }
+            // A reload came in between: the next tick decides against the new config.
+            Err(OwnerError::Stale(..)) => Ok(()),
+            Err(OwnerError::Gone) => Err(OwnerError::Gone),
+            Err(e) => {
+                log::error!("steering: applying weights: {e}; the previous weights stay");
+                Ok(())
+            }
+        }
+    }
+
+    /// The freshest report of a remote site (from any of its hosts).
+    fn site_report(&self, site: &Site, now: Instant, stale: Duration) -> Option<&LoadReport> {
+        let keys: Vec<String> = if site.hosts.is_empty() {
+            vec![peer_key(&site.name, None)]
+        } else {
+            site.hosts.iter().map(|h| peer_key(&site.name, Some(&h.name))).collect()
+        };
+        keys.iter().filter_map(|k| self.peers.get(k)?.fresh(now, stale)).max_by_key(|r| r.measured_at)
+    }
+
+    /// The local site's deciding host, and its report unless it is this host: the first
+    /// host in config order that is this one, or whose report is fresh and attached.
+    fn deciding_host<'c>(&self, site: &'c Site, me: &'c str, now: Instant, stale: Duration) -> (&'c str, Option<&LoadReport>) {
+        for h in &site.hosts {
+            if h.name == me {
+                return (&h.name, None);
+            }
+            let report = self.peers.get(&peer_key(&site.name, Some(&h.name))).and_then(|p| p.fresh(now, stale));
+            if let Some(r) = report.filter(|r| r.attached) {
+                return (&h.name, Some(r));
+            }
+        }
+        (me, None)
     }
 
     async fn tick(&mut self, inputs: &Inputs, dp: &DataPathView) -> Result<(), OwnerError> {
@@ -174,7 +327,8 @@ impl Steering {
         let Some(rates) = self.meter.update(reading).cloned() else { return Ok(()) };
         let Some((local_name, _)) = dp.local_site() else { return Ok(()) };
         let local_name = local_name.to_owned();
-        let local_capacity = config.local_site().map_or(0.0, |s| s.capacity as f64);
+        let Some(site) = config.local_site() else { return Ok(()) };
+        let host = this_host(config);
         let cpu = config.load.as_ref().is_none_or(|l| l.cpu).then_some(rates.cpu).flatten();
         // VIPs that only this site serves cannot be shed.
         let fixed = config
@@ -192,13 +346,47 @@ impl Steering {
             },
             recent: rates.recent,
             fixed,
-            capacity: local_capacity,
+            capacity: site.host_capacity(),
             cpu,
         };
-        let decision = config.load.as_ref().map(|l| {
-            let siblings = self.siblings(config, dp, &rates.forwarded, &down, now);
-            policy::decide(&Knobs::of(l), &mut self.policy, &me, &siblings)
-        });
+
+        // Who decides for the site: this host alone, or the site's deciding host.
+        let stale = stale(config);
+        let (decider, leader) = match host {
+            Some(me_host) => self.deciding_host(site, me_host, now, stale),
+            None => (local_name.as_str(), None),
+        };
+        let decider = decider.to_owned();
+        let leader = leader.cloned();
+        let deciding = leader.is_none();
+        if deciding && !self.deciding {
+            // Taking over from another host: carry on from the weights it installed.
+            self.policy = adopted(dp);
+        }
+        self.deciding = deciding;
+        // The site's figures: this host's and, in a site of several, the others' that are
+        // fresh and attached.
+        let mates: Vec<policy::Local> = match host {
+            Some(me_host) if deciding => site
+                .hosts
+                .iter()
+                .filter(|h| h.name != me_host)
+                .filter_map(|h| self.peers.get(&peer_key(&site.name, Some(&h.name)))?.fresh(now, stale))
+                .filter(|r| r.attached)
+                .filter_map(|r| r.host_load.as_ref().map(|l| local_of(l, site.host_capacity())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let whole = policy::Local::sum(std::iter::once(&me).chain(&mates));
+
+        let decision = if deciding {
+            config.load.as_ref().map(|l| {
+                let siblings = self.siblings(config, dp, &rates.forwarded, &down, now);
+                policy::decide(&Knobs::of(l), &mut self.policy, &whole, &siblings)
+            })
+        } else {
+            None
+        };
         let remote = || remote_sites(config).map(|s| s.name.as_str());
         let weights = decision.as_ref().map(|d| policy::weights(&local_name, remote(), d));
         let sends =
@@ -210,45 +398,75 @@ impl Steering {
                 .map(|(n, &wants)| (n.to_owned(), Claim { wants, sends: sends(n) }))
                 .collect()
         });
-        let dynamic = Dynamic { weights, down };
 
         // Publish first: `/load` and the BGP speaker get this measurement even while the
         // owner is busy applying it.
-        let (overloaded, no_headroom) =
-            decision.as_ref().map_or((false, false), |d| (d.overloaded, d.no_headroom));
         self.seq += 1;
-        let report = LoadReport {
-            site: local_name.clone(),
-            capacity: local_capacity,
-            served: me.smoothed.served,
-            utilisation: me.utilisation(),
-            target: config.load.as_ref().map_or(1.0, |l| l.target),
-            drained: dp.drained.contains(&local_name),
-            attached: dp.attached,
-            overloaded,
-            no_headroom,
-            epoch: self.epoch,
-            seq: self.seq,
-            measured_at: unix_ms(),
-            claims,
+        let measured_at = unix_ms();
+        let report = match &leader {
+            // Not deciding: the site's figures as its deciding host published them.
+            Some(l) => LoadReport {
+                epoch: self.epoch,
+                seq: self.seq,
+                measured_at,
+                drained: dp.drained.contains(&local_name),
+                attached: dp.attached,
+                host: host.map(str::to_owned),
+                host_load: Some(host_load(&me)),
+                decision: None,
+                ..l.clone()
+            },
+            None => {
+                let (overloaded, no_headroom) =
+                    decision.as_ref().map_or((false, false), |d| (d.overloaded, d.no_headroom));
+                LoadReport {
+                    site: local_name.clone(),
+                    capacity: whole.capacity,
+                    served: whole.smoothed.served,
+                    utilisation: whole.utilisation(),
+                    target: config.load.as_ref().map_or(1.0, |l| l.target),
+                    drained: dp.drained.contains(&local_name),
+                    attached: dp.attached,
+                    overloaded,
+                    no_headroom,
+                    epoch: self.epoch,
+                    seq: self.seq,
+                    measured_at,
+                    claims,
+                    host: host.map(str::to_owned),
+                    host_load: host.map(|_| host_load(&me)),
+                    decision: host.map(|h| SiteDecision {
+                        by: h.to_owned(),
+                        epoch: self.epoch,
+                        seq: self.seq,
+                        at: measured_at + lead_time(config).as_millis() as u64,
+                        weights: weights.clone(),
+                        down: down.clone(),
+                    }),
+                }
+            }
         };
         inputs.report.send_replace(Arc::new(Published::new(report.clone(), inputs.key.as_ref())));
-        self.publish(inputs, config, dp, &local_name, &me, decision.as_ref(), report, now);
+        let keep = decision.as_ref().map(|d| d.keep);
+        self.publish(inputs, config, dp, &local_name, &decider, keep, report.clone(), now);
 
-        let applied = Dynamic { weights: dp.load_weights.clone(), down: dp.down.clone() };
-        if differs(&dynamic, &applied) {
-            match inputs.owner.apply(dynamic.clone(), dp.generation).await {
-                Ok(a) => {
-                    self.changes += 1;
-                    log::info!("{}", describe(&dynamic, decision.as_ref(), &me, a.writes));
+        match host {
+            // A site of one host installs what it decided at once.
+            None => {
+                let note = describe_decision(decision.as_ref(), &whole);
+                self.install(inputs, dp, Dynamic { weights, down }, &note).await
+            }
+            Some(_) => {
+                let decided = if deciding { report.decision } else { leader.and_then(|l| l.decision) };
+                if let Some(d) = decided {
+                    self.schedule(d);
                 }
-                // A reload came in between: the next tick decides against the new config.
-                Err(OwnerError::Stale(..)) => {}
-                Err(OwnerError::Gone) => return Err(OwnerError::Gone),
-                Err(e) => log::error!("steering: applying weights: {e}; the previous weights stay"),
+                if self.next_due() == Some(Duration::ZERO) {
+                    return self.activate(inputs, dp).await;
+                }
+                Ok(())
             }
         }
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -258,22 +476,19 @@ impl Steering {
         config: &Config,
         dp: &DataPathView,
         local_name: &str,
-        me: &policy::Local,
-        decision: Option<&Decision>,
+        decider: &str,
+        keep: Option<f64>,
         report: LoadReport,
         now: Instant,
     ) {
-        let mut sites: BTreeMap<String, SiteView> = config
-            .sites
-            .iter()
-            .filter(|s| s.name != local_name)
+        let mut sites: BTreeMap<String, SiteView> = remote_sites(config)
             .map(|s| {
-                let report = self.peers.get(&s.name).and_then(|p| p.fresh(now, stale(config)));
+                let report = self.site_report(s, now, stale(config));
                 let up = self.health.get(&s.name).is_none_or(Tracker::up);
                 (s.name.clone(), SiteView { up, load_ratio: report.map(|r| r.utilisation) })
             })
             .collect();
-        sites.insert(local_name.to_owned(), SiteView { up: dp.attached, load_ratio: Some(me.utilisation()) });
+        sites.insert(local_name.to_owned(), SiteView { up: dp.attached, load_ratio: Some(report.utilisation) });
         let refused = self
             .peers
             .iter()
@@ -284,9 +499,10 @@ impl Steering {
         inputs.view.send_replace(Arc::new(SteeringView {
             overloaded: report.overloaded,
             no_headroom: report.no_headroom,
+            deciding_host: report.host.is_some().then(|| decider.to_owned()),
             report: Some(report),
             sites,
-            keep: decision.map(|d| d.keep),
+            keep,
             weight_changes: self.changes,
             ticks: self.ticks,
             refused,
@@ -301,8 +517,10 @@ impl Steering {
         down: &BTreeSet<String>,
         now: Instant,
     ) -> Vec<Sibling> {
+        // One report per remote site: the other sites' claims, never this site's (which its
+        // other hosts relay).
         let fresh: Vec<&LoadReport> =
-            self.peers.values().filter_map(|p| p.fresh(now, stale(config))).collect();
+            remote_sites(config).filter_map(|s| self.site_report(s, now, stale(config))).collect();
         remote_sites(config)
             .map(|s| Sibling {
                 up: !down.contains(&s.name),
@@ -312,49 +530,64 @@ impl Steering {
                 others_want: fresh.iter().filter_map(|r| r.claims.get(&s.name)).map(|c| c.wants).sum(),
                 others_send: fresh.iter().filter_map(|r| r.claims.get(&s.name)).map(|c| c.sends).sum(),
                 ours: dp.site_index(&s.name).and_then(|i| forwarded.get(&i)).copied().unwrap_or(0.0),
-                report: self
-                    .peers
-                    .get(&s.name)
-                    .and_then(|p| p.fresh(now, stale(config)))
-                    .map(policy::Report::of),
+                report: self.site_report(s, now, stale(config)).map(policy::Report::of),
             })
             .collect()
     }
 
+    /// Polls each remote site's report — at one of its hosts, the first that answers, for
+    /// a site of several — and every other host of the local site.
     async fn poll_peers(&mut self, config: &Config, key: Option<&PeerKey>, now: Instant) {
         let interval = tick_of(config);
         let timeout = config.load.as_ref().map_or(interval, |l| l.peer_timeout);
-        let wanted: BTreeMap<&str, (std::net::SocketAddr, f64)> = config
-            .sites
-            .iter()
-            .filter_map(|s| Some((s.name.as_str(), (s.peer?, s.capacity as f64))))
-            .collect();
-        self.peers.retain(|name, _| wanted.contains_key(name.as_str()));
+        let me = this_host(config);
+        // key → (site, host, address, the site's capacity)
+        let mut wanted: BTreeMap<String, (&str, Option<&str>, std::net::SocketAddr, f64)> = BTreeMap::new();
+        let mut due = Vec::new();
+        for s in &config.sites {
+            let capacity = s.capacity as f64;
+            if let Some(peer) = s.peer {
+                wanted.insert(peer_key(&s.name, None), (&s.name, None, peer, capacity));
+            }
+            let hosts = s.hosts.iter().filter(|h| Some(h.name.as_str()) != me);
+            let keys: Vec<String> = hosts.clone().map(|h| peer_key(&s.name, Some(&h.name))).collect();
+            for (h, k) in hosts.zip(&keys) {
+                wanted.insert(k.clone(), (&s.name, Some(&h.name), h.peer, capacity));
+            }
+            let answering = |k: &String| self.peers.get(k).is_none_or(|p| p.failures == 0);
+            match (&s.kind, keys.iter().find(|k| answering(k))) {
+                // The others of our own site: each, for its own figures.
+                (SiteKind::Local, _) => due.extend(keys),
+                (SiteKind::Remote { .. }, Some(first)) => due.push(first.clone()),
+                // None answers: try each again (as its backoff allows) until one does.
+                (SiteKind::Remote { .. }, None) => due.extend(keys),
+            }
+            if s.peer.is_some() {
+                due.push(peer_key(&s.name, None));
+            }
+        }
+        self.peers.retain(|k, _| wanted.contains_key(k));
         let mut polls = tokio::task::JoinSet::new();
-        for (name, (addr, _)) in &wanted {
-            if self.peers.entry((*name).to_owned()).or_default().due(now) {
-                let (name, addr) = ((*name).to_owned(), *addr);
-                polls.spawn(async move { (name, peers::fetch(addr, timeout).await) });
+        for k in due {
+            let Some(&(_, _, addr, _)) = wanted.get(&k) else { continue };
+            if self.peers.entry(k.clone()).or_default().due(now) {
+                polls.spawn(async move { (k, peers::fetch(addr, timeout).await) });
             }
         }
         while let Some(joined) = polls.join_next().await {
-            let (name, fetched) = match joined {
+            let (k, fetched) = match joined {
                 Ok(r) => r,
                 Err(e) => {
                     log::error!("steering: a peer poll failed: {e}");
                     continue;
                 }
             };
-            let Some(peer) = self.peers.get_mut(&name) else { continue };
-            let expect = Expect {
-                site: &name,
-                capacity: wanted.get(name.as_str()).map_or(0.0, |(_, c)| *c),
-                key,
-                now_ms: unix_ms(),
-                max_age: stale(config),
+            let (Some(peer), Some(&(site, host, _, capacity))) = (self.peers.get_mut(&k), wanted.get(&k)) else {
+                continue;
             };
+            let expect = Expect { site, host, capacity, key, now_ms: unix_ms(), max_age: stale(config) };
             let result = fetched.and_then(|f| peers::accept(&f, &expect, peer.sequence()));
-            peer.record(&name, Instant::now(), interval, result);
+            peer.record(&k, Instant::now(), interval, result);
         }
     }
 
@@ -398,8 +631,9 @@ impl Steering {
                     continue;
                 }
             };
+            let site = config.sites.iter().find(|s| s.name == name);
             let detached =
-                self.peers.get(&name).and_then(|p| p.fresh(now, stale(config))).is_some_and(|r| !r.attached);
+                site.and_then(|s| self.site_report(s, now, stale(config))).is_some_and(|r| !r.attached);
             let outcome = match result {
                 Err(e) => Err(format!("data-path probe: {e}")),
                 Ok(_) if detached => Err("its controller reports its data path detached".to_owned()),
@@ -419,9 +653,13 @@ impl Steering {
     /// The prober for the configured tunnel addresses; made again only when they change
     /// (and the failure to make it logged once per change).
     fn prober(&mut self, config: &Config) -> Result<Arc<Prober>, String> {
-        let addrs = (config.local.tunnel_v4, config.local.tunnel_v6);
+        // In a site of several hosts, the replies come to this host's own address.
+        let reply_to = this_host(config)
+            .and_then(|me| config.local_site()?.hosts.iter().find(|h| h.name == me))
+            .map(|h| h.peer.ip());
+        let addrs = (config.local.tunnel_v4, config.local.tunnel_v6, reply_to);
         if self.prober.as_ref().is_none_or(|(_, a)| *a != addrs) {
-            let made = Prober::new(addrs.0, addrs.1).map(Arc::new).map_err(|e| e.to_string());
+            let made = Prober::new(addrs.0, addrs.1, addrs.2).map(Arc::new).map_err(|e| e.to_string());
             if let Err(e) = &made {
                 log::error!("health: cannot probe: {e}");
             }
@@ -451,14 +689,24 @@ fn differs(next: &Dynamic, applied: &Dynamic) -> bool {
 }
 
 /// The log line of one applied change.
-fn describe(d: &Dynamic, decision: Option<&Decision>, me: &policy::Local, writes: usize) -> String {
+fn describe(d: &Dynamic, note: &str, writes: usize) -> String {
     let mut line = String::from("steering:");
     if let Some(w) = &d.weights {
         let list: Vec<String> = w.iter().map(|(n, w)| format!("{n}={w}")).collect();
         line += &format!(" weights {}", list.join(" "));
     }
-    if let Some(dec) = decision {
-        line += &format!(
+    line += note;
+    if !d.down.is_empty() {
+        line += &format!(" down: {}", d.down.iter().cloned().collect::<Vec<_>>().join(","));
+    }
+    line + &format!("; {writes} map writes")
+}
+
+/// What a site of one host decided, for the log line of its change.
+fn describe_decision(decision: Option<&Decision>, me: &policy::Local) -> String {
+    match decision {
+        None => String::new(),
+        Some(dec) => format!(
             " (keep {:.2}; load {:.2}: served {:.0}/s of capacity {:.0}/s{}{}{})",
             dec.keep,
             me.utilisation(),
@@ -467,10 +715,6 @@ fn describe(d: &Dynamic, decision: Option<&Decision>, me: &policy::Local, writes
             me.cpu.map(|c| format!(", cpu {c:.2}")).unwrap_or_default(),
             if dec.overloaded { ", overloaded" } else { "" },
             if dec.no_headroom { ", no headroom anywhere" } else { "" },
-        );
+        ),
     }
-    if !d.down.is_empty() {
-        line += &format!(" down: {}", d.down.iter().cloned().collect::<Vec<_>>().join(","));
-    }
-    line + &format!("; {writes} map writes")
 }
