@@ -126,6 +126,11 @@ fn report_bytes() -> usize {
         measured_at: 1_764_640_000_000,
         // A shedder's wants: its few nearest siblings.
         claims: (0..3).map(|i| (format!("eu-{i:03}"), Claim { wants: 12345.678, sends: 9876.543 })).collect(),
+        // What other sites poll: the site's figures (a host's own and its site's decision
+        // travel between the hosts of one site only).
+        host: None,
+        host_load: None,
+        decisions: Vec::new(),
     };
     let signed = Published::new(r, Some(&PeerKey::from_bytes(&[7; 32])));
     signed.body.len() + signed.signature.map_or(0, |s| SIGNATURE_HEADER.len() + 4 + s.len())

@@ -237,6 +237,18 @@ impl Table {
         self.named(self.sites[reference::maglev_slot(hash, self.sites.len())])
     }
 
+    /// Buckets in which `other` names another site (all of them, for tables of two sizes).
+    pub fn differing(&self, other: &Table) -> usize {
+        match self.sites.len() == other.sites.len() {
+            true => self.sites.iter().zip(&other.sites).filter(|(a, b)| a != b).count(),
+            false => self.sites.len().max(other.sites.len()),
+        }
+    }
+
+    pub fn buckets(&self) -> usize {
+        self.sites.len()
+    }
+
     fn named(&self, site: u32) -> Option<usize> {
         self.index.iter().position(|&i| i == site)
     }

@@ -1,6 +1,6 @@
 //! Topologies that several real-packet tests share.
 
-use testkit::netns::{Netns, Result};
+use testkit::netns::{Netns, NetnsError, Result};
 
 /// client `c0` 10.1.0.2 ⇄ `a0` 10.1.0.1 [A] `a1` 10.2.0.1 ⇄ `b0` 10.2.0.2 [B, `vip` on lo].
 ///
@@ -135,5 +135,94 @@ impl DualChain {
         a.enable_forwarding()?;
         client.software_checksums("c0")?;
         Ok(DualChain { client, a, b })
+    }
+}
+
+/// A site `a` of two hosts behind a router's ECMP, and a site `b`:
+///
+/// ```text
+/// client c0 10.1.0.2 ⇄ r0 10.1.0.1 [router R] r1 10.11.0.1 ⇄ u0 10.11.0.2 [A1]
+///                                             r2 10.12.0.1 ⇄ u0 10.12.0.2 [A2]
+///                                             r3 10.13.0.1 ⇄ u0 10.13.0.2 [B]
+/// ```
+///
+/// R routes the VIP over A1 and A2 (a multipath route, hashed on the 5-tuple:
+/// `fib_multipath_hash_policy = 1`), as a site's routers spread it over its hosts. A's hosts
+/// share the site's tunnel address [`TwoHostSite::A_TUNNEL`] (on their loopbacks: the outer
+/// source of what they forward to B) and answer health-probe replies at their own uplink
+/// addresses; every namespace routes the rest through R. A's hosts send what they forward
+/// back out of their uplink (XDP_TX), so R's ends run the pass program (a veth delivers
+/// XDP_TX frames only to a peer running XDP), and the links behind R carry IPIP's 20 bytes
+/// over the client's 1500-byte packets at [`crate::sites::BACKBONE_MTU`]-like 1600.
+pub struct TwoHostSite {
+    pub client: Netns,
+    pub router: Netns,
+    /// A1, A2, B.
+    pub hosts: [Netns; 3],
+    _pass: Vec<testkit::xdp::PassProgram>,
+}
+
+impl TwoHostSite {
+    pub const VIP: &str = "10.200.0.1";
+    pub const A_TUNNEL: &str = "10.10.0.1";
+    /// A1's, A2's and B's uplink addresses (B's is its tunnel address too).
+    pub const UPLINK: [&str; 3] = ["10.11.0.2", "10.12.0.2", "10.13.0.2"];
+    const MTU: u32 = 1600;
+
+    pub fn new(tag: &str) -> Result<TwoHostSite> {
+        let client = Netns::new(&format!("{tag}-cl"))?;
+        let router = Netns::new(&format!("{tag}-r"))?;
+        let hosts = [
+            Netns::new(&format!("{tag}-a1"))?,
+            Netns::new(&format!("{tag}-a2"))?,
+            Netns::new(&format!("{tag}-b"))?,
+        ];
+        client.add_veth("c0", &router, "r0")?;
+        client.add_addr("c0", "10.1.0.2/24")?;
+        router.add_addr("r0", "10.1.0.1/24")?;
+        client.add_route(&[&format!("{}/32", Self::VIP), "via", "10.1.0.1"])?;
+        for (i, host) in hosts.iter().enumerate() {
+            let r = format!("r{}", i + 1);
+            let net = 11 + i;
+            host.add_veth("u0", &router, &r)?;
+            router.add_addr(&r, &format!("10.{net}.0.1/24"))?;
+            host.add_addr("u0", &format!("{}/24", Self::UPLINK[i]))?;
+            host.add_addr("lo", &format!("{}/32", Self::VIP))?;
+            host.add_route(&["default", "via", &format!("10.{net}.0.1")])?;
+            host.set_mtu("u0", Self::MTU)?;
+            router.set_mtu(&r, Self::MTU)?;
+            // Their ARP requests must not name the VIP (on their loopbacks) as sender.
+            host.sysctl("net/ipv4/conf/all/arp_announce", "2")?;
+        }
+        for host in &hosts[..2] {
+            host.add_addr("lo", &format!("{}/32", Self::A_TUNNEL))?;
+        }
+        router.enable_forwarding()?;
+        router.sysctl("net/ipv4/fib_multipath_hash_policy", "1")?;
+        // Replies from the VIP come back from B too, not only from where R routes the VIP.
+        for conf in ["all", "default", "r0", "r1", "r2", "r3"] {
+            router.sysctl(&format!("net/ipv4/conf/{conf}/rp_filter"), "0")?;
+        }
+        router.add_route(&[
+            &format!("{}/32", Self::VIP),
+            "nexthop",
+            "via",
+            Self::UPLINK[0],
+            "nexthop",
+            "via",
+            Self::UPLINK[1],
+        ])?;
+        client.software_checksums("c0")?;
+        let mut pass = Vec::new();
+        for r in ["r1", "r2", "r3"] {
+            let io = |source| NetnsError::Io { ns: router.name().to_owned(), what: format!("XDP pass on {r}"), source };
+            pass.push(testkit::xdp::PassProgram::attach(&router, r).map_err(io)?);
+        }
+        Ok(TwoHostSite { client, router, hosts, _pass: pass })
+    }
+
+    /// R's route to the VIP through A1 only: A2 leaves the site's ECMP group.
+    pub fn remove_a2(&self) -> Result<()> {
+        self.router.ip(&["route", "replace", &format!("{}/32", Self::VIP), "via", Self::UPLINK[0]]).map(drop)
     }
 }

@@ -280,7 +280,7 @@ fn report(seq: u64) -> LoadReport {
         claims: Default::default(),
         host: None,
         host_load: None,
-        decision: None,
+        decisions: Vec::new(),
     }
 }
 

@@ -43,9 +43,11 @@ pub struct LoadReport {
     /// ... and this host's own, which the deciding host adds up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_load: Option<HostLoad>,
-    /// From the deciding host: what every host of the site installs, and when.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decision: Option<SiteDecision>,
+    /// From the deciding host: what every host of the site installs, and when — each of
+    /// its decisions not installed yet, so that a host that polled it once an interval
+    /// misses none even when its polls and the deciding host's ticks drift apart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<SiteDecision>,
 }
 
 /// Packet rates, packets/s (`policy::Rates` on the wire).

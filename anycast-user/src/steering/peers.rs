@@ -247,7 +247,7 @@ pub fn accept(f: &Fetched, expect: &Expect, last: Option<(u64, u64)>) -> Result<
             format!("it reports host {:?} of `{}`, expected {:?}", r.host, r.site, expect.host),
         ));
     }
-    if r.decision.as_ref().is_some_and(|d| r.host.as_ref() != Some(&d.by)) {
+    if r.decisions.iter().any(|d| r.host.as_ref() != Some(&d.by)) {
         return Err(refuse(Refusal::Site, "it carries a decision of another host than itself".into()));
     }
     // Finite is not enough: a huge finite value (1e308) overflows to infinity in the
@@ -399,7 +399,7 @@ mod tests {
             claims: Default::default(),
             host: None,
             host_load: None,
-            decision: None,
+            decisions: Vec::new(),
         }
     }
 
@@ -482,14 +482,14 @@ mod tests {
         let e = Expect { host: Some("b1"), ..expect(Some(&key)) };
         let own = LoadReport { host: Some("b1".into()), ..report() };
         assert!(accept(&fetched(&own, Some(&key)), &e, None).is_ok());
-        let decision = |by: &str| Some(SiteDecision { by: by.into(), ..Default::default() });
-        let deciding = LoadReport { decision: decision("b1"), ..own.clone() };
+        let decision = |by: &str| vec![SiteDecision { by: by.into(), ..Default::default() }];
+        let deciding = LoadReport { decisions: decision("b1"), ..own.clone() };
         assert!(accept(&fetched(&deciding, Some(&key)), &e, None).is_ok());
         for wrong in [
             LoadReport { host: Some("b2".into()), ..report() },
             report(),
             // A host relaying (or forging) another host's decision.
-            LoadReport { decision: decision("b2"), ..own.clone() },
+            LoadReport { decisions: decision("b2"), ..own.clone() },
         ] {
             assert_eq!(refusal(accept(&fetched(&wrong, Some(&key)), &e, None)), Some(Refusal::Site), "{wrong:?}");
         }

@@ -136,9 +136,11 @@ fn this_host(config: &Config) -> Option<&str> {
 }
 
 /// How far ahead a site's decision is to be installed: every other host of the site polls
-/// the deciding one within an interval, and waits at most a peer timeout for it.
+/// the deciding one every interval and waits at most a peer timeout for it, so two polls
+/// fall within this time: one lost poll loses no decision (each report carries all those
+/// still to be installed).
 fn lead_time(config: &Config) -> Duration {
-    tick_of(config) + config.load.as_ref().map_or(tick_of(config), |l| l.peer_timeout)
+    2 * tick_of(config) + config.load.as_ref().map_or(tick_of(config), |l| l.peer_timeout)
 }
 
 fn host_load(l: &policy::Local) -> HostLoad {
@@ -403,6 +405,24 @@ impl Steering {
         // owner is busy applying it.
         self.seq += 1;
         let measured_at = unix_ms();
+        // Deciding for a site of several hosts: this decision is installed (here too) at
+        // its moment, and the report carries every decision still to be installed.
+        let decisions = match (host, &leader) {
+            (Some(h), None) => {
+                self.schedule(SiteDecision {
+                    by: h.to_owned(),
+                    epoch: self.epoch,
+                    seq: self.seq,
+                    at: measured_at + lead_time(config).as_millis() as u64,
+                    // A site missing from the weights gets 0: the body stays small whatever
+                    // the number of sites.
+                    weights: weights.as_ref().map(|w| w.iter().filter(|(_, w)| **w > 0).map(|(n, w)| (n.clone(), *w)).collect()),
+                    down: down.clone(),
+                });
+                self.schedule.clone()
+            }
+            _ => Vec::new(),
+        };
         let report = match &leader {
             // Not deciding: the site's figures as its deciding host published them.
             Some(l) => LoadReport {
@@ -413,7 +433,7 @@ impl Steering {
                 attached: dp.attached,
                 host: host.map(str::to_owned),
                 host_load: Some(host_load(&me)),
-                decision: None,
+                decisions: Vec::new(),
                 ..l.clone()
             },
             None => {
@@ -435,14 +455,7 @@ impl Steering {
                     claims,
                     host: host.map(str::to_owned),
                     host_load: host.map(|_| host_load(&me)),
-                    decision: host.map(|h| SiteDecision {
-                        by: h.to_owned(),
-                        epoch: self.epoch,
-                        seq: self.seq,
-                        at: measured_at + lead_time(config).as_millis() as u64,
-                        weights: weights.clone(),
-                        down: down.clone(),
-                    }),
+                    decisions,
                 }
             }
         };
@@ -457,8 +470,7 @@ impl Steering {
                 self.install(inputs, dp, Dynamic { weights, down }, &note).await
             }
             Some(_) => {
-                let decided = if deciding { report.decision } else { leader.and_then(|l| l.decision) };
-                if let Some(d) = decided {
+                for d in leader.map(|l| l.decisions).unwrap_or_default() {
                     self.schedule(d);
                 }
                 if self.next_due() == Some(Duration::ZERO) {
@@ -544,6 +556,9 @@ impl Steering {
         // key → (site, host, address, the site's capacity)
         let mut wanted: BTreeMap<String, (&str, Option<&str>, std::net::SocketAddr, f64)> = BTreeMap::new();
         let mut due = Vec::new();
+        // The other hosts of our site are polled every interval whatever failed before:
+        // a poll skipped by a backoff would be a decision missed.
+        let mut mates = Vec::new();
         for s in &config.sites {
             let capacity = s.capacity as f64;
             if let Some(peer) = s.peer {
@@ -557,7 +572,7 @@ impl Steering {
             let answering = |k: &String| self.peers.get(k).is_none_or(|p| p.failures == 0);
             match (&s.kind, keys.iter().find(|k| answering(k))) {
                 // The others of our own site: each, for its own figures.
-                (SiteKind::Local, _) => due.extend(keys),
+                (SiteKind::Local, _) => mates.extend(keys),
                 (SiteKind::Remote { .. }, Some(first)) => due.push(first.clone()),
                 // None answers: try each again (as its backoff allows) until one does.
                 (SiteKind::Remote { .. }, None) => due.extend(keys),
@@ -568,9 +583,9 @@ impl Steering {
         }
         self.peers.retain(|k, _| wanted.contains_key(k));
         let mut polls = tokio::task::JoinSet::new();
-        for k in due {
+        for (k, mate) in due.into_iter().map(|k| (k, false)).chain(mates.into_iter().map(|k| (k, true))) {
             let Some(&(_, _, addr, _)) = wanted.get(&k) else { continue };
-            if self.peers.entry(k.clone()).or_default().due(now) {
+            if self.peers.entry(k.clone()).or_default().due(now) || mate {
                 polls.spawn(async move { (k, peers::fetch(addr, timeout).await) });
             }
         }
@@ -680,9 +695,11 @@ fn differs(next: &Dynamic, applied: &Dynamic) -> bool {
         return true;
     }
     match (&next.weights, &applied.weights) {
+        // A site missing from one gets 0 there.
         (Some(a), Some(b)) => {
-            a.len() != b.len()
-                || policy::worth_applying(a.iter().map(|(n, &w)| (w, b.get(n).copied().unwrap_or(0))))
+            let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            let weight = |m: &BTreeMap<String, u32>, n: &String| m.get(n).copied().unwrap_or(0);
+            policy::worth_applying(names.into_iter().map(|n| (weight(a, n), weight(b, n))))
         }
         (a, b) => a.is_some() != b.is_some(),
     }

@@ -1,0 +1,287 @@
+//! A site of several hosts behind its routers' ECMP (issue 18), end to end: site `a` is two
+//! hosts, A1 and A2, each its own `anycast run`, behind a router's multipath route; site `b`
+//! has room. A's hosts decide as one (A1 decides on the sum of both hosts' load, A2
+//! installs what A1 decides, both at the moment A1 names), so their Maglev tables are alike
+//! at every instant, and a flow that the routers move from one host to the other keeps its
+//! site. Real packets, real daemons; figures printed for the issue's note.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anycast_tests::{
+    pinned::Pinned,
+    sustained::{Steering, TCP_PORT, Table, flow_key},
+    topology::TwoHostSite,
+};
+use testkit::{
+    daemon::Daemon,
+    metrics::metric,
+    require::{Need, require},
+    serial,
+    sites::{CLIENT, FlowClient, PEER_PORT, UdpService, VIP},
+    tcp::{self, Connection, Sink},
+    wait,
+};
+
+const LOAD: &str = "\n[load]\ntarget = 0.8\nhigh = 0.9\nlow = 0.7\nmax_step = 0.25\ninterval_ms = 250\n\
+                    smoothing_ms = 500\ncpu = false\npeer_timeout_ms = 200\nstale_ms = 2000\n";
+const HEALTH: &str = "\n[health]\ninterval_ms = 250\ntimeout_ms = 200\nrise = 2\nfall = 3\n";
+/// Site `a` (both hosts together) and site `b`, packets/s at utilisation 1.
+const CAPACITY: [u32; 2] = [600, 4000];
+/// New UDP flows per second through the router: twice site `a`'s capacity, so that it sheds.
+const SURGE: u32 = 1200;
+/// Long-lived TCP connections, opened while `a` sheds (so some are forwarded to `b`).
+const CONNECTIONS: usize = 24;
+
+fn vips(sites: &str) -> String {
+    format!(
+        "\n[[vips]]\nname = \"udp\"\naddress = \"{VIP}\"\nport = 5300\nprotocol = \"udp\"\nsites = {sites}\n\
+         \n[[vips]]\nname = \"tcp\"\naddress = \"{VIP}\"\nport = {TCP_PORT}\nprotocol = \"tcp\"\nsites = {sites}\n"
+    )
+}
+
+/// Host `me` of site `a` (0: A1, 1: A2).
+fn config_a(me: usize) -> String {
+    let [a1, a2, b] = TwoHostSite::UPLINK;
+    format!(
+        "[local]\ninterfaces = [\"u0\"]\ntunnel_v4 = \"{}\"\nhost = \"a{}\"\n\
+         \n[[sites]]\nname = \"a\"\nlocal = true\ncapacity = {}\n\
+         hosts = [{{ name = \"a1\", peer = \"{a1}:{PEER_PORT}\" }}, {{ name = \"a2\", peer = \"{a2}:{PEER_PORT}\" }}]\n\
+         \n[[sites]]\nname = \"b\"\nendpoint = \"{b}\"\ncapacity = {}\npeer = \"{b}:{PEER_PORT}\"\n{}{LOAD}{HEALTH}",
+        TwoHostSite::A_TUNNEL,
+        me + 1,
+        CAPACITY[0],
+        CAPACITY[1],
+        vips(r#"["a", "b"]"#),
+    )
+}
+
+/// Site `b`: serves the VIPs itself, and decapsulates what site `a` (its shared tunnel
+/// address) forwards.
+fn config_b() -> String {
+    let b = TwoHostSite::UPLINK[2];
+    format!(
+        "[local]\ninterfaces = [\"u0\"]\ntunnel_v4 = \"{b}\"\n\
+         \n[[sites]]\nname = \"b\"\nlocal = true\ncapacity = {}\n\
+         \n[[sites]]\nname = \"a\"\nendpoint = \"{}\"\ncapacity = {}\n{}{LOAD}",
+        CAPACITY[1],
+        TwoHostSite::A_TUNNEL,
+        CAPACITY[0],
+        vips(r#"["b"]"#),
+    )
+}
+
+fn gauge(d: &Daemon, series: &str) -> Option<u64> {
+    metric(&d.get("/metrics").ok()?, series)
+}
+
+/// A1's and A2's tables of the TCP VIP, compared while the weights change: `samples`
+/// comparisons, of which `differed` found them different although neither host's table
+/// changed around the comparison (a change in progress is not a difference); `changes`
+/// tables A1 went through.
+#[derive(Default)]
+struct Alike {
+    samples: usize,
+    differed: usize,
+    changes: usize,
+    first_difference: Option<String>,
+}
+
+/// The weight changes a daemon logged: (seconds of the day, what it installed).
+fn installs(log: &str) -> Vec<(f64, String)> {
+    log.lines()
+        .filter_map(|l| {
+            let (_, what) = l.split_once("steering: weights ")?;
+            let time = l.split_once('T')?.1.split(|c: char| c == 'Z' || c.is_whitespace()).next()?;
+            let mut hms = time.split(':').map(|x| x.parse::<f64>().ok());
+            let seconds = hms.next()?? * 3600.0 + hms.next()?? * 60.0 + hms.next()??;
+            Some((seconds, what.to_owned()))
+        })
+        .collect()
+}
+
+/// The longest time between the two hosts' installs of the same decision, and how many
+/// they both installed.
+fn install_skew(a1: &str, a2: &str) -> (Duration, usize) {
+    let (x, y) = (installs(a1), installs(a2));
+    let mut worst = 0.0f64;
+    let mut both = 0;
+    for (t, what) in &x {
+        if let Some((u, _)) = y.iter().filter(|(_, w)| w == what).min_by(|a, b| (a.0 - t).abs().total_cmp(&(b.0 - t).abs())) {
+            worst = worst.max((u - t).abs());
+            both += 1;
+        }
+    }
+    (Duration::from_secs_f64(worst), both)
+}
+
+fn watch_tables(hosts: [&Daemon; 2], stop: &AtomicBool, out: &Mutex<Alike>) {
+    let read = |i: usize| Table::read(hosts[i], Steering::Current, "tcp");
+    let mut last: Option<Table> = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let (a1, a2, a1_after, a2_after) = (read(0), read(1), read(0), read(1));
+        let mut o = out.lock().unwrap();
+        if last.as_ref().is_some_and(|t| *t != a1_after) {
+            o.changes += 1;
+        }
+        last = Some(a1_after.clone());
+        if a1 == a1_after && a2 == a2_after {
+            o.samples += 1;
+            if a1 != a2 {
+                o.differed += 1;
+                let differ = a1.differing(&a2);
+                o.first_difference.get_or_insert(format!("{differ} of {} buckets", a1.buckets()));
+            }
+        }
+        drop(o);
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
+    if !require("hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow", &[Need::Kernel]) {
+        return;
+    }
+    let _turn = serial::heavy();
+    let t = TwoHostSite::new("hosts").expect("topology");
+    let services: Vec<UdpService> = t.hosts.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
+    let sinks: Vec<Sink> = t.hosts.iter().map(|ns| Sink::start(ns, (VIP, TCP_PORT).into()).expect("sink")).collect();
+    let mut daemons: Vec<Daemon> = t.hosts.iter().map(|ns| Daemon::new(ns).expect("daemon")).collect();
+    for (i, d) in daemons.iter_mut().enumerate() {
+        d.set_peer_listen((TwoHostSite::UPLINK[i].parse::<std::net::Ipv4Addr>().unwrap(), PEER_PORT).into());
+        d.add_datapath_option("maglev_table_size = 1021");
+    }
+    for i in [2, 0, 1] {
+        let config = if i == 2 { config_b() } else { config_a(i) };
+        daemons[i].write_config(&config).expect("config");
+        daemons[i].start().expect("start");
+    }
+    let (a1, a2) = (&daemons[0], &daemons[1]);
+    for (name, d) in [("A1", a1), ("A2", a2)] {
+        let up = wait::until(Duration::from_secs(10), || gauge(d, r#"anycast_site_up{site="b"}"#) == Some(1));
+        assert!(up.is_some(), "{name} never saw site b pass its health checks:\n{}", d.log());
+    }
+    // A1 is first in the site's list: it decides, A2 installs what it decides.
+    let roles = wait::until(Duration::from_secs(5), || {
+        gauge(a1, "anycast_deciding") == Some(1) && gauge(a2, "anycast_deciding") == Some(0)
+    });
+    assert!(roles.is_some(), "A1 should decide for site a and A2 follow:\n{}\n{}", a1.log(), a2.log());
+
+    let alike = Mutex::new(Alike::default());
+    let stop = AtomicBool::new(false);
+    let client = FlowClient::default();
+    let (reports, fwd, shed_weight, removed_at) = thread::scope(|s| {
+        let watcher = s.spawn(|| watch_tables([a1, a2], &stop, &alike));
+        let surge = s.spawn(|| client.send(&t.client, SURGE, SURGE * 20, &stop));
+        // The surge makes site `a` shed: wait until b has a weight, then open the
+        // connections (some of them then go to b).
+        let shed = wait::until(Duration::from_secs(8), || {
+            gauge(a1, r#"anycast_site_weight{site="b"}"#).is_some_and(|w| w > 0)
+        });
+        assert!(shed.is_some(), "site a never shed to b under {SURGE} new flows/s:\n{}", a1.log());
+        let connections: Vec<Connection> = (0..CONNECTIONS)
+            .map(|_| Connection::open(&t.client, (CLIENT, 0).into(), (VIP, TCP_PORT).into()).expect("connect"))
+            .collect();
+        let tcp_stop = AtomicBool::new(false);
+        let (reports, fwd, removed_at) = thread::scope(|inner| {
+            let transfers =
+                inner.spawn(|| tcp::transfer(connections, 16 << 10, Duration::from_secs(30), &tcp_stop));
+            thread::sleep(Duration::from_secs(3));
+            // What each host forwards (pinned at its handshake), and the table as it stands,
+            // just before the routers take A2 out of the site's group.
+            let pinned = |d: &Daemon| -> BTreeSet<u16> {
+                let flows = d.maps().expect("maps").flows().expect("flow table");
+                flows.iter().filter(|(k, _)| k.dport == TCP_PORT).map(|(k, _)| k.sport).collect()
+            };
+            let fwd = [pinned(a1), pinned(a2)];
+            let table = Table::read(a1, Steering::Current, "tcp");
+            t.remove_a2().expect("route");
+            let removed_at = Instant::now();
+            thread::sleep(Duration::from_secs(4));
+            tcp_stop.store(true, Ordering::Relaxed);
+            (transfers.join().expect("transfers"), (fwd, table), removed_at)
+        });
+        stop.store(true, Ordering::Relaxed);
+        let _ = surge.join();
+        watcher.join().expect("table watcher");
+        (reports, fwd, gauge(a1, r#"anycast_site_weight{site="b"}"#), removed_at)
+    });
+    let ((fwd, table), alike) = (fwd, alike.into_inner().unwrap());
+    // Each sink records a connection just after answering it (or once it broke).
+    wait::until(Duration::from_secs(5), || sinks.iter().map(|s| s.served().len()).sum::<usize>() >= CONNECTIONS);
+    let served: Vec<BTreeSet<u16>> =
+        sinks.iter().map(|s| s.served().iter().map(|c| c.peer.port()).collect()).collect();
+    let port = |r: &tcp::Report| r.local.port();
+    let completed = |ports: &BTreeSet<u16>| reports.iter().filter(|r| ports.contains(&port(r)) && !r.reset()).count();
+    // A1's connections: those its stack served, and those it forwarded to b.
+    let a1_local: BTreeSet<u16> = served[0].iter().copied().filter(|p| !fwd[0].contains(p)).collect();
+    let a1_all: BTreeSet<u16> = a1_local.union(&fwd[0]).copied().collect();
+    // A2's forwarded connections whose bucket (in the table both hosts held) names b: once
+    // the routers send them to A1, A1 forwards them there too.
+    let a2_to_b: BTreeSet<u16> =
+        fwd[1].iter().copied().filter(|&p| table.site(&flow_key(p, TCP_PORT, 6)) == Some(1)).collect();
+    // A2's own connections: the rest (its sink still holds them open: their packets now
+    // reach A1, whose stack resets them, as it would had A2 died).
+    let a2_local: BTreeSet<u16> = reports
+        .iter()
+        .map(port)
+        .filter(|p| !a1_all.contains(p) && !fwd[1].contains(p))
+        .collect();
+    assert!(
+        a2_local.iter().all(|p| !served[2].contains(p)),
+        "a connection counted as A2's own was served at b: {a2_local:?} {:?}",
+        served[2]
+    );
+    let (skew, installed) = install_skew(&a1.log(), &a2.log());
+    println!(
+        "two-host site: {} of {} table comparisons found A1 and A2 different (A1's table changed {} times; \
+         {installed} weight sets installed by both, at most {:.1} ms apart); b's weight at the end {:?}; {} connections: A1 served {} \
+         itself and forwarded {} ({} completed), A2 served {} itself ({} completed after the change) and \
+         forwarded {}, of which {} still in b's buckets ({} completed) {:.1} s after A2 left the ECMP group",
+        alike.differed,
+        alike.samples,
+        alike.changes,
+        skew.as_secs_f64() * 1e3,
+        shed_weight,
+        reports.len(),
+        a1_local.len(),
+        fwd[0].len(),
+        completed(&a1_all),
+        a2_local.len(),
+        completed(&a2_local),
+        fwd[1].len(),
+        a2_to_b.len(),
+        completed(&a2_to_b),
+        removed_at.elapsed().as_secs_f64(),
+    );
+    let services_served: Vec<u64> = services.iter().map(UdpService::datagrams).collect();
+    assert!(services_served[2] > 0, "b served no UDP flow: site a never shed ({services_served:?})");
+    assert!(alike.changes >= 1, "the weights never changed while the tables were compared: the test proves nothing");
+    assert!(alike.samples >= 20, "only {} comparisons", alike.samples);
+    assert_eq!(
+        alike.differed, 0,
+        "A1 and A2 held different tables ({:?}) in {} of {} comparisons:\nA1:\n{}\nA2:\n{}",
+        alike.first_difference,
+        alike.differed,
+        alike.samples,
+        a1.log(),
+        a2.log()
+    );
+    assert!(!fwd[0].is_empty() && !a1_local.is_empty(), "A1 needs connections of both kinds: {fwd:?} {a1_local:?}");
+    assert!(!a2_to_b.is_empty(), "no connection of A2's went to b: nothing moved between the hosts");
+    let lost: Vec<_> = reports
+        .iter()
+        .filter(|r| (a1_all.contains(&port(r)) || a2_to_b.contains(&port(r))) && r.reset())
+        .map(|r| format!("{}: {:?}", port(r), r.outcome))
+        .collect();
+    assert!(lost.is_empty(), "connections of A1, or in b's buckets, reset by the ECMP change: {lost:?}");
+}
