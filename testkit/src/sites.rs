@@ -176,6 +176,7 @@ impl Drop for UdpService {
 /// order, wrapping around after 40,000 flows), a few datagrams each. Shared between threads:
 /// one sends, others read what was sent so far.
 pub struct FlowClient {
+    source: Ipv4Addr,
     next_port: AtomicU32,
     datagrams_per_flow: u32,
     flows: AtomicU64,
@@ -194,7 +195,13 @@ impl Default for FlowClient {
 
 impl FlowClient {
     pub fn new(datagrams_per_flow: u32) -> FlowClient {
+        FlowClient::from(CLIENT, datagrams_per_flow)
+    }
+
+    /// From another of the client's addresses than [`CLIENT`].
+    pub fn from(source: Ipv4Addr, datagrams_per_flow: u32) -> FlowClient {
         FlowClient {
+            source,
             next_port: AtomicU32::new(0),
             datagrams_per_flow,
             flows: AtomicU64::new(0),
@@ -239,7 +246,7 @@ impl FlowClient {
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
-                let socket = UdpSocket::bind((CLIENT, port))?;
+                let socket = UdpSocket::bind((self.source, port))?;
                 for _ in 0..self.datagrams_per_flow {
                     socket.send_to(&port.to_be_bytes(), dst)?;
                     self.datagrams.fetch_add(1, Ordering::Relaxed);

@@ -138,91 +138,97 @@ impl DualChain {
     }
 }
 
-/// A site `a` of two hosts behind a router's ECMP, and a site `b`:
+/// Hosts (sites, or the hosts of one site) behind one router, and a client:
 ///
 /// ```text
-/// client c0 10.1.0.2 ⇄ r0 10.1.0.1 [router R] r1 10.11.0.1 ⇄ u0 10.11.0.2 [A1]
-///                                             r2 10.12.0.1 ⇄ u0 10.12.0.2 [A2]
-///                                             r3 10.13.0.1 ⇄ u0 10.13.0.2 [B]
+/// client c0 10.1.0.2 ⇄ r0 10.1.0.1 [router R] r1 10.11.0.1 ⇄ u0 10.11.0.2 [host 0]
+///                                             r2 10.12.0.1 ⇄ u0 10.12.0.2 [host 1]
+///                                             ...
 /// ```
 ///
-/// R routes the VIP over A1 and A2 (a multipath route, hashed on the 5-tuple:
-/// `fib_multipath_hash_policy = 1`), as a site's routers spread it over its hosts. A's hosts
-/// share the site's tunnel address [`TwoHostSite::A_TUNNEL`] (on their loopbacks: the outer
-/// source of what they forward to B) and answer health-probe replies at their own uplink
-/// addresses; every namespace routes the rest through R. A's hosts send what they forward
-/// back out of their uplink (XDP_TX), so R's ends run the pass program (a veth delivers
-/// XDP_TX frames only to a peer running XDP), and the links behind R carry IPIP's 20 bytes
-/// over the client's 1500-byte packets at [`crate::sites::BACKBONE_MTU`]-like 1600.
-pub struct TwoHostSite {
+/// Every host holds the VIP on its loopback and routes everything through R; how R routes
+/// the VIP is the test's ([`BehindRouter::ecmp`], [`BehindRouter::route_from`]). Hosts send
+/// what they forward back out of their uplink (XDP_TX), so R's ends run the pass program (a
+/// veth delivers XDP_TX frames only to a peer running XDP), and the links behind R carry
+/// IPIP's 20 bytes over the client's 1500-byte packets at an MTU of 1600.
+pub struct BehindRouter {
     pub client: Netns,
     pub router: Netns,
-    /// A1, A2, B.
-    pub hosts: [Netns; 3],
+    pub hosts: Vec<Netns>,
     _pass: Vec<testkit::xdp::PassProgram>,
 }
 
-impl TwoHostSite {
+impl BehindRouter {
     pub const VIP: &str = "10.200.0.1";
-    pub const A_TUNNEL: &str = "10.10.0.1";
-    /// A1's, A2's and B's uplink addresses (B's is its tunnel address too).
-    pub const UPLINK: [&str; 3] = ["10.11.0.2", "10.12.0.2", "10.13.0.2"];
     const MTU: u32 = 1600;
 
-    pub fn new(tag: &str) -> Result<TwoHostSite> {
+    /// Host `i`'s uplink address (its own, where its peer API listens).
+    pub fn uplink(i: usize) -> String {
+        format!("10.{}.0.2", 11 + i)
+    }
+
+    /// One host per tag in `hosts`.
+    pub fn new(tag: &str, hosts: &[&str]) -> Result<BehindRouter> {
         let client = Netns::new(&format!("{tag}-cl"))?;
         let router = Netns::new(&format!("{tag}-r"))?;
-        let hosts = [
-            Netns::new(&format!("{tag}-a1"))?,
-            Netns::new(&format!("{tag}-a2"))?,
-            Netns::new(&format!("{tag}-b"))?,
-        ];
         client.add_veth("c0", &router, "r0")?;
         client.add_addr("c0", "10.1.0.2/24")?;
         router.add_addr("r0", "10.1.0.1/24")?;
         client.add_route(&[&format!("{}/32", Self::VIP), "via", "10.1.0.1"])?;
-        for (i, host) in hosts.iter().enumerate() {
+        router.enable_forwarding()?;
+        let mut made = Vec::new();
+        let mut pass = Vec::new();
+        for (i, name) in hosts.iter().enumerate() {
+            let host = Netns::new(&format!("{tag}-{name}"))?;
             let r = format!("r{}", i + 1);
-            let net = 11 + i;
             host.add_veth("u0", &router, &r)?;
-            router.add_addr(&r, &format!("10.{net}.0.1/24"))?;
-            host.add_addr("u0", &format!("{}/24", Self::UPLINK[i]))?;
+            router.add_addr(&r, &format!("10.{}.0.1/24", 11 + i))?;
+            host.add_addr("u0", &format!("{}/24", Self::uplink(i)))?;
             host.add_addr("lo", &format!("{}/32", Self::VIP))?;
-            host.add_route(&["default", "via", &format!("10.{net}.0.1")])?;
+            host.add_route(&["default", "via", &format!("10.{}.0.1", 11 + i)])?;
             host.set_mtu("u0", Self::MTU)?;
             router.set_mtu(&r, Self::MTU)?;
             // Their ARP requests must not name the VIP (on their loopbacks) as sender.
             host.sysctl("net/ipv4/conf/all/arp_announce", "2")?;
+            router.sysctl(&format!("net/ipv4/conf/{r}/rp_filter"), "0")?;
+            let io = |source| NetnsError::Io { ns: router.name().to_owned(), what: format!("XDP pass on {r}"), source };
+            pass.push(testkit::xdp::PassProgram::attach(&router, &r).map_err(io)?);
+            made.push(host);
         }
-        for host in &hosts[..2] {
-            host.add_addr("lo", &format!("{}/32", Self::A_TUNNEL))?;
-        }
-        router.enable_forwarding()?;
-        router.sysctl("net/ipv4/fib_multipath_hash_policy", "1")?;
-        // Replies from the VIP come back from B too, not only from where R routes the VIP.
-        for conf in ["all", "default", "r0", "r1", "r2", "r3"] {
+        // Replies from the VIP come back from every host, not only from where R routes it.
+        for conf in ["all", "default", "r0"] {
             router.sysctl(&format!("net/ipv4/conf/{conf}/rp_filter"), "0")?;
         }
-        router.add_route(&[
-            &format!("{}/32", Self::VIP),
-            "nexthop",
-            "via",
-            Self::UPLINK[0],
-            "nexthop",
-            "via",
-            Self::UPLINK[1],
-        ])?;
         client.software_checksums("c0")?;
-        let mut pass = Vec::new();
-        for r in ["r1", "r2", "r3"] {
-            let io = |source| NetnsError::Io { ns: router.name().to_owned(), what: format!("XDP pass on {r}"), source };
-            pass.push(testkit::xdp::PassProgram::attach(&router, r).map_err(io)?);
-        }
-        Ok(TwoHostSite { client, router, hosts, _pass: pass })
+        Ok(BehindRouter { client, router, hosts: made, _pass: pass })
     }
 
-    /// R's route to the VIP through A1 only: A2 leaves the site's ECMP group.
-    pub fn remove_a2(&self) -> Result<()> {
-        self.router.ip(&["route", "replace", &format!("{}/32", Self::VIP), "via", Self::UPLINK[0]]).map(drop)
+    /// R routes the VIP over `hosts` (a multipath route hashed on the 5-tuple,
+    /// `fib_multipath_hash_policy = 1`), as a site's routers spread it over its hosts, which
+    /// share the site's tunnel address `tunnel` (on their loopbacks).
+    pub fn ecmp(&self, hosts: &[usize], tunnel: &str) -> Result<()> {
+        self.router.sysctl("net/ipv4/fib_multipath_hash_policy", "1")?;
+        let mut route = vec![format!("{}/32", Self::VIP)];
+        for &h in hosts {
+            route.extend(["nexthop".into(), "via".into(), Self::uplink(h)]);
+            self.hosts[h].add_addr("lo", &format!("{tunnel}/32"))?;
+        }
+        self.router.add_route(&route.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// R routes the VIP through `host` alone (for the client's packets from `from`, if given;
+    /// the client gets that address too).
+    pub fn route_from(&self, from: Option<&str>, host: usize) -> Result<()> {
+        let vip = format!("{}/32", Self::VIP);
+        let via = Self::uplink(host);
+        match from {
+            None => self.router.ip(&["route", "replace", &vip, "via", &via]).map(drop),
+            Some(addr) => {
+                self.client.add_addr("c0", &format!("{addr}/24"))?;
+                let table = (100 + host).to_string();
+                self.router.ip(&["rule", "add", "from", addr, "table", &table])?;
+                self.router.ip(&["route", "replace", &vip, "via", &via, "table", &table]).map(drop)
+            }
+        }
     }
 }

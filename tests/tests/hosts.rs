@@ -18,7 +18,7 @@ use std::{
 use anycast_tests::{
     pinned::Pinned,
     sustained::{Steering, TCP_PORT, Table, flow_key},
-    topology::TwoHostSite,
+    topology::BehindRouter,
 };
 use testkit::{
     daemon::Daemon,
@@ -39,6 +39,8 @@ const CAPACITY: [u32; 2] = [600, 4000];
 const SURGE: u32 = 1200;
 /// Long-lived TCP connections, opened while `a` sheds (so some are forwarded to `b`).
 const CONNECTIONS: usize = 24;
+/// Site `a`'s tunnel address, shared by its hosts.
+const A_TUNNEL: &str = "10.10.0.1";
 
 fn vips(sites: &str) -> String {
     format!(
@@ -49,13 +51,13 @@ fn vips(sites: &str) -> String {
 
 /// Host `me` of site `a` (0: A1, 1: A2).
 fn config_a(me: usize) -> String {
-    let [a1, a2, b] = TwoHostSite::UPLINK;
+    let [a1, a2, b] = [0, 1, 2].map(BehindRouter::uplink);
     format!(
         "[local]\ninterfaces = [\"u0\"]\ntunnel_v4 = \"{}\"\nhost = \"a{}\"\n\
          \n[[sites]]\nname = \"a\"\nlocal = true\ncapacity = {}\n\
          hosts = [{{ name = \"a1\", peer = \"{a1}:{PEER_PORT}\" }}, {{ name = \"a2\", peer = \"{a2}:{PEER_PORT}\" }}]\n\
          \n[[sites]]\nname = \"b\"\nendpoint = \"{b}\"\ncapacity = {}\npeer = \"{b}:{PEER_PORT}\"\n{}{LOAD}{HEALTH}",
-        TwoHostSite::A_TUNNEL,
+        A_TUNNEL,
         me + 1,
         CAPACITY[0],
         CAPACITY[1],
@@ -66,19 +68,19 @@ fn config_a(me: usize) -> String {
 /// Site `b`: serves the VIPs itself, and decapsulates what site `a` (its shared tunnel
 /// address) forwards.
 fn config_b() -> String {
-    let b = TwoHostSite::UPLINK[2];
+    let b = BehindRouter::uplink(2);
     format!(
         "[local]\ninterfaces = [\"u0\"]\ntunnel_v4 = \"{b}\"\n\
          \n[[sites]]\nname = \"b\"\nlocal = true\ncapacity = {}\n\
          \n[[sites]]\nname = \"a\"\nendpoint = \"{}\"\ncapacity = {}\n{}{LOAD}",
         CAPACITY[1],
-        TwoHostSite::A_TUNNEL,
+        A_TUNNEL,
         CAPACITY[0],
         vips(r#"["b"]"#),
     )
 }
 
-fn gauge(d: &Daemon, series: &str) -> Option<u64> {
+fn reading(d: &Daemon, series: &str) -> Option<u64> {
     metric(&d.get("/metrics").ok()?, series)
 }
 
@@ -152,12 +154,13 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
         return;
     }
     let _turn = serial::heavy();
-    let t = TwoHostSite::new("hosts").expect("topology");
+    let t = BehindRouter::new("hosts", &["a1", "a2", "b"]).expect("topology");
+    t.ecmp(&[0, 1], A_TUNNEL).expect("the site's ECMP route");
     let services: Vec<UdpService> = t.hosts.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
     let sinks: Vec<Sink> = t.hosts.iter().map(|ns| Sink::start(ns, (VIP, TCP_PORT).into()).expect("sink")).collect();
     let mut daemons: Vec<Daemon> = t.hosts.iter().map(|ns| Daemon::new(ns).expect("daemon")).collect();
     for (i, d) in daemons.iter_mut().enumerate() {
-        d.set_peer_listen((TwoHostSite::UPLINK[i].parse::<std::net::Ipv4Addr>().unwrap(), PEER_PORT).into());
+        d.set_peer_listen((BehindRouter::uplink(i).parse::<std::net::Ipv4Addr>().unwrap(), PEER_PORT).into());
         d.add_datapath_option("maglev_table_size = 1021");
     }
     for i in [2, 0, 1] {
@@ -167,12 +170,12 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
     }
     let (a1, a2) = (&daemons[0], &daemons[1]);
     for (name, d) in [("A1", a1), ("A2", a2)] {
-        let up = wait::until(Duration::from_secs(10), || gauge(d, r#"anycast_site_up{site="b"}"#) == Some(1));
+        let up = wait::until(Duration::from_secs(10), || reading(d, r#"anycast_site_up{site="b"}"#) == Some(1));
         assert!(up.is_some(), "{name} never saw site b pass its health checks:\n{}", d.log());
     }
     // A1 is first in the site's list: it decides, A2 installs what it decides.
     let roles = wait::until(Duration::from_secs(5), || {
-        gauge(a1, "anycast_deciding") == Some(1) && gauge(a2, "anycast_deciding") == Some(0)
+        reading(a1, "anycast_deciding") == Some(1) && reading(a2, "anycast_deciding") == Some(0)
     });
     assert!(roles.is_some(), "A1 should decide for site a and A2 follow:\n{}\n{}", a1.log(), a2.log());
 
@@ -185,7 +188,7 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
         // The surge makes site `a` shed: wait until b has a weight, then open the
         // connections (some of them then go to b).
         let shed = wait::until(Duration::from_secs(8), || {
-            gauge(a1, r#"anycast_site_weight{site="b"}"#).is_some_and(|w| w > 0)
+            reading(a1, r#"anycast_site_weight{site="b"}"#).is_some_and(|w| w > 0)
         });
         assert!(shed.is_some(), "site a never shed to b under {SURGE} new flows/s:\n{}", a1.log());
         let connections: Vec<Connection> = (0..CONNECTIONS)
@@ -204,7 +207,7 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
             };
             let fwd = [pinned(a1), pinned(a2)];
             let table = Table::read(a1, Steering::Current, "tcp");
-            t.remove_a2().expect("route");
+            t.route_from(None, 0).expect("A2 out of the site's ECMP group");
             let removed_at = Instant::now();
             thread::sleep(Duration::from_secs(4));
             tcp_stop.store(true, Ordering::Relaxed);
@@ -213,7 +216,7 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
         stop.store(true, Ordering::Relaxed);
         let _ = surge.join();
         watcher.join().expect("table watcher");
-        (reports, fwd, gauge(a1, r#"anycast_site_weight{site="b"}"#), removed_at)
+        (reports, fwd, reading(a1, r#"anycast_site_weight{site="b"}"#), removed_at)
     });
     let ((fwd, table), alike) = (fwd, alike.into_inner().unwrap());
     // Each sink records a connection just after answering it (or once it broke).
