@@ -573,11 +573,14 @@ impl Steering {
             match (&s.kind, keys.iter().find(|k| answering(k))) {
                 // The others of our own site: each, for its own figures.
                 (SiteKind::Local, _) => mates.extend(keys),
+                // Only the deciding host of a site reads the other sites' reports (after a
+                // takeover it has them within an interval: meanwhile they are unknown).
+                (SiteKind::Remote { .. }, _) if !self.deciding => {}
                 (SiteKind::Remote { .. }, Some(first)) => due.push(first.clone()),
                 // None answers: try each again (as its backoff allows) until one does.
                 (SiteKind::Remote { .. }, None) => due.extend(keys),
             }
-            if s.peer.is_some() {
+            if s.peer.is_some() && (self.deciding || matches!(s.kind, SiteKind::Local)) {
                 due.push(peer_key(&s.name, None));
             }
         }
