@@ -191,7 +191,11 @@ impl BehindRouter {
             // Their ARP requests must not name the VIP (on their loopbacks) as sender.
             host.sysctl("net/ipv4/conf/all/arp_announce", "2")?;
             router.sysctl(&format!("net/ipv4/conf/{r}/rp_filter"), "0")?;
-            let io = |source| NetnsError::Io { ns: router.name().to_owned(), what: format!("XDP pass on {r}"), source };
+            let io = |source| NetnsError::Io {
+                ns: router.name().to_owned(),
+                what: format!("XDP pass on {r}"),
+                source,
+            };
             pass.push(testkit::xdp::PassProgram::attach(&router, &r).map_err(io)?);
             made.push(host);
         }

@@ -116,7 +116,9 @@ fn install_skew(a1: &str, a2: &str) -> (Duration, usize) {
     let mut worst = 0.0f64;
     let mut both = 0;
     for (t, what) in &x {
-        if let Some((u, _)) = y.iter().filter(|(_, w)| w == what).min_by(|a, b| (a.0 - t).abs().total_cmp(&(b.0 - t).abs())) {
+        if let Some((u, _)) =
+            y.iter().filter(|(_, w)| w == what).min_by(|a, b| (a.0 - t).abs().total_cmp(&(b.0 - t).abs()))
+        {
             worst = worst.max((u - t).abs());
             both += 1;
         }
@@ -156,8 +158,10 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
     let _turn = serial::heavy();
     let t = BehindRouter::new("hosts", &["a1", "a2", "b"]).expect("topology");
     t.ecmp(&[0, 1], A_TUNNEL).expect("the site's ECMP route");
-    let services: Vec<UdpService> = t.hosts.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
-    let sinks: Vec<Sink> = t.hosts.iter().map(|ns| Sink::start(ns, (VIP, TCP_PORT).into()).expect("sink")).collect();
+    let services: Vec<UdpService> =
+        t.hosts.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
+    let sinks: Vec<Sink> =
+        t.hosts.iter().map(|ns| Sink::start(ns, (VIP, TCP_PORT).into()).expect("sink")).collect();
     let mut daemons: Vec<Daemon> = t.hosts.iter().map(|ns| Daemon::new(ns).expect("daemon")).collect();
     for (i, d) in daemons.iter_mut().enumerate() {
         d.set_peer_listen((BehindRouter::uplink(i).parse::<std::net::Ipv4Addr>().unwrap(), PEER_PORT).into());
@@ -170,7 +174,8 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
     }
     let (a1, a2) = (&daemons[0], &daemons[1]);
     for (name, d) in [("A1", a1), ("A2", a2)] {
-        let up = wait::until(Duration::from_secs(10), || reading(d, r#"anycast_site_up{site="b"}"#) == Some(1));
+        let up =
+            wait::until(Duration::from_secs(10), || reading(d, r#"anycast_site_up{site="b"}"#) == Some(1));
         assert!(up.is_some(), "{name} never saw site b pass its health checks:\n{}", d.log());
     }
     // A1 is first in the site's list: it decides, A2 installs what it decides.
@@ -192,7 +197,9 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
         });
         assert!(shed.is_some(), "site a never shed to b under {SURGE} new flows/s:\n{}", a1.log());
         let connections: Vec<Connection> = (0..CONNECTIONS)
-            .map(|_| Connection::open(&t.client, (CLIENT, 0).into(), (VIP, TCP_PORT).into()).expect("connect"))
+            .map(|_| {
+                Connection::open(&t.client, (CLIENT, 0).into(), (VIP, TCP_PORT).into()).expect("connect")
+            })
             .collect();
         let tcp_stop = AtomicBool::new(false);
         let (reports, fwd, removed_at) = thread::scope(|inner| {
@@ -220,11 +227,14 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
     });
     let ((fwd, table), alike) = (fwd, alike.into_inner().unwrap());
     // Each sink records a connection just after answering it (or once it broke).
-    wait::until(Duration::from_secs(5), || sinks.iter().map(|s| s.served().len()).sum::<usize>() >= CONNECTIONS);
+    wait::until(Duration::from_secs(5), || {
+        sinks.iter().map(|s| s.served().len()).sum::<usize>() >= CONNECTIONS
+    });
     let served: Vec<BTreeSet<u16>> =
         sinks.iter().map(|s| s.served().iter().map(|c| c.peer.port()).collect()).collect();
     let port = |r: &tcp::Report| r.local.port();
-    let completed = |ports: &BTreeSet<u16>| reports.iter().filter(|r| ports.contains(&port(r)) && !r.reset()).count();
+    let completed =
+        |ports: &BTreeSet<u16>| reports.iter().filter(|r| ports.contains(&port(r)) && !r.reset()).count();
     // A1's connections: those its stack served, and those it forwarded to b.
     let a1_local: BTreeSet<u16> = served[0].iter().copied().filter(|p| !fwd[0].contains(p)).collect();
     let a1_all: BTreeSet<u16> = a1_local.union(&fwd[0]).copied().collect();
@@ -234,11 +244,8 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
         fwd[1].iter().copied().filter(|&p| table.site(&flow_key(p, TCP_PORT, 6)) == Some(1)).collect();
     // A2's own connections: the rest (its sink still holds them open: their packets now
     // reach A1, whose stack resets them, as it would had A2 died).
-    let a2_local: BTreeSet<u16> = reports
-        .iter()
-        .map(port)
-        .filter(|p| !a1_all.contains(p) && !fwd[1].contains(p))
-        .collect();
+    let a2_local: BTreeSet<u16> =
+        reports.iter().map(port).filter(|p| !a1_all.contains(p) && !fwd[1].contains(p)).collect();
     assert!(
         a2_local.iter().all(|p| !served[2].contains(p)),
         "a connection counted as A2's own was served at b: {a2_local:?} {:?}",
@@ -268,10 +275,14 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
     );
     let services_served: Vec<u64> = services.iter().map(UdpService::datagrams).collect();
     assert!(services_served[2] > 0, "b served no UDP flow: site a never shed ({services_served:?})");
-    assert!(alike.changes >= 1, "the weights never changed while the tables were compared: the test proves nothing");
+    assert!(
+        alike.changes >= 1,
+        "the weights never changed while the tables were compared: the test proves nothing"
+    );
     assert!(alike.samples >= 20, "only {} comparisons", alike.samples);
     assert_eq!(
-        alike.differed, 0,
+        alike.differed,
+        0,
         "A1 and A2 held different tables ({:?}) in {} of {} comparisons:\nA1:\n{}\nA2:\n{}",
         alike.first_difference,
         alike.differed,
@@ -279,7 +290,10 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
         a1.log(),
         a2.log()
     );
-    assert!(!fwd[0].is_empty() && !a1_local.is_empty(), "A1 needs connections of both kinds: {fwd:?} {a1_local:?}");
+    assert!(
+        !fwd[0].is_empty() && !a1_local.is_empty(),
+        "A1 needs connections of both kinds: {fwd:?} {a1_local:?}"
+    );
     assert!(!a2_to_b.is_empty(), "no connection of A2's went to b: nothing moved between the hosts");
     let lost: Vec<_> = reports
         .iter()

@@ -65,7 +65,8 @@ fn two_shedders_leave_their_shared_sibling_at_its_target() {
     let t = BehindRouter::new("shed", &NAMES).expect("topology");
     t.route_from(None, 0).expect("the client's route to A");
     t.route_from(Some(&C_CLIENT.to_string()), 1).expect("C's clients' route to C");
-    let services: Vec<UdpService> = t.hosts.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
+    let services: Vec<UdpService> =
+        t.hosts.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
     let mut daemons: Vec<Daemon> = t.hosts.iter().map(|ns| Daemon::new(ns).expect("daemon")).collect();
     for i in [2, 0, 1] {
         let d = &mut daemons[i];

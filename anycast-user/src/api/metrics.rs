@@ -224,7 +224,8 @@ impl Collector for Scrape {
             }
         }
         let v = &self.steering;
-        let deciding = v.deciding_host.is_none() || v.deciding_host == v.report.as_ref().and_then(|r| r.host.clone());
+        let deciding =
+            v.deciding_host.is_none() || v.deciding_host == v.report.as_ref().and_then(|r| r.host.clone());
         let flags: [(&str, &str, bool); 3] = [
             (
                 "anycast_deciding",

@@ -1069,7 +1069,12 @@ impl<'t> Validator<'t> {
         }
     }
 
-    fn sites(&mut self, raw: Vec<RawSite>, local: Option<&Local>, host_span: Option<Range<usize>>) -> Vec<Site> {
+    fn sites(
+        &mut self,
+        raw: Vec<RawSite>,
+        local: Option<&Local>,
+        host_span: Option<Range<usize>>,
+    ) -> Vec<Site> {
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut endpoints: HashMap<IpAddr, String> = HashMap::new();
         let mut locals = Vec::new();
@@ -1150,23 +1155,35 @@ impl<'t> Validator<'t> {
         if list.get_ref().len() < 2 {
             self.error(
                 list.span(),
-                format!("site `{site}`: hosts lists {} host; a site of one host needs no hosts", list.get_ref().len()),
+                format!(
+                    "site `{site}`: hosts lists {} host; a site of one host needs no hosts",
+                    list.get_ref().len()
+                ),
             );
         }
         if let Some(peer) = &s.peer {
-            self.error(peer.span(), format!("site `{site}` has hosts: each host has its own peer, not the site"));
+            self.error(
+                peer.span(),
+                format!("site `{site}` has hosts: each host has its own peer, not the site"),
+            );
         }
         let mut names = HashSet::new();
         let mut peers = HashSet::new();
         for h in list.get_ref() {
             self.check_name(&h.name, "host");
             if !names.insert(h.name.get_ref().clone()) {
-                self.error(h.name.span(), format!("site `{site}`: host `{}` is listed twice", h.name.get_ref()));
+                self.error(
+                    h.name.span(),
+                    format!("site `{site}`: host `{}` is listed twice", h.name.get_ref()),
+                );
             }
             if !peers.insert(h.peer.get_ref().ip()) {
                 self.error(
                     h.peer.span(),
-                    format!("site `{site}`: two hosts at {}: each host has its own address", h.peer.get_ref().ip()),
+                    format!(
+                        "site `{site}`: two hosts at {}: each host has its own address",
+                        h.peer.get_ref().ip()
+                    ),
                 );
             }
         }

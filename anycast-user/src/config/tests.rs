@@ -446,20 +446,25 @@ fn sites_of_several_hosts() {
 fn the_host_must_be_one_of_the_local_sites() {
     one(&hosts(""), 10, 9, "[local] host must say which one this is");
     one(&hosts("host = \"b1\"\n"), 5, 8, "`b1` is not one of site `a`'s hosts (a1, a2)");
-    one(&BASE.replace("tunnel_v4 = \"10.0.0.1\"\n", "tunnel_v4 = \"10.0.0.1\"\nhost = \"a1\"\n"), 5, 8, "has no hosts");
+    one(
+        &BASE.replace("tunnel_v4 = \"10.0.0.1\"\n", "tunnel_v4 = \"10.0.0.1\"\nhost = \"a1\"\n"),
+        5,
+        8,
+        "has no hosts",
+    );
 }
 
 #[test]
 fn hosts_are_two_or_more_with_their_own_addresses_and_no_site_peer() {
     let text = hosts("host = \"a1\"\n");
-    one(&text.replace("peer = \"10.1.0.2:9101\"", "peer = \"10.1.0.1:9102\""), 11, 73, "two hosts at 10.1.0.1");
-    one(&text.replace("name = \"a2\"", "name = \"a1\""), 11, 60, "host `a1` is listed twice");
     one(
-        &text.replace(", { name = \"b2\", peer = \"10.2.0.2:9101\" }", ""),
-        17,
-        9,
-        "hosts lists 1 host",
+        &text.replace("peer = \"10.1.0.2:9101\"", "peer = \"10.1.0.1:9102\""),
+        11,
+        73,
+        "two hosts at 10.1.0.1",
     );
+    one(&text.replace("name = \"a2\"", "name = \"a1\""), 11, 60, "host `a1` is listed twice");
+    one(&text.replace(", { name = \"b2\", peer = \"10.2.0.2:9101\" }", ""), 17, 9, "hosts lists 1 host");
     one(
         &text.replace("endpoint = \"10.0.0.2\"\n", "endpoint = \"10.0.0.2\"\npeer = \"10.2.0.9:9101\"\n"),
         16,

@@ -411,7 +411,14 @@ mod tests {
     }
 
     fn expect(key: Option<&PeerKey>) -> Expect<'_> {
-        Expect { site: "b", host: None, capacity: 500.0, key, now_ms: 1_000_500, max_age: Duration::from_secs(3) }
+        Expect {
+            site: "b",
+            host: None,
+            capacity: 500.0,
+            key,
+            now_ms: 1_000_500,
+            max_age: Duration::from_secs(3),
+        }
     }
 
     fn refusal(r: Result<LoadReport, PeerError>) -> Option<Refusal> {
@@ -491,7 +498,11 @@ mod tests {
             // A host relaying (or forging) another host's decision.
             LoadReport { decisions: decision("b2"), ..own.clone() },
         ] {
-            assert_eq!(refusal(accept(&fetched(&wrong, Some(&key)), &e, None)), Some(Refusal::Site), "{wrong:?}");
+            assert_eq!(
+                refusal(accept(&fetched(&wrong, Some(&key)), &e, None)),
+                Some(Refusal::Site),
+                "{wrong:?}"
+            );
         }
         let rates = HostRates { offered: 1e308, ..Default::default() };
         let wild = LoadReport { host_load: Some(HostLoad { smoothed: rates, ..Default::default() }), ..own };

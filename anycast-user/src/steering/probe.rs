@@ -129,7 +129,11 @@ impl Prober {
     /// `reply_to`: in a site of several hosts, this host's own address (its `peer` there),
     /// the inner source of the probes of its family: the site's tunnel address is shared by
     /// its hosts, and a reply to it would reach whichever host the routers pick.
-    pub fn new(tunnel_v4: Option<Ipv4Addr>, tunnel_v6: Option<Ipv6Addr>, reply_to: Option<IpAddr>) -> Result<Prober> {
+    pub fn new(
+        tunnel_v4: Option<Ipv4Addr>,
+        tunnel_v6: Option<Ipv6Addr>,
+        reply_to: Option<IpAddr>,
+    ) -> Result<Prober> {
         let reply = |tunnel: IpAddr| reply_to.filter(|r| r.is_ipv4() == tunnel.is_ipv4()).unwrap_or(tunnel);
         let mut icmp = Vec::new();
         let v4 = match tunnel_v4 {

@@ -150,7 +150,13 @@ fn host_load(l: &policy::Local) -> HostLoad {
 
 fn local_of(h: &HostLoad, capacity: f64) -> policy::Local {
     let rates = |r: &HostRates| policy::Rates { offered: r.offered, received: r.received, served: r.served };
-    policy::Local { smoothed: rates(&h.smoothed), recent: rates(&h.recent), fixed: h.fixed, capacity, cpu: h.cpu }
+    policy::Local {
+        smoothed: rates(&h.smoothed),
+        recent: rates(&h.recent),
+        fixed: h.fixed,
+        capacity,
+        cpu: h.cpu,
+    }
 }
 
 /// The policy's state carried on from the weights in force.
@@ -281,12 +287,19 @@ impl Steering {
 
     /// The local site's deciding host, and its report unless it is this host: the first
     /// host in config order that is this one, or whose report is fresh and attached.
-    fn deciding_host<'c>(&self, site: &'c Site, me: &'c str, now: Instant, stale: Duration) -> (&'c str, Option<&LoadReport>) {
+    fn deciding_host<'c>(
+        &self,
+        site: &'c Site,
+        me: &'c str,
+        now: Instant,
+        stale: Duration,
+    ) -> (&'c str, Option<&LoadReport>) {
         for h in &site.hosts {
             if h.name == me {
                 return (&h.name, None);
             }
-            let report = self.peers.get(&peer_key(&site.name, Some(&h.name))).and_then(|p| p.fresh(now, stale));
+            let report =
+                self.peers.get(&peer_key(&site.name, Some(&h.name))).and_then(|p| p.fresh(now, stale));
             if let Some(r) = report.filter(|r| r.attached) {
                 return (&h.name, Some(r));
             }
@@ -416,7 +429,9 @@ impl Steering {
                     at: measured_at + lead_time(config).as_millis() as u64,
                     // A site missing from the weights gets 0: the body stays small whatever
                     // the number of sites.
-                    weights: weights.as_ref().map(|w| w.iter().filter(|(_, w)| **w > 0).map(|(n, w)| (n.clone(), *w)).collect()),
+                    weights: weights
+                        .as_ref()
+                        .map(|w| w.iter().filter(|(_, w)| **w > 0).map(|(n, w)| (n.clone(), *w)).collect()),
                     down: down.clone(),
                 });
                 self.schedule.clone()
@@ -500,7 +515,10 @@ impl Steering {
                 (s.name.clone(), SiteView { up, load_ratio: report.map(|r| r.utilisation) })
             })
             .collect();
-        sites.insert(local_name.to_owned(), SiteView { up: dp.attached, load_ratio: Some(report.utilisation) });
+        sites.insert(
+            local_name.to_owned(),
+            SiteView { up: dp.attached, load_ratio: Some(report.utilisation) },
+        );
         let refused = self
             .peers
             .iter()
@@ -600,7 +618,8 @@ impl Steering {
                     continue;
                 }
             };
-            let (Some(peer), Some(&(site, host, _, capacity))) = (self.peers.get_mut(&k), wanted.get(&k)) else {
+            let (Some(peer), Some(&(site, host, _, capacity))) = (self.peers.get_mut(&k), wanted.get(&k))
+            else {
                 continue;
             };
             let expect = Expect { site, host, capacity, key, now_ms: unix_ms(), max_age: stale(config) };
