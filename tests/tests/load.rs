@@ -121,53 +121,64 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
 
     // Surge: 2,000 new flows/s, twice A's capacity. A must shed to B and C.
     let surge_rate = 2000;
-    let (reaction, settled, window, surge_changes, adopted, reports) = std::thread::scope(|s| {
-        let transfers = s.spawn(|| tcp::transfer(connections, 8 << 10, Duration::from_secs(20), &tcp_stop));
-        let sender = s.spawn(|| client.send(&t.client, surge_rate, surge_rate * 10, &stop));
-        let a = &daemons[0];
-        let t0 = Instant::now();
-        let reaction = wait_weights(a, Duration::from_secs(5), |w| w[1] > 0 && w[2] > 0);
-        // Settled: the weights stay put for a second.
-        let mut last = weights(a);
-        let mut since = Instant::now();
-        while since.elapsed() < Duration::from_secs(1) && t0.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(50));
-            let w = weights(a);
-            if w != last {
-                (last, since) = (w, Instant::now());
+    let (reaction, (settled, load_settled), window, surge_changes, adopted, reports) =
+        std::thread::scope(|s| {
+            let transfers =
+                s.spawn(|| tcp::transfer(connections, 8 << 10, Duration::from_secs(20), &tcp_stop));
+            let sender = s.spawn(|| client.send(&t.client, surge_rate, surge_rate * 10, &stop));
+            let a = &daemons[0];
+            let t0 = Instant::now();
+            let reaction = wait_weights(a, Duration::from_secs(5), |w| w[1] > 0 && w[2] > 0);
+            // Settled: the weights stay put for a second. And the flash crowd's settle: the
+            // first second over which A served at most its target + 5 % (from its counters: the
+            // smoothed load figure falls with its EWMA's time constant, after the load did).
+            let mut last = weights(a);
+            let mut since = Instant::now();
+            let mut served = vec![(Instant::now(), site_packets(a, "a", "local"))];
+            while since.elapsed() < Duration::from_secs(1) && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(50));
+                let w = weights(a);
+                if w != last {
+                    (last, since) = (w, Instant::now());
+                }
+                served.push((Instant::now(), site_packets(a, "a", "local")));
             }
-        }
-        let settled = t0.elapsed();
-        // The measuring window: what the client really offered in it is measured too.
-        let before: Vec<usize> = services.iter().map(|s| s.served().len()).collect();
-        let (local0, offered0) = (site_packets(a, "a", "local"), client.flows());
-        let w0 = weights(a);
-        let tw = Instant::now();
-        std::thread::sleep(Duration::from_millis(2700));
-        let secs = tw.elapsed().as_secs_f64();
-        let (local1, offered1) = (site_packets(a, "a", "local"), client.flows());
-        let w1 = weights(a);
-        let flows: Vec<usize> = services.iter().zip(&before).map(|(s, b)| s.served().len() - b).collect();
-        let offered = (offered1 - offered0) as f64 / secs;
-        // A's controller dies mid-surge (SIGKILL) and comes back: it adopts the weights the
-        // data path steers by instead of pulling every new flow home.
-        let changes = counter(a, "anycast_weight_changes_total");
-        daemons[0].kill().expect("SIGKILL A");
-        daemons[0].start().expect("restart A");
-        let adopted = weights(&daemons[0]);
-        let ports = sender.join().expect("sender").expect("surge flows");
-        sent += ports.len() as u64;
-        tcp_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let reports = transfers.join().expect("transfers");
-        (
-            reaction,
-            settled,
-            (w0, w1, flows, (local1 - local0) as f64 / secs, offered),
-            changes,
-            adopted,
-            reports,
-        )
-    });
+            let settled = since.duration_since(t0);
+            let load_settled = served.iter().find_map(|&(t, n)| {
+                let &(u, m) = served.iter().find(|(u, _)| u.duration_since(t) >= Duration::from_secs(1))?;
+                let rate = (m - n) as f64 / u.duration_since(t).as_secs_f64();
+                (rate <= 800.0 * 1.05).then(|| t.duration_since(t0))
+            });
+            // The measuring window: what the client really offered in it is measured too.
+            let before: Vec<usize> = services.iter().map(|s| s.served().len()).collect();
+            let (local0, offered0) = (site_packets(a, "a", "local"), client.flows());
+            let w0 = weights(a);
+            let tw = Instant::now();
+            std::thread::sleep(Duration::from_millis(2700));
+            let secs = tw.elapsed().as_secs_f64();
+            let (local1, offered1) = (site_packets(a, "a", "local"), client.flows());
+            let w1 = weights(a);
+            let flows: Vec<usize> = services.iter().zip(&before).map(|(s, b)| s.served().len() - b).collect();
+            let offered = (offered1 - offered0) as f64 / secs;
+            // A's controller dies mid-surge (SIGKILL) and comes back: it adopts the weights the
+            // data path steers by instead of pulling every new flow home.
+            let changes = counter(a, "anycast_weight_changes_total");
+            daemons[0].kill().expect("SIGKILL A");
+            daemons[0].start().expect("restart A");
+            let adopted = weights(&daemons[0]);
+            let ports = sender.join().expect("sender").expect("surge flows");
+            sent += ports.len() as u64;
+            tcp_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let reports = transfers.join().expect("transfers");
+            (
+                reaction,
+                (settled, load_settled),
+                (w0, w1, flows, (local1 - local0) as f64 / secs, offered),
+                changes,
+                adopted,
+                reports,
+            )
+        });
     let a = &daemons[0];
     let reaction = reaction.expect("A's weights did not move to B and C within 5 s of the surge");
     let (w0, w1, flows, a_served, offered) = window;
@@ -184,13 +195,17 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
     let tolerance: Vec<f64> =
         expected.iter().map(|p| 4.0 * (p * (1.0 - p) / total as f64).sqrt() + 0.01).collect();
     println!(
-        "load: reaction {:.2} s, settled {:.2} s; weights {w0:?} → {w1:?}; window {total} flows \
+        "load: reaction {:.2} s, weights settled {:.2} s, A served at most 5 % above its target from {:.2?} on; weights {w0:?} → {w1:?}; window {total} flows \
          ({offered:.0} offered/s): shares {shares:.3?} vs weights {expected:.3?} (± {tolerance:.3?}); \
          A served {a_served:.0} pps (target 800)",
         reaction.as_secs_f64(),
-        settled.as_secs_f64()
+        settled.as_secs_f64(),
+        load_settled,
     );
     assert!(reaction <= Duration::from_secs(2), "reaction {reaction:?}");
+    // The flash crowd settles (A at or below target + 5 %, and staying there) within 2 s.
+    let load_settled = load_settled.expect("A never served within 5 % of its target");
+    assert!(load_settled <= Duration::from_secs(2), "A's load settled after {load_settled:?}");
     // A at its target (0.8 of 1,000) sheds only what is offered beyond it: the surge must
     // have offered clearly more, whatever rate this machine's client reached.
     assert!(
