@@ -7,4 +7,5 @@ pub mod meter;
 pub mod peers;
 pub mod policy;
 pub mod probe;
+pub mod schedule;
 pub mod task;

@@ -39,6 +39,7 @@ use super::{
     peers::{self, Expect, Peer, PeerKey, Published},
     policy::{self, Decision, Knobs, Sibling},
     probe::Prober,
+    schedule::Schedule,
 };
 use crate::{
     config::{Config, Encap, Site, SiteKind},
@@ -186,11 +187,9 @@ struct Steering {
     epoch: u64,
     seq: u64,
     /// In a site of several hosts: whether this one decided at the last tick, and the
-    /// decisions seen (its own or the deciding host's), in order, not installed yet.
+    /// decisions seen (its own or the deciding host's), not installed yet.
     deciding: bool,
-    schedule: Vec<SiteDecision>,
-    /// The latest decision scheduled: (deciding host, epoch, seq).
-    seen: Option<(String, u64, u64)>,
+    schedule: Schedule,
 }
 
 impl Steering {
@@ -208,36 +207,20 @@ impl Steering {
             epoch: unix_ms(),
             seq: 0,
             deciding: true,
-            schedule: Vec::new(),
-            seen: None,
+            schedule: Schedule::default(),
         }
     }
 
     /// How long until the earliest scheduled decision is due.
     fn next_due(&self) -> Option<Duration> {
         let now = unix_ms();
-        self.schedule.first().map(|d| Duration::from_millis(d.at.saturating_sub(now)))
-    }
-
-    /// Schedules `d` unless it is known already; a decision of another deciding host than
-    /// the last one's replaces what that one scheduled.
-    fn schedule(&mut self, d: SiteDecision) {
-        if let Some((by, epoch, seq)) = &self.seen
-            && *by == d.by
-            && (d.epoch, d.seq) <= (*epoch, *seq)
-        {
-            return;
-        }
-        self.seen = Some((d.by.clone(), d.epoch, d.seq));
-        self.schedule.retain(|x| x.by == d.by && x.at <= d.at);
-        self.schedule.push(d);
+        self.schedule.next_at().map(|at| Duration::from_millis(at.saturating_sub(now)))
     }
 
     /// Installs the latest decision that is due (the earlier ones are past).
     async fn activate(&mut self, inputs: &Inputs, dp: &DataPathView) -> Result<(), OwnerError> {
         let now = unix_ms();
-        let Some(last) = self.schedule.iter().rposition(|d| d.at <= now) else { return Ok(()) };
-        let d = self.schedule.drain(..=last).next_back().expect("at least one is due");
+        let Some(d) = self.schedule.take_due(now) else { return Ok(()) };
         let late = now.saturating_sub(d.at);
         if late > tick_of(&dp.config).as_millis() as u64 {
             log::warn!("steering: installing {}'s decision {late} ms late", d.by);
@@ -422,7 +405,7 @@ impl Steering {
         // its moment, and the report carries every decision still to be installed.
         let decisions = match (host, &leader) {
             (Some(h), None) => {
-                self.schedule(SiteDecision {
+                self.schedule.push(SiteDecision {
                     by: h.to_owned(),
                     epoch: self.epoch,
                     seq: self.seq,
@@ -434,7 +417,7 @@ impl Steering {
                         .map(|w| w.iter().filter(|(_, w)| **w > 0).map(|(n, w)| (n.clone(), *w)).collect()),
                     down: down.clone(),
                 });
-                self.schedule.clone()
+                self.schedule.pending().to_vec()
             }
             _ => Vec::new(),
         };
@@ -486,7 +469,7 @@ impl Steering {
             }
             Some(_) => {
                 for d in leader.map(|l| l.decisions).unwrap_or_default() {
-                    self.schedule(d);
+                    self.schedule.push(d);
                 }
                 if self.next_due() == Some(Duration::ZERO) {
                     return self.activate(inputs, dp).await;
