@@ -24,7 +24,7 @@
 //!   bucket names another site now are established flows moved. Across a backbone partition
 //!   nothing passes: forwarded packets are lost until the probes take the far sites down.
 
-use std::{collections::HashMap, rc::Rc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use anycast_user::{
     bgp::{Hysteresis, Pacing},
@@ -87,17 +87,62 @@ const C: usize = CLASSES.len();
 const DNS_SHARE: f64 = 1.0 - CLASSES[0].packets - CLASSES[1].packets;
 /// Flows below this are dropped from the books.
 const NEGLIGIBLE: f64 = 1e-6;
-/// A site's published reports kept for pollers (each one interval apart).
+/// At least this many of a site's reports (one an interval) are kept for its pollers.
 const PUBLISHED: usize = 16;
 
-/// The shares of new flows a host steers by: the local site's and the remote sites' (those
-/// with a weight).
+/// The local site's share of new flows a host steers by (the remote sites' are on their
+/// links).
 #[derive(Clone, Debug, Default)]
 struct Table {
     keep: f64,
-    shares: Vec<(usize, f64)>,
     /// Bumped by every applied change.
     epoch: u32,
+}
+
+/// A host's pinned flows forwarded to one site, and the meter's view of them.
+#[derive(Clone, Debug)]
+struct Link {
+    site: usize,
+    /// Share of new flows the host's table gives the site (0 for a parked link).
+    share: f64,
+    /// Pinned flows per class.
+    flows: [f64; C],
+    /// Packets forwarded since the last reading, and their smoothed rate.
+    counted: f64,
+    smoothed: f64,
+    /// Steps completed when a parked link's `flows` were last brought up to date.
+    as_of: usize,
+}
+
+/// Where a host keeps its link to a site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    None,
+    Live(u32),
+    Parked(u32),
+}
+
+impl Link {
+    fn new(site: usize, share: f64, now: usize) -> Link {
+        Link { site, share, flows: [0.0; C], counted: 0.0, smoothed: 0.0, as_of: now }
+    }
+
+    /// Brings a parked link up to `now` steps: its flows decay by `decay` per step, and
+    /// the packets they sent meanwhile are counted (a geometric sum: the same figures as
+    /// stepping it).
+    fn catch_up(&mut self, now: usize, decay: &[f64; C], dt: f64) {
+        let k = now.saturating_sub(self.as_of) as i32;
+        self.as_of = now;
+        if k == 0 {
+            return;
+        }
+        for (c, class) in CLASSES.iter().enumerate() {
+            let d = decay[c];
+            let dk = d.powi(k);
+            self.counted += self.flows[c] * class.pps * dt * d * (1.0 - dk) / (1.0 - d);
+            self.flows[c] *= dk;
+        }
+    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -113,29 +158,32 @@ struct Host {
     /// Step (modulo the steps per interval) at which its controller ticks.
     phase: usize,
     table: Table,
-    /// `table`'s share per site (dense).
-    share: Vec<f64>,
     /// The weights applied last, per site (the local site's at its own index).
     applied: Vec<u32>,
     digest: u64,
     policy: policy::State,
-    decision: Option<Decision>,
+    /// Its last decision's (overloaded, no_headroom): what its BGP speaker acts on.
+    signals: (bool, bool),
     speaker: Hysteresis,
     /// Pinned flows served here, per class.
     local: [f64; C],
-    /// Pinned flows forwarded to each site, per class; `active` lists the sites with any.
-    fwd: Vec<[f64; C]>,
-    active: Vec<usize>,
-    is_active: Vec<bool>,
-    /// Packets counted since the last reading, and the forwarded ones per site.
+    /// Its links to the sites it forwards to: `live` the ones its table gives a share,
+    /// stepped every step; `parked` the ones it gives none, whose flows only decay: they
+    /// are brought up to date when read or changed (their sum is in `parked_flows`, and in
+    /// the receiving site's `Sim::parked_to`, which decay every step). Without a share a
+    /// link lives on until its flows end, long after the share went (minutes for long
+    /// TCP): stepping only the live ones keeps a step's work to the sites new flows go to.
+    live: Vec<Link>,
+    parked: Vec<Link>,
+    slot: Vec<Slot>,
+    parked_flows: [f64; C],
+    /// Packets counted since the last reading.
     counted: Rates,
-    counted_fwd: Vec<f64>,
     read_at: f64,
     /// The meter's smoothed rates (None before the first reading), and the policy's view
     /// of them with the last interval's.
     smoothed: Option<Rates>,
     figures: Option<policy::Local>,
-    smoothed_fwd: Vec<f64>,
     /// Forwarded flows' cohorts by (table epoch, site), kept for hosts whose failure the
     /// scenario schedules; with the weights of each epoch.
     cohorts: Option<Cohorts>,
@@ -147,12 +195,65 @@ struct Cohorts {
     weights: HashMap<u32, Vec<u32>>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct Published {
+    /// Its sequence number (from 1) among its site's reports.
+    seq: u32,
     at: f64,
-    report: Report,
+    report: Option<Report>,
     /// (site, wants, sends) of a shedder.
     claims: Vec<(usize, f64, f64)>,
+}
+
+/// Every site's last reports as published, and which one each poller holds (by sequence
+/// number: a decider reads all its siblings' every interval, from a few hundred kB).
+struct Reports {
+    /// Reports kept per site: enough that a report still held fresh is still there (a
+    /// power of two: the index is a mask).
+    ring: usize,
+    published: Vec<Vec<Published>>,
+    newest: Vec<u32>,
+    /// Per (poller, site): the sequence number of the report the poller holds (0: none).
+    held: Vec<u32>,
+}
+
+impl Reports {
+    fn new(n: usize, p: &Params) -> Reports {
+        let ring = PUBLISHED.max((p.stale / p.interval).ceil() as usize + 4).next_power_of_two();
+        Reports {
+            ring,
+            published: vec![vec![Published::default(); ring]; n],
+            newest: vec![0; n],
+            held: vec![0; n * n],
+        }
+    }
+
+    fn publish(&mut self, site: usize, at: f64, report: Report, claims: Vec<(usize, f64, f64)>) {
+        self.newest[site] += 1;
+        let seq = self.newest[site];
+        self.published[site][seq as usize & (self.ring - 1)] =
+            Published { seq, at, report: Some(report), claims };
+    }
+
+    fn get(&self, site: usize, seq: u32) -> Option<&Published> {
+        let p = &self.published[site][seq as usize & (self.ring - 1)];
+        (seq > 0 && p.seq == seq).then_some(p)
+    }
+
+    /// `poller` takes `site`'s newest report published at or before `sent`.
+    fn poll(&mut self, poller: usize, site: usize, sent: f64) {
+        let newest = self.newest[site];
+        let oldest = newest.saturating_sub(self.ring as u32 - 1).max(1);
+        if let Some(seq) = (oldest..=newest).rev().find(|&q| self.get(site, q).is_some_and(|p| p.at <= sent))
+        {
+            self.held[poller * self.published.len() + site] = seq;
+        }
+    }
+
+    /// The report `poller` holds from `site`, if not older than `stale` at `t`.
+    fn held(&self, poller: usize, site: usize, t: f64, stale: f64) -> Option<&Published> {
+        self.get(site, self.held[poller * self.published.len() + site]).filter(|p| t - p.at <= stale)
+    }
 }
 
 /// Who decides: every host on its own figures (the daemon before sites of several hosts),
@@ -174,11 +275,7 @@ pub struct Sim<'a> {
     hosts: Vec<Host>,
     /// Hosts of each site, as indices into `hosts`.
     site_hosts: Vec<Vec<usize>>,
-    /// Per site: its reports as published (newest last), shared with the pollers that hold
-    /// them.
-    published: Vec<Vec<Rc<Published>>>,
-    /// Per (poller, site): the report the poller holds.
-    held: Vec<Option<Rc<Published>>>,
+    reports: Reports,
     /// Per (prober, site): the health tracker.
     health: Vec<Tracker>,
     /// Routes: as the site's speakers have them, and as the catchments follow them.
@@ -192,9 +289,33 @@ pub struct Sim<'a> {
     leader: Vec<Option<usize>>,
     decided: Vec<Option<Vec<u32>>>,
     decay: [f64; C],
+    /// Per site: the flows of the links parked towards it, per class, by the side of the
+    /// backbone partition their sender is on (0 without a partition).
+    parked_to: Vec<[[f64; C]; 2]>,
+    side: Vec<usize>,
+    /// Steps completed.
+    done: usize,
     /// `SIM_DEBUG` set: the first focus site's decisions on stderr.
     debug: bool,
     pub rec: Recorder,
+}
+
+impl Host {
+    /// Removes the link in `slot` from its list (its site's slot emptied, the slot of the
+    /// link moved into its place updated).
+    fn unlink(&mut self, slot: Slot) -> Link {
+        let (list, i, moved): (&mut Vec<Link>, usize, fn(u32) -> Slot) = match slot {
+            Slot::Live(i) => (&mut self.live, i as usize, Slot::Live),
+            Slot::Parked(i) => (&mut self.parked, i as usize, Slot::Parked),
+            Slot::None => unreachable!("no link to remove"),
+        };
+        let link = list.swap_remove(i);
+        if let Some(other) = list.get(i) {
+            self.slot[other.site] = moved(i as u32);
+        }
+        self.slot[link.site] = Slot::None;
+        link
+    }
 }
 
 impl<'a> Sim<'a> {
@@ -214,23 +335,21 @@ impl<'a> Sim<'a> {
                     site: i,
                     alive: true,
                     phase: rng.usize(0..steps),
-                    table: Table { keep: 1.0, shares: Vec::new(), epoch: 0 },
-                    share: vec![0.0; n],
+                    table: Table { keep: 1.0, epoch: 0 },
                     digest: digest(&applied),
                     applied,
                     policy: policy::State::default(),
-                    decision: None,
+                    signals: (false, false),
                     speaker: Hysteresis::new(Route::Announce),
                     local: [0.0; C],
-                    fwd: vec![[0.0; C]; n],
-                    active: Vec::new(),
-                    is_active: vec![false; n],
+                    live: Vec::new(),
+                    parked: Vec::new(),
+                    slot: vec![Slot::None; n],
+                    parked_flows: [0.0; C],
                     counted: Rates::default(),
-                    counted_fwd: vec![0.0; n],
                     read_at: 0.0,
                     smoothed: None,
                     figures: None,
-                    smoothed_fwd: vec![0.0; n],
                     cohorts: tracked.contains(&i).then(Cohorts::default),
                 });
             }
@@ -241,8 +360,7 @@ impl<'a> Sim<'a> {
             rng,
             hosts,
             site_hosts,
-            published: vec![Vec::new(); n],
-            held: vec![None; n * n],
+            reports: Reports::new(n, p),
             health: vec![Tracker::default(); n * n],
             route: vec![Route::Announce; n],
             effective: vec![Route::Announce; n],
@@ -252,6 +370,9 @@ impl<'a> Sim<'a> {
             leader: vec![None; n],
             decided: vec![None; n],
             decay: CLASSES.map(|c| (-p.dt / c.lifetime).exp()),
+            parked_to: vec![[[0.0; C]; 2]; n],
+            side: (0..n).map(|i| s.partition.as_ref().map_or(0, |p| p.side[i] as usize)).collect(),
+            done: 0,
             debug: std::env::var_os("SIM_DEBUG").is_some(),
             rec: Recorder::new(s, p),
         };
@@ -291,6 +412,8 @@ impl<'a> Sim<'a> {
             for h in 0..self.hosts.len() {
                 self.flows(h, &ingress, part, &mut received, &mut served);
             }
+            self.parked_flows(part, &mut received);
+            self.done = step + 1;
             for (j, hs) in self.site_hosts.iter().enumerate() {
                 let alive = hs.iter().filter(|&&h| self.hosts[h].alive).count();
                 capacity[j] = alive as f64 * self.s.world.sites[j].host_capacity;
@@ -368,25 +491,22 @@ impl<'a> Sim<'a> {
             let gone = 1.0 / alive_before as f64;
             for k in 0..self.hosts.len() {
                 if self.hosts[k].site != site {
-                    let f = &mut self.hosts[k].fwd[site];
-                    self.rec.lost += f.iter().sum::<f64>() * gone;
-                    f.iter_mut().for_each(|x| *x *= 1.0 - gone);
+                    let before = self.change_link(k, site, |f| f.iter_mut().for_each(|x| *x *= 1.0 - gone));
+                    self.rec.lost += before.iter().sum::<f64>() * gone;
                 }
             }
         }
         // Its forwarded flows now reach the site's other hosts, which have no pin for them.
         let others: Vec<usize> =
             self.site_hosts[site].iter().copied().filter(|&k| self.hosts[k].alive).collect();
-        let fwd = std::mem::replace(&mut self.hosts[h].fwd, vec![[0.0; C]; self.s.world.len()]);
-        let active = std::mem::take(&mut self.hosts[h].active);
-        self.hosts[h].is_active.iter_mut().for_each(|a| *a = false);
+        let fwd = self.take_links(h);
         if others.is_empty() {
-            self.rec.lost += active.iter().map(|&j| fwd[j].iter().sum::<f64>()).sum::<f64>();
+            self.rec.lost += fwd.iter().map(|(_, f)| f.iter().sum::<f64>()).sum::<f64>();
             return;
         }
-        let kept = self.kept_after_ecmp(h, &others, &fwd, &active);
-        for &j in &active {
-            for (c, &total) in fwd[j].iter().enumerate() {
+        let kept = self.kept_after_ecmp(h, &others, &fwd);
+        for &(j, flows) in &fwd {
+            for (c, &total) in flows.iter().enumerate() {
                 let stays = total * kept.get(&j).copied().unwrap_or(1.0);
                 self.rec.moved += total - stays;
                 for &k in &others {
@@ -399,21 +519,16 @@ impl<'a> Sim<'a> {
     /// For each site the failed host forwarded to, the share of those flows that the other
     /// hosts' current tables send to the same site (the rest are moved: reset). Uses the
     /// daemon's Maglev builder on the weights each cohort was steered by.
-    fn kept_after_ecmp(
-        &self,
-        h: usize,
-        others: &[usize],
-        fwd: &[[f64; C]],
-        active: &[usize],
-    ) -> HashMap<usize, f64> {
+    fn kept_after_ecmp(&self, h: usize, others: &[usize], fwd: &[(usize, [f64; C])]) -> HashMap<usize, f64> {
         let Some(cohorts) = &self.hosts[h].cohorts else {
             // Not tracked: judge by the tables alone, every cohort as if steered by the
             // failed host's current weights.
-            return self.overlap(&[(self.hosts[h].applied.clone(), 1.0)], others, active);
+            let sites: Vec<usize> = fwd.iter().map(|&(j, _)| j).collect();
+            return self.overlap(&[(self.hosts[h].applied.clone(), 1.0)], others, &sites);
         };
         let mut out = HashMap::new();
-        for &j in active {
-            let total: f64 = fwd[j].iter().sum();
+        for &(j, flows) in fwd {
+            let total: f64 = flows.iter().sum();
             if total <= NEGLIGIBLE {
                 continue;
             }
@@ -473,16 +588,14 @@ impl<'a> Sim<'a> {
         host.alive = true;
         // A fresh data path and controller: every new flow local until measured otherwise.
         host.policy = policy::State::default();
-        host.decision = None;
+        host.signals = (false, false);
         host.applied = vec![0; n];
         host.applied[site] = policy::weight(1.0);
         host.digest = digest(&host.applied);
-        host.table = Table { keep: 1.0, shares: Vec::new(), epoch: host.table.epoch + 1 };
-        host.share.iter_mut().for_each(|x| *x = 0.0);
+        host.table = Table { keep: 1.0, epoch: host.table.epoch + 1 };
         host.smoothed = None;
         host.figures = None;
         host.counted = Rates::default();
-        host.counted_fwd.iter_mut().for_each(|x| *x = 0.0);
         host.read_at = t + self.p.dt;
         host.speaker = Hysteresis::new(Route::Announce);
         if let Some(c) = &mut host.cohorts {
@@ -558,11 +671,17 @@ impl<'a> Sim<'a> {
             for c in 0..C {
                 self.rec.broken_by_bgp += host.local[c] * share;
                 host.local[c] *= 1.0 - share;
-                for &j in &host.active {
-                    self.rec.broken_by_bgp += host.fwd[j][c] * share;
-                    host.fwd[j][c] *= 1.0 - share;
+                for l in &mut host.live {
+                    self.rec.broken_by_bgp += l.flows[c] * share;
+                    l.flows[c] *= 1.0 - share;
                 }
             }
+            let parked: Vec<usize> = host.parked.iter().map(|l| l.site).collect();
+            for j in parked {
+                let before = self.change_link(h, j, |f| f.iter_mut().for_each(|x| *x *= 1.0 - share));
+                self.rec.broken_by_bgp += before.iter().sum::<f64>() * share;
+            }
+            let host = &mut self.hosts[h];
             if let Some(co) = &mut host.cohorts {
                 co.by_epoch.values_mut().for_each(|n| n.iter_mut().for_each(|x| *x *= 1.0 - share));
             }
@@ -618,27 +737,17 @@ impl<'a> Sim<'a> {
         }
         let mut fwd_new = 0.0;
         let mut distance = 0.0;
-        for &(j, share) in &host.table.shares {
-            if !host.is_active[j] {
-                host.is_active[j] = true;
-                host.active.push(j);
-            }
-            fwd_new += new_flows * share;
-            distance += new_flows * share * world.rtt_ms(site, j);
-        }
         let epoch = host.table.epoch;
         let mut offered = local_pps;
-        let mut i = 0;
-        while i < host.active.len() {
-            let j = host.active[i];
-            let share = host.share[j];
+        for link in &mut host.live {
+            let (j, share) = (link.site, link.share);
+            fwd_new += new_flows * share;
+            distance += new_flows * share * world.rtt_ms(site, j);
             let mut pps = dns * share;
-            let mut flows = 0.0;
             for (c, class) in CLASSES.iter().enumerate() {
                 let a = arriving * class.packets / (class.pps * class.lifetime) * dt * share;
-                host.fwd[j][c] = host.fwd[j][c] * decay[c] + a;
-                pps += host.fwd[j][c] * class.pps;
-                flows += host.fwd[j][c];
+                link.flows[c] = link.flows[c] * decay[c] + a;
+                pps += link.flows[c] * class.pps;
                 if let Some(co) = &mut host.cohorts
                     && a > 0.0
                 {
@@ -646,19 +755,17 @@ impl<'a> Sim<'a> {
                 }
             }
             offered += pps;
-            host.counted_fwd[j] += pps * dt;
+            link.counted += pps * dt;
             if part.is_none_or(|side| side[site] == side[j]) {
                 received[j] += pps;
             } else {
                 self.rec.blackholed += pps * dt;
             }
-            if flows < NEGLIGIBLE && share == 0.0 && host.smoothed_fwd[j] < NEGLIGIBLE {
-                host.fwd[j] = [0.0; C];
-                host.is_active[j] = false;
-                host.active.swap_remove(i);
-            } else {
-                i += 1;
-            }
+        }
+        // The parked links only decay (`parked_flows` below counts what they deliver).
+        for (c, class) in CLASSES.iter().enumerate() {
+            host.parked_flows[c] *= decay[c];
+            offered += host.parked_flows[c] * class.pps;
         }
         if let Some(co) = &mut host.cohorts {
             co.by_epoch.retain(|_, n| {
@@ -678,13 +785,122 @@ impl<'a> Sim<'a> {
         self.rec.forwarded_distance += distance;
     }
 
+    /// One step of every host's parked links towards each site: their flows decay, and
+    /// what they still send is received there, unless the backbone is split between the
+    /// two.
+    fn parked_flows(&mut self, part: Option<&[bool]>, received: &mut [f64]) {
+        let dt = self.p.dt;
+        for (j, by_side) in self.parked_to.iter_mut().enumerate() {
+            for (side, flows) in by_side.iter_mut().enumerate() {
+                let mut pps = 0.0;
+                for (c, class) in CLASSES.iter().enumerate() {
+                    flows[c] *= self.decay[c];
+                    pps += flows[c] * class.pps;
+                }
+                if part.is_none_or(|p| p[j] as usize == side) {
+                    received[j] += pps;
+                } else {
+                    self.rec.blackholed += pps * dt;
+                }
+            }
+        }
+    }
+
+    /// Adds pinned flows of class `c` from host `h` to site `j` (flows moved to it from a
+    /// failed host of its site).
     fn add_fwd(&mut self, h: usize, j: usize, c: usize, flows: f64) {
         let host = &mut self.hosts[h];
-        host.fwd[j][c] += flows;
-        if !host.is_active[j] {
-            host.is_active[j] = true;
-            host.active.push(j);
+        if host.slot[j] == Slot::None {
+            // Its table gives `j` no share (a live link has its slot): parked from now.
+            host.slot[j] = Slot::Parked(host.parked.len() as u32);
+            host.parked.push(Link::new(j, 0.0, self.done));
         }
+        self.change_link(h, j, |f| f[c] += flows);
+    }
+
+    /// Changes the pinned flows of host `h`'s link to site `j` with `f` (a parked link's
+    /// brought up to date first, its sums kept); returns them as they were.
+    fn change_link(&mut self, h: usize, j: usize, f: impl FnOnce(&mut [f64; C])) -> [f64; C] {
+        let (now, decay, dt) = (self.done, self.decay, self.p.dt);
+        let side = self.side[self.hosts[h].site];
+        let host = &mut self.hosts[h];
+        match host.slot[j] {
+            Slot::None => [0.0; C],
+            Slot::Live(i) => {
+                let link = &mut host.live[i as usize];
+                let before = link.flows;
+                f(&mut link.flows);
+                before
+            }
+            Slot::Parked(i) => {
+                let link = &mut host.parked[i as usize];
+                link.catch_up(now, &decay, dt);
+                let before = link.flows;
+                f(&mut link.flows);
+                for (c, was) in before.iter().enumerate() {
+                    let d = link.flows[c] - was;
+                    host.parked_flows[c] += d;
+                    self.parked_to[j][side][c] += d;
+                }
+                before
+            }
+        }
+    }
+
+    /// Gives host `h`'s link to site `j` its table's share: a link losing its share is
+    /// parked, one gaining a share is stepped again.
+    fn set_share(&mut self, h: usize, j: usize, share: f64) {
+        let (now, decay, dt) = (self.done, self.decay, self.p.dt);
+        let side = self.side[self.hosts[h].site];
+        let host = &mut self.hosts[h];
+        match (host.slot[j], share > 0.0) {
+            (Slot::Live(i), true) => host.live[i as usize].share = share,
+            (Slot::Live(i), false) => {
+                let mut link = host.unlink(Slot::Live(i));
+                link.share = 0.0;
+                link.as_of = now;
+                for c in 0..C {
+                    host.parked_flows[c] += link.flows[c];
+                    self.parked_to[j][side][c] += link.flows[c];
+                }
+                host.slot[j] = Slot::Parked(host.parked.len() as u32);
+                host.parked.push(link);
+            }
+            (Slot::Parked(i), true) => {
+                let mut link = host.unlink(Slot::Parked(i));
+                link.catch_up(now, &decay, dt);
+                for c in 0..C {
+                    host.parked_flows[c] -= link.flows[c];
+                    self.parked_to[j][side][c] -= link.flows[c];
+                }
+                link.share = share;
+                host.slot[j] = Slot::Live(host.live.len() as u32);
+                host.live.push(link);
+            }
+            (Slot::None, true) => {
+                host.slot[j] = Slot::Live(host.live.len() as u32);
+                host.live.push(Link::new(j, share, now));
+            }
+            (_, false) => {}
+        }
+    }
+
+    /// Takes every link of host `h` (it failed), brought up to date: (site, flows).
+    fn take_links(&mut self, h: usize) -> Vec<(usize, [f64; C])> {
+        let (now, decay, dt) = (self.done, self.decay, self.p.dt);
+        let side = self.side[self.hosts[h].site];
+        let host = &mut self.hosts[h];
+        let mut out: Vec<(usize, [f64; C])> = host.live.drain(..).map(|l| (l.site, l.flows)).collect();
+        for mut link in host.parked.drain(..) {
+            link.catch_up(now, &decay, dt);
+            for c in 0..C {
+                self.parked_to[link.site][side][c] -= link.flows[c];
+            }
+            out.push((link.site, link.flows));
+        }
+        host.parked_flows = [0.0; C];
+        host.slot.iter_mut().for_each(|s| *s = Slot::None);
+        out
     }
 
     /// One tick of host `h`'s controller: read its counters; then, per host, decide on its
@@ -699,7 +915,7 @@ impl<'a> Sim<'a> {
                 let (weights, decision) = self.decide(site, h, &local, &mut state, t);
                 let host = &mut self.hosts[h];
                 host.policy = state;
-                host.decision = Some(decision);
+                host.signals = (decision.overloaded, decision.no_headroom);
                 if policy::worth_applying(weights.iter().copied().zip(host.applied.iter().copied())) {
                     self.apply(h, weights, t);
                 }
@@ -726,7 +942,7 @@ impl<'a> Sim<'a> {
                     let (weights, decision) = self.decide(site, h, &site_local, &mut state, t);
                     self.site_policy[site] = state;
                     for &k in &self.site_hosts[site] {
-                        self.hosts[k].decision = Some(decision.clone());
+                        self.hosts[k].signals = (decision.overloaded, decision.no_headroom);
                     }
                     if policy::worth_applying(
                         weights.iter().copied().zip(self.hosts[h].applied.iter().copied()),
@@ -768,10 +984,34 @@ impl<'a> Sim<'a> {
             s.local = follow(s.local, raw.local, alpha, elapsed);
             s.received = follow(s.received, raw.received, alpha, elapsed);
         }
-        for &j in &host.active {
-            let r = host.counted_fwd[j] / elapsed;
-            host.smoothed_fwd[j] = if first { r } else { ewma(host.smoothed_fwd[j], r, alpha) };
-            host.counted_fwd[j] = 0.0;
+        let s = *s;
+        let smooth = |link: &mut Link| {
+            let r = link.counted / elapsed;
+            link.smoothed = if first { r } else { ewma(link.smoothed, r, alpha) };
+            link.counted = 0.0;
+        };
+        host.live.iter_mut().for_each(smooth);
+        let (now, decay, dt, side) = (self.done, self.decay, self.p.dt, self.side[site]);
+        let mut i = 0;
+        while i < host.parked.len() {
+            let link = &mut host.parked[i];
+            link.catch_up(now, &decay, dt);
+            smooth(link);
+            if link.flows.iter().sum::<f64>() < NEGLIGIBLE && link.smoothed < NEGLIGIBLE {
+                // Its flows have ended: dropped from the books.
+                let link = host.unlink(Slot::Parked(i as u32));
+                for c in 0..C {
+                    self.parked_to[link.site][side][c] -= link.flows[c];
+                }
+            } else {
+                i += 1;
+            }
+        }
+        host.parked_flows = [0.0; C];
+        for link in &host.parked {
+            for c in 0..C {
+                host.parked_flows[c] += link.flows[c];
+            }
         }
         host.counted = Rates::default();
         host.read_at = t;
@@ -781,7 +1021,7 @@ impl<'a> Sim<'a> {
             served: r.local + r.received,
         };
         let local = policy::Local {
-            smoothed: rates(s),
+            smoothed: rates(&s),
             recent: rates(&raw),
             fixed: 0.0,
             capacity: self.s.world.sites[site].host_capacity,
@@ -804,9 +1044,10 @@ impl<'a> Sim<'a> {
         let n = self.s.world.len();
         // What the other shedders claim, from the reports this site holds.
         let (mut want, mut send) = (vec![0.0; n], vec![0.0; n]);
-        let row = site * n..(site + 1) * n;
-        for held in self.held[row.clone()].iter().flatten().filter(|p| t - p.at <= self.p.stale) {
-            for &(j, w, s) in &held.claims {
+        let stale = self.p.stale;
+        let held: Vec<Option<&Published>> = (0..n).map(|j| self.reports.held(site, j, t, stale)).collect();
+        for p in held.iter().flatten() {
+            for &(j, w, s) in &p.claims {
                 want[j] += w;
                 send[j] += s;
             }
@@ -818,24 +1059,26 @@ impl<'a> Sim<'a> {
                 self.site_hosts[site].iter().copied().filter(|&k| self.hosts[k].alive).collect()
             }
         };
-        let ours = |j: usize| deciders.iter().map(|&k| self.hosts[k].smoothed_fwd[j]).sum::<f64>();
+        let mut ours = vec![0.0; n];
+        for &k in &deciders {
+            for link in self.hosts[k].live.iter().chain(&self.hosts[k].parked) {
+                ours[link.site] += link.smoothed;
+            }
+        }
         let mut siblings = Vec::with_capacity(n - 1);
-        for (j, (held, health)) in self.held[row.clone()].iter().zip(&self.health[row]).enumerate() {
+        for (j, health) in self.health[site * n..(site + 1) * n].iter().enumerate() {
             if j == site {
                 continue;
             }
-            let report = match held {
-                Some(p) if t - p.at <= self.p.stale => {
-                    self.rec.age(t - p.at);
-                    Some(p.report)
-                }
-                _ => None,
-            };
+            if let Some(p) = held[j] {
+                self.rec.age(t - p.at);
+            }
+            let report = held[j].and_then(|p| p.report);
             siblings.push(Sibling {
                 up: health.up(),
                 drained: false,
                 cost: self.s.world.rtt_ms(site, j),
-                ours: ours(j),
+                ours: ours[j],
                 others_want: want[j],
                 others_send: send[j],
                 report,
@@ -878,11 +1121,7 @@ impl<'a> Sim<'a> {
                 target: self.p.knobs.target,
                 drained: false,
             };
-            let list = &mut self.published[site];
-            if list.len() == PUBLISHED {
-                list.remove(0);
-            }
-            list.push(Rc::new(Published { at: t, report, claims }));
+            self.reports.publish(site, t, report, claims);
         }
         (weights, decision)
     }
@@ -890,25 +1129,17 @@ impl<'a> Sim<'a> {
     fn apply(&mut self, h: usize, weights: Vec<u32>, t: f64) {
         let site = self.hosts[h].site;
         let total: u32 = weights.iter().sum();
+        let share = |w: u32| if total == 0 { 0.0 } else { w as f64 / total as f64 };
+        for (j, &w) in weights.iter().enumerate() {
+            // (A site with no weight and no live link has nothing to change.)
+            if j != site && (w > 0 || matches!(self.hosts[h].slot[j], Slot::Live(_))) {
+                self.set_share(h, j, share(w));
+            }
+        }
         let host = &mut self.hosts[h];
         let old_keep = host.table.keep;
-        let (keep, shares) = if total == 0 {
-            (1.0, Vec::new())
-        } else {
-            let keep = weights[site] as f64 / total as f64;
-            let shares = weights
-                .iter()
-                .enumerate()
-                .filter(|&(j, &w)| j != site && w > 0)
-                .map(|(j, &w)| (j, w as f64 / total as f64))
-                .collect();
-            (keep, shares)
-        };
-        host.share.iter_mut().for_each(|x| *x = 0.0);
-        for &(j, x) in &shares {
-            host.share[j] = x;
-        }
-        host.table = Table { keep, shares, epoch: host.table.epoch + 1 };
+        let keep = if total == 0 { 1.0 } else { share(weights[site]) };
+        host.table = Table { keep, epoch: host.table.epoch + 1 };
         host.digest = digest(&weights);
         if let Some(co) = &mut host.cohorts {
             co.weights.insert(host.table.epoch, weights.clone());
@@ -937,13 +1168,12 @@ impl<'a> Sim<'a> {
             if part.is_some_and(|side| side[site] != side[j]) || self.rng.f64() < self.p.report_loss {
                 continue;
             }
-            if self.alive(j) == 0 || !self.hosts[self.site_hosts[j][0]].alive {
+            // The site's peer address is its first host's.
+            if !self.hosts[self.site_hosts[j][0]].alive {
                 continue;
             }
             let sent = t - self.s.world.rtt_ms(site, j) / 2000.0;
-            if let Some(p) = self.published[j].iter().rev().find(|p| p.at <= sent) {
-                self.held[site * n + j] = Some(Rc::clone(p));
-            }
+            self.reports.poll(site, j, sent);
         }
     }
 
@@ -970,14 +1200,14 @@ impl<'a> Sim<'a> {
     /// cannot reach `j` anyway: lost).
     fn site_down(&mut self, i: usize, j: usize, t: f64) {
         for &h in &self.site_hosts[i].clone() {
-            let host = &mut self.hosts[h];
-            self.rec.lost += host.fwd[j].iter().sum::<f64>();
-            host.fwd[j] = [0.0; C];
+            let host = &self.hosts[h];
             if host.alive && host.applied[j] > 0 {
                 let mut w = host.applied.clone();
                 w[j] = 0;
                 self.apply(h, w, t);
             }
+            let before = self.change_link(h, j, |f| *f = [0.0; C]);
+            self.rec.lost += before.iter().sum::<f64>();
         }
     }
 
@@ -994,8 +1224,7 @@ impl<'a> Sim<'a> {
                 }
                 continue;
             }
-            let (overloaded, no_headroom) =
-                host.decision.as_ref().map_or((false, false), |d| (d.overloaded, d.no_headroom));
+            let (overloaded, no_headroom) = host.signals;
             let signals = SiteSignals { attached: true, drained: false, overloaded, no_headroom };
             let (wanted, _) = Route::wanted(&signals);
             host.speaker.step(wanted, &self.p.pacing);

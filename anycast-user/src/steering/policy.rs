@@ -334,8 +334,10 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
 
     // Where the shed share goes: nearest room first, shared with the other shedders.
     let rooms: Vec<f64> = siblings.iter().map(Sibling::room).collect();
-    let order = by_cost(siblings, &rooms);
     let shed = (1.0 - wanted) * sheddable;
+    // Nothing to shed, nothing to order (most sites, most of the time: the simulator runs
+    // this for hundreds of sites a round).
+    let order = if shed > 0.0 { by_cost(siblings, &rooms) } else { Vec::new() };
     let mut wants = vec![0.0; siblings.len()];
     let mut left = shed;
     for tier in order.chunk_by(|&a, &b| siblings[a].cost == siblings[b].cost) {
