@@ -95,11 +95,21 @@ impl DataPath {
     /// The anycast data path; `flow_entries` overrides the `FLOWS` capacity (what the
     /// controller does from its configuration), e.g. a tiny table for eviction tests.
     pub fn load_anycast(flow_entries: Option<u32>) -> Result<DataPath> {
+        Self::load_program(Self::loader(flow_entries).load(ANYCAST)?, PROGRAM)
+    }
+
+    /// Another build of the anycast data path, from its object file (the benchmark's
+    /// baseline, e.g. main's build beside this one).
+    pub fn load_anycast_file(object: &std::path::Path, flow_entries: Option<u32>) -> Result<DataPath> {
+        Self::load_program(Self::loader(flow_entries).load_file(object)?, PROGRAM)
+    }
+
+    fn loader(flow_entries: Option<u32>) -> EbpfLoader<'static> {
         let mut loader = EbpfLoader::new();
         if let Some(n) = flow_entries {
             loader.map_max_entries(FLOWS, n);
         }
-        Self::load_program(loader.load(ANYCAST)?, PROGRAM)
+        loader
     }
 
     /// The no-op baseline program (passes everything, no maps).

@@ -66,6 +66,12 @@ enum Task {
         /// Smoke run, under a minute (3 rounds of 2e5 repetitions, short throughput runs).
         #[arg(long)]
         quick: bool,
+        /// Instead of the whole benchmark: the per-packet cases of this build beside those of
+        /// another build of the data path, in the same rounds — a git revision (its XDP object
+        /// is built once, cached under target/against/) or an XDP object file. Both must
+        /// have the same map layout.
+        #[arg(long, value_name = "REV|OBJECT", conflicts_with = "out")]
+        against: Option<String>,
     },
     /// Draws the figures of a benchmark's JSON (`bench --out FILE.json`) as one SVG.
     Figures {
@@ -133,9 +139,9 @@ fn try_main() -> Result<()> {
                 None => test::run(&options, &anycast)?,
             }
         }
-        Task::Bench { out, quick } => {
+        Task::Bench { out, quick, against } => {
             prereq::ensure(Goal::Run)?;
-            bench::run(&bench::Options { out: out.clone(), quick })?;
+            bench::run(&bench::Options { out: out.clone(), quick, against })?;
             if let Some(json) = out {
                 let svg = figures::beside(&json);
                 figures::bench(&json, &svg)?;

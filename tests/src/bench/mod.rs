@@ -44,6 +44,10 @@ impl Scale {
         live_time: Duration::from_secs(4),
         controller_idle: Duration::from_secs(3),
     };
+    /// Two builds side by side (`--against`): more, shorter rounds than [`Scale::FULL`] for
+    /// as many repetitions, so that the median of the per-round differences rests on more
+    /// pairs.
+    pub const AGAINST: Scale = Scale { rounds: 11, repeat: 400_000, ..Scale::FULL };
     /// Smoke run (CI): well under a minute.
     pub const QUICK: Scale = Scale {
         rounds: 3,
@@ -83,7 +87,7 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
     eprintln!("bench: per-packet cases ({} rounds × {} repetitions)", scale.rounds, scale.repeat);
     let (results, (plain_noop, plain_local)) = topo.lb.run(|| -> Result<_> {
         pin_to_current_cpu()?;
-        let mut pp = per_packet::PerPacket::load(topo.lb0, scale.repeat)?;
+        let mut pp = per_packet::PerPacket::load(topo.lb0, scale.repeat, None)?;
         let results = pp.run(scale.rounds, scale.repeat)?;
         Ok((results, pp.without_harness(scale.rounds, scale.repeat)?))
     })?;
@@ -186,6 +190,44 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
             load_ms,
         },
     })
+}
+
+/// The per-packet cases on this build and on `baseline` (another build's object of the same
+/// map layout, e.g. main's), in the same rounds: each case runs on both builds back to back,
+/// so that the host's drift, which moves single runs by tens of ns, hits both alike. Returns
+/// the table (ns over the no-op of the same rounds; the difference is the median of the
+/// per-round differences, with their range).
+pub fn against(scale: Scale, baseline: &Path) -> Result<String> {
+    if let Err(why) = testkit::require::kernel() {
+        bail!("the benchmark loads XDP programs and makes network namespaces: {why}");
+    }
+    let topo = world::Topology::build().context("building the benchmark namespaces")?;
+    eprintln!(
+        "bench: per-packet cases, this build against {} ({} rounds × {} repetitions)",
+        baseline.display(),
+        scale.rounds,
+        scale.repeat
+    );
+    let results = topo.lb.run(|| -> Result<_> {
+        pin_to_current_cpu()?;
+        per_packet::PerPacket::load(topo.lb0, scale.repeat, Some(baseline))?.run(scale.rounds, scale.repeat)
+    })?;
+    let mut t = format!(
+        "{:<26} {:>10} {:>10} {:>10} {:>16}\n",
+        "ns over noop", "this", "baseline", "this−base", "range of rounds"
+    );
+    for r in &results {
+        let Some(b) = &r.baseline else { continue };
+        t += &format!(
+            "{:<26} {:>10.1} {:>10.1} {:>+10.1} {:>16}\n",
+            r.name,
+            r.ns_over_noop,
+            b.ns_over_noop,
+            b.diff,
+            format!("{:+.1}..{:+.1}", b.diff_min, b.diff_max)
+        );
+    }
+    Ok(t)
 }
 
 fn own_peak_rss() -> Result<u64> {

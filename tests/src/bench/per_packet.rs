@@ -10,6 +10,8 @@
 //! moved by exactly `repetitions` packets of its kind. A benchmark of the wrong path is
 //! worse than none: any mismatch stops the run with the reason.
 
+use std::path::Path;
+
 use anycast_common::{Action as Verdict, Exception, maps::FLOW_TABLE_DEFAULT, site::MAGLEV_SITE};
 use anycast_user::datapath::maps::DataPathMaps;
 use anyhow::{Context, Result, bail, ensure};
@@ -180,19 +182,52 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// One case's figures.
+/// One case's figures (of this build).
 pub struct CaseResult {
     pub name: &'static str,
     pub ns_per_pkt: f64,
     pub ns_over_noop: f64,
+    /// The same case on the baseline build, when one was loaded.
+    pub baseline: Option<Baseline>,
+}
+
+/// A case on the baseline build, timed in the same rounds as this build's.
+pub struct Baseline {
+    pub ns_over_noop: f64,
+    /// This build − the baseline: the median of the per-round differences (each round
+    /// times both builds back to back, so drift cancels), and their range.
+    pub diff: f64,
+    pub diff_min: f64,
+    pub diff_max: f64,
+}
+
+/// One build of the data path with its own maps, configured as [`world::configure`] says.
+struct Build {
+    dp: DataPath,
+    maps: DataPathMaps,
+}
+
+impl Build {
+    /// This build's object, or the one at `object`: it must have this build's map layout
+    /// (the same world is written into its maps).
+    fn load(object: Option<&Path>, flow_entries: u32) -> Result<Build> {
+        let mut dp = match object {
+            None => DataPath::load_anycast(Some(flow_entries)).context("loading the anycast data path")?,
+            Some(path) => DataPath::load_anycast_file(path, Some(flow_entries))
+                .with_context(|| format!("loading the baseline data path {}", path.display()))?,
+        };
+        let mut maps = dp.maps().context("the object's maps are not this build's layout")?;
+        world::configure(&mut maps).context("configuring the data path")?;
+        Ok(Build { dp, maps })
+    }
 }
 
 /// The loaded programs and the world they see; run on a thread inside the `lb` namespace.
 pub struct PerPacket {
     harness: ResetHarness,
-    anycast: DataPath,
+    /// This build, then the baseline if any.
+    builds: Vec<Build>,
     noop: DataPath,
-    maps: DataPathMaps,
     ingress: u32,
     /// `FLOWS` capacity: at least one round of new flows, so that an emptied table takes a
     /// whole round without evicting.
@@ -202,88 +237,110 @@ pub struct PerPacket {
 }
 
 impl PerPacket {
-    /// `repeat`: repetitions per timed round.
-    pub fn load(ingress: u32, repeat: u32) -> Result<PerPacket> {
+    /// `repeat`: repetitions per timed round. `baseline`: another build's object (of the
+    /// same map layout) to time beside this one, case by case in the same rounds.
+    pub fn load(ingress: u32, repeat: u32, baseline: Option<&Path>) -> Result<PerPacket> {
         let flow_entries = repeat.next_power_of_two().max(FLOW_TABLE_DEFAULT);
-        let mut anycast =
-            DataPath::load_anycast(Some(flow_entries)).context("loading the anycast data path")?;
-        let mut maps = anycast.maps()?;
-        world::configure(&mut maps)?;
+        let mut builds = vec![Build::load(None, flow_entries)?];
+        if let Some(path) = baseline {
+            builds.push(Build::load(Some(path), flow_entries)?);
+        }
         let noop = DataPath::load_noop().context("loading the noop baseline")?;
         let client_port = Packet::parse(&hex(anchor::ACK)).key().sport;
         let connections = Connections::open(client_port, &[PORT_TCP_LOCAL, PORT_TCP_MOVED])?;
         Ok(PerPacket {
             harness: ResetHarness::load()?,
-            anycast,
+            builds,
             noop,
-            maps,
             ingress,
             flow_entries,
             _connections: connections,
         })
     }
 
-    fn fd(&self, target: Target) -> Result<ProgramFd> {
-        let dp = if target == Target::Noop { &self.noop } else { &self.anycast };
+    fn fd(&self, target: Target, build: usize) -> Result<ProgramFd> {
+        let dp = if target == Target::Noop { &self.noop } else { &self.builds[build].dp };
         Ok(dp.xdp().fd()?.try_clone()?)
     }
 
-    /// Every case: verified once, then `rounds` interleaved rounds of `repeat` repetitions
-    /// (noop and cases alternate, so drift hits all alike); the median round of each.
+    /// Every case: verified once on every build, then `rounds` interleaved rounds of
+    /// `repeat` repetitions (noop and cases alternate, so drift hits all alike; with a
+    /// baseline, each case runs on both builds back to back, the first of the two
+    /// alternating from round to round); the median round of each.
     pub fn run(&mut self, rounds: usize, repeat: u32) -> Result<Vec<CaseResult>> {
         let cases = cases();
-        for case in &cases {
-            self.verify(case)
-                .with_context(|| format!("case {}: the path under test is not the one named", case.name))?;
-        }
-        let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); cases.len()];
-        for _ in 0..rounds {
-            for (case, t) in cases.iter().zip(&mut times) {
-                t.push(self.timed_round(case, repeat).with_context(|| format!("case {}", case.name))?);
+        let builds = self.builds.len();
+        for b in 0..builds {
+            for case in &cases {
+                self.verify(case, b).with_context(|| {
+                    format!("case {} (build {b}): the path under test is not the one named", case.name)
+                })?;
             }
         }
-        let noop = median(&times[0]);
+        // times[case][build][round]
+        let mut times = vec![vec![Vec::with_capacity(rounds); builds]; cases.len()];
+        for round in 0..rounds {
+            for (case, t) in cases.iter().zip(&mut times) {
+                for k in 0..builds {
+                    let b = if round % 2 == 0 { k } else { builds - 1 - k };
+                    let ns =
+                        self.timed_round(case, b, repeat).with_context(|| format!("case {}", case.name))?;
+                    t[b].push(ns);
+                }
+            }
+        }
+        // The noop does not depend on the build: every sample of it counts.
+        let noop = median(&times[0].concat());
         Ok(cases
             .iter()
             .zip(&times)
             .map(|(c, t)| {
-                let ns = median(t);
-                CaseResult { name: c.name, ns_per_pkt: ns, ns_over_noop: ns - noop }
+                let ns = median(&t[0]);
+                let baseline = t.get(1).map(|base| {
+                    let diffs: Vec<f64> = t[0].iter().zip(base).map(|(a, b)| a - b).collect();
+                    Baseline {
+                        ns_over_noop: median(base) - noop,
+                        diff: median(&diffs),
+                        diff_min: diffs.iter().copied().fold(f64::INFINITY, f64::min),
+                        diff_max: diffs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    }
+                });
+                CaseResult { name: c.name, ns_per_pkt: ns, ns_over_noop: ns - noop, baseline }
             })
             .collect())
     }
 
     /// Runs what `case` needs before `repeat` repetitions, and readies the harness for
     /// them (its frame, its target, its run counter).
-    fn prime(&mut self, case: &Case, repeat: u32) -> Result<()> {
+    fn prime(&mut self, case: &Case, build: usize, repeat: u32) -> Result<()> {
         match &case.prime {
             Prime::None => {}
             Prime::Frames(frames) => {
                 for frame in frames {
-                    let run = self.anycast.run(frame, Some(self.ingress))?;
+                    let run = self.builds[build].dp.run(frame, Some(self.ingress))?;
                     ensure!(run.action == Action::Tx, "priming frame: {:?}, expected XDP_TX", run.action);
                 }
             }
             Prime::Stamped(frame) => {
-                let fd = self.fd(Target::Anycast)?;
+                let fd = self.fd(Target::Anycast, build)?;
                 self.harness.prepare(frame, case.vary_offset, &fd)?;
                 self.harness.reset_runs()?;
                 let (action, _, _) = self.harness.run(frame, self.ingress, repeat)?;
                 ensure!(action == Action::Tx, "priming frames: {action:?}, expected XDP_TX");
             }
         }
-        let fd = self.fd(case.target())?;
+        let fd = self.fd(case.target(), build)?;
         self.harness.prepare(&case.frame, case.vary_offset, &fd)?;
         self.harness.reset_runs()
     }
 
     /// Sets the flow table up as `case` wants it (untimed). Filling runs the case's own
     /// stamped frame, so the table holds flows of the same shape as those the round inserts.
-    fn set_table(&mut self, case: &Case) -> Result<()> {
+    fn set_table(&mut self, case: &Case, build: usize) -> Result<()> {
         match case.table {
             Table::AsIs => {}
             Table::Empty => {
-                self.maps.clear_flows().context("emptying FLOWS")?;
+                self.builds[build].maps.clear_flows().context("emptying FLOWS")?;
             }
             Table::Full => {
                 // A capacity's worth of new flows: whatever the table held, it is then full
@@ -291,7 +348,7 @@ impl PerPacket {
                 // entries per CPU in per-CPU lists, kernel/bpf/bpf_lru_list.c, and evicts
                 // rather than take them from another CPU.)
                 self.harness.run(&case.frame, self.ingress, self.flow_entries).context("filling FLOWS")?;
-                let count = self.maps.flow_count() as u32;
+                let count = self.builds[build].maps.flow_count() as u32;
                 let nearly = self.flow_entries - self.flow_entries / 16;
                 ensure!(count >= nearly, "FLOWS holds {count} flows after filling, expected ≥ {nearly}");
             }
@@ -299,15 +356,15 @@ impl PerPacket {
         Ok(())
     }
 
-    fn timed_round(&mut self, case: &Case, repeat: u32) -> Result<f64> {
+    fn timed_round(&mut self, case: &Case, build: usize, repeat: u32) -> Result<f64> {
         let repeat = case.repeat_cap.map_or(repeat, |cap| repeat.min(cap));
         // Primed first: filling the table then goes on with the run counter, so that the
         // round's flows are new ones.
-        self.prime(case, repeat)?;
-        self.set_table(case)?;
-        let before = Totals::read(&self.maps)?;
+        self.prime(case, build, repeat)?;
+        self.set_table(case, build)?;
+        let before = Totals::read(&self.builds[build].maps)?;
         let (action, _, ns) = self.harness.run(&case.frame, self.ingress, repeat)?;
-        let moved = Totals::read(&self.maps)?.since(&before);
+        let moved = Totals::read(&self.builds[build].maps)?.since(&before);
         let want = case.kind.per_packet(case.vip).times(u64::from(repeat));
         ensure!(
             moved == want,
@@ -317,12 +374,12 @@ impl PerPacket {
     }
 
     /// One repetition through the harness, checked packet by packet.
-    fn verify(&mut self, case: &Case) -> Result<()> {
-        self.prime(case, 1)?;
-        self.set_table(case)?;
-        let before = Totals::read(&self.maps)?;
+    fn verify(&mut self, case: &Case, build: usize) -> Result<()> {
+        self.prime(case, build, 1)?;
+        self.set_table(case, build)?;
+        let before = Totals::read(&self.builds[build].maps)?;
         let (action, out, _) = self.harness.run(&case.frame, self.ingress, 1)?;
-        let moved = Totals::read(&self.maps)?.since(&before);
+        let moved = Totals::read(&self.builds[build].maps)?.since(&before);
         let want = case.kind.per_packet(case.vip);
         ensure!(moved == want, "counters moved by {moved:?}, expected {want:?}");
         match case.kind {
@@ -346,18 +403,19 @@ impl PerPacket {
                     "{action:?} with {out:02x?}, expected XDP_PASS of {want:02x?}"
                 );
             }
-            Kind::Forward => self.verify_forward(case, action, &out)?,
+            Kind::Forward => self.verify_forward(case, build, action, &out)?,
         }
         Ok(())
     }
 
     /// XDP_TX of exactly the frame §7 prescribes, towards the site the VIP's Maglev table
     /// names for this flow (for the new-flow case: the flow the harness stamped).
-    fn verify_forward(&self, case: &Case, action: Action, out: &[u8]) -> Result<()> {
+    fn verify_forward(&self, case: &Case, build: usize, action: Action, out: &[u8]) -> Result<()> {
+        let maps = &self.builds[build].maps;
         if action != Action::Tx {
             bail!(
                 "{action:?}, expected XDP_TX (is bpf_fib_lookup failing? exceptions: {:?})",
-                self.maps.exceptions()?
+                maps.exceptions()?
             );
         }
         let outer = 20;
@@ -373,7 +431,7 @@ impl PerPacket {
             input[at..at + 4].copy_from_slice(&out[at + outer..at + outer + 4]);
         }
         let p = Packet::parse(&input);
-        let table = self.maps.maglev(case.vip)?.context("no Maglev table for the case's VIP")?;
+        let table = maps.maglev(case.vip)?.context("no Maglev table for the case's VIP")?;
         let site = reference::bucket(&table, &p.key()) & MAGLEV_SITE;
         let endpoint = world::REMOTE_SITES
             .iter()
@@ -419,7 +477,7 @@ impl PerPacket {
             Ok(median(&times))
         };
         let noop = time(&self.noop, &hex(anchor::NON_VIP))?;
-        let local = time(&self.anycast, &hex(anchor::UDP))?;
+        let local = time(&self.builds[0].dp, &hex(anchor::UDP))?;
         Ok((noop, local - noop))
     }
 }

@@ -1,4 +1,4 @@
-//! `anycast-bench [--out FILE.json] [--quick]`: the benchmark behind `cargo xtask bench`.
+//! `anycast-bench [--out FILE.json] [--quick] [--against OBJECT]`: the benchmark behind `cargo xtask bench`.
 //! Prints a table on stdout and writes the JSON document of issue 7. Needs root.
 
 use std::path::PathBuf;
@@ -19,6 +19,11 @@ struct Cli {
     /// The `anycast` controller binary for the peak-RSS figure (default: next to this one).
     #[arg(long, value_name = "PATH")]
     anycast: Option<PathBuf>,
+    /// Instead of the whole benchmark: the per-packet cases on this build and on this other
+    /// build's XDP object (same map layout), interleaved in the same rounds, with their
+    /// differences.
+    #[arg(long, value_name = "OBJECT")]
+    against: Option<PathBuf>,
 }
 
 fn main() {
@@ -36,6 +41,12 @@ fn try_main() -> Result<()> {
     };
     let (scale, mode) = if cli.quick { (Scale::QUICK, "quick") } else { (Scale::FULL, "full") };
     let started = std::time::Instant::now();
+    if let Some(object) = &cli.against {
+        let scale = if cli.quick { Scale::QUICK } else { Scale::AGAINST };
+        print!("{}", bench::against(scale, object)?);
+        println!("\n(took {:.1} s)", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let report = bench::run(scale, mode, &anycast)?;
     print!("{}", report.table());
     println!("\n(took {:.1} s)", started.elapsed().as_secs_f64());
