@@ -9,7 +9,10 @@ use anycast_common::{
     config::{CONFIG_TUNNEL_V4, CONFIG_TUNNEL_V6},
 };
 
-use crate::maps::{ADDR_FILTER, ADDRS, VIP_ADDRS};
+use crate::{
+    maps::{ADDR_FILTER, ADDRS, VIP_ADDRS},
+    stack::Aligned,
+};
 
 /// The `ADDR_FILTER` slot at `index` (an empty one if out of range).
 #[inline(always)]
@@ -24,14 +27,23 @@ pub fn entry(slot: AddrSlot, addr: &[u8; 16], family: u8) -> Option<&'static Add
     ADDRS.get(slot.id as u32).filter(|e| e.family == family && e.addr == *addr)
 }
 
-/// An address as the maps key it: 16 bytes (IPv4 in the first four) and its family.
+/// An address as the maps key it: 16 bytes (IPv4 in the first four) and its family (on the
+/// stack: [`Aligned`]).
 #[inline(always)]
-pub fn key(addr: &[u8; 16], v6: bool) -> AddrKey {
-    let mut k = AddrKey { addr: *addr, family: Family::V4 as u8, pad: [0; 3] };
-    if v6 {
-        k.family = Family::V6 as u8;
+pub fn key(addr: &[u8; 16], v6: bool) -> Aligned<AddrKey> {
+    let family = if v6 { Family::V6 as u8 } else { Family::V4 as u8 };
+    let mut k = core::mem::MaybeUninit::<Aligned<AddrKey>>::uninit();
+    let p = k.as_mut_ptr().cast::<u64>();
+    let a = addr.as_ptr().cast::<u64>();
+    // SAFETY: the key written whole as two 8-byte words (the address) and one 4-byte word
+    // (family, zero padding) at aligned offsets of an 8-byte aligned value: field by field,
+    // LLVM would copy it at misaligned offsets (see `stack`). `addr` has 16 readable bytes.
+    unsafe {
+        p.write(a.read_unaligned());
+        p.add(1).write(a.add(1).read_unaligned());
+        p.add(2).cast::<u32>().write(family as u32);
+        k.assume_init()
     }
-    k
 }
 
 /// Whether `addr` is the address of one of our VIPs (any port, any protocol).

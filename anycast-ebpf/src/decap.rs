@@ -57,7 +57,7 @@ pub fn decap(
     };
 
     // SAFETY: the u32 is copied out at once.
-    let peer = unsafe { TUNNEL_PEERS.get(&addrs::key(&pkt.key.src, pkt.v6)) }
+    let peer = unsafe { TUNNEL_PEERS.get(&*addrs::key(&pkt.key.src, pkt.v6)) }
         .copied()
         .ok_or(Verdict::drop(Exception::DecapUnknownPeer))?;
 

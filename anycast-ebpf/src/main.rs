@@ -19,6 +19,7 @@ mod maps;
 mod parse;
 mod route;
 mod socket;
+mod stack;
 mod steer;
 
 use anycast_common::{
@@ -54,10 +55,10 @@ fn try_anycast(ctx: &XdpContext) -> Result<u32, Verdict> {
     if slot.bits == 0 {
         return Ok(xdp_action::XDP_PASS);
     }
-    let Some(cfg) = maps::config() else { return Ok(xdp_action::XDP_PASS) };
-
-    let mut pkt = parse::Packet::default();
+    let mut pkt = parse::Packet::zeroed();
     parse::packet(&frame, eth, &mut pkt)?;
+    // After the parse: a malformed packet does not need it.
+    let Some(cfg) = maps::config() else { return Ok(xdp_action::XDP_PASS) };
     if slot.bits & TUNNEL != 0 {
         if let Some(action) = decap::decap(ctx, frame, cfg, &pkt)? {
             return Ok(action);

@@ -13,11 +13,15 @@ use anycast_common::{
     addr::{filter_index_v4, filter_index_v6},
 };
 
-use crate::{addrs, frame::Frame};
+use crate::{
+    addrs,
+    frame::Frame,
+    stack::{put_v4, put_v6},
+};
 
 use anycast_common::wire::{
     ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ICMP_HLEN, IP_MF, IP_OFFSET, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
-    IPPROTO_HOPOPTS, IPPROTO_ROUTING, TCP_ACK, TCP_SYN, VLAN_HLEN, v4_in_16,
+    IPPROTO_HOPOPTS, IPPROTO_ROUTING, TCP_ACK, TCP_SYN, VLAN_HLEN,
 };
 pub use anycast_common::wire::{
     ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP,
@@ -36,16 +40,23 @@ pub struct Ethernet {
 }
 
 /// A VIP or tunnel candidate, parsed and validated.
-#[derive(Default)]
+///
+/// `repr(C)`, 8-byte aligned by its key: the program is built with misaligned accesses
+/// allowed (for the packet, anycast-user/build.rs), and the verifier still wants every
+/// stack access aligned to its size, so it is zeroed whole ([`Packet::zeroed`]: 8-byte
+/// stores) rather than field by field (which LLVM merges into misaligned wider stores).
+#[repr(C)]
 pub struct Packet {
+    /// The flow: for an ICMP too-big error, the reversed inner tuple (§3).
+    pub key: FlowKey,
     pub l2_len: usize,
-    pub v6: bool,
     /// IPv4 header length with options (IHL × 4), or 40.
     pub l3_hdr_len: usize,
     /// IP packet length: IPv4 total length, or 40 + IPv6 payload length.
     pub ip_len: usize,
     /// Offset of the L4 header (after options / extension headers).
     pub l4: usize,
+    pub v6: bool,
     /// The protocol after the extension headers, of this packet (not of an ICMP error's
     /// inner packet).
     pub l4_proto: u8,
@@ -60,8 +71,22 @@ pub struct Packet {
     /// The packet is itself an ICMP or ICMPv6 error message (answering it is forbidden,
     /// RFC 1122 §3.2.2, RFC 4443 §2.4(e)).
     pub is_icmp_error: bool,
-    /// The flow: for an ICMP too-big error, the reversed inner tuple (§3).
-    pub key: FlowKey,
+}
+
+impl Packet {
+    #[inline(always)]
+    pub fn zeroed() -> Packet {
+        // SAFETY: every field is an integer, a bool or an array of bytes: all zeros is valid.
+        unsafe { core::mem::zeroed() }
+    }
+}
+
+/// The 16 bytes of `h` at `AT` (an address in a header).
+#[inline(always)]
+fn sub16<const AT: usize, const N: usize>(h: &[u8; N]) -> &[u8; 16] {
+    const { assert!(AT + 16 <= N) };
+    // SAFETY: AT + 16 <= N, checked at compile time.
+    unsafe { &*h.as_ptr().add(AT).cast::<[u8; 16]>() }
 }
 
 #[inline(always)]
@@ -132,8 +157,8 @@ fn ipv4(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
         return Err(Exception::BadHeader);
     }
     let frag = be16([h[6], h[7]]);
-    pkt.key.src = v4_in_16([h[12], h[13], h[14], h[15]]);
-    pkt.key.dst = v4_in_16([h[16], h[17], h[18], h[19]]);
+    put_v4(&mut pkt.key.src, [h[12], h[13], h[14], h[15]]);
+    put_v4(&mut pkt.key.dst, [h[16], h[17], h[18], h[19]]);
     pkt.key.proto = h[9];
     pkt.key.family = Family::V4 as u8;
     pkt.l3_hdr_len = ihl;
@@ -199,8 +224,8 @@ fn ipv6(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
     if !fragment && matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT) {
         return Err(Exception::ExtHeaderLimit);
     }
-    pkt.key.src.copy_from_slice(&h[8..24]);
-    pkt.key.dst.copy_from_slice(&h[24..40]);
+    put_v6(&mut pkt.key.src, sub16::<8, _>(h));
+    put_v6(&mut pkt.key.dst, sub16::<24, _>(h));
     pkt.key.proto = next;
     pkt.key.family = Family::V6 as u8;
     pkt.l3_hdr_len = IPV6_HLEN;
@@ -290,8 +315,8 @@ fn icmp_inner_v4(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
     let quoted_later_fragment = be16([h[6], h[7]]) & IP_OFFSET != 0;
     if matches!(h[9], IPPROTO_TCP | IPPROTO_UDP) && !quoted_later_fragment {
         pkt.icmp_error = true;
-        pkt.key.src = v4_in_16([h[16], h[17], h[18], h[19]]);
-        pkt.key.dst = v4_in_16([h[12], h[13], h[14], h[15]]);
+        put_v4(&mut pkt.key.src, [h[16], h[17], h[18], h[19]]);
+        put_v4(&mut pkt.key.dst, [h[12], h[13], h[14], h[15]]);
         pkt.key.sport = be16([ports[2], ports[3]]);
         pkt.key.dport = be16([ports[0], ports[1]]);
         pkt.key.proto = h[9];
@@ -313,8 +338,8 @@ fn icmp_inner_v6(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
     }
     if matches!(h[6], IPPROTO_TCP | IPPROTO_UDP) {
         pkt.icmp_error = true;
-        pkt.key.src.copy_from_slice(&h[24..40]);
-        pkt.key.dst.copy_from_slice(&h[8..24]);
+        put_v6(&mut pkt.key.src, sub16::<24, _>(h));
+        put_v6(&mut pkt.key.dst, sub16::<8, _>(h));
         pkt.key.sport = be16([h[42], h[43]]);
         pkt.key.dport = be16([h[40], h[41]]);
         pkt.key.proto = h[6];

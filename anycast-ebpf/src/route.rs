@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use crate::maps::FIB_CACHE;
+use crate::{maps::FIB_CACHE, stack::Aligned};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -60,7 +60,7 @@ pub fn next_hop(ctx: &XdpContext, site: u32, dst: &[u8; 16], q: &Query) -> Resul
     }
 
     // SAFETY: an all-zero bpf_fib_lookup is the documented "no input" state.
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    let mut p: Aligned<FibParams> = Aligned(unsafe { core::mem::zeroed() });
     p.l4_protocol = q.proto;
     p.__bindgen_anon_1.tot_len = q.tot_len;
     p.ifindex = ingress;
@@ -75,9 +75,10 @@ pub fn next_hop(ctx: &XdpContext, site: u32, dst: &[u8; 16], q: &Query) -> Resul
         p.__bindgen_anon_4.ipv4_dst = word(dst, 0);
     }
     // SAFETY: `p` is a valid bpf_fib_lookup of the size passed.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, core::mem::size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p.0, core::mem::size_of::<FibParams>() as i32, 0) };
     // SAFETY: SUCCESS and FRAG_NEEDED both store the route MTU in the tot_len union member.
     let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
+    let (smac, dmac) = macs(&p);
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
             if let Some(c) = cache {
@@ -89,16 +90,29 @@ pub fn next_hop(ctx: &XdpContext, site: u32, dst: &[u8; 16], q: &Query) -> Resul
                         egress: p.ifindex,
                         expires: now + FIB_CACHE_TTL_JIFFIES,
                         mtu,
-                        dmac: p.dmac,
-                        smac: p.smac,
+                        dmac,
+                        smac,
                         pad: [0; 2],
                     };
                 }
             }
-            Ok(Route::Via { egress: p.ifindex, dmac: p.dmac, smac: p.smac })
+            Ok(Route::Via { egress: p.ifindex, dmac, smac })
         }
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Ok(Route::TooBig { mtu }),
         BPF_FIB_LKUP_RET_NO_NEIGH => Err(Exception::FibNoNeigh),
         _ => Err(Exception::FibFailed),
     }
+}
+
+/// `smac` and `dmac` of a lookup's answer, read as the two aligned 8-byte words that hold
+/// them (bytes 48..64: VLAN proto and TCI, smac, dmac): read as fields, LLVM would load
+/// them with 4-byte loads at offsets 52 and 58, which the verifier refuses on the stack.
+#[inline(always)]
+fn macs(p: &Aligned<FibParams>) -> ([u8; 6], [u8; 6]) {
+    const _: () =
+        assert!(core::mem::size_of::<FibParams>() == 64 && core::mem::offset_of!(FibParams, smac) == 52);
+    // SAFETY: 64 bytes at an 8-byte boundary, read as plain integers.
+    let w = unsafe { &*(&p.0 as *const FibParams as *const [u64; 8]) };
+    let (a, b) = (w[6].to_le_bytes(), w[7].to_le_bytes());
+    ([a[4], a[5], a[6], a[7], b[0], b[1]], [b[2], b[3], b[4], b[5], b[6], b[7]])
 }

@@ -21,6 +21,7 @@ use aya_ebpf::{
 use crate::{
     frame::Frame,
     parse::{IPV4_HLEN, IPV6_HLEN, Packet, TCP_HLEN},
+    stack::Aligned,
 };
 
 /// `BPF_TCP_LISTEN` (linux/bpf.h).
@@ -31,29 +32,24 @@ const TCP_LISTEN: u32 = 10;
 #[inline(always)]
 pub fn is_local(ctx: &XdpContext, frame: &Frame, pkt: &Packet, netns: u32) -> bool {
     let k: &FlowKey = &pkt.key;
-    // SAFETY: an all-zero tuple is a valid (empty) tuple; the union member written is the
-    // one whose size is passed.
-    let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let size = if k.family == Family::V6 as u8 {
-        let v6 = unsafe { &mut t.__bindgen_anon_1.ipv6 };
-        v6.saddr = [word(&k.src, 0), word(&k.src, 4), word(&k.src, 8), word(&k.src, 12)];
-        v6.daddr = [word(&k.dst, 0), word(&k.dst, 4), word(&k.dst, 8), word(&k.dst, 12)];
-        v6.sport = k.sport.to_be();
-        v6.dport = k.dport.to_be();
-        core::mem::size_of_val(v6)
+    // The tuple as the 8-byte words it is made of (`bpf_sock_tuple`: saddr, daddr, sport,
+    // dport; IPv4 4-byte addresses, IPv6 16-byte ones, ports in network order), stored as
+    // such: see `stack` for why not field by field.
+    let ports = k.sport.to_be() as u64 | (k.dport.to_be() as u64) << 16;
+    let (t, size) = if k.family == Family::V6 as u8 {
+        let (s, d) = (words(&k.src), words(&k.dst));
+        (Aligned([s[0], s[1], d[0], d[1], ports]), 36)
     } else {
-        let v4 = unsafe { &mut t.__bindgen_anon_1.ipv4 };
-        v4.saddr = word(&k.src, 0);
-        v4.daddr = word(&k.dst, 0);
-        v4.sport = k.sport.to_be();
-        v4.dport = k.dport.to_be();
-        core::mem::size_of_val(v4)
+        let addrs = word(&k.src, 0) as u64 | (word(&k.dst, 0) as u64) << 32;
+        (Aligned([addrs, ports, 0, 0, 0]), 12)
     };
+    const { assert!(core::mem::size_of::<bpf_sock_tuple>() == 36) };
     // A negative (as s32) namespace id means the ingress device's own namespace.
     let netns = if netns == u32::MAX { u64::MAX } else { netns as u64 };
     // SAFETY: `t` is a valid tuple of `size` bytes; the socket, if any, is released below
     // on every path.
-    let sk: *mut bpf_sock = unsafe { bpf_skc_lookup_tcp(ctx.as_ptr(), &mut t, size as u32, netns, 0) };
+    let sk: *mut bpf_sock =
+        unsafe { bpf_skc_lookup_tcp(ctx.as_ptr(), t.0.as_ptr().cast_mut().cast(), size, netns, 0) };
     if sk.is_null() {
         return false;
     }
@@ -90,4 +86,12 @@ fn syncookie(sk: *mut bpf_sock, frame: &Frame, pkt: &Packet) -> bool {
         }
     };
     rc == 0
+}
+
+/// A FlowKey address (at an 8-byte boundary) as its two 8-byte words, in memory order.
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u64; 2] {
+    let p = a.as_ptr().cast::<u64>();
+    // SAFETY: 16 readable bytes (aligned: a FlowKey's fields, but read unaligned anyway).
+    unsafe { [p.read_unaligned(), p.add(1).read_unaligned()] }
 }
