@@ -150,18 +150,15 @@ fn watch_tables(hosts: [&Daemon; 2], stop: &AtomicBool, out: &Mutex<Alike>) {
     }
 }
 
-#[test]
-fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
-    if !require("hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow", &[Need::Kernel]) {
-        return;
-    }
-    let _turn = serial::heavy();
-    let t = BehindRouter::new("hosts", &["a1", "a2", "b"]).expect("topology");
+/// The two hosts of site `a` behind the router's ECMP, and site `b`.
+fn site_of_two(tag: &str) -> BehindRouter {
+    let t = BehindRouter::new(tag, &["a1", "a2", "b"]).expect("topology");
     t.ecmp(&[0, 1], A_TUNNEL).expect("the site's ECMP route");
-    let services: Vec<UdpService> =
-        t.hosts.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
-    let sinks: Vec<Sink> =
-        t.hosts.iter().map(|ns| Sink::start(ns, (VIP, TCP_PORT).into()).expect("sink")).collect();
+    t
+}
+
+/// The three daemons, B first, once A1 and A2 see B up and A1 decides for site `a`.
+fn start(t: &BehindRouter) -> Vec<Daemon<'_>> {
     let mut daemons: Vec<Daemon> = t.hosts.iter().map(|ns| Daemon::new(ns).expect("daemon")).collect();
     for (i, d) in daemons.iter_mut().enumerate() {
         d.set_peer_listen((BehindRouter::uplink(i).parse::<std::net::Ipv4Addr>().unwrap(), PEER_PORT).into());
@@ -183,7 +180,22 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
         reading(a1, "anycast_deciding") == Some(1) && reading(a2, "anycast_deciding") == Some(0)
     });
     assert!(roles.is_some(), "A1 should decide for site a and A2 follow:\n{}\n{}", a1.log(), a2.log());
+    daemons
+}
 
+#[test]
+fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
+    if !require("hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow", &[Need::Kernel]) {
+        return;
+    }
+    let _turn = serial::heavy();
+    let t = site_of_two("hosts");
+    let services: Vec<UdpService> =
+        t.hosts.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
+    let sinks: Vec<Sink> =
+        t.hosts.iter().map(|ns| Sink::start(ns, (VIP, TCP_PORT).into()).expect("sink")).collect();
+    let daemons = start(&t);
+    let (a1, a2) = (&daemons[0], &daemons[1]);
     let alike = Mutex::new(Alike::default());
     let stop = AtomicBool::new(false);
     let client = FlowClient::default();
@@ -301,4 +313,65 @@ fn hosts_of_one_site_hold_one_table_and_an_ecmp_change_moves_no_flow() {
         .map(|r| format!("{}: {:?}", port(r), r.outcome))
         .collect();
     assert!(lost.is_empty(), "connections of A1, or in b's buckets, reset by the ECMP change: {lost:?}");
+}
+
+#[test]
+fn hosts_of_one_site_take_over_from_a_dead_deciding_host_and_hand_back() {
+    if !require("hosts_of_one_site_take_over_from_a_dead_deciding_host_and_hand_back", &[Need::Kernel]) {
+        return;
+    }
+    let _turn = serial::heavy();
+    let t = site_of_two("takeover");
+    let _services: Vec<UdpService> =
+        t.hosts.iter().map(|ns| UdpService::start(ns).expect("service")).collect();
+    let mut daemons = start(&t);
+    let stop = AtomicBool::new(false);
+    let client = FlowClient::default();
+    thread::scope(|s| {
+        let surge = s.spawn(|| client.send(&t.client, SURGE, SURGE * 30, &stop));
+        let b_weight = |d: &Daemon| reading(d, r#"anycast_site_weight{site="b"}"#).unwrap_or(0);
+        let shed = wait::until(Duration::from_secs(8), || b_weight(&daemons[0]) > 0);
+        assert!(shed.is_some(), "site a never shed to b:\n{}", daemons[0].log());
+        thread::sleep(Duration::from_secs(1));
+        // The deciding host's controller dies (its data path forwards on): A2 takes over once
+        // A1's report is stale (`stale_ms` 2 s), from the weights it has installed.
+        let before = Table::read(&daemons[1], Steering::Current, "tcp");
+        daemons[0].kill().expect("SIGKILL A1's controller");
+        let killed = Instant::now();
+        let took_over =
+            wait::until(Duration::from_secs(6), || reading(&daemons[1], "anycast_deciding") == Some(1));
+        let took_over = took_over.map(|_| killed.elapsed());
+        let after = Table::read(&daemons[1], Steering::Current, "tcp");
+        let moved_at_takeover = before.differing(&after);
+        let still_shedding = b_weight(&daemons[1]);
+        thread::sleep(Duration::from_secs(1));
+        // A1 comes back: first in the list, it decides again, from the weights its data
+        // path holds; A2 follows it within an interval or two, and their tables agree again.
+        daemons[0].start().expect("restart A1's controller");
+        let restarted = Instant::now();
+        let handed_back =
+            wait::until(Duration::from_secs(6), || reading(&daemons[1], "anycast_deciding") == Some(0))
+                .map(|_| restarted.elapsed());
+        let alike = wait::until(Duration::from_secs(5), || {
+            let x = Table::read(&daemons[0], Steering::Current, "tcp");
+            x == Table::read(&daemons[1], Steering::Current, "tcp")
+                && x == Table::read(&daemons[0], Steering::Current, "tcp")
+        })
+        .map(|_| restarted.elapsed());
+        stop.store(true, Ordering::Relaxed);
+        let _ = surge.join();
+        println!(
+            "two-host site: A1's controller killed while shedding: A2 decided {took_over:.2?} later, its \
+             table {moved_at_takeover} buckets different from before (b's weight then {still_shedding}); \
+             A1 restarted: A2 followed it again {handed_back:.2?} later, tables alike {alike:.2?} after the restart"
+        );
+        assert!(
+            took_over.is_some_and(|d| d <= Duration::from_secs(4)),
+            "A2 never took over:\n{}",
+            daemons[1].log()
+        );
+        assert!(still_shedding > 0, "A2 took over but stopped shedding (all new flows home)");
+        assert!(handed_back.is_some(), "A2 never handed back to A1:\n{}", daemons[1].log());
+        assert!(alike.is_some(), "A1 and A2 never agreed again after A1's restart");
+    });
 }
