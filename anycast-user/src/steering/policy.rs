@@ -15,8 +15,10 @@
 //!
 //! Each interval:
 //! 1. Overload is judged on the smoothed utilisation (only a calm that lasts brings flows
-//!    back). Shedding starts above `high` and ends when the load would stay below `low`
-//!    with every new flow kept.
+//!    back). Shedding starts above `high`, or an interval earlier when the load rose by more
+//!    than half the band between `target` and `high` in one interval and one more such
+//!    rise would pass `high` (a crowd still arriving: [`RISE`]), and ends when the load
+//!    would stay below `low` with every new flow kept.
 //! 2. While shedding, the wanted keep is what puts the site at `target`:
 //!    `(target·C − received − fixed − E) / (offered − fixed)`, where `E` is the local load
 //!    the current keep does not explain — established flows kept under an earlier, higher
@@ -43,10 +45,12 @@
 //!    sibling cannot give spills to the next one.
 //! 5. Bounded moves, both ways: the share of new flows moved in one interval (to or from
 //!    any site) is at most `max_step`; moved away from home over the last minute, at most
-//!    `max_moved_per_minute` (coming home is never held back by it); moves under 1 % are
-//!    not made, nor moves back against the last one under 2.5 % (unless overloaded, or a
-//!    sibling above its own target gets flows back): noise does not make the weights go
-//!    back and forth.
+//!    `max_moved_per_minute` (coming home is never held back by it); moves of keep under
+//!    1 % are not made, nor moves back against the last one under 2.5 % (unless
+//!    overloaded); with keep where it is, the shed share is spread anew among the siblings
+//!    only when that moves 5 % or more ([`SPREAD_BAND`]); a sibling above its own target by
+//!    more than 0.75 % ([`RELIEF`]) gets its flows back whatever the bands: noise (in our
+//!    figures or in the siblings' reports) does not make the weights go back and forth.
 //! 6. Escalation: overloaded with no room to shed into, or overloaded for `escalate_after`
 //!    while shedding (what cannot be shed), raises `no_headroom`, which the BGP speaker
 //!    acts on, slowly (`bgp/`).
@@ -240,6 +244,8 @@ pub struct State {
     /// The local load the keep in force does not explain, averaged (packets/s; may be
     /// negative: noise).
     pub unexplained: f64,
+    /// The smoothed utilisation at the last decision (None before the first).
+    pub last_utilisation: Option<f64>,
 }
 
 impl Default for State {
@@ -266,6 +272,7 @@ impl State {
             cpu_at: None,
             cpu_misses: 0,
             unexplained: 0.0,
+            last_utilisation: None,
         }
     }
 }
@@ -277,6 +284,17 @@ const DEAD_BAND: f64 = 0.01;
 const REVERSAL_BAND: f64 = 0.025;
 /// The weight of the last interval in the average of the unexplained local load.
 pub const UNEXPLAINED_WEIGHT: f64 = 0.25;
+/// A rise of the smoothed utilisation in one interval beyond this share of the band
+/// between `target` and `high` is a crowd arriving, not noise: shedding starts as soon as
+/// one more such rise would pass `high`, an interval before it does.
+pub const RISE: f64 = 0.5;
+/// With keep where it is, spreading the shed share anew among the siblings moves less
+/// than this share of new flows only to give a sibling above its target flows back:
+/// their reports' noise moves their rooms every interval.
+pub const SPREAD_BAND: f64 = 0.05;
+/// A sibling above its target by more than this (of its capacity) is relieved whatever
+/// the bands: below 1 %, so that one interval late it is still within 1 % of its target.
+pub const RELIEF: f64 = 0.0075;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
@@ -302,7 +320,11 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
         // moves take it from there.
         *state = State { shares: vec![0.0; siblings.len()], ..State::default() };
     }
-    let overloaded = local.utilisation() > knobs.high;
+    let u = local.utilisation();
+    let overloaded = u > knobs.high;
+    let rise = state.last_utilisation.map_or(0.0, |last| u - last);
+    state.last_utilisation = Some(u);
+    let arriving = rise > RISE * (knobs.high - knobs.target) && u + rise > knobs.high;
     // Overloaded, the last interval's figure counts at once if higher (a flash crowd: the
     // flows kept under keep 1 are there now); otherwise an average (noise).
     let e = unexplained(state.keep, local);
@@ -311,7 +333,7 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
         state.unexplained = state.unexplained.max(e);
     }
     state.overloaded_for = if overloaded { state.overloaded_for + 1 } else { 0 };
-    if overloaded {
+    if overloaded || arriving {
         state.shedding = true;
     } else if state.shedding && full_utilisation(state.keep, local) < knobs.low {
         state.shedding = false;
@@ -399,12 +421,27 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
     // makes the weights go back and forth.
     let turning = (keep - state.keep) * state.direction < 0.0;
     let band = if turning && !overloaded { REVERSAL_BAND } else { DEAD_BAND };
-    // A sibling above its own target gets back what it wants back, however little: the
-    // bands hold noise, not an overload we caused.
-    let relieving = siblings
-        .iter()
-        .zip(shares.iter().zip(&state.shares))
-        .any(|(s, (new, old))| new < old && s.report.is_some_and(|r| r.served > r.target * r.capacity));
+    // A sibling above its own target by more than RELIEF (one filled to its target is
+    // above it half the time by noise alone) gets back what it wants back, however
+    // little: the bands hold noise, not an overload we caused.
+    let relieving = siblings.iter().zip(shares.iter().zip(&state.shares)).any(|(s, (new, old))| {
+        new < old && s.report.is_some_and(|r| r.served > (r.target + RELIEF) * r.capacity)
+    });
+    // Keep where it is (its own move under the band): the shed share is spread anew only
+    // if that moves enough.
+    let (mut moved, mut band) = (moved, band);
+    let keep_move = (keep - state.keep).abs();
+    if keep_move < band && !(returning && keep_move > 0.0) && !relieving {
+        if keep < 1.0 {
+            let scale = (1.0 - state.keep) / (1.0 - keep);
+            shares.iter_mut().for_each(|s| *s *= scale);
+        } else {
+            shares.clone_from(&state.shares);
+        }
+        keep = state.keep;
+        moved = shares.iter().zip(&state.shares).map(|(a, b)| (a - b).abs()).sum::<f64>() / 2.0;
+        band = SPREAD_BAND;
+    }
     let step = if moved < band && !(returning && moved > 0.0) && !relieving {
         0.0
     } else if moved > budget {

@@ -433,3 +433,53 @@ fn siblings_of_equal_cost_share_in_proportion_to_their_room() {
     assert!((d.wants[1] / d.wants[0] - 3.0).abs() < 1e-9, "{d:?}");
     assert_eq!(d.wants[2], 0.0);
 }
+
+fn at(offered: f64, served: f64) -> Local {
+    let r = Rates { offered, received: 0.0, served };
+    Local { smoothed: r, recent: r, fixed: 0.0, capacity: 1000.0, cpu: None }
+}
+
+#[test]
+fn a_crowd_still_arriving_is_shed_an_interval_before_it_passes_high() {
+    let sib = [sibling(idle(10_000.0), 0.0, 1.0)];
+    // From 0.5 to 0.85 in one interval: another such rise passes high (0.9).
+    let mut state = State::default();
+    decide(&KNOBS, &mut state, &at(500.0, 500.0), &sib);
+    let d = decide(&KNOBS, &mut state, &at(850.0, 850.0), &sib);
+    assert!(!d.overloaded && state.shedding && d.keep < 1.0, "{d:?}");
+    assert!((d.keep - 800.0 / 850.0).abs() < 1e-9, "sized on the figures now: {}", d.keep);
+    // A rise within noise just below high is no crowd.
+    let mut state = State::default();
+    decide(&KNOBS, &mut state, &at(860.0, 860.0), &sib);
+    let d = decide(&KNOBS, &mut state, &at(890.0, 890.0), &sib);
+    assert!(!state.shedding && d.keep == 1.0, "{d:?}");
+}
+
+#[test]
+fn with_keep_in_place_noise_in_the_siblings_rooms_moves_nothing() {
+    // At target, shedding half of 1,600 pps to two siblings of 2,000 pps (target 1,600),
+    // each sent 400 pps: keep stays 0.5; the split follows their rooms.
+    let local = at(1600.0, 800.0);
+    let sibling_serving = |served: f64| {
+        let r =
+            Report { utilisation: served / 2000.0, served, capacity: 2000.0, target: 0.8, drained: false };
+        sibling(r, 400.0, 1.0)
+    };
+    let split = |a: f64, b: f64| {
+        let mut state = State::adopted(0.5, vec![0.25, 0.25]);
+        let d = decide(&KNOBS, &mut state, &local, &[sibling_serving(a), sibling_serving(b)]);
+        assert!((d.keep - 0.5).abs() < 1e-9, "{d:?}");
+        d.shares
+    };
+    // Rooms 1,100 and 900 (noise in their reports): a 0.275 / 0.225 split, 2.5 % moved
+    // between them for nothing; not made.
+    assert_eq!(split(900.0, 1100.0), vec![0.25, 0.25]);
+    // Rooms 1,600 and 400: a real change of room, spread anew.
+    let s = split(400.0, 1600.0);
+    assert!((s[0] - 0.4).abs() < 1e-9 && (s[1] - 0.1).abs() < 1e-9, "{s:?}");
+    // The same small move to relieve a sibling above its target by more than half the
+    // dead band (0.82) is made; one above it by noise alone (0.804) is not relieved.
+    let s = split(1560.0, 1640.0);
+    assert!((s[0] - 0.275).abs() < 1e-9 && (s[1] - 0.225).abs() < 1e-9, "{s:?}");
+    assert_eq!(split(1560.0, 1608.0), vec![0.25, 0.25]);
+}
