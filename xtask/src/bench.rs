@@ -66,9 +66,11 @@ pub fn run(options: &Options) -> Result<()> {
 
 /// The XDP object of the data path at git revision `rev`, built once from its own sources
 /// (`git archive`) by its own build script, and cached as
-/// `target/against/<commit>/anycast.bpf.o`. The build shares this workspace's target
-/// directory for the host crates (the same dependencies compile once); its eBPF crate
-/// builds in its own tree.
+/// `target/against/<commit>/anycast.bpf.o`. Its host crates build in a target directory of
+/// their own, shared by every revision (`target/against/target`: cargo gives a workspace's
+/// crates the same artifact names whatever their path, so a build of another tree in this
+/// one's would replace this build's artifacts), in the dev profile (its build script builds
+/// the eBPF object in release whatever the host profile); its eBPF crate builds in its tree.
 fn object_at(rev: &str) -> Result<PathBuf> {
     let root = toolchain::workspace_root();
     let out = Command::new("git")
@@ -109,8 +111,8 @@ fn object_at(rev: &str) -> Result<PathBuf> {
     println!("bench: building the data path of {rev} ({commit}) in {}", src.display());
     let mut cmd = toolchain::cargo();
     cmd.current_dir(&src)
-        .args(["build", "--release", "--package", "anycast-user", "--lib", "--target-dir"])
-        .arg(toolchain::target_dir())
+        .args(["build", "--package", "anycast-user", "--lib", "--target-dir"])
+        .arg(toolchain::target_dir().join("against/target"))
         // Its build script puts the eBPF build under CARGO_TARGET_DIR when set: keep it in
         // its own tree, apart from this build's.
         .env_remove("CARGO_TARGET_DIR");
