@@ -60,13 +60,16 @@ pub struct HostRates {
 
 /// One host's own measurement (`policy::Local` on the wire, less the capacity: the hosts
 /// of a site are alike, and each knows the site's from its config).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostLoad {
     pub smoothed: HostRates,
     pub recent: HostRates,
     pub fixed: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<f64>,
+    /// Packets/s it forwards to each other site (by name): the site sends the sum.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forwarded: BTreeMap<String, f64>,
 }
 
 /// The weights and the down set that the deciding host of a site decided, for every host

@@ -260,10 +260,11 @@ pub fn accept(f: &Fetched, expect: &Expect, last: Option<(u64, u64)>) -> Result<
             format!("claims {} (sends {}) on `{site}`: need 0..={MAX_RATE:e}", c.wants, c.sends),
         ));
     }
-    let host_valid = r.host_load.is_none_or(|h| {
+    let host_valid = r.host_load.as_ref().is_none_or(|h| {
         [h.smoothed, h.recent].iter().all(|x| rate(x.offered) && rate(x.received) && rate(x.served))
             && rate(h.fixed)
             && h.cpu.is_none_or(|c| (0.0..=MAX_UTILISATION).contains(&c))
+            && h.forwarded.values().all(|&f| rate(f))
     });
     if !host_valid {
         return Err(refuse(Refusal::Invalid, format!("host figures out of range: {:?}", r.host_load)));

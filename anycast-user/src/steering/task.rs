@@ -144,9 +144,15 @@ fn lead_time(config: &Config) -> Duration {
     2 * tick_of(config) + config.load.as_ref().map_or(tick_of(config), |l| l.peer_timeout)
 }
 
-fn host_load(l: &policy::Local) -> HostLoad {
+fn host_load(l: &policy::Local, forwarded: &BTreeMap<String, f64>) -> HostLoad {
     let rates = |r: &policy::Rates| HostRates { offered: r.offered, received: r.received, served: r.served };
-    HostLoad { smoothed: rates(&l.smoothed), recent: rates(&l.recent), fixed: l.fixed, cpu: l.cpu }
+    HostLoad {
+        smoothed: rates(&l.smoothed),
+        recent: rates(&l.recent),
+        fixed: l.fixed,
+        cpu: l.cpu,
+        forwarded: forwarded.clone(),
+    }
 }
 
 fn local_of(h: &HostLoad, capacity: f64) -> policy::Local {
@@ -363,23 +369,31 @@ impl Steering {
         }
         self.deciding = deciding;
         // The site's figures: this host's and, in a site of several, the others' that are
-        // fresh and attached.
-        let mates: Vec<policy::Local> = match host {
+        // fresh and attached; what it forwards to each site, by name.
+        let forwarded: BTreeMap<String, f64> = remote_sites(config)
+            .filter_map(|s| Some((s.name.clone(), *rates.forwarded.get(&dp.site_index(&s.name)?)?)))
+            .collect();
+        let mates: Vec<&HostLoad> = match host {
             Some(me_host) if deciding => site
                 .hosts
                 .iter()
                 .filter(|h| h.name != me_host)
                 .filter_map(|h| self.peers.get(&peer_key(&site.name, Some(&h.name)))?.fresh(now, stale))
                 .filter(|r| r.attached)
-                .filter_map(|r| r.host_load.as_ref().map(|l| local_of(l, site.host_capacity())))
+                .filter_map(|r| r.host_load.as_ref())
                 .collect(),
             _ => Vec::new(),
         };
+        let mut site_forwarded = forwarded.clone();
+        for (name, f) in mates.iter().flat_map(|m| &m.forwarded) {
+            *site_forwarded.entry(name.clone()).or_default() += f;
+        }
+        let mates: Vec<policy::Local> = mates.iter().map(|l| local_of(l, site.host_capacity())).collect();
         let whole = policy::Local::sum(std::iter::once(&me).chain(&mates));
 
         let decision = if deciding {
             config.load.as_ref().map(|l| {
-                let siblings = self.siblings(config, dp, &rates.forwarded, &down, now);
+                let siblings = self.siblings(config, dp, &site_forwarded, &down, now);
                 policy::decide(&Knobs::of(l), &mut self.policy, &whole, &siblings)
             })
         } else {
@@ -387,8 +401,7 @@ impl Steering {
         };
         let remote = || remote_sites(config).map(|s| s.name.as_str());
         let weights = decision.as_ref().map(|d| policy::weights(&local_name, remote(), d));
-        let sends =
-            |name: &str| dp.site_index(name).and_then(|i| rates.forwarded.get(&i)).copied().unwrap_or(0.0);
+        let sends = |name: &str| site_forwarded.get(name).copied().unwrap_or(0.0);
         let claims = decision.as_ref().map_or_else(BTreeMap::new, |d| {
             remote()
                 .zip(&d.wants)
@@ -430,7 +443,7 @@ impl Steering {
                 drained: dp.drained.contains(&local_name),
                 attached: dp.attached,
                 host: host.map(str::to_owned),
-                host_load: Some(host_load(&me)),
+                host_load: Some(host_load(&me, &forwarded)),
                 decisions: Vec::new(),
                 ..l.clone()
             },
@@ -452,7 +465,7 @@ impl Steering {
                     measured_at,
                     claims,
                     host: host.map(str::to_owned),
-                    host_load: host.map(|_| host_load(&me)),
+                    host_load: host.map(|_| host_load(&me, &forwarded)),
                     decisions,
                 }
             }
@@ -526,7 +539,7 @@ impl Steering {
         &self,
         config: &Config,
         dp: &DataPathView,
-        forwarded: &BTreeMap<u32, f64>,
+        forwarded: &BTreeMap<String, f64>,
         down: &BTreeSet<String>,
         now: Instant,
     ) -> Vec<Sibling> {
@@ -542,7 +555,8 @@ impl Steering {
                 // What the other shedders want from it (their own reports say).
                 others_want: fresh.iter().filter_map(|r| r.claims.get(&s.name)).map(|c| c.wants).sum(),
                 others_send: fresh.iter().filter_map(|r| r.claims.get(&s.name)).map(|c| c.sends).sum(),
-                ours: dp.site_index(&s.name).and_then(|i| forwarded.get(&i)).copied().unwrap_or(0.0),
+                // What this site (all its hosts) sends it now.
+                ours: forwarded.get(&s.name).copied().unwrap_or(0.0),
                 report: self.site_report(s, now, stale(config)).map(policy::Report::of),
             })
             .collect()
