@@ -575,17 +575,22 @@ impl Steering {
         // a poll skipped by a backoff would be a decision missed.
         let mut mates = Vec::new();
         for s in &config.sites {
-            let capacity = s.capacity as f64;
-            if let Some(peer) = s.peer {
-                wanted.insert(peer_key(&s.name, None), (&s.name, None, peer, capacity));
+            // A site's report is served at its `peer`, or at each of its hosts (ours: the others).
+            let targets: Vec<(String, Option<&str>, std::net::SocketAddr)> = match s.peer {
+                Some(peer) => vec![(peer_key(&s.name, None), None, peer)],
+                None => s
+                    .hosts
+                    .iter()
+                    .filter(|h| Some(h.name.as_str()) != me)
+                    .map(|h| (peer_key(&s.name, Some(&h.name)), Some(h.name.as_str()), h.peer))
+                    .collect(),
+            };
+            for (k, host, addr) in &targets {
+                wanted.insert(k.clone(), (&s.name, *host, *addr, s.capacity as f64));
             }
-            let hosts = s.hosts.iter().filter(|h| Some(h.name.as_str()) != me);
-            let keys: Vec<String> = hosts.clone().map(|h| peer_key(&s.name, Some(&h.name))).collect();
-            for (h, k) in hosts.zip(&keys) {
-                wanted.insert(k.clone(), (&s.name, Some(&h.name), h.peer, capacity));
-            }
-            let answering = |k: &String| self.peers.get(k).is_none_or(|p| p.failures == 0);
-            match (&s.kind, keys.iter().find(|k| answering(k))) {
+            let keys: Vec<String> = targets.into_iter().map(|(k, ..)| k).collect();
+            let answering = |k: &&String| self.peers.get(*k).is_none_or(|p| p.failures == 0);
+            match (&s.kind, keys.iter().find(answering)) {
                 // The others of our own site: each, for its own figures.
                 (SiteKind::Local, _) => mates.extend(keys),
                 // Only the deciding host of a site reads the other sites' reports (after a
@@ -594,9 +599,6 @@ impl Steering {
                 (SiteKind::Remote { .. }, Some(first)) => due.push(first.clone()),
                 // None answers: try each again (as its backoff allows) until one does.
                 (SiteKind::Remote { .. }, None) => due.extend(keys),
-            }
-            if s.peer.is_some() && (self.deciding || matches!(s.kind, SiteKind::Local)) {
-                due.push(peer_key(&s.name, None));
             }
         }
         self.peers.retain(|k, _| wanted.contains_key(k));
