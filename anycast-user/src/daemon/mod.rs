@@ -199,14 +199,17 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
         let app = server::peer_router(handles.clone());
         tasks.spawn("peer API", listener::serve(peer_listener, app, peer_gate));
     }
+    let (installer, install_handle) =
+        steering::install::channels(owner.clone(), datapath.clone(), key.clone());
     let inputs = steering::task::Inputs {
-        owner: owner.clone(),
+        installer: install_handle,
         datapath: datapath.clone(),
         counters: counters.clone(),
         key,
         view: steering_tx,
         report: report_tx,
     };
+    tasks.spawn("installer", steering::install::run(installer));
     tasks.spawn("steering", steering::task::run(inputs));
     // Idle without [bgp]; follows reloads that add, change or remove it.
     tasks.spawn("BGP", bgp::run(datapath.clone(), steering_rx.clone(), bgp_tx));

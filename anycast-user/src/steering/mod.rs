@@ -3,6 +3,7 @@
 //! and the task that runs them every tick.
 
 pub mod health;
+pub mod install;
 pub mod meter;
 pub mod peers;
 pub mod policy;

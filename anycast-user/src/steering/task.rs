@@ -1,17 +1,19 @@
 //! The steering task of the daemon: every tick it polls the sibling sites' `GET /load`,
 //! probes them through the data path (`[health]`), measures the local load (`meter.rs`),
 //! runs the policy (`policy.rs`, `[load]`), publishes this site's report and its view, and
-//! hands the resulting weights and the set of sites that are down to the data-path owner,
-//! which rewrites the Maglev tables only when something changed by more than
-//! [`policy::MIN_CHANGE`] (one log line per change, never per packet).
+//! hands the resulting weights and the set of sites that are down to the installer
+//! (`install.rs`), which has the data-path owner rewrite the Maglev tables only when
+//! something changed by more than [`policy::MIN_CHANGE`] (one log line per change, never
+//! per packet).
 //!
 //! A site of several hosts (`hosts` in its [[sites]] entry, `[local] host`): its hosts
 //! poll each other's `GET /load` for their own figures; the first host in config order
 //! whose report is fresh and attached (or this one) *decides*, on the sum of the hosts'
-//! figures, and publishes its decision with a moment to install it (one interval and a
-//! peer timeout ahead: every host has polled it by then); every host of the site (it
-//! included) installs each decision at that moment, so that their Maglev tables are alike
-//! at every instant and an ECMP change at the site's routers moves no flow. The others
+//! figures, and publishes its decision with a moment to install it
+//! ([`install::lead_time`] ahead: the others poll it more often than the tick, and have
+//! it by then); every host of the site (it included) installs each decision at that
+//! moment (`install.rs`), so that their Maglev tables are alike at every instant and an
+//! ECMP change at the site's routers moves no flow. The others
 //! relay the deciding host's site figures in their own reports, so that other sites may
 //! poll any host of the site: they poll one (the first that answers), not all.
 //!
@@ -30,16 +32,16 @@ use std::{
 
 use tokio::{
     sync::watch,
-    time::{MissedTickBehavior, interval, sleep},
+    time::{MissedTickBehavior, interval},
 };
 
 use super::{
     health::Tracker,
+    install::{self, Command, Leader},
     meter::{CpuTimes, Meter, Reading},
     peers::{self, Expect, Peer, PeerKey, Published},
     policy::{self, Decision, Knobs, Sibling},
     probe::Prober,
-    schedule::Schedule,
 };
 use crate::{
     config::{Config, Encap, Site, SiteKind},
@@ -48,7 +50,6 @@ use crate::{
         Claim, DataPathView, HostLoad, HostRates, LoadReport, SiteDecision, SiteView, SteeringView,
         WEIGHT_SCALE,
     },
-    owner::{OwnerError, actor::OwnerHandle},
     reconcile::Dynamic,
 };
 
@@ -69,17 +70,22 @@ pub fn tick_of(config: &Config) -> Duration {
     }
 }
 
-fn stale(config: &Config) -> Duration {
+pub(super) fn stale(config: &Config) -> Duration {
     config.load.as_ref().map_or(Duration::from_secs(3), |l| l.stale)
 }
 
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The installer is gone: the daemon is stopping (or the installer died: the supervisor
+/// sees that first).
+struct Gone;
+
 /// What the task works with and where it publishes.
 pub struct Inputs {
-    pub owner: OwnerHandle,
+    /// The installer's channels: every weight change goes through it.
+    pub installer: install::Handle,
     pub datapath: watch::Receiver<Arc<DataPathView>>,
     pub counters: Arc<Counters>,
     /// The deployment's peer key (`[admin] peer_key_file`): signs our report, checks theirs.
@@ -88,8 +94,7 @@ pub struct Inputs {
     pub report: watch::Sender<Arc<Published>>,
 }
 
-/// Runs until the owner is gone (the daemon is stopping, or the owner died: the
-/// supervisor sees that first).
+/// Runs until the installer is gone.
 pub async fn run(inputs: Inputs) {
     if crate::datapath::fault::armed("steering-task") {
         panic!("fault injection: the steering task panics");
@@ -101,26 +106,15 @@ pub async fn run(inputs: Inputs) {
     // bunching several up.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        // A decision of the site's deciding host is installed at its moment, between ticks.
-        let due = s.next_due();
-        let activation = tokio::select! {
-            _ = ticker.tick() => false,
-            _ = sleep(due.unwrap_or(Duration::from_secs(3600))), if due.is_some() => true,
-        };
+        ticker.tick().await;
         // The config of this tick, taken after the wait: a reload during it is seen now.
         let dp = inputs.datapath.borrow().clone();
-        if activation {
-            if let Err(OwnerError::Gone) = s.activate(&inputs, &dp).await {
-                return;
-            }
-            continue;
-        }
         if tick_of(&dp.config) != period {
             period = tick_of(&dp.config);
             ticker = interval(period);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
-        if let Err(OwnerError::Gone) = s.tick(&inputs, &dp).await {
+        if s.tick(&inputs, &dp).await.is_err() {
             return;
         }
     }
@@ -134,14 +128,6 @@ fn peer_key(site: &str, host: Option<&str>) -> String {
 /// This host's name, if the local site has several.
 fn this_host(config: &Config) -> Option<&str> {
     config.local_site().filter(|s| !s.hosts.is_empty()).and(config.local.host.as_deref())
-}
-
-/// How far ahead a site's decision is to be installed: every other host of the site polls
-/// the deciding one every interval and waits at most a peer timeout for it, so two polls
-/// fall within this time: one lost poll loses no decision (each report carries all those
-/// still to be installed).
-fn lead_time(config: &Config) -> Duration {
-    2 * tick_of(config) + config.load.as_ref().map_or(tick_of(config), |l| l.peer_timeout)
 }
 
 fn host_load(l: &policy::Local, forwarded: &BTreeMap<String, f64>) -> HostLoad {
@@ -186,16 +172,15 @@ struct Steering {
     next_health: Instant,
     /// The prober and the tunnel addresses it was made for, or why it could not be made.
     prober: Option<(Result<Arc<Prober>, String>, TunnelAddrs)>,
-    changes: u64,
     ticks: u64,
     /// This controller's start (ms since the epoch) and measurements since: the report's
     /// epoch and sequence.
     epoch: u64,
     seq: u64,
-    /// In a site of several hosts: whether this one decided at the last tick, and the
-    /// decisions seen (its own or the deciding host's), not installed yet.
+    /// In a site of several hosts: whether this one decided at the last tick, and its
+    /// decisions not installed yet (its report carries them).
     deciding: bool,
-    schedule: Schedule,
+    pending: Vec<SiteDecision>,
 }
 
 impl Steering {
@@ -208,59 +193,11 @@ impl Steering {
             health: BTreeMap::new(),
             next_health: Instant::now(),
             prober: None,
-            changes: 0,
             ticks: 0,
             epoch: unix_ms(),
             seq: 0,
             deciding: true,
-            schedule: Schedule::default(),
-        }
-    }
-
-    /// How long until the earliest scheduled decision is due.
-    fn next_due(&self) -> Option<Duration> {
-        let now = unix_ms();
-        self.schedule.next_at().map(|at| Duration::from_millis(at.saturating_sub(now)))
-    }
-
-    /// Installs the latest decision that is due (the earlier ones are past).
-    async fn activate(&mut self, inputs: &Inputs, dp: &DataPathView) -> Result<(), OwnerError> {
-        let now = unix_ms();
-        let Some(d) = self.schedule.take_due(now) else { return Ok(()) };
-        let late = now.saturating_sub(d.at);
-        if late > tick_of(&dp.config).as_millis() as u64 {
-            log::warn!("steering: installing {}'s decision {late} ms late", d.by);
-        }
-        let dynamic = Dynamic { weights: d.weights, down: d.down };
-        let note = format!(" (decided by {})", d.by);
-        self.install(inputs, dp, dynamic, &note).await
-    }
-
-    /// Hands `dynamic` to the owner if it differs enough from what is applied.
-    async fn install(
-        &mut self,
-        inputs: &Inputs,
-        dp: &DataPathView,
-        dynamic: Dynamic,
-        note: &str,
-    ) -> Result<(), OwnerError> {
-        let applied = Dynamic { weights: dp.load_weights.clone(), down: dp.down.clone() };
-        if !differs(&dynamic, &applied) {
-            return Ok(());
-        }
-        match inputs.owner.apply(dynamic.clone(), dp.generation).await {
-            Ok(a) => {
-                self.changes += 1;
-                log::info!("{}", describe(&dynamic, note, a.writes));
-                Ok(())
-            }
-            // A reload came in between: the next tick decides against the new config.
-            Err(OwnerError::Stale(..)) => Ok(()),
-            Err(OwnerError::Gone) => Err(OwnerError::Gone),
-            Err(e) => {
-                log::error!("steering: applying weights: {e}; the previous weights stay");
-                Ok(())
-            }
+            pending: Vec::new(),
         }
     }
 
@@ -296,7 +233,8 @@ impl Steering {
         (me, None)
     }
 
-    async fn tick(&mut self, inputs: &Inputs, dp: &DataPathView) -> Result<(), OwnerError> {
+    /// Err: the installer is gone (the daemon is stopping).
+    async fn tick(&mut self, inputs: &Inputs, dp: &DataPathView) -> Result<(), Gone> {
         let config = &dp.config;
         let now = Instant::now();
         self.ticks += 1;
@@ -368,6 +306,17 @@ impl Steering {
             self.policy = adopted(dp);
         }
         self.deciding = deciding;
+        let follow = leader.as_ref().and(site.hosts.iter().find(|h| h.name == decider)).map(|h| Leader {
+            site: local_name.clone(),
+            host: h.name.clone(),
+            addr: h.peer,
+            capacity: site.capacity as f64,
+        });
+        inputs.installer.leader.send_if_modified(|l| {
+            let changed = *l != follow;
+            *l = follow.clone();
+            changed
+        });
         // The site's figures: this host's and, in a site of several, the others' that are
         // fresh and attached; what it forwards to each site, by name.
         let forwarded: BTreeMap<String, f64> = remote_sites(config)
@@ -418,19 +367,22 @@ impl Steering {
         // its moment, and the report carries every decision still to be installed.
         let decisions = match (host, &leader) {
             (Some(h), None) => {
-                self.schedule.push(SiteDecision {
+                let decision = SiteDecision {
                     by: h.to_owned(),
                     epoch: self.epoch,
                     seq: self.seq,
-                    at: measured_at + lead_time(config).as_millis() as u64,
+                    at: measured_at + install::lead_time(config).as_millis() as u64,
                     // A site missing from the weights gets 0: the body stays small whatever
                     // the number of sites.
                     weights: weights
                         .as_ref()
                         .map(|w| w.iter().filter(|(_, w)| **w > 0).map(|(n, w)| (n.clone(), *w)).collect()),
                     down: down.clone(),
-                });
-                self.schedule.pending().to_vec()
+                };
+                self.pending.retain(|d| d.at > measured_at);
+                self.pending.push(decision.clone());
+                inputs.installer.commands.send(Command::Decided(decision)).await.map_err(|_| Gone)?;
+                self.pending.clone()
             }
             _ => Vec::new(),
         };
@@ -474,18 +426,18 @@ impl Steering {
         let keep = decision.as_ref().map(|d| d.keep);
         self.publish(inputs, config, dp, &local_name, &decider, keep, report.clone(), now);
 
+        let send = |c| inputs.installer.commands.send(c);
         match host {
             // A site of one host installs what it decided at once.
             None => {
                 let note = describe_decision(decision.as_ref(), &whole);
-                self.install(inputs, dp, Dynamic { weights, down }, &note).await
+                send(Command::Now { dynamic: Dynamic { weights, down }, note }).await.map_err(|_| Gone)
             }
+            // The deciding host's decisions, as this tick's poll got them (the installer
+            // polls it more often).
             Some(_) => {
                 for d in leader.map(|l| l.decisions).unwrap_or_default() {
-                    self.schedule.push(d);
-                }
-                if self.next_due() == Some(Duration::ZERO) {
-                    return self.activate(inputs, dp).await;
+                    send(Command::Decided(d)).await.map_err(|_| Gone)?;
                 }
                 Ok(())
             }
@@ -529,7 +481,7 @@ impl Steering {
             report: Some(report),
             sites,
             keep,
-            weight_changes: self.changes,
+            weight_changes: *inputs.installer.changes.borrow(),
             ticks: self.ticks,
             refused,
         }));
@@ -708,36 +660,6 @@ impl Steering {
 /// The remote sites in config order: the order of the policy's siblings.
 fn remote_sites(config: &Config) -> impl Iterator<Item = &crate::config::Site> {
     config.sites.iter().filter(|s| matches!(s.kind, SiteKind::Remote { .. }))
-}
-
-/// Whether `next` is worth a Maglev rebuild over what is applied.
-fn differs(next: &Dynamic, applied: &Dynamic) -> bool {
-    if next.down != applied.down {
-        return true;
-    }
-    match (&next.weights, &applied.weights) {
-        // A site missing from one gets 0 there.
-        (Some(a), Some(b)) => {
-            let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            let weight = |m: &BTreeMap<String, u32>, n: &String| m.get(n).copied().unwrap_or(0);
-            policy::worth_applying(names.into_iter().map(|n| (weight(a, n), weight(b, n))))
-        }
-        (a, b) => a.is_some() != b.is_some(),
-    }
-}
-
-/// The log line of one applied change.
-fn describe(d: &Dynamic, note: &str, writes: usize) -> String {
-    let mut line = String::from("steering:");
-    if let Some(w) = &d.weights {
-        let list: Vec<String> = w.iter().map(|(n, w)| format!("{n}={w}")).collect();
-        line += &format!(" weights {}", list.join(" "));
-    }
-    line += note;
-    if !d.down.is_empty() {
-        line += &format!(" down: {}", d.down.iter().cloned().collect::<Vec<_>>().join(","));
-    }
-    line + &format!("; {writes} map writes")
 }
 
 /// What a site of one host decided, for the log line of its change.
