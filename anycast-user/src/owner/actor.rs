@@ -80,14 +80,10 @@ pub fn spawn(owner: Owner) -> std::io::Result<Thread> {
 
 fn run(mut owner: Owner, rx: mpsc::Receiver<Command>, view: watch::Sender<Arc<DataPathView>>) {
     loop {
-        let command = match rx.recv_timeout(LINK_CHECK) {
-            Ok(command) => Some(command),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
+        match rx.recv_timeout(LINK_CHECK) {
+            Ok(command) => handle(&mut owner, command, &view),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        };
-        let handled = command.is_some();
-        if let Some(command) = command {
-            handle(&mut owner, command);
         }
         let links_changed = owner.check_links();
         if links_changed && !owner.attached {
@@ -95,23 +91,39 @@ fn run(mut owner: Owner, rx: mpsc::Receiver<Command>, view: watch::Sender<Arc<Da
                 "the data path is not attached on every configured interface (a link is missing or defunct)"
             );
         }
-        // Every command may have changed something; publishing an equal view costs one Arc
-        // swap.
-        if handled || links_changed {
-            view.send_replace(Arc::new(owner.view()));
+        if links_changed {
+            publish(&owner, &view);
         }
     }
 }
 
-fn handle(owner: &mut Owner, command: Command) {
+/// Every command may have changed something; publishing an equal view costs one Arc swap.
+fn publish(owner: &Owner, view: &watch::Sender<Arc<DataPathView>>) {
+    view.send_replace(Arc::new(owner.view()));
+}
+
+/// Applies `command`, publishes the view it leaves, and only then replies: whoever reads a
+/// view after a command's answer (`anycast drain X && anycast status`) sees the change.
+fn handle(owner: &mut Owner, command: Command, view: &watch::Sender<Arc<DataPathView>>) {
     // A reply nobody waits for any more (the HTTP client went away) is dropped: the change
     // itself is done and published.
+    fn answer<T>(
+        owner: &Owner,
+        view: &watch::Sender<Arc<DataPathView>>,
+        reply: Reply<T>,
+        result: Result<T, OwnerError>,
+    ) {
+        publish(owner, view);
+        let _ = reply.send(result);
+    }
     match command {
         Command::Apply { dynamic, generation, reply } => {
-            let _ = reply.send(owner.set_dynamic(dynamic, generation));
+            let result = owner.set_dynamic(dynamic, generation);
+            answer(owner, view, reply, result);
         }
         Command::Reload { config, reply } => {
-            let _ = reply.send(owner.reload(*config));
+            let result = owner.reload(*config);
+            answer(owner, view, reply, result);
         }
         Command::Drain { site, drained, reply } => {
             let result = owner.set_drained(&site, drained);
@@ -121,15 +133,17 @@ fn handle(owner: &mut Owner, command: Command) {
                     if drained { "drained" } else { "undrained" }
                 );
             }
-            let _ = reply.send(result);
+            answer(owner, view, reply, result);
         }
         Command::Preview { config, reply } => {
-            let _ = reply.send(owner.preview(&config));
+            let result = owner.preview(&config);
+            answer(owner, view, reply, result);
         }
-        Command::Refused { message } => owner.refused(message),
-        Command::Ping { reply } => {
-            let _ = reply.send(Ok(()));
+        Command::Refused { message } => {
+            owner.refused(message);
+            publish(owner, view);
         }
+        Command::Ping { reply } => answer(owner, view, reply, Ok(())),
     }
 }
 
