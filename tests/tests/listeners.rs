@@ -1,5 +1,5 @@
-//! The daemon's TCP listeners against slow clients (issue 15; docs/controller.md, "Control
-//! surfaces"), with the real binary on the namespaces of `topology::local_site`:
+//! The daemon's listeners against slow and greedy clients (issue 15; docs/controller.md,
+//! "Control surfaces"), with the real binary on the namespaces of `topology::local_site`:
 //!
 //! ```text
 //! client c0 10.1.0.2 (+ 10.1.0.10-18) ⇄ l0 10.1.0.1 [site: peer_listen 10.1.0.1:9101]
@@ -14,17 +14,29 @@
 //! 2. 72 such connections from 9 addresses: 64 are served (the cap), 8 closed at once, and
 //!    so is a well-behaved client meanwhile (the cap bounds the descriptors, whoever asks);
 //!    2 s later all are closed and `/load` answers again.
+//!
+//! `listeners_admin_socket_bounds_a_uid_slow_headers_and_bodies`, on the Unix admin socket:
+//! 1. 12 connections of root's, each sending half a request header: 8 (a uid's share) are
+//!    served and 4 closed at once, counted; root's `anycast status` is refused meanwhile
+//!    and a member of the socket's group (uid 65534) gets its status; the 8 are closed by
+//!    the server 5 s after their half header, and then root's `anycast status` answers.
+//! 2. `POST /plan` with a body past 1 MiB: 413, from a raw client and through `anycast plan`;
+//!    the daemon serves on.
 
 use std::{
+    ffi::OsStr,
     io::{ErrorKind, Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    os::unix::{net::UnixStream, process::CommandExt},
+    path::Path,
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
 use anycast_tests::topology::{LOCAL_SITE, local_site};
 use socket2::{Domain, Socket, Type};
 use testkit::{
-    daemon::Daemon,
+    daemon::{Daemon, anycast_bin},
     metrics::{self, metric},
     netns::Netns,
     require::{Need, require},
@@ -48,6 +60,14 @@ const SOURCES: u8 = 9;
 const GETS: usize = 20;
 /// How long the idle connections are watched: the header timeout and ample slack.
 const WATCH: Duration = Duration::from_secs(6);
+/// The admin socket's bounds docs/controller.md promises: connections per uid, the time to
+/// send a header, the largest body.
+const ADMIN_PER_UID: usize = 8;
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const ADMIN_BODY_LIMIT: usize = 1 << 20;
+/// Root's connections to the admin socket: more than its share.
+const ADMIN_IDLE: usize = 12;
+const ADMIN_WATCH: Duration = Duration::from_secs(9);
 /// Closed "at once": well before the header timeout.
 const AT_ONCE: Duration = Duration::from_millis(500);
 
@@ -70,7 +90,7 @@ fn refused_outright(site: &Netns) -> Result<(), String> {
 
 /// How long after its half header each connection was closed.
 fn lifetimes(sent: &[Instant], closed: &[Option<Instant>]) -> Vec<Duration> {
-    assert!(closed.iter().all(Option::is_some), "a slow connection still open after {WATCH:?}");
+    assert!(closed.iter().all(Option::is_some), "a slow connection still open at the end of the watch");
     sent.iter().zip(closed).map(|(s, c)| c.expect("closed") - *s).collect()
 }
 
@@ -115,14 +135,15 @@ fn open_slow(ns: &Netns, sources: &[Ipv4Addr], per: usize) -> Vec<(Instant, Opti
     })
 }
 
-/// When each of `conns` was closed by the server, watched until all are or [`WATCH`]
-/// passes (`None`: still open). A server that answered anything instead is a failure.
-fn watch_closed(conns: Vec<(Instant, Option<TcpStream>)>) -> Vec<Option<Instant>> {
+/// When each of `conns` (non-blocking) was closed by the server, watched until all are or
+/// `watch` passes (`None`: still open). A server that answered anything instead is a
+/// failure.
+fn watch_closed<S: Read>(conns: Vec<(Instant, Option<S>)>, watch: Duration) -> Vec<Option<Instant>> {
     let start = Instant::now();
     let mut closed: Vec<Option<Instant>> = conns.iter().map(|(at, s)| s.is_none().then_some(*at)).collect();
     let mut conns = conns;
     let mut buf = [0u8; 512];
-    while closed.iter().any(Option::is_none) && start.elapsed() < WATCH {
+    while closed.iter().any(Option::is_none) && start.elapsed() < watch {
         for (i, (_, s)) in conns.iter_mut().enumerate() {
             let Some(stream) = s else { continue };
             match stream.read(&mut buf) {
@@ -174,7 +195,7 @@ fn listeners_slow_clients_hold_no_slot_for_long() {
     let slow = open_slow(&cl, &[CLIENT], IDLE);
     let sent: Vec<Instant> = slow.iter().map(|(at, _)| *at).collect();
     let (closed, during, during_end) = std::thread::scope(|s| {
-        let watcher = s.spawn(|| watch_closed(slow));
+        let watcher = s.spawn(|| watch_closed(slow, WATCH));
         let settled = wait::until(Duration::from_secs(2), || {
             refused(&d) == Some((IDLE - PER_SOURCE) as u64) && open(&d) == Some(PER_SOURCE as u64)
         });
@@ -228,7 +249,7 @@ fn listeners_slow_clients_hold_no_slot_for_long() {
     let sent: Vec<Instant> = slow.iter().map(|(at, _)| *at).collect();
     let total = sources.len() * PER_SOURCE;
     let (closed, locked_out) = std::thread::scope(|s| {
-        let watcher = s.spawn(|| watch_closed(slow));
+        let watcher = s.spawn(|| watch_closed(slow, WATCH));
         let settled = wait::until(Duration::from_secs(1), || open(&d) == Some(CAP as u64));
         assert!(settled.is_some(), "open {:?}, wanted {CAP}", open(&d));
         let locked_out = refused_outright(&site);
@@ -248,4 +269,145 @@ fn listeners_slow_clients_hold_no_slot_for_long() {
         total - CAP,
         ms(after[GETS / 2])
     );
+}
+
+/// `n` connections to the admin socket at `socket`, each sending half a request header: when
+/// it was sent, and the stream (non-blocking).
+fn open_slow_unix(socket: &Path, n: usize) -> Vec<(Instant, Option<UnixStream>)> {
+    (0..n)
+        .map(|_| {
+            let mut s = UnixStream::connect(socket).expect("connect to the admin socket");
+            let sent = s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\n").is_ok();
+            s.set_nonblocking(true).expect("non-blocking");
+            (Instant::now(), sent.then_some(s))
+        })
+        .collect()
+}
+
+/// `anycast status` through `socket` as uid and gid 65534 (nobody, nogroup).
+fn status_as_nobody(socket: &Path) -> Output {
+    Command::new(anycast_bin().unwrap())
+        .args([OsStr::new("status"), OsStr::new("--socket"), socket.as_os_str()])
+        .args([OsStr::new("--config"), OsStr::new("/nonexistent.toml")])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("anycast as nobody")
+}
+
+/// A raw `POST /plan` of `len` bytes to the admin socket: the reply's status line.
+fn post_plan(socket: &Path, len: usize) -> String {
+    let mut s = UnixStream::connect(socket).expect("connect to the admin socket");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "POST /plan HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\n\r\n").unwrap();
+    // The server may answer and close before it has read it all.
+    let _ = s.write_all(&vec![b'#'; len]);
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply).lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn listeners_admin_socket_bounds_a_uid_slow_headers_and_bodies() {
+    if !require("listeners_admin_socket_bounds_a_uid_slow_headers_and_bodies", &[Need::Kernel]) {
+        return;
+    }
+    let (_cl, site) = local_site("lsa");
+    let mut d = Daemon::new(&site).unwrap();
+    // uid 65534's primary group: a member of the socket's group.
+    d.set_socket_group("nogroup");
+    d.write_config(LOCAL_SITE).unwrap();
+    d.start().unwrap();
+    let socket = d.socket();
+    let config = d.config_path();
+    let status_as_root = |d: &Daemon| {
+        d.cli(
+            [OsStr::new("status"), OsStr::new("--config"), config.as_os_str()],
+            &[],
+            Duration::from_secs(30),
+        )
+        .expect("anycast status")
+    };
+    let open = |d: &Daemon| scrape(d, r#"anycast_listener_connections{listener="admin"}"#);
+    let refused = |d: &Daemon| scrape(d, r#"anycast_listener_refused_total{listener="admin"}"#);
+    let root = status_as_root(&d);
+    assert!(root.status.success(), "{}", String::from_utf8_lossy(&root.stderr));
+    assert_eq!((open(&d), refused(&d)), (Some(0), Some(0)));
+
+    // 1. More of root's connections than a uid's share, each sending half a header.
+    let slow = open_slow_unix(&socket, ADMIN_IDLE);
+    let sent: Vec<Instant> = slow.iter().map(|(at, _)| *at).collect();
+    let excess = (ADMIN_IDLE - ADMIN_PER_UID) as u64;
+    let (closed, during_end) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| watch_closed(slow, ADMIN_WATCH));
+        let settled = wait::until(Duration::from_secs(2), || {
+            refused(&d) == Some(excess) && open(&d) == Some(ADMIN_PER_UID as u64)
+        });
+        assert!(
+            settled.is_some(),
+            "open {:?}, refused {:?}, wanted {ADMIN_PER_UID} and {excess}",
+            open(&d),
+            refused(&d)
+        );
+        let root = status_as_root(&d);
+        let stderr = String::from_utf8_lossy(&root.stderr);
+        assert!(
+            !root.status.success() && stderr.contains("talking to the daemon"),
+            "root past its share: {stderr}"
+        );
+        assert_eq!(refused(&d), Some(excess + 1));
+        let member = status_as_nobody(&socket);
+        assert!(
+            member.status.success() && String::from_utf8_lossy(&member.stdout).contains("here"),
+            "another uid while root holds its share: {}",
+            String::from_utf8_lossy(&member.stderr)
+        );
+        let during_end = Instant::now();
+        (watcher.join().unwrap(), during_end)
+    });
+    let lived = lifetimes(&sent, &closed);
+    let at_once = lived.iter().filter(|t| **t < AT_ONCE).count();
+    let mut served: Vec<Duration> = lived.iter().copied().filter(|t| *t >= AT_ONCE).collect();
+    served.sort();
+    assert_eq!((served.len(), at_once), (ADMIN_PER_UID, ADMIN_IDLE - ADMIN_PER_UID), "lifetimes {lived:?}");
+    let (first, last) = (served[0], served[served.len() - 1]);
+    assert!(
+        first >= ADMIN_HEADER_TIMEOUT - Duration::from_millis(50)
+            && last <= ADMIN_HEADER_TIMEOUT + Duration::from_millis(1500),
+        "slow connections closed {first:?}..{last:?} after their half header"
+    );
+    let first_closed = sent.iter().zip(&lived).filter(|(_, t)| **t >= AT_ONCE).map(|(s, t)| *s + *t).min();
+    assert!(
+        first_closed.is_some_and(|c| c > during_end),
+        "a served slow connection closed before the checks ended"
+    );
+    assert!(wait::until(Duration::from_secs(1), || open(&d) == Some(0)).is_some(), "open {:?}", open(&d));
+    let root = status_as_root(&d);
+    assert!(
+        root.status.success(),
+        "root once its connections closed: {}",
+        String::from_utf8_lossy(&root.stderr)
+    );
+
+    // 2. A body past the limit: 413, and the daemon serves on.
+    let reply = post_plan(&socket, ADMIN_BODY_LIMIT + 1);
+    assert!(reply.starts_with("HTTP/1.1 413"), "POST /plan of {} bytes: {reply:?}", ADMIN_BODY_LIMIT + 1);
+    let big = d.dir().join("big.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    while text.len() <= ADMIN_BODY_LIMIT {
+        text.push_str("# a comment that makes the file larger than the admin API takes\n");
+    }
+    std::fs::write(&big, text).unwrap();
+    let plan = d
+        .cli(
+            [OsStr::new("plan"), big.as_os_str(), OsStr::new("--config"), config.as_os_str()],
+            &[],
+            Duration::from_secs(30),
+        )
+        .expect("anycast plan");
+    let stderr = String::from_utf8_lossy(&plan.stderr);
+    assert!(!plan.status.success() && stderr.contains("(413)"), "anycast plan of a too-large file: {stderr}");
+    let root = status_as_root(&d);
+    assert!(root.status.success(), "after the large bodies: {}", String::from_utf8_lossy(&root.stderr));
+    assert_eq!(refused(&d), Some(excess + 1));
 }

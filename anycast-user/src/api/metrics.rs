@@ -12,7 +12,6 @@ use anycast_common::{
     counters::{EXCEPTION_SLOTS, exception_slot},
 };
 
-use super::listener::{MAX_CONNECTIONS, MAX_PER_SOURCE};
 use crate::model::{BgpView, NextHops, ReloadOutcome, Route, SteeringView};
 use prometheus_client::{
     collector::Collector,
@@ -45,13 +44,13 @@ pub struct Scrape {
     pub reload: Option<ReloadOutcome>,
     /// The neighbour keeper's last sweep.
     pub next_hops: NextHops,
-    /// Per TCP listener: connections open now and refused since the start.
+    /// Per listener: connections open now and refused since the start.
     pub listeners: Vec<ListenerCounts>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ListenerCounts {
-    /// `metrics` or `peer`.
+    /// `metrics`, `peer` or `admin`.
     pub name: &'static str,
     pub open: u64,
     pub refused: u64,
@@ -334,7 +333,7 @@ impl Collector for Scrape {
         {
             let mut m = enc.encode_descriptor(
                 "anycast_listener_connections",
-                "Connections open now on each TCP listener (metrics: [admin] listen, peer: [admin] peer_listen)",
+                "Connections open now on each listener (metrics: [admin] listen, peer: [admin] peer_listen, admin: [admin] socket)",
                 None,
                 MetricType::Gauge,
             )?;
@@ -343,11 +342,12 @@ impl Collector for Scrape {
             }
         }
         {
-            let help = format!(
-                "Connections a TCP listener closed as soon as it accepted them: it had {MAX_CONNECTIONS} open, or {MAX_PER_SOURCE} from that address"
-            );
-            let mut m =
-                enc.encode_descriptor("anycast_listener_refused", &help, None, MetricType::Counter)?;
+            let mut m = enc.encode_descriptor(
+                "anycast_listener_refused",
+                "Connections a listener closed as soon as it accepted them: it was full, or that source (an address; a uid on the admin socket) had its share",
+                None,
+                MetricType::Counter,
+            )?;
             for l in &self.listeners {
                 ConstCounter::new(l.refused).encode(m.encode_family(&[("listener", l.name)])?)?;
             }

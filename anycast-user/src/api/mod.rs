@@ -33,7 +33,7 @@ pub struct Handles {
     /// This site's load report as the peers get it (body and signature).
     pub report: watch::Receiver<Arc<Published>>,
     pub counters: Arc<Counters>,
-    /// The TCP listeners' admission (open and refused connections, for `/metrics`).
+    /// The listeners' admission (open and refused connections, for `/metrics`).
     pub gates: Vec<Arc<listener::Gate>>,
     /// The config file `POST /reload` re-reads.
     pub config_path: PathBuf,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{DefaultBodyLimit, Path, State, rejection::StringRejection},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Handles,
+    listener::ADMIN_BODY_LIMIT,
     metrics::{self, ListenerCounts, Process, Scrape},
     status,
 };
@@ -52,7 +53,7 @@ pub struct ReloadReply {
 
 /// A request that takes longer than this is answered 503 (the command still runs to its
 /// end in the owner): the CLI then says the daemon is busy instead of waiting forever.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn admin_router(h: Handles) -> Router {
     Router::new()
@@ -63,6 +64,7 @@ pub fn admin_router(h: Handles) -> Router {
         .route("/undrain/{site}", post(undrain))
         .route("/reload", post(reload))
         .route("/plan", post(plan))
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .with_state(h)
 }
 
@@ -233,7 +235,18 @@ async fn reload(State(h): State<Handles>) -> Response {
 }
 
 /// `POST /plan` with a config file's text: what a reload of it would change.
-async fn plan(State(h): State<Handles>, body: String) -> Response {
+async fn plan(State(h): State<Handles>, body: Result<String, StringRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        // Past ADMIN_BODY_LIMIT: 413; not UTF-8: 400.
+        Err(e) => {
+            return (
+                e.status(),
+                format!("the submitted config: {} (at most {ADMIN_BODY_LIMIT} bytes)\n", e.body_text()),
+            )
+                .into_response();
+        }
+    };
     let config = match Config::parse(&body, "the submitted config") {
         Ok(c) => c,
         Err(e) => return (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response(),

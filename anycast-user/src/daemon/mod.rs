@@ -163,8 +163,9 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
     let (bgp_tx, bgp_rx) = watch::channel(None);
     let (samples_tx, samples_rx) = watch::channel(Arc::new(Samples::default()));
     let (next_hops_tx, next_hops_rx) = watch::channel(Arc::new(NextHops::default()));
-    let metrics_gate = Gate::new("metrics");
-    let peer_gate = peer_listener.as_ref().map(|_| Gate::new("peer"));
+    let metrics_gate = Gate::new("metrics", listener::TCP);
+    let peer_gate = peer_listener.as_ref().map(|_| Gate::new("peer", listener::TCP));
+    let admin_gate = Gate::new("admin", listener::ADMIN);
     let handles = Handles {
         owner: owner.clone(),
         datapath: datapath.clone(),
@@ -174,7 +175,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
         next_hops: next_hops_rx,
         report: report_rx,
         counters: counters.clone(),
-        gates: std::iter::once(metrics_gate.clone()).chain(peer_gate.clone()).collect(),
+        gates: [admin_gate.clone(), metrics_gate.clone()].into_iter().chain(peer_gate.clone()).collect(),
         config_path: config_path.to_owned(),
     };
 
@@ -183,11 +184,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
         let _ = ended.await;
     });
     let app = server::admin_router(handles.clone());
-    tasks.spawn("admin API", async move {
-        if let Err(e) = axum::serve(admin_listener, app).await {
-            log::error!("admin API: {e}");
-        }
-    });
+    tasks.spawn("admin API", listener::serve(admin_listener, app, admin_gate));
     log::info!("admin API on {} (unix socket)", socket.display());
     let app = server::metrics_router(handles.clone());
     tasks.spawn("metrics server", listener::serve(metrics_listener, app, metrics_gate));
