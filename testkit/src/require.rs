@@ -30,6 +30,8 @@ pub const BIRD: Need = Need::Tool { command: "bird", package: "bird2" };
 /// BIRD's control client.
 pub const BIRDC: Need = Need::Tool { command: "birdc", package: "bird2" };
 pub const PROMETHEUS: Need = Need::Tool { command: "prometheus", package: "prometheus" };
+/// systemd's unit checker (`systemd-analyze verify`).
+pub const SYSTEMD_ANALYZE: Need = Need::Tool { command: "systemd-analyze", package: "systemd" };
 
 /// Whether this runs under CI: `CI` set to anything but empty, `0` or `false` (what CI
 /// services set, and `.ci/run` exports).

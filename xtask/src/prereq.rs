@@ -40,6 +40,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // The BGP speaker the controller drives (anycast-user/src/bgp/, tests/tests/bgp.rs).
     "bird2",
+    // `systemd-analyze verify` of deploy/anycast.service (tests/tests/deploy.rs).
+    "systemd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
