@@ -19,7 +19,7 @@
 //!   header and then trickles a body or reads the reply slowly. Past it, the request in
 //!   flight gets [`GRACE`] to finish, then the connection is closed.
 //!
-//! The admin API's request bodies are capped by its router ([`ADMIN_BODY_LIMIT`]).
+//! The admin API's request bodies are capped by its router (`server::ADMIN_BODY_LIMIT`).
 
 use std::{
     collections::HashMap,
@@ -80,11 +80,6 @@ pub const ADMIN: Bounds = Bounds {
     header_timeout: Duration::from_secs(5),
     connection_timeout: Duration::from_secs(COMMAND_TIMEOUT.as_secs() + 10),
 };
-
-/// The admin API's largest request body (`POST /plan`'s config file; a larger one is
-/// answered 413). A config at the maps' limits (1024 sites, 256 VIPs) written out is a few
-/// hundred KB.
-pub const ADMIN_BODY_LIMIT: usize = 1 << 20;
 
 const GRACE: Duration = Duration::from_secs(1);
 /// At most one log line per listener this often about refused connections (the counter

@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Handles,
-    listener::ADMIN_BODY_LIMIT,
     metrics::{self, ListenerCounts, Process, Scrape},
     status,
 };
@@ -54,6 +53,11 @@ pub struct ReloadReply {
 /// A request that takes longer than this is answered 503 (the command still runs to its
 /// end in the owner): the CLI then says the daemon is busy instead of waiting forever.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The admin API's largest request body (`POST /plan`'s config file; a larger one is
+/// answered 413). A config at the maps' limits (1024 sites, 256 VIPs) written out is a few
+/// hundred KB.
+pub const ADMIN_BODY_LIMIT: usize = 1 << 20;
 
 pub fn admin_router(h: Handles) -> Router {
     Router::new()
