@@ -94,6 +94,9 @@ pub enum DaemonError {
     TaskEnded(&'static str),
 }
 
+/// How long after a task's end the supervisor looks for a panic that caused it.
+const CAUSE_WINDOW: Duration = Duration::from_millis(200);
+
 /// Counter samples for rates (`anycast status`) and the flow-table count.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
@@ -304,17 +307,37 @@ impl Tasks {
         self.names.insert(id, name);
     }
 
-    /// The name of the first task to end (a panic is logged).
+    /// The name of the task whose end ends the daemon (a panic is logged). A task that ends
+    /// because another died (the installer, when the steering task's channel closes) may be
+    /// joined before it: a panic joined within [`CAUSE_WINDOW`] of the first end is the
+    /// cause and is named instead.
     async fn first_ended(&mut self) -> &'static str {
-        let (id, panic) = match self.set.join_next_with_id().await {
-            Some(Ok((id, ()))) => (id, None),
-            Some(Err(e)) => (e.id(), Some(e)),
-            None => return "last",
-        };
-        let name = self.names.get(&id).copied().unwrap_or("unknown");
-        if let Some(e) = panic {
-            log::error!("the {name} task panicked: {e}");
+        let Some(first) = self.set.join_next_with_id().await else { return "last" };
+        let mut ended = vec![first];
+        if ended[0].is_ok() {
+            let more = async {
+                while let Some(r) = self.set.join_next_with_id().await {
+                    let panicked = r.is_err();
+                    ended.push(r);
+                    if panicked {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CAUSE_WINDOW, more).await;
         }
-        name
+        let mut name = None;
+        for r in &ended {
+            if let Err(e) = r {
+                let task = self.names.get(&e.id()).copied().unwrap_or("unknown");
+                log::error!("the {task} task panicked: {e}");
+                name = name.or(Some(task));
+            }
+        }
+        let first = match &ended[0] {
+            Ok((id, ())) => *id,
+            Err(e) => e.id(),
+        };
+        name.unwrap_or_else(|| self.names.get(&first).copied().unwrap_or("unknown"))
     }
 }
