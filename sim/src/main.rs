@@ -131,6 +131,7 @@ fn report_bytes() -> usize {
         host: None,
         host_load: None,
         decisions: Vec::new(),
+        deciding_host: None,
     };
     let signed = Published::new(r, Some(&PeerKey::from_bytes(&[7; 32])));
     signed.body.len() + signed.signature.map_or(0, |s| SIGNATURE_HEADER.len() + 4 + s.len())

@@ -7,9 +7,10 @@
 //! 2. `control_drain_while_busy_goes_through_the_daemon`: a drain sent while the daemon
 //!    reconciles 256 sites × 64 VIPs waits for it and is applied by it, never around it.
 //! 3. `control_forged_replayed_and_nan_reports_change_nothing`: a fake sibling serves a
-//!    report with NaN, one signed with another key, and one valid report over and over:
-//!    the first two are refused, the third accepted once and then refused as a replay;
-//!    each refusal counted; what A believes and does changes only with the accepted one.
+//!    report with NaN, one signed with another key, a valid one, an older valid one, and
+//!    the valid one over and over: the first two are refused, the third accepted, the
+//!    fourth refused as a replay, the same bytes again no news and gone stale in 3 s; each
+//!    refusal counted; what A believes and does changes only with the accepted one.
 //! 4. `control_tcp_listener_is_read_only_and_the_socket_has_a_group`: POST to the TCP
 //!    listener refused, nothing drained; the admin socket refuses a user outside its group
 //!    and serves one in it.
@@ -281,6 +282,7 @@ fn report(seq: u64) -> LoadReport {
         host: None,
         host_load: None,
         decisions: Vec::new(),
+        deciding_host: None,
     }
 }
 
@@ -333,22 +335,26 @@ fn control_forged_replayed_and_nan_reports_change_nothing() {
     assert_eq!(believed(), None, "A believed a refused report");
     assert_eq!(weights(), before, "a refused report changed A's weights");
 
-    // A valid report: accepted once, then the same bytes again are a replay.
-    let valid = Published::new(report(4), Some(&key));
+    // A valid report: accepted once; an older one, correctly signed, is a replay.
+    let valid = Published::new(report(5), Some(&key));
     peer.serve(valid.body.clone(), valid.signature.clone());
     wait::until(Duration::from_secs(5), || believed() == Some(0.42))
         .unwrap_or_else(|| panic!("the valid report was not accepted:\n{}\n{}", metrics(&d), d.log()));
+    let older = Published::new(report(4), Some(&key));
+    peer.serve(older.body, older.signature);
     wait_refused("replay");
     let replays = refused("replay");
     assert!(replays >= 1, "{replays}");
-    // The replays do not keep the report alive: it goes stale (3 s) although served fresh
-    // bytes every poll.
+    // The same bytes again are no news (not refused: a peer polled twice between two of
+    // its ticks serves them too), but they do not keep the report alive: it goes stale
+    // (3 s) although served every poll.
+    peer.serve(valid.body.clone(), valid.signature.clone());
     let stale = wait::until(Duration::from_secs(6), || believed().is_none());
     assert!(stale.is_some(), "a replayed report kept A's view of b alive:\n{}", metrics(&d));
     assert_eq!(weights(), before, "the reports changed A's weights");
     let log = d.log();
     // Logged once per kind, not once per poll.
-    let lines = log.lines().filter(|l| l.contains("peer b:") && l.contains("does not advance")).count();
+    let lines = log.lines().filter(|l| l.contains("peer b:") && l.contains("goes back from")).count();
     assert!(lines <= 2, "{lines} log lines for replays:\n{log}");
 }
 

@@ -24,8 +24,8 @@ pub struct LoadReport {
     /// numbers start over with it.
     #[serde(default)]
     pub epoch: u64,
-    /// Bumped by every measurement: a report that does not advance is a replay, or comes
-    /// from a reporter that no longer measures.
+    /// Bumped by every measurement: a report that goes back is a replay; the same one
+    /// again is no news (and does not keep the report fresh).
     #[serde(default)]
     pub seq: u64,
     /// When it was measured (ms since the Unix epoch): an old one is stale whatever its
@@ -48,6 +48,11 @@ pub struct LoadReport {
     /// misses none even when its polls and the deciding host's ticks drift apart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<SiteDecision>,
+    /// In a site of several hosts: the host whose decisions the reporting host installs
+    /// (itself when it decides). A host that comes back while another decides follows
+    /// that one until it hands over (README, "Sites of several hosts").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deciding_host: Option<String>,
 }
 
 /// Packet rates, packets/s (`policy::Rates` on the wire).

@@ -116,7 +116,7 @@ pub async fn run(mut i: Inputs) {
         let result = tokio::select! {
             cmd = i.commands.recv() => match cmd {
                 None => return,
-                Some(Command::Now { dynamic, note }) => install(&i, dynamic, &note).await,
+                Some(Command::Now { dynamic, note }) => install(&i, dynamic, &note, worth).await,
                 Some(Command::Decided(d)) => {
                     schedule.push(d);
                     Ok(())
@@ -197,14 +197,23 @@ async fn activate(i: &Inputs, schedule: &mut Schedule) -> Result<(), OwnerError>
         log::warn!("steering: installing {}'s decision {late} ms late", d.by);
     }
     let note = format!(" (decided by {})", d.by);
-    install(i, Dynamic { weights: d.weights, down: d.down }, &note).await
+    // Exactly as decided, however small the change: whether a change is worth a rebuild
+    // was the deciding host's call (`worth`, against what it decided before), and a host
+    // that judged it against its own tables — one just restarted holds older ones — would
+    // end up with another table than its site's.
+    install(i, Dynamic { weights: d.weights, down: d.down }, &note, |a, b| !same(a, b)).await
 }
 
-/// Hands `dynamic` to the owner if it differs enough from what is applied.
-async fn install(i: &Inputs, dynamic: Dynamic, note: &str) -> Result<(), OwnerError> {
+/// Hands `dynamic` to the owner if `wanted` says so against what is applied.
+async fn install(
+    i: &Inputs,
+    dynamic: Dynamic,
+    note: &str,
+    wanted: fn(&Dynamic, &Dynamic) -> bool,
+) -> Result<(), OwnerError> {
     let dp = i.datapath.borrow().clone();
     let applied = Dynamic { weights: dp.load_weights.clone(), down: dp.down.clone() };
-    if !differs(&dynamic, &applied) {
+    if !wanted(&dynamic, &applied) {
         return Ok(());
     }
     match i.owner.apply(dynamic.clone(), dp.generation).await {
@@ -223,20 +232,32 @@ async fn install(i: &Inputs, dynamic: Dynamic, note: &str) -> Result<(), OwnerEr
     }
 }
 
-/// Whether `next` is worth a Maglev rebuild over what is applied.
-fn differs(next: &Dynamic, applied: &Dynamic) -> bool {
-    if next.down != applied.down {
-        return true;
-    }
-    match (&next.weights, &applied.weights) {
-        // A site missing from one gets 0 there.
-        (Some(a), Some(b)) => {
-            let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            let weight = |m: &BTreeMap<String, u32>, n: &String| m.get(n).copied().unwrap_or(0);
-            policy::worth_applying(names.into_iter().map(|n| (weight(a, n), weight(b, n))))
+/// Whether `next` is worth a Maglev rebuild over `applied`.
+pub fn worth(next: &Dynamic, applied: &Dynamic) -> bool {
+    next.down != applied.down
+        || match (&next.weights, &applied.weights) {
+            (Some(a), Some(b)) => policy::worth_applying(pairs(a, b)),
+            (a, b) => a.is_some() != b.is_some(),
         }
-        (a, b) => a.is_some() != b.is_some(),
-    }
+}
+
+/// Whether `a` and `b` make the same tables.
+fn same(a: &Dynamic, b: &Dynamic) -> bool {
+    a.down == b.down
+        && match (&a.weights, &b.weights) {
+            (Some(x), Some(y)) => pairs(x, y).all(|(p, q)| p == q),
+            (x, y) => x.is_none() && y.is_none(),
+        }
+}
+
+/// The two weights of every site named in either (a site missing from one gets 0 there).
+fn pairs<'a>(
+    a: &'a BTreeMap<String, u32>,
+    b: &'a BTreeMap<String, u32>,
+) -> impl Iterator<Item = (u32, u32)> + 'a {
+    let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let weight = |m: &BTreeMap<String, u32>, n: &String| m.get(n).copied().unwrap_or(0);
+    names.into_iter().map(move |n| (weight(a, n), weight(b, n)))
 }
 
 /// The log line of one applied change.

@@ -132,7 +132,7 @@ impl Published {
 pub enum Refusal {
     /// No signature, or not the deployment key's.
     Signature,
-    /// Its sequence does not advance: a replay, or a reporter that stopped measuring.
+    /// Its sequence goes back: a replay of an older report.
     Replay,
     /// Measured too long ago (or too far in the future).
     Stale,
@@ -165,6 +165,11 @@ pub enum PeerError {
     Status { addr: SocketAddr, status: u16 },
     #[error("http://{addr}/load refused ({}): {why}", .refusal.name())]
     Refused { addr: SocketAddr, refusal: Refusal, why: String },
+    /// The report accepted last, again: the peer has not measured since (a poll that came
+    /// before its next tick). No news, neither a failure nor a refusal; it does not keep
+    /// the report fresh either.
+    #[error("http://{addr}/load: the same report as at the last poll")]
+    Unchanged { addr: SocketAddr },
 }
 
 /// A body and its signature header, as fetched.
@@ -295,12 +300,15 @@ pub fn accept(f: &Fetched, expect: &Expect, last: Option<(u64, u64)>) -> Result<
             ),
         ));
     }
+    if last == Some((r.epoch, r.seq)) {
+        return Err(PeerError::Unchanged { addr: f.addr });
+    }
     if let Some((epoch, seq)) = last
-        && (r.epoch, r.seq) <= (epoch, seq)
+        && (r.epoch, r.seq) < (epoch, seq)
     {
         return Err(refuse(
             Refusal::Replay,
-            format!("sequence {}:{} does not advance past {epoch}:{seq}", r.epoch, r.seq),
+            format!("sequence {}:{} goes back from {epoch}:{seq}", r.epoch, r.seq),
         ));
     }
     r.capacity = r.capacity.min(expect.capacity);
@@ -341,6 +349,11 @@ impl Peer {
         result: Result<LoadReport, PeerError>,
     ) {
         match result {
+            // The last report stands, as fresh as it was.
+            Err(PeerError::Unchanged { .. }) => {
+                self.failures = 0;
+                self.next_poll = Some(now + interval);
+            }
             Ok(report) => {
                 if self.failures > 0 {
                     log::info!("peer {name}: answering again after {} failed polls", self.failures);
@@ -401,6 +414,7 @@ mod tests {
             host: None,
             host_load: None,
             decisions: Vec::new(),
+            deciding_host: None,
         }
     }
 
@@ -448,8 +462,11 @@ mod tests {
         let mut f = fetched(&report(), Some(&key));
         f.body = f.body.replace("\"served\":100.0", "\"served\":0.0");
         assert_eq!(refusal(accept(&f, &e, None)), Some(Refusal::Signature));
-        // The same report twice, or an older one.
-        assert_eq!(refusal(accept(&fetched(&report(), Some(&key)), &e, Some((1, 5)))), Some(Refusal::Replay));
+        // The same report twice is no news; an older one is a replay.
+        assert!(matches!(
+            accept(&fetched(&report(), Some(&key)), &e, Some((1, 5))),
+            Err(PeerError::Unchanged { .. })
+        ));
         assert_eq!(refusal(accept(&fetched(&report(), Some(&key)), &e, Some((2, 0)))), Some(Refusal::Replay));
         let old = LoadReport { measured_at: 990_000, ..report() };
         assert_eq!(refusal(accept(&fetched(&old, Some(&key)), &e, None)), Some(Refusal::Stale));

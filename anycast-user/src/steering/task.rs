@@ -177,10 +177,14 @@ struct Steering {
     /// epoch and sequence.
     epoch: u64,
     seq: u64,
-    /// In a site of several hosts: whether this one decided at the last tick, and its
-    /// decisions not installed yet (its report carries them).
-    deciding: bool,
+    /// In a site of several hosts: whether this one decided at the last tick (`None`
+    /// before its first decision or follow: it polls the other sites, as a deciding host
+    /// does, and yields to a host that says it decides), and its decisions not installed
+    /// yet (its report carries them).
+    deciding: Option<bool>,
     pending: Vec<SiteDecision>,
+    /// What this host decided last for its site of several hosts.
+    effective: Option<Dynamic>,
 }
 
 impl Steering {
@@ -196,8 +200,9 @@ impl Steering {
             ticks: 0,
             epoch: unix_ms(),
             seq: 0,
-            deciding: true,
+            deciding: None,
             pending: Vec::new(),
+            effective: None,
         }
     }
 
@@ -212,7 +217,11 @@ impl Steering {
     }
 
     /// The local site's deciding host, and its report unless it is this host: the first
-    /// host in config order that is this one, or whose report is fresh and attached.
+    /// host in config order that is this one, or whose report is fresh and attached —
+    /// except that this host, come back while a later one decides (it took over), follows
+    /// that one until it hands over: it stops deciding as soon as it sees this host fresh,
+    /// and says so in its report. This host then carries on from the weights installed
+    /// meanwhile, instead of deciding from its own, older ones while the other still does.
     fn deciding_host<'c>(
         &self,
         site: &'c Site,
@@ -220,13 +229,24 @@ impl Steering {
         now: Instant,
         stale: Duration,
     ) -> (&'c str, Option<&LoadReport>) {
+        let mate = |h: &crate::config::Host| {
+            self.peers
+                .get(&peer_key(&site.name, Some(&h.name)))
+                .and_then(|p| p.fresh(now, stale))
+                .filter(|r| r.attached)
+        };
         for h in &site.hosts {
             if h.name == me {
-                return (&h.name, None);
+                let deciding = site.hosts.iter().filter(|m| m.name != me).find_map(|m| {
+                    mate(m).filter(|r| r.deciding_host.as_deref() == Some(&m.name)).map(|r| (&m.name, r))
+                });
+                return match deciding {
+                    // Not while this one decides (two claims at once: the later host yields).
+                    Some((name, r)) if self.deciding != Some(true) => (name.as_str(), Some(r)),
+                    _ => (&h.name, None),
+                };
             }
-            let report =
-                self.peers.get(&peer_key(&site.name, Some(&h.name))).and_then(|p| p.fresh(now, stale));
-            if let Some(r) = report.filter(|r| r.attached) {
+            if let Some(r) = mate(h) {
                 return (&h.name, Some(r));
             }
         }
@@ -301,11 +321,11 @@ impl Steering {
         let decider = decider.to_owned();
         let leader = leader.cloned();
         let deciding = leader.is_none();
-        if deciding && !self.deciding {
+        if deciding && self.deciding == Some(false) {
             // Taking over from another host: carry on from the weights it installed.
             self.policy = adopted(dp);
         }
-        self.deciding = deciding;
+        self.deciding = Some(deciding);
         let follow = leader.as_ref().and(site.hosts.iter().find(|h| h.name == decider)).map(|h| Leader {
             site: local_name.clone(),
             host: h.name.clone(),
@@ -367,6 +387,16 @@ impl Steering {
         // its moment, and the report carries every decision still to be installed.
         let decisions = match (host, &leader) {
             (Some(h), None) => {
+                // Every host installs a decision exactly: this host judges here whether a
+                // change is worth a rebuild (against what it decided last, or at a
+                // takeover what is installed), and else decides the same again.
+                let next = Dynamic { weights: weights.clone(), down: down.clone() };
+                let last = self
+                    .effective
+                    .take()
+                    .unwrap_or_else(|| Dynamic { weights: dp.load_weights.clone(), down: dp.down.clone() });
+                let effective = if install::worth(&next, &last) { next } else { last };
+                self.effective = Some(effective.clone());
                 let decision = SiteDecision {
                     by: h.to_owned(),
                     epoch: self.epoch,
@@ -374,17 +404,18 @@ impl Steering {
                     at: measured_at + install::lead_time(config).as_millis() as u64,
                     // A site missing from the weights gets 0: the body stays small whatever
                     // the number of sites.
-                    weights: weights
-                        .as_ref()
-                        .map(|w| w.iter().filter(|(_, w)| **w > 0).map(|(n, w)| (n.clone(), *w)).collect()),
-                    down: down.clone(),
+                    weights: effective.weights.map(|w| w.into_iter().filter(|(_, w)| *w > 0).collect()),
+                    down: effective.down,
                 };
                 self.pending.retain(|d| d.at > measured_at);
                 self.pending.push(decision.clone());
                 inputs.installer.commands.send(Command::Decided(decision)).await.map_err(|_| Gone)?;
                 self.pending.clone()
             }
-            _ => Vec::new(),
+            _ => {
+                self.effective = None;
+                Vec::new()
+            }
         };
         let report = match &leader {
             // Not deciding: the site's figures as its deciding host published them.
@@ -397,6 +428,7 @@ impl Steering {
                 host: host.map(str::to_owned),
                 host_load: Some(host_load(&me, &forwarded)),
                 decisions: Vec::new(),
+                deciding_host: Some(decider.clone()),
                 ..l.clone()
             },
             None => {
@@ -419,6 +451,7 @@ impl Steering {
                     host: host.map(str::to_owned),
                     host_load: host.map(|_| host_load(&me, &forwarded)),
                     decisions,
+                    deciding_host: host.map(str::to_owned),
                 }
             }
         };
@@ -547,7 +580,7 @@ impl Steering {
                 (SiteKind::Local, _) => mates.extend(keys),
                 // Only the deciding host of a site reads the other sites' reports (after a
                 // takeover it has them within an interval: meanwhile they are unknown).
-                (SiteKind::Remote { .. }, _) if !self.deciding => {}
+                (SiteKind::Remote { .. }, _) if self.deciding == Some(false) => {}
                 (SiteKind::Remote { .. }, Some(first)) => due.push(first.clone()),
                 // None answers: try each again (as its backoff allows) until one does.
                 (SiteKind::Remote { .. }, None) => due.extend(keys),
