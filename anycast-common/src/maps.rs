@@ -9,7 +9,7 @@
 //! | `ADDRS` | Array | id → [`AddrEntry`](crate::addr::AddrEntry) (a VIP address and its ports) | [`ADDR_IDS`] |
 //! | `VIP_ADDRS` | HashMap | [`AddrKey`](crate::AddrKey) → u32 (number of VIPS entries of that address) | [`MAX_VIPS`] |
 //! | `VIPS` | HashMap | [`VipKey`](crate::VipKey) → [`VipInfo`](crate::VipInfo) | [`MAX_VIPS`] |
-//! | `MAGLEV` | ArrayOfMaps (BTF) | VIP index → inner Array u32 ([`MAGLEV_SITE`](crate::site::MAGLEV_SITE) + flags) | [`MAX_VIPS`] outer; inner [`maglev_inner_len`] |
+//! | `MAGLEV` | ArrayOfMaps (BTF) | VIP index → inner Array u32 ([`MAGLEV_SITE`](crate::site::MAGLEV_SITE) + flags) | [`MAX_VIPS`] outer; inner [`maglev_inner_len`] of `maglev_table_size`, every one |
 //! | `SITES` | Array | site index → [`SiteInfo`](crate::SiteInfo) | [`MAX_SITES`] |
 //! | `TUNNEL_PEERS` | HashMap | [`AddrKey`](crate::AddrKey) → site index (u32) | [`MAX_TUNNEL_PEERS`] |
 //! | `FLOWS` | LruHashMap | [`FlowKey`](crate::FlowKey) → [`FlowValue`](crate::FlowValue) | [`FLOW_TABLE_DEFAULT`] (set at load) |
@@ -27,9 +27,12 @@
 //! flows of `affinity = "flow"` VIPs and fragments. A local TCP flow needs no entry: the
 //! host's socket table knows it.
 //!
-//! A Maglev inner table of size M has M + 1 entries: entry 0 holds M, entries 1..=M the
+//! A Maglev table of M slots is an inner array whose entry 0 holds M, entries 1..=M the
 //! site index of each slot. Keeping the size inside the table makes a swap of the outer
-//! entry atomic for both at once: a packet never sees a new size with an old table.
+//! entry atomic for both at once: a packet never sees a new size with an old table. Every
+//! inner array has the template's size, `maglev_table_size` + 1 entries (a smaller table,
+//! e.g. one local site, leaves the rest zero): the verifier inlines lookups only into inner
+//! arrays of a known size (no `BPF_F_INNER_MAP`).
 
 /// The layout of the maps listed here (keys, values, sizes, meaning). Bumped by every
 /// change that a running program would read differently; pinned with the maps (`LAYOUT`)
@@ -109,5 +112,6 @@ pub const fn maglev_inner_len(m: u32) -> u32 {
 /// only by the data path; the controller may zero entries to force a new lookup.
 pub const FIB_CACHE_TTL_JIFFIES: u64 = 25;
 
-/// `BPF_F_INNER_MAP`: inner maps of `MAGLEV` may differ in size from the template.
+/// `BPF_F_INNER_MAP`: inner maps may differ in size from the template. `MAGLEV`'s template
+/// had it before its tables were of one size; it is recognised to rebuild such a `MAGLEV`.
 pub const BPF_F_INNER_MAP: usize = 1 << 12;

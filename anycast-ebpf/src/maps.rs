@@ -8,8 +8,8 @@ use anycast_common::{
     counters::EXCEPTION_SLOTS,
     flow::EMBRYO_SLOTS,
     maps::{
-        ADDR_FILTER_SIZE, ADDR_IDS, BPF_F_INNER_MAP, FLOW_TABLE_DEFAULT, MAGLEV_DEFAULT_SIZE, MAX_IFACES,
-        MAX_SITES, MAX_TUNNEL_PEERS, MAX_VIPS, maglev_inner_len,
+        ADDR_FILTER_SIZE, ADDR_IDS, FLOW_TABLE_DEFAULT, MAGLEV_DEFAULT_SIZE, MAX_IFACES, MAX_SITES,
+        MAX_TUNNEL_PEERS, MAX_VIPS, maglev_inner_len,
     },
 };
 use aya_ebpf::{
@@ -41,9 +41,11 @@ pub static VIP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_VIPS
 #[map]
 pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
 
-/// Inner template of `MAGLEV`. `BPF_F_INNER_MAP` lets the controller install tables of any
-/// size; the verifier then cannot inline inner lookups, which costs one helper call each.
-type MaglevTable = btf_maps::Array<u32, { maglev_inner_len(MAGLEV_DEFAULT_SIZE) as usize }, BPF_F_INNER_MAP>;
+/// Inner template of `MAGLEV`, without `BPF_F_INNER_MAP`: the verifier then knows every
+/// table's size and inlines both lookups (no helper call). Its size here is the default
+/// table's; the controller creates `MAGLEV` itself with a template of the configured
+/// `maglev_table_size` (anycast-user `datapath::maglev`).
+type MaglevTable = btf_maps::Array<u32, { maglev_inner_len(MAGLEV_DEFAULT_SIZE) as usize }, 0>;
 
 /// A map of maps: the controller builds a new table aside and swaps the outer entry, so a
 /// packet sees either the whole old table or the whole new one (size included: entry 0).

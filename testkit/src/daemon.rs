@@ -350,6 +350,11 @@ impl<'ns> Daemon<'ns> {
         self.datapath.push('\n');
     }
 
+    /// Forgets the lines [`Daemon::add_datapath_option`] added (for the next config written).
+    pub fn clear_datapath_options(&mut self) {
+        self.datapath.clear();
+    }
+
     pub fn set_flow_table_size(&mut self, entries: u32) {
         self.flow_table_size = entries;
     }

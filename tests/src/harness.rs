@@ -10,6 +10,7 @@
 
 use anycast_common::maps::{FLOWS, PROGRAM};
 use anycast_user::datapath::{
+    maglev::Shape,
     maps::{DataPathMaps, MapsError},
     object::{ANYCAST, NOOP},
 };
@@ -28,6 +29,8 @@ pub enum HarnessError {
     Program { name: &'static str, source: ProgramError },
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error("parsing the XDP object: {0}")]
+    Parse(#[from] aya_obj::ParseError),
 }
 
 pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
@@ -84,6 +87,8 @@ pub fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> [u8; 24] {
 pub struct DataPath {
     ebpf: Ebpf,
     program: &'static str,
+    /// What its `MAGLEV` template accepts (the object's own template: aya made the map).
+    maglev: Shape,
 }
 
 impl DataPath {
@@ -95,13 +100,15 @@ impl DataPath {
     /// The anycast data path; `flow_entries` overrides the `FLOWS` capacity (what the
     /// controller does from its configuration), e.g. a tiny table for eviction tests.
     pub fn load_anycast(flow_entries: Option<u32>) -> Result<DataPath> {
-        Self::load_program(Self::loader(flow_entries).load(ANYCAST)?, PROGRAM)
+        Self::load_program(Self::loader(flow_entries).load(ANYCAST)?, PROGRAM, ANYCAST)
     }
 
     /// Another build of the anycast data path, from its object file (the benchmark's
     /// baseline, e.g. main's build beside this one).
     pub fn load_anycast_file(object: &std::path::Path, flow_entries: Option<u32>) -> Result<DataPath> {
-        Self::load_program(Self::loader(flow_entries).load_file(object)?, PROGRAM)
+        let bytes =
+            std::fs::read(object).map_err(|e| EbpfError::FileError { path: object.into(), error: e })?;
+        Self::load_program(Self::loader(flow_entries).load(&bytes)?, PROGRAM, &bytes)
     }
 
     fn loader(flow_entries: Option<u32>) -> EbpfLoader<'static> {
@@ -114,22 +121,23 @@ impl DataPath {
 
     /// The no-op baseline program (passes everything, no maps).
     pub fn load_noop() -> Result<DataPath> {
-        Self::load_program(Ebpf::load(NOOP)?, "noop")
+        Self::load_program(Ebpf::load(NOOP)?, "noop", NOOP)
     }
 
-    fn load_program(mut ebpf: Ebpf, name: &'static str) -> Result<DataPath> {
+    fn load_program(mut ebpf: Ebpf, name: &'static str, object: &[u8]) -> Result<DataPath> {
         let prog: &mut Xdp = ebpf
             .program_mut(name)
             .ok_or(HarnessError::NoProgram(name))?
             .try_into()
             .map_err(|source| HarnessError::Program { name, source })?;
         prog.load().map_err(|source| HarnessError::Program { name, source })?;
-        Ok(DataPath { ebpf, program: name })
+        let maglev = Shape::of_object(object)?.unwrap_or(Shape::Sized);
+        Ok(DataPath { ebpf, program: name, maglev })
     }
 
     /// Takes the maps (typed). The program keeps its own references to them.
     pub fn maps(&mut self) -> Result<DataPathMaps> {
-        Ok(DataPathMaps::take(&mut self.ebpf)?)
+        Ok(DataPathMaps::take(&mut self.ebpf, self.maglev)?)
     }
 
     /// The loaded program: for BPF_PROG_RUN with options of the caller's own (live frames,

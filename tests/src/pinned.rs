@@ -2,6 +2,7 @@
 //! library: its maps and the program its links run. (testkit's [`Daemon`] knows only the
 //! binary: xtask builds testkit before the XDP toolchain is installed.)
 
+use anycast_common::maps::MAGLEV_DEFAULT_SIZE;
 use anycast_user::datapath::maps::{DataPathMaps, MapsError};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use testkit::daemon::Daemon;
@@ -25,7 +26,7 @@ pub trait Pinned {
 
 impl Pinned for Daemon<'_> {
     fn maps(&self) -> Result<DataPathMaps, PinnedError> {
-        Ok(DataPathMaps::from_pins(self.pin_dir())?)
+        Ok(DataPathMaps::from_pins(self.pin_dir(), MAGLEV_DEFAULT_SIZE)?)
     }
 
     fn link_program_id(&self, iface: &str) -> Result<u32, PinnedError> {

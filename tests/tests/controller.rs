@@ -20,6 +20,10 @@
 //!    is SIGKILLed and restarted mid-stream: here a datagram that missed A's XDP program
 //!    would be lost (A has no route to the VIP), and none is; A's forwarded count equals
 //!    B's received count equals what B's service got.
+//! 7. `controller_restart_with_another_maglev_size_rebuilds_the_tables_and_loses_nothing`:
+//!    the same chain; A restarts with another `maglev_table_size` under traffic: its tables
+//!    are rebuilt at the new size, the program swapped onto them, nothing lost; a reload
+//!    that changes the size again is refused.
 //!
 //! Every topology has a client namespace sending to the VIP 10.200.0.1:5353 (UDP), which a
 //! socket in the serving site's namespace receives (the address on its loopback).
@@ -420,18 +424,8 @@ fn controller_metrics_match_packets_sent() {
     assert!(text.lines().any(|l| l.starts_with("process_resident_memory_bytes ")), "{text}");
 }
 
-#[test]
-fn controller_restart_keeps_forwarding_to_remote_site() {
-    if !require("controller_restart_keeps_forwarding_to_remote_site", &[Need::Kernel]) {
-        return;
-    }
-    let ForwardChain { client: cl, a, b } = ForwardChain::new("crf", VIP).unwrap();
-
-    // B first: XDP_REDIRECT into a veth delivers only when the peer (b0) runs XDP.
-    let mut daemon_b = Daemon::new(&b).unwrap();
-    daemon_b
-        .write_config(
-            r#"[local]
+/// B's config: serves the VIP.
+const CHAIN_B: &str = r#"[local]
 interfaces = ["b0"]
 tunnel_v4 = "10.2.0.2"
 
@@ -452,16 +446,11 @@ address = "10.200.0.1"
 port = 5353
 protocol = "udp"
 sites = ["b"]
-"#,
-        )
-        .unwrap();
-    daemon_b.start().unwrap();
-    // A serves nothing itself (weight 0): all of the VIP goes to B. a1 is listed so that
-    // the program may redirect to it (the controller puts its interfaces in DEVMAP).
-    let mut daemon_a = Daemon::new(&a).unwrap();
-    daemon_a
-        .write_config(
-            r#"[local]
+"#;
+
+/// A's config: serves nothing itself (weight 0), so all of the VIP goes to B. a1 is listed
+/// so that the program may redirect to it (the controller puts its interfaces in DEVMAP).
+const CHAIN_A: &str = r#"[local]
 interfaces = ["a0", "a1"]
 tunnel_v4 = "10.2.0.1"
 
@@ -482,10 +471,28 @@ name = "svc"
 address = "10.200.0.1"
 port = 5353
 protocol = "udp"
-"#,
-        )
-        .unwrap();
+"#;
+
+/// B's daemon and A's, started.
+fn forward_chain_daemons<'a>(a: &'a Netns, b: &'a Netns) -> (Daemon<'a>, Daemon<'a>) {
+    // B first: XDP_REDIRECT into a veth delivers only when the peer (b0) runs XDP.
+    let mut daemon_b = Daemon::new(b).unwrap();
+    daemon_b.write_config(CHAIN_B).unwrap();
+    daemon_b.start().unwrap();
+    let mut daemon_a = Daemon::new(a).unwrap();
+    daemon_a.write_config(CHAIN_A).unwrap();
     daemon_a.start().unwrap();
+    (daemon_b, daemon_a)
+}
+
+#[test]
+fn controller_restart_keeps_forwarding_to_remote_site() {
+    if !require("controller_restart_keeps_forwarding_to_remote_site", &[Need::Kernel]) {
+        return;
+    }
+    let ForwardChain { client: cl, a, b } = ForwardChain::new("crf", VIP).unwrap();
+
+    let (daemon_b, mut daemon_a) = forward_chain_daemons(&a, &b);
     let program = daemon_a.link_program_id("a0").unwrap();
     let srv = bind(&b, "10.200.0.1:5353");
 
@@ -514,4 +521,57 @@ protocol = "udp"
     );
     // B does not steer what it decapsulated: its own VIP counters stay at zero.
     assert_eq!(metric(&text_b, r#"anycast_vip_packets_total{vip="svc"}"#), Some(0), "{report}");
+}
+
+/// A restart with another `maglev_table_size` rebuilds A's Maglev tables (their size is
+/// fixed when the data path starts) under traffic: the program is swapped onto the new
+/// tables, every datagram still reaches B, and a reload that changes the size again is
+/// refused with the reason.
+#[test]
+fn controller_restart_with_another_maglev_size_rebuilds_the_tables_and_loses_nothing() {
+    if !require(
+        "controller_restart_with_another_maglev_size_rebuilds_the_tables_and_loses_nothing",
+        &[Need::Kernel],
+    ) {
+        return;
+    }
+    let ForwardChain { client: cl, a, b } = ForwardChain::new("crm", VIP).unwrap();
+    let (daemon_b, mut daemon_a) = forward_chain_daemons(&a, &b);
+    let program = daemon_a.link_program_id("a0").unwrap();
+    let table = |d: &Daemon| d.maps().unwrap().maglev(0).unwrap().expect("the VIP's table").len();
+    assert_eq!(table(&daemon_a), 65537);
+    let srv = bind(&b, "10.200.0.1:5353");
+
+    daemon_a.add_datapath_option("maglev_table_size = 1021");
+    daemon_a.write_config(CHAIN_A).unwrap();
+    let (got, timeline, log) = stream_across_restart(&cl, &srv, &mut daemon_a);
+    eprintln!("restart with another table size: {timeline}; {} received at B", got.count());
+    timeline.assert_restart_mid_stream();
+    let text_a = metrics(&daemon_a);
+    let report = format!("A's log:\n{log}\nA's metrics:\n{text_a}\nB's metrics:\n{}", metrics(&daemon_b));
+    assert_all_arrived(
+        &got,
+        timeline.sent,
+        &format!("datagrams forwarded A → B across the rebuild\n{report}"),
+    );
+    assert!(log.contains("rebuilding them"), "{report}");
+    assert!(log.contains("a0: program upgraded in place"), "{report}");
+    assert_ne!(daemon_a.link_program_id("a0").unwrap(), program, "the program still runs on the old tables");
+    assert_eq!(table(&daemon_a), 1021, "{report}");
+    let forwarded = metric(&text_a, r#"anycast_site_packets_total{site="b",action="forwarded"}"#);
+    assert_eq!(forwarded, Some(u64::from(timeline.sent)), "A's forwarded count\n{report}");
+
+    daemon_a.clear_datapath_options();
+    daemon_a.add_datapath_option("maglev_table_size = 251");
+    daemon_a.write_config(CHAIN_A).unwrap();
+    let mark = daemon_a.log_mark();
+    daemon_a.signal(libc::SIGHUP).unwrap();
+    daemon_a.wait_for_log(mark, "SIGHUP: refused", LOG_TIMEOUT).unwrap();
+    let outcome = daemon_a.status().unwrap().reload.expect("the reload's outcome");
+    assert!(!outcome.ok, "{outcome:?}");
+    assert!(
+        outcome.message.contains("datapath.maglev_table_size cannot change while the controller runs"),
+        "{outcome:?}"
+    );
+    assert_eq!(table(&daemon_a), 1021, "the refused reload changed the tables");
 }

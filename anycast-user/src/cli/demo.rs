@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use anycast_common::maps::{MAX_SITES, MAX_VIPS, PROGRAM};
+use anycast_common::maps::{MAGLEV_DEFAULT_SIZE, MAX_SITES, MAX_VIPS, PROGRAM};
 use anycast_user::datapath::{
     attach,
     counters::{self, Snapshot},
     ebpf_log,
+    maglev::Shape,
     maps::DataPathMaps,
     object,
 };
@@ -27,7 +28,9 @@ pub async fn run(iface: &str, interval: Duration) -> Result<()> {
         .context("program is not XDP")?;
     prog.load().context("the kernel refused the XDP program")?;
     let (_link, mode) = attach::attach(prog, iface)?;
-    let maps = DataPathMaps::take(&mut ebpf).context("opening the data path maps")?;
+    // aya made MAGLEV from the object's own template: tables of the default size.
+    let maps = DataPathMaps::take(&mut ebpf, Shape::for_size(MAGLEV_DEFAULT_SIZE))
+        .context("opening the data path maps")?;
     println!("anycast: attached to {iface} ({} mode); Ctrl-C detaches", mode.name());
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

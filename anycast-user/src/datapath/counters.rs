@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, path::Path, time::Instant};
 use anycast_common::{
     Event, SiteCounters, VipCounters,
     counters::{EXCEPTION_SLOTS, exception_slot},
+    maps::MAGLEV_DEFAULT_SIZE,
 };
 
 use super::maps::{DataPathMaps, MapsError};
@@ -79,7 +80,8 @@ pub struct Counters {
 
 impl Counters {
     pub fn open(pin_dir: &Path) -> Result<Self, MapsError> {
-        Ok(Counters { maps: DataPathMaps::from_pins(pin_dir)? })
+        // Reads only: the size of the tables it would write does not matter.
+        Ok(Counters { maps: DataPathMaps::from_pins(pin_dir, MAGLEV_DEFAULT_SIZE)? })
     }
 
     /// The counters of the given site and VIP slots, now.

@@ -28,12 +28,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anycast_common::maps::{self, FLOWS, LAYOUT_VERSION, PROGRAM};
+use anycast_common::maps::{self, FLOWS, LAYOUT_VERSION, MAGLEV, MAX_VIPS, PROGRAM};
 use aya::{
     Ebpf, EbpfLoader,
     maps::MapInfo,
     programs::{
-        ProgramError, Xdp,
+        ProgramError, ProgramInfo, Xdp,
         links::{FdLink, LinkError, LinkInfo, LinkType, PinnedLink},
         loaded_programs,
         xdp::XdpLink,
@@ -44,7 +44,8 @@ use super::{
     attach::{self, AttachError, Mode},
     ebpf_log, fault,
     layout::{self, LayoutError, Pinned, Previous},
-    maps::{DataPathMaps, MapsError},
+    maglev::{self, Shape},
+    maps::{DataPathMaps, Maglev, MapsError},
 };
 
 /// `BPF_FS_MAGIC` from linux/magic.h: the f_type statfs reports for bpffs.
@@ -118,6 +119,9 @@ pub struct Instance {
     /// Keeps the program loaded while links are being attached or updated.
     ebpf: Ebpf,
     links: BTreeMap<String, FdLink>,
+    /// Kernel id of the `MAGLEV` this program uses: a link whose program has the same tag
+    /// but another `MAGLEV` (rebuilt at this start) is updated, not adopted.
+    maglev_id: u32,
 }
 
 /// The program loaded against the pinned maps (or new ones), its links not touched yet:
@@ -127,6 +131,9 @@ pub struct Loaded {
     pin_dir: PathBuf,
     ebpf: Ebpf,
     pinned: Pinned,
+    /// `MAGLEV` is rebuilt in the staging directory (see [`load`]).
+    rebuild_maglev: bool,
+    maglev_id: u32,
 }
 
 /// What [`load`] found.
@@ -138,6 +145,9 @@ pub struct Prepared {
     /// An older layout being migrated: what its data path steers by, for the plan (keep
     /// the VIP slots, adopt the weights, flag every local bucket).
     pub previous: Option<Previous>,
+    /// `MAGLEV` rebuilt for another table size: the tables the running program steers by
+    /// (VIP slot → table without its size slot), for the plan.
+    pub rebuilt_maglev: Option<Vec<(u32, Vec<u32>)>>,
 }
 
 pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
@@ -234,36 +244,91 @@ fn check_pinned(object: &[u8], paths: &[(&str, PathBuf)]) -> Result<bool> {
 /// Loads `object` against the maps pinned under `pin_dir` — this build's layout as they
 /// are, an older layout by staging the maps that changed (see [`layout`]) — creating and
 /// pinning the ones that are missing. Touches no link.
-pub fn load(object: &[u8], pin_dir: &Path, flow_table_size: u32) -> Result<Prepared> {
+///
+/// `MAGLEV` is created here, not by aya, with inner tables of `maglev_table_size` slots
+/// ([`maglev`]). A pinned one of another shape (another `maglev_table_size`, or an older
+/// build's tables of any size) is rebuilt: a new one is staged, the program loaded against
+/// it and the running tables handed to the plan (which adopts their weights and flags the
+/// local buckets as for any change of table), the links' programs swapped and the new pin
+/// renamed into place ([`Loaded::attach`]). Nothing else changes, so no flow moves.
+pub fn load(object: &[u8], pin_dir: &Path, flow_table_size: u32, maglev_table_size: u32) -> Result<Prepared> {
     super::kernel::check(&super::kernel::release())?;
     let pin_dir = resolve_pin_dir(pin_dir)?;
     let pinned = layout::pinned(&pin_dir)?;
-    let paths: Vec<(&str, PathBuf)> =
+    let mut paths: Vec<(&str, PathBuf)> =
         maps::ALL.iter().map(|&n| (n, layout::map_path(&pin_dir, &pinned, n))).collect();
     let adopted_maps = check_pinned(object, &paths)?;
+    let shape = Shape::for_size(maglev_table_size);
+    let staging = pin_dir.join(layout::STAGING);
+    let create_staging = || {
+        std::fs::create_dir_all(&staging).map_err(|source| LoaderError::Io {
+            what: "creating",
+            path: staging.clone(),
+            source,
+        })
+    };
+    let maglev_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| LoaderError::PinnedMap { path, source }
+    };
+    let running = pin_dir.join(MAGLEV);
+    let rebuild_maglev = pinned == Pinned::Current
+        && maglev::pinned_shape(&running).map_err(maglev_err(&running))? != Some(shape);
+    let mut rebuilt_maglev = None;
+    if rebuild_maglev {
+        log::info!(
+            "the pinned Maglev tables are not of {maglev_table_size} slots as this build makes them: \
+             rebuilding them (the running weights are kept)"
+        );
+        let outer = Maglev::from_pin(&running).map_err(maglev_err(&running))?;
+        let mut tables = Vec::new();
+        for vip in 0..MAX_VIPS {
+            if let Some(t) = outer.table(vip).map_err(maglev_err(&running))? {
+                tables.push((vip, t));
+            }
+        }
+        rebuilt_maglev = Some(tables);
+        create_staging()?;
+        let staged = staging.join(MAGLEV);
+        remove_pin(&staged)?;
+        if let Some(p) = paths.iter_mut().find(|(n, _)| *n == MAGLEV) {
+            p.1 = staged;
+        }
+    }
+    let maglev_path = paths.iter().find(|(n, _)| *n == MAGLEV).map(|(_, p)| p.clone()).unwrap_or(running);
     let previous = match pinned {
         Pinned::Older { from, resume } => {
             log::info!(
                 "upgrade: pinned maps are layout {from}, this build's is {LAYOUT_VERSION}: migrating{}",
                 if resume { " (resuming an interrupted migration)" } else { "" }
             );
-            std::fs::create_dir_all(pin_dir.join(layout::STAGING)).map_err(|source| LoaderError::Io {
-                what: "creating",
-                path: pin_dir.join(layout::STAGING),
-                source,
-            })?;
+            create_staging()?;
             // Resumed, the staged maps hold the plan already (and a commit may have renamed
             // some of the old ones away): plan against them as they are.
             if resume { None } else { Some(layout::previous(&pin_dir, from)?) }
         }
         Pinned::Fresh | Pinned::Current => None,
     };
+    if !maglev_path.exists() {
+        maglev::create_pinned(&maglev_path, shape).map_err(maglev_err(&maglev_path))?;
+    }
+    let maglev_id = MapInfo::from_pin(&maglev_path).map_err(maglev_err(&maglev_path))?.id();
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(FLOWS, flow_table_size);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(object)?;
+    let mut ebpf = match loader.load(object) {
+        Ok(ebpf) => ebpf,
+        Err(e) => {
+            // A fresh start that failed leaves no MAGLEV alone (the next start would take a
+            // lone pin for foreign maps).
+            if pinned == Pinned::Fresh {
+                remove_pin(&maglev_path)?;
+            }
+            return Err(e.into());
+        }
+    };
     if adopted_maps {
         let flows = MapInfo::from_pin(pin_dir.join(FLOWS))
             .map_err(|source| LoaderError::PinnedMap { path: pin_dir.join(FLOWS), source })?;
@@ -277,7 +342,9 @@ pub fn load(object: &[u8], pin_dir: &Path, flow_table_size: u32) -> Result<Prepa
     }
     ebpf_log::spawn(&mut ebpf);
     program(&mut ebpf)?.load()?;
-    let mut maps = DataPathMaps::take(&mut ebpf)?;
+    // A resumed migration's staged MAGLEV may be of an earlier start's size: its own shape.
+    let shape = maglev::pinned_shape(&maglev_path).map_err(maglev_err(&maglev_path))?.unwrap_or(shape);
+    let mut maps = DataPathMaps::take(&mut ebpf, shape)?;
     match pinned {
         Pinned::Fresh => maps.set_layout(LAYOUT_VERSION)?,
         Pinned::Older { from, resume: false } => {
@@ -289,7 +356,13 @@ pub fn load(object: &[u8], pin_dir: &Path, flow_table_size: u32) -> Result<Prepa
         }
         Pinned::Older { resume: true, .. } | Pinned::Current => {}
     }
-    Ok(Prepared { loaded: Loaded { pin_dir, ebpf, pinned }, maps, adopted_maps, previous })
+    Ok(Prepared {
+        loaded: Loaded { pin_dir, ebpf, pinned, rebuild_maglev, maglev_id },
+        maps,
+        adopted_maps,
+        previous,
+        rebuilt_maglev,
+    })
 }
 
 impl Loaded {
@@ -302,7 +375,7 @@ impl Loaded {
         maps: &mut DataPathMaps,
         ifaces: &[String],
     ) -> Result<(Instance, Vec<(String, LinkOutcome)>)> {
-        let Loaded { pin_dir, ebpf, pinned } = self;
+        let Loaded { pin_dir, ebpf, pinned, rebuild_maglev, maglev_id } = self;
         if let Pinned::Older { from, .. } = pinned {
             maps.set_layout(LAYOUT_VERSION)?;
             log::info!(
@@ -310,8 +383,20 @@ impl Loaded {
             );
             fault::point("staged");
         }
-        let mut instance = Instance { pin_dir, ebpf, links: BTreeMap::new() };
+        let mut instance = Instance { pin_dir, ebpf, links: BTreeMap::new(), maglev_id };
         let links = instance.set_interfaces(ifaces)?;
+        if rebuild_maglev {
+            // Every link runs the program on the new tables now: the old ones go.
+            let staging = instance.pin_dir.join(layout::STAGING);
+            let (src, dst) = (staging.join(MAGLEV), instance.pin_dir.join(MAGLEV));
+            std::fs::rename(&src, &dst).map_err(|source| LoaderError::Io {
+                what: "renaming into place",
+                path: src,
+                source,
+            })?;
+            layout::remove_staging(&staging)?;
+            log::info!("the rebuilt Maglev tables are in place");
+        }
         if let Pinned::Older { from, .. } = pinned {
             layout::commit(&instance.pin_dir, from)?;
             log::info!("upgrade: layout {from} → {LAYOUT_VERSION} complete; the old maps are released");
@@ -324,9 +409,15 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     ebpf.program_mut(PROGRAM).ok_or(LoaderError::NoProgram)?.try_into().map_err(|_| LoaderError::NoProgram)
 }
 
-/// The kernel's tag of the program a link runs.
-fn link_program_tag(info: &LinkInfo) -> Option<u64> {
-    loaded_programs().filter_map(|p| p.ok()).find(|p| p.id() == info.program_id()).map(|p| p.tag())
+/// The program a link runs.
+fn link_program(info: &LinkInfo) -> Option<ProgramInfo> {
+    loaded_programs().filter_map(|p| p.ok()).find(|p| p.id() == info.program_id())
+}
+
+/// Whether program `p` uses the map of kernel id `map`. (Unknown on kernels that do not
+/// report map ids: taken as yes, as before.)
+fn uses_map(p: &ProgramInfo, map: u32) -> bool {
+    p.map_ids().ok().flatten().is_none_or(|ids| ids.contains(&map))
 }
 
 impl Instance {
@@ -382,7 +473,7 @@ impl Instance {
                 return Err(LoaderError::Link { path, source: LinkError::InvalidLink });
             }
             let ours = prog.info()?.tag();
-            if link_program_tag(&info) == Some(ours) {
+            if link_program(&info).is_some_and(|p| p.tag() == ours && uses_map(&p, self.maglev_id)) {
                 ebpf_log::spawn_for_program(info.program_id());
                 return Ok((link, LinkOutcome::Adopted));
             }

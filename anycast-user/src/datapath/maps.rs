@@ -13,11 +13,12 @@ use anycast_common::{
     VipCounters, VipInfo, VipKey,
     counters::EXCEPTION_SLOTS,
     flow::EMBRYO_SLOTS,
-    maps::{self, BPF_F_INNER_MAP, maglev_inner_len},
+    maps::{self, MAGLEV_DEFAULT_SIZE},
 };
 
 use super::{
     addresses::{self, Addresses, Write},
+    maglev::Shape,
     sys::{self, BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH},
 };
 use aya::{
@@ -40,8 +41,10 @@ pub enum MapsError {
     PerCpu { name: &'static str, source: std::io::Error },
     #[error("map {name}: {source}")]
     Io { name: &'static str, source: std::io::Error },
-    #[error("Maglev table of {0} slots: sizes are 1..={max}", max = maps::MAGLEV_MAX_SIZE)]
-    MaglevSize(usize),
+    #[error(
+        "Maglev table of {0} slots: the data path's tables hold 1..={1} (maglev_table_size at its start)"
+    )]
+    MaglevSize(usize, u32),
 }
 
 type Result<T, E = MapsError> = std::result::Result<T, E>;
@@ -64,6 +67,8 @@ pub struct DataPathMaps {
     maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
     /// The outer map's fd again, for batch updates (aya's `ArrayOfMaps` does not expose it).
     maglev_fd: OwnedFd,
+    /// What its template accepts as inner tables.
+    maglev_shape: Shape,
     sites: Array<MapData, SiteInfo>,
     tunnel_peers: HashMap<MapData, AddrKey, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
@@ -77,22 +82,33 @@ pub struct DataPathMaps {
 }
 
 impl DataPathMaps {
-    /// Takes the maps out of a loaded object (the program keeps its references).
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing(name)))
+    /// Takes the maps out of a loaded object (the program keeps its references); `shape`:
+    /// what its `MAGLEV` template accepts ([`Shape::of_object`] for an object's own).
+    pub fn take(ebpf: &mut Ebpf, shape: Shape) -> Result<Self> {
+        Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing(name)), Some(shape))
     }
 
     /// Opens the maps pinned under `dir` (one file per map name) by a running instance.
     /// (Pinning itself happens at load: `EbpfLoader::map_pin_path` for every name in
-    /// `anycast_common::maps::ALL` reuses a pinned map or creates and pins it.)
-    pub fn from_pins(dir: &Path) -> Result<Self> {
-        Self::build(|name| {
-            let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
-            Map::from_map_data(data).map_err(map_err(name))
-        })
+    /// `anycast_common::maps::ALL` reuses a pinned map or creates and pins it.) The shape
+    /// of the Maglev tables is read off the ones there; with none, `maglev_table_size`.
+    pub fn from_pins(dir: &Path, maglev_table_size: u32) -> Result<Self> {
+        let mut maps = Self::build(
+            |name| {
+                let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
+                Map::from_map_data(data).map_err(map_err(name))
+            },
+            None,
+        )?;
+        if let Some(shape) = Shape::of_outer(maps.maglev_fd.as_fd()).map_err(map_err(maps::MAGLEV))? {
+            maps.maglev_shape = shape;
+        } else {
+            maps.maglev_shape = Shape::for_size(maglev_table_size);
+        }
+        Ok(maps)
     }
 
-    fn build(mut get: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+    fn build(mut get: impl FnMut(&'static str) -> Result<Map>, shape: Option<Shape>) -> Result<Self> {
         fn typed<T: TryFrom<Map, Error = MapError>>(
             get: &mut impl FnMut(&'static str) -> Result<Map>,
             name: &'static str,
@@ -125,6 +141,7 @@ impl DataPathMaps {
             vips: typed(&mut get, maps::VIPS)?,
             maglev: maglev.try_into().map_err(map_err(maps::MAGLEV))?,
             maglev_fd,
+            maglev_shape: shape.unwrap_or(Shape::for_size(MAGLEV_DEFAULT_SIZE)),
             sites: typed(&mut get, maps::SITES)?,
             tunnel_peers: typed(&mut get, maps::TUNNEL_PEERS)?,
             flows: typed(&mut get, maps::FLOWS)?,
@@ -261,7 +278,7 @@ impl DataPathMaps {
             let i = match inners.iter().position(|(t, _)| std::ptr::eq(*t, table) || *t == table) {
                 Some(i) => i,
                 None => {
-                    inners.push((table, new_maglev_inner(table)?));
+                    inners.push((table, new_maglev_inner(table, self.maglev_shape)?));
                     inners.len() - 1
                 }
             };
@@ -505,14 +522,14 @@ fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
     sys::bpf(cmd, attr).map(drop)
 }
 
-/// An inner Maglev array holding `table` (size in slot 0), written in one batch.
-fn new_maglev_inner(table: &[u32]) -> Result<Array<MapData, u32>> {
+/// An inner Maglev array of `shape` holding `table` (size in slot 0), written in one batch.
+fn new_maglev_inner(table: &[u32], shape: Shape) -> Result<Array<MapData, u32>> {
     let size = table.len();
-    if size == 0 || size > maps::MAGLEV_MAX_SIZE as usize {
-        return Err(MapsError::MaglevSize(size));
+    if size == 0 || size > shape.capacity() as usize {
+        return Err(MapsError::MaglevSize(size, shape.capacity()));
     }
-    let mut inner = Array::<MapData, u32>::create(maglev_inner_len(size as u32), BPF_F_INNER_MAP as u32)
-        .map_err(map_err(maps::MAGLEV))?;
+    let (entries, flags) = shape.inner(size as u32);
+    let mut inner = Array::<MapData, u32>::create(entries, flags).map_err(map_err(maps::MAGLEV))?;
     let values: Vec<u32> = std::iter::once(size as u32).chain(table.iter().copied()).collect();
     let keys: Vec<u32> = (0..values.len() as u32).collect();
     let fd = IterableMap::<u32, u32>::map(&inner).fd().as_fd().as_raw_fd();

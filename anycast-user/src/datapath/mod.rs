@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod layout;
 pub mod link_state;
 pub mod loader;
+pub mod maglev;
 pub mod maps;
 pub mod object;
 pub mod pin_lock;

@@ -157,13 +157,23 @@ impl Owner {
         let config = with_hash_key(config)?;
         let overrides = Overrides::load(&config.admin.state_dir)?;
         let t0 = Instant::now();
-        let prepared = loader::load(object, &config.datapath.pin_dir, config.datapath.flow_table_size)?;
+        let prepared = loader::load(
+            object,
+            &config.datapath.pin_dir,
+            config.datapath.flow_table_size,
+            config.datapath.maglev_table_size,
+        )?;
         let mut maps = prepared.maps;
         let t1 = Instant::now();
         let mut reconciler = Reconciler::new(&maps)?;
         // A migration plans against what the older layout's data path steers by (its VIP
         // slots and tables, its sites) and writes into the new maps.
-        let planning = prepared.previous.as_ref().map(|p| reconciler.current().with_previous(p));
+        // So does a rebuild of the Maglev tables, against the tables it replaces.
+        let planning = match (&prepared.previous, &prepared.rebuilt_maglev) {
+            (Some(p), _) => Some(reconciler.current().with_previous(p)),
+            (None, Some(tables)) => Some(reconciler.current().with_tables(tables)),
+            (None, None) => None,
+        };
         let current = planning.as_ref().unwrap_or(reconciler.current());
         let t2 = Instant::now();
         let egress = ifindexes(&config.local.interfaces)?;
@@ -208,7 +218,7 @@ impl Owner {
             return Err(OwnerError::NotRunning(pin_dir.display().to_string()));
         }
         let overrides = Overrides::load(&config.admin.state_dir)?;
-        let maps = DataPathMaps::from_pins(&pin_dir)?;
+        let maps = DataPathMaps::from_pins(&pin_dir, config.datapath.maglev_table_size)?;
         let reconciler = Reconciler::new(&maps)?;
         let egress = ifindexes(&config.local.interfaces)?;
         let dynamic = Dynamic::running(&config, &overrides, reconciler.current(), egress.clone())?;
@@ -352,6 +362,11 @@ impl Owner {
         }
         if config.datapath.pin_dir != self.config.datapath.pin_dir {
             return Err(OwnerError::NeedsRestart("datapath.pin_dir"));
+        }
+        // The running tables' size is their template's, fixed when the data path started
+        // (datapath::maglev): a start rebuilds them, without moving a flow.
+        if config.datapath.maglev_table_size != self.config.datapath.maglev_table_size {
+            return Err(OwnerError::NeedsRestart("datapath.maglev_table_size"));
         }
         if config.admin != self.config.admin {
             log::warn!("[admin] changes take effect at the next controller start");

@@ -555,16 +555,21 @@ impl State {
     /// adopted. Every entry of those tables counts as flagged `MAGLEV_CHECK`: layout 1 pinned
     /// every flow, so any local bucket may hold flows pinned to another site.
     pub fn with_previous(&self, previous: &Previous) -> State {
-        let mut s = self.clone();
-        s.vips = previous.vips.iter().map(|(k, index)| (*k, VipInfo { index: *index, flags: 0 })).collect();
-        s.maglev = previous
+        let flagged: Vec<(u32, Vec<u32>)> = previous
             .maglev
             .iter()
-            .map(|(index, table)| {
-                let flagged: Vec<u32> = table.iter().map(|&e| e | MAGLEV_CHECK).collect();
-                (*index, flagged.into())
-            })
+            .map(|(index, table)| (*index, table.iter().map(|&e| e | MAGLEV_CHECK).collect()))
             .collect();
+        let mut s = self.with_tables(&flagged);
+        s.vips = previous.vips.iter().map(|(k, index)| (*k, VipInfo { index: *index, flags: 0 })).collect();
+        s
+    }
+
+    /// This state with the Maglev tables `tables` (VIP slot → entries) instead of the maps'
+    /// own: a rebuild of `MAGLEV` plans against the tables the running program steers by.
+    pub fn with_tables(&self, tables: &[(u32, Vec<u32>)]) -> State {
+        let mut s = self.clone();
+        s.maglev = tables.iter().map(|(index, table)| (*index, table.as_slice().into())).collect();
         s
     }
 

@@ -129,6 +129,11 @@ pub fn preview(before: &Config, old: &Plan, config: &Config, plan: &Plan, curren
     if config.datapath.pin_dir != before.datapath.pin_dir {
         out.notes.push("datapath.pin_dir changes: the reload is refused (restart the controller)".into());
     }
+    if config.datapath.maglev_table_size != before.datapath.maglev_table_size {
+        out.notes.push(
+            "datapath.maglev_table_size changes: the reload is refused (restart the controller)".into(),
+        );
+    }
     if config.datapath.flow_table_size != before.datapath.flow_table_size {
         out.notes.push("flow_table_size changes only after `anycast detach` and a start".into());
     }
