@@ -112,12 +112,14 @@ fn installs(log: &str) -> Vec<(f64, String)> {
 }
 
 /// The longest time between the two hosts' installs of the same decision, and how many
-/// they both installed.
+/// they both installed — from the later host's first install on (the daemons start one
+/// after the other: the first weights of the one started later are late).
 fn install_skew(a1: &str, a2: &str) -> (Duration, usize) {
     let (x, y) = (installs(a1), installs(a2));
+    let since = x.first().zip(y.first()).map_or(f64::MAX, |(a, b)| a.0.max(b.0));
     let mut worst = 0.0f64;
     let mut both = 0;
-    for (t, what) in &x {
+    for (t, what) in x.iter().filter(|(t, _)| *t > since) {
         if let Some((u, _)) =
             y.iter().filter(|(_, w)| w == what).min_by(|a, b| (a.0 - t).abs().total_cmp(&(b.0 - t).abs()))
         {
