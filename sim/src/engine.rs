@@ -24,7 +24,10 @@
 //!   bucket names another site now are established flows moved. Across a backbone partition
 //!   nothing passes: forwarded packets are lost until the probes take the far sites down.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
 
 use anycast_user::{
     bgp::{Hysteresis, Pacing},
@@ -43,6 +46,9 @@ use crate::{figures::Recorder, scenario::Scenario, world::gauss};
 #[derive(Clone, Debug)]
 pub struct Params {
     pub knobs: Knobs,
+    /// Per site: how long after a decision every host of the site installs it (the
+    /// daemon's `steering::install::lead_time`).
+    pub lead: f64,
     pub interval: f64,
     pub smoothing: Duration,
     pub stale: f64,
@@ -257,8 +263,8 @@ impl Reports {
 }
 
 /// Who decides: every host on its own figures (the daemon before sites of several hosts),
-/// or the site's first host alive on the sum of its hosts', the others installing its
-/// weights.
+/// or the site's first host alive on the sum of its hosts', every host of the site
+/// installing each decision `lead` seconds after it (as the daemon's hosts do).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Steering {
     PerHost,
@@ -283,11 +289,12 @@ pub struct Sim<'a> {
     effective: Vec<Route>,
     pending: Vec<Option<(f64, Route)>>,
     catchment: Vec<Route2>,
-    /// Per site (per-site steering): the policy's state, the host deciding, and the
-    /// weights it decided last (which the other hosts install).
+    /// Per site (per-site steering): the policy's state, the host deciding, and its
+    /// decisions not installed yet (when, what), which every host of the site installs at
+    /// that moment.
     site_policy: Vec<policy::State>,
     leader: Vec<Option<usize>>,
-    decided: Vec<Option<Vec<u32>>>,
+    decided: Vec<VecDeque<(f64, Vec<u32>)>>,
     decay: [f64; C],
     /// Per site: the flows of the links parked towards it, per class, by the side of the
     /// backbone partition their sender is on (0 without a partition).
@@ -368,7 +375,7 @@ impl<'a> Sim<'a> {
             catchment: (0..n).map(|i| [(i, 1.0), (i, 0.0)]).collect(),
             site_policy: vec![policy::State::default(); n],
             leader: vec![None; n],
-            decided: vec![None; n],
+            decided: vec![VecDeque::new(); n],
             decay: CLASSES.map(|c| (-p.dt / c.lifetime).exp()),
             parked_to: vec![[[0.0; C]; 2]; n],
             side: (0..n).map(|i| s.partition.as_ref().map_or(0, |p| p.side[i] as usize)).collect(),
@@ -441,6 +448,7 @@ impl<'a> Sim<'a> {
                     self.poll(site, t);
                 }
             }
+            self.install_due(t);
             // Controllers read the counters at the end of the step, having counted it.
             for h in 0..self.hosts.len() {
                 if self.hosts[h].alive && step % per_interval == self.hosts[h].phase {
@@ -904,8 +912,9 @@ impl<'a> Sim<'a> {
     }
 
     /// One tick of host `h`'s controller: read its counters; then, per host, decide on its
-    /// own figures, or per site, install the site's decision and, on the site's first host
-    /// alive, aggregate its hosts' figures and decide for the site.
+    /// own figures and install at once, or per site, on the site's first host alive,
+    /// aggregate its hosts' figures and decide for the site, to be installed by all its
+    /// hosts at the decision's moment ([`Self::install_due`]).
     fn tick(&mut self, h: usize, t: f64) {
         let site = self.hosts[h].site;
         let Some(local) = self.measure(h, t) else { return };
@@ -944,18 +953,29 @@ impl<'a> Sim<'a> {
                     for &k in &self.site_hosts[site] {
                         self.hosts[k].signals = (decision.overloaded, decision.no_headroom);
                     }
-                    if policy::worth_applying(
-                        weights.iter().copied().zip(self.hosts[h].applied.iter().copied()),
-                    ) {
-                        self.decided[site] = Some(weights.clone());
-                        self.apply(h, weights, t);
-                    }
-                } else if let Some(w) = &self.decided[site]
-                    && *w != self.hosts[h].applied
+                    // Installed by every host of the site at its moment (`install_due`).
+                    self.decided[site].push_back((t + self.p.lead, weights));
+                }
+            }
+        }
+    }
+
+    /// Per site, the latest decision due at `t` (the earlier due ones are past), installed
+    /// on each of its hosts alive where it differs enough from what that host applies, as
+    /// the daemon's hosts install their deciding host's decisions.
+    fn install_due(&mut self, t: f64) {
+        for site in 0..self.decided.len() {
+            let mut due = None;
+            while self.decided[site].front().is_some_and(|(at, _)| *at <= t) {
+                due = self.decided[site].pop_front();
+            }
+            let Some((_, weights)) = due else { continue };
+            for k in self.site_hosts[site].clone() {
+                let host = &self.hosts[k];
+                if host.alive
+                    && policy::worth_applying(weights.iter().copied().zip(host.applied.iter().copied()))
                 {
-                    // A follower installs what its leader decided (polled at its tick).
-                    let w = w.clone();
-                    self.apply(h, w, t);
+                    self.apply(k, weights.clone(), t);
                 }
             }
         }
@@ -1262,6 +1282,7 @@ mod tests {
 
     fn params() -> Params {
         Params {
+            lead: 1.5,
             knobs: Knobs {
                 target: 0.8,
                 high: 0.9,

@@ -89,6 +89,7 @@ fn params(cli: &Cli) -> Result<Params> {
     }
     Ok(Params {
         knobs: Knobs::of(&load),
+        lead: anycast_user::steering::install::lead_time(pick(|c| c.load.is_some())).as_secs_f64(),
         interval: load.interval.as_secs_f64(),
         smoothing: load.smoothing,
         stale: load.stale.as_secs_f64(),
