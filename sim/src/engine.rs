@@ -136,18 +136,39 @@ impl Link {
     /// Brings a parked link up to `now` steps: its flows decay by `decay` per step, and
     /// the packets they sent meanwhile are counted (a geometric sum: the same figures as
     /// stepping it).
-    fn catch_up(&mut self, now: usize, decay: &[f64; C], dt: f64) {
-        let k = now.saturating_sub(self.as_of) as i32;
+    fn catch_up(&mut self, now: usize, decay: &Decay, dt: f64) {
+        let k = now.saturating_sub(self.as_of);
         self.as_of = now;
         if k == 0 {
             return;
         }
         for (c, class) in CLASSES.iter().enumerate() {
-            let d = decay[c];
-            let dk = d.powi(k);
+            let (d, dk) = (decay.step[c], decay.over(k, c));
             self.counted += self.flows[c] * class.pps * dt * d * (1.0 - dk) / (1.0 - d);
             self.flows[c] *= dk;
         }
+    }
+}
+
+/// Per class, the decay of pinned flows over one step, and over `k` steps, tabulated for
+/// the `k` a parked link is mostly brought up to date after (an interval).
+struct Decay {
+    step: [f64; C],
+    over: Vec<[f64; C]>,
+}
+
+impl Decay {
+    /// Tabulated up to this many steps.
+    const TABULATED: usize = 64;
+
+    fn new(dt: f64) -> Decay {
+        let step = CLASSES.map(|c| (-dt / c.lifetime).exp());
+        let over = (0..Self::TABULATED).map(|k| step.map(|d| d.powi(k as i32))).collect();
+        Decay { step, over }
+    }
+
+    fn over(&self, k: usize, c: usize) -> f64 {
+        self.over.get(k).map_or_else(|| self.step[c].powi(k as i32), |x| x[c])
     }
 }
 
@@ -217,7 +238,10 @@ struct Reports {
     /// Reports kept per site: enough that a report still held fresh is still there (a
     /// power of two: the index is a mask).
     ring: usize,
-    published: Vec<Vec<Published>>,
+    /// Per site, its ring of reports, in one vector by ring slot (`seq % ring * n + site`):
+    /// the sites publish once per interval each, so a decider reading every site's report
+    /// reads them from the same slot or the next, one after the other.
+    published: Vec<Published>,
     newest: Vec<u32>,
     /// Per (poller, site): the sequence number of the report the poller holds (0: none).
     held: Vec<u32>,
@@ -228,7 +252,7 @@ impl Reports {
         let ring = PUBLISHED.max((p.stale / p.interval).ceil() as usize + 4).next_power_of_two();
         Reports {
             ring,
-            published: vec![vec![Published::default(); ring]; n],
+            published: vec![Published::default(); n * ring],
             newest: vec![0; n],
             held: vec![0; n * n],
         }
@@ -237,12 +261,12 @@ impl Reports {
     fn publish(&mut self, site: usize, at: f64, report: Report, claims: Vec<(usize, f64, f64)>) {
         self.newest[site] += 1;
         let seq = self.newest[site];
-        self.published[site][seq as usize & (self.ring - 1)] =
+        self.published[(seq as usize & (self.ring - 1)) * self.newest.len() + site] =
             Published { seq, at, report: Some(report), claims };
     }
 
     fn get(&self, site: usize, seq: u32) -> Option<&Published> {
-        let p = &self.published[site][seq as usize & (self.ring - 1)];
+        let p = &self.published[(seq as usize & (self.ring - 1)) * self.newest.len() + site];
         (seq > 0 && p.seq == seq).then_some(p)
     }
 
@@ -252,14 +276,22 @@ impl Reports {
         let oldest = newest.saturating_sub(self.ring as u32 - 1).max(1);
         if let Some(seq) = (oldest..=newest).rev().find(|&q| self.get(site, q).is_some_and(|p| p.at <= sent))
         {
-            self.held[poller * self.published.len() + site] = seq;
+            self.held[poller * self.newest.len() + site] = seq;
         }
     }
 
     /// The report `poller` holds from `site`, if not older than `stale` at `t`.
     fn held(&self, poller: usize, site: usize, t: f64, stale: f64) -> Option<&Published> {
-        self.get(site, self.held[poller * self.published.len() + site]).filter(|p| t - p.at <= stale)
+        self.get(site, self.held[poller * self.newest.len() + site]).filter(|p| t - p.at <= stale)
     }
+}
+
+/// What a decision is made from, kept from one to the next (a decision reads every site).
+#[derive(Default)]
+struct Buffers {
+    siblings: Vec<Sibling>,
+    /// The sites whose report held claims room.
+    claiming: Vec<usize>,
 }
 
 /// Who decides: every host on its own figures (the daemon before sites of several hosts),
@@ -295,7 +327,7 @@ pub struct Sim<'a> {
     site_policy: Vec<policy::State>,
     leader: Vec<Option<usize>>,
     decided: Vec<VecDeque<(f64, Vec<u32>)>>,
-    decay: [f64; C],
+    decay: Decay,
     /// Per site: the flows of the links parked towards it, per class, by the side of the
     /// backbone partition their sender is on (0 without a partition).
     parked_to: Vec<[[f64; C]; 2]>,
@@ -304,6 +336,9 @@ pub struct Sim<'a> {
     done: usize,
     /// `SIM_DEBUG` set: the first focus site's decisions on stderr.
     debug: bool,
+    buffers: Buffers,
+    /// Per site: whether its peer address (its first host's) answers polls.
+    answers: Vec<bool>,
     pub rec: Recorder,
 }
 
@@ -376,11 +411,13 @@ impl<'a> Sim<'a> {
             site_policy: vec![policy::State::default(); n],
             leader: vec![None; n],
             decided: vec![VecDeque::new(); n],
-            decay: CLASSES.map(|c| (-p.dt / c.lifetime).exp()),
+            decay: Decay::new(p.dt),
             parked_to: vec![[[0.0; C]; 2]; n],
             side: (0..n).map(|i| s.partition.as_ref().map_or(0, |p| p.side[i] as usize)).collect(),
             done: 0,
             debug: std::env::var_os("SIM_DEBUG").is_some(),
+            buffers: Buffers::default(),
+            answers: vec![true; n],
             rec: Recorder::new(s, p),
         };
         sim.warm_up();
@@ -408,6 +445,7 @@ impl<'a> Sim<'a> {
         let mut received = vec![0.0; n];
         let mut served = vec![0.0; n];
         let mut capacity = vec![0.0; n];
+        let mut ecmp = vec![0; n];
         for step in 0..steps {
             let t = step as f64 * self.p.dt;
             self.outages(t);
@@ -416,8 +454,15 @@ impl<'a> Sim<'a> {
             received.iter_mut().for_each(|r| *r = 0.0);
             served.iter_mut().for_each(|r| *r = 0.0);
             let part = self.s.partitioned(t);
+            for (j, hs) in self.site_hosts.iter().enumerate() {
+                let best = self.route[j];
+                ecmp[j] = hs
+                    .iter()
+                    .filter(|&&k| self.hosts[k].alive && self.hosts[k].speaker.current() == best)
+                    .count();
+            }
             for h in 0..self.hosts.len() {
-                self.flows(h, &ingress, part, &mut received, &mut served);
+                self.flows(h, &ingress, ecmp[self.hosts[h].site], part, &mut received, &mut served);
             }
             self.parked_flows(part, &mut received);
             self.done = step + 1;
@@ -490,6 +535,7 @@ impl<'a> Sim<'a> {
         let site = self.hosts[h].site;
         let alive_before = self.alive(site);
         self.hosts[h].alive = false;
+        self.answers[site] = self.hosts[self.site_hosts[site][0]].alive;
         // What it served locally is gone, and so is its share of what siblings forward to
         // its site (per-host endpoints: the other hosts' flows stay where they are).
         let lost: f64 = self.hosts[h].local.iter().sum();
@@ -592,8 +638,9 @@ impl<'a> Sim<'a> {
     fn recover(&mut self, h: usize, t: f64) {
         let n = self.s.world.len();
         let site = self.hosts[h].site;
+        self.hosts[h].alive = true;
+        self.answers[site] = self.hosts[self.site_hosts[site][0]].alive;
         let host = &mut self.hosts[h];
-        host.alive = true;
         // A fresh data path and controller: every new flow local until measured otherwise.
         host.policy = policy::State::default();
         host.signals = (false, false);
@@ -713,6 +760,7 @@ impl<'a> Sim<'a> {
         &mut self,
         h: usize,
         ingress: &[f64],
+        ecmp: usize,
         part: Option<&[bool]>,
         received: &mut [f64],
         served: &mut [f64],
@@ -722,15 +770,11 @@ impl<'a> Sim<'a> {
         if !self.hosts[h].alive {
             return;
         }
-        // ECMP over the site's hosts that are alive and announce the best route.
+        // ECMP over the site's `ecmp` hosts that are alive and announce the best route.
         let best = self.route[site];
-        let ecmp = self.site_hosts[site]
-            .iter()
-            .filter(|&&k| self.hosts[k].alive && self.hosts[k].speaker.current() == best)
-            .count();
         let in_ecmp = self.hosts[h].speaker.current() == best && best != Route::Withdraw;
         let arriving = if in_ecmp && ecmp > 0 { ingress[site] / ecmp as f64 } else { 0.0 };
-        let decay = self.decay;
+        let decay = self.decay.step;
         let world = &self.s.world;
         let host = &mut self.hosts[h];
         let keep = host.table.keep;
@@ -802,7 +846,7 @@ impl<'a> Sim<'a> {
             for (side, flows) in by_side.iter_mut().enumerate() {
                 let mut pps = 0.0;
                 for (c, class) in CLASSES.iter().enumerate() {
-                    flows[c] *= self.decay[c];
+                    flows[c] *= self.decay.step[c];
                     pps += flows[c] * class.pps;
                 }
                 if part.is_none_or(|p| p[j] as usize == side) {
@@ -829,7 +873,7 @@ impl<'a> Sim<'a> {
     /// Changes the pinned flows of host `h`'s link to site `j` with `f` (a parked link's
     /// brought up to date first, its sums kept); returns them as they were.
     fn change_link(&mut self, h: usize, j: usize, f: impl FnOnce(&mut [f64; C])) -> [f64; C] {
-        let (now, decay, dt) = (self.done, self.decay, self.p.dt);
+        let (now, decay, dt) = (self.done, &self.decay, self.p.dt);
         let side = self.side[self.hosts[h].site];
         let host = &mut self.hosts[h];
         match host.slot[j] {
@@ -842,7 +886,7 @@ impl<'a> Sim<'a> {
             }
             Slot::Parked(i) => {
                 let link = &mut host.parked[i as usize];
-                link.catch_up(now, &decay, dt);
+                link.catch_up(now, decay, dt);
                 let before = link.flows;
                 f(&mut link.flows);
                 for (c, was) in before.iter().enumerate() {
@@ -858,7 +902,7 @@ impl<'a> Sim<'a> {
     /// Gives host `h`'s link to site `j` its table's share: a link losing its share is
     /// parked, one gaining a share is stepped again.
     fn set_share(&mut self, h: usize, j: usize, share: f64) {
-        let (now, decay, dt) = (self.done, self.decay, self.p.dt);
+        let (now, decay, dt) = (self.done, &self.decay, self.p.dt);
         let side = self.side[self.hosts[h].site];
         let host = &mut self.hosts[h];
         match (host.slot[j], share > 0.0) {
@@ -876,7 +920,7 @@ impl<'a> Sim<'a> {
             }
             (Slot::Parked(i), true) => {
                 let mut link = host.unlink(Slot::Parked(i));
-                link.catch_up(now, &decay, dt);
+                link.catch_up(now, decay, dt);
                 for c in 0..C {
                     host.parked_flows[c] -= link.flows[c];
                     self.parked_to[j][side][c] -= link.flows[c];
@@ -895,12 +939,12 @@ impl<'a> Sim<'a> {
 
     /// Takes every link of host `h` (it failed), brought up to date: (site, flows).
     fn take_links(&mut self, h: usize) -> Vec<(usize, [f64; C])> {
-        let (now, decay, dt) = (self.done, self.decay, self.p.dt);
+        let (now, decay, dt) = (self.done, &self.decay, self.p.dt);
         let side = self.side[self.hosts[h].site];
         let host = &mut self.hosts[h];
         let mut out: Vec<(usize, [f64; C])> = host.live.drain(..).map(|l| (l.site, l.flows)).collect();
         for mut link in host.parked.drain(..) {
-            link.catch_up(now, &decay, dt);
+            link.catch_up(now, decay, dt);
             for c in 0..C {
                 self.parked_to[link.site][side][c] -= link.flows[c];
             }
@@ -970,11 +1014,27 @@ impl<'a> Sim<'a> {
                 due = self.decided[site].pop_front();
             }
             let Some((_, weights)) = due else { continue };
-            for k in self.site_hosts[site].clone() {
+            // The hosts of a site mostly apply the same weights (known by their digests):
+            // judged once for them all; the weights applied already are not worth applying
+            // (most sites, most of the time).
+            let new = digest(&weights);
+            let mut judged: Option<(u64, bool)> = None;
+            for i in 0..self.site_hosts[site].len() {
+                let k = self.site_hosts[site][i];
                 let host = &self.hosts[k];
-                if host.alive
-                    && policy::worth_applying(weights.iter().copied().zip(host.applied.iter().copied()))
-                {
+                if !host.alive || host.digest == new {
+                    continue;
+                }
+                let worth = match judged {
+                    Some((applied, worth)) if applied == host.digest => worth,
+                    _ => {
+                        let worth =
+                            policy::worth_applying(weights.iter().copied().zip(host.applied.iter().copied()));
+                        judged = Some((host.digest, worth));
+                        worth
+                    }
+                };
+                if worth {
                     self.apply(k, weights.clone(), t);
                 }
             }
@@ -1011,11 +1071,11 @@ impl<'a> Sim<'a> {
             link.counted = 0.0;
         };
         host.live.iter_mut().for_each(smooth);
-        let (now, decay, dt, side) = (self.done, self.decay, self.p.dt, self.side[site]);
+        let (now, decay, dt, side) = (self.done, &self.decay, self.p.dt, self.side[site]);
         let mut i = 0;
         while i < host.parked.len() {
             let link = &mut host.parked[i];
-            link.catch_up(now, &decay, dt);
+            link.catch_up(now, decay, dt);
             smooth(link);
             if link.flows.iter().sum::<f64>() < NEGLIGIBLE && link.smoothed < NEGLIGIBLE {
                 // Its flows have ended: dropped from the books.
@@ -1062,55 +1122,64 @@ impl<'a> Sim<'a> {
         t: f64,
     ) -> (Vec<u32>, Decision) {
         let n = self.s.world.len();
-        // What the other shedders claim, from the reports this site holds.
-        let (mut want, mut send) = (vec![0.0; n], vec![0.0; n]);
+        // Every site decides over every other each interval: the buffers are reused.
+        let mut b = std::mem::take(&mut self.buffers);
+        b.siblings.clear();
+        b.claiming.clear();
+        // The reports this site holds (and which of them claim room).
         let stale = self.p.stale;
-        let held: Vec<Option<&Published>> = (0..n).map(|j| self.reports.held(site, j, t, stale)).collect();
-        for p in held.iter().flatten() {
-            for &(j, w, s) in &p.claims {
-                want[j] += w;
-                send[j] += s;
+        let health = &self.health[site * n..(site + 1) * n];
+        let rtt = self.s.world.rtt_row(site);
+        for j in (0..n).filter(|&j| j != site) {
+            let held = self.reports.held(site, j, t, stale);
+            if let Some(p) = held {
+                self.rec.age(t - p.at);
+                if !p.claims.is_empty() {
+                    b.claiming.push(j);
+                }
+            }
+            b.siblings.push(Sibling {
+                up: health[j].up(),
+                drained: false,
+                cost: rtt[j] as f64,
+                ours: 0.0,
+                others_want: 0.0,
+                others_send: 0.0,
+                report: held.and_then(|p| p.report),
+            });
+        }
+        // The sibling of a site (this one is not among them).
+        let of = |j: usize| if j < site { j } else { j - 1 };
+        // What the other shedders claim.
+        for &j in &b.claiming {
+            let Some(p) = self.reports.held(site, j, t, stale) else { continue };
+            for &(k, w, s) in &p.claims {
+                if k != site {
+                    b.siblings[of(k)].others_want += w;
+                    b.siblings[of(k)].others_send += s;
+                }
             }
         }
         // What this decider sends each site: its own (per host) or its hosts' (per site).
-        let deciders: Vec<usize> = match self.p.steering {
-            Steering::PerHost => vec![h],
-            Steering::PerSite => {
-                self.site_hosts[site].iter().copied().filter(|&k| self.hosts[k].alive).collect()
-            }
+        let deciders = match self.p.steering {
+            Steering::PerHost => std::slice::from_ref(&h),
+            Steering::PerSite => &self.site_hosts[site][..],
         };
-        let mut ours = vec![0.0; n];
-        for &k in &deciders {
-            for link in self.hosts[k].live.iter().chain(&self.hosts[k].parked) {
-                ours[link.site] += link.smoothed;
+        for &k in deciders {
+            if self.hosts[k].alive {
+                for link in self.hosts[k].live.iter().chain(&self.hosts[k].parked) {
+                    b.siblings[of(link.site)].ours += link.smoothed;
+                }
             }
         }
-        let mut siblings = Vec::with_capacity(n - 1);
-        for (j, health) in self.health[site * n..(site + 1) * n].iter().enumerate() {
-            if j == site {
-                continue;
-            }
-            if let Some(p) = held[j] {
-                self.rec.age(t - p.at);
-            }
-            let report = held[j].and_then(|p| p.report);
-            siblings.push(Sibling {
-                up: health.up(),
-                drained: false,
-                cost: self.s.world.rtt_ms(site, j),
-                ours: ours[j],
-                others_want: want[j],
-                others_send: send[j],
-                report,
-            });
-        }
-        let decision = policy::decide(&self.p.knobs, state, local, &siblings);
+        let siblings = &b.siblings;
+        let decision = policy::decide(&self.p.knobs, state, local, siblings);
         let mut weights = vec![0u32; n];
         weights[site] = policy::weight(decision.keep);
         let others = (0..n).filter(|&j| j != site);
         let mut claims = Vec::new();
         for (k, j) in others.enumerate() {
-            if siblings[k].up {
+            if siblings[k].up && decision.shares[k] > 0.0 {
                 weights[j] = policy::weight(decision.shares[k]);
             }
             if decision.wants[k] > 0.0 {
@@ -1143,6 +1212,7 @@ impl<'a> Sim<'a> {
             };
             self.reports.publish(site, t, report, claims);
         }
+        self.buffers = b;
         (weights, decision)
     }
 
@@ -1150,9 +1220,14 @@ impl<'a> Sim<'a> {
         let site = self.hosts[h].site;
         let total: u32 = weights.iter().sum();
         let share = |w: u32| if total == 0 { 0.0 } else { w as f64 / total as f64 };
+        // The sites with a weight get their share, those losing it have their live links
+        // parked, in the order of the sites (a site with neither has nothing to change).
+        let mut losing: Vec<usize> =
+            self.hosts[h].live.iter().map(|l| l.site).filter(|&j| weights[j] == 0).collect();
+        losing.sort_unstable();
+        let mut losing = losing.into_iter().peekable();
         for (j, &w) in weights.iter().enumerate() {
-            // (A site with no weight and no live link has nothing to change.)
-            if j != site && (w > 0 || matches!(self.hosts[h].slot[j], Slot::Live(_))) {
+            if j != site && (w > 0 || losing.next_if_eq(&j).is_some()) {
                 self.set_share(h, j, share(w));
             }
         }
@@ -1183,16 +1258,16 @@ impl<'a> Sim<'a> {
                 1
             }
         };
+        self.rec.polls[site] += pollers * (n as u64 - 1);
+        let rtt = self.s.world.rtt_row(site);
         for j in (0..n).filter(|&j| j != site) {
-            self.rec.polls[site] += pollers;
             if part.is_some_and(|side| side[site] != side[j]) || self.rng.f64() < self.p.report_loss {
                 continue;
             }
-            // The site's peer address is its first host's.
-            if !self.hosts[self.site_hosts[j][0]].alive {
+            if !self.answers[j] {
                 continue;
             }
-            let sent = t - self.s.world.rtt_ms(site, j) / 2000.0;
+            let sent = t - rtt[j] as f64 / 2000.0;
             self.reports.poll(site, j, sent);
         }
     }
@@ -1291,6 +1366,7 @@ mod tests {
                 max_moved_per_minute: 2.0,
                 window: 120,
                 escalate_after: 20,
+                lead: 0.0,
             },
             interval: 0.5,
             smoothing: Duration::from_secs(1),

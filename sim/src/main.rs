@@ -1,10 +1,18 @@
 //! `anycast-sim`: runs the scenarios, prints their figures, writes the JSON and the plots.
 //! `cargo xtask sim` builds and runs it (release).
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::PathBuf,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
 
 use anycast_sim::{
     engine::{Params, Sim, Steering},
+    figures::Figures,
     plot,
     scenario::{NAMES, Scenario},
 };
@@ -57,6 +65,9 @@ struct Cli {
     /// several hosts), instead of its site's first host deciding on the sum of the site's.
     #[arg(long)]
     per_host: bool,
+    /// Scenarios run at once (default: one per CPU).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
 }
 
 /// The daemon's config for a site with every steering section at its defaults.
@@ -87,9 +98,16 @@ fn params(cli: &Cli) -> Result<Params> {
     if !(0.0..1.0).contains(&cli.report_loss) || !(0.0..1.0).contains(&cli.noise) {
         bail!("--report-loss and --noise are in [0, 1)");
     }
+    // Per site, every host installs each decision a lead time after it, as the daemon's
+    // hosts of a site do (and its policy knows); per host, at once.
+    let lead = anycast_user::steering::install::lead_time(pick(|c| c.load.is_some()));
+    let knobs = match cli.per_host {
+        true => Knobs::of(&load),
+        false => Knobs::of(&load).with_lead(lead, load.interval),
+    };
     Ok(Params {
-        knobs: Knobs::of(&load),
-        lead: anycast_user::steering::install::lead_time(pick(|c| c.load.is_some())).as_secs_f64(),
+        knobs,
+        lead: if cli.per_host { 0.0 } else { lead.as_secs_f64() },
         interval: load.interval.as_secs_f64(),
         smoothing: load.smoothing,
         stale: load.stale.as_secs_f64(),
@@ -138,6 +156,31 @@ fn report_bytes() -> usize {
     signed.body.len() + signed.signature.map_or(0, |s| SIGNATURE_HEADER.len() + 4 + s.len())
 }
 
+/// A scenario's figures and the summary printed for them.
+type Ran = (Figures, String);
+
+/// Runs scenario `name`: its figures and their summary, and its plot if asked for.
+fn run(cli: &Cli, p: &Params, name: &str) -> Result<Ran> {
+    let s = Scenario::named(name, cli.sites as usize, cli.hosts as usize, cli.seed).context("scenario")?;
+    let started = Instant::now();
+    let rec = Sim::new(&s, p).run();
+    let took = started.elapsed();
+    let steering = if cli.per_host { "per host" } else { "per site" };
+    let figures = rec.finish(&s, p, report_bytes(), cli.hosts as usize, steering);
+    if let Some(dir) = &cli.svg {
+        let path = dir.join(format!("{name}.svg"));
+        let svg = plot::timeline(&s, &rec, &figures, p.dt, p.knobs.target, p.knobs.high).svg()?;
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let printed = format!(
+        "{}   ({:.1} s of simulated time in {:.2} s)",
+        figures.summary(),
+        s.duration,
+        took.as_secs_f64()
+    );
+    Ok((figures, printed))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let p = params(&cli)?;
@@ -149,22 +192,26 @@ fn main() -> Result<()> {
     if let Some(dir) = &cli.svg {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut all = Vec::new();
-    for name in names {
-        let s =
-            Scenario::named(name, cli.sites as usize, cli.hosts as usize, cli.seed).context("scenario")?;
-        let started = Instant::now();
-        let rec = Sim::new(&s, &p).run();
-        let took = started.elapsed();
-        let steering = if cli.per_host { "per host" } else { "per site" };
-        let figures = rec.finish(&s, &p, report_bytes(), cli.hosts as usize, steering);
-        if let Some(dir) = &cli.svg {
-            let path = dir.join(format!("{name}.svg"));
-            let svg = plot::timeline(&s, &rec, &figures, p.dt, p.knobs.target, p.knobs.high).svg()?;
-            std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+    // The scenarios are independent: run on `--jobs` threads, printed in their order.
+    let next = AtomicUsize::new(0);
+    let jobs =
+        cli.jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
+    let done: Mutex<Vec<Option<Result<Ran>>>> = Mutex::new((0..names.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(names.len()) {
+            scope.spawn(|| {
+                while let Some(&name) = names.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let i = names.iter().position(|&n| n == name).unwrap_or(0);
+                    let figures = run(&cli, &p, name);
+                    done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(figures);
+                }
+            });
         }
-        print!("{}", figures.summary());
-        println!("   ({:.1} s of simulated time in {:.2} s)", s.duration, took.as_secs_f64());
+    });
+    let mut all = Vec::new();
+    for result in done.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().flatten() {
+        let (figures, printed) = result?;
+        println!("{printed}");
         all.push(figures);
     }
     if let Some(out) = &cli.out {

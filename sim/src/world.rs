@@ -126,6 +126,12 @@ impl World {
         self.rtt[i * self.sites.len() + j] as f64
     }
 
+    /// Round-trip times from site `i` to every site, ms.
+    pub fn rtt_row(&self, i: usize) -> &[f32] {
+        let n = self.sites.len();
+        &self.rtt[i * n..(i + 1) * n]
+    }
+
     pub fn total_capacity(&self) -> f64 {
         self.sites.iter().map(Site::capacity).sum()
     }

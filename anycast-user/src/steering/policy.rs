@@ -80,6 +80,10 @@ pub struct Knobs {
     pub window: usize,
     /// Intervals overloaded while shedding before escalating.
     pub escalate_after: u32,
+    /// Intervals from a decision to its install (a site of several hosts installs each
+    /// decision on all its hosts at once, a lead time after it: `install::lead_time`); 0 for a
+    /// site that installs at once.
+    pub lead: f64,
 }
 
 impl Knobs {
@@ -93,7 +97,13 @@ impl Knobs {
             max_moved_per_minute: l.max_moved_per_minute,
             window: (60.0 / interval).round().max(1.0) as usize,
             escalate_after: (l.escalate_after.as_secs_f64() / interval).ceil().max(1.0) as u32,
+            lead: 0.0,
         }
+    }
+
+    /// With decisions installed `lead` after they are made, for a policy run every `tick`.
+    pub fn with_lead(self, lead: std::time::Duration, tick: std::time::Duration) -> Knobs {
+        Knobs { lead: lead.as_secs_f64() / tick.as_secs_f64().max(1e-3), ..self }
     }
 }
 
@@ -244,8 +254,13 @@ pub struct State {
     /// The local load the keep in force does not explain, averaged (packets/s; may be
     /// negative: noise).
     pub unexplained: f64,
-    /// The smoothed utilisation at the last decision (None before the first).
+    /// The smoothed utilisation and offered rate at the last decision (None before the
+    /// first).
     pub last_utilisation: Option<f64>,
+    pub last_offered: Option<f64>,
+    /// The keeps decided in the last intervals, newest last (the oldest: the keep in force
+    /// before them): with a lead time, what the data path kept over the last interval.
+    pub decided: VecDeque<f64>,
 }
 
 impl Default for State {
@@ -273,7 +288,23 @@ impl State {
             cpu_misses: 0,
             unexplained: 0.0,
             last_utilisation: None,
+            last_offered: None,
+            decided: VecDeque::from([keep]),
         }
+    }
+
+    /// The share of new flows kept over the last interval: decisions reach the data path
+    /// `lead` intervals after they are made, so over the interval just measured the keep in
+    /// force was the one decided `lead` intervals before its end, then the next one (a
+    /// site of one host: the last one decided).
+    fn in_force(&self, lead: f64) -> f64 {
+        let lead = lead.max(0.0);
+        let (whole, part) = (lead.floor() as usize, lead.fract());
+        let back = |i: usize| {
+            let n = self.decided.len();
+            if n == 0 { self.keep } else { self.decided[n - 1 - i.min(n - 1)] }
+        };
+        (1.0 - part) * back(whole) + part * back(whole + 1)
     }
 }
 
@@ -325,9 +356,14 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
     let rise = state.last_utilisation.map_or(0.0, |last| u - last);
     state.last_utilisation = Some(u);
     let arriving = rise > RISE * (knobs.high - knobs.target) && u + rise > knobs.high;
+    let offered_rise = state.last_offered.map_or(0.0, |last| (local.smoothed.offered - last).max(0.0));
+    state.last_offered = Some(local.smoothed.offered);
+    // What the data path kept while the figures were measured (with a lead time, not yet
+    // the last keep decided: the load it leaves unexplained would be counted twice).
+    let in_force = state.in_force(knobs.lead);
     // Overloaded, the last interval's figure counts at once if higher (a flash crowd: the
     // flows kept under keep 1 are there now); otherwise an average (noise).
-    let e = unexplained(state.keep, local);
+    let e = unexplained(in_force, local);
     state.unexplained += UNEXPLAINED_WEIGHT * (e - state.unexplained);
     if overloaded {
         state.unexplained = state.unexplained.max(e);
@@ -335,18 +371,25 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
     state.overloaded_for = if overloaded { state.overloaded_for + 1 } else { 0 };
     if overloaded || arriving {
         state.shedding = true;
-    } else if state.shedding && full_utilisation(state.keep, local) < knobs.low {
+    } else if state.shedding && full_utilisation(in_force, local) < knobs.low {
         state.shedding = false;
     }
 
     let sheddable = (local.smoothed.offered - local.fixed).max(0.0);
     let mut cpu_stalled = false;
     let wanted = if state.shedding && sheddable > 0.0 {
-        let mut w = wanted_keep(knobs, state.unexplained.max(0.0), local, sheddable);
+        let unexplained = state.unexplained.max(0.0);
+        let mut w = wanted_keep(knobs, unexplained, local, sheddable);
+        if arriving {
+            // A crowd still arriving is met where it will be when this decision shows in
+            // the figures (the next interval, after the lead time), at its last rise.
+            let ahead = sheddable + (1.0 + knobs.lead) * offered_rise;
+            w = w.min(wanted_keep(knobs, unexplained, local, ahead));
+        }
         if let Some(c) = local.cpu.filter(|&c| c > knobs.target) {
             cpu_stalled = state.cpu_misses >= CPU_TRIES;
             if !cpu_stalled {
-                w = w.min(state.keep * knobs.target / c);
+                w = w.min(in_force * knobs.target / c);
             }
         }
         w
@@ -355,10 +398,11 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
     };
 
     // Where the shed share goes: nearest room first, shared with the other shedders.
-    let rooms: Vec<f64> = siblings.iter().map(Sibling::room).collect();
-    let shed = (1.0 - wanted) * sheddable;
-    // Nothing to shed, nothing to order (most sites, most of the time: the simulator runs
+    // Nothing to shed, no room to look at (most sites, most of the time: the simulator runs
     // this for hundreds of sites a round).
+    let shed = (1.0 - wanted) * sheddable;
+    let rooms: Vec<f64> =
+        if shed > 0.0 { siblings.iter().map(Sibling::room).collect() } else { vec![0.0; siblings.len()] };
     let order = if shed > 0.0 { by_cost(siblings, &rooms) } else { Vec::new() };
     let mut wants = vec![0.0; siblings.len()];
     let mut left = shed;
@@ -377,7 +421,7 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
     let mut given: Vec<f64> = (0..siblings.len())
         .map(|j| {
             let (mine, others) = (wants[j], siblings[j].others_want);
-            if mine + others <= pool(j) { mine } else { pool(j) * mine / (mine + others) }
+            if mine == 0.0 || mine + others <= pool(j) { mine } else { pool(j) * mine / (mine + others) }
         })
         .collect();
     let mut deficit = shed - given.iter().sum::<f64>();
@@ -476,6 +520,10 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
         state.direction = (keep - state.keep).signum();
     }
     state.keep = keep;
+    state.decided.push_back(keep);
+    while state.decided.len() > knobs.lead.max(0.0).ceil() as usize + 2 {
+        state.decided.pop_front();
+    }
     state.shares.clone_from(&shares);
     let escalate = state.shedding && state.overloaded_for >= knobs.escalate_after;
     let no_headroom = overloaded && (capped || escalate || cpu_stalled);
@@ -484,9 +532,12 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
 
 /// Siblings with room, from the cheapest to the dearest; among equals, the roomiest first.
 fn by_cost(siblings: &[Sibling], rooms: &[f64]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..siblings.len()).filter(|&j| rooms[j] > 0.0).collect();
-    order.sort_by(|&a, &b| siblings[a].cost.total_cmp(&siblings[b].cost).then(rooms[b].total_cmp(&rooms[a])));
-    order
+    // Sorted by key (the index last: the order of a stable sort), without a lookup per
+    // comparison.
+    let mut keyed: Vec<(f64, f64, usize)> =
+        (0..siblings.len()).filter(|&j| rooms[j] > 0.0).map(|j| (siblings[j].cost, rooms[j], j)).collect();
+    keyed.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)));
+    keyed.into_iter().map(|(_, _, j)| j).collect()
 }
 
 /// The utilisation if every new flow stayed local: rate and, when it counts, CPU scaled up

@@ -363,7 +363,12 @@ impl Steering {
         let decision = if deciding {
             config.load.as_ref().map(|l| {
                 let siblings = self.siblings(config, dp, &site_forwarded, &down, now);
-                policy::decide(&Knobs::of(l), &mut self.policy, &whole, &siblings)
+                // A site of several hosts installs each decision a lead time after it.
+                let knobs = match host {
+                    Some(_) => Knobs::of(l).with_lead(install::lead_time(config), tick_of(config)),
+                    None => Knobs::of(l),
+                };
+                policy::decide(&knobs, &mut self.policy, &whole, &siblings)
             })
         } else {
             None

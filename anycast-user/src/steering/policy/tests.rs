@@ -12,6 +12,7 @@ const KNOBS: Knobs = Knobs {
     max_moved_per_minute: 1.0,
     window: 120,
     escalate_after: 20,
+    lead: 0.0,
 };
 
 /// Interval, s.
@@ -447,7 +448,8 @@ fn a_crowd_still_arriving_is_shed_an_interval_before_it_passes_high() {
     decide(&KNOBS, &mut state, &at(500.0, 500.0), &sib);
     let d = decide(&KNOBS, &mut state, &at(850.0, 850.0), &sib);
     assert!(!d.overloaded && state.shedding && d.keep < 1.0, "{d:?}");
-    assert!((d.keep - 800.0 / 850.0).abs() < 1e-9, "sized on the figures now: {}", d.keep);
+    // Sized on the load one more such rise ahead (1,200: keep 0.67), by max_step at most.
+    assert!((d.keep - (1.0 - KNOBS.max_step)).abs() < 1e-9, "sized ahead: {}", d.keep);
     // A rise within noise just below high is no crowd.
     let mut state = State::default();
     decide(&KNOBS, &mut state, &at(860.0, 860.0), &sib);
@@ -482,4 +484,61 @@ fn with_keep_in_place_noise_in_the_siblings_rooms_moves_nothing() {
     let s = split(1560.0, 1640.0);
     assert!((s[0] - 0.275).abs() < 1e-9 && (s[1] - 0.225).abs() < 1e-9, "{s:?}");
     assert_eq!(split(1560.0, 1608.0), vec![0.25, 0.25]);
+}
+
+/// A flash crowd at a site whose hosts install each decision `lead` intervals after it is
+/// made: the keeps decided and the loads after.
+fn late_installs(knobs: &Knobs, lead: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut plant = Plant::new(1000.0, 500.0, 2);
+    let mut state = State::default();
+    let sibs = |plant: &Plant| -> Vec<Sibling> {
+        (0..2)
+            .map(|j| {
+                let mut r = idle(1000.0);
+                r.served += plant.to(j);
+                r.utilisation = r.served / 1000.0;
+                sibling(r, plant.to(j), 1.0)
+            })
+            .collect()
+    };
+    let mut pending: VecDeque<Decision> = VecDeque::new();
+    let (mut keeps, mut loads) = (Vec::new(), Vec::new());
+    for i in 0..244 {
+        if i == 4 {
+            plant.demand = 1500.0;
+        }
+        plant.step();
+        let d = decide(knobs, &mut state, &plant.local(), &sibs(&plant));
+        pending.push_back(d);
+        if pending.len() > lead {
+            let due = pending.pop_front().unwrap();
+            plant.apply(&due);
+        }
+        if i >= 4 {
+            keeps.push(state.keep);
+            loads.push(plant.utilisation());
+        }
+    }
+    (keeps, loads)
+}
+
+#[test]
+fn a_site_installing_late_counts_what_is_decided_but_not_in_force_and_does_not_overshoot() {
+    // Installed two intervals late: the load measured is the keep of two decisions ago's.
+    let knobs = Knobs { lead: 2.0, ..KNOBS };
+    let (keeps, loads) = late_installs(&knobs, 2);
+    let last = *keeps.last().unwrap();
+    let lowest = keeps.iter().copied().fold(1.0, f64::min);
+    assert!(
+        lowest > last - 0.03,
+        "no overshoot: lowest keep {lowest}, settled at {last}: {:?}",
+        &keeps[..16]
+    );
+    assert!(loads[6..].iter().all(|&u| u <= KNOBS.target + 0.05), "{:?}", &loads[..16]);
+    assert_eq!(reversals(&keeps[2..]), 0, "{:?}", &keeps[..24]);
+    // Taking the keep decided last for the one in force, the same site sheds far more
+    // than it needs and takes it back: the overshoot.
+    let (blind, _) = late_installs(&KNOBS, 2);
+    let lowest_blind = blind.iter().copied().fold(1.0, f64::min);
+    assert!(lowest_blind < lowest - 0.05, "{lowest_blind} vs {lowest}: {:?}", &blind[..16]);
 }
