@@ -26,7 +26,7 @@ use super::{
     peers::{self, Expect, PeerError, PeerKey},
     policy,
     schedule::Schedule,
-    task::{stale, tick_of, unix_ms},
+    timing::{stale, tick_of, unix_ms},
 };
 use crate::{
     config::Config,

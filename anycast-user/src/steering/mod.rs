@@ -10,3 +10,4 @@ pub mod policy;
 pub mod probe;
 pub mod schedule;
 pub mod task;
+pub mod timing;

@@ -27,7 +27,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -42,6 +42,7 @@ use super::{
     peers::{self, Expect, Peer, PeerKey, Published},
     policy::{self, Decision, Knobs, Sibling},
     probe::Prober,
+    timing::{stale, tick_of, unix_ms},
 };
 use crate::{
     config::{Config, Encap, Site, SiteKind},
@@ -53,30 +54,10 @@ use crate::{
     reconcile::Dynamic,
 };
 
-/// Tick when neither `[load]` nor `[health]` sets one: the load is still measured for
-/// `GET /load` and `anycast_site_load_ratio`.
-const DEFAULT_TICK: Duration = Duration::from_millis(500);
 const DEFAULT_SMOOTHING: Duration = Duration::from_secs(1);
 
 /// The tunnel addresses, and where the probes' replies go.
 type TunnelAddrs = (Option<Ipv4Addr>, Option<Ipv6Addr>, Option<IpAddr>);
-
-pub fn tick_of(config: &Config) -> Duration {
-    match (&config.load, &config.health) {
-        (Some(l), Some(h)) => l.interval.min(h.interval),
-        (Some(l), None) => l.interval,
-        (None, Some(h)) => h.interval,
-        (None, None) => DEFAULT_TICK,
-    }
-}
-
-pub(super) fn stale(config: &Config) -> Duration {
-    config.load.as_ref().map_or(Duration::from_secs(3), |l| l.stale)
-}
-
-pub(super) fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The installer is gone: the daemon is stopping (or the installer died: the supervisor
 /// sees that first).
