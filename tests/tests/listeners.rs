@@ -94,6 +94,36 @@ fn lifetimes(sent: &[Instant], closed: &[Option<Instant>]) -> Vec<Duration> {
     sent.iter().zip(closed).map(|(s, c)| c.expect("closed") - *s).collect()
 }
 
+/// Checks the slow connections' lives: `served` of them held until the header timeout (not
+/// closed before it, nor much after), the others closed at once, and none of those served
+/// closed before `checks_end` (the checks ran while they were open). The served ones'
+/// shortest and longest lives.
+fn slow_lives(
+    sent: &[Instant],
+    closed: &[Option<Instant>],
+    served: usize,
+    header_timeout: Duration,
+    checks_end: Instant,
+) -> (Duration, Duration) {
+    let lived = lifetimes(sent, closed);
+    let at_once = lived.iter().filter(|t| **t < AT_ONCE).count();
+    let mut held: Vec<Duration> = lived.iter().copied().filter(|t| *t >= AT_ONCE).collect();
+    held.sort();
+    assert_eq!((held.len(), at_once), (served, lived.len() - served), "lifetimes {lived:?}");
+    let (first, last) = (held[0], held[held.len() - 1]);
+    assert!(
+        first >= header_timeout - Duration::from_millis(50)
+            && last <= header_timeout + Duration::from_millis(1500),
+        "slow connections closed {first:?}..{last:?} after their half header"
+    );
+    let first_closed = sent.iter().zip(&lived).filter(|(_, t)| **t >= AT_ONCE).map(|(s, t)| *s + *t).min();
+    assert!(
+        first_closed.is_some_and(|c| c > checks_end),
+        "a served slow connection closed before the checks ended"
+    );
+    (first, last)
+}
+
 /// One `GET /load` from the site's own address (a source with no idle connection), a
 /// fresh connection as the peer poller makes; its latency or why it failed.
 fn get_load(site: &Netns) -> Result<Duration, String> {
@@ -210,24 +240,8 @@ fn listeners_slow_clients_hold_no_slot_for_long() {
         let during_end = Instant::now();
         (watcher.join().unwrap(), during, during_end)
     });
-    let lived = lifetimes(&sent, &closed);
-    let at_once = lived.iter().filter(|t| **t < AT_ONCE).count();
-    let mut served: Vec<Duration> = lived.iter().copied().filter(|t| *t >= AT_ONCE).collect();
-    served.sort();
-    assert_eq!((served.len(), at_once), (PER_SOURCE, IDLE - PER_SOURCE), "lifetimes {lived:?}");
-    // Closed by the header timeout: not before it, and not much after.
-    let (first, last) = (served[0], served[served.len() - 1]);
-    assert!(
-        first >= HEADER_TIMEOUT - Duration::from_millis(50)
-            && last <= HEADER_TIMEOUT + Duration::from_millis(1500),
-        "slow connections closed {first:?}..{last:?} after their half header"
-    );
     // The well-behaved requests all ran while the 8 were open.
-    let first_closed = sent.iter().zip(&lived).filter(|(_, t)| **t >= AT_ONCE).map(|(s, t)| *s + *t).min();
-    assert!(
-        first_closed.is_some_and(|c| c > during_end),
-        "a served slow connection closed before the GETs ended"
-    );
+    let (first, last) = slow_lives(&sent, &closed, PER_SOURCE, HEADER_TIMEOUT, during_end);
     assert_eq!(refused(&d), Some((IDLE - PER_SOURCE) as u64));
     assert_eq!(scrape(&d, r#"anycast_listener_refused_total{listener="metrics"}"#), Some(0));
     assert!(wait::until(Duration::from_secs(1), || open(&d) == Some(0)).is_some(), "open {:?}", open(&d));
@@ -365,22 +379,7 @@ fn listeners_admin_socket_bounds_a_uid_slow_headers_and_bodies() {
         let during_end = Instant::now();
         (watcher.join().unwrap(), during_end)
     });
-    let lived = lifetimes(&sent, &closed);
-    let at_once = lived.iter().filter(|t| **t < AT_ONCE).count();
-    let mut served: Vec<Duration> = lived.iter().copied().filter(|t| *t >= AT_ONCE).collect();
-    served.sort();
-    assert_eq!((served.len(), at_once), (ADMIN_PER_UID, ADMIN_IDLE - ADMIN_PER_UID), "lifetimes {lived:?}");
-    let (first, last) = (served[0], served[served.len() - 1]);
-    assert!(
-        first >= ADMIN_HEADER_TIMEOUT - Duration::from_millis(50)
-            && last <= ADMIN_HEADER_TIMEOUT + Duration::from_millis(1500),
-        "slow connections closed {first:?}..{last:?} after their half header"
-    );
-    let first_closed = sent.iter().zip(&lived).filter(|(_, t)| **t >= AT_ONCE).map(|(s, t)| *s + *t).min();
-    assert!(
-        first_closed.is_some_and(|c| c > during_end),
-        "a served slow connection closed before the checks ended"
-    );
+    slow_lives(&sent, &closed, ADMIN_PER_UID, ADMIN_HEADER_TIMEOUT, during_end);
     assert!(wait::until(Duration::from_secs(1), || open(&d) == Some(0)).is_some(), "open {:?}", open(&d));
     let root = status_as_root(&d);
     assert!(
