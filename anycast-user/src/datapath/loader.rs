@@ -250,7 +250,9 @@ fn check_pinned(object: &[u8], paths: &[(&str, PathBuf)]) -> Result<bool> {
 /// build's tables of any size) is rebuilt: a new one is staged, the program loaded against
 /// it and the running tables handed to the plan (which adopts their weights and flags the
 /// local buckets as for any change of table), the links' programs swapped and the new pin
-/// renamed into place ([`Loaded::attach`]). Nothing else changes, so no flow moves.
+/// renamed into place ([`Loaded::attach`]). Nothing else changes: with the same size no flow
+/// moves; another size re-slots every bucket (docs/controller.md: TCP connections stay,
+/// stateless flows move).
 pub fn load(object: &[u8], pin_dir: &Path, flow_table_size: u32, maglev_table_size: u32) -> Result<Prepared> {
     super::kernel::check(&super::kernel::release())?;
     let pin_dir = resolve_pin_dir(pin_dir)?;
@@ -394,7 +396,11 @@ impl Loaded {
                 path: src,
                 source,
             })?;
-            layout::remove_staging(&staging)?;
+            // The data path is whole from here: a leftover staging directory is removed at
+            // the next start.
+            if let Err(e) = layout::remove_staging(&staging) {
+                log::warn!("removing {}: {e}", staging.display());
+            }
             log::info!("the rebuilt Maglev tables are in place");
         }
         if let Pinned::Older { from, .. } = pinned {

@@ -82,6 +82,11 @@ pub struct DataPathMaps {
 }
 
 impl DataPathMaps {
+    /// The shape of the tables this `MAGLEV` accepts.
+    pub fn maglev_shape(&self) -> Shape {
+        self.maglev_shape
+    }
+
     /// Takes the maps out of a loaded object (the program keeps its references); `shape`:
     /// what its `MAGLEV` template accepts ([`Shape::of_object`] for an object's own).
     pub fn take(ebpf: &mut Ebpf, shape: Shape) -> Result<Self> {

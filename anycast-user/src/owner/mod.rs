@@ -26,6 +26,7 @@ use crate::{
     datapath::{
         link_state::{self, LinkState},
         loader::{self, Instance, LinkOutcome, LoaderError},
+        maglev::Shape,
         maps::{DataPathMaps, MapsError},
     },
     model::{DataPathView, ReloadOutcome},
@@ -219,6 +220,19 @@ impl Owner {
         }
         let overrides = Overrides::load(&config.admin.state_dir)?;
         let maps = DataPathMaps::from_pins(&pin_dir, config.datapath.maglev_table_size)?;
+        // Tables of another size than the running ones would move every bucket: the
+        // running size stands until a start rebuilds them (datapath::maglev), as a reload
+        // refuses to change it.
+        let running = maps.maglev_shape();
+        let mut config = config;
+        if matches!(running, Shape::Fixed { .. }) && running.capacity() != config.datapath.maglev_table_size {
+            log::warn!(
+                "maglev_table_size {} takes effect at the next controller start; the running tables have {}",
+                config.datapath.maglev_table_size,
+                running.capacity()
+            );
+            config.datapath.maglev_table_size = running.capacity();
+        }
         let reconciler = Reconciler::new(&maps)?;
         let egress = ifindexes(&config.local.interfaces)?;
         let dynamic = Dynamic::running(&config, &overrides, reconciler.current(), egress.clone())?;
@@ -364,7 +378,7 @@ impl Owner {
             return Err(OwnerError::NeedsRestart("datapath.pin_dir"));
         }
         // The running tables' size is their template's, fixed when the data path started
-        // (datapath::maglev): a start rebuilds them, without moving a flow.
+        // (datapath::maglev): only a start rebuilds them (another size re-slots every bucket).
         if config.datapath.maglev_table_size != self.config.datapath.maglev_table_size {
             return Err(OwnerError::NeedsRestart("datapath.maglev_table_size"));
         }
