@@ -24,6 +24,10 @@
 //!    the same chain; A restarts with another `maglev_table_size` under traffic: its tables
 //!    are rebuilt at the new size, the program swapped onto them, nothing lost; a reload
 //!    that changes the size again is refused.
+//! 8. `controller_restart_without_an_interface_detaches_its_link`: A restarts under traffic
+//!    with an interface dropped from its config: that interface's pinned link is removed (no
+//!    XDP program left on it, which would run on maps nobody writes any more), the others
+//!    are adopted and nothing is lost.
 //!
 //! Every topology has a client namespace sending to the VIP 10.200.0.1:5353 (UDP), which a
 //! socket in the serving site's namespace receives (the address on its loopback).
@@ -574,4 +578,49 @@ fn controller_restart_with_another_maglev_size_rebuilds_the_tables_and_loses_not
         "{outcome:?}"
     );
     assert_eq!(table(&daemon_a), 1021, "the refused reload changed the tables");
+}
+
+/// A restart with an interface dropped from the config detaches that interface's pinned
+/// link (left attached, its program would steer by maps that no reconcile, health check or
+/// weight change reaches any more); the configured interfaces carry on untouched.
+#[test]
+fn controller_restart_without_an_interface_detaches_its_link() {
+    if !require("controller_restart_without_an_interface_detaches_its_link", &[Need::Kernel]) {
+        return;
+    }
+    let ForwardChain { client: cl, a, b } = ForwardChain::new("crd", VIP).unwrap();
+    a.add_veth("ax", &a, "ay").unwrap();
+    let with_ax = CHAIN_A.replace(r#"interfaces = ["a0", "a1"]"#, r#"interfaces = ["a0", "a1", "ax"]"#);
+    assert_ne!(with_ax, CHAIN_A);
+    let mut daemon_b = Daemon::new(&b).unwrap();
+    daemon_b.write_config(CHAIN_B).unwrap();
+    daemon_b.start().unwrap();
+    let mut daemon_a = Daemon::new(&a).unwrap();
+    daemon_a.write_config(&with_ax).unwrap();
+    daemon_a.start().unwrap();
+    let xdp_on = |ifname: &str| {
+        a.ip(&["-d", "link", "show", "dev", ifname])
+            .unwrap()
+            .lines()
+            .any(|l| l.trim().starts_with("prog/xdp"))
+    };
+    assert!(xdp_on("ax"), "the program is not on ax");
+    let program = daemon_a.link_program_id("a0").unwrap();
+    let srv = bind(&b, "10.200.0.1:5353");
+
+    daemon_a.write_config(CHAIN_A).unwrap();
+    let (got, timeline, log) = stream_across_restart(&cl, &srv, &mut daemon_a);
+    eprintln!("restart without ax: {timeline}; {} received at B", got.count());
+    timeline.assert_restart_mid_stream();
+    let report = format!("A's log:\n{log}");
+    assert_all_arrived(
+        &got,
+        timeline.sent,
+        &format!("datagrams forwarded A → B across the restart\n{report}"),
+    );
+    assert!(log.contains("ax: detached (no longer configured)"), "{report}");
+    assert!(!xdp_on("ax"), "the program is still on ax\n{report}");
+    assert!(!daemon_a.pin_dir().join("links").join("ax").exists(), "ax's link is still pinned");
+    assert!(log.contains("a0: adopted the running instance"), "{report}");
+    assert_eq!(daemon_a.link_program_id("a0").unwrap(), program, "the restart replaced a0's program");
 }

@@ -101,6 +101,9 @@ pub enum LinkOutcome {
     Adopted,
     /// A pinned link running another program: program swapped in place.
     Upgraded,
+    /// A pinned link of an interface the config no longer lists: unpinned, which detaches
+    /// the program (left, it would run on maps this controller no longer writes).
+    Detached,
 }
 
 impl std::fmt::Display for LinkOutcome {
@@ -109,6 +112,7 @@ impl std::fmt::Display for LinkOutcome {
             LinkOutcome::Attached(mode) => write!(f, "attached ({} XDP), pinned", mode.name()),
             LinkOutcome::Adopted => f.write_str("adopted the running instance"),
             LinkOutcome::Upgraded => f.write_str("program upgraded in place (link update)"),
+            LinkOutcome::Detached => f.write_str("detached (no longer configured)"),
         }
     }
 }
@@ -386,7 +390,11 @@ impl Loaded {
             fault::point("staged");
         }
         let mut instance = Instance { pin_dir, ebpf, links: BTreeMap::new(), maglev_id };
-        let links = instance.set_interfaces(ifaces)?;
+        let mut links = instance.set_interfaces(ifaces)?;
+        // Before any old map is released: a link left pinned by an earlier run for an
+        // interface since dropped from the config would go on running the old program on
+        // maps that no reconcile, health check or weight change reaches any more.
+        links.extend(instance.detach_unlisted(ifaces)?);
         if rebuild_maglev {
             // Every link runs the program on the new tables now: the old ones go.
             let staging = instance.pin_dir.join(layout::STAGING);
@@ -454,6 +462,29 @@ impl Instance {
             log::info!("{iface}: detached (no longer configured)");
         }
         Ok(outcomes)
+    }
+
+    /// Unpins the links pinned under the pin directory for interfaces not in `ifaces`.
+    fn detach_unlisted(&self, ifaces: &[String]) -> Result<Vec<(String, LinkOutcome)>> {
+        let dir = self.pin_dir.join(LINKS);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(LoaderError::Io { what: "listing", path: dir, source }),
+        };
+        let mut detached = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|source| LoaderError::Io { what: "listing", path: dir.clone(), source })?;
+            let iface = entry.file_name().to_string_lossy().into_owned();
+            if ifaces.contains(&iface) {
+                continue;
+            }
+            remove_pin(&entry.path())?;
+            detached.push((iface, LinkOutcome::Detached));
+        }
+        detached.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(detached)
     }
 
     /// Attaches afresh on `iface`, whose pinned link is defunct (its interface was
