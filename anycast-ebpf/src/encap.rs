@@ -5,7 +5,7 @@ use anycast_common::{
     Encap, Exception, Family, LocalConfig, SiteInfo,
     config::{CONFIG_TUNNEL_V4, CONFIG_TUNNEL_V6},
     flow::{flow_label, gue_source_port},
-    wire::{IP_DF_BYTE, TTL, v4_in_16},
+    wire::{IP_DF_BYTE, TTL, word},
 };
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
@@ -13,7 +13,7 @@ use crate::{
     affinity, counters,
     counters::Verdict,
     csum,
-    frame::{Frame, L2, adjust_head},
+    frame::{Frame, L2, Macs, adjust_head},
     icmp,
     maps::DEVMAP,
     parse::{
@@ -31,7 +31,9 @@ struct Outer {
     proto: u8,
     /// Outer IP header + UDP header bytes.
     overhead: usize,
-    src: [u8; 16],
+    /// This host's tunnel address as the 32-bit words of its bytes (an IPv4 address in the
+    /// first): copied and summed as words, never as bytes.
+    src: [u32; 4],
 }
 
 #[inline(always)]
@@ -45,12 +47,13 @@ fn outer(cfg: &LocalConfig, pkt: &Packet, info: &SiteInfo) -> Result<Outer, Exce
         if cfg.flags & CONFIG_TUNNEL_V6 == 0 {
             return Err(Exception::EncapFailed);
         }
-        (true, cfg.tunnel_v6, IPV6_HLEN)
+        let a = &cfg.tunnel_v6;
+        (true, [word(a, 0), word(a, 4), word(a, 8), word(a, 12)], IPV6_HLEN)
     } else {
         if cfg.flags & CONFIG_TUNNEL_V4 == 0 {
             return Err(Exception::EncapFailed);
         }
-        (false, v4_in_16(cfg.tunnel_v4), IPV4_HLEN)
+        (false, [u32::from_ne_bytes(cfg.tunnel_v4), 0, 0, 0], IPV4_HLEN)
     };
     let proto = if gue {
         IPPROTO_UDP
@@ -62,49 +65,42 @@ fn outer(cfg: &LocalConfig, pkt: &Packet, info: &SiteInfo) -> Result<Outer, Exce
     Ok(Outer { v6, gue, proto, overhead: ip_hlen + if gue { UDP_HLEN } else { 0 }, src })
 }
 
-/// Outer IPv4 header, written in place.
+/// The outer IPv4 header towards `dst` (its first 4 bytes), as the five 32-bit words of its
+/// bytes (on this little-endian target: byte 0 in the low bits), written with five 4-byte
+/// stores.
 #[inline(always)]
-fn ipv4_header(h: &mut [u8; IPV4_HLEN], o: &Outer, dst: &[u8; 16], tos: u8, len: u16) {
-    let l = len.to_be_bytes();
-    let s = &o.src;
-    // Checksum from the field values (big-endian 16-bit words), not by reading the bytes
-    // back from the packet.
-    let be = |a: u8, b: u8| u16::from_be_bytes([a, b]) as u64;
-    let sum = 0x4500
-        + tos as u64
-        + len as u64
-        + ((IP_DF_BYTE as u64) << 8)
-        + be(TTL, o.proto)
-        + be(s[0], s[1])
-        + be(s[2], s[3])
-        + be(dst[0], dst[1])
-        + be(dst[2], dst[3]);
-    let c = csum::fold(sum).to_be_bytes();
-    *h = [
-        0x45, tos, l[0], l[1], 0, 0, IP_DF_BYTE, 0, TTL, o.proto, c[0], c[1], s[0], s[1], s[2], s[3], dst[0],
-        dst[1], dst[2], dst[3],
+fn ipv4_header(o: &Outer, dst: &[u8; 16], tos: u8, len: u16) -> [u32; 5] {
+    let w = [
+        u32::from_ne_bytes([0x45, tos, 0, 0]) | (len.to_be() as u32) << 16,
+        u32::from_ne_bytes([0, 0, IP_DF_BYTE, 0]),
+        u32::from_ne_bytes([TTL, o.proto, 0, 0]),
+        o.src[0],
+        word(dst, 0),
     ];
+    // The checksum of the header's 16-bit words in memory order, summed as 32-bit words
+    // (the same one's-complement sum, RFC 1071) and stored in that order (csum.rs).
+    let sum = w[0] as u64 + w[1] as u64 + w[2] as u64 + w[3] as u64 + w[4] as u64;
+    let c = csum::fold(sum) as u32;
+    [w[0], w[1], w[2] | c << 16, w[3], w[4]]
 }
 
-/// Outer IPv6 header, written in place.
+/// The outer IPv6 header towards `dst`, as the ten 32-bit words of its bytes.
 #[inline(always)]
-fn ipv6_header(h: &mut [u8; IPV6_HLEN], o: &Outer, dst: &[u8; 16], tclass: u8, payload: u16, hash: u64) {
-    let fl = flow_label(hash);
-    let l = payload.to_be_bytes();
-    h[0] = 0x60 | (tclass >> 4);
-    h[1] = (tclass << 4) | (fl >> 16) as u8;
-    h[2] = (fl >> 8) as u8;
-    h[3] = fl as u8;
-    h[4] = l[0];
-    h[5] = l[1];
-    h[6] = o.proto;
-    h[7] = TTL;
-    let mut i = 0;
-    while i < 16 {
-        h[8 + i] = o.src[i];
-        h[24 + i] = dst[i];
-        i += 1;
-    }
+fn ipv6_header(o: &Outer, dst: &[u8; 16], tclass: u8, payload: u16, hash: u64) -> [u32; 10] {
+    let first = 6 << 28 | (tclass as u32) << 20 | flow_label(hash);
+    let s = &o.src;
+    [
+        first.to_be(),
+        (payload.to_be() as u32) | u32::from_ne_bytes([0, 0, o.proto, TTL]),
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+        word(dst, 0),
+        word(dst, 4),
+        word(dst, 8),
+        word(dst, 12),
+    ]
 }
 
 /// A remote site and what the flow needs recorded once the packet is on its way.
@@ -138,7 +134,7 @@ pub fn forward(
     let Some(mut l2) = L2::read(&frame, pkt.l2_len) else {
         return Err(unsent(cfg, pkt, t, len, Exception::EncapFailed));
     };
-    l2.set_macs(hop.dmac, hop.smac);
+    l2.set_macs(hop);
     let Some(frame) = adjust_head(ctx, -(o.overhead as i32)) else {
         return Err(unsent(cfg, pkt, t, len, Exception::EncapFailed));
     };
@@ -166,11 +162,6 @@ enum Unsent {
     Failed(Exception),
 }
 
-struct Hop {
-    dmac: [u8; 6],
-    smac: [u8; 6],
-}
-
 /// The outer headers, the next hop and the XDP action, decided before the frame is touched.
 #[inline(always)]
 fn prepare(
@@ -178,15 +169,15 @@ fn prepare(
     cfg: &LocalConfig,
     pkt: &Packet,
     t: &Target,
-) -> Result<(Outer, Hop, u32), Unsent> {
+) -> Result<(Outer, Macs, u32), Unsent> {
     let o = outer(cfg, pkt, t.info).map_err(Unsent::Failed)?;
     let outer_len = pkt.ip_len + o.overhead;
     if outer_len > u16::MAX as usize {
         return Err(Unsent::Failed(Exception::EncapFailed));
     }
     let q = Query { v6: o.v6, proto: o.proto, tos: pkt.tos, src: &o.src, tot_len: outer_len as u16 };
-    let (egress, dmac, smac) = match next_hop(ctx, t.site, &t.info.tunnel_addr, &q).map_err(Unsent::Failed)? {
-        Route::Via { egress, dmac, smac } => (egress, dmac, smac),
+    let (egress, macs) = match next_hop(ctx, t.site, &t.info.tunnel_addr, &q).map_err(Unsent::Failed)? {
+        Route::Via { egress, macs } => (egress, macs),
         Route::TooBig { mtu } => {
             return Err(Unsent::TooBig { mtu: (mtu as usize).saturating_sub(o.overhead) });
         }
@@ -198,7 +189,7 @@ fn prepare(
     } else {
         DEVMAP.redirect(egress, 0).map_err(|_| Unsent::Failed(Exception::NoEgress))?
     };
-    Ok((o, Hop { dmac, smac }, action))
+    Ok((o, macs, action))
 }
 
 /// The verdict of a packet that could not be forwarded, the frame untouched. A new flow is
@@ -234,17 +225,15 @@ fn write(
     let off = l2.len();
     if o.v6 {
         l2.write(frame, ETH_P_IPV6)?;
-        ipv6_header(frame.view_mut(off)?, o, dst, pkt.tos, payload as u16, hash);
+        frame.put_words::<IPV6_HLEN, 10>(off, ipv6_header(o, dst, pkt.tos, payload as u16, hash))?;
     } else {
         l2.write(frame, ETH_P_IP)?;
-        ipv4_header(frame.view_mut(off)?, o, dst, pkt.tos, (IPV4_HLEN + payload) as u16);
+        frame.put_words::<IPV4_HLEN, 5>(off, ipv4_header(o, dst, pkt.tos, (IPV4_HLEN + payload) as u16))?;
     }
     if o.gue {
-        let sport = gue_source_port(hash).to_be_bytes();
-        let dport = gue_port.to_be_bytes();
-        let len = (payload as u16).to_be_bytes();
+        let ports = gue_source_port(hash).to_be() as u32 | (gue_port.to_be() as u32) << 16;
         let ip_hlen = if o.v6 { IPV6_HLEN } else { IPV4_HLEN };
-        frame.put(off + ip_hlen, [sport[0], sport[1], dport[0], dport[1], len[0], len[1], 0, 0])?;
+        frame.put_words::<UDP_HLEN, 2>(off + ip_hlen, [ports, (payload as u16).to_be() as u32])?;
     }
     Some(())
 }

@@ -89,6 +89,23 @@ impl Frame {
         unsafe { *p = v };
         Some(())
     }
+
+    /// `B` bytes at `off` written as the `N` 32-bit words `w` (each already in the byte
+    /// order it must have in memory): one 4-byte store each, where a byte array built from
+    /// them would be stored byte by byte.
+    #[inline(always)]
+    pub fn put_words<const B: usize, const N: usize>(&self, off: usize, w: [u32; N]) -> Option<()> {
+        const { assert!(B == 4 * N) };
+        let p = self.at::<B>(off)?.cast::<u32>();
+        let mut i = 0;
+        while i < N {
+            // SAFETY: `at` checked the B = 4N bytes against data_end; misaligned packet
+            // stores are allowed (anycast-user/build.rs).
+            unsafe { p.add(i).write_unaligned(w[i]) };
+            i += 1;
+        }
+        Some(())
+    }
 }
 
 /// Moves the start of the frame by `delta` bytes (negative: grows it in the headroom).
@@ -112,12 +129,52 @@ pub fn adjust_tail(ctx: &XdpContext, delta: i32) -> Option<Frame> {
     Some(Frame::new(ctx))
 }
 
+/// The two MAC addresses of an Ethernet header (destination, then source) as the
+/// little-endian words of its bytes 0..8 and 8..12: carried and written as two integers,
+/// not as 12 bytes, which LLVM would keep (and spill) one by one and store byte by byte.
+#[derive(Clone, Copy)]
+pub struct Macs {
+    pub lo: u64,
+    pub hi: u32,
+}
+
+impl Macs {
+    /// From the two addresses.
+    #[inline(always)]
+    pub fn new(dst: [u8; 6], src: [u8; 6]) -> Macs {
+        Macs {
+            lo: u64::from_le_bytes([dst[0], dst[1], dst[2], dst[3], dst[4], dst[5], src[0], src[1]]),
+            hi: u32::from_le_bytes([src[2], src[3], src[4], src[5]]),
+        }
+    }
+
+    /// From 12 bytes in memory laid out as in the header (destination, then source), e.g. a
+    /// map value's fields; read with one 8-byte and one 4-byte load (misaligned loads are
+    /// allowed on map values, anycast-user/build.rs).
+    ///
+    /// # Safety
+    /// `p` points to 12 readable bytes.
+    #[inline(always)]
+    pub unsafe fn read(p: *const u8) -> Macs {
+        // SAFETY: the caller's 12 bytes.
+        unsafe { Macs { lo: p.cast::<u64>().read_unaligned(), hi: p.add(8).cast::<u32>().read_unaligned() } }
+    }
+
+    /// Destination and source exchanged.
+    #[inline(always)]
+    pub fn swapped(self) -> Macs {
+        let dst = self.lo & 0xffff_ffff_ffff;
+        let src = (self.lo >> 48) | (self.hi as u64) << 16;
+        Macs { lo: src | dst << 48, hi: (dst >> 16) as u32 }
+    }
+}
+
 /// The Ethernet header with its VLAN tags, saved before the head moves and written back at
 /// the new start (decap, encap and ICMP replies all keep the tags, §5, §7, §8).
 pub struct L2 {
     /// 14, 18 or 22 bytes.
     len: usize,
-    macs: [u8; 12],
+    macs: Macs,
     /// TPID + TCI of each tag present.
     tags: [[u8; 4]; 2],
 }
@@ -125,7 +182,9 @@ pub struct L2 {
 impl L2 {
     #[inline(always)]
     pub fn read(frame: &Frame, len: usize) -> Option<L2> {
-        let mut l2 = L2 { len, macs: frame.bytes::<12>(0)?, tags: [[0; 4]; 2] };
+        let p = frame.at::<12>(0)?;
+        // SAFETY: `at` checked the 12 bytes against data_end.
+        let mut l2 = L2 { len, macs: unsafe { Macs::read(p.cast_const().cast()) }, tags: [[0; 4]; 2] };
         if len >= 18 {
             l2.tags[0] = frame.bytes::<4>(12)?;
         }
@@ -141,21 +200,25 @@ impl L2 {
     }
 
     #[inline(always)]
-    pub fn set_macs(&mut self, dst: [u8; 6], src: [u8; 6]) {
-        self.macs =
-            [dst[0], dst[1], dst[2], dst[3], dst[4], dst[5], src[0], src[1], src[2], src[3], src[4], src[5]];
+    pub fn set_macs(&mut self, macs: Macs) {
+        self.macs = macs;
     }
 
     #[inline(always)]
     pub fn swap_macs(&mut self) {
-        let m = self.macs;
-        self.macs = [m[6], m[7], m[8], m[9], m[10], m[11], m[0], m[1], m[2], m[3], m[4], m[5]];
+        self.macs = self.macs.swapped();
     }
 
     /// Writes the header at the start of `frame`, with `ethertype` as the last ethertype.
     #[inline(always)]
     pub fn write(&self, frame: &Frame, ethertype: u16) -> Option<()> {
-        frame.put(0, self.macs)?;
+        let p = frame.at::<12>(0)?;
+        // SAFETY: `at` checked the 12 bytes against data_end; misaligned packet stores are
+        // allowed (anycast-user/build.rs).
+        unsafe {
+            p.cast::<u64>().write_unaligned(self.macs.lo);
+            p.cast::<u8>().add(8).cast::<u32>().write_unaligned(self.macs.hi);
+        }
         if self.len >= 18 {
             frame.put(12, self.tags[0])?;
         }

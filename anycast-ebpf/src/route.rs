@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use crate::{maps::FIB_CACHE, stack::Aligned};
+use crate::{frame::Macs, maps::FIB_CACHE, stack::Aligned};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -26,7 +26,7 @@ const AF_INET6: u8 = 10;
 /// What the FIB says about an encapsulated packet of `tot_len` bytes.
 pub enum Route {
     /// Send it: MACs and egress.
-    Via { egress: u32, dmac: [u8; 6], smac: [u8; 6] },
+    Via { egress: u32, macs: Macs },
     /// Above the route MTU (the kernel's FRAG_NEEDED).
     TooBig { mtu: u16 },
 }
@@ -37,7 +37,8 @@ pub struct Query<'a> {
     /// Outer protocol: 4, 41 or 17.
     pub proto: u8,
     pub tos: u8,
-    pub src: &'a [u8; 16],
+    /// The outer source address as the 32-bit words of its bytes (network order kept).
+    pub src: &'a [u32; 4],
     /// Outer IP length.
     pub tot_len: u16,
 }
@@ -55,7 +56,8 @@ pub fn next_hop(ctx: &XdpContext, site: u32, dst: &[u8; 16], q: &Query) -> Resul
             if q.tot_len > c.mtu {
                 return Ok(Route::TooBig { mtu: c.mtu });
             }
-            return Ok(Route::Via { egress: c.egress, dmac: c.dmac, smac: c.smac });
+            // SAFETY: `dmac` and `smac` are adjacent fields of the entry (checked below).
+            return Ok(Route::Via { egress: c.egress, macs: unsafe { Macs::read(c.dmac.as_ptr()) } });
         }
     }
 
@@ -66,12 +68,12 @@ pub fn next_hop(ctx: &XdpContext, site: u32, dst: &[u8; 16], q: &Query) -> Resul
     p.ifindex = ingress;
     if q.v6 {
         p.family = AF_INET6;
-        p.__bindgen_anon_3.ipv6_src = [word(q.src, 0), word(q.src, 4), word(q.src, 8), word(q.src, 12)];
+        p.__bindgen_anon_3.ipv6_src = *q.src;
         p.__bindgen_anon_4.ipv6_dst = [word(dst, 0), word(dst, 4), word(dst, 8), word(dst, 12)];
     } else {
         p.family = AF_INET;
         p.__bindgen_anon_2.tos = q.tos;
-        p.__bindgen_anon_3.ipv4_src = word(q.src, 0);
+        p.__bindgen_anon_3.ipv4_src = q.src[0];
         p.__bindgen_anon_4.ipv4_dst = word(dst, 0);
     }
     // SAFETY: `p` is a valid bpf_fib_lookup of the size passed.
@@ -96,13 +98,16 @@ pub fn next_hop(ctx: &XdpContext, site: u32, dst: &[u8; 16], q: &Query) -> Resul
                     };
                 }
             }
-            Ok(Route::Via { egress: p.ifindex, dmac, smac })
+            Ok(Route::Via { egress: p.ifindex, macs: Macs::new(dmac, smac) })
         }
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Ok(Route::TooBig { mtu }),
         BPF_FIB_LKUP_RET_NO_NEIGH => Err(Exception::FibNoNeigh),
         _ => Err(Exception::FibFailed),
     }
 }
+
+// A cached next hop's MACs are read as the 12 bytes of an Ethernet header.
+const _: () = assert!(core::mem::offset_of!(NextHop, smac) == core::mem::offset_of!(NextHop, dmac) + 6);
 
 /// `smac` and `dmac` of a lookup's answer, read as the two aligned 8-byte words that hold
 /// them (bytes 48..64: VLAN proto and TCI, smac, dmac): read as fields, LLVM would load
