@@ -24,7 +24,12 @@
 //!    the same chain; A restarts with another `maglev_table_size` under traffic: its tables
 //!    are rebuilt at the new size, the program swapped onto them, nothing lost; a reload
 //!    that changes the size again is refused.
-//! 8. `controller_restart_without_an_interface_detaches_its_link`: A restarts under traffic
+//! 8. `controller_rebuild_killed_at_the_swap_keeps_the_running_state_and_the_next_start_
+//!    completes_it`: a restart with another table size *and* a new VIP, killed after the
+//!    first link's swap: the new tables hold the running state and nothing of the new
+//!    config was written yet (a slot the new config reuses must not be steered by the old
+//!    tables meanwhile); the next start completes it; no datagram lost.
+//! 9. `controller_restart_without_an_interface_detaches_its_link`: A restarts under traffic
 //!    with an interface dropped from its config: that interface's pinned link is removed (no
 //!    XDP program left on it, which would run on maps nobody writes any more), the others
 //!    are adopted and nothing is lost.
@@ -45,9 +50,9 @@ use anycast_tests::{
     pinned::Pinned,
     topology::{ForwardChain, LOCAL_SITE, local_site},
 };
-use anycast_user::model::status::Status;
+use anycast_user::{datapath::fault, model::status::Status};
 use testkit::{
-    daemon::Daemon,
+    daemon::{Daemon, DaemonError},
     metrics::metric,
     netns::Netns,
     require::{Need, require},
@@ -623,4 +628,69 @@ fn controller_restart_without_an_interface_detaches_its_link() {
     assert!(!daemon_a.pin_dir().join("links").join("ax").exists(), "ax's link is still pinned");
     assert!(log.contains("a0: adopted the running instance"), "{report}");
     assert_eq!(daemon_a.link_program_id("a0").unwrap(), program, "the restart replaced a0's program");
+}
+
+/// A Maglev rebuild goes before the config: a start with another table size and a new VIP,
+/// killed after the first link's swap, has written nothing of the new config (VIP slots,
+/// sites) while links still ran the old tables, and the swapped link steers by the running
+/// state; the next start completes the rebuild and applies the config. The stream through
+/// A loses nothing.
+#[test]
+fn controller_rebuild_killed_at_the_swap_keeps_the_running_state_and_the_next_start_completes_it() {
+    let name =
+        "controller_rebuild_killed_at_the_swap_keeps_the_running_state_and_the_next_start_completes_it";
+    if !require(name, &[Need::Kernel]) {
+        return;
+    }
+    let ForwardChain { client: cl, a, b } = ForwardChain::new("crk", VIP).unwrap();
+    let (_daemon_b, mut daemon_a) = forward_chain_daemons(&a, &b);
+    let programs = |d: &Daemon| [d.link_program_id("a0").unwrap(), d.link_program_id("a1").unwrap()];
+    let before = programs(&daemon_a);
+    let vips = |d: &Daemon| d.maps().unwrap().vips().unwrap().len();
+    assert_eq!(vips(&daemon_a), 1);
+    let srv = bind(&b, "10.200.0.1:5353");
+    let with_vip = format!(
+        "{CHAIN_A}\n[[vips]]\nname = \"other\"\naddress = \"10.200.0.9\"\nport = 53\nprotocol = \"udp\"\n"
+    );
+
+    let sender = Sender::new(bind(&cl, "0.0.0.0:0"), vip(), RATE, MAX_STREAM);
+    let (got, logs, killed) = thread::scope(|s| {
+        let _stop = StopOnDrop(&sender);
+        let tx = s.spawn(|| sender.run());
+        let rx = s.spawn(|| sequenced::receive(&srv, &sender, IDLE));
+        thread::sleep(SETTLE);
+        daemon_a.kill().expect("SIGKILL A's controller");
+        daemon_a.add_datapath_option("maglev_table_size = 1021");
+        daemon_a.write_config(&with_vip).unwrap();
+        daemon_a.set_env(fault::ENV, Some("swap"));
+        let killed_log = match daemon_a.start() {
+            Err(DaemonError::Exited { log, .. }) => log,
+            other => panic!("the controller was to be killed at the swap: {other:?}"),
+        };
+        // What the kill left: one link on the new tables, the other on the old ones, and
+        // the shared maps as the running config had them.
+        let killed = (programs(&daemon_a), vips(&daemon_a));
+        thread::sleep(SETTLE);
+        daemon_a.set_env(fault::ENV, None);
+        let log = daemon_a.start().expect("the next start");
+        thread::sleep(SETTLE);
+        sender.stop();
+        tx.join().expect("sender");
+        (rx.join().expect("receiver"), [killed_log, log], killed)
+    });
+    let report = format!("killed start:\n{}\nnext start:\n{}", logs[0], logs[1]);
+    assert!(logs[0].contains("killed at `swap`"), "{report}");
+    let ([a0, a1], vips_killed) = killed;
+    assert!(
+        a0 != before[0] && a1 == before[1],
+        "links after the kill: {:?} (before {before:?})\n{report}",
+        [a0, a1]
+    );
+    assert_eq!(vips_killed, 1, "the new config's VIP was written before the swap\n{report}");
+    assert_all_arrived(&got, sender.sent(), &format!("datagrams through A across the rebuild\n{report}"));
+    assert_eq!(vips(&daemon_a), 2, "{report}");
+    assert_eq!(daemon_a.maps().unwrap().maglev(0).unwrap().expect("svc's table").len(), 1021, "{report}");
+    let after = programs(&daemon_a);
+    assert!(after[0] != before[0] && after[1] != before[1], "links still on the old tables: {after:?}");
+    assert!(!daemon_a.pin_dir().join(anycast_user::datapath::layout::STAGING).exists(), "staging left");
 }

@@ -150,7 +150,7 @@ pub struct Prepared {
     /// the VIP slots, adopt the weights, flag every local bucket).
     pub previous: Option<Previous>,
     /// `MAGLEV` rebuilt for another table size: the tables the running program steers by
-    /// (VIP slot → table without its size slot), for the plan.
+    /// (VIP slot → table without its size slot), to carry onto the new one.
     pub rebuilt_maglev: Option<Vec<(u32, Vec<u32>)>>,
 }
 
@@ -252,9 +252,9 @@ fn check_pinned(object: &[u8], paths: &[(&str, PathBuf)]) -> Result<bool> {
 /// `MAGLEV` is created here, not by aya, with inner tables of `maglev_table_size` slots
 /// ([`maglev`]). A pinned one of another shape (another `maglev_table_size`, or an older
 /// build's tables of any size) is rebuilt: a new one is staged, the program loaded against
-/// it and the running tables handed to the plan (which adopts their weights and flags the
-/// local buckets as for any change of table), the links' programs swapped and the new pin
-/// renamed into place ([`Loaded::attach`]). Nothing else changes: with the same size no flow
+/// it and the running tables handed back; the owner writes them into it and swaps every
+/// pinned link onto it ([`Loaded::attach_pinned`], which renames the new pin into place)
+/// before it applies the config. Nothing else changes: with the same size no flow
 /// moves; another size re-slots every bucket (docs/controller.md: TCP connections stay,
 /// stateless flows move).
 pub fn load(object: &[u8], pin_dir: &Path, flow_table_size: u32, maglev_table_size: u32) -> Result<Prepared> {
@@ -419,6 +419,33 @@ impl Loaded {
     }
 }
 
+impl Loaded {
+    /// [`Loaded::attach`] onto the links pinned now, whatever the config lists: a Maglev
+    /// rebuild swaps every link that runs on the tables it replaces, before the config is
+    /// applied (the caller then sets the config's interfaces on the instance).
+    pub fn attach_pinned(self, maps: &mut DataPathMaps) -> Result<(Instance, Vec<(String, LinkOutcome)>)> {
+        let pinned = pinned_interfaces(&self.pin_dir)?;
+        self.attach(maps, &pinned)
+    }
+}
+
+/// The interfaces with a link pinned under `pin_dir`.
+fn pinned_interfaces(pin_dir: &Path) -> Result<Vec<String>> {
+    let dir = pin_dir.join(LINKS);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(LoaderError::Io { what: "listing", path: dir, source }),
+    };
+    let mut ifaces = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| LoaderError::Io { what: "listing", path: dir.clone(), source })?;
+        ifaces.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    ifaces.sort();
+    Ok(ifaces)
+}
+
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     ebpf.program_mut(PROGRAM).ok_or(LoaderError::NoProgram)?.try_into().map_err(|_| LoaderError::NoProgram)
 }
@@ -466,24 +493,11 @@ impl Instance {
 
     /// Unpins the links pinned under the pin directory for interfaces not in `ifaces`.
     fn detach_unlisted(&self, ifaces: &[String]) -> Result<Vec<(String, LinkOutcome)>> {
-        let dir = self.pin_dir.join(LINKS);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(LoaderError::Io { what: "listing", path: dir, source }),
-        };
         let mut detached = Vec::new();
-        for entry in entries {
-            let entry =
-                entry.map_err(|source| LoaderError::Io { what: "listing", path: dir.clone(), source })?;
-            let iface = entry.file_name().to_string_lossy().into_owned();
-            if ifaces.contains(&iface) {
-                continue;
-            }
-            remove_pin(&entry.path())?;
+        for iface in pinned_interfaces(&self.pin_dir)?.into_iter().filter(|i| !ifaces.contains(i)) {
+            remove_pin(&link_pin(&self.pin_dir, &iface))?;
             detached.push((iface, LinkOutcome::Detached));
         }
-        detached.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(detached)
     }
 

@@ -16,7 +16,10 @@ use std::{
     path::Path,
 };
 
-use anycast_common::maps::{self, BPF_F_INNER_MAP, MAX_VIPS, maglev_inner_len};
+use anycast_common::{
+    maps::{self, BPF_F_INNER_MAP, MAX_VIPS, maglev_inner_len},
+    site::{MAGLEV_CHECK, MAGLEV_LOCAL},
+};
 use aya::maps::{Array, IterableMap, MapData, MapError};
 
 use super::sys;
@@ -130,4 +133,46 @@ pub fn create_pinned(path: &Path, shape: Shape) -> Result<(), MapError> {
 pub fn pinned_shape(path: &Path) -> Result<Option<Shape>, MapError> {
     let outer = MapData::from_pin(path)?;
     Shape::of_outer(outer.fd().as_fd())
+}
+
+/// A running table (its entries, without the size slot) as a table of `slots` slots, to
+/// carry the running state onto rebuilt tables: the same entries when it has `slots`;
+/// else re-slotted in proportion (slot j takes old slot ⌊j·M/slots⌋, so every site keeps
+/// its share) with every local entry flagged `MAGLEV_CHECK`, since a flow of a local bucket
+/// may have been anywhere before (docs/datapath.md §6).
+pub fn resized(entries: &[u32], slots: u32) -> Vec<u32> {
+    let m = entries.len() as u64;
+    if m == u64::from(slots) || m == 0 {
+        return entries.to_vec();
+    }
+    (0..u64::from(slots))
+        .map(|j| entries[(j * m / u64::from(slots)) as usize])
+        .map(|e| if e & MAGLEV_LOCAL != 0 { e | MAGLEV_CHECK } else { e })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use anycast_common::site::{MAGLEV_CHECK, MAGLEV_LOCAL};
+
+    use super::resized;
+
+    #[test]
+    fn a_table_of_the_same_size_is_kept_as_it_is() {
+        let t = [1, 2 | MAGLEV_LOCAL, 2 | MAGLEV_LOCAL | MAGLEV_CHECK, 3];
+        assert_eq!(resized(&t, 4), t.to_vec());
+    }
+
+    #[test]
+    fn another_size_keeps_each_sites_share_and_flags_every_local_entry() {
+        // 1/4 site 1, 3/4 site 2 (local) in 4 slots → 12 slots: 3 and 9.
+        let local = 2 | MAGLEV_LOCAL;
+        let t = [1, local, local, local];
+        let r = resized(&t, 12);
+        assert_eq!(r.len(), 12);
+        assert_eq!(r.iter().filter(|&&e| e == 1).count(), 3);
+        assert_eq!(r.iter().filter(|&&e| e == local | MAGLEV_CHECK).count(), 9);
+        // Shrinking: 12 → 4 gives the shares back.
+        assert_eq!(resized(&r, 4), vec![1, local | MAGLEV_CHECK, local | MAGLEV_CHECK, local | MAGLEV_CHECK]);
+    }
 }

@@ -25,8 +25,8 @@ use crate::{
     },
     datapath::{
         link_state::{self, LinkState},
-        loader::{self, Instance, LinkOutcome, LoaderError},
-        maglev::Shape,
+        loader::{self, Instance, LinkOutcome, Loaded, LoaderError},
+        maglev::{self, Shape},
         maps::{DataPathMaps, MapsError},
     },
     model::{DataPathView, ReloadOutcome},
@@ -72,6 +72,12 @@ pub struct Started {
     pub owner: Owner,
     pub links: Vec<(String, LinkOutcome)>,
     pub applied: Applied,
+}
+
+/// The program at start: loaded, or already on its links (a Maglev rebuild).
+enum Program {
+    Loaded(Loaded),
+    Running(Instance, Vec<(String, LinkOutcome)>),
 }
 
 /// What a start and a one-shot open both read before an [`Owner`] exists.
@@ -167,14 +173,27 @@ impl Owner {
         let mut maps = prepared.maps;
         let t1 = Instant::now();
         let mut reconciler = Reconciler::new(&maps)?;
+        // A rebuild of the Maglev tables goes first, on its own: the new tables get the
+        // running ones (re-slotted for another size) and every pinned link is swapped onto
+        // them before the config changes anything. Planned with the config, the shared
+        // maps (VIP and site slots) would change under the old program while it still
+        // steers by the old tables: a slot the new config reuses would be steered by
+        // another VIP's table, or to another site, until the swap.
+        let program = match &prepared.rebuilt_maglev {
+            Some(tables) => {
+                let slots = maps.maglev_shape().capacity();
+                let running: Vec<(u32, Vec<u32>)> =
+                    tables.iter().map(|(vip, t)| (*vip, maglev::resized(t, slots))).collect();
+                let state = reconciler.current().with_tables(&running);
+                reconciler.apply(&mut maps, &state)?;
+                let (instance, links) = prepared.loaded.attach_pinned(&mut maps)?;
+                Program::Running(instance, links)
+            }
+            None => Program::Loaded(prepared.loaded),
+        };
         // A migration plans against what the older layout's data path steers by (its VIP
         // slots and tables, its sites) and writes into the new maps.
-        // So does a rebuild of the Maglev tables, against the tables it replaces.
-        let planning = match (&prepared.previous, &prepared.rebuilt_maglev) {
-            (Some(p), _) => Some(reconciler.current().with_previous(p)),
-            (None, Some(tables)) => Some(reconciler.current().with_tables(tables)),
-            (None, None) => None,
-        };
+        let planning = prepared.previous.as_ref().map(|p| reconciler.current().with_previous(p));
         let current = planning.as_ref().unwrap_or(reconciler.current());
         let t2 = Instant::now();
         let egress = ifindexes(&config.local.interfaces)?;
@@ -191,8 +210,15 @@ impl Owner {
         let plan = reconcile::plan(&config, &overrides, &dynamic, current, egress)?;
         let applied = reconciler.apply(&mut maps, &plan.state)?;
         let t3 = Instant::now();
-        // Only now, with the maps holding the config, does the program meet packets.
-        let (instance, links) = prepared.loaded.attach(&mut maps, &config.local.interfaces)?;
+        // Only now, with the maps holding the config, does the program meet packets (a
+        // rebuild's program met them already, on the running state).
+        let (instance, links) = match program {
+            Program::Loaded(loaded) => loaded.attach(&mut maps, &config.local.interfaces)?,
+            Program::Running(mut instance, mut links) => {
+                links.extend(instance.set_interfaces(&config.local.interfaces)?);
+                (instance, links)
+            }
+        };
         log::info!(
             "start: load {:.0} ms, read maps {:.0} ms, reconcile {:.0} ms, attach {:.0} ms",
             (t1 - t0).as_secs_f64() * 1e3,

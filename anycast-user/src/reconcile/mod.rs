@@ -566,7 +566,7 @@ impl State {
     }
 
     /// This state with the Maglev tables `tables` (VIP slot → entries) instead of the maps'
-    /// own: a rebuild of `MAGLEV` plans against the tables the running program steers by.
+    /// own: a rebuilt `MAGLEV` first gets the tables the running program steers by.
     pub fn with_tables(&self, tables: &[(u32, Vec<u32>)]) -> State {
         let mut s = self.clone();
         s.maglev = tables.iter().map(|(index, table)| (*index, table.as_slice().into())).collect();
