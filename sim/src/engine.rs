@@ -16,9 +16,10 @@
 //!   forwarded traffic spreads evenly over the receiving site's hosts.
 //! - Measurement: each host counts what it kept, forwarded and received, and its meter
 //!   smooths the rates read once per `[load] interval`, with multiplicative noise.
-//! - Reports: a site's report is polled over the backbone by each site every interval,
-//!   arriving half a round trip old, each poll lost with probability `report_loss`; older
-//!   than `stale` it is unknown, as in the daemon.
+//! - Reports: a site's report is polled over the backbone by each site every interval, at
+//!   one of its hosts (the same while it answers, the next after a failed poll, as in the
+//!   daemon), arriving half a round trip old, each poll lost with probability
+//!   `report_loss`; older than `stale` it is unknown, as in the daemon.
 //! - Failures: a dead host loses the flows it served; its forwarded flows reach another
 //!   host of the site, which steers them by *its* current table (no pin there): those whose
 //!   bucket names another site now are established flows moved. Across a backbone partition
@@ -337,8 +338,11 @@ pub struct Sim<'a> {
     /// `SIM_DEBUG` set: the first focus site's decisions on stderr.
     debug: bool,
     buffers: Buffers,
-    /// Per site: whether its peer address (its first host's) answers polls.
-    answers: Vec<bool>,
+    /// Per (poller, site): the host of the site it polls, as an index into the site's
+    /// hosts. Every host of a site serves the site's report (the others relay the deciding
+    /// host's), so a poller polls one, as the daemon does: the same one while it answers,
+    /// the next one after a poll of it failed.
+    polled: Vec<u8>,
     pub rec: Recorder,
 }
 
@@ -417,7 +421,7 @@ impl<'a> Sim<'a> {
             done: 0,
             debug: std::env::var_os("SIM_DEBUG").is_some(),
             buffers: Buffers::default(),
-            answers: vec![true; n],
+            polled: vec![0; n * n],
             rec: Recorder::new(s, p),
         };
         sim.warm_up();
@@ -535,7 +539,6 @@ impl<'a> Sim<'a> {
         let site = self.hosts[h].site;
         let alive_before = self.alive(site);
         self.hosts[h].alive = false;
-        self.answers[site] = self.hosts[self.site_hosts[site][0]].alive;
         // What it served locally is gone, and so is its share of what siblings forward to
         // its site (per-host endpoints: the other hosts' flows stay where they are).
         let lost: f64 = self.hosts[h].local.iter().sum();
@@ -639,7 +642,6 @@ impl<'a> Sim<'a> {
         let n = self.s.world.len();
         let site = self.hosts[h].site;
         self.hosts[h].alive = true;
-        self.answers[site] = self.hosts[self.site_hosts[site][0]].alive;
         let host = &mut self.hosts[h];
         // A fresh data path and controller: every new flow local until measured otherwise.
         host.policy = policy::State::default();
@@ -1201,8 +1203,10 @@ impl<'a> Sim<'a> {
                 decision.moved,
             );
         }
-        // The site's peer address is its first host's.
-        if self.site_hosts[site][0] == h || self.p.steering == Steering::PerSite {
+        // Per host, a site's report is its first host alive's (what a poll of any of its
+        // hosts brings); per site, the deciding host's.
+        let first_alive = self.site_hosts[site].iter().find(|&&k| self.hosts[k].alive) == Some(&h);
+        if first_alive || self.p.steering == Steering::PerSite {
             let report = Report {
                 utilisation: local.utilisation(),
                 served: local.smoothed.served,
@@ -1261,10 +1265,12 @@ impl<'a> Sim<'a> {
         self.rec.polls[site] += pollers * (n as u64 - 1);
         let rtt = self.s.world.rtt_row(site);
         for j in (0..n).filter(|&j| j != site) {
-            if part.is_some_and(|side| side[site] != side[j]) || self.rng.f64() < self.p.report_loss {
-                continue;
-            }
-            if !self.answers[j] {
+            let hosts = &self.site_hosts[j];
+            let polled = &mut self.polled[site * n + j];
+            let lost = part.is_some_and(|side| side[site] != side[j]) || self.rng.f64() < self.p.report_loss;
+            if lost || !self.hosts[hosts[*polled as usize]].alive {
+                // A failed poll: the next one goes to the site's next host.
+                *polled = ((*polled as usize + 1) % hosts.len()) as u8;
                 continue;
             }
             let sent = t - rtt[j] as f64 / 2000.0;
