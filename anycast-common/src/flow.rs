@@ -125,14 +125,21 @@ impl Sip {
     }
 }
 
+// The address words, taken as whole chunks of the arrays rather than assembled byte by
+// byte: the BPF backend then reads each with one load (from bytes it assembled four or
+// eight loads, shifts and ors for some of them).
+
+/// Bytes 0..4 of an address, little-endian.
 #[inline(always)]
-const fn le32(b: &[u8; 16], i: usize) -> u64 {
-    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as u64
+const fn first32(b: &[u8; 16]) -> u64 {
+    u32::from_le_bytes(*b.first_chunk::<4>().unwrap()) as u64
 }
 
+/// Bytes 0..8 (`high` false) or 8..16 of an address, little-endian.
 #[inline(always)]
-const fn le64(b: &[u8; 16], i: usize) -> u64 {
-    le32(b, i) | le32(b, i + 4) << 32
+const fn half64(b: &[u8; 16], high: bool) -> u64 {
+    let c = if high { b.last_chunk::<8>() } else { b.first_chunk::<8>() };
+    u64::from_le_bytes(*c.unwrap())
 }
 
 /// The flow hash: SipHash-1-3 under `key` of the flow's bytes
@@ -151,12 +158,12 @@ pub const fn flow_hash(k: &FlowKey, key: &HashKey) -> u64 {
     let ports = k.sport as u64 | (k.dport as u64) << 16 | (k.proto as u64) << 32;
     let s = Sip::new(key);
     if k.family == Family::V4 as u8 {
-        s.word(le32(&k.src, 0) | le32(&k.dst, 0) << 32).word(ports).finish(16)
+        s.word(first32(&k.src) | first32(&k.dst) << 32).word(ports).finish(16)
     } else {
-        s.word(le64(&k.src, 0))
-            .word(le64(&k.src, 8))
-            .word(le64(&k.dst, 0))
-            .word(le64(&k.dst, 8))
+        s.word(half64(&k.src, false))
+            .word(half64(&k.src, true))
+            .word(half64(&k.dst, false))
+            .word(half64(&k.dst, true))
             .word(ports)
             .finish(40)
     }
