@@ -33,6 +33,9 @@
 //!    with an interface dropped from its config: that interface's pinned link is removed (no
 //!    XDP program left on it, which would run on maps nobody writes any more), the others
 //!    are adopted and nothing is lost.
+//! 10. `controller_restart_with_no_vip_adopts_the_running_instance`: an outer Maglev map
+//!     that holds no table yet keeps its shape known (its name): a restart adopts, it does
+//!     not rebuild the tables and swap every program.
 //!
 //! Every topology has a client namespace sending to the VIP 10.200.0.1:5353 (UDP), which a
 //! socket in the serving site's namespace receives (the address on its loopback).
@@ -693,4 +696,29 @@ fn controller_rebuild_killed_at_the_swap_keeps_the_running_state_and_the_next_st
     let after = programs(&daemon_a);
     assert!(after[0] != before[0] && after[1] != before[1], "links still on the old tables: {after:?}");
     assert!(!daemon_a.pin_dir().join(anycast_user::datapath::layout::STAGING).exists(), "staging left");
+}
+
+/// With no VIP configured the Maglev outer map holds no table, and the shape of its tables
+/// is read off its name: a restart adopts the running program, it does not rebuild the
+/// tables and swap it.
+#[test]
+fn controller_restart_with_no_vip_adopts_the_running_instance() {
+    if !require("controller_restart_with_no_vip_adopts_the_running_instance", &[Need::Kernel]) {
+        return;
+    }
+    let ns = Netns::new("crn").unwrap();
+    ns.add_veth("n0", &ns, "n1").unwrap();
+    let mut daemon = Daemon::new(&ns).unwrap();
+    daemon
+        .write_config(
+            "[local]\ninterfaces = [\"n0\"]\n\n[[sites]]\nname = \"a\"\nlocal = true\ncapacity = 100\n",
+        )
+        .unwrap();
+    daemon.start().unwrap();
+    let program = daemon.link_program_id("n0").unwrap();
+    daemon.kill().unwrap();
+    let log = daemon.start().unwrap();
+    assert!(!log.contains("rebuilding them"), "{log}");
+    assert!(log.contains("n0: adopted the running instance"), "{log}");
+    assert_eq!(daemon.link_program_id("n0").unwrap(), program, "the restart replaced the program");
 }

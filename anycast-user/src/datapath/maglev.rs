@@ -73,7 +73,9 @@ impl Shape {
     }
 
     /// The shape of a pinned or loaded outer map, read off one of its inner maps (the
-    /// kernel does not report the template itself); None when it holds none.
+    /// kernel does not report the template itself), else off the name this build gives the
+    /// outer maps it creates ([`create_pinned`]); None when it holds no table and has
+    /// another name (an older build's).
     pub fn of_outer(outer_fd: BorrowedFd<'_>) -> Result<Option<Shape>, MapError> {
         for vip in 0..MAX_VIPS {
             let Ok(id) = sys::lookup_u32(outer_fd.as_raw_fd(), vip) else { continue };
@@ -85,7 +87,30 @@ impl Shape {
                 Shape::Fixed { entries: info.max_entries() }
             }));
         }
-        Ok(None)
+        let fd = outer_fd
+            .try_clone_to_owned()
+            .map_err(|io_error| MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error }))?;
+        let info = MapData::from_fd(fd)?.info()?;
+        Ok(info.name_as_str().and_then(Shape::of_name))
+    }
+
+    /// The kernel name of an outer map of this shape: `MAGLEV_<entries>` (bpf_attr's 16
+    /// bytes with the NUL: 262,148 entries at most take 13), so that the shape of an outer
+    /// map that holds no table yet is known at the next start (else it is rebuilt, every
+    /// link's program swapped, at each start of a controller with no VIP).
+    fn name(self) -> [u8; 16] {
+        let mut name = [0u8; 16];
+        let text = match self {
+            Shape::Fixed { entries } => format!("{}_{entries}", maps::MAGLEV),
+            Shape::Sized => maps::MAGLEV.to_owned(),
+        };
+        name[..text.len()].copy_from_slice(text.as_bytes());
+        name
+    }
+
+    fn of_name(name: &str) -> Option<Shape> {
+        let entries = name.strip_prefix(maps::MAGLEV)?.strip_prefix('_')?.parse().ok()?;
+        Some(Shape::Fixed { entries })
     }
 }
 
@@ -108,8 +133,7 @@ pub fn create_pinned(path: &Path, shape: Shape) -> Result<(), MapError> {
     let (entries, flags) = shape.inner(shape.capacity());
     let template = Array::<MapData, u32>::create(entries, flags)?;
     let template_fd = IterableMap::<u32, u32>::map(&template).fd().as_fd().as_raw_fd();
-    let mut map_name = [0u8; 16];
-    map_name[..maps::MAGLEV.len()].copy_from_slice(maps::MAGLEV.as_bytes());
+    let map_name = shape.name();
     let mut attr = CreateAttr {
         map_type: BPF_MAP_TYPE_ARRAY_OF_MAPS,
         key_size: 4,
@@ -155,7 +179,22 @@ pub fn resized(entries: &[u32], slots: u32) -> Vec<u32> {
 mod tests {
     use anycast_common::site::{MAGLEV_CHECK, MAGLEV_LOCAL};
 
-    use super::resized;
+    use anycast_common::maps::{MAGLEV_MAX_SIZE, maglev_inner_len};
+
+    use super::{Shape, resized};
+
+    #[test]
+    fn the_name_of_an_outer_map_gives_its_shape_back() {
+        for entries in [2, 252, 65_538, maglev_inner_len(MAGLEV_MAX_SIZE)] {
+            let shape = Shape::Fixed { entries };
+            let name = shape.name();
+            assert_eq!(name[15], 0, "{entries}: no room for the NUL");
+            let text = std::str::from_utf8(&name).unwrap().trim_end_matches('\0');
+            assert_eq!(Shape::of_name(text), Some(shape));
+        }
+        assert_eq!(Shape::of_name("MAGLEV"), None, "an older build's outer map");
+        assert_eq!(Shape::of_name("MAGLEV_x"), None);
+    }
 
     #[test]
     fn a_table_of_the_same_size_is_kept_as_it_is() {
