@@ -22,6 +22,7 @@
 //!    the server 5 s after their half header, and then root's `anycast status` answers.
 //! 2. `POST /plan` with a body past 1 MiB: 413, from a raw client and through `anycast plan`;
 //!    the daemon serves on.
+//! 3. `POST /plan` whose body never completes: 408 after 5 s, the connection closed.
 
 use std::{
     ffi::OsStr,
@@ -65,6 +66,7 @@ const WATCH: Duration = Duration::from_secs(6);
 const ADMIN_PER_UID: usize = 8;
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const ADMIN_BODY_LIMIT: usize = 1 << 20;
+const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Root's connections to the admin socket: more than its share.
 const ADMIN_IDLE: usize = 12;
 const ADMIN_WATCH: Duration = Duration::from_secs(9);
@@ -409,4 +411,21 @@ fn listeners_admin_socket_bounds_a_uid_slow_headers_and_bodies() {
     let root = status_as_root(&d);
     assert!(root.status.success(), "after the large bodies: {}", String::from_utf8_lossy(&root.stderr));
     assert_eq!(refused(&d), Some(excess + 1));
+
+    // 3. A body that never completes: 408 once its time is up, the connection closed (it
+    //    would otherwise hold a slot for the connection's whole bound, 130 s).
+    let mut s = UnixStream::connect(&socket).expect("connect to the admin socket");
+    s.set_read_timeout(Some(ADMIN_BODY_TIMEOUT * 3)).unwrap();
+    let sent = Instant::now();
+    write!(s, "POST /plan HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n# a start").unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    let took = sent.elapsed();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "a body that never completes, after {took:?}: {reply:?}");
+    assert!(
+        ADMIN_BODY_TIMEOUT <= took && took <= ADMIN_BODY_TIMEOUT * 2,
+        "answered after {took:?}, its time being {ADMIN_BODY_TIMEOUT:?}"
+    );
+    assert!(wait::until(Duration::from_secs(1), || open(&d) == Some(0)).is_some(), "open {:?}", open(&d));
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, Path, State, rejection::StringRejection},
+    extract::{DefaultBodyLimit, FromRequest as _, Path, Request, State},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -58,6 +58,12 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// answered 413). A config at the maps' limits (1024 sites, 256 VIPs) written out is a few
 /// hundred KB.
 pub const ADMIN_BODY_LIMIT: usize = 1 << 20;
+
+/// How long a request body may take to arrive (`POST /plan`; answered 408 past it). The
+/// largest takes milliseconds over the local socket: past this the client is stuck or
+/// trickling on purpose, and would hold one of the socket's few slots until the
+/// connection's own bound (`COMMAND_TIMEOUT` + 10 s).
+pub const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn admin_router(h: Handles) -> Router {
     Router::new()
@@ -239,11 +245,16 @@ async fn reload(State(h): State<Handles>) -> Response {
 }
 
 /// `POST /plan` with a config file's text: what a reload of it would change.
-async fn plan(State(h): State<Handles>, body: Result<String, StringRejection>) -> Response {
-    let body = match body {
-        Ok(b) => b,
+async fn plan(State(h): State<Handles>, request: Request) -> Response {
+    let body = match tokio::time::timeout(ADMIN_BODY_TIMEOUT, String::from_request(request, &h)).await {
+        Ok(Ok(b)) => b,
+        Err(_) => {
+            let why =
+                format!("the submitted config did not arrive within {} s\n", ADMIN_BODY_TIMEOUT.as_secs());
+            return (StatusCode::REQUEST_TIMEOUT, [(header::CONNECTION, "close")], why).into_response();
+        }
         // Past ADMIN_BODY_LIMIT: 413; not UTF-8: 400.
-        Err(e) => {
+        Ok(Err(e)) => {
             return (
                 e.status(),
                 format!("the submitted config: {} (at most {ADMIN_BODY_LIMIT} bytes)\n", e.body_text()),
