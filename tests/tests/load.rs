@@ -154,9 +154,13 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
             let (local0, offered0) = (site_packets(a, "a", "local"), client.flows());
             let w0 = weights(a);
             let tw = Instant::now();
-            std::thread::sleep(Duration::from_millis(2700));
+            std::thread::sleep(Duration::from_millis(1350));
+            let (offered_mid, half) = (client.flows(), tw.elapsed().as_secs_f64());
+            std::thread::sleep(Duration::from_millis(1350));
             let secs = tw.elapsed().as_secs_f64();
             let (local1, offered1) = (site_packets(a, "a", "local"), client.flows());
+            let halves =
+                ((offered_mid - offered0) as f64 / half, (offered1 - offered_mid) as f64 / (secs - half));
             let w1 = weights(a);
             let flows: Vec<usize> = services.iter().zip(&before).map(|(s, b)| s.served().len() - b).collect();
             let offered = (offered1 - offered0) as f64 / secs;
@@ -173,7 +177,7 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
             (
                 reaction,
                 (settled, load_settled),
-                (w0, w1, flows, (local1 - local0) as f64 / secs, offered),
+                (w0, w1, flows, (local1 - local0) as f64 / secs, offered, halves),
                 changes,
                 adopted,
                 reports,
@@ -181,7 +185,7 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
         });
     let a = &daemons[0];
     let reaction = reaction.expect("A's weights did not move to B and C within 5 s of the surge");
-    let (w0, w1, flows, a_served, offered) = window;
+    let (w0, w1, flows, a_served, offered, halves) = window;
     let total: usize = flows.iter().sum();
     // The policy follows the offered rate while it sheds: the weights may still move by a
     // step or two of 1 % in the window; the flows are compared with their mean.
@@ -196,11 +200,13 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
         expected.iter().map(|p| 4.0 * (p * (1.0 - p) / total as f64).sqrt() + 0.01).collect();
     println!(
         "load: reaction {:.2} s, weights settled {:.2} s, A served at most 5 % above its target from {:.2?} on; weights {w0:?} → {w1:?}; window {total} flows \
-         ({offered:.0} offered/s): shares {shares:.3?} vs weights {expected:.3?} (± {tolerance:.3?}); \
+         ({offered:.0} offered/s, {:.0} then {:.0}): shares {shares:.3?} vs weights {expected:.3?} (± {tolerance:.3?}); \
          A served {a_served:.0} pps (target 800)",
         reaction.as_secs_f64(),
         settled.as_secs_f64(),
         load_settled,
+        halves.0,
+        halves.1,
     );
     assert!(reaction <= Duration::from_secs(2), "reaction {reaction:?}");
     // The flash crowd settles (A at or below target + 5 %, and staying there) within 2 s.
@@ -216,7 +222,17 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
         total as f64 >= 0.9 * offered * 2.7,
         "{total} flows served of {offered:.0}/s offered in the window"
     );
-    assert!((0..3).all(|i| w0[i].abs_diff(w1[i]) <= 300), "the weights moved by more than 3 % in the window");
+    // Steady: the weights move by at most 3 % in the window, beyond what a change of the
+    // offered rate between its halves asks for (this machine's client is not a metronome:
+    // A keeping 800 of 2,000/s then of 1,800/s is 4 points more of the weight, and the
+    // policy is right to follow).
+    let (first, second) = halves;
+    let follows = 10_000.0 * (800.0 / second - 800.0 / first).abs();
+    let bound = 300 + follows.ceil() as u64;
+    assert!(
+        (0..3).all(|i| w0[i].abs_diff(w1[i]) <= bound),
+        "the weights moved by more than {bound} / 10,000 in the window ({w0:?} → {w1:?}; offered {first:.0} then {second:.0} flows/s)"
+    );
     for i in 0..3 {
         assert!(
             (shares[i] - expected[i]).abs() <= tolerance[i],
