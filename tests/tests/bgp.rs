@@ -278,10 +278,24 @@ fn bgp_announce_withdraw_deprefer_follow_the_site() {
     wait_route(&lab, Some(shutting_down(announced())), "graceful shutdown after drain");
     let drained = t0.elapsed();
     assert!(drained <= WINDOW, "drain → graceful shutdown took {drained:?}");
-    assert_eq!((state(&d, "graceful_shutdown"), transitions(&d, "graceful_shutdown")), (1, 1));
+    // The daemon is in its graceful shutdown — or past it already, when the upstream
+    // learned the route late (BIRD's propagation on a loaded machine): its transitions say.
+    let graceful = state(&d, "graceful_shutdown");
+    assert!(
+        graceful == 1 || t0.elapsed() >= GRACEFUL,
+        "not in graceful shutdown {:?} after the drain",
+        t0.elapsed()
+    );
+    assert_eq!(transitions(&d, "graceful_shutdown"), 1);
     let shut =
         held_until_withdrawn(&lab, &shutting_down(announced()), "withdraw after the graceful shutdown", &d);
-    assert!(shut >= GRACEFUL - INTERVAL, "withdrawn {shut:?} after the graceful shutdown began");
+    // Held for the graceful time: measured from the drain, since the upstream may have
+    // learned the graceful route late (a withdraw with no hold comes FALL intervals after it).
+    assert!(
+        drained + shut >= GRACEFUL - INTERVAL,
+        "withdrawn {:?} after the drain (graceful shutdown seen after {drained:?})",
+        drained + shut
+    );
     assert!(shut <= GRACEFUL + WINDOW, "graceful shutdown → withdrawn took {shut:?}");
     assert_eq!((state(&d, "withdraw"), transitions(&d, "withdraw")), (1, 1));
     for line in [
