@@ -223,3 +223,64 @@ pub const fn gue_source_port(h: u64) -> u16 {
 pub const fn flow_label(h: u64) -> u32 {
     (h >> 32) as u32 & 0xF_FFFF
 }
+
+/// Number of slots of the liveness table of pinned TCP flows ([`crate::maps::FLOW_SEEN`]).
+pub const SEEN_SLOTS: u32 = 1 << 18;
+
+/// Slot of the liveness table: hash bits 32..50.
+#[inline(always)]
+pub const fn seen_slot(h: u64) -> u32 {
+    (h >> 32) as u32 & (SEEN_SLOTS - 1)
+}
+
+/// The tag bits of a liveness entry for hash `h`: its low 32 bits, in the entry's upper half.
+#[inline(always)]
+pub const fn seen_tag(h: u64) -> u64 {
+    h << 32
+}
+
+/// Set in a liveness entry once the client sent a FIN or a RST (sticky: the ACKs of a
+/// half-closed connection keep it).
+pub const SEEN_CLOSING: u64 = 1 << 31;
+
+/// Units of a liveness entry's time: 2^30 ns (~1.07 s) of `CLOCK_MONOTONIC_COARSE`
+/// (`bpf_ktime_get_coarse_ns`).
+pub const SEEN_UNIT_SHIFT: u32 = 30;
+
+/// A monotonic time in ns as a liveness entry's time (31 bits: wraps after 73 years).
+#[inline(always)]
+pub const fn seen_time(ns: u64) -> u64 {
+    (ns >> SEEN_UNIT_SHIFT) & (SEEN_CLOSING - 1)
+}
+
+/// A liveness entry: which flow (tag), whether it is closing, when it was last seen. One
+/// 64-bit word, read and written with single 8-byte accesses.
+///
+/// `update`: what a packet of the flow with hash `h` at time `now_ns` (`closing`: it carries
+/// FIN or RST) makes of entry `old`; `None` when `old` says it already (same flow, same
+/// closing bit, same time unit), so that the data path stores at most about once a second
+/// per flow. Another flow's entry in the slot is overwritten: the flow whose entry it was
+/// is then of unknown liveness (the controller takes it as live).
+#[inline(always)]
+pub const fn seen_update(old: u64, h: u64, now_ns: u64, closing: bool) -> Option<u64> {
+    let tag = seen_tag(h);
+    let same = old & 0xffff_ffff_0000_0000 == tag;
+    let new = seen_entry(h, now_ns, closing || (same && old & SEEN_CLOSING != 0));
+    if same && new == old { None } else { Some(new) }
+}
+
+/// The liveness entry of the flow with hash `h` seen at `now_ns`.
+#[inline(always)]
+pub const fn seen_entry(h: u64, now_ns: u64, closing: bool) -> u64 {
+    seen_tag(h) | if closing { SEEN_CLOSING } else { 0 } | seen_time(now_ns)
+}
+
+/// What a liveness entry says about the flow with hash `h`: `Some((closing, time))` when
+/// the entry is that flow's.
+#[inline(always)]
+pub const fn seen_of(e: u64, h: u64) -> Option<(bool, u64)> {
+    if e == 0 || e & 0xffff_ffff_0000_0000 != seen_tag(h) {
+        return None;
+    }
+    Some((e & SEEN_CLOSING != 0, e & (SEEN_CLOSING - 1)))
+}

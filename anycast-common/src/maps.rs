@@ -14,6 +14,7 @@
 //! | `TUNNEL_PEERS` | HashMap | [`AddrKey`](crate::AddrKey) → site index (u32) | [`MAX_TUNNEL_PEERS`] |
 //! | `FLOWS` | LruHashMap | [`FlowKey`](crate::FlowKey) → [`FlowValue`](crate::FlowValue) | [`FLOW_TABLE_DEFAULT`] (set at load) |
 //! | `EMBRYOS` | Array | [`embryo_slot`](crate::flow::embryo_slot) → u64 [`embryo_entry`](crate::flow::embryo_entry) | [`EMBRYO_SLOTS`](crate::flow::EMBRYO_SLOTS) |
+//! | `FLOW_SEEN` | Array | [`seen_slot`](crate::flow::seen_slot) → u64 [`seen_update`](crate::flow::seen_update) (tag, closing, last seen) | [`SEEN_SLOTS`](crate::flow::SEEN_SLOTS) |
 //! | `DEVMAP` | DevMapHash | ifindex → ifindex | [`MAX_IFACES`] |
 //! | `SITE_STATS` | PerCpuArray | site index → [`SiteCounters`](crate::SiteCounters) | [`MAX_SITES`] |
 //! | `VIP_STATS` | PerCpuArray | VIP index → [`VipCounters`](crate::VipCounters) | [`MAX_VIPS`] |
@@ -26,6 +27,12 @@
 //! handshake completes (a SYN writes only `EMBRYOS`, so a SYN flood cannot fill it), UDP
 //! flows of `affinity = "flow"` VIPs and fragments. A local TCP flow needs no entry: the
 //! host's socket table knows it.
+//!
+//! `FLOW_SEEN` says which pinned TCP flows may still be alive (last seen, FIN/RST seen), so
+//! that the controller can clear `MAGLEV_CHECK` from a local bucket whose pins to other
+//! sites are all over (docs/datapath.md §6). It was added within layout 2: a data path
+//! without it gets an empty one at the next start, and an empty slot means "unknown",
+//! which the controller takes as alive.
 //!
 //! A Maglev table of M slots is an inner array whose entry 0 holds M, entries 1..=M the
 //! site index of each slot. Keeping the size inside the table makes a swap of the outer
@@ -51,6 +58,7 @@ pub const SITES: &str = "SITES";
 pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
 pub const FLOWS: &str = "FLOWS";
 pub const EMBRYOS: &str = "EMBRYOS";
+pub const FLOW_SEEN: &str = "FLOW_SEEN";
 pub const DEVMAP: &str = "DEVMAP";
 pub const SITE_STATS: &str = "SITE_STATS";
 pub const VIP_STATS: &str = "VIP_STATS";
@@ -60,7 +68,7 @@ pub const FIB_CACHE: &str = "FIB_CACHE";
 pub const RATE: &str = "RATE";
 
 /// Every map name, for pinning and adoption.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 19] = [
     LAYOUT,
     CONFIG,
     ADDR_FILTER,
@@ -72,6 +80,7 @@ pub const ALL: [&str; 18] = [
     TUNNEL_PEERS,
     FLOWS,
     EMBRYOS,
+    FLOW_SEEN,
     DEVMAP,
     SITE_STATS,
     VIP_STATS,

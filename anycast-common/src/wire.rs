@@ -32,7 +32,9 @@ pub const IP_OFFSET: u16 = 0x1fff;
 /// IP_DF as it sits in byte 6 alone.
 pub const IP_DF_BYTE: u8 = (IP_DF >> 8) as u8;
 
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// TTL / hop limit of every header the data path writes (outer tunnel headers, ICMP replies).

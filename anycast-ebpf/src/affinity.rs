@@ -9,18 +9,24 @@
 //!   `BPF_NOEXIST`, so a promotion (or a forged packet) never overwrites an existing entry.
 //! - Pins are rate-guarded per CPU (`CONFIG.pin`); what the guard skips is counted and the
 //!   flow is still steered, unpinned.
+//! - A packet that follows a TCP pin to another site notes the flow as seen in `FLOW_SEEN`
+//!   (and FIN/RST as closing): one array load, and a store only when the entry changes,
+//!   about once a second per busy flow.
 
 use anycast_common::{
     Event, FlowValue, LocalConfig, SiteInfo,
     config::RATE_PIN,
-    flow::{embryo_entry, embryo_generation, embryo_site, embryo_slot, embryo_tag},
+    flow::{
+        embryo_entry, embryo_generation, embryo_site, embryo_slot, embryo_tag, seen_entry, seen_slot,
+        seen_update,
+    },
     site::{SITE_CONFIGURED, SITE_UP},
 };
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 
 use crate::{
     counters, limit,
-    maps::{EMBRYOS, FLOWS, SITES},
+    maps::{EMBRYOS, FLOW_SEEN, FLOWS, SITES},
     parse::Packet,
 };
 
@@ -61,7 +67,15 @@ pub fn pinned(pkt: &Packet) -> Pin {
 /// Pins `pkt`'s flow to `site` under the rate guard. `replace`: the entry is stale and may
 /// be overwritten; otherwise an existing entry is kept (`BPF_NOEXIST`).
 #[inline(always)]
-pub fn pin(cfg: &LocalConfig, pkt: &Packet, site: u32, info: &SiteInfo, replace: bool, what: Event) {
+pub fn pin(
+    cfg: &LocalConfig,
+    pkt: &Packet,
+    hash: u64,
+    site: u32,
+    info: &SiteInfo,
+    replace: bool,
+    what: Event,
+) {
     if !limit::allow(RATE_PIN, &cfg.pin) {
         counters::event(Event::PinLimited);
         return;
@@ -69,7 +83,14 @@ pub fn pin(cfg: &LocalConfig, pkt: &Packet, site: u32, info: &SiteInfo, replace:
     let value = FlowValue { site, generation: info.generation };
     let flags = if replace { 0 } else { BPF_NOEXIST as u64 };
     match FLOWS.insert(&pkt.key, &value, flags) {
-        Ok(()) => counters::event(what),
+        Ok(()) => {
+            if let Event::Promoted = what {
+                // A new connection: whatever the slot said (an earlier connection of the
+                // same 4-tuple may have closed) is not about it.
+                seen_fresh(hash);
+            }
+            counters::event(what)
+        }
         // -EEXIST: pinned meanwhile (another CPU); anything else: the kernel refused.
         Err(e) if e == -17 => counters::event(Event::PromoteExists),
         Err(_) => counters::event(Event::FlowInsertFailed),
@@ -98,4 +119,29 @@ pub fn embryo(hash: u64) -> Option<(u32, &'static SiteInfo)> {
     let site = embryo_site(e);
     let info = usable(site).filter(|s| s.generation & 0xffff == embryo_generation(e))?;
     Some((site, info))
+}
+
+/// Starts the liveness entry of a newly promoted TCP flow: seen now, not closing.
+#[inline(always)]
+fn seen_fresh(hash: u64) {
+    if let Some(e) = FLOW_SEEN.get_ptr_mut(seen_slot(hash)) {
+        // SAFETY: plain helper call; an 8-byte aligned array value, one 8-byte store.
+        unsafe { *e = seen_entry(hash, bpf_ktime_get_coarse_ns(), false) };
+    }
+}
+
+/// Notes that a packet of the pinned TCP flow with hash `hash` went to another site
+/// (`closing`: it carries FIN or RST), for the controller's sweep (§6). The coarse clock is
+/// the timekeeper's last tick, read without touching a clocksource.
+#[inline(always)]
+pub fn seen(hash: u64, closing: bool) {
+    let Some(e) = FLOW_SEEN.get_ptr_mut(seen_slot(hash)) else { return };
+    // SAFETY: plain helper call, no arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: an 8-byte aligned array value, read and written with single 8-byte accesses.
+    unsafe {
+        if let Some(new) = seen_update(*e, hash, now, closing) {
+            *e = new;
+        }
+    }
 }

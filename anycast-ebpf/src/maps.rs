@@ -6,7 +6,7 @@ use anycast_common::{
     VipCounters, VipInfo, VipKey,
     config::{Bucket, RATE_SLOTS},
     counters::EXCEPTION_SLOTS,
-    flow::EMBRYO_SLOTS,
+    flow::{EMBRYO_SLOTS, SEEN_SLOTS},
     maps::{
         ADDR_FILTER_SIZE, ADDR_IDS, FLOW_TABLE_DEFAULT, MAGLEV_DEFAULT_SIZE, MAX_IFACES, MAX_SITES,
         MAX_TUNNEL_PEERS, MAX_VIPS, maglev_inner_len,
@@ -66,6 +66,11 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(
 /// entry is one 8-byte word, so never read half-written.
 #[map]
 pub static EMBRYOS: Array<u64> = Array::with_max_entries(EMBRYO_SLOTS, 0);
+
+/// When each pinned TCP flow forwarded to another site was last seen, and whether its
+/// client sent FIN or RST: what the controller needs to clear `MAGLEV_CHECK` (§6).
+#[map]
+pub static FLOW_SEEN: Array<u64> = Array::with_max_entries(SEEN_SLOTS, 0);
 
 #[map]
 pub static DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);

@@ -21,7 +21,7 @@ use crate::{
 
 use anycast_common::wire::{
     ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ICMP_HLEN, IP_MF, IP_OFFSET, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
-    IPPROTO_HOPOPTS, IPPROTO_ROUTING, TCP_ACK, TCP_SYN, VLAN_HLEN,
+    IPPROTO_HOPOPTS, IPPROTO_ROUTING, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, VLAN_HLEN,
 };
 pub use anycast_common::wire::{
     ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP,
@@ -65,6 +65,8 @@ pub struct Packet {
     pub fragment: bool,
     /// A TCP handshake opener: SYN without ACK (not a fragment, not an ICMP error).
     pub tcp_syn: bool,
+    /// A TCP segment with FIN or RST (of this packet; not of an ICMP error's inner one).
+    pub tcp_closing: bool,
     /// The key was taken from the packet quoted by an ICMP error (§3): the packet is about
     /// that flow, but it is not one of the flow's own packets (it never pins state).
     pub icmp_error: bool,
@@ -263,6 +265,7 @@ fn transport(frame: &Frame, pkt: &mut Packet) -> Result<(), Exception> {
             pkt.key.sport = be16([t[0], t[1]]);
             pkt.key.dport = be16([t[2], t[3]]);
             pkt.tcp_syn = t[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            pkt.tcp_closing = t[13] & (TCP_FIN | TCP_RST) != 0;
         }
         (IPPROTO_UDP, _) => {
             let u = l4_bytes::<UDP_HLEN>(frame, pkt)?;

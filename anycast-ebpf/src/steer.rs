@@ -175,7 +175,12 @@ pub fn route(
             return Ok(Route::Local { site: entry & MAGLEV_SITE });
         }
         let replace = match affinity::pinned(pkt) {
-            Pin::Site(site, info) => return Ok(pinned(site, info, hash)),
+            Pin::Site(site, info) => {
+                if info.flags & SITE_LOCAL == 0 {
+                    affinity::seen(hash, pkt.tcp_closing);
+                }
+                return Ok(pinned(site, info, hash));
+            }
             Pin::Stale => true,
             Pin::None => false,
         };
@@ -222,7 +227,7 @@ pub fn route(
         // A local flow of a pinned VIP is pinned too: only the table can keep it here when
         // its bucket moves.
         if let Some(info) = affinity::usable(site) {
-            affinity::pin(cfg, pkt, site, info, replace, event);
+            affinity::pin(cfg, pkt, hash, site, info, replace, event);
         }
     }
     Ok(route)

@@ -380,6 +380,35 @@ fn scenarios() -> Vec<Case> {
             ],
         ),
         own(
+            "a_forwarded_pinned_tcp_flow_is_noted_seen_closing_on_fin_until_a_new_handshake",
+            None,
+            vec![
+                send_fwd(f4(43500, SYN), 1),
+                send_to_ev(f4(43500, ACK), 1, S_IPIP, &promoted()),
+                Step::Check("promoted: seen now, not closing", seen_is(f4(43500, ACK), false)),
+                Step::Maps("the entry as if seen long ago", set_seen_old(f4(43500, ACK), false)),
+                send_to_ev(f4(43500, PSH_ACK), 1, S_IPIP, &[]),
+                Step::Check("a packet of the pin: seen now", seen_is(f4(43500, ACK), false)),
+                send_to_ev(f4(43500, FIN_ACK), 1, S_IPIP, &[]),
+                Step::Check("its client's FIN: closing", seen_is(f4(43500, ACK), true)),
+                // Half-closed: the client still ACKs the server's data, through the pin.
+                Step::Maps("the entry as if seen long ago", set_seen_old(f4(43500, ACK), true)),
+                send_to_ev(f4(43500, ACK), 1, S_IPIP, &[]),
+                Step::Check("an ACK after the FIN: seen now, still closing", seen_is(f4(43500, ACK), true)),
+                send_fwd(f4(43501, SYN), 1),
+                Step::Maps(
+                    "43501's slot says closing (an earlier connection of its 4-tuple)",
+                    set_seen_old(f4(43501, ACK), true),
+                ),
+                send_to_ev(f4(43501, ACK), 1, S_IPIP, &promoted()),
+                Step::Check("a new connection's promotion starts afresh", seen_is(f4(43501, ACK), false)),
+                send_to_ev(f4(43501, RST), 1, S_IPIP, &[]),
+                Step::Check("its client's RST: closing", seen_is(f4(43501, ACK), true)),
+                send_to_ev(f4(43502, ACK), 1, S_IPIP, &[Ev(Ev_::FlowUnknown)]),
+                Step::Check("an unpinned flow notes nothing", seen_is_empty(f4(43502, ACK))),
+            ],
+        ),
+        own(
             "a_pin_is_never_overwritten_by_a_handshake",
             None,
             vec![
@@ -860,6 +889,54 @@ fn m_ifindex_lb0() -> anyhow::Result<u32> {
 }
 
 /// A check that each listed flow is pinned to (site, generation), or not pinned (`None`).
+const FIN_ACK: u8 = 0x11;
+const RST: u8 = 0x04;
+
+/// `FLOW_SEEN` as docs/datapath.md §6 describes it: slot = hash bits 32..50; entry = the
+/// hash's low 32 bits ‖ closing (bit 31) ‖ `CLOCK_MONOTONIC_COARSE` >> 30 (31 bits).
+fn seen_slot_of(p: &Packet) -> (u32, u64) {
+    let h = reference::flow_hash(&p.key(), &KEY);
+    (((h >> 32) & 0x3ffff) as u32, h & 0xffff_ffff)
+}
+
+fn coarse_units() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) >> 30
+}
+
+/// The flow's entry names it, says `closing`, and was written within the last two units.
+fn seen_is(p: Packet, closing: bool) -> MapsCheck {
+    Box::new(move |m: &DataPathMaps| {
+        let (slot, tag) = seen_slot_of(&p);
+        let e = m.seen(slot).map_err(|e| e.to_string())?;
+        let now = coarse_units();
+        let (got_tag, got_closing, at) = (e >> 32, e & (1 << 31) != 0, e & 0x7fff_ffff);
+        if got_tag != tag || got_closing != closing || at > now || at + 2 < now {
+            return Err(format!(
+                "slot {slot}: {e:#018x} (tag {got_tag:#x}, closing {got_closing}, at {at}); want tag {tag:#x}, closing {closing}, at ~{now}"
+            ));
+        }
+        Ok(())
+    })
+}
+
+fn seen_is_empty(p: Packet) -> MapsCheck {
+    Box::new(move |m: &DataPathMaps| match m.seen(seen_slot_of(&p).0).map_err(|e| e.to_string())? {
+        0 => Ok(()),
+        e => Err(format!("entry {e:#018x}")),
+    })
+}
+
+/// The flow's entry, `closing` or not, written at boot time (unit 1).
+fn set_seen_old(p: Packet, closing: bool) -> MapsOp {
+    Box::new(move |m: &mut DataPathMaps| {
+        let (slot, tag) = seen_slot_of(&p);
+        Ok(m.set_seen(slot, tag << 32 | if closing { 1 << 31 } else { 0 } | 1)?)
+    })
+}
+
 fn flows_are(want: Vec<(FlowKey, Option<(u32, u32)>)>) -> MapsCheck {
     Box::new(move |m: &DataPathMaps| {
         for (key, w) in &want {
