@@ -36,6 +36,13 @@
 //! 10. `controller_restart_with_no_vip_adopts_the_running_instance`: an outer Maglev map
 //!     that holds no table yet keeps its shape known (its name): a restart adopts, it does
 //!     not rebuild the tables and swap every program.
+//! 11. `controller_clears_check_flags_once_no_pin_needs_them`: A sheds half of a TCP VIP
+//!     to B; three connections are pinned to B by their handshakes (real frames through
+//!     A's program); B is drained, so their buckets come home flagged. After the grace,
+//!     the sweep clears every flag but those of the idle connection and of the
+//!     half-closed one whose client keeps ACKing; the closed one's bucket loses its flag
+//!     although its pin is still in the table: its next packet stays local (no lookup),
+//!     the others still go to B.
 //!
 //! Every topology has a client namespace sending to the VIP 10.200.0.1:5353 (UDP), which a
 //! socket in the serving site's namespace receives (the address on its loopback).
@@ -47,15 +54,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_common::{Action, Exception, site::MAGLEV_SITE};
+use anycast_common::{
+    Action, Exception,
+    site::{MAGLEV_CHECK, MAGLEV_SITE},
+};
 use anycast_tests::{
     admin::AdminApi,
+    packet::{self, ACK, PSH_ACK, SYN},
     pinned::Pinned,
+    reference::{self, KEY},
     topology::{ForwardChain, LOCAL_SITE, local_site},
 };
 use anycast_user::{datapath::fault, model::status::Status};
 use testkit::{
     daemon::{Daemon, DaemonError},
+    frames::PacketSocket,
     metrics::metric,
     netns::Netns,
     require::{Need, require},
@@ -721,4 +734,134 @@ fn controller_restart_with_no_vip_adopts_the_running_instance() {
     assert!(!log.contains("rebuilding them"), "{log}");
     assert!(log.contains("n0: adopted the running instance"), "{log}");
     assert_eq!(daemon.link_program_id("n0").unwrap(), program, "the restart replaced the program");
+}
+
+/// A sheds half of a TCP VIP to B; `check_grace` short enough for a test.
+const CHECK_A: &str = r#"[local]
+interfaces = ["a0", "a1"]
+tunnel_v4 = "10.2.0.1"
+
+[[sites]]
+name = "a"
+local = true
+capacity = 100
+
+[[sites]]
+name = "b"
+endpoint = "10.2.0.2"
+encap = "ip"
+capacity = 100
+
+[[vips]]
+name = "web"
+address = "10.200.0.1"
+port = 80
+protocol = "tcp"
+"#;
+const CHECK_GRACE_S: u64 = 2;
+const FIN_ACK: u8 = 0x11;
+
+#[test]
+fn controller_clears_check_flags_once_no_pin_needs_them() {
+    if !require("controller_clears_check_flags_once_no_pin_needs_them", &[Need::Kernel]) {
+        return;
+    }
+    let chain = ForwardChain::new("ccf", VIP).unwrap();
+    let mut a = Daemon::new(&chain.a).unwrap();
+    a.add_datapath_option(&format!("check_grace = {CHECK_GRACE_S}"));
+    a.write_config(CHECK_A).unwrap();
+    a.start().unwrap();
+    let status: Status = a.status().expect("/status");
+    let site = |name: &str| status.sites.iter().find(|s| s.name == name).expect("site in /status").index;
+    let site_b = site("b");
+    let vip = status.vips.iter().find(|v| v.name == "web").expect("web in /status").index;
+    let table = a.maps().unwrap().maglev(vip).unwrap().expect("web's table");
+    let key = |sport: u16| packet::tcp("10.1.0.2", VIP, sport, 80, ACK).key();
+    let slot = |sport: u16| reference::maglev_slot(reference::flow_hash(&key(sport), &KEY), table.len());
+    // Three connections in distinct buckets that name B.
+    let mut ports: Vec<u16> = Vec::new();
+    for sport in 40000.. {
+        if table[slot(sport)] & MAGLEV_SITE == site_b && ports.iter().all(|&p| slot(p) != slot(sport)) {
+            ports.push(sport);
+        }
+        if ports.len() == 3 {
+            break;
+        }
+    }
+    let (idle, closed, half_closed) = (ports[0], ports[1], ports[2]);
+    let remote = table.iter().filter(|&&e| e & MAGLEV_SITE == site_b).count() as u64;
+
+    let socket = PacketSocket::open(&chain.client, "c0").expect("a packet socket on c0");
+    let (a0, c0) = (chain.a.mac("a0").unwrap(), chain.client.mac("c0").unwrap());
+    let send = |sport: u16, flags: u8| {
+        let frame = packet::tcp("10.1.0.2", VIP, sport, 80, flags).macs(a0, c0).frame();
+        socket.send(&frame).expect("a frame sent");
+    };
+    for &p in &ports {
+        send(p, SYN);
+        send(p, ACK);
+    }
+    let pinned = |maps: &anycast_user::datapath::maps::DataPathMaps| {
+        ports.iter().all(|&p| maps.flow(&key(p)).unwrap().is_some_and(|v| v.site == site_b))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pinned(&a.maps().unwrap()) {
+        assert!(Instant::now() < deadline, "the handshakes did not pin their flows to B\n{}", a.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let checked = |a: &Daemon| metric(&metrics(a), "anycast_maglev_checked_buckets");
+    assert_eq!(checked(&a), Some(0), "nothing was remote before this table");
+
+    let out = a.cli(["drain", "b", "--config", a.config_path().to_str().unwrap()], &[], LOG_TIMEOUT).unwrap();
+    assert!(out.status.success(), "drain: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(checked(&a), Some(remote), "every bucket that named B came home flagged");
+    let mark = a.log_mark();
+    send(closed, FIN_ACK);
+    send(half_closed, FIN_ACK);
+    // The half-closed connection's client ACKs the server's data while the flags are swept.
+    let deadline = Instant::now() + Duration::from_secs(8 * CHECK_GRACE_S + 10);
+    let mut kept = checked(&a);
+    while kept != Some(2) && Instant::now() < deadline {
+        send(half_closed, ACK);
+        thread::sleep(Duration::from_millis(250));
+        kept = checked(&a);
+    }
+    let log = a.log();
+    assert_eq!(
+        kept,
+        Some(2),
+        "the buckets of the idle and the half-closed connections stay flagged, no other\n{log}"
+    );
+    let table = a.maps().unwrap().maglev(vip).unwrap().unwrap();
+    for (what, p, flagged) in
+        [("idle", idle, true), ("closed", closed, false), ("half-closed", half_closed, true)]
+    {
+        assert_eq!(table[slot(p)] & MAGLEV_CHECK != 0, flagged, "the {what} connection's bucket\n{log}");
+    }
+    let swept = a.wait_for_log(mark, "check flags: cleared", LOG_TIMEOUT).unwrap();
+    eprintln!("{}", swept.lines().find(|l| l.contains("check flags: cleared")).unwrap_or(""));
+    assert!(pinned(&a.maps().unwrap()), "the sweep writes no pin: the closed one is still in the table");
+
+    let count = |site: &str, action: &str| {
+        let text = metrics(&a);
+        let n = metric(&text, &format!(r#"anycast_site_packets_total{{site="{site}",action="{action}"}}"#));
+        (n.unwrap_or(0), text)
+    };
+    let (fwd, local) = (count("b", "forwarded").0, count("a", "local").0);
+    send(idle, PSH_ACK);
+    send(half_closed, ACK);
+    send(closed, ACK);
+    // The frames reach A's program from c0's queue: within moments.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let settled = || count("b", "forwarded").0 >= fwd + 2 && count("a", "local").0 > local;
+    while !settled() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (now_fwd, text) = count("b", "forwarded");
+    assert_eq!(now_fwd, fwd + 2, "the idle and half-closed connections still go to B\n{text}");
+    assert_eq!(
+        count("a", "local").0,
+        local + 1,
+        "the closed connection's bucket is local: no lookup\n{text}"
+    );
 }

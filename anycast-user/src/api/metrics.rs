@@ -35,6 +35,8 @@ pub struct Scrape {
     pub events: Vec<u64>,
     pub flow_entries: u64,
     pub flow_capacity: u64,
+    /// Local Maglev buckets flagged `MAGLEV_CHECK`, over every VIP.
+    pub checked_buckets: u64,
     pub process: Process,
     /// The steering task's view: per-site health and load, and the policy's flags.
     pub steering: SteeringView,
@@ -256,9 +258,14 @@ impl Collector for Scrape {
             None,
             MetricType::Counter,
         )?)?;
-        let gauges: [(&str, &str, i64); 2] = [
+        let gauges: [(&str, &str, i64); 3] = [
             ("anycast_flow_table_entries", "Entries in the flow table", self.flow_entries as i64),
             ("anycast_flow_table_capacity", "Capacity of the flow table", self.flow_capacity as i64),
+            (
+                "anycast_maglev_checked_buckets",
+                "Local Maglev buckets, over every VIP, whose mid-flow TCP packets look up the flow table (MAGLEV_CHECK: remote lately, or holding pins to other sites)",
+                self.checked_buckets as i64,
+            ),
         ];
         for (name, help, v) in gauges {
             ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)?;

@@ -160,6 +160,7 @@ pub fn scrape(h: &Handles, snap: &Snapshot) -> Scrape {
         events: snap.events.to_vec(),
         flow_entries: h.samples.borrow().flow_entries,
         flow_capacity: dp.flow_capacity,
+        checked_buckets: dp.checked_buckets,
         process: Process::read(),
         steering: (*steering).clone(),
         bgp: h.bgp.borrow().as_deref().cloned(),

@@ -85,6 +85,7 @@ pub fn build(
         interfaces: dp.config.local.interfaces.clone(),
         flow_entries: samples.flow_entries,
         flow_capacity: dp.flow_capacity,
+        checked_buckets: dp.checked_buckets,
         sites,
         vips,
         drops: snap

@@ -251,6 +251,7 @@ mod tests {
             interfaces: vec!["eth0".into()],
             flow_entries: 10,
             flow_capacity: 1024,
+            checked_buckets: 0,
             sites,
             vips: vec![],
             drops: drops.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect::<BTreeMap<_, _>>(),

@@ -102,6 +102,10 @@ pub struct Datapath {
     /// Network namespace (its id from the interfaces' namespace, as `ip netns set NAME ID`
     /// assigns it) of the local TCP services; `None`: the interfaces' own namespace.
     pub socket_netns_id: Option<u32>,
+    /// Seconds a local bucket that was remote keeps `MAGLEV_CHECK` at least, and that a
+    /// pinned TCP flow whose client sent FIN or RST must stay silent before it no longer
+    /// keeps the flag (docs/datapath.md §6).
+    pub check_grace: u32,
 }
 
 /// Where the flow hash's secret key comes from. Every host of a site must use the same key
@@ -123,6 +127,11 @@ pub const DEFAULT_ICMP_RATE: u32 = 1000;
 pub const DEFAULT_ICMP_BURST: u32 = 50;
 pub const DEFAULT_PIN_RATE: u32 = 100_000;
 pub const DEFAULT_PIN_BURST: u32 = 10_000;
+/// Ten minutes: well above the longest a handshake whose SYN went to another site can take
+/// to complete (Linux gives up retransmitting a SYN-ACK after 63 s, `tcp_synack_retries` 5;
+/// a SYN cookie is accepted for at most ~3 min), and a long silence for a connection whose
+/// client has closed.
+pub const DEFAULT_CHECK_GRACE: u32 = 600;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admin {
@@ -433,6 +442,7 @@ struct RawDatapath {
     pin_rate: Option<Spanned<u32>>,
     pin_burst: Option<Spanned<u32>>,
     socket_netns_id: Option<Spanned<u32>>,
+    check_grace: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -810,6 +820,7 @@ impl<'t> Validator<'t> {
         let icmp_burst = rate(raw.icmp_burst, DEFAULT_ICMP_BURST, "icmp_burst", 1);
         let pin_rate = rate(raw.pin_rate, DEFAULT_PIN_RATE, "pin_rate", 1);
         let pin_burst = rate(raw.pin_burst, DEFAULT_PIN_BURST, "pin_burst", 1);
+        let check_grace = rate(raw.check_grace, DEFAULT_CHECK_GRACE, "check_grace", 1);
         let socket_netns_id = raw.socket_netns_id.map(|s| {
             if *s.get_ref() >= i32::MAX as u32 {
                 self.error(
@@ -829,6 +840,7 @@ impl<'t> Validator<'t> {
             pin_rate,
             pin_burst,
             socket_netns_id,
+            check_grace,
         }
     }
 

@@ -178,7 +178,7 @@ pub fn kept(from: u32) -> &'static [&'static str] {
         // counters and the next-hop cache. Replaced: CONFIG (a key, limits), ADDR_FILTER (a
         // new index function, slots that point into ADDRS), VIPS (flags), MAGLEV (entries
         // carry flags), EXCEPTIONS (per reason and action). New: LAYOUT, ADDRS, VIP_ADDRS,
-        // EMBRYOS, EVENTS, RATE.
+        // EMBRYOS, FLOW_SEEN, EVENTS, RATE.
         1 => &[
             maps::SITES,
             maps::TUNNEL_PEERS,

@@ -34,6 +34,9 @@ pub struct DataPathView {
     pub attached: bool,
     pub pin_dir: PathBuf,
     pub flow_capacity: u64,
+    /// Local Maglev buckets flagged `MAGLEV_CHECK` (their mid-flow TCP packets look up the
+    /// flow table), over every VIP.
+    pub checked_buckets: u64,
     /// The outcome of the last reload since the start.
     pub reload: Option<ReloadOutcome>,
 }

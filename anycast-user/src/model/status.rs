@@ -12,6 +12,10 @@ pub struct Status {
     pub interfaces: Vec<String>,
     pub flow_entries: u64,
     pub flow_capacity: u64,
+    /// Local Maglev buckets flagged `MAGLEV_CHECK` (their TCP packets look up the flow
+    /// table), over every VIP.
+    #[serde(default)]
+    pub checked_buckets: u64,
     pub sites: Vec<SiteStatus>,
     pub vips: Vec<VipStatus>,
     /// Exception counters by reason, non-zero only.
@@ -99,8 +103,12 @@ impl Status {
             (Some(me), Some(d)) => format!("   host {me}, installing what {d} decides"),
             _ => String::new(),
         };
+        let checked = match self.checked_buckets {
+            0 => String::new(),
+            n => format!("   checked buckets: {n}"),
+        };
         format!(
-            "interfaces: {}   flows: {} / {}{host}{flag}",
+            "interfaces: {}   flows: {} / {}{checked}{host}{flag}",
             self.interfaces.join(", "),
             self.flow_entries,
             self.flow_capacity
@@ -201,6 +209,7 @@ mod tests {
             interfaces: vec!["eth0".into()],
             flow_entries: 3,
             flow_capacity: 1024,
+            checked_buckets: 0,
             sites: vec![site("fra", "local", "up", 100), site("ams", "remote", "drained", 0)],
             vips: vec![VipStatus {
                 name: "dns".into(),

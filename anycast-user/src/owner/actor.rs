@@ -85,6 +85,21 @@ fn run(mut owner: Owner, rx: mpsc::Receiver<Command>, view: watch::Sender<Arc<Da
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
+        match owner.sweep_checks() {
+            Ok(Some(s)) if s.cleared > 0 => {
+                log::info!(
+                    "check flags: cleared {} of {} flagged buckets ({} kept by pins that may be alive; {} pins read in {:.0} ms)",
+                    s.cleared,
+                    s.flagged,
+                    s.kept_by_pins,
+                    s.pins,
+                    s.took.as_secs_f64() * 1e3
+                );
+                publish(&owner, &view);
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("check flags: sweep failed: {e}"),
+        }
         let links_changed = owner.check_links();
         if links_changed && !owner.attached {
             log::warn!(

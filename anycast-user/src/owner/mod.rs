@@ -8,14 +8,14 @@
 pub mod actor;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet, HashMap},
     ffi::CString,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use anycast_common::maps::FLOWS;
+use anycast_common::{flow::SEEN_UNIT_SHIFT, maps::FLOWS};
 use aya::maps::MapInfo;
 
 use crate::{
@@ -31,7 +31,7 @@ use crate::{
     },
     model::{DataPathView, ReloadOutcome},
     reconcile::{
-        self, Applied, Dynamic, Plan, PlanError, Reconciler,
+        self, Applied, Dynamic, Plan, PlanError, Reconciler, check,
         overrides::{Overrides, OverridesError},
         preview::{self, Preview},
     },
@@ -106,6 +106,25 @@ pub struct Owner {
     flow_capacity: u64,
     attached: bool,
     reload: Option<ReloadOutcome>,
+    /// When this controller started watching: it cannot tell what happened before (how
+    /// long a bucket has been local, how long a flow has been silent).
+    started: Instant,
+    /// (VIP, slot) → when that bucket last came home (remote → local), for the buckets
+    /// that did so within `check_grace`.
+    came_home: HashMap<(u32, u32), Instant>,
+    last_sweep: Option<Instant>,
+}
+
+/// What one sweep of the check flags did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub pins: usize,
+    /// Flagged buckets (over every VIP) before the sweep, kept because of a pin that may be
+    /// alive, cleared.
+    pub flagged: usize,
+    pub kept_by_pins: usize,
+    pub cleared: usize,
+    pub took: Duration,
 }
 
 pub fn ifindexes(ifaces: &[String]) -> Result<BTreeSet<u32>> {
@@ -150,6 +169,14 @@ fn attached(config: &Config, pin_dir: &Path) -> bool {
         .interfaces
         .iter()
         .all(|i| link_state::state(&loader::link_pin(pin_dir, i), i) == LinkState::Attached)
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in ns: the data path's `bpf_ktime_get_coarse_ns`.
+fn coarse_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn unix_now() -> u64 {
@@ -281,6 +308,9 @@ impl Owner {
             plan: p.plan,
             dynamic: p.dynamic,
             reload: None,
+            started: Instant::now(),
+            came_home: HashMap::new(),
+            last_sweep: None,
         }
     }
 
@@ -306,15 +336,113 @@ impl Owner {
             attached: self.attached,
             pin_dir: self.pin_dir.clone(),
             flow_capacity: self.flow_capacity,
+            checked_buckets: self.checked_buckets() as u64,
             reload: self.reload.clone(),
         }
+    }
+
+    /// Local buckets flagged `MAGLEV_CHECK`, over every VIP (each shared table counted once
+    /// per VIP, read once).
+    fn checked_buckets(&self) -> usize {
+        let mut per_table: HashMap<*const u32, usize> = HashMap::new();
+        self.reconciler
+            .current()
+            .maglev
+            .values()
+            .map(|t| *per_table.entry(Arc::as_ptr(t) as *const u32).or_insert_with(|| check::flagged(t)))
+            .sum()
     }
 
     fn sync(&mut self, config: &Config, overrides: &Overrides, dynamic: &Dynamic) -> Result<(Plan, Applied)> {
         let egress = ifindexes(&config.local.interfaces)?;
         let plan = reconcile::plan(config, overrides, dynamic, self.reconciler.current(), egress)?;
-        let applied = self.reconciler.apply(&mut self.maps, &plan.state)?;
-        Ok((plan, applied))
+        let before = self.reconciler.current().maglev.clone();
+        let result = self.reconciler.apply(&mut self.maps, &plan.state);
+        // What was written stays written, also when a later write failed.
+        self.note_came_home(&before);
+        Ok((plan, result?))
+    }
+
+    /// Records when buckets came home, from the tables before a write and now.
+    fn note_came_home(&mut self, before: &BTreeMap<u32, Arc<[u32]>>) {
+        let now = Instant::now();
+        for (vip, table) in &self.reconciler.current().maglev {
+            let old = before.get(vip);
+            if old.is_some_and(|o| Arc::ptr_eq(o, table)) {
+                continue;
+            }
+            for slot in check::came_home(old.map(|o| &o[..]), table) {
+                self.came_home.insert((*vip, slot), now);
+            }
+        }
+    }
+
+    /// How often the check flags are swept: a fraction of `check_grace`, at most every 30 s.
+    fn sweep_interval(&self) -> Duration {
+        Duration::from_secs(u64::from(self.config.datapath.check_grace / 2).clamp(1, 30))
+    }
+
+    /// Sweeps the check flags if one is due and some bucket is flagged: reads the flow
+    /// table and `FLOW_SEEN` (in batches) and clears the flag of every bucket that no longer
+    /// needs it ([`check`]). `None` when no sweep was due.
+    pub fn sweep_checks(&mut self) -> Result<Option<Sweep>> {
+        if self.last_sweep.is_some_and(|t| t.elapsed() < self.sweep_interval()) {
+            return Ok(None);
+        }
+        self.last_sweep = Some(Instant::now());
+        let flagged = self.checked_buckets();
+        if flagged == 0 {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(u64::from(self.config.datapath.check_grace));
+        self.came_home.retain(|_, at| at.elapsed() < grace);
+        let flows = self.maps.flows()?;
+        let seen = self.maps.seen_all()?;
+        let state = self.reconciler.current();
+        let now = coarse_ns();
+        let age = self.started.elapsed().as_nanos() as u64;
+        let unit = 1u64 << SEEN_UNIT_SHIFT;
+        let input = check::Input {
+            hash_key: &state.config.hash_key,
+            vips: &state.vips,
+            sites: &state.sites,
+            tables: &state.maglev,
+            flows: &flows,
+            seen: &seen,
+            now: now >> SEEN_UNIT_SHIFT,
+            floor: now.saturating_sub(age) >> SEEN_UNIT_SHIFT,
+            // Rounded up, and one unit more: an entry's time is the start of its unit.
+            grace: (grace.as_nanos() as u64).div_ceil(unit) + 1,
+        };
+        let since_start = self.started.elapsed() >= grace;
+        let came_home = &self.came_home;
+        let swept = check::sweep(&input, |vip, slot| since_start && !came_home.contains_key(&(vip, slot)));
+        let mut want = state.clone();
+        let mut cleared = 0;
+        for c in &swept.clear {
+            // The tables swept are still the ones the data path holds (same thread, but
+            // checked all the same: a table written since must be swept again).
+            if !c.vips.iter().all(|v| want.maglev.get(v).is_some_and(|t| Arc::ptr_eq(t, &c.table))) {
+                continue;
+            }
+            let table = c.cleared();
+            for v in &c.vips {
+                want.maglev.insert(*v, table.clone());
+            }
+            cleared += c.slots.len() * c.vips.len();
+        }
+        if cleared > 0 {
+            self.reconciler.apply(&mut self.maps, &want)?;
+            self.plan.state.maglev = self.reconciler.current().maglev.clone();
+        }
+        Ok(Some(Sweep {
+            pins: flows.len(),
+            flagged,
+            kept_by_pins: swept.kept_by_pins,
+            cleared,
+            took: t0.elapsed(),
+        }))
     }
 
     /// Applies load-derived weights and the sites that are down, decided against config

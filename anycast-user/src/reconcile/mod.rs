@@ -25,6 +25,7 @@ use anycast_common::{
     vip::VIP_STATELESS,
 };
 
+pub mod check;
 pub mod maglev;
 pub mod overrides;
 pub mod preview;

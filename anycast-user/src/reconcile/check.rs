@@ -1,0 +1,361 @@
+//! When a local bucket's `MAGLEV_CHECK` may go (docs/datapath.md §6, "The check flag").
+//!
+//! The flag makes the mid-flow TCP packets of a local bucket that was remote look at the
+//! flow and embryonic tables, because a flow of that bucket may be pinned to another site
+//! or be mid-handshake towards one. It may go once neither can be true any more:
+//!
+//! 1. the bucket has been local for `check_grace` (an embryo written while it was remote
+//!    can only be promoted by a handshake that is still in progress; none lasts that long);
+//! 2. no pin of a TCP flow of that bucket to another site may still be alive. A pin is
+//!    over when the data path saw its client send FIN or RST (`FLOW_SEEN`'s closing bit)
+//!    and nothing of the flow since for `check_grace`; or when it names a site slot that
+//!    no longer holds the site it was made for (the data path re-steers it anyway). Any
+//!    other pin may be alive, however long it has been idle: an idle TCP connection is
+//!    legal for hours, and a half-closed one still needs its client's ACKs forwarded.
+//!    A pin whose liveness entry is missing (pinned before the program had the table, or
+//!    its slot taken by another flow) is taken as alive.
+//!
+//! Pure: the owner reads the maps, calls [`sweep`], and writes the tables it returns.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use anycast_common::{
+    FlowKey, FlowValue, HashKey, SiteInfo, VipInfo, VipKey,
+    flow::{maglev_slot, seen_of, seen_slot},
+    flow_hash,
+    site::{MAGLEV_CHECK, MAGLEV_LOCAL, SITE_CONFIGURED, SITE_LOCAL},
+    wire::IPPROTO_TCP,
+};
+
+/// What a sweep reads.
+pub struct Input<'a> {
+    pub hash_key: &'a HashKey,
+    pub vips: &'a HashMap<VipKey, VipInfo>,
+    pub sites: &'a [SiteInfo],
+    /// VIP index → table (entries as the data path reads them, without the size slot).
+    pub tables: &'a BTreeMap<u32, Arc<[u32]>>,
+    pub flows: &'a [(FlowKey, FlowValue)],
+    /// `FLOW_SEEN`, by slot.
+    pub seen: &'a [u64],
+    /// Now, in `FLOW_SEEN` time units ([`anycast_common::flow::seen_time`]).
+    pub now: u64,
+    /// No entry counts as older than this (the controller's start: it cannot tell how
+    /// long a flow was silent before it watched).
+    pub floor: u64,
+    /// `check_grace` in the same units.
+    pub grace: u64,
+}
+
+/// What a sweep found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Per distinct table (by the VIPs that share it): the slots whose flag may go.
+    pub clear: Vec<Clear>,
+    /// Flagged buckets kept because a pin in them may be alive (over every VIP).
+    pub kept_by_pins: usize,
+}
+
+/// The slots of one table whose flag may go; `table` is the table swept (the owner writes
+/// only if the VIPs still hold it).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Clear {
+    pub vips: Vec<u32>,
+    pub table: Arc<[u32]>,
+    pub slots: Vec<u32>,
+}
+
+impl Clear {
+    /// The table without the flag on the cleared slots.
+    pub fn cleared(&self) -> Arc<[u32]> {
+        let mut t = self.table.to_vec();
+        for &s in &self.slots {
+            t[s as usize] &= !MAGLEV_CHECK;
+        }
+        t.into()
+    }
+}
+
+/// The VIP a flow belongs to: `(dst, dport, proto)`, then the any-port entry (§4).
+fn vip_of(vips: &HashMap<VipKey, VipInfo>, k: &FlowKey) -> Option<u32> {
+    let mut vk = VipKey { addr: k.dst, port: k.dport, proto: k.proto, family: k.family };
+    if let Some(v) = vips.get(&vk) {
+        return Some(v.index);
+    }
+    vk.port = 0;
+    vips.get(&vk).map(|v| v.index)
+}
+
+/// Whether a pin may still be alive and needs its bucket's flag (see the module's rules).
+fn may_be_alive(input: &Input, k: &FlowKey, v: &FlowValue, hash: u64) -> bool {
+    // Fragments (no ports) and UDP look at the flow table whatever the flag says.
+    if k.proto != IPPROTO_TCP || (k.sport == 0 && k.dport == 0) {
+        return false;
+    }
+    let Some(site) = input.sites.get(v.site as usize) else { return false };
+    if site.flags & SITE_CONFIGURED == 0 || site.generation != v.generation || site.flags & SITE_LOCAL != 0 {
+        return false;
+    }
+    match input.seen.get(seen_slot(hash) as usize).and_then(|&e| seen_of(e, hash)) {
+        Some((true, at)) => at.max(input.floor) + input.grace > input.now,
+        _ => true,
+    }
+}
+
+/// Which flagged buckets may lose their flag. `home_since(vip, slot)`: whether that bucket
+/// has been local for `check_grace` (the owner knows when each came home).
+pub fn sweep(input: &Input, home_long_enough: impl Fn(u32, u32) -> bool) -> Swept {
+    // Flagged buckets with a pin that may be alive, per VIP.
+    let mut kept: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (k, v) in input.flows {
+        let hash = flow_hash(k, input.hash_key);
+        if !may_be_alive(input, k, v, hash) {
+            continue;
+        }
+        let Some(vip) = vip_of(input.vips, k) else { continue };
+        let Some(table) = input.tables.get(&vip) else { continue };
+        let slot = maglev_slot(hash, table.len() as u32);
+        if table.get(slot as usize).is_some_and(|e| e & MAGLEV_CHECK != 0) {
+            kept.entry(vip).or_default().push(slot);
+        }
+    }
+    // VIPs that share a table are cleared together: a slot goes only if none keeps it.
+    let mut shared: BTreeMap<usize, (Vec<u32>, Arc<[u32]>)> = BTreeMap::new();
+    for (&vip, table) in input.tables {
+        let e = shared
+            .entry(Arc::as_ptr(table) as *const u32 as usize)
+            .or_insert_with(|| (vec![], table.clone()));
+        e.0.push(vip);
+    }
+    let mut out = Swept::default();
+    for (vips, table) in shared.into_values() {
+        let mut keep = vec![false; table.len()];
+        for vip in &vips {
+            for &s in kept.get(vip).into_iter().flatten() {
+                keep[s as usize] = true;
+            }
+        }
+        let flagged = |s: usize| table[s] & (MAGLEV_CHECK | MAGLEV_LOCAL) == MAGLEV_CHECK | MAGLEV_LOCAL;
+        out.kept_by_pins += (0..table.len()).filter(|&s| flagged(s) && keep[s]).count() * vips.len();
+        let slots: Vec<u32> = (0..table.len())
+            .filter(|&s| flagged(s) && !keep[s])
+            .map(|s| s as u32)
+            .filter(|&s| vips.iter().all(|&v| home_long_enough(v, s)))
+            .collect();
+        if !slots.is_empty() {
+            out.clear.push(Clear { vips, table, slots });
+        }
+    }
+    out
+}
+
+/// Flagged buckets of a table.
+pub fn flagged(table: &[u32]) -> usize {
+    table.iter().filter(|&&e| e & MAGLEV_CHECK != 0).count()
+}
+
+/// The slots of `new` that came home: local now, not local in `old` (a table of another
+/// size, or none: every local slot).
+pub fn came_home(old: Option<&[u32]>, new: &[u32]) -> Vec<u32> {
+    new.iter()
+        .enumerate()
+        .filter(|&(s, &e)| {
+            e & MAGLEV_LOCAL != 0
+                && match old {
+                    Some(o) if o.len() == new.len() => o[s] & MAGLEV_LOCAL == 0,
+                    _ => true,
+                }
+        })
+        .map(|(s, _)| s as u32)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use anycast_common::{
+        addr::Family,
+        flow::{SEEN_SLOTS, seen_entry},
+        site::{SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
+    };
+
+    use super::*;
+
+    const KEY: HashKey = HashKey { k0: 0x0706_0504_0302_0100, k1: 0x0f0e_0d0c_0b0a_0908 };
+    const LOCAL: u32 = 0;
+    const REMOTE: u32 = 1;
+    const M: u32 = 7;
+    const UNIT: u64 = 1 << 30;
+    const NOW: u64 = 10_000;
+    const GRACE: u64 = 10;
+
+    fn vip_key() -> VipKey {
+        VipKey {
+            addr: [10, 200, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            port: 80,
+            proto: 6,
+            family: Family::V4 as u8,
+        }
+    }
+
+    fn flow(sport: u16) -> FlowKey {
+        let v = vip_key();
+        FlowKey {
+            src: [192, 168, 1, sport as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: v.addr,
+            sport,
+            dport: 80,
+            proto: 6,
+            family: v.family,
+            pad: [0; 2],
+        }
+    }
+
+    fn slot_of(k: &FlowKey) -> u32 {
+        maglev_slot(flow_hash(k, &KEY), M)
+    }
+
+    /// Flows of distinct buckets, `n` of them.
+    fn flows(n: usize) -> Vec<FlowKey> {
+        let mut out: Vec<FlowKey> = Vec::new();
+        for sport in 1000.. {
+            let k = flow(sport);
+            if out.iter().all(|o| slot_of(o) != slot_of(&k)) {
+                out.push(k);
+            }
+            if out.len() == n {
+                return out;
+            }
+        }
+        unreachable!()
+    }
+
+    struct World {
+        vips: HashMap<VipKey, VipInfo>,
+        sites: Vec<SiteInfo>,
+        tables: BTreeMap<u32, Arc<[u32]>>,
+        seen: Vec<u64>,
+        pins: Vec<(FlowKey, FlowValue)>,
+    }
+
+    /// Every bucket local and flagged; `pins` pinned to the remote site.
+    fn world(pins: &[FlowKey]) -> World {
+        let mut sites = vec![SiteInfo::default(); 2];
+        sites[LOCAL as usize] =
+            SiteInfo { flags: SITE_CONFIGURED | SITE_UP | SITE_LOCAL, generation: 1, ..Default::default() };
+        sites[REMOTE as usize] =
+            SiteInfo { flags: SITE_CONFIGURED | SITE_UP, generation: 3, ..Default::default() };
+        let table: Arc<[u32]> = vec![LOCAL | MAGLEV_LOCAL | MAGLEV_CHECK; M as usize].into();
+        World {
+            vips: HashMap::from([(vip_key(), VipInfo { index: 0, flags: 0 })]),
+            sites,
+            tables: BTreeMap::from([(0, table.clone()), (1, table)]),
+            seen: vec![0; SEEN_SLOTS as usize],
+            pins: pins.iter().map(|k| (*k, FlowValue { site: REMOTE, generation: 3 })).collect(),
+        }
+    }
+
+    impl World {
+        fn saw(&mut self, k: &FlowKey, at: u64, closing: bool) {
+            let h = flow_hash(k, &KEY);
+            self.seen[seen_slot(h) as usize] = seen_entry(h, at * UNIT, closing);
+        }
+
+        fn sweep(&self, home: impl Fn(u32, u32) -> bool) -> Swept {
+            let input = Input {
+                hash_key: &KEY,
+                vips: &self.vips,
+                sites: &self.sites,
+                tables: &self.tables,
+                flows: &self.pins,
+                seen: &self.seen,
+                now: NOW,
+                floor: 0,
+                grace: GRACE,
+            };
+            sweep(&input, home)
+        }
+
+        /// The slots the sweep clears (VIPs 0 and 1 share their table: one clear).
+        fn cleared(&self) -> Vec<u32> {
+            let s = self.sweep(|_, _| true);
+            assert!(s.clear.len() <= 1, "{s:?}");
+            s.clear
+                .first()
+                .map(|c| {
+                    assert_eq!(c.vips, vec![0, 1]);
+                    c.slots.clone()
+                })
+                .unwrap_or_default()
+        }
+    }
+
+    fn all_but(slots: &[u32]) -> Vec<u32> {
+        (0..M).filter(|s| !slots.contains(s)).collect()
+    }
+
+    /// A pin keeps its bucket's flag unless its client closed and it has been silent for the
+    /// grace: idle, half-closed but busy, and unknown pins all keep it.
+    #[test]
+    fn only_closed_and_silent_pins_release_their_bucket() {
+        let f = flows(6);
+        let mut w = world(&f);
+        w.saw(&f[0], NOW - 5000, false); // idle for hours, never closed: may be alive
+        w.saw(&f[1], NOW - GRACE, true); // closed, silent for the grace: over
+        w.saw(&f[2], NOW - 2, true); // closed, seen lately (a half-closed transfer): alive
+        // f[3]: no entry (pinned before the table existed): alive
+        let h = flow_hash(&f[4], &KEY);
+        w.seen[seen_slot(h) as usize] = seen_entry(h ^ 0xffff_ffff, (NOW - 5000) * UNIT, true); // another flow's entry
+        w.saw(&f[5], NOW - GRACE + 1, true); // closed, silent not quite the grace
+        let keep: Vec<u32> = [0, 2, 3, 4, 5].iter().map(|&i| slot_of(&f[i])).collect();
+        assert_eq!(w.cleared(), all_but(&keep));
+        assert_eq!(w.sweep(|_, _| true).kept_by_pins, 2 * keep.len(), "over both VIPs");
+    }
+
+    /// What does not need the flag: pins to a slot reused (another generation) or
+    /// unconfigured, UDP pins and fragments (they look at the flow table anyway), pins of a
+    /// VIP without a table.
+    #[test]
+    fn pins_the_data_path_ignores_keep_nothing() {
+        let f = flows(4);
+        let mut w = world(&f);
+        w.pins[0].1.generation = 2;
+        w.sites.push(SiteInfo::default());
+        w.pins[1].1.site = 2;
+        w.pins[2].0.proto = 17;
+        w.pins[3].0.sport = 0;
+        w.pins[3].0.dport = 0;
+        assert_eq!(w.cleared(), all_but(&[]));
+        // A site down may come back up with its pins: they keep the flag.
+        let mut w = world(&f[..1]);
+        w.sites[REMOTE as usize].flags &= !SITE_UP;
+        assert_eq!(w.cleared(), all_but(&[slot_of(&f[0])]));
+    }
+
+    /// A bucket not home for the grace keeps its flag; a table shared by two VIPs is
+    /// cleared where both may clear it; only local flagged buckets are candidates.
+    #[test]
+    fn buckets_home_lately_and_remote_buckets_stay() {
+        let mut w = world(&[]);
+        let s = w.sweep(|vip, slot| !(vip == 1 && slot == 3));
+        assert_eq!(s.clear[0].slots, all_but(&[3]));
+        let mut t = w.tables[&0].to_vec();
+        t[2] = REMOTE;
+        t[4] = LOCAL | MAGLEV_LOCAL;
+        w.tables = BTreeMap::from([(0, t.into())]);
+        let s = w.sweep(|_, _| true);
+        assert_eq!(s.clear[0].slots, all_but(&[2, 4]));
+        let cleared = s.clear[0].cleared();
+        assert_eq!(flagged(&cleared), 0);
+        assert_eq!(cleared[2], REMOTE);
+    }
+
+    #[test]
+    fn came_home_is_remote_to_local() {
+        let l = LOCAL | MAGLEV_LOCAL;
+        assert_eq!(came_home(Some(&[REMOTE, l, REMOTE, l]), &[l, l, REMOTE, REMOTE]), vec![0]);
+        assert_eq!(came_home(None, &[l, REMOTE]), vec![0]);
+        assert_eq!(came_home(Some(&[REMOTE]), &[l, REMOTE]), vec![0]);
+    }
+}
