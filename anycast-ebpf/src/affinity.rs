@@ -9,15 +9,15 @@
 //!   `BPF_NOEXIST`, so a promotion (or a forged packet) never overwrites an existing entry.
 //! - Pins are rate-guarded per CPU (`CONFIG.pin`); what the guard skips is counted and the
 //!   flow is still steered, unpinned.
-//! - A packet that follows a TCP pin to another site notes the flow as seen in `FLOW_SEEN`
-//!   (and FIN/RST as closing): one array load, and a store only when the entry changes,
-//!   about once a second per busy flow.
+//! - A packet that follows a TCP pin to another site and carries FIN or RST marks the flow
+//!   closing in `FLOW_SEEN`, with the time; the packets of a closing flow refresh the time
+//!   (a store at most about once a second). Any other costs one array load.
 
 use anycast_common::{
     Event, FlowValue, LocalConfig, SiteInfo,
     config::RATE_PIN,
     flow::{
-        embryo_entry, embryo_generation, embryo_site, embryo_slot, embryo_tag, seen_entry, seen_slot,
+        embryo_entry, embryo_generation, embryo_site, embryo_slot, embryo_tag, seen_of, seen_slot,
         seen_update,
     },
     site::{SITE_CONFIGURED, SITE_UP},
@@ -121,27 +121,39 @@ pub fn embryo(hash: u64) -> Option<(u32, &'static SiteInfo)> {
     Some((site, info))
 }
 
-/// Starts the liveness entry of a newly promoted TCP flow: seen now, not closing.
+/// Forgets what the liveness slot of a newly promoted TCP flow says about its tag (an
+/// earlier connection of the same 4-tuple that closed): the new connection is unknown,
+/// i.e. alive, until its client closes.
 #[inline(always)]
 fn seen_fresh(hash: u64) {
     if let Some(e) = FLOW_SEEN.get_ptr_mut(seen_slot(hash)) {
-        // SAFETY: plain helper call; an 8-byte aligned array value, one 8-byte store.
-        unsafe { *e = seen_entry(hash, bpf_ktime_get_coarse_ns(), false) };
+        // SAFETY: an 8-byte aligned array value, one 8-byte load and at most one store.
+        unsafe {
+            if seen_of(*e, hash).is_some() {
+                *e = 0;
+            }
+        }
     }
 }
 
 /// Notes that a packet of the pinned TCP flow with hash `hash` went to another site
-/// (`closing`: it carries FIN or RST), for the controller's sweep (§6). The coarse clock is
-/// the timekeeper's last tick, read without touching a clocksource.
+/// (`closing`: it carries FIN or RST), for the controller's sweep (§6). Only a closing
+/// flow's entry needs a time (any other pin counts as alive whatever its silence): a
+/// packet that neither closes nor belongs to a closing flow costs one array load and a
+/// compare, no clock. The coarse clock is the timekeeper's last tick, read without
+/// touching a clocksource.
 #[inline(always)]
 pub fn seen(hash: u64, closing: bool) {
     let Some(e) = FLOW_SEEN.get_ptr_mut(seen_slot(hash)) else { return };
+    // SAFETY: an 8-byte aligned array value, read and written with single 8-byte accesses.
+    let old = unsafe { *e };
+    if !closing && !seen_of(old, hash).is_some_and(|(c, _)| c) {
+        return;
+    }
     // SAFETY: plain helper call, no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // SAFETY: an 8-byte aligned array value, read and written with single 8-byte accesses.
-    unsafe {
-        if let Some(new) = seen_update(*e, hash, now, closing) {
-            *e = new;
-        }
+    if let Some(new) = seen_update(old, hash, now, closing) {
+        // SAFETY: as above.
+        unsafe { *e = new };
     }
 }

@@ -67,8 +67,8 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(
 #[map]
 pub static EMBRYOS: Array<u64> = Array::with_max_entries(EMBRYO_SLOTS, 0);
 
-/// When each pinned TCP flow forwarded to another site was last seen, and whether its
-/// client sent FIN or RST: what the controller needs to clear `MAGLEV_CHECK` (§6).
+/// The pinned TCP flows forwarded to another site whose client sent FIN or RST, and when
+/// each was last seen: what the controller needs to clear `MAGLEV_CHECK` (§6).
 #[map]
 pub static FLOW_SEEN: Array<u64> = Array::with_max_entries(SEEN_SLOTS, 0);
 
