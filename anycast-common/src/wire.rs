@@ -57,3 +57,9 @@ pub const fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
 pub const fn word(a: &[u8; 16], i: usize) -> u32 {
     u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
 }
+
+/// The four words of `a` ([`word`]): an IPv6 address as the kernel's `__be32[4]` holds it.
+#[inline(always)]
+pub const fn words(a: &[u8; 16]) -> [u32; 4] {
+    [word(a, 0), word(a, 4), word(a, 8), word(a, 12)]
+}

@@ -5,7 +5,7 @@ use anycast_common::{
     Encap, Exception, Family, LocalConfig, SiteInfo,
     config::{CONFIG_TUNNEL_V4, CONFIG_TUNNEL_V6},
     flow::{flow_label, gue_source_port},
-    wire::{IP_DF_BYTE, TTL, word},
+    wire::{IP_DF_BYTE, TTL, word, words},
 };
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
@@ -47,8 +47,7 @@ fn outer(cfg: &LocalConfig, pkt: &Packet, info: &SiteInfo) -> Result<Outer, Exce
         if cfg.flags & CONFIG_TUNNEL_V6 == 0 {
             return Err(Exception::EncapFailed);
         }
-        let a = &cfg.tunnel_v6;
-        (true, [word(a, 0), word(a, 4), word(a, 8), word(a, 12)], IPV6_HLEN)
+        (true, words(&cfg.tunnel_v6), IPV6_HLEN)
     } else {
         if cfg.flags & CONFIG_TUNNEL_V4 == 0 {
             return Err(Exception::EncapFailed);
@@ -88,7 +87,7 @@ fn ipv4_header(o: &Outer, dst: &[u8; 16], tos: u8, len: u16) -> [u32; 5] {
 #[inline(always)]
 fn ipv6_header(o: &Outer, dst: &[u8; 16], tclass: u8, payload: u16, hash: u64) -> [u32; 10] {
     let first = 6 << 28 | (tclass as u32) << 20 | flow_label(hash);
-    let s = &o.src;
+    let (s, d) = (&o.src, words(dst));
     [
         first.to_be(),
         (payload.to_be() as u32) | u32::from_ne_bytes([0, 0, o.proto, TTL]),
@@ -96,10 +95,10 @@ fn ipv6_header(o: &Outer, dst: &[u8; 16], tclass: u8, payload: u16, hash: u64) -
         s[1],
         s[2],
         s[3],
-        word(dst, 0),
-        word(dst, 4),
-        word(dst, 8),
-        word(dst, 12),
+        d[0],
+        d[1],
+        d[2],
+        d[3],
     ]
 }
 

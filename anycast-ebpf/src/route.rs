@@ -7,7 +7,11 @@
 //! is nearly free, unlike the ns clocks): a route or neighbour change takes effect within
 //! that time. Failures are never cached, so NO_NEIGH and friends are re-asked every packet.
 
-use anycast_common::{Exception, NextHop, maps::FIB_CACHE_TTL_JIFFIES, wire::word};
+use anycast_common::{
+    Exception, NextHop,
+    maps::FIB_CACHE_TTL_JIFFIES,
+    wire::{word, words},
+};
 use aya_ebpf::{
     EbpfContext,
     bindings::{
@@ -69,7 +73,7 @@ pub fn next_hop(ctx: &XdpContext, site: u32, dst: &[u8; 16], q: &Query) -> Resul
     if q.v6 {
         p.family = AF_INET6;
         p.__bindgen_anon_3.ipv6_src = *q.src;
-        p.__bindgen_anon_4.ipv6_dst = [word(dst, 0), word(dst, 4), word(dst, 8), word(dst, 12)];
+        p.__bindgen_anon_4.ipv6_dst = words(dst);
     } else {
         p.family = AF_INET;
         p.__bindgen_anon_2.tos = q.tos;

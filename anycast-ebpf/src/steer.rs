@@ -176,10 +176,11 @@ pub fn route(
         }
         let replace = match affinity::pinned(pkt) {
             Pin::Site(site, info) => {
-                if info.flags & SITE_LOCAL == 0 {
+                let route = pinned(site, info, hash);
+                if let Route::Remote { .. } = route {
                     affinity::seen(hash, pkt.tcp_closing);
                 }
-                return Ok(pinned(site, info, hash));
+                return Ok(route);
             }
             Pin::Stale => true,
             Pin::None => false,

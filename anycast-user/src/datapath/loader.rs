@@ -21,7 +21,7 @@
 //!   which maps it was relocated against.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::CString,
     io,
     os::unix::ffi::OsStrExt,
@@ -390,11 +390,9 @@ impl Loaded {
             fault::point("staged");
         }
         let mut instance = Instance { pin_dir, ebpf, links: BTreeMap::new(), maglev_id };
-        let mut links = instance.set_interfaces(ifaces)?;
-        // Before any old map is released: a link left pinned by an earlier run for an
-        // interface since dropped from the config would go on running the old program on
-        // maps that no reconcile, health check or weight change reaches any more.
-        links.extend(instance.detach_unlisted(ifaces)?);
+        // Before any old map is released: this also detaches a link left pinned by an
+        // earlier run for an interface since dropped from the config.
+        let links = instance.set_interfaces(ifaces)?;
         if rebuild_maglev {
             // Every link runs the program on the new tables now: the old ones go.
             let staging = instance.pin_dir.join(layout::STAGING);
@@ -471,7 +469,9 @@ impl Instance {
     }
 
     /// Makes the program attached to exactly `ifaces`: attaches (or adopts, or upgrades)
-    /// the new ones, detaches the ones no longer listed.
+    /// the new ones, detaches the ones no longer listed — held by this controller or only
+    /// pinned, by an earlier run (left, such a link would go on running its program on
+    /// maps that no reconcile, health check or weight change reaches any more).
     pub fn set_interfaces(&mut self, ifaces: &[String]) -> Result<Vec<(String, LinkOutcome)>> {
         let mut outcomes = Vec::new();
         for iface in ifaces {
@@ -482,23 +482,15 @@ impl Instance {
             self.links.insert(iface.clone(), link);
             outcomes.push((iface.clone(), outcome));
         }
-        let gone: Vec<String> = self.links.keys().filter(|&i| !ifaces.contains(i)).cloned().collect();
+        let mut gone: BTreeSet<String> = self.links.keys().cloned().collect();
+        gone.extend(pinned_interfaces(&self.pin_dir)?);
+        gone.retain(|i| !ifaces.contains(i));
         for iface in gone {
             self.links.remove(&iface);
             remove_pin(&link_pin(&self.pin_dir, &iface))?;
-            log::info!("{iface}: detached (no longer configured)");
+            outcomes.push((iface, LinkOutcome::Detached));
         }
         Ok(outcomes)
-    }
-
-    /// Unpins the links pinned under the pin directory for interfaces not in `ifaces`.
-    fn detach_unlisted(&self, ifaces: &[String]) -> Result<Vec<(String, LinkOutcome)>> {
-        let mut detached = Vec::new();
-        for iface in pinned_interfaces(&self.pin_dir)?.into_iter().filter(|i| !ifaces.contains(i)) {
-            remove_pin(&link_pin(&self.pin_dir, &iface))?;
-            detached.push((iface, LinkOutcome::Detached));
-        }
-        Ok(detached)
     }
 
     /// Attaches afresh on `iface`, whose pinned link is defunct (its interface was

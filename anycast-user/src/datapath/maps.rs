@@ -106,11 +106,9 @@ impl DataPathMaps {
             },
             None,
         )?;
-        if let Some(shape) = Shape::of_outer(maps.maglev_fd.as_fd()).map_err(map_err(maps::MAGLEV))? {
-            maps.maglev_shape = shape;
-        } else {
-            maps.maglev_shape = Shape::for_size(maglev_table_size);
-        }
+        maps.maglev_shape = Shape::of_outer(maps.maglev_fd.as_fd())
+            .map_err(map_err(maps::MAGLEV))?
+            .unwrap_or(Shape::for_size(maglev_table_size));
         Ok(maps)
     }
 

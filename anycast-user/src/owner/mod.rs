@@ -564,10 +564,13 @@ impl Owner {
             }
             Err(e) => {
                 log::error!("reload: {e}; going back to the running config");
-                if let Some(instance) = &mut self.instance
-                    && let Err(back) = instance.set_interfaces(&old_ifaces)
-                {
-                    log::error!("reload: restoring the interfaces: {back}");
+                if let Some(instance) = &mut self.instance {
+                    match instance.set_interfaces(&old_ifaces) {
+                        Ok(links) => {
+                            links.iter().for_each(|(iface, outcome)| log::info!("{iface}: {outcome}"))
+                        }
+                        Err(back) => log::error!("reload: restoring the interfaces: {back}"),
+                    }
                 }
                 let (config, dynamic) = (self.config.clone(), self.dynamic.clone());
                 if let Err(back) = self.sync(&config, &overrides, &dynamic) {
