@@ -441,7 +441,8 @@ fn control_recreated_interface_is_attached_again() {
     let (_cl, site) = local_site("cri");
     site.add_veth("x0", &site, "x1").unwrap();
     let mut d = Daemon::new(&site).unwrap();
-    d.write_config(&LOCAL_SITE.replace("interfaces = [\"l0\"]", "interfaces = [\"x0\"]")).unwrap();
+    let config = LOCAL_SITE.replace("interfaces = [\"l0\"]", "interfaces = [\"x0\"]");
+    d.write_config(&config).unwrap();
     d.start().unwrap();
     assert!(runs_xdp(&site, "x0"));
     let recreate = || {
@@ -465,6 +466,22 @@ fn control_recreated_interface_is_attached_again() {
     d.start().unwrap();
     assert!(runs_xdp(&site, "x0"), "the start adopted a defunct link:\n{}", d.log());
     assert!(d.status().unwrap().attached);
+
+    // While no controller runs, and the next start swaps the program (here: onto rebuilt
+    // Maglev tables; an upgrade takes the same path): a defunct link takes no program
+    // update, so the start attaches afresh instead of failing on it.
+    let (status, _) = d.stop(libc::SIGTERM, Duration::from_secs(10)).unwrap();
+    assert!(status.success());
+    recreate();
+    d.add_datapath_option("maglev_table_size = 1021");
+    d.write_config(&config).unwrap();
+    d.start().unwrap_or_else(|e| panic!("the start on a defunct link failed: {e}\n{}", d.log()));
+    let log = d.log();
+    assert!(log.contains("rebuilding them"), "no rebuild:\n{log}");
+    assert!(log.contains("x0: attached afresh"), "{log}");
+    assert!(runs_xdp(&site, "x0"), "{log}");
+    assert!(d.status().unwrap().attached);
+    assert_eq!(d.maps().unwrap().maglev(0).unwrap().expect("the VIP's table").len(), 1021);
 }
 
 /// Under systemd (`Type=notify`): READY=1 once attached and reconciled, WATCHDOG=1 at half

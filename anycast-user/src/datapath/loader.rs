@@ -44,6 +44,7 @@ use super::{
     attach::{self, AttachError, Mode},
     ebpf_log, fault,
     layout::{self, LayoutError, Pinned, Previous},
+    link_state::{self, LinkState},
     maglev::{self, Shape},
     maps::{DataPathMaps, Maglev, MapsError},
 };
@@ -104,6 +105,9 @@ pub enum LinkOutcome {
     /// A pinned link of an interface the config no longer lists: unpinned, which detaches
     /// the program (left, it would run on maps this controller no longer writes).
     Detached,
+    /// The pinned link was defunct (its interface was recreated): unpinned, and the
+    /// program attached afresh and pinned.
+    Reattached(Mode),
 }
 
 impl std::fmt::Display for LinkOutcome {
@@ -113,6 +117,9 @@ impl std::fmt::Display for LinkOutcome {
             LinkOutcome::Adopted => f.write_str("adopted the running instance"),
             LinkOutcome::Upgraded => f.write_str("program upgraded in place (link update)"),
             LinkOutcome::Detached => f.write_str("detached (no longer configured)"),
+            LinkOutcome::Reattached(mode) => {
+                write!(f, "attached afresh ({} XDP), pinned: the pinned link was defunct", mode.name())
+            }
         }
     }
 }
@@ -498,7 +505,6 @@ impl Instance {
     /// pinned.
     pub fn reattach(&mut self, iface: &str) -> Result<LinkOutcome> {
         self.links.remove(iface);
-        remove_pin(&link_pin(&self.pin_dir, iface))?;
         let (link, outcome) = self.link(iface)?;
         self.links.insert(iface.to_owned(), link);
         Ok(outcome)
@@ -507,6 +513,16 @@ impl Instance {
     fn link(&mut self, iface: &str) -> Result<(FdLink, LinkOutcome)> {
         let path = link_pin(&self.pin_dir, iface);
         let prog = program(&mut self.ebpf)?;
+        // A defunct link (its interface recreated while no controller ran) runs nothing
+        // and refuses a program update (`bpf_xdp_link_update`: -ENOLINK once its device
+        // is gone): an upgrade or a Maglev rebuild would fail on it. It goes, and the
+        // interface gets a new link. (Without the interface, the dead link is kept as it
+        // is: `check_links` attaches once the interface exists.)
+        let defunct =
+            link_state::state(&path, iface) == LinkState::Defunct && link_state::ifindex(iface) != 0;
+        if defunct {
+            remove_pin(&path)?;
+        }
         if path.exists() {
             let pinned = PinnedLink::from_pin(&path)
                 .map_err(|source| LoaderError::Link { path: path.clone(), source })?;
@@ -532,7 +548,8 @@ impl Instance {
         let link = FdLink::try_from(prog.take_link(id)?)
             .map_err(|source| LoaderError::Link { path: path.clone(), source })?;
         let pinned = link.pin(&path).map_err(|source| LoaderError::Pin { path, source })?;
-        Ok((pinned.into(), LinkOutcome::Attached(mode)))
+        let outcome = if defunct { LinkOutcome::Reattached(mode) } else { LinkOutcome::Attached(mode) };
+        Ok((pinned.into(), outcome))
     }
 }
 
