@@ -26,7 +26,7 @@
 //!   nothing passes: forwarded packets are lost until the probes take the far sites down.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     time::Duration,
 };
 
@@ -219,7 +219,8 @@ struct Host {
 
 #[derive(Default)]
 struct Cohorts {
-    by_epoch: HashMap<(u32, usize), [f64; C]>,
+    /// In order: a failure's moved flows add up the cohorts in the same order every run.
+    by_epoch: BTreeMap<(u32, usize), [f64; C]>,
     weights: HashMap<u32, Vec<u32>>,
 }
 
