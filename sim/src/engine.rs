@@ -260,11 +260,15 @@ impl Reports {
         }
     }
 
-    fn publish(&mut self, site: usize, at: f64, report: Report, claims: Vec<(usize, f64, f64)>) {
+    /// Publishes `site`'s next report in the place of its oldest (whose claims' room is
+    /// reused).
+    fn publish(&mut self, site: usize, at: f64, report: Report, claims: &[(usize, f64, f64)]) {
         self.newest[site] += 1;
         let seq = self.newest[site];
-        self.published[(seq as usize & (self.ring - 1)) * self.newest.len() + site] =
-            Published { seq, at, report: Some(report), claims };
+        let p = &mut self.published[(seq as usize & (self.ring - 1)) * self.newest.len() + site];
+        (p.seq, p.at, p.report) = (seq, at, Some(report));
+        p.claims.clear();
+        p.claims.extend_from_slice(claims);
     }
 
     fn get(&self, site: usize, seq: u32) -> Option<&Published> {
@@ -292,8 +296,12 @@ impl Reports {
 #[derive(Default)]
 struct Buffers {
     siblings: Vec<Sibling>,
-    /// The sites whose report held claims room.
-    claiming: Vec<usize>,
+    /// Per site, by its index (the decider's own unused): what the other shedders want
+    /// from it and send it, by their reports held, and what the decider sends it.
+    claimed: Vec<(f64, f64)>,
+    ours: Vec<f64>,
+    /// The decider's claims, copied into the report it publishes.
+    claims: Vec<(usize, f64, f64)>,
 }
 
 /// Who decides: every host on its own figures (the daemon before sites of several hosts),
@@ -1127,42 +1135,10 @@ impl<'a> Sim<'a> {
         let n = self.s.world.len();
         // Every site decides over every other each interval: the buffers are reused.
         let mut b = std::mem::take(&mut self.buffers);
-        b.siblings.clear();
-        b.claiming.clear();
-        // The reports this site holds (and which of them claim room).
-        let stale = self.p.stale;
-        let health = &self.health[site * n..(site + 1) * n];
-        let rtt = self.s.world.rtt_row(site);
-        for j in (0..n).filter(|&j| j != site) {
-            let held = self.reports.held(site, j, t, stale);
-            if let Some(p) = held {
-                self.rec.age(t - p.at);
-                if !p.claims.is_empty() {
-                    b.claiming.push(j);
-                }
-            }
-            b.siblings.push(Sibling {
-                up: health[j].up(),
-                drained: false,
-                cost: rtt[j] as f64,
-                ours: 0.0,
-                others_want: 0.0,
-                others_send: 0.0,
-                report: held.and_then(|p| p.report),
-            });
-        }
-        // The sibling of a site (this one is not among them).
-        let of = |j: usize| if j < site { j } else { j - 1 };
-        // What the other shedders claim.
-        for &j in &b.claiming {
-            let Some(p) = self.reports.held(site, j, t, stale) else { continue };
-            for &(k, w, s) in &p.claims {
-                if k != site {
-                    b.siblings[of(k)].others_want += w;
-                    b.siblings[of(k)].others_send += s;
-                }
-            }
-        }
+        b.claimed.clear();
+        b.claimed.resize(n, (0.0, 0.0));
+        b.ours.clear();
+        b.ours.resize(n, 0.0);
         // What this decider sends each site: its own (per host) or its hosts' (per site).
         let deciders = match self.p.steering {
             Steering::PerHost => std::slice::from_ref(&h),
@@ -1171,22 +1147,59 @@ impl<'a> Sim<'a> {
         for &k in deciders {
             if self.hosts[k].alive {
                 for link in self.hosts[k].live.iter().chain(&self.hosts[k].parked) {
-                    b.siblings[of(link.site)].ours += link.smoothed;
+                    b.ours[link.site] += link.smoothed;
                 }
             }
+        }
+        // The reports this site holds, and what the other shedders claim in them (added
+        // up by the site claimed, in the order of the claimants; this site's own unused).
+        let stale = self.p.stale;
+        let health = &self.health[site * n..(site + 1) * n];
+        let rtt = self.s.world.rtt_row(site);
+        // Written in place, field by field: building each `Sibling` on the stack copies its
+        // report's padding bytes in pieces that stall the stores.
+        let unknown = Sibling {
+            up: true,
+            drained: false,
+            cost: 0.0,
+            ours: 0.0,
+            others_want: 0.0,
+            others_send: 0.0,
+            report: None,
+        };
+        b.siblings.resize(n - 1, unknown);
+        for (sibling, j) in b.siblings.iter_mut().zip((0..n).filter(|&j| j != site)) {
+            sibling.up = health[j].up();
+            sibling.cost = rtt[j] as f64;
+            sibling.ours = b.ours[j];
+            match self.reports.held(site, j, t, stale) {
+                Some(p) => {
+                    self.rec.age(t - p.at);
+                    for &(k, w, s) in &p.claims {
+                        let c = &mut b.claimed[k];
+                        c.0 += w;
+                        c.1 += s;
+                    }
+                    sibling.report = p.report;
+                }
+                None => sibling.report = None,
+            }
+        }
+        for (sibling, j) in b.siblings.iter_mut().zip((0..n).filter(|&j| j != site)) {
+            (sibling.others_want, sibling.others_send) = b.claimed[j];
         }
         let siblings = &b.siblings;
         let decision = policy::decide(&self.p.knobs, state, local, siblings);
         let mut weights = vec![0u32; n];
         weights[site] = policy::weight(decision.keep);
         let others = (0..n).filter(|&j| j != site);
-        let mut claims = Vec::new();
+        b.claims.clear();
         for (k, j) in others.enumerate() {
             if siblings[k].up && decision.shares[k] > 0.0 {
                 weights[j] = policy::weight(decision.shares[k]);
             }
             if decision.wants[k] > 0.0 {
-                claims.push((j, decision.wants[k], siblings[k].ours));
+                b.claims.push((j, decision.wants[k], siblings[k].ours));
             }
         }
         if self.debug && site == self.s.focus[0] && self.site_hosts[site][0] == h {
@@ -1215,7 +1228,7 @@ impl<'a> Sim<'a> {
                 target: self.p.knobs.target,
                 drained: false,
             };
-            self.reports.publish(site, t, report, claims);
+            self.reports.publish(site, t, report, &b.claims);
         }
         self.buffers = b;
         (weights, decision)
