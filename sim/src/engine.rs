@@ -182,7 +182,6 @@ struct Rates {
 
 struct Host {
     site: usize,
-    alive: bool,
     /// Step (modulo the steps per interval) at which its controller ticks.
     phase: usize,
     table: Table,
@@ -321,6 +320,8 @@ pub struct Sim<'a> {
     p: &'a Params,
     rng: fastrand::Rng,
     hosts: Vec<Host>,
+    /// Per host: alive (apart from the rest of it: every poll reads it).
+    alive: Vec<bool>,
     /// Hosts of each site, as indices into `hosts`.
     site_hosts: Vec<Vec<usize>>,
     reports: Reports,
@@ -388,7 +389,6 @@ impl<'a> Sim<'a> {
                 applied[i] = policy::weight(1.0);
                 hosts.push(Host {
                     site: i,
-                    alive: true,
                     phase: rng.usize(0..steps),
                     table: Table { keep: 1.0, epoch: 0 },
                     digest: digest(&applied),
@@ -413,6 +413,7 @@ impl<'a> Sim<'a> {
             s,
             p,
             rng,
+            alive: vec![true; hosts.len()],
             hosts,
             site_hosts,
             reports: Reports::new(n, p),
@@ -469,10 +470,8 @@ impl<'a> Sim<'a> {
             let part = self.s.partitioned(t);
             for (j, hs) in self.site_hosts.iter().enumerate() {
                 let best = self.route[j];
-                ecmp[j] = hs
-                    .iter()
-                    .filter(|&&k| self.hosts[k].alive && self.hosts[k].speaker.current() == best)
-                    .count();
+                ecmp[j] =
+                    hs.iter().filter(|&&k| self.alive[k] && self.hosts[k].speaker.current() == best).count();
             }
             for h in 0..self.hosts.len() {
                 self.flows(h, &ingress, ecmp[self.hosts[h].site], part, &mut received, &mut served);
@@ -480,11 +479,11 @@ impl<'a> Sim<'a> {
             self.parked_flows(part, &mut received);
             self.done = step + 1;
             for (j, hs) in self.site_hosts.iter().enumerate() {
-                let alive = hs.iter().filter(|&&h| self.hosts[h].alive).count();
+                let alive = hs.iter().filter(|&&h| self.alive[h]).count();
                 capacity[j] = alive as f64 * self.s.world.sites[j].host_capacity;
                 served[j] += received[j];
                 for &h in hs {
-                    if self.hosts[h].alive {
+                    if self.alive[h] {
                         self.hosts[h].counted.received += received[j] / alive as f64 * self.p.dt;
                     }
                 }
@@ -492,8 +491,7 @@ impl<'a> Sim<'a> {
             self.rec.step(t, &served, &capacity, ingress.iter().sum());
             if step % per_interval == 0 {
                 let diverged = self.site_hosts.iter().map(|hs| {
-                    let mut alive =
-                        hs.iter().filter(|&&h| self.hosts[h].alive).map(|&h| self.hosts[h].digest);
+                    let mut alive = hs.iter().filter(|&&h| self.alive[h]).map(|&h| self.hosts[h].digest);
                     let first = alive.next();
                     alive.any(|d| Some(d) != first)
                 });
@@ -509,7 +507,7 @@ impl<'a> Sim<'a> {
             self.install_due(t);
             // Controllers read the counters at the end of the step, having counted it.
             for h in 0..self.hosts.len() {
-                if self.hosts[h].alive && step % per_interval == self.hosts[h].phase {
+                if self.alive[h] && step % per_interval == self.hosts[h].phase {
                     self.tick(h, t + self.p.dt);
                 }
             }
@@ -546,8 +544,8 @@ impl<'a> Sim<'a> {
 
     fn fail(&mut self, h: usize) {
         let site = self.hosts[h].site;
-        let alive_before = self.alive(site);
-        self.hosts[h].alive = false;
+        let alive_before = self.alive_hosts(site);
+        self.alive[h] = false;
         // What it served locally is gone, and so is its share of what siblings forward to
         // its site (per-host endpoints: the other hosts' flows stay where they are).
         let lost: f64 = self.hosts[h].local.iter().sum();
@@ -563,8 +561,7 @@ impl<'a> Sim<'a> {
             }
         }
         // Its forwarded flows now reach the site's other hosts, which have no pin for them.
-        let others: Vec<usize> =
-            self.site_hosts[site].iter().copied().filter(|&k| self.hosts[k].alive).collect();
+        let others: Vec<usize> = self.site_hosts[site].iter().copied().filter(|&k| self.alive[k]).collect();
         let fwd = self.take_links(h);
         if others.is_empty() {
             self.rec.lost += fwd.iter().map(|(_, f)| f.iter().sum::<f64>()).sum::<f64>();
@@ -650,7 +647,7 @@ impl<'a> Sim<'a> {
     fn recover(&mut self, h: usize, t: f64) {
         let n = self.s.world.len();
         let site = self.hosts[h].site;
-        self.hosts[h].alive = true;
+        self.alive[h] = true;
         let host = &mut self.hosts[h];
         // A fresh data path and controller: every new flow local until measured otherwise.
         host.policy = policy::State::default();
@@ -669,8 +666,8 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn alive(&self, site: usize) -> usize {
-        self.site_hosts[site].iter().filter(|&&h| self.hosts[h].alive).count()
+    fn alive_hosts(&self, site: usize) -> usize {
+        self.site_hosts[site].iter().filter(|&&h| self.alive[h]).count()
     }
 
     /// Route changes reaching the catchments.
@@ -778,7 +775,7 @@ impl<'a> Sim<'a> {
     ) {
         let dt = self.p.dt;
         let site = self.hosts[h].site;
-        if !self.hosts[h].alive {
+        if !self.alive[h] {
             return;
         }
         // ECMP over the site's `ecmp` hosts that are alive and announce the best route.
@@ -985,7 +982,7 @@ impl<'a> Sim<'a> {
                 }
             }
             Steering::PerSite => {
-                let leader = self.site_hosts[site].iter().copied().find(|&k| self.hosts[k].alive);
+                let leader = self.site_hosts[site].iter().copied().find(|&k| self.alive[k]);
                 if leader == Some(h) {
                     if self.leader[site] != Some(h) {
                         // A new leader carries on from the weights it installed.
@@ -998,7 +995,7 @@ impl<'a> Sim<'a> {
                     }
                     let hosts: Vec<policy::Local> = self.site_hosts[site]
                         .iter()
-                        .filter(|&&k| self.hosts[k].alive)
+                        .filter(|&&k| self.alive[k])
                         .filter_map(|&k| self.hosts[k].figures)
                         .collect();
                     let site_local = policy::Local::sum(&hosts);
@@ -1033,7 +1030,7 @@ impl<'a> Sim<'a> {
             for i in 0..self.site_hosts[site].len() {
                 let k = self.site_hosts[site][i];
                 let host = &self.hosts[k];
-                if !host.alive || host.digest == new {
+                if !self.alive[k] || host.digest == new {
                     continue;
                 }
                 let worth = match judged {
@@ -1145,7 +1142,7 @@ impl<'a> Sim<'a> {
             Steering::PerSite => &self.site_hosts[site][..],
         };
         for &k in deciders {
-            if self.hosts[k].alive {
+            if self.alive[k] {
                 for link in self.hosts[k].live.iter().chain(&self.hosts[k].parked) {
                     b.ours[link.site] += link.smoothed;
                 }
@@ -1219,7 +1216,7 @@ impl<'a> Sim<'a> {
         }
         // Per host, a site's report is its first host alive's (what a poll of any of its
         // hosts brings); per site, the deciding host's.
-        let first_alive = self.site_hosts[site].iter().find(|&&k| self.hosts[k].alive) == Some(&h);
+        let first_alive = self.site_hosts[site].iter().find(|&&k| self.alive[k]) == Some(&h);
         if first_alive || self.p.steering == Steering::PerSite {
             let report = Report {
                 utilisation: local.utilisation(),
@@ -1266,7 +1263,7 @@ impl<'a> Sim<'a> {
     fn poll(&mut self, site: usize, t: f64) {
         let n = self.s.world.len();
         let part = self.s.partitioned(t);
-        let alive = self.site_hosts[site].iter().filter(|&&h| self.hosts[h].alive).count() as u64;
+        let alive = self.site_hosts[site].iter().filter(|&&h| self.alive[h]).count() as u64;
         // Per host, every host polls every sibling; per site, the deciding host does, and
         // polls its site's other hosts' figures, which poll it for the weights.
         let pollers = match self.p.steering {
@@ -1282,7 +1279,7 @@ impl<'a> Sim<'a> {
             let hosts = &self.site_hosts[j];
             let polled = &mut self.polled[site * n + j];
             let lost = part.is_some_and(|side| side[site] != side[j]) || self.rng.f64() < self.p.report_loss;
-            if lost || !self.hosts[hosts[*polled as usize]].alive {
+            if lost || !self.alive[hosts[*polled as usize]] {
                 // A failed poll: the next one goes to the site's next host.
                 *polled = ((*polled as usize + 1) % hosts.len()) as u8;
                 continue;
@@ -1297,7 +1294,7 @@ impl<'a> Sim<'a> {
     fn probe(&mut self, t: f64) {
         let n = self.s.world.len();
         let part = self.s.partitioned(t);
-        let alive: Vec<bool> = (0..n).map(|j| self.alive(j) > 0).collect();
+        let alive: Vec<bool> = (0..n).map(|j| self.alive_hosts(j) > 0).collect();
         for i in 0..n {
             if !alive[i] {
                 continue;
@@ -1316,7 +1313,7 @@ impl<'a> Sim<'a> {
     fn site_down(&mut self, i: usize, j: usize, t: f64) {
         for &h in &self.site_hosts[i].clone() {
             let host = &self.hosts[h];
-            if host.alive && host.applied[j] > 0 {
+            if self.alive[h] && host.applied[j] > 0 {
                 let mut w = host.applied.clone();
                 w[j] = 0;
                 self.apply(h, w, t);
@@ -1332,7 +1329,7 @@ impl<'a> Sim<'a> {
         for h in 0..self.hosts.len() {
             let host = &mut self.hosts[h];
             let before = host.speaker.current();
-            if !host.alive {
+            if !self.alive[h] {
                 // Its BGP session is gone: the routers drop its route at once.
                 if before != Route::Withdraw {
                     host.speaker = Hysteresis::new(Route::Withdraw);
@@ -1347,7 +1344,7 @@ impl<'a> Sim<'a> {
         for site in 0..self.s.world.len() {
             let best = self.site_hosts[site]
                 .iter()
-                .filter(|&&h| self.hosts[h].alive)
+                .filter(|&&h| self.alive[h])
                 .map(|&h| self.hosts[h].speaker.current())
                 .max()
                 .unwrap_or(Route::Withdraw);
