@@ -29,12 +29,61 @@ pub struct FlowKey {
 }
 
 /// Where a flow went: the site index and that site's generation at the time, so that a
-/// site slot reused for another site does not inherit the old one's flows.
+/// site slot reused for another site does not inherit the old one's flows; and, for a TCP
+/// flow forwarded to another site, whether its client closed and when it was last seen
+/// since ([`flow_state`]).
+///
+/// Byte-compatible with release 0.1.0's `{ site: u32, generation: u32 }`: `site` is the
+/// low (little-endian) half of that u32 (a site index is below `MAX_SITES`, 1024), `state`
+/// its high half, always 0 there. Every entry an older build wrote therefore reads "not
+/// closing", i.e. alive, and the flow table is shared across an upgrade as it is.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
-    pub site: u32,
+    pub site: u16,
+    /// 0, or [`FLOW_CLOSING`] ‖ the coarse time last seen ([`flow_state`]).
+    pub state: u16,
     pub generation: u32,
+}
+
+/// Set in [`FlowValue::state`] once the client of a pinned TCP flow sent a FIN or a RST
+/// (sticky: the ACKs of a half-closed connection keep it).
+pub const FLOW_CLOSING: u16 = 1 << 15;
+
+/// Units of a closing flow's time: 2^32 ns (~4.29 s) of `CLOCK_MONOTONIC_COARSE`
+/// (`bpf_ktime_get_coarse_ns`).
+pub const STATE_UNIT_SHIFT: u32 = 32;
+
+/// Bits of a closing flow's time: it wraps every 2^15 units (~39 h).
+pub const STATE_TIME_BITS: u32 = 15;
+
+/// Mask of a closing flow's time.
+pub const STATE_TIME_MASK: u16 = (1 << STATE_TIME_BITS) - 1;
+
+/// The state of a closing flow last seen at `now_ns`: [`FLOW_CLOSING`] ‖ the time in units
+/// of 2^32 ns, modulo 2^15. A reader can only tell its age modulo 2^15 units, so a flow
+/// silent for longer than ~39 h may look lately seen: the wrap only ever makes a pin look
+/// younger, i.e. alive, never older.
+#[inline(always)]
+pub const fn flow_state(now_ns: u64) -> u16 {
+    FLOW_CLOSING | ((now_ns >> STATE_UNIT_SHIFT) as u16 & STATE_TIME_MASK)
+}
+
+/// The time (in units, modulo 2^15) a closing flow was last seen; `None` for a flow whose
+/// client has not closed.
+#[inline(always)]
+pub const fn closing_since(state: u16) -> Option<u16> {
+    if state & FLOW_CLOSING != 0 { Some(state & STATE_TIME_MASK) } else { None }
+}
+
+/// How many units ago a closing flow was last seen, for a reader at `now_units`
+/// (`CLOCK_MONOTONIC_COARSE` >> [`STATE_UNIT_SHIFT`], not wrapped). Modulo 2^15: the wrap
+/// only ever makes it smaller than the true age. Counted in whole units: it may be one
+/// more than the true age in units (seen at the end of a unit, read at the start of the
+/// next), so a reader that must not take a pin for over too early adds a unit to its grace.
+#[inline(always)]
+pub const fn closing_age(since: u16, now_units: u64) -> u64 {
+    ((now_units as u16).wrapping_sub(since) & STATE_TIME_MASK) as u64
 }
 
 /// The secret key of the flow hash (SipHash's 128-bit key as two little-endian words).
@@ -222,65 +271,4 @@ pub const fn gue_source_port(h: u64) -> u16 {
 #[inline(always)]
 pub const fn flow_label(h: u64) -> u32 {
     (h >> 32) as u32 & 0xF_FFFF
-}
-
-/// Number of slots of the liveness table of pinned TCP flows ([`crate::maps::FLOW_SEEN`]).
-pub const SEEN_SLOTS: u32 = 1 << 18;
-
-/// Slot of the liveness table: hash bits 32..50.
-#[inline(always)]
-pub const fn seen_slot(h: u64) -> u32 {
-    (h >> 32) as u32 & (SEEN_SLOTS - 1)
-}
-
-/// The tag bits of a liveness entry for hash `h`: its low 32 bits, in the entry's upper half.
-#[inline(always)]
-pub const fn seen_tag(h: u64) -> u64 {
-    h << 32
-}
-
-/// Set in a liveness entry once the client sent a FIN or a RST (sticky: the ACKs of a
-/// half-closed connection keep it).
-pub const SEEN_CLOSING: u64 = 1 << 31;
-
-/// Units of a liveness entry's time: 2^30 ns (~1.07 s) of `CLOCK_MONOTONIC_COARSE`
-/// (`bpf_ktime_get_coarse_ns`).
-pub const SEEN_UNIT_SHIFT: u32 = 30;
-
-/// A monotonic time in ns as a liveness entry's time (31 bits: wraps after 73 years).
-#[inline(always)]
-pub const fn seen_time(ns: u64) -> u64 {
-    (ns >> SEEN_UNIT_SHIFT) & (SEEN_CLOSING - 1)
-}
-
-/// A liveness entry: which flow (tag), whether it is closing, when it was last seen. One
-/// 64-bit word, read and written with single 8-byte accesses.
-///
-/// `update`: what a packet of the flow with hash `h` at time `now_ns` (`closing`: it carries
-/// FIN or RST) makes of entry `old`; `None` when `old` says it already (same flow, same
-/// closing bit, same time unit), so that the data path stores at most about once a second
-/// per flow. Another flow's entry in the slot is overwritten: the flow whose entry it was
-/// is then of unknown liveness (the controller takes it as live).
-#[inline(always)]
-pub const fn seen_update(old: u64, h: u64, now_ns: u64, closing: bool) -> Option<u64> {
-    let tag = seen_tag(h);
-    let same = old & 0xffff_ffff_0000_0000 == tag;
-    let new = seen_entry(h, now_ns, closing || (same && old & SEEN_CLOSING != 0));
-    if same && new == old { None } else { Some(new) }
-}
-
-/// The liveness entry of the flow with hash `h` seen at `now_ns`.
-#[inline(always)]
-pub const fn seen_entry(h: u64, now_ns: u64, closing: bool) -> u64 {
-    seen_tag(h) | if closing { SEEN_CLOSING } else { 0 } | seen_time(now_ns)
-}
-
-/// What a liveness entry says about the flow with hash `h`: `Some((closing, time))` when
-/// the entry is that flow's.
-#[inline(always)]
-pub const fn seen_of(e: u64, h: u64) -> Option<(bool, u64)> {
-    if e == 0 || e & 0xffff_ffff_0000_0000 != seen_tag(h) {
-        return None;
-    }
-    Some((e & SEEN_CLOSING != 0, e & (SEEN_CLOSING - 1)))
 }

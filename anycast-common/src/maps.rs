@@ -12,9 +12,8 @@
 //! | `MAGLEV` | ArrayOfMaps (BTF) | VIP index → inner Array u32 ([`MAGLEV_SITE`](crate::site::MAGLEV_SITE) + flags) | [`MAX_VIPS`] outer; inner [`maglev_inner_len`] of `maglev_table_size`, every one |
 //! | `SITES` | Array | site index → [`SiteInfo`](crate::SiteInfo) | [`MAX_SITES`] |
 //! | `TUNNEL_PEERS` | HashMap | [`AddrKey`](crate::AddrKey) → site index (u32) | [`MAX_TUNNEL_PEERS`] |
-//! | `FLOWS` | LruHashMap | [`FlowKey`](crate::FlowKey) → [`FlowValue`](crate::FlowValue) | [`FLOW_TABLE_DEFAULT`] (set at load) |
+//! | `FLOWS` | LruHashMap | [`FlowKey`](crate::FlowKey) → [`FlowValue`](crate::FlowValue) (site, closing state, generation) | [`FLOW_TABLE_DEFAULT`] (set at load) |
 //! | `EMBRYOS` | Array | [`embryo_slot`](crate::flow::embryo_slot) → u64 [`embryo_entry`](crate::flow::embryo_entry) | [`EMBRYO_SLOTS`](crate::flow::EMBRYO_SLOTS) |
-//! | `FLOW_SEEN` | Array | [`seen_slot`](crate::flow::seen_slot) → u64 [`seen_update`](crate::flow::seen_update) (tag, closing, last seen) | [`SEEN_SLOTS`](crate::flow::SEEN_SLOTS) |
 //! | `DEVMAP` | DevMapHash | ifindex → ifindex | [`MAX_IFACES`] |
 //! | `SITE_STATS` | PerCpuArray | site index → [`SiteCounters`](crate::SiteCounters) | [`MAX_SITES`] |
 //! | `VIP_STATS` | PerCpuArray | VIP index → [`VipCounters`](crate::VipCounters) | [`MAX_VIPS`] |
@@ -28,11 +27,14 @@
 //! flows of `affinity = "flow"` VIPs and fragments. A local TCP flow needs no entry: the
 //! host's socket table knows it.
 //!
-//! `FLOW_SEEN` says which pinned TCP flows may still be alive (last seen, FIN/RST seen), so
-//! that the controller can clear `MAGLEV_CHECK` from a local bucket whose pins to other
-//! sites are all over (docs/datapath.md §6). It was added within layout 2: a data path
-//! without it gets an empty one at the next start, and an empty slot means "unknown",
-//! which the controller takes as alive.
+//! A pinned TCP flow forwarded to another site carries its own liveness in its `FLOWS`
+//! value ([`FlowValue::state`](crate::FlowValue::state): closing once its client sent FIN or
+//! RST, and the coarse time last seen since), so that the controller can clear
+//! `MAGLEV_CHECK` from a local bucket whose pins to other sites are all over
+//! (docs/datapath.md §6) by reading `FLOWS` alone. `state` is the high half of what layout
+//! 1 (and the first builds of layout 2) held as a u32 site index, always 0 there: "not
+//! closing", which the controller takes as alive. (Those builds of layout 2 kept it in an
+//! array of its own, `FLOW_SEEN`; a start on their pins removes it.)
 //!
 //! A Maglev table of M slots is an inner array whose entry 0 holds M, entries 1..=M the
 //! site index of each slot. Keeping the size inside the table makes a swap of the outer
@@ -45,6 +47,9 @@
 /// change that a running program would read differently; pinned with the maps (`LAYOUT`)
 /// so that a new controller knows what it adopts and migrates the state of an older layout
 /// (anycast-user's migration module; release 0.1.0, which had no `LAYOUT` map, is layout 1).
+/// Still 2 after `FlowValue`'s u32 site became a u16 site and a u16 state, and `FLOW_SEEN`
+/// went, before any release of layout 2: every value an earlier build wrote reads the
+/// same (state 0), so a start on its pins adopts them (docs/controller.md, "Upgrades").
 pub const LAYOUT_VERSION: u32 = 2;
 
 pub const LAYOUT: &str = "LAYOUT";
@@ -58,7 +63,6 @@ pub const SITES: &str = "SITES";
 pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
 pub const FLOWS: &str = "FLOWS";
 pub const EMBRYOS: &str = "EMBRYOS";
-pub const FLOW_SEEN: &str = "FLOW_SEEN";
 pub const DEVMAP: &str = "DEVMAP";
 pub const SITE_STATS: &str = "SITE_STATS";
 pub const VIP_STATS: &str = "VIP_STATS";
@@ -68,7 +72,7 @@ pub const FIB_CACHE: &str = "FIB_CACHE";
 pub const RATE: &str = "RATE";
 
 /// Every map name, for pinning and adoption.
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 18] = [
     LAYOUT,
     CONFIG,
     ADDR_FILTER,
@@ -80,7 +84,6 @@ pub const ALL: [&str; 19] = [
     TUNNEL_PEERS,
     FLOWS,
     EMBRYOS,
-    FLOW_SEEN,
     DEVMAP,
     SITE_STATS,
     VIP_STATS,

@@ -15,8 +15,8 @@ use anycast_common::{
     config::{Bucket, Limit},
     counters::{Action, EXCEPTION_SLOTS, Event, exception_index},
     flow::{
-        EMBRYO_SLOTS, embryo_entry, embryo_generation, embryo_site, embryo_slot, embryo_tag, flow_hash,
-        flow_label, gue_source_port, maglev_slot,
+        EMBRYO_SLOTS, FLOW_CLOSING, closing_age, closing_since, embryo_entry, embryo_generation, embryo_site,
+        embryo_slot, embryo_tag, flow_hash, flow_label, flow_state, gue_source_port, maglev_slot,
     },
     maps,
 };
@@ -247,6 +247,10 @@ fn map_keys_and_values_have_their_documented_layout() {
         [34, 36, 37]
     );
     assert_eq!(size_of::<FlowValue>(), 8);
+    assert_eq!(
+        [offset_of!(FlowValue, site), offset_of!(FlowValue, state), offset_of!(FlowValue, generation)],
+        [0, 2, 4]
+    );
     assert_eq!(size_of::<VipKey>(), 20);
     assert_eq!(
         [offset_of!(VipKey, port), offset_of!(VipKey, proto), offset_of!(VipKey, family)],
@@ -279,4 +283,38 @@ fn map_keys_and_values_have_their_documented_layout() {
     // which is what makes a roll-back onto these maps stop before it touches anything.
     assert_ne!(size_of::<LocalConfig>(), 28);
     assert_eq!(maps::ALL.len(), std::collections::BTreeSet::from(maps::ALL).len());
+}
+
+/// A flow entry as release 0.1.0 wrote it (`{ site: u32, generation: u32 }`, little-endian)
+/// reads as the same site and generation, not closing.
+#[test]
+fn a_flow_entry_of_release_0_1_0_reads_not_closing() {
+    for (site, generation) in [(0u32, 0u32), (1, 7), (1023, u32::MAX)] {
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&site.to_le_bytes());
+        bytes[4..].copy_from_slice(&generation.to_le_bytes());
+        // SAFETY: FlowValue is 8 bytes of plain integers, any pattern valid.
+        let v: FlowValue = unsafe { std::mem::transmute(bytes) };
+        assert_eq!((u32::from(v.site), v.state, v.generation), (site, 0, generation));
+        assert_eq!(closing_since(v.state), None);
+    }
+}
+
+/// A closing state is bit 15 ‖ the coarse time in units of 2^32 ns, modulo 2^15 (docs/
+/// datapath.md §6); its age wraps towards younger.
+#[test]
+fn a_closing_state_is_the_closing_bit_and_the_time_in_4_s_units() {
+    let unit = 1u64 << 32;
+    assert_eq!(FLOW_CLOSING, 0x8000);
+    assert_eq!(flow_state(0), 0x8000);
+    assert_eq!(flow_state(3 * unit + unit - 1), 0x8003);
+    assert_eq!(flow_state((32768 + 5) * unit), 0x8005);
+    assert_eq!(closing_since(0x8005), Some(5));
+    assert_eq!(closing_since(0x0005), None);
+    assert_eq!(closing_age(5, 5), 0);
+    assert_eq!(closing_age(5, 145), 140);
+    // Written at unit 32766, read at 32768 + 1: three units, across the wrap.
+    assert_eq!(closing_age(32766, 32768 + 1), 3);
+    // Silent for 2^15 + 2 units: reads 2 (younger, never older).
+    assert_eq!(closing_age(7, 7 + 32768 + 2), 2);
 }

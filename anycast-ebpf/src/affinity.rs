@@ -10,23 +10,21 @@
 //! - Pins are rate-guarded per CPU (`CONFIG.pin`); what the guard skips is counted and the
 //!   flow is still steered, unpinned.
 //! - A packet that follows a TCP pin to another site and carries FIN or RST marks the flow
-//!   closing in `FLOW_SEEN`, with the time; the packets of a closing flow refresh the time
-//!   (a store at most about once a second). Any other costs one array load.
+//!   closing in its own `FLOWS` value, with the time; the packets of a closing flow refresh
+//!   the time (a 2-byte store at most about once every 4 s). Any other reads nothing more
+//!   than the value its lookup loaded.
 
 use anycast_common::{
     Event, FlowValue, LocalConfig, SiteInfo,
     config::RATE_PIN,
-    flow::{
-        embryo_entry, embryo_generation, embryo_site, embryo_slot, embryo_tag, seen_of, seen_slot,
-        seen_update,
-    },
+    flow::{FLOW_CLOSING, embryo_entry, embryo_generation, embryo_site, embryo_slot, embryo_tag, flow_state},
     site::{SITE_CONFIGURED, SITE_UP},
 };
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 
 use crate::{
     counters, limit,
-    maps::{EMBRYOS, FLOW_SEEN, FLOWS, SITES},
+    maps::{EMBRYOS, FLOWS, SITES},
     parse::Packet,
 };
 
@@ -39,21 +37,29 @@ pub fn usable(index: u32) -> Option<&'static SiteInfo> {
 /// What the flow table says about a flow.
 pub enum Pin {
     /// Pinned to a usable site (with the generation recorded).
-    Site(u32, &'static SiteInfo),
+    Site(u32, &'static SiteInfo, Entry),
     /// Pinned to a site that went down or whose slot was reused: re-steer, and let a new
     /// pin replace the entry.
     Stale,
     None,
 }
 
+/// A pin's entry as the lookup found it: where its value is, and the state it held.
+pub struct Entry {
+    value: *mut FlowValue,
+    state: u16,
+}
+
 #[inline(always)]
 pub fn pinned(pkt: &Packet) -> Pin {
-    match FLOWS.get_ptr(&pkt.key) {
-        Some(v) => {
-            // SAFETY: copied out at once (an LRU slot may be reused after this).
-            let v = unsafe { *v };
-            match usable(v.site).filter(|s| s.generation == v.generation) {
-                Some(info) => Pin::Site(v.site, info),
+    match FLOWS.get_ptr_mut(&pkt.key) {
+        Some(p) => {
+            // SAFETY: copied out at once, with one 8-byte load (an LRU slot may be reused
+            // after this).
+            let v = unsafe { *p };
+            let site = v.site as u32;
+            match usable(site).filter(|s| s.generation == v.generation) {
+                Some(info) => Pin::Site(site, info, Entry { value: p, state: v.state }),
                 None => {
                     counters::event(Event::StalePin);
                     Pin::Stale
@@ -64,33 +70,52 @@ pub fn pinned(pkt: &Packet) -> Pin {
     }
 }
 
+/// Notes, in the pin's own entry, that a packet of a TCP flow pinned to another site went
+/// there (`closing`: it carries FIN or RST), for the controller's sweep (§6). Only a closing
+/// flow's entry needs a time (any other pin counts as alive whatever its silence): a packet
+/// that neither closes nor belongs to a closing flow reads nothing but the state its lookup
+/// loaded, and no clock. Otherwise the state becomes closing ‖ the coarse time (the
+/// timekeeper's last tick, read without touching a clocksource), stored only when it
+/// changes: at most once per 2^32 ns per flow.
+///
+/// The store is 2 bytes into the value, beside `site` and `generation`, which it leaves
+/// alone (no read-modify-write of the value). Two CPUs storing at once both store "closing,
+/// now" within a unit of each other: whichever lands, the entry says closing with a time
+/// no older than the truth by more than a unit. An entry the LRU recycled for another flow
+/// between the lookup and the store (nanoseconds) would be marked closing with the time of
+/// now: that flow's next packet keeps refreshing it, so it is taken for over only if it
+/// then stays silent for `check_grace` (the same in-place update of LRU values that
+/// Katran's `atime` relies on).
+#[inline(always)]
+pub fn note(entry: &Entry, closing: bool) {
+    if !closing && entry.state & FLOW_CLOSING == 0 {
+        return;
+    }
+    // SAFETY: plain helper call, no arguments.
+    let state = flow_state(unsafe { bpf_ktime_get_coarse_ns() });
+    if state != entry.state {
+        // SAFETY: a value pointer of `FLOWS` from this program's lookup: an LRU hash is
+        // preallocated, its values stay valid memory (at worst recycled for another flow,
+        // above); one aligned 2-byte store.
+        unsafe { (*entry.value).state = state };
+    }
+}
+
 /// Pins `pkt`'s flow to `site` under the rate guard. `replace`: the entry is stale and may
 /// be overwritten; otherwise an existing entry is kept (`BPF_NOEXIST`).
 #[inline(always)]
-pub fn pin(
-    cfg: &LocalConfig,
-    pkt: &Packet,
-    hash: u64,
-    site: u32,
-    info: &SiteInfo,
-    replace: bool,
-    what: Event,
-) {
+pub fn pin(cfg: &LocalConfig, pkt: &Packet, site: u32, info: &SiteInfo, replace: bool, what: Event) {
     if !limit::allow(RATE_PIN, &cfg.pin) {
         counters::event(Event::PinLimited);
         return;
     }
-    let value = FlowValue { site, generation: info.generation };
+    // A new pin is not closing (`state` 0): a promotion only ever creates an entry (an
+    // earlier connection's closing entry of the same 4-tuple, if still there, is followed
+    // and kept: §6).
+    let value = FlowValue { site: site as u16, state: 0, generation: info.generation };
     let flags = if replace { 0 } else { BPF_NOEXIST as u64 };
     match FLOWS.insert(&pkt.key, &value, flags) {
-        Ok(()) => {
-            if let Event::Promoted = what {
-                // A new connection: whatever the slot said (an earlier connection of the
-                // same 4-tuple may have closed) is not about it.
-                seen_fresh(hash);
-            }
-            counters::event(what)
-        }
+        Ok(()) => counters::event(what),
         // -EEXIST: pinned meanwhile (another CPU); anything else: the kernel refused.
         Err(e) if e == -17 => counters::event(Event::PromoteExists),
         Err(_) => counters::event(Event::FlowInsertFailed),
@@ -119,41 +144,4 @@ pub fn embryo(hash: u64) -> Option<(u32, &'static SiteInfo)> {
     let site = embryo_site(e);
     let info = usable(site).filter(|s| s.generation & 0xffff == embryo_generation(e))?;
     Some((site, info))
-}
-
-/// Forgets what the liveness slot of a newly promoted TCP flow says about its tag (an
-/// earlier connection of the same 4-tuple that closed): the new connection is unknown,
-/// i.e. alive, until its client closes.
-#[inline(always)]
-fn seen_fresh(hash: u64) {
-    if let Some(e) = FLOW_SEEN.get_ptr_mut(seen_slot(hash)) {
-        // SAFETY: an 8-byte aligned array value, one 8-byte load and at most one store.
-        unsafe {
-            if seen_of(*e, hash).is_some() {
-                *e = 0;
-            }
-        }
-    }
-}
-
-/// Notes that a packet of the pinned TCP flow with hash `hash` went to another site
-/// (`closing`: it carries FIN or RST), for the controller's sweep (§6). Only a closing
-/// flow's entry needs a time (any other pin counts as alive whatever its silence): a
-/// packet that neither closes nor belongs to a closing flow costs one array load and a
-/// compare, no clock. The coarse clock is the timekeeper's last tick, read without
-/// touching a clocksource.
-#[inline(always)]
-pub fn seen(hash: u64, closing: bool) {
-    let Some(e) = FLOW_SEEN.get_ptr_mut(seen_slot(hash)) else { return };
-    // SAFETY: an 8-byte aligned array value, read and written with single 8-byte accesses.
-    let old = unsafe { *e };
-    if !closing && !seen_of(old, hash).is_some_and(|(c, _)| c) {
-        return;
-    }
-    // SAFETY: plain helper call, no arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(new) = seen_update(old, hash, now, closing) {
-        // SAFETY: as above.
-        unsafe { *e = new };
-    }
 }

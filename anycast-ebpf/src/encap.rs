@@ -143,7 +143,7 @@ pub fn forward(
     match t.record {
         Record::Nothing => {}
         Record::Embryo => affinity::embryo_write(t.hash, t.site, t.info),
-        Record::Pin { replace, event } => affinity::pin(cfg, pkt, t.hash, t.site, t.info, replace, event),
+        Record::Pin { replace, event } => affinity::pin(cfg, pkt, t.site, t.info, replace, event),
     }
     counters::site(t.site, |c| {
         c.forwarded_packets += 1;
@@ -203,7 +203,7 @@ fn unsent(cfg: &LocalConfig, pkt: &Packet, t: &Target, bytes: usize, reason: Exc
     counters::local(cfg.local_site, bytes);
     if let Record::Pin { replace, event } = t.record {
         if let Some(info) = affinity::usable(cfg.local_site) {
-            affinity::pin(cfg, pkt, t.hash, cfg.local_site, info, replace, event);
+            affinity::pin(cfg, pkt, cfg.local_site, info, replace, event);
         }
     }
     Verdict::pass(reason)

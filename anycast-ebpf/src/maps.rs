@@ -6,7 +6,7 @@ use anycast_common::{
     VipCounters, VipInfo, VipKey,
     config::{Bucket, RATE_SLOTS},
     counters::EXCEPTION_SLOTS,
-    flow::{EMBRYO_SLOTS, SEEN_SLOTS},
+    flow::EMBRYO_SLOTS,
     maps::{
         ADDR_FILTER_SIZE, ADDR_IDS, FLOW_TABLE_DEFAULT, MAGLEV_DEFAULT_SIZE, MAX_IFACES, MAX_SITES,
         MAX_TUNNEL_PEERS, MAX_VIPS, maglev_inner_len,
@@ -59,6 +59,8 @@ pub static SITES: Array<SiteInfo> = Array::with_max_entries(MAX_SITES, 0);
 pub static TUNNEL_PEERS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_TUNNEL_PEERS, 0);
 
 /// Capacity is overridden by the controller at load time (`EbpfLoader::map_max_entries`).
+/// A forwarded TCP pin's value also says whether its client closed (`FlowValue::state`,
+/// written in place by `affinity::note`).
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
 
@@ -66,11 +68,6 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(
 /// entry is one 8-byte word, so never read half-written.
 #[map]
 pub static EMBRYOS: Array<u64> = Array::with_max_entries(EMBRYO_SLOTS, 0);
-
-/// The pinned TCP flows forwarded to another site whose client sent FIN or RST, and when
-/// each was last seen: what the controller needs to clear `MAGLEV_CHECK` (§6).
-#[map]
-pub static FLOW_SEEN: Array<u64> = Array::with_max_entries(SEEN_SLOTS, 0);
 
 #[map]
 pub static DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);

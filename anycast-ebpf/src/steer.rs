@@ -175,10 +175,10 @@ pub fn route(
             return Ok(Route::Local { site: entry & MAGLEV_SITE });
         }
         let replace = match affinity::pinned(pkt) {
-            Pin::Site(site, info) => {
+            Pin::Site(site, info, entry) => {
                 let route = pinned(site, info, hash);
                 if let Route::Remote { .. } = route {
-                    affinity::seen(hash, pkt.tcp_closing);
+                    affinity::note(&entry, pkt.tcp_closing);
                 }
                 return Ok(route);
             }
@@ -215,7 +215,7 @@ pub fn route(
 
     // UDP of an `affinity = "flow"` VIP, and fragments: pinned on their first packet.
     let replace = match affinity::pinned(pkt) {
-        Pin::Site(site, info) => return Ok(pinned(site, info, hash)),
+        Pin::Site(site, info, _) => return Ok(pinned(site, info, hash)),
         Pin::Stale => true,
         Pin::None => false,
     };
@@ -228,7 +228,7 @@ pub fn route(
         // A local flow of a pinned VIP is pinned too: only the table can keep it here when
         // its bucket moves.
         if let Some(info) = affinity::usable(site) {
-            affinity::pin(cfg, pkt, hash, site, info, replace, event);
+            affinity::pin(cfg, pkt, site, info, replace, event);
         }
     }
     Ok(route)

@@ -27,6 +27,11 @@ pub const LAYOUT: u32 = 1;
 /// The environment variable by which `cargo xtask test` passes the built binary.
 pub const BIN_ENV: &str = "ANYCAST_PREVIOUS_BIN";
 
+/// The last unreleased build of layout 2 whose data path kept the closing state of pinned
+/// TCP flows in an array of its own (`FLOW_SEEN`) rather than in their `FLOWS` values: a
+/// start of this build on its pins must remove that pin and move nothing.
+pub const FLOW_SEEN_COMMIT: &str = "532484ee10a5a9d75261899d2c9c5385fbaf644c";
+
 /// The previous release's `anycast` binary: [`BIN_ENV`] if set, else built (or reused).
 pub fn binary() -> Result<&'static Path, String> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -41,9 +46,21 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit/ is in the workspace").to_owned()
 }
 
+/// The build of [`FLOW_SEEN_COMMIT`]'s `anycast` binary, built (or reused) on first need.
+pub fn flow_seen_binary() -> Result<&'static Path, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| build_at(&workspace(), FLOW_SEEN_COMMIT)).as_deref().map_err(Clone::clone)
+}
+
 /// Builds (or finds built) the release under `<workspace>/target/previous-release/`.
 pub fn build(workspace: &Path) -> Result<PathBuf, String> {
-    let dir = workspace.join("target/previous-release").join(COMMIT);
+    build_at(workspace, COMMIT)
+}
+
+/// Builds (or finds built) the `anycast` binary of `commit` (in main's history) under
+/// `<workspace>/target/previous-release/<commit>/`.
+pub fn build_at(workspace: &Path, commit: &str) -> Result<PathBuf, String> {
+    let dir = workspace.join("target/previous-release").join(commit);
     let bin = dir.join("target/debug/anycast");
     fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let lock =
@@ -62,10 +79,10 @@ pub fn build(workspace: &Path) -> Result<PathBuf, String> {
         let archive = Command::new("git")
             .arg("-C")
             .arg(workspace)
-            .args(["archive", "--format=tar", COMMIT])
+            .args(["archive", "--format=tar", commit])
             .stdout(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("git archive {COMMIT}: {e}"))?;
+            .map_err(|e| format!("git archive {commit}: {e}"))?;
         let out = Command::new("tar")
             .arg("-x")
             .arg("-C")
@@ -75,7 +92,7 @@ pub fn build(workspace: &Path) -> Result<PathBuf, String> {
             .map_err(|e| format!("tar: {e}"))?;
         if !out.status.success() || !src.join("Cargo.toml").exists() {
             return Err(format!(
-                "extracting release {TAG} ({COMMIT}) with git archive failed ({}): {}. Is the clone shallow? \
+                "extracting {commit} with git archive failed ({}): {}. Is the clone shallow? \
                  `git fetch --unshallow` gives it the history",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
@@ -102,17 +119,17 @@ pub fn build(workspace: &Path) -> Result<PathBuf, String> {
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
     let out = output_within(&mut cmd, BUILD_TIMEOUT).map_err(|e| format!("running {cmd:?}: {e}"))?;
     let Some(out) = out else {
-        return Err(format!("building release {TAG} did not finish within {BUILD_TIMEOUT:?}; killed"));
+        return Err(format!("building {commit} did not finish within {BUILD_TIMEOUT:?}; killed"));
     };
     if !out.status.success() {
         return Err(format!(
-            "building release {TAG} failed ({}):\n{}",
+            "building {commit} failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         ));
     }
     if !bin.exists() {
-        return Err(format!("building release {TAG} succeeded but {} does not exist", bin.display()));
+        return Err(format!("building {commit} succeeded but {} does not exist", bin.display()));
     }
     Ok(bin)
 }

@@ -802,7 +802,7 @@ fn controller_clears_check_flags_once_no_pin_needs_them() {
         send(p, ACK);
     }
     let pinned = |maps: &anycast_user::datapath::maps::DataPathMaps| {
-        ports.iter().all(|&p| maps.flow(&key(p)).unwrap().is_some_and(|v| v.site == site_b))
+        ports.iter().all(|&p| maps.flow(&key(p)).unwrap().is_some_and(|v| u32::from(v.site) == site_b))
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while !pinned(&a.maps().unwrap()) {
@@ -818,6 +818,19 @@ fn controller_clears_check_flags_once_no_pin_needs_them() {
     let mark = a.log_mark();
     send(closed, FIN_ACK);
     send(half_closed, FIN_ACK);
+    // The FINs mark their pins closing, in their own entries (bit 15 of the state, beside
+    // the site); the idle one's stays 0.
+    let closing = |p: u16| a.maps().unwrap().flow(&key(p)).unwrap().map(|v| (v.site, v.state & 0x8000));
+    let b16 = site_b as u16;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while closing(closed) != Some((b16, 0x8000)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        [closing(idle), closing(closed), closing(half_closed)],
+        [Some((b16, 0)), Some((b16, 0x8000)), Some((b16, 0x8000))],
+        "the pins' (site, closing bit) after the FINs"
+    );
     // The half-closed connection's client ACKs the server's data while the flags are swept.
     let deadline = Instant::now() + Duration::from_secs(8 * CHECK_GRACE_S + 10);
     let mut kept = checked(&a);

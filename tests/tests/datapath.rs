@@ -369,7 +369,7 @@ fn scenarios() -> Vec<Case> {
                     Box::new(|m| {
                         m.set_flow(
                             &tcp(C4, "10.200.0.1", 43000, 80, ACK).key(),
-                            &FlowValue { site: S_IPIP, generation: 1 },
+                            &FlowValue { site: S_IPIP as u16, state: 0, generation: 1 },
                         )?;
                         Ok(m.set_maglev(1, LOCAL_CLEAN)?)
                     }),
@@ -380,30 +380,54 @@ fn scenarios() -> Vec<Case> {
             ],
         ),
         own(
-            "a_forwarded_pinned_tcp_flow_is_noted_closing_on_fin_until_a_new_handshake",
+            "a_forwarded_pinned_tcp_flow_is_noted_closing_in_its_flow_entry",
             None,
             vec![
                 send_fwd(f4(43500, SYN), 1),
                 send_to_ev(f4(43500, ACK), 1, S_IPIP, &promoted()),
-                send_to_ev(f4(43500, PSH_ACK), 1, S_IPIP, &[]),
-                Step::Check("a pin that never closed notes nothing (alive)", seen_is_empty(f4(43500, ACK))),
-                send_to_ev(f4(43500, FIN_ACK), 1, S_IPIP, &[]),
-                Step::Check("its client's FIN: closing, seen now", seen_is(f4(43500, ACK), true)),
-                // Half-closed: the client still ACKs the server's data, through the pin.
-                Step::Maps("the entry as if seen long ago", set_seen_old(f4(43500, ACK), true)),
-                send_to_ev(f4(43500, ACK), 1, S_IPIP, &[]),
-                Step::Check("an ACK after the FIN: seen now, still closing", seen_is(f4(43500, ACK), true)),
-                send_fwd(f4(43501, SYN), 1),
-                Step::Maps(
-                    "43501's slot says closing (an earlier connection of its 4-tuple)",
-                    set_seen_old(f4(43501, ACK), true),
+                Step::Check(
+                    "the promotion pins it, not closing",
+                    flows_are(vec![(f4(43500, ACK).key(), Some((S_IPIP, 1)))]),
                 ),
-                send_to_ev(f4(43501, ACK), 1, S_IPIP, &promoted()),
-                Step::Check("a new connection's promotion forgets it", seen_is_empty(f4(43501, ACK))),
-                send_to_ev(f4(43501, RST), 1, S_IPIP, &[]),
-                Step::Check("its client's RST: closing", seen_is(f4(43501, ACK), true)),
+                send_to_ev(f4(43500, PSH_ACK), 1, S_IPIP, &[]),
+                Step::Check(
+                    "a pin that never closed notes nothing (alive)",
+                    state_is(f4(43500, ACK), S_IPIP, false),
+                ),
+                send_to_ev(f4(43500, FIN_ACK), 1, S_IPIP, &[]),
+                Step::Check("its client's FIN: closing, seen now", state_is(f4(43500, ACK), S_IPIP, true)),
+                // Half-closed: the client still ACKs the server's data, through the pin.
+                Step::Maps("the entry as if seen long ago", set_closing_long_ago(f4(43500, ACK))),
+                send_to_ev(f4(43500, ACK), 1, S_IPIP, &[]),
+                Step::Check(
+                    "an ACK after the FIN: seen now, still closing",
+                    state_is(f4(43500, ACK), S_IPIP, true),
+                ),
+                // A new connection of the same 4-tuple while the closing pin is there: its
+                // SYN follows its bucket, its other packets the pin, which stays closing
+                // (nothing in a packet tells XDP it is a new connection).
+                Step::Maps("VIP 1's table now names site 3", swap(1, &[S_GUE4])),
+                send_to(f4(43500, SYN), 1, S_GUE4),
+                send_to_ev(f4(43500, ACK), 1, S_IPIP, &[]),
+                Step::Check("the closing pin kept as it was", state_is(f4(43500, ACK), S_IPIP, true)),
+                Step::Maps("VIP 1's table names site 1 again; the pin evicted", {
+                    let back = swap(1, &[S_IPIP]);
+                    Box::new(move |m| {
+                        back(m)?;
+                        m.clear_flows()?;
+                        Ok(())
+                    })
+                }),
+                send_fwd(f4(43500, SYN), 1),
+                send_to_ev(f4(43500, ACK), 1, S_IPIP, &promoted()),
+                Step::Check(
+                    "a new connection's promotion starts not closing",
+                    flows_are(vec![(f4(43500, ACK).key(), Some((S_IPIP, 1)))]),
+                ),
+                send_to_ev(f4(43500, RST), 1, S_IPIP, &[]),
+                Step::Check("its client's RST: closing", state_is(f4(43500, ACK), S_IPIP, true)),
                 send_to_ev(f4(43502, ACK), 1, S_IPIP, &[Ev(Ev_::FlowUnknown)]),
-                Step::Check("an unpinned flow notes nothing", seen_is_empty(f4(43502, ACK))),
+                Step::Check("an unpinned flow notes nothing", flows_are(vec![(f4(43502, ACK).key(), None)])),
             ],
         ),
         own(
@@ -415,7 +439,7 @@ fn scenarios() -> Vec<Case> {
                     Box::new(|m| {
                         Ok(m.set_flow(
                             &tcp(C4, "10.200.0.1", 44000, 80, ACK).key(),
-                            &FlowValue { site: S_GUE4, generation: 1 },
+                            &FlowValue { site: S_GUE4 as u16, state: 0, generation: 1 },
                         )?)
                     }),
                 ),
@@ -890,48 +914,42 @@ fn m_ifindex_lb0() -> anyhow::Result<u32> {
 const FIN_ACK: u8 = 0x11;
 const RST: u8 = 0x04;
 
-/// `FLOW_SEEN` as docs/datapath.md §6 describes it: slot = hash bits 32..50; entry = the
-/// hash's low 32 bits ‖ closing (bit 31) ‖ `CLOCK_MONOTONIC_COARSE` >> 30 (31 bits).
-fn seen_slot_of(p: &Packet) -> (u32, u64) {
-    let h = reference::flow_hash(&p.key(), &KEY);
-    (((h >> 32) & 0x3ffff) as u32, h & 0xffff_ffff)
-}
-
-fn coarse_units() -> u64 {
+/// `CLOCK_MONOTONIC_COARSE` in the units of a flow's state (docs/datapath.md §6: 2^32 ns),
+/// modulo 2^15.
+fn coarse_units() -> u16 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) >> 30
+    ((ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) >> 32) as u16 & 0x7fff
 }
 
-/// The flow's entry names it, says `closing`, and was written within the last two units.
-fn seen_is(p: Packet, closing: bool) -> MapsCheck {
+/// The flow is pinned to `site` (generation 1), and its state (docs/datapath.md §6) is 0,
+/// or closing (bit 15) with a time (bits 0..15) of now or the unit before.
+fn state_is(p: Packet, site: u32, closing: bool) -> MapsCheck {
     Box::new(move |m: &DataPathMaps| {
-        let (slot, tag) = seen_slot_of(&p);
-        let e = m.seen(slot).map_err(|e| e.to_string())?;
+        let v = m.flow(&p.key()).map_err(|e| e.to_string())?.ok_or("not pinned")?;
         let now = coarse_units();
-        let (got_tag, got_closing, at) = (e >> 32, e & (1 << 31) != 0, e & 0x7fff_ffff);
-        if got_tag != tag || got_closing != closing || at > now || at + 2 < now {
+        let (got_closing, at) = (v.state & 0x8000 != 0, v.state & 0x7fff);
+        let fresh = at == now || at == now.wrapping_sub(1) & 0x7fff;
+        let ok = u32::from(v.site) == site
+            && v.generation == 1
+            && if closing { got_closing && fresh } else { v.state == 0 };
+        if !ok {
             return Err(format!(
-                "slot {slot}: {e:#018x} (tag {got_tag:#x}, closing {got_closing}, at {at}); want tag {tag:#x}, closing {closing}, at ~{now}"
+                "{v:?} (closing {got_closing}, at {at}); want site {site}, generation 1, {}",
+                if closing { format!("closing at ~{now}") } else { "state 0".to_owned() }
             ));
         }
         Ok(())
     })
 }
 
-fn seen_is_empty(p: Packet) -> MapsCheck {
-    Box::new(move |m: &DataPathMaps| match m.seen(seen_slot_of(&p).0).map_err(|e| e.to_string())? {
-        0 => Ok(()),
-        e => Err(format!("entry {e:#018x}")),
-    })
-}
-
-/// The flow's entry, `closing` or not, written at boot time (unit 1).
-fn set_seen_old(p: Packet, closing: bool) -> MapsOp {
+/// The flow's entry closing, seen 100 units (~7 min) ago.
+fn set_closing_long_ago(p: Packet) -> MapsOp {
     Box::new(move |m: &mut DataPathMaps| {
-        let (slot, tag) = seen_slot_of(&p);
-        Ok(m.set_seen(slot, tag << 32 | if closing { 1 << 31 } else { 0 } | 1)?)
+        let mut v = m.flow(&p.key())?.ok_or_else(|| anyhow::anyhow!("not pinned"))?;
+        v.state = 0x8000 | (coarse_units().wrapping_sub(100) & 0x7fff);
+        Ok(m.set_flow(&p.key(), &v)?)
     })
 }
 
@@ -939,7 +957,7 @@ fn flows_are(want: Vec<(FlowKey, Option<(u32, u32)>)>) -> MapsCheck {
     Box::new(move |m: &DataPathMaps| {
         for (key, w) in &want {
             let got = m.flow(key).map_err(|e| e.to_string())?;
-            let want = w.map(|(site, generation)| FlowValue { site, generation });
+            let want = w.map(|(site, generation)| FlowValue { site: site as u16, state: 0, generation });
             if got != want {
                 return Err(format!("flow {}:{}: expected {want:?}, got {got:?}", key.sport, key.dport));
             }

@@ -511,7 +511,7 @@ fn flood_of_syns_acks_and_handshakes_under_weight_changes_moves_no_connection() 
     for (site, ports) in measured.tcp_ports.iter().enumerate() {
         for &p in ports {
             let key = sustained::flow_key(p, TCP_PORT, libc::IPPROTO_TCP as u8);
-            let pin = maps.flow(&key).expect("A's FLOWS").map(|v| v.site);
+            let pin = maps.flow(&key).expect("A's FLOWS").map(|v| u32::from(v.site));
             let want = [None, Some(b_index)][site];
             assert_eq!(pin, want, "the pin of the connection from port {p} (site {})", SITES[site]);
         }

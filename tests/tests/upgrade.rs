@@ -16,6 +16,11 @@
 //!    injection of `anycast_user::datapath::fault`) at each step of the migration — maps
 //!    staged, first link swapped, first pin renamed — and started again: the data path
 //!    forwards throughout and the next start completes the migration.
+//! 3. `upgrade_from_a_build_with_flow_seen_…`: A runs the last build of layout 2
+//!    that kept pinned flows' closing state in an array of its own (`FLOW_SEEN`,
+//!    `testkit::previous::FLOW_SEEN_COMMIT`); this build, started on its pins under the
+//!    same traffic, shares its flow table as it is (the old values read "not closing"),
+//!    swaps the programs, moves nothing, and removes the stale `FLOW_SEEN` pin.
 
 use std::time::Duration;
 
@@ -43,13 +48,23 @@ const STOPPED: &str = "controller stopped";
 /// which that release does not know.
 fn start_on_previous_release(chain: &anycast_tests::topology::ForwardChain) -> (Daemon<'_>, Daemon<'_>) {
     let old = previous::binary().unwrap_or_else(|e| panic!("the previous release {}: {e}", previous::TAG));
+    start_on(chain, old, READY_010, false)
+}
+
+/// B (this build) and A (`old`, which logs `ready` once it serves), started.
+fn start_on<'a>(
+    chain: &'a anycast_tests::topology::ForwardChain,
+    old: &std::path::Path,
+    ready: &'static str,
+    hash_key: bool,
+) -> (Daemon<'a>, Daemon<'a>) {
     let mut b = Daemon::new(&chain.b).expect("B's daemon");
     b.write_config(&sustained::config_b()).expect("B's config");
     b.start().expect("start B's controller");
     let mut a = Daemon::with_binary(&chain.a, old).expect("A's daemon");
-    a.set_binary(old, READY_010, false);
+    a.set_binary(old, ready, hash_key);
     a.write_config(&sustained::config_a()).expect("A's config");
-    a.start().expect("start A's controller (the previous release)");
+    a.start().unwrap_or_else(|e| panic!("start A's controller ({}): {e}", old.display()));
     (a, b)
 }
 
@@ -187,4 +202,40 @@ fn upgrade_killed_in_the_middle_keeps_forwarding_and_the_next_start_completes_it
         assert_eq!(layout(&a), LAYOUT_VERSION);
         assert!(!a.pin_dir().join(anycast_user::datapath::layout::STAGING).exists(), "{point}: staging left");
     }
+}
+
+#[test]
+fn upgrade_from_a_build_with_flow_seen_removes_it_and_moves_nothing() {
+    if !require("upgrade_from_a_build_with_flow_seen_removes_it_and_moves_nothing", &[Need::Kernel]) {
+        return;
+    }
+    let _turn = serial::heavy();
+    let current = daemon::anycast_bin().expect("this build's anycast binary");
+    let old = previous::flow_seen_binary().expect("the build with FLOW_SEEN");
+    let chain = sustained::topology("ufs").unwrap();
+    let (mut a, _b) = start_on(&chain, old, daemon::READY, true);
+    let stale = a.pin_dir().join("FLOW_SEEN");
+    assert!(stale.exists(), "that build pins FLOW_SEEN");
+    assert_eq!(layout(&a), LAYOUT_VERSION, "that build's layout");
+    let program = a.link_program_id("a0").unwrap();
+    let flows = Flows::pick_with(&a, Steering::Current, TCP_PER_SITE);
+    let mut log = String::new();
+    let measured = under_traffic(&chain, flows, SETTLE, || {
+        log =
+            replace_a(&mut a, current, daemon::READY, true).expect("this build starts on that build's pins");
+    });
+    eprintln!("start on the pins of {} under traffic: {}", previous::FLOW_SEEN_COMMIT, measured.summary());
+    measured.assert_clean("across a start on the pins of the build with FLOW_SEEN");
+    for step in ["program upgraded in place", "removed the pinned FLOW_SEEN"] {
+        assert!(log.contains(step), "no {step:?} in A's start log:\n{log}");
+    }
+    assert!(!log.contains("upgrade: pinned maps are layout"), "a migration ran:\n{log}");
+    assert!(!stale.exists(), "the stale FLOW_SEEN pin is still there");
+    assert_ne!(a.link_program_id("a0").unwrap(), program, "the program was not replaced");
+    assert_eq!(layout(&a), LAYOUT_VERSION);
+    assert_eq!(
+        sustained::udp_vip_packets(&a),
+        Some(u64::from(measured.datagrams_sent())),
+        "A's VIP counter after the start"
+    );
 }

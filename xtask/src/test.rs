@@ -65,6 +65,9 @@ pub fn run(options: &Options, anycast: &Path) -> Result<()> {
     let workspace = toolchain::workspace_root();
     let previous = previous::build(workspace).map_err(|e| anyhow!("{e}"))?;
     cmd.env(previous::BIN_ENV, previous);
+    // And the last build with a pinned FLOW_SEEN, which a start must retire (found built by
+    // the test that needs it).
+    previous::build_at(workspace, previous::FLOW_SEEN_COMMIT).map_err(|e| anyhow!("{e}"))?;
     cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
     cmd.env(XTASK_ENV, std::env::current_exe().context("locating xtask's own executable")?);
     println!("test: {}", toolchain::describe(&cmd));

@@ -178,7 +178,8 @@ pub fn kept(from: u32) -> &'static [&'static str] {
         // counters and the next-hop cache. Replaced: CONFIG (a key, limits), ADDR_FILTER (a
         // new index function, slots that point into ADDRS), VIPS (flags), MAGLEV (entries
         // carry flags), EXCEPTIONS (per reason and action). New: LAYOUT, ADDRS, VIP_ADDRS,
-        // EMBRYOS, FLOW_SEEN, EVENTS, RATE.
+        // EMBRYOS, EVENTS, RATE. (FLOWS' value reads as layout 2's: its u32 site is
+        // layout 2's u16 site and a u16 state of 0, "not closing".)
         1 => &[
             maps::SITES,
             maps::TUNNEL_PEERS,
@@ -190,6 +191,26 @@ pub fn kept(from: u32) -> &'static [&'static str] {
         ],
         _ => &[],
     }
+}
+
+/// Maps that earlier builds of this layout pinned and this one no longer has: `FLOW_SEEN`
+/// (the closing state of pinned TCP flows, now in their own `FLOWS` values). Nothing
+/// carries over: its entries were only ever about flows the new program notes afresh.
+pub const RETIRED: [&str; 1] = ["FLOW_SEEN"];
+
+/// Unpins the [`RETIRED`] maps left in `dir` (a program still running with one keeps its
+/// own reference until it is replaced); returns the names removed.
+pub fn remove_retired(dir: &Path) -> Result<Vec<&'static str>> {
+    let mut removed = Vec::new();
+    for name in RETIRED {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(name),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LayoutError::Io { what: "removing", path, source }),
+        }
+    }
+    Ok(removed)
 }
 
 /// Where this build's map `name` is (or goes) for what `dir` holds: a kept map where it

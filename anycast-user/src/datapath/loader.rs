@@ -400,6 +400,10 @@ impl Loaded {
         // Before any old map is released: this also detaches a link left pinned by an
         // earlier run for an interface since dropped from the config.
         let links = instance.set_interfaces(ifaces)?;
+        // Every link runs this program now: the maps only an earlier build used go.
+        for name in layout::remove_retired(&instance.pin_dir)? {
+            log::info!("removed the pinned {name}, which this build no longer uses");
+        }
         if rebuild_maglev {
             // Every link runs the program on the new tables now: the old ones go.
             let staging = instance.pin_dir.join(layout::STAGING);
@@ -574,7 +578,7 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<String>> {
             detached.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
-    for name in maps::ALL {
+    for name in maps::ALL.iter().chain(&layout::RETIRED) {
         remove_pin(&pin_dir.join(name))?;
     }
     layout::remove_staging(&pin_dir.join(layout::STAGING))?;

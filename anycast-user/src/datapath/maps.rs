@@ -12,7 +12,7 @@ use anycast_common::{
     AddrEntry, AddrKey, AddrSlot, Event, FlowKey, FlowValue, LocalConfig, NextHop, SiteCounters, SiteInfo,
     VipCounters, VipInfo, VipKey,
     counters::EXCEPTION_SLOTS,
-    flow::{EMBRYO_SLOTS, SEEN_SLOTS},
+    flow::EMBRYO_SLOTS,
     maps::{self, MAGLEV_DEFAULT_SIZE},
 };
 
@@ -73,7 +73,6 @@ pub struct DataPathMaps {
     tunnel_peers: HashMap<MapData, AddrKey, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     embryos: Array<MapData, u64>,
-    flow_seen: Array<MapData, u64>,
     devmap: DevMapHash<MapData>,
     site_stats: PerCpuArray<MapData, SiteCounters>,
     vip_stats: PerCpuArray<MapData, VipCounters>,
@@ -150,7 +149,6 @@ impl DataPathMaps {
             tunnel_peers: typed(&mut get, maps::TUNNEL_PEERS)?,
             flows: typed(&mut get, maps::FLOWS)?,
             embryos: typed(&mut get, maps::EMBRYOS)?,
-            flow_seen: typed(&mut get, maps::FLOW_SEEN)?,
             devmap: typed(&mut get, maps::DEVMAP)?,
             site_stats: typed(&mut get, maps::SITE_STATS)?,
             vip_stats: typed(&mut get, maps::VIP_STATS)?,
@@ -359,25 +357,6 @@ impl DataPathMaps {
     /// The embryonic entry in slot `slot` (0: empty).
     pub fn embryo(&self, slot: u32) -> Result<u64> {
         self.embryos.get(&slot, 0).map_err(map_err(maps::EMBRYOS))
-    }
-
-    /// The liveness entry in slot `slot` of `FLOW_SEEN` (0: empty).
-    pub fn seen(&self, slot: u32) -> Result<u64> {
-        self.flow_seen.get(&slot, 0).map_err(map_err(maps::FLOW_SEEN))
-    }
-
-    /// Every liveness entry of `FLOW_SEEN`, by slot, read in batches.
-    pub fn seen_all(&self) -> Result<Vec<u64>> {
-        let fd = IterableMap::<u32, u64>::map(&self.flow_seen).fd().as_fd().as_raw_fd();
-        match lookup_batch(fd, SEEN_SLOTS) {
-            Ok(all) => Ok(all),
-            Err(_) => collect_array(self.flow_seen.iter(), maps::FLOW_SEEN),
-        }
-    }
-
-    /// Writes the liveness entry of slot `slot` (tests of the sweep's rules).
-    pub fn set_seen(&mut self, slot: u32, entry: u64) -> Result<()> {
-        self.flow_seen.set(slot, entry, 0).map_err(map_err(maps::FLOW_SEEN))
     }
 
     /// Empties the embryonic table (tests: each case starts without handshakes in flight).

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_common::{flow::SEEN_UNIT_SHIFT, maps::FLOWS};
+use anycast_common::{flow::STATE_UNIT_SHIFT, maps::FLOWS};
 use aya::maps::MapInfo;
 
 use crate::{
@@ -383,7 +383,7 @@ impl Owner {
     }
 
     /// Sweeps the check flags if one is due and some bucket is flagged: reads the flow
-    /// table and `FLOW_SEEN` (in batches) and clears the flag of every bucket that no longer
+    /// table (in batches; each pin's value says whether it is closing) and clears the flag of every bucket that no longer
     /// needs it ([`check`]). `None` when no sweep was due.
     pub fn sweep_checks(&mut self) -> Result<Option<Sweep>> {
         if self.last_sweep.is_some_and(|t| t.elapsed() < self.sweep_interval()) {
@@ -398,20 +398,18 @@ impl Owner {
         let grace = Duration::from_secs(u64::from(self.config.datapath.check_grace));
         self.came_home.retain(|_, at| at.elapsed() < grace);
         let flows = self.maps.flows()?;
-        let seen = self.maps.seen_all()?;
         let state = self.reconciler.current();
         let now = coarse_ns();
         let age = self.started.elapsed().as_nanos() as u64;
-        let unit = 1u64 << SEEN_UNIT_SHIFT;
+        let unit = 1u64 << STATE_UNIT_SHIFT;
         let input = check::Input {
             hash_key: &state.config.hash_key,
             vips: &state.vips,
             sites: &state.sites,
             tables: &state.maglev,
             flows: &flows,
-            seen: &seen,
-            now: now >> SEEN_UNIT_SHIFT,
-            floor: now.saturating_sub(age) >> SEEN_UNIT_SHIFT,
+            now: now >> STATE_UNIT_SHIFT,
+            floor: now.saturating_sub(age) >> STATE_UNIT_SHIFT,
             // Rounded up, and one unit more: an entry's time is the start of its unit.
             grace: (grace.as_nanos() as u64).div_ceil(unit) + 1,
         };

@@ -7,13 +7,12 @@
 //! 1. the bucket has been local for `check_grace` (an embryo written while it was remote
 //!    can only be promoted by a handshake that is still in progress; none lasts that long);
 //! 2. no pin of a TCP flow of that bucket to another site may still be alive. A pin is
-//!    over when the data path saw its client send FIN or RST (`FLOW_SEEN`'s closing bit)
-//!    and nothing of the flow since for `check_grace`; or when it names a site slot that
-//!    no longer holds the site it was made for (the data path re-steers it anyway). Any
-//!    other pin may be alive, however long it has been idle: an idle TCP connection is
-//!    legal for hours, and a half-closed one still needs its client's ACKs forwarded.
-//!    A pin whose liveness entry is missing (pinned before the program had the table, or
-//!    its slot taken by another flow) is taken as alive.
+//!    over when the data path saw its client send FIN or RST (the closing bit of its
+//!    `FLOWS` value's state) and nothing of the flow since for `check_grace`; or when it
+//!    names a site slot that no longer holds the site it was made for (the data path
+//!    re-steers it anyway). Any other pin may be alive, however long it has been idle: an
+//!    idle TCP connection is legal for hours, and a half-closed one still needs its
+//!    client's ACKs forwarded. A pin an older build wrote reads "not closing": alive.
 //!
 //! Pure: the owner reads the maps, calls [`sweep`], and writes the tables it returns.
 
@@ -24,7 +23,7 @@ use std::{
 
 use anycast_common::{
     FlowKey, FlowValue, HashKey, SiteInfo, VipInfo, VipKey,
-    flow::{maglev_slot, seen_of, seen_slot},
+    flow::{closing_age, closing_since, maglev_slot},
     flow_hash,
     site::{MAGLEV_CHECK, MAGLEV_LOCAL, SITE_CONFIGURED, SITE_LOCAL},
     wire::IPPROTO_TCP,
@@ -38,14 +37,14 @@ pub struct Input<'a> {
     /// VIP index → table (entries as the data path reads them, without the size slot).
     pub tables: &'a BTreeMap<u32, Arc<[u32]>>,
     pub flows: &'a [(FlowKey, FlowValue)],
-    /// `FLOW_SEEN`, by slot.
-    pub seen: &'a [u64],
-    /// Now, in `FLOW_SEEN` time units ([`anycast_common::flow::seen_time`]).
+    /// Now, in the units of a flow's state (`CLOCK_MONOTONIC_COARSE` >>
+    /// [`anycast_common::flow::STATE_UNIT_SHIFT`], not wrapped).
     pub now: u64,
     /// No entry counts as older than this (the controller's start: it cannot tell how
     /// long a flow was silent before it watched).
     pub floor: u64,
-    /// `check_grace` in the same units.
+    /// `check_grace` in the same units, rounded up and one more (a state's time is the
+    /// start of its unit: [`closing_age`]).
     pub grace: u64,
 }
 
@@ -89,18 +88,20 @@ fn vip_of(vips: &HashMap<VipKey, VipInfo>, k: &FlowKey) -> Option<u32> {
 }
 
 /// Whether a pin may still be alive and needs its bucket's flag (see the module's rules).
-fn may_be_alive(input: &Input, k: &FlowKey, v: &FlowValue, hash: u64) -> bool {
+fn may_be_alive(input: &Input, k: &FlowKey, v: &FlowValue) -> bool {
     // Fragments (no ports) and UDP look at the flow table whatever the flag says.
     if k.proto != IPPROTO_TCP || (k.sport == 0 && k.dport == 0) {
         return false;
     }
-    let Some(site) = input.sites.get(v.site as usize) else { return false };
+    let Some(site) = input.sites.get(usize::from(v.site)) else { return false };
     if site.flags & SITE_CONFIGURED == 0 || site.generation != v.generation || site.flags & SITE_LOCAL != 0 {
         return false;
     }
-    match input.seen.get(seen_slot(hash) as usize).and_then(|&e| seen_of(e, hash)) {
-        Some((true, at)) => at.max(input.floor) + input.grace > input.now,
-        _ => true,
+    match closing_since(v.state) {
+        // Its age modulo the state's wrap (which only makes it younger), and no more than
+        // the controller has watched.
+        Some(at) => closing_age(at, input.now).min(input.now.saturating_sub(input.floor)) < input.grace,
+        None => true,
     }
 }
 
@@ -110,10 +111,10 @@ pub fn sweep(input: &Input, home_long_enough: impl Fn(u32, u32) -> bool) -> Swep
     // Flagged buckets with a pin that may be alive, per VIP.
     let mut kept: HashMap<u32, Vec<u32>> = HashMap::new();
     for (k, v) in input.flows {
-        let hash = flow_hash(k, input.hash_key);
-        if !may_be_alive(input, k, v, hash) {
+        if !may_be_alive(input, k, v) {
             continue;
         }
+        let hash = flow_hash(k, input.hash_key);
         let Some(vip) = vip_of(input.vips, k) else { continue };
         let Some(table) = input.tables.get(&vip) else { continue };
         let slot = maglev_slot(hash, table.len() as u32);
@@ -176,7 +177,6 @@ pub fn came_home(old: Option<&[u32]>, new: &[u32]) -> Vec<u32> {
 mod tests {
     use anycast_common::{
         addr::Family,
-        flow::{SEEN_SLOTS, seen_entry},
         site::{SITE_CONFIGURED, SITE_LOCAL, SITE_UP},
     };
 
@@ -186,8 +186,7 @@ mod tests {
     const LOCAL: u32 = 0;
     const REMOTE: u32 = 1;
     const M: u32 = 7;
-    const UNIT: u64 = 1 << 30;
-    const NOW: u64 = 10_000;
+    const NOW: u64 = 100_000;
     const GRACE: u64 = 10;
 
     fn vip_key() -> VipKey {
@@ -235,8 +234,8 @@ mod tests {
         vips: HashMap<VipKey, VipInfo>,
         sites: Vec<SiteInfo>,
         tables: BTreeMap<u32, Arc<[u32]>>,
-        seen: Vec<u64>,
         pins: Vec<(FlowKey, FlowValue)>,
+        floor: u64,
     }
 
     /// Every bucket local and flagged; `pins` pinned to the remote site.
@@ -251,15 +250,20 @@ mod tests {
             vips: HashMap::from([(vip_key(), VipInfo { index: 0, flags: 0 })]),
             sites,
             tables: BTreeMap::from([(0, table.clone()), (1, table)]),
-            seen: vec![0; SEEN_SLOTS as usize],
-            pins: pins.iter().map(|k| (*k, FlowValue { site: REMOTE, generation: 3 })).collect(),
+            pins: pins
+                .iter()
+                .map(|k| (*k, FlowValue { site: REMOTE as u16, state: 0, generation: 3 }))
+                .collect(),
+            floor: 0,
         }
     }
 
     impl World {
-        fn saw(&mut self, k: &FlowKey, at: u64, closing: bool) {
-            let h = flow_hash(k, &KEY);
-            self.seen[seen_slot(h) as usize] = seen_entry(h, at * UNIT, closing);
+        /// The pin of `k` closed and was last seen at `at` (in units): its state as
+        /// docs/datapath.md §6 spells it, bit 15 ‖ the time's low 15 bits.
+        fn closed(&mut self, k: &FlowKey, at: u64) {
+            let pin = self.pins.iter_mut().find(|(p, _)| p == k).expect("a pin of that flow");
+            pin.1.state = 0x8000 | (at % 32768) as u16;
         }
 
         fn sweep(&self, home: impl Fn(u32, u32) -> bool) -> Swept {
@@ -269,9 +273,8 @@ mod tests {
                 sites: &self.sites,
                 tables: &self.tables,
                 flows: &self.pins,
-                seen: &self.seen,
                 now: NOW,
-                floor: 0,
+                floor: self.floor,
                 grace: GRACE,
             };
             sweep(&input, home)
@@ -296,21 +299,33 @@ mod tests {
     }
 
     /// A pin keeps its bucket's flag unless its client closed and it has been silent for the
-    /// grace: idle, half-closed but busy, and unknown pins all keep it.
+    /// grace: idle, half-closed but busy, and older builds' pins (state 0) all keep it.
     #[test]
     fn only_closed_and_silent_pins_release_their_bucket() {
         let f = flows(6);
         let mut w = world(&f);
-        w.saw(&f[0], NOW - 5000, false); // idle for hours, never closed: may be alive
-        w.saw(&f[1], NOW - GRACE, true); // closed, silent for the grace: over
-        w.saw(&f[2], NOW - 2, true); // closed, seen lately (a half-closed transfer): alive
-        // f[3]: no entry (pinned before the table existed): alive
-        let h = flow_hash(&f[4], &KEY);
-        w.seen[seen_slot(h) as usize] = seen_entry(h ^ 0xffff_ffff, (NOW - 5000) * UNIT, true); // another flow's entry
-        w.saw(&f[5], NOW - GRACE + 1, true); // closed, silent not quite the grace
-        let keep: Vec<u32> = [0, 2, 3, 4, 5].iter().map(|&i| slot_of(&f[i])).collect();
+        // f[0]: never closed (state 0, as an idle pin, or one an older build wrote): alive
+        w.closed(&f[1], NOW - GRACE); // closed, silent for the grace: over
+        w.closed(&f[2], NOW - 2); // closed, seen lately (a half-closed transfer): alive
+        w.closed(&f[3], NOW - 32768 - 2); // closed 2^15 + 2 units ago: the wrap makes it look lately seen, alive
+        w.closed(&f[4], NOW - 32767); // closed 2^15 - 1 units ago: over
+        w.closed(&f[5], NOW - GRACE + 1); // closed, silent not quite the grace
+        let keep: Vec<u32> = [0, 2, 3, 5].iter().map(|&i| slot_of(&f[i])).collect();
         assert_eq!(w.cleared(), all_but(&keep));
         assert_eq!(w.sweep(|_, _| true).kept_by_pins, 2 * keep.len(), "over both VIPs");
+    }
+
+    /// No pin counts as silent for longer than the controller has watched.
+    #[test]
+    fn a_closed_pin_is_silent_only_since_the_controller_started() {
+        let f = flows(2);
+        let mut w = world(&f);
+        w.closed(&f[0], NOW - 5000);
+        w.closed(&f[1], NOW - 5000);
+        w.floor = NOW - GRACE + 1;
+        assert_eq!(w.cleared(), all_but(&[slot_of(&f[0]), slot_of(&f[1])]));
+        w.floor = NOW - GRACE;
+        assert_eq!(w.cleared(), all_but(&[]));
     }
 
     /// What does not need the flag: pins to a slot reused (another generation) or

@@ -402,7 +402,7 @@ fn fill_flows(pin_dir: &Path, n: u32) -> Result<()> {
             family: Family::V4 as u8,
             pad: [0; 2],
         };
-        flows.insert(key, FlowValue { site: 1, generation: 1 }, 0)?;
+        flows.insert(key, FlowValue { site: 1, state: 0, generation: 1 }, 0)?;
     }
     Ok(())
 }
