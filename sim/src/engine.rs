@@ -1188,12 +1188,13 @@ impl<'a> Sim<'a> {
         let siblings = &b.siblings;
         let decision = policy::decide(&self.p.knobs, state, local, siblings);
         let mut weights = vec![0u32; n];
-        weights[site] = policy::weight(decision.keep);
+        let (local_weight, sibling_weights) = policy::split(&decision);
+        weights[site] = local_weight;
         let others = (0..n).filter(|&j| j != site);
         b.claims.clear();
         for (k, j) in others.enumerate() {
-            if siblings[k].up && decision.shares[k] > 0.0 {
-                weights[j] = policy::weight(decision.shares[k]);
+            if siblings[k].up {
+                weights[j] = sibling_weights[k];
             }
             if decision.wants[k] > 0.0 {
                 b.claims.push((j, decision.wants[k], siblings[k].ours));

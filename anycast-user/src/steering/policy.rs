@@ -50,7 +50,9 @@
 //!    overloaded); with keep where it is, the shed share is spread anew among the siblings
 //!    only when that moves 5 % or more ([`SPREAD_BAND`]); a sibling above its own target by
 //!    more than 0.75 % ([`RELIEF`]) gets its flows back whatever the bands: noise (in our
-//!    figures or in the siblings' reports) does not make the weights go back and forth.
+//!    figures or in the siblings' reports) does not make the weights go back and forth; the
+//!    weights sum to the scale exactly ([`split`]), so the local share of the table moves
+//!    only with keep.
 //! 6. Escalation: overloaded with no room to shed into, or overloaded for `escalate_after`
 //!    while shedding (what cannot be shed), raises `no_headroom`, which the BGP speaker
 //!    acts on, slowly (`bgp/`).
@@ -577,16 +579,43 @@ pub fn weight(share: f64) -> u32 {
     (share * WEIGHT_SCALE).round() as u32
 }
 
+/// A decision's Maglev weights: the local site's and each sibling's, in the order given,
+/// summing to [`WEIGHT_SCALE`] exactly. The local weight is its share rounded; the rest is
+/// split among the siblings by largest remainder. Rounding each share alone made the total
+/// drift by a unit or two as the shed share was spread anew, and with it the local share
+/// of the table (the data path weighs by the total) though keep had not moved: a move of
+/// a few 1e-5 up and down, every few intervals.
+pub fn split(d: &Decision) -> (u32, Vec<u32>) {
+    let scale = WEIGHT_SCALE as u32;
+    let shed: f64 = d.shares.iter().sum();
+    if shed <= 0.0 {
+        return (scale, vec![0; d.shares.len()]);
+    }
+    let local = weight(d.keep).min(scale);
+    let rest = scale - local;
+    let exact: Vec<f64> = d.shares.iter().map(|&s| s / shed * rest as f64).collect();
+    let mut w: Vec<u32> = exact.iter().map(|x| x.floor() as u32).collect();
+    let left = rest.saturating_sub(w.iter().sum());
+    let mut by_remainder: Vec<usize> = (0..w.len()).filter(|&j| exact[j] > w[j] as f64).collect();
+    by_remainder
+        .sort_by(|&a, &b| (exact[b] - w[b] as f64).total_cmp(&(exact[a] - w[a] as f64)).then(a.cmp(&b)));
+    for &j in by_remainder.iter().take(left as usize) {
+        w[j] += 1;
+    }
+    (local, w)
+}
+
 /// Maglev weights from a decision, by name: `siblings` names the decision's siblings in
-/// the order they were given.
+/// the order they were given ([`split`]).
 pub fn weights<'a>(
     local_name: &str,
     siblings: impl IntoIterator<Item = &'a str>,
     d: &Decision,
 ) -> BTreeMap<String, u32> {
+    let (local, shares) = split(d);
     let mut w: BTreeMap<String, u32> =
-        siblings.into_iter().zip(&d.shares).map(|(n, &s)| (n.to_owned(), weight(s))).collect();
-    w.insert(local_name.to_owned(), weight(d.keep));
+        siblings.into_iter().zip(shares).map(|(n, s)| (n.to_owned(), s)).collect();
+    w.insert(local_name.to_owned(), local);
     w
 }
 

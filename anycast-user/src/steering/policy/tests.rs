@@ -486,6 +486,29 @@ fn with_keep_in_place_noise_in_the_siblings_rooms_moves_nothing() {
     assert_eq!(split(1560.0, 1608.0), vec![0.25, 0.25]);
 }
 
+#[test]
+fn the_weights_sum_to_the_scale_and_the_local_one_moves_only_with_keep() {
+    let d = |shares: Vec<f64>| Decision {
+        keep: 0.1,
+        shares,
+        wants: vec![0.0; 3],
+        overloaded: false,
+        no_headroom: false,
+        moved: 0.0,
+    };
+    // Rounded one by one, 0.30005 / 0.30005 / 0.2999 are 3001 + 3001 + 2999: a total of
+    // 10,001, and the local site's share of the table 1000 / 10,001.
+    for shares in [vec![0.30005, 0.30005, 0.2999], vec![0.3, 0.3, 0.3], vec![0.89999, 0.00001, 0.0]] {
+        let w = weights("a", ["b", "c", "d"], &d(shares.clone()));
+        assert_eq!(w.values().sum::<u32>(), WEIGHT_SCALE as u32, "{shares:?}: {w:?}");
+        assert_eq!(w["a"], 1000, "{shares:?}: {w:?}");
+    }
+    let (local, w) = split(&d(vec![0.30005, 0.30005, 0.2999]));
+    assert_eq!((local, w), (1000, vec![3001, 3000, 2999]));
+    // Nothing shed: everything local.
+    assert_eq!(split(&Decision { keep: 1.0, ..d(vec![0.0; 3]) }), (10_000, vec![0; 3]));
+}
+
 /// A flash crowd at a site whose hosts install each decision `lead` intervals after it is
 /// made: the keeps decided and the loads after.
 fn late_installs(knobs: &Knobs, lead: usize) -> (Vec<f64>, Vec<f64>) {
