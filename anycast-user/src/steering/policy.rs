@@ -49,10 +49,11 @@
 //!    1 % are not made, nor moves back against the last one under 2.5 % (unless
 //!    overloaded); with keep where it is, the shed share is spread anew among the siblings
 //!    only when that moves 5 % or more ([`SPREAD_BAND`]); a sibling above its own target by
-//!    more than 0.75 % ([`RELIEF`]) gets its flows back whatever the bands: noise (in our
-//!    figures or in the siblings' reports) does not make the weights go back and forth; the
-//!    weights sum to the scale exactly ([`split`]), so the local share of the table moves
-//!    only with keep.
+//!    more than 0.75 % ([`RELIEF`]) gets its flows back whatever the bands — taken home
+//!    (keep rises) or spread to the siblings with room (keep stays: relief never sends more
+//!    away): noise (in our figures or in the siblings' reports) does not make the weights
+//!    go back and forth; the weights sum to the scale exactly ([`split`]), so the local
+//!    share of the table moves only with keep.
 //! 6. Escalation: overloaded with no room to shed into, or overloaded for `escalate_after`
 //!    while shedding (what cannot be shed), raises `no_headroom`, which the BGP speaker
 //!    acts on, slowly (`bgp/`).
@@ -470,14 +471,20 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
     // A sibling above its own target by more than RELIEF (one filled to its target is
     // above it half the time by noise alone) gets back what it wants back, however
     // little: the bands hold noise, not an overload we caused.
-    let relieving = siblings.iter().zip(shares.iter().zip(&state.shares)).any(|(s, (new, old))| {
-        new < old && s.report.is_some_and(|r| r.served > (r.target + RELIEF) * r.capacity)
-    });
+    let relieves = |shares: &[f64]| {
+        siblings.iter().zip(shares.iter().zip(&state.shares)).any(|(s, (new, old))| {
+            new < old && s.report.is_some_and(|r| r.served > (r.target + RELIEF) * r.capacity)
+        })
+    };
+    // Relief takes flows home (keep rises) whatever the band; it never sends more away:
+    // keep falling by less than the band while relieving would only be the noise of our
+    // wanted keep, and made it go up and down by tenths of a percent every few intervals.
+    let mut relieving = relieves(&shares);
     // Keep where it is (its own move under the band): the shed share is spread anew only
-    // if that moves enough.
+    // if that moves enough, or relieves a sibling.
     let (mut moved, mut band) = (moved, band);
     let keep_move = (keep - state.keep).abs();
-    if keep_move < band && !(returning && keep_move > 0.0) && !relieving {
+    if keep_move < band && !(returning && keep_move > 0.0) && !(relieving && keep > state.keep) {
         if keep < 1.0 {
             let scale = (1.0 - state.keep) / (1.0 - keep);
             shares.iter_mut().for_each(|s| *s *= scale);
@@ -487,6 +494,7 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
         keep = state.keep;
         moved = shares.iter().zip(&state.shares).map(|(a, b)| (a - b).abs()).sum::<f64>() / 2.0;
         band = SPREAD_BAND;
+        relieving = relieves(&shares);
     }
     let step = if moved < band && !(returning && moved > 0.0) && !relieving {
         0.0

@@ -487,6 +487,30 @@ fn with_keep_in_place_noise_in_the_siblings_rooms_moves_nothing() {
 }
 
 #[test]
+fn relief_takes_flows_home_but_never_lowers_keep_under_the_band() {
+    // Keep 0.5 of 1,600 pps, 400 pps to each of two siblings of 2,000 (target 1,600); the
+    // first serves 1,640 (above its target by 2 %), the second 1,200.
+    let sibs = [(1640.0, 400.0), (1200.0, 400.0)].map(|(served, ours)| {
+        let r =
+            Report { utilisation: served / 2000.0, served, capacity: 2000.0, target: 0.8, drained: false };
+        sibling(r, ours, 1.0)
+    });
+    let relieve = |local: Local| {
+        let mut state = State::adopted(0.5, vec![0.25, 0.25]);
+        decide(&KNOBS, &mut state, &local, &sibs)
+    };
+    // The wanted keep 0.1 % lower (8 pps unexplained): the first sibling is relieved onto
+    // the second; keep stays.
+    let d = relieve(at(1600.0, 808.0));
+    assert_eq!(d.keep, 0.5, "{d:?}");
+    assert!(d.shares[0] < 0.2 && d.shares[1] > 0.3, "{d:?}");
+    // The wanted keep 0.3 % higher: relief takes those flows home, under the band.
+    let d = relieve(at(1590.0, 795.0));
+    assert!(d.keep > 0.5 && d.keep < 0.5 + 0.01, "{d:?}");
+    assert!(d.shares[0] < 0.25, "{d:?}");
+}
+
+#[test]
 fn the_weights_sum_to_the_scale_and_the_local_one_moves_only_with_keep() {
     let d = |shares: Vec<f64>| Decision {
         keep: 0.1,
