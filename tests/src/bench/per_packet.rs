@@ -12,7 +12,11 @@
 
 use std::path::Path;
 
-use anycast_common::{Action as Verdict, Exception, maps::FLOW_TABLE_DEFAULT, site::MAGLEV_SITE};
+use std::collections::BTreeMap;
+
+use anycast_common::{
+    Action as Verdict, Event, Exception, FlowValue, maps::FLOW_TABLE_DEFAULT, site::MAGLEV_SITE,
+};
 use anycast_user::datapath::maps::DataPathMaps;
 use anyhow::{Context, Result, bail, ensure};
 use aya::programs::{ProgramFd, TestRun, TestRunOptions};
@@ -45,6 +49,10 @@ const DPORT: usize = 36;
 /// ACKs (each overwritten one turns a promotion into an unpinned forward, which the
 /// counters cannot tell apart): ~3 % of 4096 collide in 65536 embryo slots.
 const HANDSHAKES: u32 = 4096;
+
+/// Pinned flows of `vip_forward_established_many`, one per repetition: each packet's flow
+/// state is then as far from the cache as under many established flows.
+const MANY_PINS: u32 = 1 << 16;
 
 /// The flow table before a timed round of a new-flow case.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -120,6 +128,10 @@ enum Prime {
     /// This frame (the SYNs) stamped as the round's frames will be, as many times, from the
     /// same run counter: the embryos the round's ACKs promote.
     Stamped(Vec<u8>),
+    /// The case's frame stamped as the round's frames will be, each of those flows pinned
+    /// (written as a promotion writes it) to the site its bucket names: every packet of
+    /// the round follows a pin of its own.
+    Pinned,
 }
 
 impl Case {
@@ -165,7 +177,12 @@ fn cases() -> Vec<Case> {
         },
         Case {
             prime: Prime::Frames(vec![syn.clone(), ack.clone()]),
-            ..case("vip_forward_established", ack, Kind::Forward, VIP_TCP)
+            ..case("vip_forward_established", ack.clone(), Kind::Forward, VIP_TCP)
+        },
+        Case {
+            prime: Prime::Pinned,
+            repeat_cap: Some(MANY_PINS),
+            ..stamped(case("vip_forward_established_many", ack, Kind::Forward, VIP_TCP))
         },
         stamped(case("vip_udp_stateless", udp.clone(), Kind::Local, VIP_UDP)),
         Case {
@@ -328,10 +345,31 @@ impl PerPacket {
                 let (action, _, _) = self.harness.run(frame, self.ingress, repeat)?;
                 ensure!(action == Action::Tx, "priming frames: {action:?}, expected XDP_TX");
             }
+            Prime::Pinned => self.pin_stamped(case, build, repeat)?,
         }
         let fd = self.fd(case.target(), build)?;
         self.harness.prepare(&case.frame, case.vary_offset, &fd)?;
         self.harness.reset_runs()
+    }
+
+    /// Pins the flows of the first `repeat` stamps of `case`'s frame (the harness writes
+    /// run counter k, little-endian, at the stamp offset) to their buckets' sites.
+    fn pin_stamped(&mut self, case: &Case, build: usize, repeat: u32) -> Result<()> {
+        let maps = &mut self.builds[build].maps;
+        let table = maps.maglev(case.vip)?.context("no Maglev table for the case's VIP")?;
+        let mut generations = BTreeMap::new();
+        for run in 1..=repeat {
+            let frame = packet::set(case.frame.clone(), case.vary_offset as usize, &run.to_le_bytes());
+            let key = Packet::parse(&frame).key();
+            let site = reference::bucket(&table, &key) & MAGLEV_SITE;
+            let generation = match generations.get(&site) {
+                Some(&g) => g,
+                None => *generations.entry(site).or_insert(maps.site(site)?.generation),
+            };
+            let value = FlowValue { site: site as u16, state: 0, generation };
+            maps.set_flow(&key, &value).context("pinning a flow")?;
+        }
+        Ok(())
     }
 
     /// Sets the flow table up as `case` wants it (untimed). Filling runs the case's own
@@ -363,6 +401,9 @@ impl PerPacket {
         self.prime(case, build, repeat)?;
         self.set_table(case, build)?;
         let before = Totals::read(&self.builds[build].maps)?;
+        let unknown =
+            |maps: &DataPathMaps| -> Result<u64> { Ok(maps.events()?[Event::FlowUnknown as usize]) };
+        let unknown_before = unknown(&self.builds[build].maps)?;
         let (action, _, ns) = self.harness.run(&case.frame, self.ingress, repeat)?;
         let moved = Totals::read(&self.builds[build].maps)?.since(&before);
         let want = case.kind.per_packet(case.vip).times(u64::from(repeat));
@@ -370,6 +411,11 @@ impl PerPacket {
             moved == want,
             "{repeat} repetitions moved the counters by {moved:?}, expected {want:?} (last verdict {action:?})"
         );
+        if let Prime::Pinned = case.prime {
+            // A missed pin is forwarded by its bucket and counted alike: only this tells.
+            let missed = unknown(&self.builds[build].maps)? - unknown_before;
+            ensure!(missed == 0, "{missed} of {repeat} repetitions found no pin");
+        }
         Ok(ns)
     }
 
