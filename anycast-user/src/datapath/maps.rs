@@ -4,7 +4,7 @@
 //! slot, per-CPU sums) live in one place.
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd, RawFd},
     path::Path,
 };
 
@@ -125,12 +125,7 @@ impl DataPathMaps {
         let addrs_shadow = addrs.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(maps::ADDRS))?;
         let maglev = get(maps::MAGLEV)?;
         let maglev_fd = match &maglev {
-            Map::ArrayOfMaps(data) => data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
-                map_err(maps::MAGLEV)(MapError::SyscallError(aya::sys::SyscallError {
-                    call: "dup",
-                    io_error,
-                }))
-            })?,
+            Map::ArrayOfMaps(data) => dup(data.fd().as_fd(), maps::MAGLEV)?,
             _ => return Err(map_err(maps::MAGLEV)(MapError::InvalidMapType { map_type: 0 })),
         };
         Ok(DataPathMaps {
@@ -344,14 +339,15 @@ impl DataPathMaps {
 
     /// Every pinned flow, read in batches (see [`Self::flow_count`]).
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
-        let fd = IterableMap::<FlowKey, FlowValue>::map(&self.flows).fd().as_fd().as_raw_fd();
-        let mut out = Vec::new();
-        match walk_batch::<FlowKey, FlowValue>(fd, |k, v| {
-            out.extend(k.iter().copied().zip(v.iter().copied()))
-        }) {
-            Ok(()) => Ok(out),
-            Err(_) => collect(self.flows.iter(), maps::FLOWS),
-        }
+        read_flows(&self.flows)
+    }
+
+    /// A handle of its own on the flow table, for a reader on another thread.
+    pub fn flows_reader(&self) -> Result<FlowsReader> {
+        let fd = dup(IterableMap::<FlowKey, FlowValue>::map(&self.flows).fd().as_fd(), maps::FLOWS)?;
+        let map = Map::from_map_data(MapData::from_fd(fd).map_err(map_err(maps::FLOWS))?)
+            .map_err(map_err(maps::FLOWS))?;
+        Ok(FlowsReader(map.try_into().map_err(map_err(maps::FLOWS))?))
     }
 
     /// The embryonic entry in slot `slot` (0: empty).
@@ -636,6 +632,34 @@ fn lookup_batch<V: Default + Clone>(fd: RawFd, len: u32) -> std::io::Result<Vec<
         return Err(std::io::Error::other(format!("batch read {} of {len} entries", attr.count)));
     }
     Ok(values)
+}
+
+/// A second descriptor of a map.
+fn dup(fd: BorrowedFd<'_>, name: &'static str) -> Result<OwnedFd> {
+    fd.try_clone_to_owned().map_err(|io_error| {
+        map_err(name)(MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error }))
+    })
+}
+
+/// The flow table read from a thread other than the owner's: the sweep of the check flags
+/// reads every pin (2^20 entries take ~0.2 s), which would hold up the owner's weight
+/// installs. It only reads; the owner stays the maps' one writer.
+pub struct FlowsReader(HashMap<MapData, FlowKey, FlowValue>);
+
+impl FlowsReader {
+    /// Every pinned flow, read in batches.
+    pub fn read(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
+        read_flows(&self.0)
+    }
+}
+
+fn read_flows(flows: &HashMap<MapData, FlowKey, FlowValue>) -> Result<Vec<(FlowKey, FlowValue)>> {
+    let fd = IterableMap::<FlowKey, FlowValue>::map(flows).fd().as_fd().as_raw_fd();
+    let mut out = Vec::new();
+    match walk_batch::<FlowKey, FlowValue>(fd, |k, v| out.extend(k.iter().copied().zip(v.iter().copied()))) {
+        Ok(()) => Ok(out),
+        Err(_) => collect(flows.iter(), maps::FLOWS),
+    }
 }
 
 fn collect<K: Pod, V: Pod>(

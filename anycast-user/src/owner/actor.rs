@@ -11,9 +11,13 @@ use std::{
 
 use tokio::sync::{oneshot, watch};
 
-use super::{Owner, OwnerError};
+use super::{
+    Owner, OwnerError,
+    sweep::{Found, Job},
+};
 use crate::{
     config::Config,
+    datapath::maps::MapsError,
     model::DataPathView,
     reconcile::{Applied, Dynamic, preview::Preview},
 };
@@ -79,26 +83,33 @@ pub fn spawn(owner: Owner) -> std::io::Result<Thread> {
 }
 
 fn run(mut owner: Owner, rx: mpsc::Receiver<Command>, view: watch::Sender<Arc<DataPathView>>) {
+    // The sweep of the check flags in flight, if any: its result comes back here.
+    let mut sweeping: Option<mpsc::Receiver<Result<Found, MapsError>>> = None;
     loop {
         match rx.recv_timeout(LINK_CHECK) {
             Ok(command) => handle(&mut owner, command, &view),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        match owner.sweep_checks() {
-            Ok(Some(s)) if s.cleared > 0 => {
-                log::info!(
-                    "check flags: cleared {} of {} flagged buckets ({} kept by pins that may be alive; {} pins read in {:.0} ms)",
-                    s.cleared,
-                    s.flagged,
-                    s.kept_by_pins,
-                    s.pins,
-                    s.took.as_secs_f64() * 1e3
-                );
-                publish(&owner, &view);
+        if let Some(result) = sweeping.as_ref().map(mpsc::Receiver::try_recv) {
+            match result {
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    log::warn!("check flags: the sweep ended without a result");
+                    sweeping = None;
+                }
+                Ok(found) => {
+                    sweeping = None;
+                    swept(&mut owner, found, &view);
+                }
             }
-            Ok(_) => {}
-            Err(e) => log::warn!("check flags: sweep failed: {e}"),
+        }
+        if sweeping.is_none() {
+            match owner.sweep_job() {
+                Ok(Some(job)) => sweeping = sweep(job),
+                Ok(None) => {}
+                Err(e) => log::warn!("check flags: sweep failed: {e}"),
+            }
         }
         let links_changed = owner.check_links();
         if links_changed && !owner.attached {
@@ -109,6 +120,41 @@ fn run(mut owner: Owner, rx: mpsc::Receiver<Command>, view: watch::Sender<Arc<Da
         if links_changed {
             publish(&owner, &view);
         }
+    }
+}
+
+/// Runs a sweep on a thread of its own; its result comes back on the channel returned.
+fn sweep(job: Job) -> Option<mpsc::Receiver<Result<Found, MapsError>>> {
+    let (tx, rx) = mpsc::channel();
+    match std::thread::Builder::new().name("anycast-sweep".into()).spawn(move || {
+        // The owner may have ended meanwhile: nobody to tell.
+        let _ = tx.send(job.run());
+    }) {
+        Ok(_) => Some(rx),
+        Err(e) => {
+            log::warn!("check flags: starting the sweep: {e}");
+            None
+        }
+    }
+}
+
+/// Writes what a sweep found.
+fn swept(owner: &mut Owner, found: Result<Found, MapsError>, view: &watch::Sender<Arc<DataPathView>>) {
+    match found.map_err(OwnerError::from).and_then(|f| owner.swept(f)) {
+        Ok(s) if s.cleared > 0 => {
+            log::info!(
+                "check flags: cleared {} of {} flagged buckets ({} kept by pins that may be alive; {} pins read in {:.0} ms, off the owner's thread; written in {:.0} ms)",
+                s.cleared,
+                s.flagged,
+                s.kept_by_pins,
+                s.pins,
+                s.took.as_secs_f64() * 1e3,
+                s.wrote.as_secs_f64() * 1e3
+            );
+            publish(owner, view);
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("check flags: sweep failed: {e}"),
     }
 }
 

@@ -6,6 +6,7 @@
 //! ([`Owner::open_pinned`]).
 
 pub mod actor;
+pub mod sweep;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -113,18 +114,6 @@ pub struct Owner {
     /// that did so within `check_grace`.
     came_home: HashMap<(u32, u32), Instant>,
     last_sweep: Option<Instant>,
-}
-
-/// What one sweep of the check flags did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Sweep {
-    pub pins: usize,
-    /// Flagged buckets (over every VIP) before the sweep, kept because of a pin that may be
-    /// alive, cleared.
-    pub flagged: usize,
-    pub kept_by_pins: usize,
-    pub cleared: usize,
-    pub took: Duration,
 }
 
 pub fn ifindexes(ifaces: &[String]) -> Result<BTreeSet<u32>> {
@@ -382,10 +371,10 @@ impl Owner {
         Duration::from_secs(u64::from(self.config.datapath.check_grace / 2).clamp(1, 30))
     }
 
-    /// Sweeps the check flags if one is due and some bucket is flagged: reads the flow
-    /// table (in batches; each pin's value says whether it is closing) and clears the flag of every bucket that no longer
-    /// needs it ([`check`]). `None` when no sweep was due.
-    pub fn sweep_checks(&mut self) -> Result<Option<Sweep>> {
+    /// A sweep of the check flags, if one is due and some bucket is flagged: a snapshot of
+    /// what it reads, to run off this thread ([`sweep::Job::run`]); what it finds comes
+    /// back to [`Self::swept`]. `None` when no sweep is due.
+    pub fn sweep_job(&mut self) -> Result<Option<sweep::Job>> {
         if self.last_sweep.is_some_and(|t| t.elapsed() < self.sweep_interval()) {
             return Ok(None);
         }
@@ -394,33 +383,36 @@ impl Owner {
         if flagged == 0 {
             return Ok(None);
         }
-        let t0 = Instant::now();
         let grace = Duration::from_secs(u64::from(self.config.datapath.check_grace));
         self.came_home.retain(|_, at| at.elapsed() < grace);
-        let flows = self.maps.flows()?;
         let state = self.reconciler.current();
         let now = coarse_ns();
         let age = self.started.elapsed().as_nanos() as u64;
         let unit = 1u64 << STATE_UNIT_SHIFT;
-        let input = check::Input {
-            hash_key: &state.config.hash_key,
-            vips: &state.vips,
-            sites: &state.sites,
-            tables: &state.maglev,
-            flows: &flows,
+        Ok(Some(sweep::Job {
+            flows: self.maps.flows_reader()?,
+            hash_key: state.config.hash_key,
+            vips: state.vips.clone(),
+            sites: state.sites.clone(),
+            tables: state.maglev.clone(),
             now: now >> STATE_UNIT_SHIFT,
             floor: now.saturating_sub(age) >> STATE_UNIT_SHIFT,
             // Rounded up, and one unit more: an entry's time is the start of its unit.
             grace: (grace.as_nanos() as u64).div_ceil(unit) + 1,
-        };
-        let since_start = self.started.elapsed() >= grace;
-        let came_home = &self.came_home;
-        let swept = check::sweep(&input, |vip, slot| since_start && !came_home.contains_key(&(vip, slot)));
-        let mut want = state.clone();
+            settled: self.started.elapsed() >= grace,
+            came_home: self.came_home.keys().copied().collect(),
+            flagged,
+        }))
+    }
+
+    /// Clears the flags a sweep found unneeded, in the tables the data path still holds:
+    /// a table written since the sweep's snapshot (a weight change, a reload) is left for
+    /// the next sweep.
+    pub fn swept(&mut self, found: sweep::Found) -> Result<sweep::Sweep> {
+        let t0 = Instant::now();
+        let mut want = self.reconciler.current().clone();
         let mut cleared = 0;
-        for c in &swept.clear {
-            // The tables swept are still the ones the data path holds (same thread, but
-            // checked all the same: a table written since must be swept again).
+        for c in &found.swept.clear {
             if !c.vips.iter().all(|v| want.maglev.get(v).is_some_and(|t| Arc::ptr_eq(t, &c.table))) {
                 continue;
             }
@@ -434,13 +426,14 @@ impl Owner {
             self.reconciler.apply(&mut self.maps, &want)?;
             self.plan.state.maglev = self.reconciler.current().maglev.clone();
         }
-        Ok(Some(Sweep {
-            pins: flows.len(),
-            flagged,
-            kept_by_pins: swept.kept_by_pins,
+        Ok(sweep::Sweep {
+            pins: found.pins,
+            flagged: found.flagged,
+            kept_by_pins: found.swept.kept_by_pins,
             cleared,
-            took: t0.elapsed(),
-        }))
+            took: found.took,
+            wrote: t0.elapsed(),
+        })
     }
 
     /// Applies load-derived weights and the sites that are down, decided against config
