@@ -485,10 +485,23 @@ fn read_table(
     outer: &ArrayOfMaps<MapData, Array<MapData, u32>>,
     vip: u32,
 ) -> Result<Option<Vec<u32>>, MapError> {
-    let inner = match outer.get(&vip, 0) {
-        Ok(inner) => inner,
-        Err(MapError::KeyNotFound) => return Ok(None),
-        Err(e) => return Err(e),
+    // The outer entry is an inner map's id, opened by a second syscall: a table replaced in
+    // between (by the owner, when the reader is another process) is freed by then, ENOENT.
+    // The entry then names its successor: read it again.
+    let mut attempts = 0;
+    let inner = loop {
+        match outer.get(&vip, 0) {
+            Ok(inner) => break inner,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(MapError::SyscallError(e))
+                if e.call == "bpf_map_get_fd_by_id"
+                    && e.io_error.raw_os_error() == Some(libc::ENOENT)
+                    && attempts < 8 =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
     };
     let fd = IterableMap::<u32, u32>::map(&inner).fd().as_fd().as_raw_fd();
     let mut all = match lookup_batch(fd, inner.len()) {
