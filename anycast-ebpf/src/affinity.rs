@@ -71,7 +71,7 @@ pub fn pinned(pkt: &Packet) -> Pin {
 }
 
 /// Notes, in the pin's own entry, that a packet of a TCP flow pinned to another site went
-/// there (`closing`: it carries FIN or RST), for the controller's sweep (§6). Only a closing
+/// there (`fin_or_rst`: it carries FIN or RST), for the controller's sweep (§6). Only a closing
 /// flow's entry needs a time (any other pin counts as alive whatever its silence): a packet
 /// that neither closes nor belongs to a closing flow reads nothing but the state its lookup
 /// loaded, and no clock. Otherwise the state becomes closing ‖ the coarse time (the
@@ -87,8 +87,8 @@ pub fn pinned(pkt: &Packet) -> Pin {
 /// then stays silent for `check_grace` (the same in-place update of LRU values that
 /// Katran's `atime` relies on).
 #[inline(always)]
-pub fn note(entry: &Entry, closing: bool) {
-    if !closing && entry.state & FLOW_CLOSING == 0 {
+pub fn note(entry: &Entry, fin_or_rst: bool) {
+    if !fin_or_rst && !closing(entry) {
         return;
     }
     // SAFETY: plain helper call, no arguments.
@@ -99,6 +99,19 @@ pub fn note(entry: &Entry, closing: bool) {
         // above); one aligned 2-byte store.
         unsafe { (*entry.value).state = state };
     }
+}
+
+/// Whether the pin's client had closed before this packet.
+#[inline(always)]
+pub fn closing(entry: &Entry) -> bool {
+    entry.state & FLOW_CLOSING != 0
+}
+
+/// Forgets `pkt`'s pin (its 4-tuple proved to be a new connection of this host's).
+#[inline(always)]
+pub fn unpin(pkt: &Packet) {
+    // Gone already (evicted, or another CPU): the same.
+    let _ = FLOWS.remove(&pkt.key);
 }
 
 /// Pins `pkt`'s flow to `site` under the rate guard. `replace`: the entry is stale and may

@@ -26,11 +26,15 @@ use crate::{
 
 /// `BPF_TCP_LISTEN` (linux/bpf.h).
 const TCP_LISTEN: u32 = 10;
+/// `BPF_TCP_TIME_WAIT` (linux/bpf.h).
+const TCP_TIME_WAIT: u32 = 6;
 
 /// Whether the local stack has the connection of `pkt`'s flow (or a SYN cookie for it).
 /// `netns` is `CONFIG.socket_netns` (`u32::MAX`: the ingress device's namespace).
+/// `time_wait`: whether a time-wait socket of the 4-tuple counts (a connection that
+/// ended here, whose last segments are still the host's to answer).
 #[inline(always)]
-pub fn is_local(ctx: &XdpContext, frame: &Frame, pkt: &Packet, netns: u32) -> bool {
+pub fn is_local(ctx: &XdpContext, frame: &Frame, pkt: &Packet, netns: u32, time_wait: bool) -> bool {
     let k: &FlowKey = &pkt.key;
     // The tuple as the 8-byte words it is made of (`bpf_sock_tuple`: saddr, daddr, sport,
     // dport; IPv4 4-byte addresses, IPv6 16-byte ones, ports in network order), stored as
@@ -54,8 +58,11 @@ pub fn is_local(ctx: &XdpContext, frame: &Frame, pkt: &Packet, netns: u32) -> bo
         return false;
     }
     // SAFETY: `sk` is a live sock_common the verifier lets us read `state` from.
-    let listener = unsafe { (*sk).state } == TCP_LISTEN;
-    let local = !listener || (!pkt.icmp_error && syncookie(sk, frame, pkt));
+    let local = match unsafe { (*sk).state } {
+        TCP_LISTEN => !pkt.icmp_error && syncookie(sk, frame, pkt),
+        TCP_TIME_WAIT => time_wait,
+        _ => true,
+    };
     // SAFETY: releases the reference taken by the lookup.
     unsafe { bpf_sk_release(sk.cast()) };
     local

@@ -178,6 +178,21 @@ pub fn route(
             Pin::Site(site, info, entry) => {
                 let route = pinned(site, info, hash);
                 if let Route::Remote { .. } = route {
+                    // A pin whose client closed, and a connection of its 4-tuple here: the
+                    // client opened a new one on the same ports once the old one was done
+                    // (a client cannot while its own socket of the old one lives), and its
+                    // SYN was served here by its bucket. The host's own connection stays
+                    // here and the old pin goes. Only a live socket (full, request, or a
+                    // SYN cookie this host sent) proves it, which no packet from off the
+                    // path can make; a time-wait one is an older connection's.
+                    if affinity::closing(&entry)
+                        && !pkt.icmp_error
+                        && socket::is_local(ctx, frame, pkt, cfg.socket_netns, false)
+                    {
+                        affinity::unpin(pkt);
+                        counters::event(Event::SocketLocal);
+                        return Ok(Route::Local { site: cfg.local_site });
+                    }
                     affinity::note(&entry, pkt.tcp_closing);
                 }
                 return Ok(route);
@@ -198,7 +213,7 @@ pub fn route(
         }
         // The bucket names another site. The second chance: the host's own connection
         // (its bucket moved since it started) stays local.
-        if socket::is_local(ctx, frame, pkt, cfg.socket_netns) {
+        if socket::is_local(ctx, frame, pkt, cfg.socket_netns, true) {
             counters::event(Event::SocketLocal);
             return Ok(Route::Local { site: cfg.local_site });
         }

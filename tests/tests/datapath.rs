@@ -597,6 +597,40 @@ fn scenarios() -> Vec<Case> {
             ],
         ),
         own(
+            "a_new_local_connection_on_a_closing_pins_4_tuple_stays_local",
+            None,
+            vec![
+                // A forwarded connection, pinned, whose client then closes.
+                send_fwd(f4(52200, SYN), 1),
+                send_to_ev(f4(52200, ACK), 1, S_IPIP, &promoted()),
+                send_to_ev(f4(52200, FIN_ACK), 1, S_IPIP, &[]),
+                Step::Check("its client's FIN: closing", state_is(f4(52200, ACK), S_IPIP, true)),
+                // Half-closed, no connection of the 4-tuple here: its ACKs follow the pin.
+                send_to_ev(f4(52200, ACK), 1, S_IPIP, &[]),
+                // The client opens a new connection on the same ports, served here (its
+                // SYN went by a bucket that was local then): the host's connection.
+                Step::Maps(
+                    "a real connection 192.168.1.42:52200 → 10.200.0.1:80 in this namespace",
+                    Box::new(|_| hold_connection("192.168.1.42:52200", "10.200.0.1:80")),
+                ),
+                send_to_ev(f4(52200, ACK), 1, S_LOCAL, &[Ev(Ev_::SocketLocal)]),
+                Step::Check("the old pin is gone", flows_are(vec![(f4(52200, ACK).key(), None)])),
+                // From now on the bucket (remote) and the second chance keep it here.
+                send_to_ev(f4(52200, PSH_ACK), 1, S_LOCAL, &[Ev(Ev_::SocketLocal)]),
+                connections_closed(),
+                // A pin that never closed is followed whatever the host holds: only a
+                // client that closed can have opened a new connection on its ports.
+                send_fwd(f4(52202, SYN), 1),
+                send_to_ev(f4(52202, ACK), 1, S_IPIP, &promoted()),
+                Step::Maps(
+                    "a real connection 192.168.1.42:52202 → 10.200.0.1:80",
+                    Box::new(|_| hold_connection("192.168.1.42:52202", "10.200.0.1:80")),
+                ),
+                send_to_ev(f4(52202, ACK), 1, S_IPIP, &[]),
+                connections_closed(),
+            ],
+        ),
+        own(
             "second_chance_ipv6",
             None,
             vec![
