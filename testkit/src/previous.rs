@@ -113,7 +113,9 @@ pub fn build_at(workspace: &Path, commit: &str) -> Result<PathBuf, String> {
             "--target-dir",
         ])
         .arg(dir.join("target"))
-        // The release's own workspace and toolchain choices, not this build's.
+        // The release's own workspace and toolchain choices, not this build's; no debug info
+        // (its binary is only run, and each release's target directory is otherwise ~1.2 GB).
+        .env("CARGO_PROFILE_DEV_DEBUG", "false")
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
