@@ -273,6 +273,15 @@ impl<'ns> Daemon<'ns> {
         Daemon::with_binary(ns, anycast_bin()?)
     }
 
+    /// [`Daemon::new`] with `config` written and the daemon started ([`Daemon::start`]: call
+    /// it from the test's own thread).
+    pub fn started(ns: &'ns Netns, config: &str) -> Result<Daemon<'ns>> {
+        let mut daemon = Daemon::new(ns)?;
+        daemon.write_config(config)?;
+        daemon.start()?;
+        Ok(daemon)
+    }
+
     /// [`Daemon::new`] with the binary `bin`.
     pub fn with_binary(ns: &'ns Netns, bin: &Path) -> Result<Daemon<'ns>> {
         sweep_stale(bin);

@@ -542,9 +542,7 @@ fn cli_top_shows_the_rates_and_stops_after_count() {
     }
     const RATE: u32 = 400;
     let (cl, site) = local_site("ctp");
-    let mut d = Daemon::new(&site).unwrap();
-    d.write_config(LOCAL_SITE).unwrap();
-    d.start().unwrap();
+    let d = Daemon::started(&site, LOCAL_SITE).unwrap();
     let _srv = bind(&site, &vip().to_string());
     let sender = Sender::new(bind(&cl, "0.0.0.0:0"), vip(), RATE, RATE * 30);
     let (out, achieved) = thread::scope(|s| {
@@ -612,9 +610,7 @@ fn cli_drain_and_undrain() {
         return;
     }
     let (_cl, site) = local_site("cdr");
-    let mut d = Daemon::new(&site).unwrap();
-    d.write_config(&two_sites(&["here", "there"])).unwrap();
-    d.start().unwrap();
+    let mut d = Daemon::started(&site, &two_sites(&["here", "there"])).unwrap();
     let slots = Slots::of(&d);
     let shares = |d: &Daemon| slots.shares(d);
     let even = |(here, there): (f64, f64)| (here - 0.5).abs() < 0.01 && (there - 0.5).abs() < 0.01;
@@ -665,9 +661,7 @@ fn cli_daemon_sigint_leaves_the_data_path_forwarding() {
     }
     const COUNT: u32 = 200;
     let (cl, site) = local_site("csi");
-    let mut d = Daemon::new(&site).unwrap();
-    d.write_config(LOCAL_SITE).unwrap();
-    d.start().unwrap();
+    let mut d = Daemon::started(&site, LOCAL_SITE).unwrap();
     let program = d.link_program_id("l0").unwrap();
     let srv = bind(&site, &vip().to_string());
     assert_all_arrived(&send_and_receive(&cl, vip(), &srv, COUNT), COUNT, "with the controller");

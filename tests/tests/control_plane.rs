@@ -144,9 +144,7 @@ fn control_drain_while_busy_goes_through_the_daemon() {
         return;
     }
     let (_cl, site) = local_site("cdb");
-    let mut d = Daemon::new(&site).unwrap();
-    d.write_config(LOCAL_SITE).unwrap();
-    d.start().unwrap();
+    let mut d = Daemon::started(&site, LOCAL_SITE).unwrap();
     // The daemon busy: a reload to 256 sites × 64 VIPs, 64 Maglev tables of 65,537 slots.
     d.write_config(&big_config(256, 64)).unwrap();
     let mark = d.log_mark();
@@ -581,9 +579,7 @@ fn control_plan_reload_json_completions_version() {
         return;
     }
     let (_cl, site) = local_site("cpl");
-    let mut d = Daemon::new(&site).unwrap();
-    d.write_config(TWO_SITES).unwrap();
-    d.start().unwrap();
+    let mut d = Daemon::started(&site, TWO_SITES).unwrap();
     let status = d.status().unwrap();
     let vip = status.vips[0].index;
     let table = |d: &Daemon| d.maps().unwrap().maglev(vip).unwrap().expect("the VIP's table");

@@ -205,9 +205,7 @@ fn controller_reload_refuses_broken_config() {
     }
     const COUNT: u32 = 200;
     let (cl, site) = local_site("crb");
-    let mut daemon = Daemon::new(&site).unwrap();
-    daemon.write_config(LOCAL_SITE).unwrap();
-    daemon.start().unwrap();
+    let mut daemon = Daemon::started(&site, LOCAL_SITE).unwrap();
     let srv = bind(&site, "10.200.0.1:5353");
     let srv2 = bind(&site, "10.200.0.1:5354");
     assert_all_arrived(&send_and_receive(&cl, vip(), &srv, COUNT), COUNT, "before the reload");
@@ -367,9 +365,7 @@ fn controller_second_instance_and_cli_defer_to_the_daemon() {
     }
     const CLI_TIMEOUT: Duration = Duration::from_secs(30);
     let (_cl, site) = local_site("c2");
-    let mut daemon = Daemon::new(&site).unwrap();
-    daemon.write_config(&two_site_config(100, 300)).unwrap();
-    daemon.start().unwrap();
+    let daemon = Daemon::started(&site, &two_site_config(100, 300)).unwrap();
     let (_, _, table) = shares(&daemon);
     let program = daemon.link_program_id("l0").unwrap();
 
@@ -413,9 +409,7 @@ fn controller_metrics_match_packets_sent() {
     const TO_VIP: u32 = 300;
     const ELSEWHERE: u32 = 200;
     let (cl, site) = local_site("cm");
-    let mut daemon = Daemon::new(&site).unwrap();
-    daemon.write_config(LOCAL_SITE).unwrap();
-    daemon.start().unwrap();
+    let daemon = Daemon::started(&site, LOCAL_SITE).unwrap();
     let srv = bind(&site, "10.200.0.1:5353");
     let other = bind(&site, "10.1.0.1:6000");
     assert_all_arrived(&send_and_receive(&cl, vip(), &srv, TO_VIP), TO_VIP, "to the VIP");
@@ -501,12 +495,8 @@ protocol = "udp"
 /// B's daemon and A's, started.
 fn forward_chain_daemons<'a>(a: &'a Netns, b: &'a Netns) -> (Daemon<'a>, Daemon<'a>) {
     // B first: XDP_REDIRECT into a veth delivers only when the peer (b0) runs XDP.
-    let mut daemon_b = Daemon::new(b).unwrap();
-    daemon_b.write_config(CHAIN_B).unwrap();
-    daemon_b.start().unwrap();
-    let mut daemon_a = Daemon::new(a).unwrap();
-    daemon_a.write_config(CHAIN_A).unwrap();
-    daemon_a.start().unwrap();
+    let daemon_b = Daemon::started(b, CHAIN_B).unwrap();
+    let daemon_a = Daemon::started(a, CHAIN_A).unwrap();
     (daemon_b, daemon_a)
 }
 
@@ -613,12 +603,8 @@ fn controller_restart_without_an_interface_detaches_its_link() {
     a.add_veth("ax", &a, "ay").unwrap();
     let with_ax = CHAIN_A.replace(r#"interfaces = ["a0", "a1"]"#, r#"interfaces = ["a0", "a1", "ax"]"#);
     assert_ne!(with_ax, CHAIN_A);
-    let mut daemon_b = Daemon::new(&b).unwrap();
-    daemon_b.write_config(CHAIN_B).unwrap();
-    daemon_b.start().unwrap();
-    let mut daemon_a = Daemon::new(&a).unwrap();
-    daemon_a.write_config(&with_ax).unwrap();
-    daemon_a.start().unwrap();
+    let _daemon_b = Daemon::started(&b, CHAIN_B).unwrap();
+    let mut daemon_a = Daemon::started(&a, &with_ax).unwrap();
     let xdp_on = |ifname: &str| {
         a.ip(&["-d", "link", "show", "dev", ifname])
             .unwrap()

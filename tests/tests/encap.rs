@@ -133,12 +133,8 @@ fn config_b() -> String {
 
 /// B's controller, then A's (A redirects into a1, which delivers only once b0 runs XDP).
 fn start<'a>(chain: &'a DualChain, encap: &str) -> (Daemon<'a>, Daemon<'a>) {
-    let mut b = Daemon::new(&chain.b).unwrap();
-    b.write_config(&config_b()).unwrap();
-    b.start().unwrap();
-    let mut a = Daemon::new(&chain.a).unwrap();
-    a.write_config(&config_a(encap)).unwrap();
-    a.start().unwrap();
+    let b = Daemon::started(&chain.b, &config_b()).unwrap();
+    let a = Daemon::started(&chain.a, &config_a(encap)).unwrap();
     (a, b)
 }
 

@@ -275,9 +275,7 @@ fn hardening_too_big_flood_answered_at_the_configured_rate() {
     chain.b.set_mtu("b0", 1500).unwrap();
     // The client's veth must run XDP to receive A's XDP_TX answers (as a NIC would).
     let _pass = PassProgram::attach(&chain.client, "c0").unwrap();
-    let mut b = Daemon::new(&chain.b).unwrap();
-    b.write_config(&sustained::config_b()).unwrap();
-    b.start().unwrap();
+    let _b = Daemon::started(&chain.b, &sustained::config_b()).unwrap();
     let mut a = Daemon::new(&chain.a).unwrap();
     a.add_datapath_option(&format!("icmp_rate = {ICMP_RATE}"));
     a.add_datapath_option(&format!("icmp_burst = {ICMP_BURST}"));

@@ -150,9 +150,7 @@ fn health_probe_through_remote_data_path() {
         return;
     }
     let (a, b) = topology("hp");
-    let mut daemon = Daemon::new(&b).unwrap();
-    daemon.write_config(B_CONFIG).unwrap();
-    daemon.start().unwrap();
+    let mut daemon = Daemon::started(&b, B_CONFIG).unwrap();
     let maps = daemon.maps().unwrap();
     let (site4, site6) =
         (peer_site(&maps, AddrKey::v4(A4.octets())), peer_site(&maps, AddrKey::v6(A6.octets())));
