@@ -1,11 +1,15 @@
 //! Control-plane figures: Maglev build time, weight change → data path latency, `/metrics`
-//! render time, the controller's peak RSS, and `GET /load` latency while it is busy.
+//! render time, the controller's peak RSS, `GET /load` latency while it is busy, and an owner
+//! round trip's latency while the check flags are swept.
 
 use std::{
     fs,
     io::{Read as _, Write as _},
     net::TcpStream,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::{net::UnixStream, process::CommandExt as _},
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -22,7 +26,7 @@ use anycast_user::{
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
 use super::{
-    report::{LoadLatency, round},
+    report::{CommandLatency, LoadLatency, round},
     stats::{median, quantile},
     world,
 };
@@ -199,6 +203,7 @@ pub struct ControllerRun {
     /// Flow-table entries the sampler counted while busy, and reloads applied meanwhile.
     pub flow_entries: u64,
     pub reloads: usize,
+    pub command: CommandLatency,
 }
 
 /// The flow table of the `/load` figure: 2^20 entries, filled before the busy phase.
@@ -225,8 +230,18 @@ pub fn controller_peak_rss(anycast: &Path, idle: Duration) -> Result<ControllerR
     let result = (|| {
         let mut child = spawn_in(&ns, anycast, &config, &log)?;
         let outcome = measure(&ns, &mut child, idle).and_then(|(rss, http)| {
-            let (load, flow_entries, reloads) = load_latency(&ns, &child, &pin_dir, &dir, &config, &log)?;
-            Ok(ControllerRun { peak_rss_bytes: rss, metrics_http_ms: http, load, flow_entries, reloads })
+            let socket = dir.join("state/admin.sock");
+            let (load, idle_commands, flow_entries, reloads) =
+                load_latency(&ns, &child, &pin_dir, &dir, &config, &log)?;
+            let command = command_latency(&child, &socket, &config, &log, idle_commands)?;
+            Ok(ControllerRun {
+                peak_rss_bytes: rss,
+                metrics_http_ms: http,
+                load,
+                flow_entries,
+                reloads,
+                command,
+            })
         });
         // SIGTERM: the controller stops and leaves the (pinned) data path; then detach it.
         // SAFETY: kill(2) on our own child's pid.
@@ -314,11 +329,38 @@ fn load_samples(ns: &Netns, time: Duration) -> Result<Vec<f64>> {
     Ok(out)
 }
 
+/// An owner round trip as an operator's command waits for it, ms, every 20 ms for `time`:
+/// `POST /drain/` of a site that does not exist, on the admin socket. The owner answers it
+/// (404) from its own state and writes nothing, so the time is the command's wait for the
+/// owner's thread and its answer, not a table build.
+fn command_samples(socket: &Path, time: Duration) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < time {
+        let t = Instant::now();
+        let mut s =
+            UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"POST /drain/no-such-site HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        out.push(t.elapsed().as_secs_f64() * 1e3);
+        ensure!(
+            text.split_whitespace().nth(1) == Some("404"),
+            "POST /drain/no-such-site: {}",
+            text.lines().next().unwrap_or("")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(out)
+}
+
 /// `GET /load` latency (what a sibling's poll waits for): first with the controller idle
 /// (the baseline), then while its flow table holds 2^20 entries (which its sampler walks
 /// every 2 s) and it reloads, again and again, a config whose 64 VIPs each have a Maglev
 /// table of their own over 256 sites (so every reload rebuilds and swaps 64 tables).
-/// Returns the figures, the flow-table count the controller reported and the reloads it
+/// Returns the figures, owner round trips with the controller idle (the baseline of
+/// [`command_latency`]), the flow-table count the controller reported and the reloads it
 /// applied during the busy phase.
 fn load_latency(
     ns: &Netns,
@@ -327,7 +369,7 @@ fn load_latency(
     dir: &Path,
     config: &Path,
     log: &Path,
-) -> Result<(LoadLatency, u64, usize)> {
+) -> Result<(LoadLatency, Vec<f64>, u64, usize)> {
     // The first report comes with the steering task's second measurement.
     let deadline = Instant::now() + Duration::from_secs(10);
     while ns.run(|| http_get(PEER_LISTEN, "/load")).is_err() {
@@ -335,6 +377,8 @@ fn load_latency(
         std::thread::sleep(Duration::from_millis(50));
     }
     let idle = load_samples(ns, Duration::from_secs(2))?;
+    // Nothing is flagged yet (no table has replaced another), so no sweep runs meanwhile.
+    let idle_commands = command_samples(&dir.join("state/admin.sock"), Duration::from_secs(2))?;
     fill_flows(pin_dir, FLOW_TABLE)?;
     let state = dir.join("state");
     let variants = [controller_config(pin_dir, &state, Some(0)), controller_config(pin_dir, &state, Some(1))];
@@ -381,13 +425,81 @@ fn load_latency(
         busy_p99: round(busy_p99, 3),
         busy_over_idle_p99: round(busy_p99 / idle_p99, 2),
     };
-    Ok((load, flow_entries, reloads))
+    Ok((load, idle_commands, flow_entries, reloads))
 }
 
-/// Fills the pinned flow table with `n` distinct flows (what a busy site's table holds).
+/// Owner round trips ([`command_samples`]) while the check flags are swept: the reloads of
+/// [`load_latency`] brought buckets home, and flagged them; `check_grace = 2` then sweeps
+/// them every second (one at a time), each sweep reading the 2^20 pins (every one alive,
+/// so the flags they keep stay). `idle`: the round trips before any of it, the baseline.
+fn command_latency(
+    child: &Child,
+    socket: &Path,
+    config: &Path,
+    log: &Path,
+    idle: Vec<f64>,
+) -> Result<CommandLatency> {
+    let body = fs::read_to_string(config)?;
+    fs::write(config, body.replacen("[datapath]\n", "[datapath]\ncheck_grace = 2\n", 1))?;
+    let text = |log: &Path| fs::read_to_string(log).map_err(anyhow::Error::from);
+    let applied = text(log)?.matches("SIGHUP: config applied").count();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while text(log)?.matches("SIGHUP: config applied").count() == applied {
+        ensure!(Instant::now() < deadline, "the check_grace reload was not applied within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // From the first sweep on (its read of 2^20 pins takes a while).
+    let mark = text(log)?.len();
+    let sweeps_since = |mark: usize| -> Result<Vec<f64>> {
+        Ok(text(log)?
+            .get(mark..)
+            .unwrap_or("")
+            .lines()
+            .filter_map(|l| l.split(" pins read in ").nth(1)?.split(" ms").next()?.parse().ok())
+            .collect())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sweeps_since(mark)?.is_empty() {
+        ensure!(Instant::now() < deadline, "no sweep of the check flags within 10 s of check_grace = 2");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mark = text(log)?.len();
+    // Long enough for more than one sweep of 2^20 pins (~2 s each on a busy 2-vCPU host).
+    let sweeping = command_samples(socket, Duration::from_secs(8))?;
+    let reads = sweeps_since(mark)?;
+    ensure!(!reads.is_empty(), "no sweep ended while the round trips were measured");
+    let (idle_p99, sweeping_p99) = (quantile(&idle, 0.99), quantile(&sweeping, 0.99));
+    Ok(CommandLatency {
+        idle_p50: round(median(&idle), 3),
+        idle_p99: round(idle_p99, 3),
+        sweeping_p50: round(median(&sweeping), 3),
+        sweeping_p99: round(sweeping_p99, 3),
+        sweeping_over_idle_p99: round(sweeping_p99 / idle_p99, 2),
+        sweeps: reads.len(),
+        sweep_read_ms: round(median(&reads), 1),
+    })
+}
+
+/// Fills the pinned flow table with `n` distinct flows (what a busy site's table holds):
+/// TCP flows of the 64 VIPs pinned to a remote site, with its slot's generation (so that
+/// the sweep takes each for alive).
 fn fill_flows(pin_dir: &Path, n: u32) -> Result<()> {
-    use anycast_common::{FlowKey, FlowValue, addr::Family};
-    use aya::maps::{HashMap, Map, MapData};
+    use anycast_common::{
+        FlowKey, FlowValue, SiteInfo,
+        addr::Family,
+        site::{SITE_CONFIGURED, SITE_LOCAL},
+    };
+    use aya::maps::{Array, HashMap, Map, MapData};
+    let data = MapData::from_pin(pin_dir.join(anycast_common::maps::SITES))?;
+    let sites: Array<MapData, SiteInfo> = Map::from_map_data(data)?.try_into()?;
+    let (site, generation) = (0..sites.len())
+        .find_map(|i| {
+            let s = sites.get(&i, 0).ok()?;
+            (s.flags & (SITE_CONFIGURED | SITE_LOCAL) == SITE_CONFIGURED).then_some((i as u16, s.generation))
+        })
+        .context("no remote site in SITES")?;
     let data = MapData::from_pin(pin_dir.join(anycast_common::maps::FLOWS))?;
     let mut flows: HashMap<MapData, FlowKey, FlowValue> = Map::from_map_data(data)?.try_into()?;
     for i in 0..n {
@@ -395,14 +507,14 @@ fn fill_flows(pin_dir: &Path, n: u32) -> Result<()> {
         src[..4].copy_from_slice(&(0x0a00_0000 | (i >> 8)).to_be_bytes());
         let key = FlowKey {
             src,
-            dst: [10, 200, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [10, 201, 0, (i % METRICS_VIPS as u32) as u8 + 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             sport: (i & 0xff) as u16 + 1024,
             dport: 80,
             proto: libc::IPPROTO_TCP as u8,
             family: Family::V4 as u8,
             pad: [0; 2],
         };
-        flows.insert(key, FlowValue { site: 1, state: 0, generation: 1 }, 0)?;
+        flows.insert(key, FlowValue { site, state: 0, generation }, 0)?;
     }
     Ok(())
 }

@@ -157,7 +157,7 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
          given counters for 256 sites × 64 VIPs (map reads excluded)",
         weight.build_ms, weight.swap_ms
     ));
-    let (rss_bytes, load_ms) = if anycast.exists() {
+    let (rss_bytes, load_ms, command_ms) = if anycast.exists() {
         let c = control::controller_peak_rss(anycast, scale.controller_idle)?;
         notes.push(format!(
             "rss_bytes: VmHWM of `anycast run --config` (256 sites × 64 VIPs, attached to a veth in a namespace) after {:?} \
@@ -171,13 +171,21 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
              Maglev tables over 256 sites; target: busy p99 ≤ 50 ms",
             c.flow_entries, c.reloads
         ));
-        (c.peak_rss_bytes, Some(c.load))
+        notes.push(format!(
+            "command_ms: an owner round trip on that controller's admin socket every 20 ms (POST /drain/ of a site that \
+             does not exist: the owner answers 404 from its state, writing nothing), idle (2 s, before the flow table is \
+             filled: the baseline) and for 8 s with `check_grace = 2`, so that the check flags that the reloads set are \
+             swept every second, each sweep reading the 2^20 pins ({} sweeps, a median {:.0} ms each, off the owner's \
+             thread)",
+            c.command.sweeps, c.command.sweep_read_ms
+        ));
+        (c.peak_rss_bytes, Some(c.load), Some(c.command))
     } else {
         notes.push(format!(
             "rss_bytes: {} not found, so this is the benchmark process's own VmHWM, not the controller's",
             anycast.display()
         ));
-        (own_peak_rss()?, None)
+        (own_peak_rss()?, None, None)
     };
     Ok(Report {
         machine,
@@ -189,6 +197,7 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
             metrics_render_ms: round(metrics_render_ms, 3),
             rss_bytes,
             load_ms,
+            command_ms,
         },
     })
 }

@@ -71,6 +71,9 @@ pub struct Control {
     pub rss_bytes: u64,
     /// `GET /load` latency of the running controller; `None` without its binary.
     pub load_ms: Option<LoadLatency>,
+    /// An owner round trip's latency while the check flags are swept; `None` without the
+    /// controller's binary.
+    pub command_ms: Option<CommandLatency>,
 }
 
 /// `GET /load` (a sibling's poll) latency, ms: with the controller idle (the baseline), and
@@ -83,6 +86,22 @@ pub struct LoadLatency {
     pub busy_p99: f64,
     /// busy_p99 / idle_p99.
     pub busy_over_idle_p99: f64,
+}
+
+/// An owner round trip (an operator's command), ms: with the controller idle (the baseline),
+/// and while it sweeps the check flags of a 2^20-entry flow table every second.
+#[derive(Debug, Serialize)]
+pub struct CommandLatency {
+    pub idle_p50: f64,
+    pub idle_p99: f64,
+    pub sweeping_p50: f64,
+    pub sweeping_p99: f64,
+    /// sweeping_p99 / idle_p99.
+    pub sweeping_over_idle_p99: f64,
+    /// Sweeps that ran while the round trips were measured, and the median ms each took to
+    /// read the flow table (off the owner's thread).
+    pub sweeps: usize,
+    pub sweep_read_ms: f64,
 }
 
 /// ms to build a 65537-slot table, by site count.
@@ -144,6 +163,14 @@ impl Report {
                 "GET /load p99 busy", l.busy_p99, l.busy_over_idle_p99
             );
         }
+        if let Some(c) = &c.command_ms {
+            let _ = writeln!(t, "{:<26} {:>12.2} ms", "owner round trip p99 idle", c.idle_p99);
+            let _ = writeln!(
+                t,
+                "{:<26} {:>12.2} ms ({:.1} × idle; {} sweeps, each read {:.0} ms)",
+                "  … while sweeping", c.sweeping_p99, c.sweeping_over_idle_p99, c.sweeps, c.sweep_read_ms
+            );
+        }
         if !m.notes.is_empty() {
             let _ = writeln!(t, "\nnotes");
             for n in &m.notes {
@@ -180,6 +207,7 @@ mod tests {
                     busy_p99: 2.0,
                     busy_over_idle_p99: 4.0,
                 }),
+                command_ms: None,
             },
         };
         let v: serde_json::Value = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
