@@ -37,7 +37,7 @@ use anycast_user::{
     steering::{
         health::Tracker,
         meter::{ewma, follow, smoothing_factor},
-        policy::{self, Decision, Knobs, Report, Sibling},
+        policy::{self, Knobs, Report, Scratch, Sibling},
     },
 };
 
@@ -348,6 +348,8 @@ pub struct Sim<'a> {
     /// `SIM_DEBUG` set: the first focus site's decisions on stderr.
     debug: bool,
     buffers: Buffers,
+    /// Per site: what its decisions work in (each keeps its siblings' order by cost).
+    scratch: Vec<Scratch>,
     /// Per (poller, site): the host of the site it polls, as an index into the site's
     /// hosts. Every host of a site serves the site's report (the others relay the deciding
     /// host's), so a poller polls one, as the daemon does: the same one while it answers,
@@ -431,6 +433,7 @@ impl<'a> Sim<'a> {
             done: 0,
             debug: std::env::var_os("SIM_DEBUG").is_some(),
             buffers: Buffers::default(),
+            scratch: vec![Scratch::default(); n],
             polled: vec![0; n * n],
             rec: Recorder::new(s, p),
         };
@@ -973,10 +976,10 @@ impl<'a> Sim<'a> {
         match self.p.steering {
             Steering::PerHost => {
                 let mut state = std::mem::take(&mut self.hosts[h].policy);
-                let (weights, decision) = self.decide(site, h, &local, &mut state, t);
+                let (weights, signals) = self.decide(site, h, &local, &mut state, t);
                 let host = &mut self.hosts[h];
                 host.policy = state;
-                host.signals = (decision.overloaded, decision.no_headroom);
+                host.signals = signals;
                 if policy::worth_applying(weights.iter().copied().zip(host.applied.iter().copied())) {
                     self.apply(h, weights, t);
                 }
@@ -1000,10 +1003,10 @@ impl<'a> Sim<'a> {
                         .collect();
                     let site_local = policy::Local::sum(&hosts);
                     let mut state = std::mem::take(&mut self.site_policy[site]);
-                    let (weights, decision) = self.decide(site, h, &site_local, &mut state, t);
+                    let (weights, signals) = self.decide(site, h, &site_local, &mut state, t);
                     self.site_policy[site] = state;
                     for &k in &self.site_hosts[site] {
-                        self.hosts[k].signals = (decision.overloaded, decision.no_headroom);
+                        self.hosts[k].signals = signals;
                     }
                     // Installed by every host of the site at its moment (`install_due`).
                     self.decided[site].push_back((t + self.p.lead, weights));
@@ -1120,7 +1123,8 @@ impl<'a> Sim<'a> {
     }
 
     /// The policy's decision for `site` on `local` (host `h`'s figures per host, the site's
-    /// per site), as weights per site; publishes the report its peer address serves.
+    /// per site), as weights per site, and its (overloaded, no_headroom); publishes the
+    /// report its peer address serves.
     fn decide(
         &mut self,
         site: usize,
@@ -1128,7 +1132,7 @@ impl<'a> Sim<'a> {
         local: &policy::Local,
         state: &mut policy::State,
         t: f64,
-    ) -> (Vec<u32>, Decision) {
+    ) -> (Vec<u32>, (bool, bool)) {
         let n = self.s.world.len();
         // Every site decides over every other each interval: the buffers are reused.
         let mut b = std::mem::take(&mut self.buffers);
@@ -1186,9 +1190,9 @@ impl<'a> Sim<'a> {
             (sibling.others_want, sibling.others_send) = b.claimed[j];
         }
         let siblings = &b.siblings;
-        let decision = policy::decide(&self.p.knobs, state, local, siblings);
+        let decision = policy::decide_in(&self.p.knobs, state, local, siblings, &mut self.scratch[site]);
         let mut weights = vec![0u32; n];
-        let (local_weight, sibling_weights) = policy::split(&decision);
+        let (local_weight, sibling_weights) = policy::split(decision);
         weights[site] = local_weight;
         let others = (0..n).filter(|&j| j != site);
         b.claims.clear();
@@ -1228,8 +1232,9 @@ impl<'a> Sim<'a> {
             };
             self.reports.publish(site, t, report, &b.claims);
         }
+        let signals = (decision.overloaded, decision.no_headroom);
         self.buffers = b;
-        (weights, decision)
+        (weights, signals)
     }
 
     fn apply(&mut self, h: usize, weights: Vec<u32>, t: f64) {
