@@ -114,9 +114,9 @@ struct Link {
     share: f64,
     /// Pinned flows per class.
     flows: [f64; C],
-    /// Packets forwarded since the last reading, and their smoothed rate.
+    /// Packets forwarded since the last reading (their smoothed rate is in the host's
+    /// `forwarded`).
     counted: f64,
-    smoothed: f64,
     /// Steps completed when a parked link's `flows` were last brought up to date.
     as_of: usize,
 }
@@ -131,7 +131,7 @@ enum Slot {
 
 impl Link {
     fn new(site: usize, share: f64, now: usize) -> Link {
-        Link { site, share, flows: [0.0; C], counted: 0.0, smoothed: 0.0, as_of: now }
+        Link { site, share, flows: [0.0; C], counted: 0.0, as_of: now }
     }
 
     /// Brings a parked link up to `now` steps: its flows decay by `decay` per step, and
@@ -204,6 +204,9 @@ struct Host {
     parked: Vec<Link>,
     slot: Vec<Slot>,
     parked_flows: [f64; C],
+    /// Per site: the meter's smoothed rate of what it forwards there (0 without a link), in
+    /// a vector by site: a decision adds up its deciding hosts', one after the other.
+    forwarded: Vec<f64>,
     /// Packets counted since the last reading.
     counted: Rates,
     read_at: f64,
@@ -403,6 +406,7 @@ impl<'a> Sim<'a> {
                     parked: Vec::new(),
                     slot: vec![Slot::None; n],
                     parked_flows: [0.0; C],
+                    forwarded: vec![0.0; n],
                     counted: Rates::default(),
                     read_at: 0.0,
                     smoothed: None,
@@ -963,6 +967,7 @@ impl<'a> Sim<'a> {
         }
         host.parked_flows = [0.0; C];
         host.slot.iter_mut().for_each(|s| *s = Slot::None);
+        host.forwarded.iter_mut().for_each(|f| *f = 0.0);
         out
     }
 
@@ -1076,21 +1081,23 @@ impl<'a> Sim<'a> {
             s.received = follow(s.received, raw.received, alpha, elapsed);
         }
         let s = *s;
-        let smooth = |link: &mut Link| {
+        let smooth = |link: &mut Link, forwarded: &mut [f64]| {
             let r = link.counted / elapsed;
-            link.smoothed = if first { r } else { ewma(link.smoothed, r, alpha) };
+            let f = &mut forwarded[link.site];
+            *f = if first { r } else { ewma(*f, r, alpha) };
             link.counted = 0.0;
         };
-        host.live.iter_mut().for_each(smooth);
+        host.live.iter_mut().for_each(|link| smooth(link, &mut host.forwarded));
         let (now, decay, dt, side) = (self.done, &self.decay, self.p.dt, self.side[site]);
         let mut i = 0;
         while i < host.parked.len() {
             let link = &mut host.parked[i];
             link.catch_up(now, decay, dt);
-            smooth(link);
-            if link.flows.iter().sum::<f64>() < NEGLIGIBLE && link.smoothed < NEGLIGIBLE {
+            smooth(link, &mut host.forwarded);
+            if link.flows.iter().sum::<f64>() < NEGLIGIBLE && host.forwarded[link.site] < NEGLIGIBLE {
                 // Its flows have ended: dropped from the books.
                 let link = host.unlink(Slot::Parked(i as u32));
+                host.forwarded[link.site] = 0.0;
                 for c in 0..C {
                     self.parked_to[link.site][side][c] -= link.flows[c];
                 }
@@ -1147,8 +1154,8 @@ impl<'a> Sim<'a> {
         };
         for &k in deciders {
             if self.alive[k] {
-                for link in self.hosts[k].live.iter().chain(&self.hosts[k].parked) {
-                    b.ours[link.site] += link.smoothed;
+                for (ours, forwarded) in b.ours.iter_mut().zip(&self.hosts[k].forwarded) {
+                    *ours += forwarded;
                 }
             }
         }
