@@ -37,7 +37,7 @@ use anycast_user::{
     steering::{
         health::Tracker,
         meter::{ewma, follow, smoothing_factor},
-        policy::{self, Knobs, Report, Scratch, Sibling},
+        policy::{self, Decision, Knobs, Report, Sibling},
     },
 };
 
@@ -114,9 +114,9 @@ struct Link {
     share: f64,
     /// Pinned flows per class.
     flows: [f64; C],
-    /// Packets forwarded since the last reading (their smoothed rate is in the host's
-    /// `forwarded`).
+    /// Packets forwarded since the last reading, and their smoothed rate.
     counted: f64,
+    smoothed: f64,
     /// Steps completed when a parked link's `flows` were last brought up to date.
     as_of: usize,
 }
@@ -131,7 +131,7 @@ enum Slot {
 
 impl Link {
     fn new(site: usize, share: f64, now: usize) -> Link {
-        Link { site, share, flows: [0.0; C], counted: 0.0, as_of: now }
+        Link { site, share, flows: [0.0; C], counted: 0.0, smoothed: 0.0, as_of: now }
     }
 
     /// Brings a parked link up to `now` steps: its flows decay by `decay` per step, and
@@ -204,9 +204,6 @@ struct Host {
     parked: Vec<Link>,
     slot: Vec<Slot>,
     parked_flows: [f64; C],
-    /// Per site: the meter's smoothed rate of what it forwards there (0 without a link), in
-    /// a vector by site: a decision adds up its deciding hosts', one after the other.
-    forwarded: Vec<f64>,
     /// Packets counted since the last reading.
     counted: Rates,
     read_at: f64,
@@ -351,8 +348,6 @@ pub struct Sim<'a> {
     /// `SIM_DEBUG` set: the first focus site's decisions on stderr.
     debug: bool,
     buffers: Buffers,
-    /// Per site: what its decisions work in (each keeps its siblings' order by cost).
-    scratch: Vec<Scratch>,
     /// Per (poller, site): the host of the site it polls, as an index into the site's
     /// hosts. Every host of a site serves the site's report (the others relay the deciding
     /// host's), so a poller polls one, as the daemon does: the same one while it answers,
@@ -406,7 +401,6 @@ impl<'a> Sim<'a> {
                     parked: Vec::new(),
                     slot: vec![Slot::None; n],
                     parked_flows: [0.0; C],
-                    forwarded: vec![0.0; n],
                     counted: Rates::default(),
                     read_at: 0.0,
                     smoothed: None,
@@ -437,7 +431,6 @@ impl<'a> Sim<'a> {
             done: 0,
             debug: std::env::var_os("SIM_DEBUG").is_some(),
             buffers: Buffers::default(),
-            scratch: vec![Scratch::default(); n],
             polled: vec![0; n * n],
             rec: Recorder::new(s, p),
         };
@@ -967,7 +960,6 @@ impl<'a> Sim<'a> {
         }
         host.parked_flows = [0.0; C];
         host.slot.iter_mut().for_each(|s| *s = Slot::None);
-        host.forwarded.iter_mut().for_each(|f| *f = 0.0);
         out
     }
 
@@ -981,10 +973,10 @@ impl<'a> Sim<'a> {
         match self.p.steering {
             Steering::PerHost => {
                 let mut state = std::mem::take(&mut self.hosts[h].policy);
-                let (weights, signals) = self.decide(site, h, &local, &mut state, t);
+                let (weights, decision) = self.decide(site, h, &local, &mut state, t);
                 let host = &mut self.hosts[h];
                 host.policy = state;
-                host.signals = signals;
+                host.signals = (decision.overloaded, decision.no_headroom);
                 if policy::worth_applying(weights.iter().copied().zip(host.applied.iter().copied())) {
                     self.apply(h, weights, t);
                 }
@@ -1008,10 +1000,10 @@ impl<'a> Sim<'a> {
                         .collect();
                     let site_local = policy::Local::sum(&hosts);
                     let mut state = std::mem::take(&mut self.site_policy[site]);
-                    let (weights, signals) = self.decide(site, h, &site_local, &mut state, t);
+                    let (weights, decision) = self.decide(site, h, &site_local, &mut state, t);
                     self.site_policy[site] = state;
                     for &k in &self.site_hosts[site] {
-                        self.hosts[k].signals = signals;
+                        self.hosts[k].signals = (decision.overloaded, decision.no_headroom);
                     }
                     // Installed by every host of the site at its moment (`install_due`).
                     self.decided[site].push_back((t + self.p.lead, weights));
@@ -1081,23 +1073,21 @@ impl<'a> Sim<'a> {
             s.received = follow(s.received, raw.received, alpha, elapsed);
         }
         let s = *s;
-        let smooth = |link: &mut Link, forwarded: &mut [f64]| {
+        let smooth = |link: &mut Link| {
             let r = link.counted / elapsed;
-            let f = &mut forwarded[link.site];
-            *f = if first { r } else { ewma(*f, r, alpha) };
+            link.smoothed = if first { r } else { ewma(link.smoothed, r, alpha) };
             link.counted = 0.0;
         };
-        host.live.iter_mut().for_each(|link| smooth(link, &mut host.forwarded));
+        host.live.iter_mut().for_each(smooth);
         let (now, decay, dt, side) = (self.done, &self.decay, self.p.dt, self.side[site]);
         let mut i = 0;
         while i < host.parked.len() {
             let link = &mut host.parked[i];
             link.catch_up(now, decay, dt);
-            smooth(link, &mut host.forwarded);
-            if link.flows.iter().sum::<f64>() < NEGLIGIBLE && host.forwarded[link.site] < NEGLIGIBLE {
+            smooth(link);
+            if link.flows.iter().sum::<f64>() < NEGLIGIBLE && link.smoothed < NEGLIGIBLE {
                 // Its flows have ended: dropped from the books.
                 let link = host.unlink(Slot::Parked(i as u32));
-                host.forwarded[link.site] = 0.0;
                 for c in 0..C {
                     self.parked_to[link.site][side][c] -= link.flows[c];
                 }
@@ -1130,8 +1120,7 @@ impl<'a> Sim<'a> {
     }
 
     /// The policy's decision for `site` on `local` (host `h`'s figures per host, the site's
-    /// per site), as weights per site, and its (overloaded, no_headroom); publishes the
-    /// report its peer address serves.
+    /// per site), as weights per site; publishes the report its peer address serves.
     fn decide(
         &mut self,
         site: usize,
@@ -1139,7 +1128,7 @@ impl<'a> Sim<'a> {
         local: &policy::Local,
         state: &mut policy::State,
         t: f64,
-    ) -> (Vec<u32>, (bool, bool)) {
+    ) -> (Vec<u32>, Decision) {
         let n = self.s.world.len();
         // Every site decides over every other each interval: the buffers are reused.
         let mut b = std::mem::take(&mut self.buffers);
@@ -1154,8 +1143,8 @@ impl<'a> Sim<'a> {
         };
         for &k in deciders {
             if self.alive[k] {
-                for (ours, forwarded) in b.ours.iter_mut().zip(&self.hosts[k].forwarded) {
-                    *ours += forwarded;
+                for link in self.hosts[k].live.iter().chain(&self.hosts[k].parked) {
+                    b.ours[link.site] += link.smoothed;
                 }
             }
         }
@@ -1197,9 +1186,9 @@ impl<'a> Sim<'a> {
             (sibling.others_want, sibling.others_send) = b.claimed[j];
         }
         let siblings = &b.siblings;
-        let decision = policy::decide_in(&self.p.knobs, state, local, siblings, &mut self.scratch[site]);
+        let decision = policy::decide(&self.p.knobs, state, local, siblings);
         let mut weights = vec![0u32; n];
-        let (local_weight, sibling_weights) = policy::split(decision);
+        let (local_weight, sibling_weights) = policy::split(&decision);
         weights[site] = local_weight;
         let others = (0..n).filter(|&j| j != site);
         b.claims.clear();
@@ -1239,9 +1228,8 @@ impl<'a> Sim<'a> {
             };
             self.reports.publish(site, t, report, &b.claims);
         }
-        let signals = (decision.overloaded, decision.no_headroom);
         self.buffers = b;
-        (weights, signals)
+        (weights, decision)
     }
 
     fn apply(&mut self, h: usize, weights: Vec<u32>, t: f64) {

@@ -330,7 +330,7 @@ pub const SPREAD_BAND: f64 = 0.05;
 /// the bands: below 1 %, so that one interval late it is still within 1 % of its target.
 pub const RELIEF: f64 = 0.0075;
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     /// Share of new flows kept local.
     pub keep: f64,
@@ -348,41 +348,7 @@ pub struct Decision {
     pub moved: f64,
 }
 
-/// What a decision works in, kept by the caller from one decision to the next: the
-/// simulator runs hundreds of sites' decisions a round, each over hundreds of siblings, and
-/// allocating their vectors and sorting the siblings by cost anew made a good part of its
-/// time. The daemon needs none of it ([`decide`]).
-#[derive(Clone, Debug, Default)]
-pub struct Scratch {
-    rooms: Vec<f64>,
-    order: Vec<usize>,
-    given: Vec<f64>,
-    by_cost: CostOrder,
-    decision: Decision,
-}
-
-/// Every sibling by cost (the index among equals), kept for the costs it was made from:
-/// a decider's costs rarely change, its siblings' rooms every interval.
-#[derive(Clone, Debug, Default)]
-struct CostOrder {
-    costs: Vec<u64>,
-    order: Vec<usize>,
-}
-
 pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibling]) -> Decision {
-    let mut scratch = Scratch::default();
-    decide_in(knobs, state, local, siblings, &mut scratch);
-    std::mem::take(&mut scratch.decision)
-}
-
-/// [`decide`] in the caller's [`Scratch`]: the decision is in it until the next one.
-pub fn decide_in<'s>(
-    knobs: &Knobs,
-    state: &mut State,
-    local: &Local,
-    siblings: &[Sibling],
-    scratch: &'s mut Scratch,
-) -> &'s Decision {
     if state.shares.len() != siblings.len() {
         // Another set of siblings (a reload): start from "everything local"; the bounded
         // moves take it from there.
@@ -438,20 +404,10 @@ pub fn decide_in<'s>(
     // Nothing to shed, no room to look at (most sites, most of the time: the simulator runs
     // this for hundreds of sites a round).
     let shed = (1.0 - wanted) * sheddable;
-    let Scratch { rooms, order, given, by_cost, decision } = scratch;
-    let Decision { shares, wants, .. } = decision;
-    rooms.clear();
-    if shed > 0.0 {
-        rooms.extend(siblings.iter().map(Sibling::room));
-    } else {
-        rooms.resize(siblings.len(), 0.0);
-    }
-    order.clear();
-    if shed > 0.0 {
-        by_cost.sorted(siblings, rooms, order);
-    }
-    wants.clear();
-    wants.resize(siblings.len(), 0.0);
+    let rooms: Vec<f64> =
+        if shed > 0.0 { siblings.iter().map(Sibling::room).collect() } else { vec![0.0; siblings.len()] };
+    let order = if shed > 0.0 { by_cost(siblings, &rooms) } else { Vec::new() };
+    let mut wants = vec![0.0; siblings.len()];
     let mut left = shed;
     for tier in order.chunk_by(|&a, &b| siblings[a].cost == siblings[b].cost) {
         // Siblings of equal cost share the tier's part in proportion to their room.
@@ -465,13 +421,14 @@ pub fn decide_in<'s>(
     // The room the shedders of a sibling share: its room for us plus what the others
     // already send it (our own is in our room).
     let pool = |j: usize| rooms[j] + siblings[j].others_send;
-    given.clear();
-    given.extend((0..siblings.len()).map(|j| {
-        let (mine, others) = (wants[j], siblings[j].others_want);
-        if mine == 0.0 || mine + others <= pool(j) { mine } else { pool(j) * mine / (mine + others) }
-    }));
+    let mut given: Vec<f64> = (0..siblings.len())
+        .map(|j| {
+            let (mine, others) = (wants[j], siblings[j].others_want);
+            if mine == 0.0 || mine + others <= pool(j) { mine } else { pool(j) * mine / (mine + others) }
+        })
+        .collect();
     let mut deficit = shed - given.iter().sum::<f64>();
-    for &j in order.iter() {
+    for &j in &order {
         if deficit <= 0.0 {
             break;
         }
@@ -481,8 +438,8 @@ pub fn decide_in<'s>(
         deficit -= extra;
     }
     let capped = overloaded && deficit > DEAD_BAND * sheddable.max(1.0);
-    shares.clear();
-    shares.extend(given.iter().map(|g| if sheddable > 0.0 { g / sheddable } else { 0.0 }));
+    let mut shares: Vec<f64> =
+        given.iter().map(|g| if sheddable > 0.0 { g / sheddable } else { 0.0 }).collect();
     // A sibling that cannot take flows loses its share at once (health and drains are not
     // rate-limited: the data path stops sending it new flows either way).
     for (j, s) in siblings.iter().enumerate() {
@@ -522,7 +479,7 @@ pub fn decide_in<'s>(
     // Relief takes flows home (keep rises) whatever the band; it never sends more away:
     // keep falling by less than the band while relieving would only be the noise of our
     // wanted keep, and made it go up and down by tenths of a percent every few intervals.
-    let mut relieving = relieves(shares);
+    let mut relieving = relieves(&shares);
     // Keep where it is (its own move under the band): the shed share is spread anew only
     // if that moves enough, or relieves a sibling.
     let (mut moved, mut band) = (moved, band);
@@ -537,7 +494,7 @@ pub fn decide_in<'s>(
         keep = state.keep;
         moved = shares.iter().zip(&state.shares).map(|(a, b)| (a - b).abs()).sum::<f64>() / 2.0;
         band = SPREAD_BAND;
-        relieving = relieves(shares);
+        relieving = relieves(&shares);
     }
     let step = if moved < band && !(returning && moved > 0.0) && !relieving {
         0.0
@@ -577,34 +534,20 @@ pub fn decide_in<'s>(
     while state.decided.len() > knobs.lead.max(0.0).ceil() as usize + 2 {
         state.decided.pop_front();
     }
-    state.shares.clone_from(shares);
+    state.shares.clone_from(&shares);
     let escalate = state.shedding && state.overloaded_for >= knobs.escalate_after;
     let no_headroom = overloaded && (capped || escalate || cpu_stalled);
-    (decision.keep, decision.overloaded, decision.no_headroom, decision.moved) =
-        (keep, overloaded, no_headroom, moved);
-    decision
+    Decision { keep, shares, wants, overloaded, no_headroom, moved }
 }
 
-impl CostOrder {
-    /// Into `out`, the siblings with room, from the cheapest to the dearest; among equals,
-    /// the roomiest first (the index last: the order of a stable sort).
-    fn sorted(&mut self, siblings: &[Sibling], rooms: &[f64], out: &mut Vec<usize>) {
-        if !self.costs.iter().copied().eq(siblings.iter().map(|s| s.cost.to_bits())) {
-            self.costs.clear();
-            self.costs.extend(siblings.iter().map(|s| s.cost.to_bits()));
-            self.order.clear();
-            self.order.extend(0..siblings.len());
-            self.order
-                .sort_unstable_by(|&a, &b| siblings[a].cost.total_cmp(&siblings[b].cost).then(a.cmp(&b)));
-        }
-        out.extend(self.order.iter().copied().filter(|&j| rooms[j] > 0.0));
-        // Only siblings of equal cost are ordered by room.
-        for tier in out.chunk_by_mut(|&a, &b| siblings[a].cost.total_cmp(&siblings[b].cost).is_eq()) {
-            if tier.len() > 1 {
-                tier.sort_unstable_by(|&a, &b| rooms[b].total_cmp(&rooms[a]).then(a.cmp(&b)));
-            }
-        }
-    }
+/// Siblings with room, from the cheapest to the dearest; among equals, the roomiest first.
+fn by_cost(siblings: &[Sibling], rooms: &[f64]) -> Vec<usize> {
+    // Sorted by key (the index last: the order of a stable sort), without a lookup per
+    // comparison.
+    let mut keyed: Vec<(f64, f64, usize)> =
+        (0..siblings.len()).filter(|&j| rooms[j] > 0.0).map(|j| (siblings[j].cost, rooms[j], j)).collect();
+    keyed.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)));
+    keyed.into_iter().map(|(_, _, j)| j).collect()
 }
 
 /// The utilisation if every new flow stayed local: rate and, when it counts, CPU scaled up

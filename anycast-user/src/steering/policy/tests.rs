@@ -589,27 +589,3 @@ fn a_site_installing_late_counts_what_is_decided_but_not_in_force_and_does_not_o
     let lowest_blind = blind.iter().copied().fold(1.0, f64::min);
     assert!(lowest_blind < lowest - 0.05, "{lowest_blind} vs {lowest}: {:?}", &blind[..16]);
 }
-
-/// A scratch kept from one decision to the next decides as a fresh one, also when the
-/// siblings' costs change (their order by cost is made anew) and their rooms do (siblings
-/// of equal cost are ordered by room at each decision).
-#[test]
-fn a_reused_scratch_decides_as_a_fresh_one_when_costs_and_rooms_change() {
-    let local = Plant::new(1000.0, 2000.0, 4).local();
-    let (mut kept, mut fresh) = (State::default(), State::default());
-    let mut scratch = Scratch::default();
-    let rounds: [([f64; 4], [f64; 4]); 4] = [
-        ([5.0, 1.0, 1.0, 9.0], [400.0, 100.0, 300.0, 900.0]),
-        ([5.0, 1.0, 1.0, 9.0], [400.0, 300.0, 100.0, 900.0]),
-        ([1.0, 9.0, 5.0, 1.0], [400.0, 300.0, 100.0, 900.0]),
-        ([2.0, 2.0, 2.0, 2.0], [100.0, 900.0, 400.0, 300.0]),
-    ];
-    for (costs, capacities) in rounds {
-        let sibs: Vec<Sibling> =
-            costs.iter().zip(capacities).map(|(&c, cap)| sibling(idle(cap), 0.0, c)).collect();
-        let expected = decide(&KNOBS, &mut fresh, &local, &sibs);
-        assert!(expected.wants.iter().filter(|&&w| w > 0.0).count() > 1, "{expected:?}");
-        assert_eq!(decide_in(&KNOBS, &mut kept, &local, &sibs, &mut scratch), &expected);
-        assert_eq!(kept, fresh);
-    }
-}
