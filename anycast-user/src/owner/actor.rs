@@ -153,7 +153,15 @@ fn swept(owner: &mut Owner, found: Result<Found, MapsError>, view: &watch::Sende
             );
             publish(owner, view);
         }
-        Ok(_) => {}
+        // Every sweep_interval while a bucket is flagged: at info it would repeat forever
+        // for a bucket that a long-lived pin keeps.
+        Ok(s) => log::debug!(
+            "check flags: none of {} flagged buckets cleared ({} kept by pins that may be alive; {} pins read in {:.0} ms, off the owner's thread)",
+            s.flagged,
+            s.kept_by_pins,
+            s.pins,
+            s.took.as_secs_f64() * 1e3
+        ),
         Err(e) => log::warn!("check flags: sweep failed: {e}"),
     }
 }

@@ -16,8 +16,10 @@ use std::{
 };
 
 use anycast_common::{
-    Action as Verdict, Exception, SiteCounters, VipCounters, counters::exception_index,
-    maps::MAGLEV_DEFAULT_SIZE, site::MAGLEV_SITE,
+    Action as Verdict, Exception, FlowKey, FlowValue, SiteCounters, SiteInfo, VipCounters,
+    counters::exception_index,
+    maps::MAGLEV_DEFAULT_SIZE,
+    site::{MAGLEV_CHECK, MAGLEV_LOCAL, MAGLEV_SITE},
 };
 use anycast_user::{
     api::metrics::{self, Process, Scrape},
@@ -233,7 +235,7 @@ pub fn controller_peak_rss(anycast: &Path, idle: Duration) -> Result<ControllerR
             let socket = dir.join("state/admin.sock");
             let (load, idle_commands, flow_entries, reloads) =
                 load_latency(&ns, &child, &pin_dir, &dir, &config, &log)?;
-            let command = command_latency(&child, &socket, &config, &log, idle_commands)?;
+            let command = command_latency(&child, &pin_dir, &socket, &config, &log, idle_commands)?;
             Ok(ControllerRun {
                 peak_rss_bytes: rss,
                 metrics_http_ms: http,
@@ -385,7 +387,7 @@ fn load_latency(
     let applied_before = fs::read_to_string(log)?.matches("SIGHUP: config applied").count();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let busy = std::thread::scope(|s| -> Result<Vec<f64>> {
-        let reloader = s.spawn(|| -> Result<()> {
+        let reloader = s.spawn(|| -> Result<usize> {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 fs::write(config, &variants[i % 2])?;
@@ -402,11 +404,17 @@ fn load_latency(
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
-            Ok(())
+            Ok(i)
         });
         let samples = load_samples(ns, Duration::from_secs(8));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        reloader.join().map_err(|_| anyhow!("the reloader panicked"))??;
+        let sent = reloader.join().map_err(|_| anyhow!("the reloader panicked"))??;
+        // The last reload may still be in flight: what follows reads the tables it writes.
+        let until = Instant::now() + Duration::from_secs(15);
+        while fs::read_to_string(log)?.matches("SIGHUP: config applied").count() < applied_before + sent {
+            ensure!(Instant::now() < until, "the last reload was not applied within 15 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         samples
     })?;
     let reloads = fs::read_to_string(log)?.matches("SIGHUP: config applied").count() - applied_before;
@@ -434,11 +442,16 @@ fn load_latency(
 /// so the flags they keep stay). `idle`: the round trips before any of it, the baseline.
 fn command_latency(
     child: &Child,
+    pin_dir: &Path,
     socket: &Path,
     config: &Path,
     log: &Path,
     idle: Vec<f64>,
 ) -> Result<CommandLatency> {
+    // A flagged bucket without a live pin is cleared by the first sweep, and with no bucket
+    // flagged no sweep runs: a few are kept by pins of their own.
+    let kept = pin_into_flagged(pin_dir, 8)?;
+    ensure!(kept > 0, "no flagged bucket after the reloads: nothing to sweep");
     let body = fs::read_to_string(config)?;
     fs::write(config, body.replacen("[datapath]\n", "[datapath]\ncheck_grace = 2\n", 1))?;
     let text = |log: &Path| fs::read_to_string(log).map_err(anyhow::Error::from);
@@ -482,26 +495,74 @@ fn command_latency(
     })
 }
 
-/// Fills the pinned flow table with `n` distinct flows (what a busy site's table holds):
-/// TCP flows of the 64 VIPs pinned to a remote site, with its slot's generation (so that
-/// the sweep takes each for alive).
-fn fill_flows(pin_dir: &Path, n: u32) -> Result<()> {
-    use anycast_common::{
-        FlowKey, FlowValue, SiteInfo,
-        addr::Family,
-        site::{SITE_CONFIGURED, SITE_LOCAL},
-    };
-    use aya::maps::{Array, HashMap, Map, MapData};
+/// A configured remote site's slot in the pinned `SITES`, and its generation: what a pin to
+/// it holds.
+fn remote_site(pin_dir: &Path) -> Result<(u16, u32)> {
+    use anycast_common::site::{SITE_CONFIGURED, SITE_LOCAL};
+    use aya::maps::{Array, Map, MapData};
     let data = MapData::from_pin(pin_dir.join(anycast_common::maps::SITES))?;
     let sites: Array<MapData, SiteInfo> = Map::from_map_data(data)?.try_into()?;
-    let (site, generation) = (0..sites.len())
+    (0..sites.len())
         .find_map(|i| {
             let s = sites.get(&i, 0).ok()?;
             (s.flags & (SITE_CONFIGURED | SITE_LOCAL) == SITE_CONFIGURED).then_some((i as u16, s.generation))
         })
-        .context("no remote site in SITES")?;
-    let data = MapData::from_pin(pin_dir.join(anycast_common::maps::FLOWS))?;
-    let mut flows: HashMap<MapData, FlowKey, FlowValue> = Map::from_map_data(data)?.try_into()?;
+        .context("no remote site in SITES")
+}
+
+/// The pinned `FLOWS`, for writing.
+fn pinned_flows(pin_dir: &Path) -> Result<aya::maps::HashMap<aya::maps::MapData, FlowKey, FlowValue>> {
+    let data = aya::maps::MapData::from_pin(pin_dir.join(anycast_common::maps::FLOWS))?;
+    Ok(aya::maps::Map::from_map_data(data)?.try_into()?)
+}
+
+/// Pins a live TCP flow (to a remote site) into up to `most` of the flagged local buckets of
+/// the VIPs' tables, found by trying client addresses and ports under the config's hash
+/// key: the sweeps then keep those flags, and so keep running. Returns how many it pinned.
+fn pin_into_flagged(pin_dir: &Path, most: usize) -> Result<usize> {
+    let maps = anycast_user::datapath::maps::DataPathMaps::from_pins(pin_dir, MAGLEV_DEFAULT_SIZE)?;
+    let (site, generation) = remote_site(pin_dir)?;
+    let mut flows = pinned_flows(pin_dir)?;
+    let mut pinned = 0;
+    for (vip, info) in maps.vips()? {
+        let Some(table) = maps.maglev(info.index)? else { continue };
+        let flagged = (0..table.len())
+            .filter(|&s| table[s] & (MAGLEV_CHECK | MAGLEV_LOCAL) == MAGLEV_CHECK | MAGLEV_LOCAL);
+        for slot in flagged {
+            if pinned == most {
+                return Ok(pinned);
+            }
+            // A try lands in the slot with probability 1 / table.len(): four times that many
+            // tries miss it with probability e^-4, and then the next flagged slot is tried.
+            let found = (0..4 * table.len() as u32)
+                .map(|n| FlowKey {
+                    src: [10, 99, (n >> 24) as u8, (n >> 16) as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    dst: vip.addr,
+                    sport: n as u16,
+                    dport: vip.port,
+                    proto: vip.proto,
+                    family: vip.family,
+                    pad: [0; 2],
+                })
+                .find(|k| {
+                    reference::maglev_slot(reference::flow_hash(k, &reference::KEY), table.len()) == slot
+                });
+            if let Some(key) = found {
+                flows.insert(key, FlowValue { site, state: 0, generation }, 0)?;
+                pinned += 1;
+            }
+        }
+    }
+    Ok(pinned)
+}
+
+/// Fills the pinned flow table with `n` distinct flows (what a busy site's table holds):
+/// TCP flows of the 64 VIPs pinned to a remote site, with its slot's generation (so that
+/// the sweep takes each for alive).
+fn fill_flows(pin_dir: &Path, n: u32) -> Result<()> {
+    use anycast_common::addr::Family;
+    let (site, generation) = remote_site(pin_dir)?;
+    let mut flows = pinned_flows(pin_dir)?;
     for i in 0..n {
         let mut src = [0u8; 16];
         src[..4].copy_from_slice(&(0x0a00_0000 | (i >> 8)).to_be_bytes());
@@ -527,6 +588,8 @@ fn spawn_in(ns: &Netns, anycast: &Path, config: &Path, log: &Path) -> Result<Chi
     let out = fs::File::create(log)?;
     let mut cmd = Command::new(anycast);
     cmd.arg("run").arg("--config").arg(config).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    // A sweep that clears nothing says so only at debug (what `command_latency` counts).
+    cmd.env("RUST_LOG", "info,anycast_user::owner::actor=debug");
     let fd = netns.as_raw_fd();
     // SAFETY: setns is async-signal-safe; `netns` outlives the spawn.
     unsafe {
@@ -565,11 +628,12 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
 /// capacities shifted by `variant` (so that a reload between two variants rebuilds all 64).
 fn controller_config(pin_dir: &Path, state_dir: &Path, tables: Option<usize>) -> String {
     let mut c = format!(
-        "[local]\ninterfaces = [\"rs0\"]\ntunnel_v4 = \"{}\"\n\n[datapath]\npin_dir = \"{}\"\nflow_table_size = {FLOW_TABLE}\n\n\
+        "[local]\ninterfaces = [\"rs0\"]\ntunnel_v4 = \"{}\"\n\n[datapath]\npin_dir = \"{}\"\nflow_table_size = {FLOW_TABLE}\nhash_key = \"{}\"\n\n\
          [admin]\nlisten = \"127.0.0.1:9100\"\nstate_dir = \"{}\"\nsocket = \"{}\"\npeer_listen = \"{PEER_LISTEN}\"\n\
          peer_key_file = \"{}\"\n",
         world::TUNNEL_V4,
         pin_dir.display(),
+        testkit::daemon::hash_key_hex(),
         state_dir.display(),
         state_dir.join("admin.sock").display(),
         state_dir.join("peer.key").display(),
