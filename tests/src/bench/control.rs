@@ -233,9 +233,8 @@ pub fn controller_peak_rss(anycast: &Path, idle: Duration) -> Result<ControllerR
         let mut child = spawn_in(&ns, anycast, &config, &log)?;
         let outcome = measure(&ns, &mut child, idle).and_then(|(rss, http)| {
             let socket = dir.join("state/admin.sock");
-            let (load, idle_commands, flow_entries, reloads) =
-                load_latency(&ns, &child, &pin_dir, &dir, &config, &log)?;
-            let command = command_latency(&child, &pin_dir, &socket, &config, &log, idle_commands)?;
+            let (load, flow_entries, reloads) = load_latency(&ns, &child, &pin_dir, &dir, &config, &log)?;
+            let command = command_latency(&child, &pin_dir, &socket, &config, &log)?;
             Ok(ControllerRun {
                 peak_rss_bytes: rss,
                 metrics_http_ms: http,
@@ -361,8 +360,7 @@ fn command_samples(socket: &Path, time: Duration) -> Result<Vec<f64>> {
 /// (the baseline), then while its flow table holds 2^20 entries (which its sampler walks
 /// every 2 s) and it reloads, again and again, a config whose 64 VIPs each have a Maglev
 /// table of their own over 256 sites (so every reload rebuilds and swaps 64 tables).
-/// Returns the figures, owner round trips with the controller idle (the baseline of
-/// [`command_latency`]), the flow-table count the controller reported and the reloads it
+/// Returns the figures, the flow-table count the controller reported and the reloads it
 /// applied during the busy phase.
 fn load_latency(
     ns: &Netns,
@@ -371,7 +369,7 @@ fn load_latency(
     dir: &Path,
     config: &Path,
     log: &Path,
-) -> Result<(LoadLatency, Vec<f64>, u64, usize)> {
+) -> Result<(LoadLatency, u64, usize)> {
     // The first report comes with the steering task's second measurement.
     let deadline = Instant::now() + Duration::from_secs(10);
     while ns.run(|| http_get(PEER_LISTEN, "/load")).is_err() {
@@ -379,8 +377,6 @@ fn load_latency(
         std::thread::sleep(Duration::from_millis(50));
     }
     let idle = load_samples(ns, Duration::from_secs(2))?;
-    // Nothing is flagged yet (no table has replaced another), so no sweep runs meanwhile.
-    let idle_commands = command_samples(&dir.join("state/admin.sock"), Duration::from_secs(2))?;
     fill_flows(pin_dir, FLOW_TABLE)?;
     let state = dir.join("state");
     let variants = [controller_config(pin_dir, &state, Some(0)), controller_config(pin_dir, &state, Some(1))];
@@ -433,21 +429,24 @@ fn load_latency(
         busy_p99: round(busy_p99, 3),
         busy_over_idle_p99: round(busy_p99 / idle_p99, 2),
     };
-    Ok((load, idle_commands, flow_entries, reloads))
+    Ok((load, flow_entries, reloads))
 }
 
 /// Owner round trips ([`command_samples`]) while the check flags are swept: the reloads of
 /// [`load_latency`] brought buckets home, and flagged them; `check_grace = 2` then sweeps
 /// them every second (one at a time), each sweep reading the 2^20 pins (every one alive,
-/// so the flags they keep stay). `idle`: the round trips before any of it, the baseline.
+/// so the flags they keep stay).
 fn command_latency(
     child: &Child,
     pin_dir: &Path,
     socket: &Path,
     config: &Path,
     log: &Path,
-    idle: Vec<f64>,
 ) -> Result<CommandLatency> {
+    // The baseline: the same tables (64, one per VIP: an owner command's own cost grows
+    // with them) and the same full flow table, before any sweep — the first sweep is due
+    // `check_grace` / 2 (30 s) after the controller's start, later than this.
+    let idle = command_samples(socket, Duration::from_secs(3))?;
     // A flagged bucket without a live pin is cleared by the first sweep, and with no bucket
     // flagged no sweep runs: a few are kept by pins of their own.
     let kept = pin_into_flagged(pin_dir, 8)?;

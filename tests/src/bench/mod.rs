@@ -173,8 +173,8 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
         ));
         notes.push(format!(
             "command_ms: an owner round trip on that controller's admin socket every 20 ms (POST /drain/ of a site that \
-             does not exist: the owner answers 404 from its state, writing nothing), idle (2 s, before the flow table is \
-             filled: the baseline) and for 8 s with `check_grace = 2`, so that the check flags that the reloads set (up to 8 \
+             does not exist: the owner answers 404 from its state, writing nothing), idle (3 s after the reloads, the same \
+             tables and full flow table, no sweep yet: the baseline) and for 8 s with `check_grace = 2`, so that the check flags that the reloads set (up to 8 \
              of them kept by a live pin each) are swept every second, each sweep reading the 2^20 pins ({} sweeps, a median {:.0} ms each, off the owner's \
              thread)",
             c.command.sweeps, c.command.sweep_read_ms
