@@ -88,8 +88,9 @@ pub struct LoadLatency {
     pub busy_over_idle_p99: f64,
 }
 
-/// An owner round trip (an operator's command), ms: with the controller idle (the baseline),
-/// and while it sweeps the check flags of a 2^20-entry flow table every second.
+/// An owner round trip (an operator's command), ms: before any sweep (the baseline: the same
+/// tables and full flow table), and while it sweeps the check flags of that 2^20-entry flow
+/// table every second.
 #[derive(Debug, Serialize)]
 pub struct CommandLatency {
     pub idle_p50: f64,
