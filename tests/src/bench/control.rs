@@ -380,7 +380,7 @@ fn load_latency(
     fill_flows(pin_dir, FLOW_TABLE)?;
     let state = dir.join("state");
     let variants = [controller_config(pin_dir, &state, Some(0)), controller_config(pin_dir, &state, Some(1))];
-    let applied_before = fs::read_to_string(log)?.matches("SIGHUP: config applied").count();
+    let applied_before = applied(log)?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let busy = std::thread::scope(|s| -> Result<Vec<f64>> {
         let reloader = s.spawn(|| -> Result<usize> {
@@ -393,7 +393,7 @@ fn load_latency(
                 // Wait for it to be applied (or 10 s), then the next one at once.
                 let want = applied_before + i;
                 let until = Instant::now() + Duration::from_secs(10);
-                while fs::read_to_string(log)?.matches("SIGHUP: config applied").count() < want
+                while applied(log)? < want
                     && Instant::now() < until
                     && !stop.load(std::sync::atomic::Ordering::Relaxed)
                 {
@@ -406,14 +406,10 @@ fn load_latency(
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let sent = reloader.join().map_err(|_| anyhow!("the reloader panicked"))??;
         // The last reload may still be in flight: what follows reads the tables it writes.
-        let until = Instant::now() + Duration::from_secs(15);
-        while fs::read_to_string(log)?.matches("SIGHUP: config applied").count() < applied_before + sent {
-            ensure!(Instant::now() < until, "the last reload was not applied within 15 s");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_applied(log, applied_before + sent, Duration::from_secs(15), "the last reload")?;
         samples
     })?;
-    let reloads = fs::read_to_string(log)?.matches("SIGHUP: config applied").count() - applied_before;
+    let reloads = applied(log)? - applied_before;
     ensure!(reloads >= 2, "only {reloads} reloads during the busy phase: it was not busy");
     let metrics = ns.run(http_get_metrics)?;
     let flow_entries = metrics
@@ -454,14 +450,10 @@ fn command_latency(
     let body = fs::read_to_string(config)?;
     fs::write(config, body.replacen("[datapath]\n", "[datapath]\ncheck_grace = 2\n", 1))?;
     let text = |log: &Path| fs::read_to_string(log).map_err(anyhow::Error::from);
-    let applied = text(log)?.matches("SIGHUP: config applied").count();
+    let before = applied(log)?;
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while text(log)?.matches("SIGHUP: config applied").count() == applied {
-        ensure!(Instant::now() < deadline, "the check_grace reload was not applied within 10 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_applied(log, before + 1, Duration::from_secs(10), "the check_grace reload")?;
     // From the first sweep on (its read of 2^20 pins takes a while).
     let mark = text(log)?.len();
     let sweeps_since = |mark: usize| -> Result<Vec<f64>> {
@@ -492,6 +484,21 @@ fn command_latency(
         sweeps: reads.len(),
         sweep_read_ms: round(median(&reads), 1),
     })
+}
+
+/// Reloads the controller has logged as applied.
+fn applied(log: &Path) -> Result<usize> {
+    Ok(fs::read_to_string(log)?.matches("SIGHUP: config applied").count())
+}
+
+/// Waits until `want` reloads are applied; an error naming `what` after `within`.
+fn wait_applied(log: &Path, want: usize, within: Duration, what: &str) -> Result<()> {
+    let until = Instant::now() + within;
+    while applied(log)? < want {
+        ensure!(Instant::now() < until, "{what} was not applied within {within:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// A configured remote site's slot in the pinned `SITES`, and its generation: what a pin to
