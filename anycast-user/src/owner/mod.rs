@@ -32,7 +32,8 @@ use crate::{
     },
     model::{DataPathView, ReloadOutcome},
     reconcile::{
-        self, Applied, Dynamic, Plan, PlanError, Reconciler, check,
+        self, Applied, Dynamic, Plan, PlanError, Reconciler, State,
+        check::{self, FlaggedCount},
         overrides::{Overrides, OverridesError},
         preview::{self, Preview},
     },
@@ -114,6 +115,8 @@ pub struct Owner {
     /// that did so within `check_grace`.
     came_home: HashMap<(u32, u32), Instant>,
     last_sweep: Option<Instant>,
+    /// The buckets flagged `MAGLEV_CHECK` in the tables the data path holds.
+    flagged: FlaggedCount,
 }
 
 pub fn ifindexes(ifaces: &[String]) -> Result<BTreeSet<u32>> {
@@ -284,6 +287,8 @@ impl Owner {
     }
 
     fn assemble(p: Parts, instance: Option<Instance>, pin_dir: PathBuf) -> Owner {
+        let mut flagged = FlaggedCount::default();
+        flagged.update(&p.reconciler.current().maglev);
         Owner {
             flow_capacity: flow_capacity(&pin_dir),
             attached: attached(&p.config, &pin_dir),
@@ -300,6 +305,7 @@ impl Owner {
             started: Instant::now(),
             came_home: HashMap::new(),
             last_sweep: None,
+            flagged,
         }
     }
 
@@ -325,28 +331,24 @@ impl Owner {
             attached: self.attached,
             pin_dir: self.pin_dir.clone(),
             flow_capacity: self.flow_capacity,
-            checked_buckets: self.checked_buckets() as u64,
+            checked_buckets: self.flagged.total() as u64,
             reload: self.reload.clone(),
         }
     }
 
-    /// Local buckets flagged `MAGLEV_CHECK`, over every VIP (each shared table counted once
-    /// per VIP, read once).
-    fn checked_buckets(&self) -> usize {
-        let mut per_table: HashMap<*const u32, usize> = HashMap::new();
-        self.reconciler
-            .current()
-            .maglev
-            .values()
-            .map(|t| *per_table.entry(Arc::as_ptr(t) as *const u32).or_insert_with(|| check::flagged(t)))
-            .sum()
+    /// Writes `state` and recounts the flagged buckets of the tables it changed — also when a
+    /// later write failed: what was written stays written.
+    fn apply(&mut self, state: &State) -> Result<Applied> {
+        let result = self.reconciler.apply(&mut self.maps, state);
+        self.flagged.update(&self.reconciler.current().maglev);
+        Ok(result?)
     }
 
     fn sync(&mut self, config: &Config, overrides: &Overrides, dynamic: &Dynamic) -> Result<(Plan, Applied)> {
         let egress = ifindexes(&config.local.interfaces)?;
         let plan = reconcile::plan(config, overrides, dynamic, self.reconciler.current(), egress)?;
         let before = self.reconciler.current().maglev.clone();
-        let result = self.reconciler.apply(&mut self.maps, &plan.state);
+        let result = self.apply(&plan.state);
         // What was written stays written, also when a later write failed.
         self.note_came_home(&before);
         Ok((plan, result?))
@@ -379,7 +381,7 @@ impl Owner {
             return Ok(None);
         }
         self.last_sweep = Some(Instant::now());
-        let flagged = self.checked_buckets();
+        let flagged = self.flagged.total();
         if flagged == 0 {
             return Ok(None);
         }
@@ -423,7 +425,7 @@ impl Owner {
             cleared += c.slots.len() * c.vips.len();
         }
         if cleared > 0 {
-            self.reconciler.apply(&mut self.maps, &want)?;
+            self.apply(&want)?;
             self.plan.state.maglev = self.reconciler.current().maglev.clone();
         }
         Ok(sweep::Sweep {
