@@ -559,16 +559,25 @@ fn cli_top_shows_the_rates_and_stops_after_count() {
     // Not a terminal: plain blocks headed "-- SECONDS".
     let blocks: Vec<&str> = stdout.split("-- ").filter(|b| !b.is_empty()).collect();
     assert_eq!(blocks.len(), 2, "--count 2 printed:\n{stdout}");
-    for block in blocks {
+    // A sender that woke up late catches up in a burst, which one second's block may take
+    // from its neighbour: each block within half the client's rate, the two together within
+    // a quarter (a wrong unit or window would miss both).
+    let mut sum = 0.0;
+    for block in &blocks {
         let here = row(block, "here");
         let local: f64 = here[4].parse().unwrap();
         assert!(
-            (local / achieved - 1.0).abs() < 0.25,
+            (local / achieved - 1.0).abs() < 0.5,
             "LOCAL/s {local} while the client sent {achieved:.0}/s:\n{block}"
         );
         assert_eq!(row(block, "TOTAL")[1].parse::<f64>().unwrap(), local, "{block}");
         assert!(block.contains("exceptions/s: none"), "{block}");
+        sum += local;
     }
+    assert!(
+        (sum / 2.0 / achieved - 1.0).abs() < 0.25,
+        "LOCAL/s {sum} over two blocks, the client {achieved:.0}/s"
+    );
 }
 
 /// Where the VIP's table and the two sites are in the maps (from the daemon's `/status`).

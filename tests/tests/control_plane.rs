@@ -454,8 +454,13 @@ fn control_recreated_interface_is_attached_again() {
     recreate();
     let back = wait::until(Duration::from_secs(5), || runs_xdp(&site, "x0"));
     assert!(back.is_some(), "the running controller did not attach the recreated x0:\n{}", d.log());
+    // The program runs as soon as it is attached; the log line and the published view come
+    // after it.
+    let said = wait::until(Duration::from_secs(5), || {
+        d.log().contains("x0: its link was defunct") && d.status().is_ok_and(|s| s.attached)
+    });
     assert!(d.log().contains("x0: its link was defunct"), "{}", d.log());
-    assert!(d.status().unwrap().attached, "attached is not back to true");
+    assert!(said.is_some(), "attached is not back to true");
 
     // While no controller runs: the next start does not take the dead link for a live one.
     let (status, _) = d.stop(libc::SIGTERM, Duration::from_secs(10)).unwrap();

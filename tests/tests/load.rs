@@ -151,14 +151,17 @@ fn load_surge_spills_new_flows_by_headroom_and_returns() {
             });
             // The measuring window: what the client really offered in it is measured too.
             let before: Vec<usize> = services.iter().map(|s| s.served().len()).collect();
-            let (local0, offered0) = (site_packets(a, "a", "local"), client.flows());
+            // Each count's time is taken right after its scrape, and nothing else is scraped
+            // in between (a scrape takes tens of ms on a loaded machine: a percent or more
+            // of the window).
             let w0 = weights(a);
+            let (local0, offered0) = (site_packets(a, "a", "local"), client.flows());
             let tw = Instant::now();
             std::thread::sleep(Duration::from_millis(1350));
             let (offered_mid, half) = (client.flows(), tw.elapsed().as_secs_f64());
             std::thread::sleep(Duration::from_millis(1350));
-            let secs = tw.elapsed().as_secs_f64();
             let (local1, offered1) = (site_packets(a, "a", "local"), client.flows());
+            let secs = tw.elapsed().as_secs_f64();
             let halves =
                 ((offered_mid - offered0) as f64 / half, (offered1 - offered_mid) as f64 / (secs - half));
             let w1 = weights(a);
@@ -340,7 +343,7 @@ fn health_down_site_gets_no_new_flows_and_its_flows_are_resteered() {
     let before = services[2].datagrams();
     let resent = client.resend(&t.client, 500, &at_c).expect("resend");
     sent += resent.len() as u64;
-    std::thread::sleep(Duration::from_millis(200));
+    wait::until(ARRIVAL, || services[2].datagrams() - before >= at_c.len() as u64);
     assert_eq!(
         services[2].datagrams() - before,
         at_c.len() as u64,

@@ -107,10 +107,16 @@ fn two_shedders_leave_their_shared_sibling_at_its_target() {
                 .sum::<u64>()
         };
         let mut loads = Vec::new();
-        let mut last = (Instant::now(), received());
+        // Each count's time is taken when its scrape has returned: a scrape slowed by load
+        // then shortens or lengthens no window.
+        let sample = || {
+            let n = received();
+            (Instant::now(), n)
+        };
+        let mut last = sample();
         for _ in 0..SECONDS {
             thread::sleep(Duration::from_secs(1));
-            let now = (Instant::now(), received());
+            let now = sample();
             let rate = (now.1 - last.1) as f64 / (now.0 - last.0).as_secs_f64();
             loads.push(rate / f64::from(CAPACITY[2]));
             last = now;
