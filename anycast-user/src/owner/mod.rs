@@ -163,14 +163,6 @@ fn attached(config: &Config, pin_dir: &Path) -> bool {
         .all(|i| link_state::state(&loader::link_pin(pin_dir, i), i) == LinkState::Attached)
 }
 
-/// `CLOCK_MONOTONIC_COARSE` in ns: the data path's `bpf_ktime_get_coarse_ns`.
-fn coarse_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -388,8 +380,6 @@ impl Owner {
         let grace = Duration::from_secs(u64::from(self.config.datapath.check_grace));
         self.came_home.retain(|_, at| at.elapsed() < grace);
         let state = self.reconciler.current();
-        let now = coarse_ns();
-        let age = self.started.elapsed().as_nanos() as u64;
         let unit = 1u64 << STATE_UNIT_SHIFT;
         Ok(Some(sweep::Job {
             flows: self.maps.flows_reader()?,
@@ -397,8 +387,7 @@ impl Owner {
             vips: state.vips.clone(),
             sites: state.sites.clone(),
             tables: state.maglev.clone(),
-            now: now >> STATE_UNIT_SHIFT,
-            floor: now.saturating_sub(age) >> STATE_UNIT_SHIFT,
+            started: self.started,
             // Rounded up, and one unit more: an entry's time is the start of its unit.
             grace: (grace.as_nanos() as u64).div_ceil(unit) + 1,
             settled: self.started.elapsed() >= grace,

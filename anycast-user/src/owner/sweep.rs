@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_common::{HashKey, SiteInfo, VipInfo, VipKey};
+use anycast_common::{HashKey, SiteInfo, VipInfo, VipKey, flow::STATE_UNIT_SHIFT};
 
 use crate::{
     datapath::maps::{FlowsReader, MapsError},
@@ -26,9 +26,9 @@ pub struct Job {
     pub sites: Vec<SiteInfo>,
     /// The tables swept (the owner writes a cleared one only if it still holds it).
     pub tables: BTreeMap<u32, Arc<[u32]>>,
-    /// As [`check::Input`]: now, the floor and the grace, in the units of a flow's state.
-    pub now: u64,
-    pub floor: u64,
+    /// When the controller started watching (the floor of every age: [`check::Input`]).
+    pub started: Instant,
+    /// As [`check::Input`]: the grace, in the units of a flow's state.
     pub grace: u64,
     /// The buckets that may lose their flag: local for `check_grace` (none until the
     /// controller has watched that long), i.e. not among these, which came home since.
@@ -60,19 +60,32 @@ pub struct Sweep {
     pub wrote: Duration,
 }
 
+/// `CLOCK_MONOTONIC_COARSE` in ns: the data path's `bpf_ktime_get_coarse_ns`.
+fn coarse_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 impl Job {
     /// Reads the flow table and judges every flagged bucket. Reads only.
     pub fn run(self) -> Result<Found, MapsError> {
         let t0 = Instant::now();
         let flows = self.flows.read()?;
+        // Now is read once every pin is: a pin the data path refreshed during the read
+        // (0.2–1 s for 2^20 pins) carries a time after a clock read before it, which would
+        // wrap to an age of 2^15 − 1 units and read as long over.
+        let now = coarse_ns();
+        let floor = now.saturating_sub(self.started.elapsed().as_nanos() as u64);
         let input = check::Input {
             hash_key: &self.hash_key,
             vips: &self.vips,
             sites: &self.sites,
             tables: &self.tables,
             flows: &flows,
-            now: self.now,
-            floor: self.floor,
+            now: now >> STATE_UNIT_SHIFT,
+            floor: floor >> STATE_UNIT_SHIFT,
             grace: self.grace,
         };
         let swept = check::sweep(&input, |vip, slot| self.settled && !self.came_home.contains(&(vip, slot)));

@@ -23,11 +23,16 @@ use std::{
 
 use anycast_common::{
     FlowKey, FlowValue, HashKey, SiteInfo, VipInfo, VipKey,
-    flow::{closing_age, closing_since, maglev_slot},
+    flow::{STATE_TIME_MASK, closing_age, closing_since, maglev_slot},
     flow_hash,
     site::{MAGLEV_CHECK, MAGLEV_LOCAL, SITE_CONFIGURED, SITE_LOCAL},
     wire::IPPROTO_TCP,
 };
+
+/// Units a pin's time may be ahead of the sweep's `now` and still be taken for "just now"
+/// rather than for 2^15 units ago (a ~39 h silence is then counted as a few units less
+/// than that: alive, the safe side).
+const AHEAD: u64 = 2;
 
 /// What a sweep reads.
 pub struct Input<'a> {
@@ -38,7 +43,7 @@ pub struct Input<'a> {
     pub tables: &'a BTreeMap<u32, Arc<[u32]>>,
     pub flows: &'a [(FlowKey, FlowValue)],
     /// Now, in the units of a flow's state (`CLOCK_MONOTONIC_COARSE` >>
-    /// [`anycast_common::flow::STATE_UNIT_SHIFT`], not wrapped).
+    /// [`anycast_common::flow::STATE_UNIT_SHIFT`], not wrapped), read after `flows`.
     pub now: u64,
     /// No entry counts as older than this (the controller's start: it cannot tell how
     /// long a flow was silent before it watched).
@@ -99,8 +104,13 @@ fn may_be_alive(input: &Input, k: &FlowKey, v: &FlowValue) -> bool {
     }
     match closing_since(v.state) {
         // Its age modulo the state's wrap (which only makes it younger), and no more than
-        // the controller has watched.
-        Some(at) => closing_age(at, input.now).min(input.now.saturating_sub(input.floor)) < input.grace,
+        // the controller has watched. A time a unit or two after `now` (a clock that lags
+        // the data path's: read before the pin was refreshed) wraps to just under 2^15: alive.
+        Some(at) => {
+            let age = closing_age(at, input.now);
+            age > u64::from(STATE_TIME_MASK) - AHEAD
+                || age.min(input.now.saturating_sub(input.floor)) < input.grace
+        }
         None => true,
     }
 }
@@ -341,11 +351,24 @@ mod tests {
         w.closed(&f[1], NOW - GRACE); // closed, silent for the grace: over
         w.closed(&f[2], NOW - 2); // closed, seen lately (a half-closed transfer): alive
         w.closed(&f[3], NOW - 32768 - 2); // closed 2^15 + 2 units ago: the wrap makes it look lately seen, alive
-        w.closed(&f[4], NOW - 32767); // closed 2^15 - 1 units ago: over
+        w.closed(&f[4], NOW - 32765); // closed 2^15 - 3 units ago: over (any later looks ahead of now)
         w.closed(&f[5], NOW - GRACE + 1); // closed, silent not quite the grace
         let keep: Vec<u32> = [0, 2, 3, 5].iter().map(|&i| slot_of(&f[i])).collect();
         assert_eq!(w.cleared(), all_but(&keep));
         assert_eq!(w.sweep(|_, _| true).kept_by_pins, 2 * keep.len(), "over both VIPs");
+    }
+
+    /// A pin refreshed after the sweep's clock was read carries a time ahead of it, which
+    /// wraps to just under 2^15 units ago: alive, not long over.
+    #[test]
+    fn a_pin_seen_after_the_sweeps_clock_is_alive() {
+        let f = flows(4);
+        let mut w = world(&f);
+        w.closed(&f[0], NOW + 1);
+        w.closed(&f[1], NOW + 2);
+        w.closed(&f[2], NOW + 3); // as far ahead as no sweep's clock lags: 2^15 - 3 units ago, over
+        w.closed(&f[3], NOW - GRACE); // over
+        assert_eq!(w.cleared(), all_but(&[slot_of(&f[0]), slot_of(&f[1])]));
     }
 
     /// No pin counts as silent for longer than the controller has watched.
