@@ -24,17 +24,35 @@ use crate::{
     stack::Aligned,
 };
 
-/// `BPF_TCP_LISTEN` (linux/bpf.h).
-const TCP_LISTEN: u32 = 10;
-/// `BPF_TCP_TIME_WAIT` (linux/bpf.h).
+// Socket states (`BPF_TCP_*`, linux/bpf.h).
+const TCP_SYN_SENT: u32 = 2;
+const TCP_SYN_RECV: u32 = 3;
 const TCP_TIME_WAIT: u32 = 6;
+const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
+const TCP_NEW_SYN_RECV: u32 = 12;
 
-/// Whether the local stack has the connection of `pkt`'s flow (or a SYN cookie for it).
+/// What a socket of the 4-tuple must be to keep a packet here.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// Any socket of the host's for it: a connection, one mid-handshake (a request socket),
+    /// one that ended here (time-wait: its last segments are still the host's to answer),
+    /// or a SYN cookie the host sent. For a flow with no pin, whose bucket moved: nothing
+    /// else claims it.
+    AnySocket,
+    /// A connection that completed its handshake with this host: a full socket past
+    /// SYN_RECV, or an ACK carrying a SYN cookie the host sent. Against a pin: a request
+    /// socket is what any SYN makes — a forged SYN of the pinned 4-tuple too, whose SYN-ACK
+    /// the real client answers with an ACK of its own connection, which would then unpin it
+    /// and meet the local stack's reset. Only the host's ISN, which no one off the path
+    /// sees, completes a handshake.
+    Handshake,
+}
+
+/// Whether the local stack has the connection of `pkt`'s flow, as `proof` says.
 /// `netns` is `CONFIG.socket_netns` (`u32::MAX`: the ingress device's namespace).
-/// `time_wait`: whether a time-wait socket of the 4-tuple counts (a connection that
-/// ended here, whose last segments are still the host's to answer).
 #[inline(always)]
-pub fn is_local(ctx: &XdpContext, frame: &Frame, pkt: &Packet, netns: u32, time_wait: bool) -> bool {
+pub fn is_local(ctx: &XdpContext, frame: &Frame, pkt: &Packet, netns: u32, proof: Proof) -> bool {
     let k: &FlowKey = &pkt.key;
     // The tuple as the 8-byte words it is made of (`bpf_sock_tuple`: saddr, daddr, sport,
     // dport; IPv4 4-byte addresses, IPv6 16-byte ones, ports in network order), stored as
@@ -60,7 +78,9 @@ pub fn is_local(ctx: &XdpContext, frame: &Frame, pkt: &Packet, netns: u32, time_
     // SAFETY: `sk` is a live sock_common the verifier lets us read `state` from.
     let local = match unsafe { (*sk).state } {
         TCP_LISTEN => !pkt.icmp_error && syncookie(sk, frame, pkt),
-        TCP_TIME_WAIT => time_wait,
+        TCP_TIME_WAIT | TCP_NEW_SYN_RECV | TCP_SYN_RECV | TCP_SYN_SENT | TCP_CLOSE => {
+            proof == Proof::AnySocket
+        }
         _ => true,
     };
     // SAFETY: releases the reference taken by the lookup.

@@ -19,7 +19,7 @@ use crate::{
     frame::Frame,
     maps::{MAGLEV, VIPS},
     parse::{IPPROTO_TCP, IPPROTO_UDP, Packet},
-    socket,
+    socket::{self, Proof},
 };
 
 /// A matched VIP entry.
@@ -182,12 +182,13 @@ pub fn route(
                     // client opened a new one on the same ports once the old one was done
                     // (a client cannot while its own socket of the old one lives), and its
                     // SYN was served here by its bucket. The host's own connection stays
-                    // here and the old pin goes. Only a live socket (full, request, or a
-                    // SYN cookie this host sent) proves it, which no packet from off the
-                    // path can make; a time-wait one is an older connection's.
+                    // here and the old pin goes. Only a completed handshake proves it (a
+                    // full socket, or a SYN cookie this host sent), which no packet from
+                    // off the path can make; a request socket any SYN makes, and a
+                    // time-wait one is an older connection's.
                     if affinity::closing(&entry)
                         && !pkt.icmp_error
-                        && socket::is_local(ctx, frame, pkt, cfg.socket_netns, false)
+                        && socket::is_local(ctx, frame, pkt, cfg.socket_netns, Proof::Handshake)
                     {
                         affinity::unpin(pkt);
                         counters::event(Event::SocketLocal);
@@ -213,7 +214,7 @@ pub fn route(
         }
         // The bucket names another site. The second chance: the host's own connection
         // (its bucket moved since it started) stays local.
-        if socket::is_local(ctx, frame, pkt, cfg.socket_netns, true) {
+        if socket::is_local(ctx, frame, pkt, cfg.socket_netns, Proof::AnySocket) {
             counters::event(Event::SocketLocal);
             return Ok(Route::Local { site: cfg.local_site });
         }

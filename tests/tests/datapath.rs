@@ -50,6 +50,9 @@ const PINNED: Count = Ev(Ev_::Pinned);
 
 const C4: &str = "192.168.1.42"; // client
 const C6: &str = "2001:db8::42";
+/// A client address that is not the suite's: a forged SYN's SYN-ACK goes there, and no
+/// socket of the host's answers it with a reset.
+const FORGED: &str = "192.168.1.99";
 const R4: &str = "192.168.1.254"; // a router on the path (ICMP errors)
 const R6: &str = "2001:db8::fe";
 
@@ -631,6 +634,29 @@ fn scenarios() -> Vec<Case> {
             ],
         ),
         own(
+            "a_request_socket_on_a_closing_pins_4_tuple_takes_nothing",
+            None,
+            vec![
+                // A forged FIN makes a pin closing, and a forged SYN of its 4-tuple (its
+                // bucket local) makes a request socket here, whose SYN-ACK the real client
+                // answers with an ACK of its connection: that ACK follows the pin. Only a
+                // completed handshake proves a new connection.
+                send_fwd(tcp(FORGED, "10.200.0.1", 52300, 80, SYN), 1),
+                send_to_ev(tcp(FORGED, "10.200.0.1", 52300, 80, ACK), 1, S_IPIP, &promoted()),
+                send_to_ev(tcp(FORGED, "10.200.0.1", 52300, 80, FIN_ACK), 1, S_IPIP, &[]),
+                Step::Maps(
+                    "a forged SYN 192.168.1.99:52300 → 10.200.0.1:80 into the local stack: a request socket",
+                    Box::new(|_| forge_syn("192.168.1.99:52300", "10.200.0.1:80")),
+                ),
+                send_to_ev(tcp(FORGED, "10.200.0.1", 52300, 80, ACK), 1, S_IPIP, &[]),
+                Step::Check(
+                    "the pin stays, closing",
+                    state_is(tcp(FORGED, "10.200.0.1", 52300, 80, ACK), S_IPIP, true),
+                ),
+                connections_closed(),
+            ],
+        ),
+        own(
             "second_chance_ipv6",
             None,
             vec![
@@ -881,12 +907,10 @@ fn scenarios() -> Vec<Case> {
     out
 }
 
-/// Connections the second-chance cases hold open while their frames run.
-static HELD: Mutex<Vec<std::net::TcpStream>> = Mutex::new(Vec::new());
+/// Sockets the second-chance cases hold open while their frames run.
+static HELD: Mutex<Vec<socket2::Socket>> = Mutex::new(Vec::new());
 
-/// Opens a real TCP connection `client` → `server` in the calling thread's namespace (the
-/// suite's `lb`, where both addresses are on `lo`) and keeps both ends in [`HELD`].
-/// The step that closes every connection [`hold_connection`] opened.
+/// The step that closes every socket [`hold_connection`] and [`forge_syn`] opened.
 fn connections_closed() -> Step {
     Step::Maps(
         "connections closed",
@@ -897,6 +921,8 @@ fn connections_closed() -> Step {
     )
 }
 
+/// Opens a real TCP connection `client` → `server` in the calling thread's namespace (the
+/// suite's `lb`, where both addresses are on `lo`) and keeps both ends in [`HELD`].
 fn hold_connection(client: &str, server: &str) -> anyhow::Result<()> {
     use socket2::{Domain, Socket, Type};
     let (client, server): (std::net::SocketAddr, std::net::SocketAddr) = (client.parse()?, server.parse()?);
@@ -906,8 +932,40 @@ fn hold_connection(client: &str, server: &str) -> anyhow::Result<()> {
     socket.connect(&server.into())?;
     let (accepted, _) = listener.accept()?;
     let mut held = HELD.lock().unwrap();
-    held.push(socket.into());
-    held.push(accepted);
+    held.push(socket);
+    held.push(accepted.into());
+    Ok(())
+}
+
+/// A listener on `server` in the calling thread's namespace, and a lone SYN `client` →
+/// `server` sent to it from a raw socket, as a forger would: a request socket of that
+/// 4-tuple (its SYN-ACK goes nowhere), which lives while the listener, kept in [`HELD`],
+/// retransmits. Waits until the namespace's `/proc/net/tcp` lists it.
+fn forge_syn(client: &str, server: &str) -> anyhow::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let (client, server): (std::net::SocketAddrV4, std::net::SocketAddrV4) =
+        (client.parse()?, server.parse()?);
+    // The SYN-ACK needs a route, else the listener drops the SYN (ListenDrops): out of lo,
+    // where nothing answers it.
+    ip_here(&["route", "replace", &format!("{}/32", client.ip()), "dev", "lo"])?;
+    let listener = std::net::TcpListener::bind(server)?;
+    HELD.lock().unwrap().push(listener.into());
+    // IPPROTO_RAW: the datagram is the whole IP packet (IP_HDRINCL).
+    let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
+    let syn = tcp(&client.ip().to_string(), &server.ip().to_string(), client.port(), server.port(), SYN);
+    raw.send_to(&syn.ip_bytes(), &std::net::SocketAddr::V4(server).into())?;
+    // /proc/thread-self/net/tcp (this thread's namespace; /proc/net is the main thread's):
+    // "sl local rem st ...", addresses as hex of the address in memory
+    // order and the port; a request socket is state 03.
+    let hex =
+        |a: std::net::SocketAddrV4| format!("{:08X}:{:04X}", u32::from_ne_bytes(a.ip().octets()), a.port());
+    let line = format!("{} {} 03", hex(server), hex(client));
+    let listed = || std::fs::read_to_string("/proc/thread-self/net/tcp").is_ok_and(|t| t.contains(&line));
+    anyhow::ensure!(
+        testkit::wait::until(std::time::Duration::from_secs(2), listed).is_some(),
+        "no request socket {line} in /proc/thread-self/net/tcp:\n{}",
+        std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default()
+    );
     Ok(())
 }
 
