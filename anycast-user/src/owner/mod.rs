@@ -403,7 +403,10 @@ impl Owner {
         let t0 = Instant::now();
         let mut want = self.reconciler.current().clone();
         let mut cleared = 0;
-        for c in &found.swept.clear {
+        // Under another key the pins are in other buckets: what the sweep judged is moot
+        // (a new key flags every local bucket anyway, which may leave a table as it was).
+        let rekeyed = found.hash_key != want.config.hash_key;
+        for c in found.swept.clear.iter().filter(|_| !rekeyed) {
             if !c.vips.iter().all(|v| want.maglev.get(v).is_some_and(|t| Arc::ptr_eq(t, &c.table))) {
                 continue;
             }
@@ -507,7 +510,8 @@ impl Owner {
         if config.datapath.hash_key != self.config.datapath.hash_key {
             log::warn!(
                 "the flow hash key changed: every flow without state (stateless UDP, new flows) \
-                 maps to new buckets, as after a change of every weight"
+                 maps to new buckets, as after a change of every weight; every local bucket is \
+                 flagged, so that the flows pinned to other sites are still looked up"
             );
         }
         if config.datapath.pin_dir != self.config.datapath.pin_dir {

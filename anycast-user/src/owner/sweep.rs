@@ -41,6 +41,8 @@ pub struct Job {
 /// What a sweep found, for the owner to write.
 pub struct Found {
     pub swept: check::Swept,
+    /// The key the pins were placed in their buckets with.
+    pub hash_key: HashKey,
     pub pins: usize,
     pub flagged: usize,
     pub took: Duration,
@@ -89,6 +91,12 @@ impl Job {
             grace: self.grace,
         };
         let swept = check::sweep(&input, |vip, slot| self.settled && !self.came_home.contains(&(vip, slot)));
-        Ok(Found { swept, pins: flows.len(), flagged: self.flagged, took: t0.elapsed() })
+        Ok(Found {
+            swept,
+            hash_key: self.hash_key,
+            pins: flows.len(),
+            flagged: self.flagged,
+            took: t0.elapsed(),
+        })
     }
 }

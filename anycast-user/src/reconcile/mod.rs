@@ -324,6 +324,14 @@ pub fn plan(
     let mut maglev = BTreeMap::new();
     let local_site =
         config.sites.iter().find(|s| matches!(s.kind, SiteKind::Local)).map(|s| index_of[s.name.as_str()]);
+    // The key the owner resolved into the config; a plan without one (a one-shot command)
+    // keeps the running key. Another key puts every flow in another bucket: a flow pinned
+    // to another site may now fall in any local bucket, which must then look it up.
+    let hash_key = match config.datapath.hash_key {
+        HashKeySource::Inline(k) => HashKey::from_bytes(k),
+        HashKeySource::File(_) | HashKeySource::Generated => current.config.hash_key,
+    };
+    let rekeyed = hash_key != current.config.hash_key;
     // VIPs served by the same sites get the same table: build it once (and flag it once
     // per table it replaces).
     let mut built: HashMap<Vec<(u32, u32)>, Arc<[u32]>> = HashMap::new();
@@ -368,7 +376,7 @@ pub fn plan(
         );
         let table = flagged
             .entry(key)
-            .or_insert_with(|| flag_table(&base, local_site, previous.map(|p| &p[..])).into())
+            .or_insert_with(|| flag_table(&base, local_site, previous.map(|p| &p[..]), rekeyed).into())
             .clone();
         maglev.insert(index, table);
         vip_names.push((v.name.clone(), index));
@@ -381,12 +389,7 @@ pub fn plan(
     let mut flags = if config.local.debug_log { CONFIG_DEBUG_LOG } else { 0 };
     let d = &config.datapath;
     let mut local = LocalConfig {
-        // The key the owner resolved into the config; a plan without one (a one-shot
-        // command) keeps the running key.
-        hash_key: match d.hash_key {
-            HashKeySource::Inline(k) => HashKey::from_bytes(k),
-            HashKeySource::File(_) | HashKeySource::Generated => current.config.hash_key,
-        },
+        hash_key,
         gue_port: config.local.gue_port.unwrap_or(0),
         socket_netns: d.socket_netns_id.unwrap_or(u32::MAX),
         local_site: local_site.unwrap_or(u32::MAX),
@@ -419,11 +422,12 @@ pub fn plan(
 /// another site or be mid-handshake towards one, so their mid-flow packets must look at the
 /// flow and embryonic tables; a local bucket without the flag sends them straight to the
 /// local stack (docs/datapath.md §6). A previous table of another size (a changed
-/// `maglev_table_size`) says nothing slot by slot: every local slot is flagged.
-fn flag_table(base: &[u32], local: Option<u32>, previous: Option<&[u32]>) -> Vec<u32> {
+/// `maglev_table_size`), or one under another hash key (`rekeyed`: every flow is in another
+/// bucket now), says nothing slot by slot: every local slot is flagged.
+fn flag_table(base: &[u32], local: Option<u32>, previous: Option<&[u32]>, rekeyed: bool) -> Vec<u32> {
     let was_elsewhere = |slot: usize| match previous {
         None => false,
-        Some(p) if p.len() != base.len() => true,
+        Some(p) if rekeyed || p.len() != base.len() => true,
         Some(p) => {
             let e = p[slot];
             let site = e & MAGLEV_SITE;

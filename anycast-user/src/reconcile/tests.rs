@@ -339,6 +339,27 @@ fn local_buckets_that_were_remote_are_flagged_and_stay_flagged() {
     assert_eq!(s.maglev[&0][..], t[..]);
 }
 
+/// Another hash key puts every flow in another bucket: every local bucket is flagged, since
+/// a flow pinned to another site may now fall in any of them (the sweep then places the
+/// pins under the new key). The same key again flags nothing.
+#[test]
+fn a_new_hash_key_flags_every_local_bucket() {
+    let keyed = |k: &str| {
+        BASE.replace("maglev_table_size = 251", &format!("maglev_table_size = 251\nhash_key = \"{k}\""))
+    };
+    let mut s = State::default();
+    step(&keyed(&"11".repeat(16)), &Overrides::default(), &mut s);
+    step(&keyed(&"11".repeat(16)), &Overrides::default(), &mut s);
+    let local = |s: &State| s.maglev[&0].iter().filter(|&&x| x & MAGLEV_LOCAL != 0).count();
+    let flagged = |s: &State| s.maglev[&0].iter().filter(|&&x| x & MAGLEV_CHECK != 0).count();
+    assert!(local(&s) > 0 && local(&s) < 251, "a table of local and remote buckets");
+    assert_eq!(flagged(&s), 0, "the same key: no flag");
+    step(&keyed(&"22".repeat(16)), &Overrides::default(), &mut s);
+    assert_eq!(s.config.hash_key, HashKey::from_bytes([0x22; 16]));
+    assert_eq!(flagged(&s), local(&s), "another key: every local bucket flagged");
+    assert!(s.maglev[&0].iter().all(|&x| x & MAGLEV_CHECK == 0 || x & MAGLEV_LOCAL != 0));
+}
+
 #[test]
 fn restart_keeps_down_and_new_sites_start_down() {
     let text = format!("{BASE}\n[health]\n");
