@@ -9,7 +9,7 @@ pub mod actor;
 pub mod sweep;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     ffi::CString,
     path::{Path, PathBuf},
     sync::Arc,
@@ -33,7 +33,7 @@ use crate::{
     model::{DataPathView, ReloadOutcome},
     reconcile::{
         self, Applied, Dynamic, Plan, PlanError, Reconciler, State,
-        check::{self, FlaggedCount},
+        check::{self, CameHome, FlaggedCount},
         overrides::{Overrides, OverridesError},
         preview::{self, Preview},
     },
@@ -111,9 +111,9 @@ pub struct Owner {
     /// When this controller started watching: it cannot tell what happened before (how
     /// long a bucket has been local, how long a flow has been silent).
     started: Instant,
-    /// (VIP, slot) → when that bucket last came home (remote → local), for the buckets
-    /// that did so within `check_grace`.
-    came_home: HashMap<(u32, u32), Instant>,
+    /// When each bucket last came home (remote → local), for the VIPs one of whose buckets
+    /// did so within `check_grace`.
+    came_home: CameHome,
     last_sweep: Option<Instant>,
     /// The buckets flagged `MAGLEV_CHECK` in the tables the data path holds.
     flagged: FlaggedCount,
@@ -295,7 +295,7 @@ impl Owner {
             dynamic: p.dynamic,
             reload: None,
             started: Instant::now(),
-            came_home: HashMap::new(),
+            came_home: CameHome::default(),
             last_sweep: None,
             flagged,
         }
@@ -348,16 +348,21 @@ impl Owner {
 
     /// Records when buckets came home, from the tables before a write and now.
     fn note_came_home(&mut self, before: &BTreeMap<u32, Arc<[u32]>>) {
-        let now = Instant::now();
+        // Rounded up: a bucket is never taken for home longer than it is.
+        let now = self.watched_secs() + 1;
         for (vip, table) in &self.reconciler.current().maglev {
             let old = before.get(vip);
             if old.is_some_and(|o| Arc::ptr_eq(o, table)) {
                 continue;
             }
-            for slot in check::came_home(old.map(|o| &o[..]), table) {
-                self.came_home.insert((*vip, slot), now);
-            }
+            let slots = check::came_home(old.map(|o| &o[..]), table);
+            self.came_home.note(*vip, table.len(), &slots, now);
         }
+    }
+
+    /// Whole seconds since this controller started watching.
+    fn watched_secs(&self) -> u32 {
+        u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX)
     }
 
     /// How often the check flags are swept: a fraction of `check_grace`, at most every 30 s.
@@ -378,7 +383,8 @@ impl Owner {
             return Ok(None);
         }
         let grace = Duration::from_secs(u64::from(self.config.datapath.check_grace));
-        self.came_home.retain(|_, at| at.elapsed() < grace);
+        let (now, grace_secs) = (self.watched_secs(), self.config.datapath.check_grace);
+        self.came_home.prune(now, grace_secs);
         let state = self.reconciler.current();
         let unit = 1u64 << STATE_UNIT_SHIFT;
         Ok(Some(sweep::Job {
@@ -391,7 +397,9 @@ impl Owner {
             // Rounded up, and one unit more: an entry's time is the start of its unit.
             grace: (grace.as_nanos() as u64).div_ceil(unit) + 1,
             settled: self.started.elapsed() >= grace,
-            came_home: self.came_home.keys().copied().collect(),
+            came_home: self.came_home.clone(),
+            watched: now,
+            check_grace: grace_secs,
             flagged,
         }))
     }

@@ -6,7 +6,7 @@
 //! (a site of several hosts installs each decision 375 ms after it is made).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -33,7 +33,10 @@ pub struct Job {
     /// The buckets that may lose their flag: local for `check_grace` (none until the
     /// controller has watched that long), i.e. not among these, which came home since.
     pub settled: bool,
-    pub came_home: HashSet<(u32, u32)>,
+    pub came_home: check::CameHome,
+    /// Whole seconds the controller had watched when the job was made, and `check_grace`.
+    pub watched: u32,
+    pub check_grace: u32,
     /// Flagged buckets (over every VIP) when the sweep began.
     pub flagged: usize,
 }
@@ -90,7 +93,9 @@ impl Job {
             floor: floor >> STATE_UNIT_SHIFT,
             grace: self.grace,
         };
-        let swept = check::sweep(&input, |vip, slot| self.settled && !self.came_home.contains(&(vip, slot)));
+        let swept = check::sweep(&input, |vip, slot| {
+            self.settled && !self.came_home.lately(vip, slot, self.watched, self.check_grace)
+        });
         Ok(Found {
             swept,
             hash_key: self.hash_key,

@@ -200,6 +200,49 @@ impl FlaggedCount {
     }
 }
 
+/// When each local bucket last came home (remote → local), per VIP, in whole seconds of the
+/// controller's watch: one number per bucket, for the VIPs that had a bucket come home
+/// within the grace, each VIP's shared with a sweep by reference. A site drained and
+/// undrained brings nearly every bucket of every VIP home at once (64 VIPs × 65,537), which
+/// a map of (VIP, slot) held as ~4 M entries (~130 MB) and copied on every sweep.
+#[derive(Clone, Default)]
+pub struct CameHome {
+    /// VIP → per bucket the second it came home (rounded up; 0: not since the start).
+    vips: HashMap<u32, Arc<[u32]>>,
+}
+
+impl CameHome {
+    /// Records `slots` of `vip`'s table of `len` buckets as home at second `at`, which is
+    /// rounded up (≥ 1): a bucket is never taken for home longer than it is.
+    pub fn note(&mut self, vip: u32, len: usize, slots: &[u32], at: u32) {
+        if slots.is_empty() {
+            return;
+        }
+        let mut times = match self.vips.get(&vip) {
+            Some(t) if t.len() == len => t.to_vec(),
+            _ => vec![0; len],
+        };
+        for &s in slots {
+            times[s as usize] = at.max(1);
+        }
+        self.vips.insert(vip, times.into());
+    }
+
+    /// Forgets the VIPs none of whose buckets came home within `grace` seconds of `now`.
+    pub fn prune(&mut self, now: u32, grace: u32) {
+        self.vips.retain(|_, t| t.iter().any(|&at| at != 0 && now.saturating_sub(at) < grace));
+    }
+
+    /// Whether bucket `slot` of `vip` came home less than `grace` seconds before `now`
+    /// (rounded down).
+    pub fn lately(&self, vip: u32, slot: u32, now: u32, grace: u32) -> bool {
+        self.vips
+            .get(&vip)
+            .and_then(|t| t.get(slot as usize))
+            .is_some_and(|&at| at != 0 && now.saturating_sub(at) < grace)
+    }
+}
+
 /// The slots of `new` that came home: local now, not local in `old` (a table of another
 /// size, or none: every local slot).
 pub fn came_home(old: Option<&[u32]>, new: &[u32]) -> Vec<u32> {
@@ -446,6 +489,26 @@ mod tests {
         assert_eq!(n.total(), 1);
         n.update(&BTreeMap::new());
         assert_eq!(n.total(), 0);
+    }
+
+    /// A bucket is home lately until `grace` whole seconds after it came home; a VIP's record
+    /// goes once none of its buckets is; a table of another size starts afresh.
+    #[test]
+    fn came_home_is_kept_per_bucket_for_the_grace() {
+        let mut c = CameHome::default();
+        c.note(0, 4, &[1, 2], 10);
+        c.note(0, 4, &[2], 15);
+        c.note(1, 4, &[], 15);
+        assert!(c.lately(0, 1, 19, 10) && !c.lately(0, 1, 20, 10));
+        assert!(c.lately(0, 2, 24, 10) && !c.lately(0, 2, 25, 10));
+        assert!(!c.lately(0, 0, 11, 10) && !c.lately(1, 0, 16, 10) && !c.lately(0, 9, 11, 10));
+        c.prune(24, 10);
+        assert!(c.lately(0, 2, 24, 10), "pruned while a bucket is home lately");
+        c.prune(25, 10);
+        assert!(!c.lately(0, 2, 24, 10), "kept after every bucket's grace");
+        c.note(2, 4, &[3], 30);
+        c.note(2, 8, &[5], 31);
+        assert!(!c.lately(2, 3, 31, 10) && c.lately(2, 5, 31, 10), "another size: afresh");
     }
 
     #[test]
