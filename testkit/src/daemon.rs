@@ -264,6 +264,9 @@ pub struct Daemon<'ns> {
     env: Vec<(String, String)>,
     /// More `[datapath]` lines for the configs written from now on.
     datapath: String,
+    /// Configs without `[datapath] hash_key`: the controller generates one into its state
+    /// directory.
+    generated_key: bool,
 }
 
 impl<'ns> Daemon<'ns> {
@@ -314,7 +317,14 @@ impl<'ns> Daemon<'ns> {
             ready: READY,
             env: Vec::new(),
             datapath: String::new(),
+            generated_key: false,
         })
+    }
+
+    /// Writes the configs from now on without `[datapath] hash_key`: the controller then
+    /// generates one into `state/hash_key` of this daemon's directory.
+    pub fn generate_hash_key(&mut self) {
+        self.generated_key = true;
     }
 
     /// Runs `bin` from the next start on (another release of the controller on the same
@@ -401,7 +411,11 @@ impl<'ns> Daemon<'ns> {
         // The options this build added, which a previous release would refuse.
         let (key, admin) = if self.current_options {
             (
-                format!("hash_key = \"{}\"\n", hash_key_hex()),
+                if self.generated_key {
+                    String::new()
+                } else {
+                    format!("hash_key = \"{}\"\n", hash_key_hex())
+                },
                 format!(
                     "socket = \"{}\"\npeer_key_file = \"{}\"\n",
                     self.socket().display(),

@@ -198,6 +198,41 @@ fn controller_restart_loses_nothing() {
     );
 }
 
+/// The state directory's generated key lost while the data path runs (a wiped or
+/// re-provisioned state directory): the restarted controller writes the running key back
+/// rather than generating another, which would put every flow in another bucket.
+#[test]
+fn controller_restart_without_its_generated_key_keeps_the_running_one() {
+    if !require("controller_restart_without_its_generated_key_keeps_the_running_one", &[Need::Kernel]) {
+        return;
+    }
+    let (_cl, site) = local_site("cgk");
+    let mut daemon = Daemon::new(&site).unwrap();
+    daemon.generate_hash_key();
+    daemon.write_config(LOCAL_SITE).unwrap();
+    let log = daemon.start().unwrap();
+    assert!(log.contains("generated a flow hash key"), "{log}");
+    let running = daemon.maps().unwrap().config().unwrap().hash_key;
+    assert_ne!(running, anycast_common::HashKey::default(), "no key in CONFIG");
+    let file = daemon.dir().join("state").join("hash_key");
+    let written = std::fs::read_to_string(&file).unwrap();
+    let (status, _) = daemon.stop(libc::SIGTERM, Duration::from_secs(10)).unwrap();
+    assert!(status.success());
+    std::fs::remove_file(&file).unwrap();
+    let log = daemon.start().unwrap();
+    assert!(log.contains("was missing: wrote the running data path's flow hash key there"), "{log}");
+    assert_eq!(
+        daemon.maps().unwrap().config().unwrap().hash_key,
+        running,
+        "the restart rekeyed the data path"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written, "another key written back");
+    assert!(
+        log.contains("maps reconciled: 0 writes, 0 Maglev tables"),
+        "the restart rewrote the maps:\n{log}"
+    );
+}
+
 #[test]
 fn controller_reload_refuses_broken_config() {
     if !require("controller_reload_refuses_broken_config", &[Need::Kernel]) {

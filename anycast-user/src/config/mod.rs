@@ -119,7 +119,8 @@ pub enum HashKeySource {
     /// `hash_key_file = "/path"`: a file holding the 32 hex digits (keeps the secret out of
     /// a config file that may be world-readable).
     File(PathBuf),
-    /// Neither: generated once into `state_dir/hash_key` and kept there.
+    /// Neither: generated once into `state_dir/hash_key` and kept there (a file lost while
+    /// a data path runs gets the running key back, not a new one).
     Generated,
 }
 

@@ -16,13 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_common::{flow::STATE_UNIT_SHIFT, maps::FLOWS};
+use anycast_common::{HashKey, flow::STATE_UNIT_SHIFT, maps::FLOWS};
 use aya::maps::MapInfo;
 
 use crate::{
     config::{
         Config, HashKeySource,
-        hash_key::{self, HashKeyError},
+        hash_key::{self, HashKeyError, Origin},
     },
     datapath::{
         link_state::{self, LinkState},
@@ -134,15 +134,25 @@ pub fn ifindexes(ifaces: &[String]) -> Result<BTreeSet<u32>> {
 }
 
 /// The config with its flow hash key resolved (read from `hash_key_file`, or generated once
-/// into `state_dir`), so that everything planned from it uses that key.
-fn with_hash_key(mut config: Config) -> Result<Config> {
-    let (key, generated) = hash_key::resolve(&config.datapath.hash_key, &config.admin.state_dir)?;
-    if generated {
-        log::warn!(
+/// into `state_dir`, or the running data path's written there), so that everything planned
+/// from it uses that key. `running`: the state the maps hold.
+fn with_hash_key(mut config: Config, running: &State) -> Result<Config> {
+    // A fresh data path's CONFIG is zeroed: no key runs yet.
+    let key = Some(running.config.hash_key).filter(|k| *k != HashKey::default()).map(HashKey::to_bytes);
+    let (key, origin) = hash_key::resolve(&config.datapath.hash_key, &config.admin.state_dir, key)?;
+    let path = config.admin.state_dir.join(hash_key::GENERATED);
+    match origin {
+        Origin::Read => {}
+        Origin::Generated => log::warn!(
             "generated a flow hash key in {}: every host of a multi-host site must use the same \
              key (set [datapath] hash_key or hash_key_file on all of them)",
-            config.admin.state_dir.join(hash_key::GENERATED).display()
-        );
+            path.display()
+        ),
+        Origin::Adopted => log::warn!(
+            "{} was missing: wrote the running data path's flow hash key there (a new key would \
+             put every flow in another bucket)",
+            path.display()
+        ),
     }
     config.datapath.hash_key = HashKeySource::Inline(key);
     Ok(config)
@@ -172,7 +182,6 @@ impl Owner {
     /// makes its maps match the config and the saved overrides, carrying on with the
     /// run-time state the maps hold (load weights, sites down): a restart moves nothing.
     pub fn start(config: Config, object: &[u8]) -> Result<Started> {
-        let config = with_hash_key(config)?;
         let overrides = Overrides::load(&config.admin.state_dir)?;
         let t0 = Instant::now();
         let prepared = loader::load(
@@ -184,6 +193,7 @@ impl Owner {
         let mut maps = prepared.maps;
         let t1 = Instant::now();
         let mut reconciler = Reconciler::new(&maps)?;
+        let config = with_hash_key(config, reconciler.current())?;
         // A rebuild of the Maglev tables goes first, on its own: the new tables get the
         // running ones (re-slotted for another size) and every pinned link is swapped onto
         // them before the config changes anything. Planned with the config, the shared
@@ -250,7 +260,6 @@ impl Owner {
     /// run-time state comes from the maps, so a change written here keeps the load weights
     /// and the sites down that the last daemon left.
     pub fn open_pinned(config: Config) -> Result<Owner> {
-        let config = with_hash_key(config)?;
         let pin_dir = loader::resolve_pin_dir(&config.datapath.pin_dir)?;
         if !pin_dir.join(FLOWS).exists() {
             return Err(OwnerError::NotRunning(pin_dir.display().to_string()));
@@ -271,6 +280,7 @@ impl Owner {
             config.datapath.maglev_table_size = running.capacity();
         }
         let reconciler = Reconciler::new(&maps)?;
+        let config = with_hash_key(config, reconciler.current())?;
         let egress = ifindexes(&config.local.interfaces)?;
         let dynamic = Dynamic::running(&config, &overrides, reconciler.current(), egress.clone())?;
         // Plan only: nothing is written until a change is asked for.
@@ -514,7 +524,7 @@ impl Owner {
     }
 
     fn try_reload(&mut self, config: Config) -> Result<Applied> {
-        let config = with_hash_key(config)?;
+        let config = with_hash_key(config, self.reconciler.current())?;
         if config.datapath.hash_key != self.config.datapath.hash_key {
             log::warn!(
                 "the flow hash key changed: every flow without state (stateless UDP, new flows) \
@@ -577,7 +587,7 @@ impl Owner {
 
     /// What applying `config` would change, without changing anything.
     pub fn preview(&self, config: &Config) -> Result<Preview> {
-        let config = &with_hash_key(config.clone())?;
+        let config = &with_hash_key(config.clone(), self.reconciler.current())?;
         let egress = ifindexes(&config.local.interfaces)?;
         let dynamic = self.dynamic_for(config, egress.clone())?;
         let plan = reconcile::plan(config, &self.overrides, &dynamic, self.reconciler.current(), egress)?;
