@@ -243,6 +243,8 @@ struct Reports {
     /// the sites publish once per interval each, so a decider reading every site's report
     /// reads them from the same slot or the next, one after the other.
     published: Vec<Published>,
+    /// When each of `published` was published, by the same index (what a poll searches).
+    at: Vec<f64>,
     newest: Vec<u32>,
     /// Per (poller, site): the sequence number of the report the poller holds (0: none).
     held: Vec<u32>,
@@ -254,6 +256,7 @@ impl Reports {
         Reports {
             ring,
             published: vec![Published::default(); n * ring],
+            at: vec![0.0; n * ring],
             newest: vec![0; n],
             held: vec![0; n * n],
         }
@@ -264,7 +267,9 @@ impl Reports {
     fn publish(&mut self, site: usize, at: f64, report: Report, claims: &[(usize, f64, f64)]) {
         self.newest[site] += 1;
         let seq = self.newest[site];
-        let p = &mut self.published[(seq as usize & (self.ring - 1)) * self.newest.len() + site];
+        let i = (seq as usize & (self.ring - 1)) * self.newest.len() + site;
+        self.at[i] = at;
+        let p = &mut self.published[i];
         (p.seq, p.at, p.report) = (seq, at, Some(report));
         p.claims.clear();
         p.claims.extend_from_slice(claims);
@@ -277,10 +282,11 @@ impl Reports {
 
     /// `poller` takes `site`'s newest report published at or before `sent`.
     fn poll(&mut self, poller: usize, site: usize, sent: f64) {
-        let newest = self.newest[site];
+        let (n, newest) = (self.newest.len(), self.newest[site]);
         let oldest = newest.saturating_sub(self.ring as u32 - 1).max(1);
-        if let Some(seq) = (oldest..=newest).rev().find(|&q| self.get(site, q).is_some_and(|p| p.at <= sent))
-        {
+        // The ring holds every report from `oldest` to `newest`.
+        let at = |q: u32| self.at[(q as usize & (self.ring - 1)) * n + site];
+        if let Some(seq) = (oldest..=newest).rev().find(|&q| at(q) <= sent) {
             self.held[poller * self.newest.len() + site] = seq;
         }
     }
@@ -353,6 +359,11 @@ pub struct Sim<'a> {
     /// host's), so a poller polls one, as the daemon does: the same one while it answers,
     /// the next one after a poll of it failed.
     polled: Vec<u8>,
+    /// Per step of an interval: the hosts that tick at it, and the sites that poll at it
+    /// (at their first host's tick), in order (the phases are fixed: a step reads only its
+    /// own instead of every host's).
+    ticking: Vec<Vec<usize>>,
+    polling: Vec<Vec<usize>>,
     pub rec: Recorder,
 }
 
@@ -409,10 +420,20 @@ impl<'a> Sim<'a> {
                 });
             }
         }
+        let mut ticking = vec![Vec::new(); steps];
+        let mut polling = vec![Vec::new(); steps];
+        for (k, h) in hosts.iter().enumerate() {
+            ticking[h.phase].push(k);
+        }
+        for (site, hs) in site_hosts.iter().enumerate() {
+            polling[hosts[hs[0]].phase].push(site);
+        }
         let mut sim = Sim {
             s,
             p,
             rng,
+            ticking,
+            polling,
             alive: vec![true; hosts.len()],
             hosts,
             site_hosts,
@@ -497,17 +518,16 @@ impl<'a> Sim<'a> {
                 });
                 self.rec.tables(diverged);
             }
-            for site in 0..n {
-                // Each site polls its siblings once per interval, at its first host's tick
-                // (every host of a site polls the same peers: their copies would be alike).
-                if step % per_interval == self.hosts[self.site_hosts[site][0]].phase {
-                    self.poll(site, t);
-                }
+            // Each site polls its siblings once per interval, at its first host's tick
+            // (every host of a site polls the same peers: their copies would be alike).
+            for i in 0..self.polling[step % per_interval].len() {
+                self.poll(self.polling[step % per_interval][i], t);
             }
             self.install_due(t);
             // Controllers read the counters at the end of the step, having counted it.
-            for h in 0..self.hosts.len() {
-                if self.alive[h] && step % per_interval == self.hosts[h].phase {
+            for i in 0..self.ticking[step % per_interval].len() {
+                let h = self.ticking[step % per_interval][i];
+                if self.alive[h] {
                     self.tick(h, t + self.p.dt);
                 }
             }
@@ -978,7 +998,7 @@ impl<'a> Sim<'a> {
                 host.policy = state;
                 host.signals = (decision.overloaded, decision.no_headroom);
                 if policy::worth_applying(weights.iter().copied().zip(host.applied.iter().copied())) {
-                    self.apply(h, weights, t);
+                    self.apply(h, &weights, digest(&weights), t);
                 }
             }
             Steering::PerSite => {
@@ -1043,7 +1063,7 @@ impl<'a> Sim<'a> {
                     }
                 };
                 if worth {
-                    self.apply(k, weights.clone(), t);
+                    self.apply(k, &weights, new, t);
                 }
             }
         }
@@ -1080,6 +1100,9 @@ impl<'a> Sim<'a> {
         };
         host.live.iter_mut().for_each(smooth);
         let (now, decay, dt, side) = (self.done, &self.decay, self.p.dt, self.side[site]);
+        // The parked links kept are met in their final order (a link dropped has the last
+        // one moved into its place, met next), so their sum is the same as after the loop.
+        host.parked_flows = [0.0; C];
         let mut i = 0;
         while i < host.parked.len() {
             let link = &mut host.parked[i];
@@ -1092,13 +1115,10 @@ impl<'a> Sim<'a> {
                     self.parked_to[link.site][side][c] -= link.flows[c];
                 }
             } else {
+                for c in 0..C {
+                    host.parked_flows[c] += link.flows[c];
+                }
                 i += 1;
-            }
-        }
-        host.parked_flows = [0.0; C];
-        for link in &host.parked {
-            for c in 0..C {
-                host.parked_flows[c] += link.flows[c];
             }
         }
         host.counted = Rates::default();
@@ -1232,18 +1252,16 @@ impl<'a> Sim<'a> {
         (weights, decision)
     }
 
-    fn apply(&mut self, h: usize, weights: Vec<u32>, t: f64) {
+    /// Host `h` installs `weights` (whose digest is `digest`).
+    fn apply(&mut self, h: usize, weights: &[u32], digest: u64, t: f64) {
         let site = self.hosts[h].site;
         let total: u32 = weights.iter().sum();
         let share = |w: u32| if total == 0 { 0.0 } else { w as f64 / total as f64 };
         // The sites with a weight get their share, those losing it have their live links
-        // parked, in the order of the sites (a site with neither has nothing to change).
-        let mut losing: Vec<usize> =
-            self.hosts[h].live.iter().map(|l| l.site).filter(|&j| weights[j] == 0).collect();
-        losing.sort_unstable();
-        let mut losing = losing.into_iter().peekable();
+        // parked, in the order of the sites (a site with neither has nothing to change;
+        // a change of one site's link leaves the others live or parked).
         for (j, &w) in weights.iter().enumerate() {
-            if j != site && (w > 0 || losing.next_if_eq(&j).is_some()) {
+            if j != site && (w > 0 || matches!(self.hosts[h].slot[j], Slot::Live(_))) {
                 self.set_share(h, j, share(w));
             }
         }
@@ -1251,11 +1269,11 @@ impl<'a> Sim<'a> {
         let old_keep = host.table.keep;
         let keep = if total == 0 { 1.0 } else { share(weights[site]) };
         host.table = Table { keep, epoch: host.table.epoch + 1 };
-        host.digest = digest(&weights);
+        host.digest = digest;
         if let Some(co) = &mut host.cohorts {
-            co.weights.insert(host.table.epoch, weights.clone());
+            co.weights.insert(host.table.epoch, weights.to_vec());
         }
-        host.applied = weights;
+        host.applied.copy_from_slice(weights);
         self.rec.change(site, h, t, old_keep, keep);
     }
 
@@ -1317,7 +1335,7 @@ impl<'a> Sim<'a> {
             if self.alive[h] && host.applied[j] > 0 {
                 let mut w = host.applied.clone();
                 w[j] = 0;
-                self.apply(h, w, t);
+                self.apply(h, &w, digest(&w), t);
             }
             let before = self.change_link(h, j, |f| *f = [0.0; C]);
             self.rec.lost += before.iter().sum::<f64>();
