@@ -159,17 +159,17 @@ fn report_bytes() -> usize {
 /// A scenario's figures and the summary printed for them.
 type Ran = (Figures, String);
 
-/// Runs scenario `name`: its figures and their summary, and its plot if asked for.
-fn run(cli: &Cli, p: &Params, name: &str) -> Result<Ran> {
-    let s = Scenario::named(name, cli.sites as usize, cli.hosts as usize, cli.seed).context("scenario")?;
+/// Runs scenario `s`: its figures and their summary, and its plot if asked for.
+fn run(cli: &Cli, p: &Params, s: &Scenario) -> Result<Ran> {
+    let name = s.name;
     let started = Instant::now();
-    let rec = Sim::new(&s, p).run();
+    let rec = Sim::new(s, p).run();
     let took = started.elapsed();
     let steering = if cli.per_host { "per host" } else { "per site" };
-    let figures = rec.finish(&s, p, report_bytes(), cli.hosts as usize, steering);
+    let figures = rec.finish(s, p, report_bytes(), cli.hosts as usize, steering);
     if let Some(dir) = &cli.svg {
         let path = dir.join(format!("{name}.svg"));
-        let svg = plot::timeline(&s, &rec, &figures, p.dt, p.knobs.target, p.knobs.high).svg()?;
+        let svg = plot::timeline(s, &rec, &figures, p.dt, p.knobs.target, p.knobs.high).svg()?;
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
     }
     let printed = format!(
@@ -179,6 +179,11 @@ fn run(cli: &Cli, p: &Params, name: &str) -> Result<Ran> {
         took.as_secs_f64()
     );
     Ok((figures, printed))
+}
+
+/// What running `s` costs, roughly: its simulated seconds times its sites.
+fn cost(s: &Scenario) -> f64 {
+    s.duration * s.world.len() as f64
 }
 
 fn main() -> Result<()> {
@@ -192,7 +197,17 @@ fn main() -> Result<()> {
     if let Some(dir) = &cli.svg {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    // The scenarios are independent: run on `--jobs` threads, printed in their order.
+    let scenarios = names
+        .iter()
+        .map(|&name| {
+            Scenario::named(name, cli.sites as usize, cli.hosts as usize, cli.seed).context("scenario")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // The scenarios are independent: run on `--jobs` threads, printed in their order. The
+    // longest (simulated seconds × sites) start first: the others fill the other threads
+    // meanwhile, instead of the longest starting last and running alone.
+    let mut order: Vec<usize> = (0..scenarios.len()).collect();
+    order.sort_by(|&a, &b| cost(&scenarios[b]).total_cmp(&cost(&scenarios[a])));
     let next = AtomicUsize::new(0);
     let jobs =
         cli.jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
@@ -200,9 +215,8 @@ fn main() -> Result<()> {
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(names.len()) {
             scope.spawn(|| {
-                while let Some(&name) = names.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let i = names.iter().position(|&n| n == name).unwrap_or(0);
-                    let figures = run(&cli, &p, name);
+                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let figures = run(&cli, &p, &scenarios[i]);
                     done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(figures);
                 }
             });
