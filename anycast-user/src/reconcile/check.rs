@@ -218,14 +218,15 @@ impl CameHome {
         if slots.is_empty() {
             return;
         }
-        let mut times = match self.vips.get(&vip) {
-            Some(t) if t.len() == len => t.to_vec(),
-            _ => vec![0; len],
-        };
+        let times = self.vips.entry(vip).or_insert_with(|| vec![0; len].into());
+        if times.len() != len {
+            *times = vec![0; len].into();
+        }
+        // In place, unless a sweep still reads this VIP's times (then a copy).
+        let times = Arc::make_mut(times);
         for &s in slots {
             times[s as usize] = at.max(1);
         }
-        self.vips.insert(vip, times.into());
     }
 
     /// Forgets the VIPs none of whose buckets came home within `grace` seconds of `now`.
@@ -509,6 +510,10 @@ mod tests {
         c.note(2, 4, &[3], 30);
         c.note(2, 8, &[5], 31);
         assert!(!c.lately(2, 3, 31, 10) && c.lately(2, 5, 31, 10), "another size: afresh");
+        // A sweep's copy is not changed by what comes home after it.
+        let held = c.clone();
+        c.note(2, 8, &[6], 40);
+        assert!(c.lately(2, 6, 40, 10) && !held.lately(2, 6, 40, 10));
     }
 
     #[test]
