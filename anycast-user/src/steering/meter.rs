@@ -19,7 +19,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use super::policy;
+use super::policy::{self, STEP, STEP_SIGMAS};
 use crate::datapath::counters::Snapshot;
 
 /// Smoothed rates, packets/s.
@@ -152,12 +152,6 @@ pub fn smoothing_factor(dt: f64, tau: Duration) -> f64 {
 pub fn ewma(avg: f64, x: f64, alpha: f64) -> f64 {
     avg + alpha * (x - avg)
 }
-
-/// A rise in one interval is a step, not noise, beyond this share...
-pub const STEP: f64 = 0.1;
-/// ...and beyond this many standard deviations of the interval's packet count (Poisson:
-/// `√n` of `n` packets, so a small site's figures need a larger rise).
-pub const STEP_SIGMAS: f64 = 4.0;
 
 /// One step of a rate's smoothing, `dt` seconds after the last: an EWMA step, except that
 /// a rise beyond noise ([`STEP`], [`STEP_SIGMAS`]) is taken at once (a flash crowd is seen

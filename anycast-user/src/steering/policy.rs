@@ -26,12 +26,17 @@
 //!    `(target·C − received − fixed) / sheddable`; with them the site sheds a little more
 //!    at first and takes it back as they end, without a reversal (the correction shrinks
 //!    monotonically). `E` is measured on each interval alone (the smoothed figures lag
-//!    behind a change of keep) and averaged over the last few ([`UNEXPLAINED_WEIGHT`]):
+//!    behind a change of keep) and smoothed as the meter smooths a rate: a rise beyond
+//!    noise counts at once (after a cut of keep, the flows kept before it are all there),
+//!    anything else is averaged over the last few intervals ([`UNEXPLAINED_WEIGHT`]):
 //!    which flow lands where is random, and one interval's figure of a small site is
-//!    noisy; overloaded, a higher figure of the last interval counts at once. No
-//!    integrator: nothing winds up.
-//! 3. Room at a sibling is continuous: `target·C − (served − ours)` (its room at its own
-//!    target, counting what we already send as ours), never cut off at a threshold. A
+//!    noisy; overloaded, any higher figure of the last interval counts at once. While
+//!    the offered rate still climbs beyond noise, keep does not rise: a crowd's long
+//!    flows build up over their lifetime, and flows taken home now the next intervals
+//!    would send away again. No integrator: nothing winds up.
+//! 3. Room at a sibling is continuous: `(target − RELIEF)·C − (served − ours)` (its room
+//!    at its own target less the noise allowance of step 5, counting what we already send
+//!    as ours), never cut off at a threshold. A
 //!    sibling down, drained or detached has none; one whose report is stale keeps what we
 //!    send it now and gets no more (its controller may be restarting: its data path still
 //!    serves).
@@ -49,7 +54,9 @@
 //!    1 % are not made, nor moves back against the last one under 2.5 % (unless
 //!    overloaded); with keep where it is, the shed share is spread anew among the siblings
 //!    only when that moves 5 % or more ([`SPREAD_BAND`]); a sibling above its own target by
-//!    more than 0.75 % ([`RELIEF`]) gets its flows back whatever the bands — taken home
+//!    more than 0.75 % ([`RELIEF`]), or one shared with other shedders that our share in
+//!    force would take above its target once the flows turn over (our offered rate
+//!    climbed, or its room shrank), gets its flows back whatever the bands — taken home
 //!    (keep rises) or spread to the siblings with room (keep stays: relief never sends more
 //!    away): noise (in our figures or in the siblings' reports) does not make the weights
 //!    go back and forth; the weights sum to the scale exactly ([`split`]), so the local
@@ -102,6 +109,11 @@ impl Knobs {
             escalate_after: (l.escalate_after.as_secs_f64() / interval).ceil().max(1.0) as u32,
             lead: 0.0,
         }
+    }
+
+    /// The interval, s: what the rates were counted over (Poisson noise).
+    fn interval(&self) -> f64 {
+        60.0 / self.window.max(1) as f64
     }
 
     /// With decisions installed `lead` after they are made, for a policy run every `tick`.
@@ -224,7 +236,8 @@ impl Sibling {
         match &self.report {
             None => self.ours,
             Some(r) if r.drained => 0.0,
-            Some(r) => (r.target * r.capacity - (r.served - self.ours)).max(0.0),
+            // Filled to RELIEF below its target: its own noise stays at or below it.
+            Some(r) => ((r.target - RELIEF) * r.capacity - (r.served - self.ours)).max(0.0),
         }
     }
 
@@ -318,6 +331,12 @@ const DEAD_BAND: f64 = 0.01;
 const REVERSAL_BAND: f64 = 0.025;
 /// The weight of the last interval in the average of the unexplained local load.
 pub const UNEXPLAINED_WEIGHT: f64 = 0.25;
+/// A rise in one interval is a step, not noise, beyond this share (of a rate, or of the
+/// load an unexplained figure is measured on)...
+pub const STEP: f64 = 0.1;
+/// ...and beyond this many standard deviations of the interval's packet count (Poisson:
+/// `√n` of `n` packets, so a small site's figures need a larger rise).
+pub const STEP_SIGMAS: f64 = 4.0;
 /// A rise of the smoothed utilisation in one interval beyond this share of the band
 /// between `target` and `high` is a crowd arriving, not noise: shedding starts as soon as
 /// one more such rise would pass `high`, an interval before it does.
@@ -328,6 +347,8 @@ pub const RISE: f64 = 0.5;
 pub const SPREAD_BAND: f64 = 0.05;
 /// A sibling above its target by more than this (of its capacity) is relieved whatever
 /// the bands: below 1 %, so that one interval late it is still within 1 % of its target.
+/// Siblings are filled to this much below their target: its own noise (its clients,
+/// which flow lands where) then leaves it at its target, not above it half the time.
 pub const RELIEF: f64 = 0.0075;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -364,13 +385,17 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
     // What the data path kept while the figures were measured (with a lead time, not yet
     // the last keep decided: the load it leaves unexplained would be counted twice).
     let in_force = state.in_force(knobs.lead);
-    // Overloaded, the last interval's figure counts at once if higher (a flash crowd: the
-    // flows kept under keep 1 are there now); otherwise an average (noise).
+    // The unexplained load is smoothed like every rate (`meter::follow`): a rise beyond
+    // noise counts at once — after a cut of keep, the flows kept under the earlier keep
+    // are all there at once, and an average would take home, for the next intervals to
+    // send away again, what they still hold (a reversal); falls are averaged: they end
+    // slowly, and one interval's figure is noisy. Overloaded, any higher figure counts.
     let e = unexplained(in_force, local);
-    state.unexplained += UNEXPLAINED_WEIGHT * (e - state.unexplained);
-    if overloaded {
-        state.unexplained = state.unexplained.max(e);
-    }
+    state.unexplained = if e > state.unexplained + unexplained_noise(knobs, in_force, local) || overloaded {
+        state.unexplained.max(e)
+    } else {
+        state.unexplained + UNEXPLAINED_WEIGHT * (e - state.unexplained)
+    };
     state.overloaded_for = if overloaded { state.overloaded_for + 1 } else { 0 };
     if overloaded || arriving {
         state.shedding = true;
@@ -388,6 +413,12 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
             // the figures (the next interval, after the lead time), at its last rise.
             let ahead = sheddable + (1.0 + knobs.lead) * offered_rise;
             w = w.min(wanted_keep(knobs, unexplained, local, ahead));
+        }
+        if offered_rise > offered_noise(knobs, local) {
+            // The offered rate still climbs beyond noise: no flows home yet. A crowd's long
+            // flows build up over their lifetime, so what this interval's figures leave room
+            // for, the next ones take back (a reversal).
+            w = w.min(state.keep);
         }
         if let Some(c) = local.cpu.filter(|&c| c > knobs.target) {
             cpu_stalled = state.cpu_misses >= CPU_TRIES;
@@ -438,6 +469,26 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
         deficit -= extra;
     }
     let capped = overloaded && deficit > DEAD_BAND * sheddable.max(1.0);
+    // A sibling other shedders share that our share in force would take above its own
+    // target once the flows turn over (its room is counted at `target - RELIEF`): our
+    // offered rate climbed, or its room shrank, and the bands would hold the share while
+    // its load catches up with it — by as much for each shedder, so that shared, the
+    // errors the bands hold add up. A sibling only we send to shows our share's creep in
+    // its report as it comes and is relieved above `target + RELIEF` (below): relieving
+    // it on the forecast as well made relief spread the shed share anew every few
+    // intervals wherever the offered rate climbs, and bunched moves onto the siblings
+    // with room (a day's demand in the simulator: one sibling 12 s above `high`).
+    let overfull: Vec<bool> = (0..siblings.len())
+        .map(|j| {
+            let (mine, others) = (wants[j], siblings[j].others_want);
+            let part = if mine + others <= pool(j) { rooms[j] } else { pool(j) * mine / (mine + others) };
+            shed > 0.0
+                && others > 0.0
+                && siblings[j]
+                    .report
+                    .is_some_and(|r| state.shares[j] * sheddable > part + RELIEF * r.capacity)
+        })
+        .collect();
     let mut shares: Vec<f64> =
         given.iter().map(|g| if sheddable > 0.0 { g / sheddable } else { 0.0 }).collect();
     // A sibling that cannot take flows loses its share at once (health and drains are not
@@ -472,9 +523,11 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
     // above it half the time by noise alone) gets back what it wants back, however
     // little: the bands hold noise, not an overload we caused.
     let relieves = |shares: &[f64]| {
-        siblings.iter().zip(shares.iter().zip(&state.shares)).any(|(s, (new, old))| {
-            new < old && s.report.is_some_and(|r| r.served > (r.target + RELIEF) * r.capacity)
-        })
+        siblings.iter().zip(shares.iter().zip(&state.shares)).zip(&overfull).any(
+            |((s, (new, old)), &over)| {
+                new < old && (over || s.report.is_some_and(|r| r.served > (r.target + RELIEF) * r.capacity))
+            },
+        )
     };
     // Relief takes flows home (keep rises) whatever the band; it never sends more away:
     // keep falling by less than the band while relieving would only be the noise of our
@@ -569,6 +622,25 @@ fn unexplained(keep: f64, local: &Local) -> f64 {
     let r = &local.recent;
     let kept = (r.served - r.received - local.fixed).max(0.0);
     kept - keep * (r.offered - local.fixed).max(0.0)
+}
+
+/// How far one interval's unexplained load may rise above its average by noise alone: a
+/// [`STEP`] of the local load it is measured on, or its count's Poisson noise
+/// ([`STEP_SIGMAS`] standard deviations of the kept and the offered packets counted over
+/// an interval), whichever is larger.
+fn unexplained_noise(knobs: &Knobs, keep: f64, local: &Local) -> f64 {
+    let r = &local.recent;
+    let kept = (r.served - r.received).max(0.0);
+    let variance = (kept + keep * keep * r.offered) / knobs.interval();
+    (STEP * kept).max(STEP_SIGMAS * variance.sqrt())
+}
+
+/// How far the smoothed offered rate may rise in one interval by noise alone: the dead
+/// band's share of it, or [`STEP_SIGMAS`] standard deviations of the packets counted
+/// over an interval, whichever is larger.
+fn offered_noise(knobs: &Knobs, local: &Local) -> f64 {
+    let offered = local.smoothed.offered.max(0.0);
+    (DEAD_BAND * offered).max(STEP_SIGMAS * (offered / knobs.interval()).sqrt())
 }
 
 /// Weight changes below this (in [`WEIGHT_SCALE`] units: 1 %) are not applied: a Maglev
