@@ -311,6 +311,7 @@ fn cases() -> Vec<Case> {
 /// Cases of several frames with map changes between them; each on its own loaded program.
 fn scenarios() -> Vec<Case> {
     let f4 = |sport: u16, flags: u8| tcp(C4, "10.200.0.1", sport, 80, flags);
+    let forged = |flags: u8| tcp(FORGED, "10.200.0.1", 52300, 80, flags);
     let u4 = |sport: u16| udp(C4, "10.200.0.1", sport, 53);
     let swap = |vip: u32, table: &'static [u32]| -> MapsOp {
         Box::new(move |m: &mut DataPathMaps| Ok(m.set_maglev(vip, table)?))
@@ -641,18 +642,15 @@ fn scenarios() -> Vec<Case> {
                 // bucket local) makes a request socket here, whose SYN-ACK the real client
                 // answers with an ACK of its connection: that ACK follows the pin. Only a
                 // completed handshake proves a new connection.
-                send_fwd(tcp(FORGED, "10.200.0.1", 52300, 80, SYN), 1),
-                send_to_ev(tcp(FORGED, "10.200.0.1", 52300, 80, ACK), 1, S_IPIP, &promoted()),
-                send_to_ev(tcp(FORGED, "10.200.0.1", 52300, 80, FIN_ACK), 1, S_IPIP, &[]),
+                send_fwd(forged(SYN), 1),
+                send_to_ev(forged(ACK), 1, S_IPIP, &promoted()),
+                send_to_ev(forged(FIN_ACK), 1, S_IPIP, &[]),
                 Step::Maps(
                     "a forged SYN 192.168.1.99:52300 → 10.200.0.1:80 into the local stack: a request socket",
                     Box::new(|_| forge_syn("192.168.1.99:52300", "10.200.0.1:80")),
                 ),
-                send_to_ev(tcp(FORGED, "10.200.0.1", 52300, 80, ACK), 1, S_IPIP, &[]),
-                Step::Check(
-                    "the pin stays, closing",
-                    state_is(tcp(FORGED, "10.200.0.1", 52300, 80, ACK), S_IPIP, true),
-                ),
+                send_to_ev(forged(ACK), 1, S_IPIP, &[]),
+                Step::Check("the pin stays, closing", state_is(forged(ACK), S_IPIP, true)),
                 connections_closed(),
             ],
         ),
