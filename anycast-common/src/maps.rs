@@ -41,7 +41,11 @@
 //! entry atomic for both at once: a packet never sees a new size with an old table. Every
 //! inner array has the template's size, `maglev_table_size` + 1 entries (a smaller table,
 //! e.g. one local site, leaves the rest zero): the verifier inlines lookups only into inner
-//! arrays of a known size (no `BPF_F_INNER_MAP`).
+//! arrays of a known size (no `BPF_F_INNER_MAP`). A table whose every slot is the same local
+//! entry without `MAGLEV_CHECK` is written as that one slot (M = 1, read back whole by the
+//! controller): the same buckets for any reader, and the data path skips the flow hash of
+//! the packets that need no state (docs/datapath.md §6). Every build of this layout reads
+//! it alike, so the layout stays 2.
 
 /// The layout of the maps listed here (keys, values, sizes, meaning). Bumped by every
 /// change that a running program would read differently; pinned with the maps (`LAYOUT`)

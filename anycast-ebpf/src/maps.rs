@@ -45,7 +45,7 @@ pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 
 /// table's size and inlines both lookups (no helper call). Its size here is the default
 /// table's; the controller creates `MAGLEV` itself with a template of the configured
 /// `maglev_table_size` (anycast-user `datapath::maglev`).
-type MaglevTable = btf_maps::Array<u32, { maglev_inner_len(MAGLEV_DEFAULT_SIZE) as usize }, 0>;
+pub type MaglevTable = btf_maps::Array<u32, { maglev_inner_len(MAGLEV_DEFAULT_SIZE) as usize }, 0>;
 
 /// A map of maps: the controller builds a new table aside and swaps the outer entry, so a
 /// packet sees either the whole old table or the whole new one (size included: entry 0).

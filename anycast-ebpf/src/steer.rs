@@ -17,7 +17,7 @@ use crate::{
     affinity::{self, Pin},
     counters,
     frame::Frame,
-    maps::{MAGLEV, VIPS},
+    maps::{MAGLEV, MaglevTable, VIPS},
     parse::{IPPROTO_TCP, IPPROTO_UDP, Packet},
     socket::{self, Proof},
 };
@@ -102,15 +102,42 @@ pub enum Route {
     },
 }
 
-/// A Maglev entry: the bucket of `hash` in VIP `vip`'s table (§6).
+/// A VIP's Maglev table and its size M (entry 0).
+struct Table {
+    slots: &'static MaglevTable,
+    m: u32,
+}
+
+/// VIP `vip`'s table (§6); absent or empty → `no_site`.
 #[inline(always)]
-fn maglev(vip: u32, hash: u64) -> Result<u32, Exception> {
-    let table = MAGLEV.get(vip).ok_or(Exception::NoSite)?;
-    let m = table.get(0).copied().unwrap_or(0);
+fn table(vip: u32) -> Result<Table, Exception> {
+    let slots = MAGLEV.get(vip).ok_or(Exception::NoSite)?;
+    let m = slots.get(0).copied().unwrap_or(0);
     if m == 0 {
         return Err(Exception::NoSite);
     }
-    let entry = table.get(1 + maglev_slot(hash, m)).copied().ok_or(Exception::NoSite)?;
+    Ok(Table { slots, m })
+}
+
+/// The local site, when every bucket of `table` is local without `MAGLEV_CHECK`: a table
+/// of one slot (the controller installs a table whose buckets are all that entry as its
+/// one slot, anycast-user's `DataPathMaps::set_maglev_tables`). Every flow's bucket is
+/// then that entry whatever its hash, so the flows that need no state go local without
+/// computing it (the keyed hash is ~40 % of a local packet, README "Performance").
+#[inline(always)]
+fn whole_local(table: &Table) -> Option<u32> {
+    if table.m != 1 {
+        return None;
+    }
+    let entry = table.slots.get(1).copied()?;
+    (entry & (MAGLEV_LOCAL | MAGLEV_CHECK) == MAGLEV_LOCAL && entry & MAGLEV_SITE != SITE_NONE)
+        .then_some(entry & MAGLEV_SITE)
+}
+
+/// A Maglev entry: the bucket of `hash` in `table` (§6).
+#[inline(always)]
+fn maglev(table: &Table, hash: u64) -> Result<u32, Exception> {
+    let entry = table.slots.get(1 + maglev_slot(hash, table.m)).copied().ok_or(Exception::NoSite)?;
     if entry & MAGLEV_SITE == SITE_NONE {
         return Err(Exception::NoSite);
     }
@@ -148,10 +175,25 @@ pub fn route(
     pkt: &Packet,
     vip: &Vip,
 ) -> Result<Route, Exception> {
+    let table = table(vip.index)?;
+    let tcp = pkt.key.proto == IPPROTO_TCP;
+    // Stateless: UDP of an `affinity = "none"` VIP, and protocols without ports (ICMP echo
+    // to a VIP, ...), follow their bucket packet by packet.
+    let pinnable = tcp || pkt.fragment || (pkt.key.proto == IPPROTO_UDP && vip.flags & VIP_STATELESS == 0);
+
+    // A VIP whose every bucket is local without the check flag (a site that sheds none of
+    // it): TCP (SYN or mid-flow, rule 1 below) and stateless packets go local by their
+    // bucket, which is that one entry. A pinned UDP flow or a fragment still takes the flow
+    // table, as its first packet must pin it.
+    if let Some(site) = whole_local(&table) {
+        if !pinnable || (tcp && !pkt.fragment) {
+            return Ok(Route::Local { site });
+        }
+    }
+
     let key: &HashKey = &cfg.hash_key;
     let hash = flow_hash(&pkt.key, key);
-    let entry = maglev(vip.index, hash)?;
-    let tcp = pkt.key.proto == IPPROTO_TCP;
+    let entry = maglev(&table, hash)?;
 
     // A SYN starts a flow: its bucket decides, with no lookup. Towards a remote site it
     // leaves an embryo, so that its handshake ACK is pinned there whatever the weights do
@@ -160,9 +202,6 @@ pub fn route(
         return bucket(entry, hash, Record::Embryo, true);
     }
 
-    // Stateless: UDP of an `affinity = "none"` VIP, and protocols without ports (ICMP echo
-    // to a VIP, ...), follow their bucket packet by packet.
-    let pinnable = tcp || pkt.fragment || (pkt.key.proto == IPPROTO_UDP && vip.flags & VIP_STATELESS == 0);
     if !pinnable {
         return bucket(entry, hash, Record::Nothing, true);
     }

@@ -21,8 +21,12 @@
 
 use std::collections::HashMap;
 
-use anycast_common::site::{MAGLEV_LOCAL, MAGLEV_SITE, SITE_NONE};
-use anycast_tests::{admin::AdminApi, pinned::Pinned, topology::local_site};
+use anycast_common::site::{MAGLEV_CHECK, MAGLEV_LOCAL, MAGLEV_SITE, SITE_NONE};
+use anycast_tests::{
+    admin::AdminApi,
+    pinned::Pinned,
+    topology::{LOCAL_SITE, local_site, two_sites},
+};
 use anycast_user::{
     model::status::Status,
     reconcile::maglev::{Backend, build},
@@ -282,4 +286,53 @@ protocol = "udp"
     assert_eq!(first, None, "the kernel's table differs from the reference first at slot {first:?}");
     let flagged = table.iter().position(|e| (e & MAGLEV_LOCAL != 0) != (e & MAGLEV_SITE == local));
     assert_eq!(flagged, None, "a bucket whose local flag does not match its site");
+}
+
+/// Slot 0 (the size) and slot 1 of the inner table in VIP slot `vip` of the daemon's
+/// pinned `MAGLEV`, read raw: the encoding the data path sees, which
+/// `DataPathMaps::maglev` hides (it reads a one-slot whole-local table back as the table it
+/// stands for).
+fn installed_head(d: &Daemon, vip: u32) -> (u32, u32) {
+    use aya::maps::{Array, ArrayOfMaps, Map, MapData};
+    let outer = MapData::from_pin(d.pin_dir().join(anycast_common::maps::MAGLEV)).expect("the pinned MAGLEV");
+    let outer: ArrayOfMaps<MapData, Array<MapData, u32>> =
+        ArrayOfMaps::try_from(Map::ArrayOfMaps(outer)).expect("an array of maps");
+    let inner = outer.get(&vip, 0).expect("the VIP's inner table");
+    (inner.get(&0, 0).unwrap(), inner.get(&1, 0).unwrap())
+}
+
+#[test]
+fn maglev_daemon_installs_a_whole_local_table_as_its_one_slot() {
+    if !require("maglev_daemon_installs_a_whole_local_table_as_its_one_slot", &[Need::Kernel]) {
+        return;
+    }
+    let (_cl, site) = local_site("mgw");
+    let mut d = Daemon::started(&site, LOCAL_SITE).unwrap();
+    let status: Status = d.status().unwrap();
+    let (vip, here) = (status.vips[0].index, status.sites[0].index);
+    let local = here | MAGLEV_LOCAL;
+    // One site: every bucket local and clean, written as one slot, read back whole.
+    assert_eq!(installed_head(&d, vip), (1, local));
+    assert_eq!(d.maps().unwrap().maglev(vip).unwrap().expect("the VIP's table"), vec![local; 65_537]);
+
+    let reload = |d: &mut Daemon, config: &str| {
+        d.write_config(config).unwrap();
+        let mark = d.log_mark();
+        d.signal(libc::SIGHUP).unwrap();
+        d.wait_for_log(mark, "SIGHUP: config applied", std::time::Duration::from_secs(10)).unwrap();
+    };
+    // A second site takes half of the buckets: slot for slot.
+    reload(&mut d, &two_sites(&["here", "there"]));
+    let table = d.maps().unwrap().maglev(vip).unwrap().expect("the VIP's table");
+    let remote = table.iter().filter(|&&e| e & MAGLEV_LOCAL == 0).count();
+    assert!((30_000..35_000).contains(&remote), "{remote} remote buckets of 65,537");
+    assert_eq!(installed_head(&d, vip).0, 65_537);
+    // It goes: every bucket local again, but those that were remote carry the check flag
+    // (their flows may be pinned there), so the table stays slot for slot.
+    reload(&mut d, LOCAL_SITE);
+    let table = d.maps().unwrap().maglev(vip).unwrap().expect("the VIP's table");
+    assert!(table.iter().all(|&e| e & MAGLEV_SITE == here && e & MAGLEV_LOCAL != 0));
+    let flagged = table.iter().filter(|&&e| e & MAGLEV_CHECK != 0).count();
+    assert_eq!(flagged, remote, "the buckets that were remote are flagged, no other");
+    assert_eq!(installed_head(&d, vip).0, 65_537);
 }

@@ -14,6 +14,7 @@ use anycast_common::{
     counters::EXCEPTION_SLOTS,
     flow::EMBRYO_SLOTS,
     maps::{self, MAGLEV_DEFAULT_SIZE},
+    site::{MAGLEV_CHECK, MAGLEV_LOCAL},
 };
 
 use super::{
@@ -512,7 +513,33 @@ fn read_table(
     let size = all.first().copied().unwrap_or(0) as usize;
     all.truncate(size + 1);
     all.remove(0);
+    // A table installed as its one whole-local entry ([`installed`]) reads back as the
+    // table it stands for: that entry in every slot the inner array has room for.
+    if let [entry] = all[..] {
+        if whole_local(entry) {
+            all = vec![entry; inner.len() as usize - 1];
+        }
+    }
     Ok(Some(all))
+}
+
+/// A local entry without `MAGLEV_CHECK`: its bucket's flows go local with no lookup.
+fn whole_local(entry: u32) -> bool {
+    entry & (MAGLEV_LOCAL | MAGLEV_CHECK) == MAGLEV_LOCAL
+}
+
+/// What is written for `table`: a table whose every bucket is the same local entry without
+/// `MAGLEV_CHECK` (a site that sheds none of a VIP's flows) as that entry alone, a table
+/// of one slot. Every flow lands on that entry either way, and the data path sends the
+/// flows of a one-slot local table that need no state to the local stack without computing
+/// their hash (anycast-ebpf `steer::whole_local`; docs/datapath.md §6). The inner array
+/// keeps the template's size, so the swap back to a full table is one outer update, as
+/// for any table.
+fn installed(table: &[u32]) -> &[u32] {
+    match table {
+        [first, rest @ ..] if whole_local(*first) && rest.iter().all(|e| e == first) => &table[..1],
+        _ => table,
+    }
 }
 
 /// `union bpf_attr`'s `batch` member (linux/bpf.h). aya 0.14 has no batch operations,
@@ -540,6 +567,9 @@ fn new_maglev_inner(table: &[u32], shape: Shape) -> Result<Array<MapData, u32>> 
     if size == 0 || size > shape.capacity() as usize {
         return Err(MapsError::MaglevSize(size, shape.capacity()));
     }
+    // Only a table of the template's size reads back whole from one slot ([`read_table`]).
+    let table = if let Shape::Fixed { .. } = shape { installed(table) } else { table };
+    let size = table.len();
     let (entries, flags) = shape.inner(size as u32);
     let mut inner = Array::<MapData, u32>::create(entries, flags).map_err(map_err(maps::MAGLEV))?;
     let values: Vec<u32> = std::iter::once(size as u32).chain(table.iter().copied()).collect();
@@ -687,4 +717,29 @@ fn collect_array<V: Pod>(
     name: &'static str,
 ) -> Result<Vec<V>> {
     iter.collect::<Result<Vec<_>, _>>().map_err(map_err(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use anycast_common::site::{MAGLEV_CHECK, MAGLEV_LOCAL};
+
+    use super::installed;
+
+    #[test]
+    fn a_table_of_one_local_entry_without_the_check_flag_is_installed_as_that_entry() {
+        let local = 3 | MAGLEV_LOCAL;
+        assert_eq!(installed(&[local; 7]), &[local]);
+        assert_eq!(installed(&[local]), &[local]);
+        // Anything else is written slot for slot: a flagged local bucket must still look at
+        // the flow table, a remote one needs the hash, two local sites differ.
+        for table in [
+            vec![local; 6].into_iter().chain([local | MAGLEV_CHECK]).collect::<Vec<_>>(),
+            vec![local | MAGLEV_CHECK; 7],
+            vec![local, local, 5, local],
+            vec![5; 7],
+            vec![local, 4 | MAGLEV_LOCAL],
+        ] {
+            assert_eq!(installed(&table), &table[..], "{table:?}");
+        }
+    }
 }

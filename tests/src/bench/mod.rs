@@ -99,9 +99,11 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
     ));
     notes.push(
         "cases, all on the anchor frames to VIP 10.200.1.1 (ports changed to pick each path's VIP entry): \
-         vip_local_new = TCP SYN to :8080 (a local, never-remote bucket), a new client address each run (the harness stamps \
+         vip_local_new = TCP SYN to :8080 (a table whose every bucket is local and clean, installed as its one slot: \
+         a site that sheds none of the VIP's flows), a new client address each run (the harness stamps \
          a run counter into the IPv4 source); vip_local_established = TCP ACK to :8080 of a real connection the bench holds \
-         (no lookup: the bucket is local and clean); vip_local_moved_bucket = TCP ACK to :8081 of a real connection whose \
+         (no hash, no lookup); vip_local_established_shared = the same ACK to :8082, whose 65537-slot table spreads new \
+         flows over this host and the three sites, its bucket local and clean (the hash and the bucket, no lookup); vip_local_moved_bucket = TCP ACK to :8081 of a real connection whose \
          bucket names a remote site (flow table miss, then bpf_skc_lookup_tcp finds the socket); vip_forward_new = TCP SYN \
          to :80 over three IPIP sites (65537-slot weighted Maglev), a new client each run: an embryo written, XDP_TX after a \
          real bpf_fib_lookup (next hop cached, docs/datapath.md §7); vip_forward_handshake = the first ACK of each of 4096 \

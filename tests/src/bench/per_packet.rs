@@ -26,8 +26,8 @@ use super::{
     reset::ResetHarness,
     stats::median,
     world::{
-        self, Connections, NEXT_HOP_MAC, PORT_TCP_LOCAL, PORT_TCP_MOVED, PORT_UDP_PINNED, TUNNEL_V4, VIP_TCP,
-        VIP_TCP_LOCAL, VIP_TCP_MOVED, VIP_UDP, VIP_UDP_PINNED,
+        self, Connections, NEXT_HOP_MAC, PORT_TCP_LOCAL, PORT_TCP_MOVED, PORT_TCP_SHARED, PORT_UDP_PINNED,
+        TUNNEL_V4, VIP_TCP, VIP_TCP_LOCAL, VIP_TCP_MOVED, VIP_TCP_SHARED, VIP_UDP, VIP_UDP_PINNED,
     },
 };
 use crate::{
@@ -167,6 +167,7 @@ fn cases() -> Vec<Case> {
         case("non_vip_pass", hex(anchor::NON_VIP), Kind::NotOurs, 0),
         stamped(case("vip_local_new", to_port(&syn, PORT_TCP_LOCAL), Kind::Local, VIP_TCP_LOCAL)),
         case("vip_local_established", to_port(&ack, PORT_TCP_LOCAL), Kind::Local, VIP_TCP_LOCAL),
+        case("vip_local_established_shared", to_port(&ack, PORT_TCP_SHARED), Kind::Local, VIP_TCP_SHARED),
         case("vip_local_moved_bucket", to_port(&ack, PORT_TCP_MOVED), Kind::Local, VIP_TCP_MOVED),
         stamped(case("vip_forward_new", syn.clone(), Kind::Forward, VIP_TCP)),
         Case {

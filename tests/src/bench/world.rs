@@ -28,7 +28,7 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::{
     anchor,
     netns::Netns,
-    packet::{HOST_MAC, PROTO_TCP, PROTO_UDP, addr, addr16},
+    packet::{HOST_MAC, PROTO_TCP, PROTO_UDP, Packet, addr, addr16, hex},
     reference,
 };
 
@@ -45,15 +45,18 @@ pub const REMOTE_SITES: [u32; 3] = [1, 2, 3];
 /// names the local site (never remote: no flag), TCP port 8081 whose table names the
 /// remote sites while the host holds a connection to it (a local flow whose bucket moved),
 /// UDP port 5353 of `affinity = "flow"` spread over the remote sites (each flow pinned on its
-/// first packet).
+/// first packet), TCP port 8082 whose table spreads new flows over this host and the remote
+/// sites (a site that sheds part of them) with the anchor ACK's bucket local.
 pub const VIP_TCP: u32 = 0;
 pub const VIP_UDP: u32 = 1;
 pub const VIP_TCP_LOCAL: u32 = 2;
 pub const VIP_TCP_MOVED: u32 = 3;
 pub const VIP_UDP_PINNED: u32 = 4;
-pub const VIPS: [u32; 5] = [VIP_TCP, VIP_UDP, VIP_TCP_LOCAL, VIP_TCP_MOVED, VIP_UDP_PINNED];
+pub const VIP_TCP_SHARED: u32 = 5;
+pub const VIPS: [u32; 6] = [VIP_TCP, VIP_UDP, VIP_TCP_LOCAL, VIP_TCP_MOVED, VIP_UDP_PINNED, VIP_TCP_SHARED];
 pub const PORT_TCP_LOCAL: u16 = 8080;
 pub const PORT_TCP_MOVED: u16 = 8081;
+pub const PORT_TCP_SHARED: u16 = 8082;
 pub const PORT_UDP_PINNED: u16 = 5353;
 /// A non-VIP destination of the anchor frames; must not share a pre-filter slot with a VIP.
 const NON_VIP_DST: &str = "10.9.9.9";
@@ -92,6 +95,25 @@ pub fn remote_backends() -> Vec<Backend<'static>> {
 /// The Maglev table of the TCP VIP: 65537 slots over the three remote sites.
 pub fn anchor_table() -> Vec<u32> {
     maglev::build(&remote_backends(), MAGLEV_DEFAULT_SIZE)
+}
+
+/// The Maglev table of the TCP VIP on [`PORT_TCP_SHARED`]: 65537 slots over this host and
+/// the three remote sites at equal weights, as the controller builds them, with the bucket
+/// of the anchor ACK on that port made local (no check flag), so that its packets take the
+/// hash and the bucket of a table that is not all local.
+pub fn shared_table() -> Vec<u32> {
+    let mut backends = remote_backends();
+    backends.push(Backend { index: SITE_LOCAL_INDEX, name: "here", weight: 1 });
+    let local = SITE_LOCAL_INDEX | MAGLEV_LOCAL;
+    let mut table: Vec<u32> = maglev::build(&backends, MAGLEV_DEFAULT_SIZE)
+        .into_iter()
+        .map(|site| if site == SITE_LOCAL_INDEX { local } else { site })
+        .collect();
+    let mut key = Packet::parse(&hex(anchor::ACK)).key();
+    key.dport = PORT_TCP_SHARED;
+    let slot = reference::maglev_slot(reference::flow_hash(&key, &reference::KEY), table.len());
+    table[slot] = local;
+    table
 }
 
 /// The site slot whose endpoint is `endpoint`, if any.
@@ -148,6 +170,7 @@ pub fn configure(m: &mut DataPathMaps) -> Result<()> {
         m.set_tunnel_peer(&addr_key(addr(endpoint)), index)?;
     }
     let table = anchor_table();
+    let shared = shared_table();
     let local: &[u32] = &[SITE_LOCAL_INDEX | MAGLEV_LOCAL];
     m.set_maglev_tables(&[
         (VIP_TCP, &table),
@@ -155,6 +178,7 @@ pub fn configure(m: &mut DataPathMaps) -> Result<()> {
         (VIP_TCP_LOCAL, local),
         (VIP_TCP_MOVED, &table),
         (VIP_UDP_PINNED, &table),
+        (VIP_TCP_SHARED, &shared),
     ])?;
     let vips = [
         (vip_key(PROTO_TCP, 80), VipInfo { index: VIP_TCP, flags: 0 }),
@@ -162,6 +186,7 @@ pub fn configure(m: &mut DataPathMaps) -> Result<()> {
         (vip_key(PROTO_TCP, PORT_TCP_LOCAL), VipInfo { index: VIP_TCP_LOCAL, flags: 0 }),
         (vip_key(PROTO_TCP, PORT_TCP_MOVED), VipInfo { index: VIP_TCP_MOVED, flags: 0 }),
         (vip_key(PROTO_UDP, PORT_UDP_PINNED), VipInfo { index: VIP_UDP_PINNED, flags: 0 }),
+        (vip_key(PROTO_TCP, PORT_TCP_SHARED), VipInfo { index: VIP_TCP_SHARED, flags: 0 }),
     ];
     let tunnel = addr_key(addr(TUNNEL_V4));
     let other = filter_index(&addr_key(addr(NON_VIP_DST)));
