@@ -23,6 +23,14 @@ pub const MAGLEV_LOCAL: u32 = 1 << 30;
 /// flow table was last proven free of such flows.
 pub const MAGLEV_CHECK: u32 = 1 << 31;
 
+/// A local entry without [`MAGLEV_CHECK`]: its bucket's flows that need no state go to the
+/// local stack with no lookup (docs/datapath.md §6, rule 1; a table of such entries alone is
+/// installed as one slot).
+#[inline(always)]
+pub const fn clean_local(entry: u32) -> bool {
+    entry & (MAGLEV_LOCAL | MAGLEV_CHECK) == MAGLEV_LOCAL
+}
+
 /// How packets are carried to a remote site.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -7,7 +7,7 @@ use anycast_common::{
     addr::{ADDR_PORTS, filter::OVERFLOW},
     flow::maglev_slot,
     flow_hash,
-    site::{MAGLEV_CHECK, MAGLEV_LOCAL, MAGLEV_SITE, SITE_LOCAL, SITE_NONE},
+    site::{MAGLEV_LOCAL, MAGLEV_SITE, SITE_LOCAL, SITE_NONE, clean_local},
     vip::VIP_STATELESS,
 };
 use aya_ebpf::programs::XdpContext;
@@ -130,8 +130,7 @@ fn whole_local(table: &Table) -> Option<u32> {
         return None;
     }
     let entry = table.slots.get(1).copied()?;
-    (entry & (MAGLEV_LOCAL | MAGLEV_CHECK) == MAGLEV_LOCAL && entry & MAGLEV_SITE != SITE_NONE)
-        .then_some(entry & MAGLEV_SITE)
+    (clean_local(entry) && entry & MAGLEV_SITE != SITE_NONE).then_some(entry & MAGLEV_SITE)
 }
 
 /// A Maglev entry: the bucket of `hash` in `table` (§6).
@@ -210,7 +209,7 @@ pub fn route(
         // A mid-flow TCP packet (or an ICMP error about a TCP flow). A local bucket that
         // never was remote since the flow table was last proven free of its flows holds
         // only local flows: the local stack, no lookup at all.
-        if entry & (MAGLEV_LOCAL | MAGLEV_CHECK) == MAGLEV_LOCAL {
+        if clean_local(entry) {
             return Ok(Route::Local { site: entry & MAGLEV_SITE });
         }
         let replace = match affinity::pinned(pkt) {

@@ -14,7 +14,7 @@ use anycast_common::{
     counters::EXCEPTION_SLOTS,
     flow::EMBRYO_SLOTS,
     maps::{self, MAGLEV_DEFAULT_SIZE},
-    site::{MAGLEV_CHECK, MAGLEV_LOCAL},
+    site::clean_local,
 };
 
 use super::{
@@ -516,16 +516,11 @@ fn read_table(
     // A table installed as its one whole-local entry ([`installed`]) reads back as the
     // table it stands for: that entry in every slot the inner array has room for.
     if let [entry] = all[..] {
-        if whole_local(entry) {
+        if clean_local(entry) {
             all = vec![entry; inner.len() as usize - 1];
         }
     }
     Ok(Some(all))
-}
-
-/// A local entry without `MAGLEV_CHECK`: its bucket's flows go local with no lookup.
-fn whole_local(entry: u32) -> bool {
-    entry & (MAGLEV_LOCAL | MAGLEV_CHECK) == MAGLEV_LOCAL
 }
 
 /// What is written for `table`: a table whose every bucket is the same local entry without
@@ -537,7 +532,7 @@ fn whole_local(entry: u32) -> bool {
 /// for any table.
 fn installed(table: &[u32]) -> &[u32] {
     match table {
-        [first, rest @ ..] if whole_local(*first) && rest.iter().all(|e| e == first) => &table[..1],
+        [first, rest @ ..] if clean_local(*first) && rest.iter().all(|e| e == first) => &table[..1],
         _ => table,
     }
 }
