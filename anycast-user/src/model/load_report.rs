@@ -32,8 +32,11 @@ pub struct LoadReport {
     /// sequence number.
     #[serde(default)]
     pub measured_at: u64,
-    /// What this site wants from each sibling it sheds to, and sends it now (none while it
-    /// does not shed): the other shedders share that sibling's room with it in proportion.
+    /// What this site loads each sibling it sheds to with (what it wants there, or what its
+    /// share in force sends there once the flows turn over, if more), and what it sends it
+    /// now (none while it does not shed): the other shedders share that sibling's room with
+    /// it in proportion. (An older build claims only what it wants: the same field, read
+    /// the same way, only lower.)
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub claims: BTreeMap<String, Claim>,
     /// In a site of several hosts: the reporting host (`[local] host`). The figures above

@@ -44,7 +44,10 @@
 //!    proportion to their room (with every cost equal, as by default, that is the spread
 //!    in proportion to room of the whole set). Several
 //!    shedders share a sibling's room in proportion to what each wants from it: every
-//!    shedder publishes what it wants from each sibling and what it sends it now; the
+//!    shedder publishes what it loads each sibling with (what it wants from it, or what
+//!    its share in force sends it once the flows turn over, whichever is more: a share
+//!    the bounded moves hold, and what spilled past a contended sibling, load it too)
+//!    and what it sends it now; the
 //!    sibling's room for all of them is its room for us plus what the others send it, and
 //!    each takes `room × mine / (mine + others')` of it when they do not all fit; what a
 //!    sibling cannot give spills to the next one.
@@ -358,8 +361,9 @@ pub struct Decision {
     /// Share of new flows per sibling, in the order of the siblings given; they sum to
     /// `1 - keep`.
     pub shares: Vec<f64>,
-    /// Packets/s this site wants from each sibling before sharing its room with the other
-    /// shedders (published, so that they can share it).
+    /// Packets/s this site claims of each sibling's room (published, so that the other
+    /// shedders can share it): what it wants there before sharing the room with them, or
+    /// what its share sends there, whichever is more.
     pub wants: Vec<f64>,
     /// Utilisation above `high`.
     pub overloaded: bool,
@@ -590,6 +594,12 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
     state.shares.clone_from(&shares);
     let escalate = state.shedding && state.overloaded_for >= knobs.escalate_after;
     let no_headroom = overloaded && (capped || escalate || cpu_stalled);
+    // Published: what we load each sibling with, not only what the tiers wanted of it. The
+    // deficit spilled past contended siblings, and a share the bounded moves hold, load it
+    // too; unpublished, every other shedder took that room for its own.
+    for (w, s) in wants.iter_mut().zip(&shares) {
+        *w = w.max(s * sheddable);
+    }
     Decision { keep, shares, wants, overloaded, no_headroom, moved }
 }
 

@@ -375,6 +375,46 @@ fn two_shedders_whose_offered_rate_climbs_never_push_their_sibling_above_its_tar
 }
 
 #[test]
+fn what_a_shedder_spills_past_a_shared_sibling_is_claimed_so_the_next_one_is_not_overfilled() {
+    // Shedders a and c (1,000 pps, offered 1,300: each sheds 500) and two siblings: x, the
+    // nearer (300 pps of its own: room 492.5), which either could fill alone, and y, farther
+    // (500 pps of its own: room 292.5). a decides first, seeing c claim all of x; c then
+    // decides on a's published claims. No move limit: one decision each shows it.
+    let knobs = Knobs { max_step: 1.0, max_moved_per_minute: 10.0, ..KNOBS };
+    let r = Rates { offered: 1300.0, received: 0.0, served: 1300.0 };
+    let local = Local { smoothed: r, recent: r, fixed: 0.0, capacity: 1000.0, cpu: None };
+    let at = |served: f64| Report {
+        utilisation: served / 1000.0,
+        served,
+        capacity: 1000.0,
+        target: 0.8,
+        drained: false,
+    };
+    let siblings = |x_claim: f64, y_claim: f64| {
+        [
+            Sibling { others_want: x_claim, ..sibling(at(300.0), 0.0, 1.0) },
+            Sibling { others_want: y_claim, ..sibling(at(500.0), 0.0, 2.0) },
+        ]
+    };
+    let da = decide(&knobs, &mut State::default(), &local, &siblings(492.5, 0.0));
+    // Cut to half of x by c's claim, a spills the rest onto y, and claims it there.
+    for (j, (want, share)) in da.wants.iter().zip(&da.shares).enumerate() {
+        assert!(
+            *want >= share * 1300.0 - 1e-6,
+            "sibling {j}: claims {want}, sends {}: {da:?}",
+            share * 1300.0
+        );
+    }
+    let dc = decide(&knobs, &mut State::default(), &local, &siblings(da.wants[0], da.wants[1]));
+    // Before, a's claim on y was what its tiers wanted there (7.5 pps): c took y's whole room
+    // as a had, and y got 1,008 pps for a target of 800.
+    let y = 500.0 + (da.shares[1] + dc.shares[1]) * 1300.0;
+    assert!(y <= 800.0, "y serves {y}: a {da:?}, c {dc:?}");
+    let x = 300.0 + (da.shares[0] + dc.shares[0]) * 1300.0;
+    assert!(x <= 800.0, "x serves {x}: a {da:?}, c {dc:?}");
+}
+
+#[test]
 fn a_site_of_several_hosts_decides_as_the_sum_of_its_hosts() {
     // Two hosts with different shares of the site's clients: their sum decides as one host
     // with the whole would.
