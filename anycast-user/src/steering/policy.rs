@@ -15,9 +15,11 @@
 //!
 //! Each interval:
 //! 1. Overload is judged on the smoothed utilisation (only a calm that lasts brings flows
-//!    back). Shedding starts above `high`, or an interval earlier when the load rose by more
-//!    than half the band between `target` and `high` in one interval and one more such
-//!    rise would pass `high` (a crowd still arriving: [`RISE`]), and ends when the load
+//!    back). Shedding starts above `high`, or within [`GUARD_SIGMAS`] standard deviations of
+//!    the figure's measured noise below it (a load above `high` read just below it), or an
+//!    interval earlier when the load rose by more than half the band between `target` and
+//!    `high` in one interval and one more such rise would pass `high` (a crowd still
+//!    arriving: [`RISE`]), and ends when the load
 //!    would stay below `low` with every new flow kept.
 //! 2. While shedding, the wanted keep is what puts the site at `target`:
 //!    `(target·C − received − fixed − E) / (offered − fixed)`, where `E` is the local load
@@ -280,6 +282,8 @@ pub struct State {
     /// The keeps decided in the last intervals, newest last (the oldest: the keep in force
     /// before them): with a lead time, what the data path kept over the last interval.
     pub decided: VecDeque<f64>,
+    /// The variance of the last interval's utilisation about the smoothed one, averaged.
+    pub noise: f64,
 }
 
 impl Default for State {
@@ -309,6 +313,7 @@ impl State {
             last_utilisation: None,
             last_offered: None,
             decided: VecDeque::from([keep]),
+            noise: 0.0,
         }
     }
 
@@ -344,6 +349,11 @@ pub const STEP_SIGMAS: f64 = 4.0;
 /// between `target` and `high` is a crowd arriving, not noise: shedding starts as soon as
 /// one more such rise would pass `high`, an interval before it does.
 pub const RISE: f64 = 0.5;
+/// Shedding starts once the smoothed utilisation is within this many standard deviations of
+/// its measured noise below `high`: a load truly above `high` that its noisy figure reads
+/// just below it would otherwise stay there until the figure crosses, seconds for a slow
+/// rise (a day's peak).
+pub const GUARD_SIGMAS: f64 = 2.0;
 /// With keep where it is, spreading the shed share anew among the siblings moves less
 /// than this share of new flows only to give a sibling above its target flows back:
 /// their reports' noise moves their rooms every interval.
@@ -384,6 +394,12 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
     let rise = state.last_utilisation.map_or(0.0, |last| u - last);
     state.last_utilisation = Some(u);
     let arriving = rise > RISE * (knobs.high - knobs.target) && u + rise > knobs.high;
+    // The noise of the load figure: how far each interval's utilisation strays from the
+    // smoothed one, a step (a crowd arriving or leaving, beyond `STEP`) counted as no more.
+    let smoothed = local.ratio(&local.smoothed);
+    let deviation = (local.ratio(&local.recent) - smoothed).clamp(-STEP * smoothed, STEP * smoothed);
+    state.noise += UNEXPLAINED_WEIGHT * (deviation * deviation - state.noise);
+    let near = u + GUARD_SIGMAS * state.noise.sqrt() > knobs.high;
     let offered_rise = state.last_offered.map_or(0.0, |last| (local.smoothed.offered - last).max(0.0));
     state.last_offered = Some(local.smoothed.offered);
     // What the data path kept while the figures were measured (with a lead time, not yet
@@ -401,7 +417,7 @@ pub fn decide(knobs: &Knobs, state: &mut State, local: &Local, siblings: &[Sibli
         state.unexplained + UNEXPLAINED_WEIGHT * (e - state.unexplained)
     };
     state.overloaded_for = if overloaded { state.overloaded_for + 1 } else { 0 };
-    if overloaded || arriving {
+    if overloaded || arriving || near {
         state.shedding = true;
     } else if state.shedding && full_utilisation(in_force, local) < knobs.low {
         state.shedding = false;

@@ -415,6 +415,37 @@ fn what_a_shedder_spills_past_a_shared_sibling_is_claimed_so_the_next_one_is_not
 }
 
 #[test]
+fn a_load_read_just_below_high_through_noise_is_shed_and_a_quiet_one_is_not() {
+    // Smoothed at 0.89 of capacity, under `high` (0.9); each interval's figure strays by
+    // ±3 % of capacity (the noise of a site whose true load may be above `high`).
+    let at = |u: f64| Rates { offered: u * 1000.0, received: 0.0, served: u * 1000.0 };
+    let site = |recent: f64| Local {
+        smoothed: at(0.89),
+        recent: at(recent),
+        fixed: 0.0,
+        capacity: 1000.0,
+        cpu: None,
+    };
+    let sib = [sibling(idle(10_000.0), 0.0, 1.0)];
+    let (mut noisy, mut quiet) = (State::default(), State::default());
+    let mut shed_noisy = None;
+    for i in 0..40 {
+        let d = decide(&KNOBS, &mut noisy, &site(if i % 2 == 0 { 0.86 } else { 0.92 }), &sib);
+        assert!(!d.overloaded, "{d:?}");
+        if d.keep < 1.0 && shed_noisy.is_none() {
+            shed_noisy = Some(i);
+        }
+        let q = decide(&KNOBS, &mut quiet, &site(0.89), &sib);
+        assert_eq!(q.keep, 1.0, "the same smoothed load, without noise: {q:?}");
+        assert!(!quiet.shedding);
+    }
+    // The noise is learnt within a few intervals (weight 0.25): then it sheds, towards target.
+    let at_interval = shed_noisy.expect("the noisy site never shed");
+    assert!(at_interval <= 5, "shed from interval {at_interval}");
+    assert!(noisy.keep < 0.95, "{noisy:?}");
+}
+
+#[test]
 fn a_site_of_several_hosts_decides_as_the_sum_of_its_hosts() {
     // Two hosts with different shares of the site's clients: their sum decides as one host
     // with the whole would.
