@@ -87,8 +87,13 @@ fn sibling(report: Report, ours: f64, cost: f64) -> Sibling {
     Sibling { up: true, drained: false, cost, ours, others_want: 0.0, others_send: 0.0, report: Some(report) }
 }
 
+/// A sibling's report: serving `served` of `capacity` packets/s, target 0.8.
+fn serving(served: f64, capacity: f64) -> Report {
+    Report { utilisation: served / capacity, served, capacity, target: 0.8, drained: false }
+}
+
 fn idle(capacity: f64) -> Report {
-    Report { utilisation: 0.1, served: 0.1 * capacity, capacity, target: 0.8, drained: false }
+    serving(0.1 * capacity, capacity)
 }
 
 /// Runs one shedder against idle siblings that serve what it sends them.
@@ -251,9 +256,7 @@ fn room_is_continuous_at_the_siblings_target() {
     let local = Plant::new(1000.0, 2000.0, 1).local();
     let at = |served: f64| {
         let mut state = State { shedding: true, ..State::default() };
-        let r =
-            Report { utilisation: served / 1000.0, served, capacity: 1000.0, target: 0.8, drained: false };
-        decide(&KNOBS, &mut state, &local, &[sibling(r, 300.0, 1.0)]).wants[0]
+        decide(&KNOBS, &mut state, &local, &[sibling(serving(served, 1000.0), 300.0, 1.0)]).wants[0]
     };
     let (below, above) = (at(799.0), at(801.0));
     assert!((below - above).abs() < 5.0, "{below} vs {above}");
@@ -322,13 +325,7 @@ fn shared_sibling_climbing(knobs: &Knobs, intervals: usize, from: f64, to: f64) 
         c.step();
         let b_served = b_base + a.to(0) + c.to(0);
         b_loads.push(b_served / b_capacity);
-        let b = Report {
-            utilisation: b_served / b_capacity,
-            served: b_served,
-            capacity: b_capacity,
-            target: 0.8,
-            drained: false,
-        };
+        let b = serving(b_served, b_capacity);
         let claim =
             |(want, send), ours| Sibling { others_want: want, others_send: send, ..sibling(b, ours, 1.0) };
         let da = decide(knobs, &mut sa, &a.local(), &[claim(wants_c, a.to(0))]);
@@ -383,17 +380,10 @@ fn what_a_shedder_spills_past_a_shared_sibling_is_claimed_so_the_next_one_is_not
     let knobs = Knobs { max_step: 1.0, max_moved_per_minute: 10.0, ..KNOBS };
     let r = Rates { offered: 1300.0, received: 0.0, served: 1300.0 };
     let local = Local { smoothed: r, recent: r, fixed: 0.0, capacity: 1000.0, cpu: None };
-    let at = |served: f64| Report {
-        utilisation: served / 1000.0,
-        served,
-        capacity: 1000.0,
-        target: 0.8,
-        drained: false,
-    };
     let siblings = |x_claim: f64, y_claim: f64| {
         [
-            Sibling { others_want: x_claim, ..sibling(at(300.0), 0.0, 1.0) },
-            Sibling { others_want: y_claim, ..sibling(at(500.0), 0.0, 2.0) },
+            Sibling { others_want: x_claim, ..sibling(serving(300.0, 1000.0), 0.0, 1.0) },
+            Sibling { others_want: y_claim, ..sibling(serving(500.0, 1000.0), 0.0, 2.0) },
         ]
     };
     let da = decide(&knobs, &mut State::default(), &local, &siblings(492.5, 0.0));
@@ -581,11 +571,7 @@ fn with_keep_in_place_noise_in_the_siblings_rooms_moves_nothing() {
     // At target, shedding half of 1,600 pps to two siblings of 2,000 pps (target 1,600),
     // each sent 400 pps: keep stays 0.5; the split follows their rooms.
     let local = at(1600.0, 800.0);
-    let sibling_serving = |served: f64| {
-        let r =
-            Report { utilisation: served / 2000.0, served, capacity: 2000.0, target: 0.8, drained: false };
-        sibling(r, 400.0, 1.0)
-    };
+    let sibling_serving = |served: f64| sibling(serving(served, 2000.0), 400.0, 1.0);
     let split = |a: f64, b: f64| {
         let mut state = State::adopted(0.5, vec![0.25, 0.25]);
         let d = decide(&KNOBS, &mut state, &local, &[sibling_serving(a), sibling_serving(b)]);
@@ -613,11 +599,8 @@ fn with_keep_in_place_noise_in_the_siblings_rooms_moves_nothing() {
 fn relief_takes_flows_home_but_never_lowers_keep_under_the_band() {
     // Keep 0.5 of 1,600 pps, 400 pps to each of two siblings of 2,000 (target 1,600); the
     // first serves 1,640 (above its target by 2 %), the second 1,200.
-    let sibs = [(1640.0, 400.0), (1200.0, 400.0)].map(|(served, ours)| {
-        let r =
-            Report { utilisation: served / 2000.0, served, capacity: 2000.0, target: 0.8, drained: false };
-        sibling(r, ours, 1.0)
-    });
+    let sibs =
+        [(1640.0, 400.0), (1200.0, 400.0)].map(|(served, ours)| sibling(serving(served, 2000.0), ours, 1.0));
     let relieve = |local: Local| {
         let mut state = State::adopted(0.5, vec![0.25, 0.25]);
         decide(&KNOBS, &mut state, &local, &sibs)
