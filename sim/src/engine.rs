@@ -471,7 +471,10 @@ impl<'a> Sim<'a> {
     }
 
     pub fn run(mut self) -> Recorder {
-        let steps = (self.s.duration / self.p.dt).round() as usize;
+        // The controllers' clock `t` starts with the warm-up; the scenario's (`now`: demand,
+        // outages, partition, the figures) once it is over.
+        let warm = (self.s.warm_up / self.p.dt).round() as usize;
+        let steps = warm + (self.s.duration / self.p.dt).round() as usize;
         let per_interval = steps_per(self.p.interval, self.p.dt);
         let per_health = steps_per(self.p.health_interval, self.p.dt);
         let per_bgp = steps_per(self.p.bgp_interval, self.p.dt);
@@ -482,13 +485,17 @@ impl<'a> Sim<'a> {
         let mut capacity = vec![0.0; n];
         let mut ecmp = vec![0; n];
         for step in 0..steps {
-            let t = step as f64 * self.p.dt;
-            self.outages(t);
+            if step == warm && warm > 0 {
+                self.rec = Recorder::new(self.s, self.p).from(t_of(warm, self.p.dt));
+            }
+            let t = t_of(step, self.p.dt);
+            let now = t - t_of(warm, self.p.dt);
+            self.outages(t, now);
             self.follow_routes(t);
-            self.ingress(t, &mut ingress);
+            self.ingress(now, &mut ingress);
             received.iter_mut().for_each(|r| *r = 0.0);
             served.iter_mut().for_each(|r| *r = 0.0);
-            let part = self.s.partitioned(t);
+            let part = self.s.partitioned(now);
             for (j, hs) in self.site_hosts.iter().enumerate() {
                 let best = self.route[j];
                 ecmp[j] =
@@ -509,7 +516,7 @@ impl<'a> Sim<'a> {
                     }
                 }
             }
-            self.rec.step(t, &served, &capacity, ingress.iter().sum());
+            self.rec.step(now, &served, &capacity, ingress.iter().sum());
             if step % per_interval == 0 {
                 let diverged = self.site_hosts.iter().map(|hs| {
                     let mut alive = hs.iter().filter(|&&h| self.alive[h]).map(|&h| self.hosts[h].digest);
@@ -541,20 +548,20 @@ impl<'a> Sim<'a> {
         self.rec
     }
 
-    /// Hosts and sites failing or coming back at `t`.
-    fn outages(&mut self, t: f64) {
+    /// Hosts and sites failing or coming back at scenario time `now` (controllers' clock `t`).
+    fn outages(&mut self, t: f64, now: f64) {
         let dt = self.p.dt;
         for o in self.s.outages.clone() {
             let hosts: Vec<usize> = match o.host {
                 Some(k) => vec![self.site_hosts[o.site][k]],
                 None => self.site_hosts[o.site].clone(),
             };
-            if t >= o.from && t - dt < o.from {
+            if now >= o.from && now - dt < o.from {
                 for &h in &hosts {
                     self.fail(h);
                 }
             }
-            if t >= o.to && t - dt < o.to {
+            if now >= o.to && now - dt < o.to {
                 for &h in &hosts {
                     self.recover(h, t);
                 }
@@ -1377,6 +1384,11 @@ impl<'a> Sim<'a> {
     }
 }
 
+/// The time at the start of step `step`.
+fn t_of(step: usize, dt: f64) -> f64 {
+    step as f64 * dt
+}
+
 fn steps_per(period: f64, dt: f64) -> usize {
     ((period / dt).round() as usize).max(1)
 }
@@ -1445,6 +1457,27 @@ mod tests {
         assert!(f.focus_peak > 0.9, "a 3x crowd passes high before it is shed: {}", f.focus_peak);
         assert!(f.settle_s.is_some(), "{f:?}");
         assert_eq!(f.established_moved, 0.0);
+    }
+
+    #[test]
+    fn the_warm_up_runs_the_demand_before_0_s_and_records_nothing_of_it() {
+        // A crowd at the focus site since 30 s before 0 s.
+        let mut s = Scenario::named("flash", 20, 2, 3).unwrap();
+        s.surges[0].from = -30.0;
+        s.event = (0.0, s.surges[0].to);
+        let p = params();
+        let run = |warm_up| {
+            let s = Scenario { warm_up, ..s.clone() };
+            Sim::new(&s, &p).run().finish(&s, &p, 200, 2, "per host")
+        };
+        // Cold, the crowd's flows are all kept at 0 s; warmed up for 40 s, the crowd was shed
+        // during the warm-up and the figures start from there.
+        let (cold, warm) = (run(0.0), run(40.0));
+        assert!(cold.focus_peak > 1.2, "a 3x crowd kept whole: {}", cold.focus_peak);
+        assert!(cold.longest_above_high_s > 1.0, "{cold:?}");
+        assert!(warm.focus_peak < p.knobs.high, "shed before 0 s: {}", warm.focus_peak);
+        assert_eq!(warm.longest_above_high_s, 0.0, "{warm:?}");
+        assert!(warm.new_flows_moved_share > 0.0, "still shedding after 0 s: {warm:?}");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Recorder {
     keep_log: Vec<Vec<(f64, f64)>>,
     host_site: Vec<usize>,
     first_host: Vec<usize>,
+    /// The controllers' time at the scenario's 0 s (after the warm-up).
+    start: f64,
     bgp: Vec<u32>,
     pub polls: Vec<u64>,
     ages: Vec<u64>,
@@ -93,6 +95,7 @@ impl Recorder {
             keep_log: vec![Vec::new(); n],
             host_site,
             first_host,
+            start: 0.0,
             bgp: vec![0; n],
             polls: vec![0; n],
             ages: vec![0; AGE_BUCKETS + 1],
@@ -108,6 +111,12 @@ impl Recorder {
             broken_by_bgp: 0.0,
             blackholed: 0.0,
         }
+    }
+
+    /// A recorder whose changes are logged in the time of a scenario that starts at the
+    /// controllers' `start` (the warm-up before it recorded nowhere).
+    pub fn from(self, start: f64) -> Recorder {
+        Recorder { start, ..self }
     }
 
     /// One step: every site's served packets/s and the capacity of its hosts alive (0:
@@ -166,7 +175,7 @@ impl Recorder {
             self.direction[host] = d.signum();
         }
         if self.first_host[site] == host {
-            self.keep_log[site].push((t, keep));
+            self.keep_log[site].push((t - self.start, keep));
         }
     }
 
@@ -333,6 +342,7 @@ impl Recorder {
             hosts,
             steering: steering.into(),
             duration_s: s.duration,
+            warm_up_s: s.warm_up,
             focus: s.focus.iter().map(|&j| s.world.sites[j].name.clone()).collect(),
             settle_s: settle,
             focus_peak,
@@ -425,6 +435,8 @@ pub struct Figures {
     pub hosts: usize,
     pub steering: String,
     pub duration_s: f64,
+    /// Simulated seconds before 0 s, recorded nowhere ([`Scenario::warm_up`]).
+    pub warm_up_s: f64,
     pub knobs: String,
     pub focus: Vec<String>,
     /// Seconds from the event's start until the focus sites stay at or below target + 5 %.

@@ -65,6 +65,10 @@ struct Cli {
     /// several hosts), instead of its site's first host deciding on the sum of the site's.
     #[arg(long)]
     per_host: bool,
+    /// Simulated seconds run before each scenario's 0 s, recorded nowhere (default: the
+    /// scenario's own; 0: every controller starts cold at 0 s, all flows kept).
+    #[arg(long, value_name = "SECONDS")]
+    warm_up: Option<f64>,
     /// Scenarios run at once (default: one per CPU).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
@@ -97,6 +101,9 @@ fn params(cli: &Cli) -> Result<Params> {
     let bgp = pick(|c| c.bgp.is_some()).bgp.clone().context("[bgp]")?;
     if !(0.0..1.0).contains(&cli.report_loss) || !(0.0..1.0).contains(&cli.noise) {
         bail!("--report-loss and --noise are in [0, 1)");
+    }
+    if cli.warm_up.is_some_and(|w| !(0.0..=3600.0).contains(&w)) {
+        bail!("--warm-up is in [0, 3600] s");
     }
     // Per site, every host installs each decision a lead time after it, as the daemon's
     // hosts of a site do (and its policy knows); per host, at once.
@@ -173,9 +180,10 @@ fn run(cli: &Cli, p: &Params, s: &Scenario) -> Result<Ran> {
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
     }
     let printed = format!(
-        "{}   ({:.1} s of simulated time in {:.2} s)",
+        "{}   ({:.1} s of simulated time, {:.0} s of warm-up before it, in {:.2} s)",
         figures.summary(),
         s.duration,
+        s.warm_up,
         took.as_secs_f64()
     );
     Ok((figures, printed))
@@ -183,7 +191,7 @@ fn run(cli: &Cli, p: &Params, s: &Scenario) -> Result<Ran> {
 
 /// What running `s` costs, roughly: its simulated seconds times its sites.
 fn cost(s: &Scenario) -> f64 {
-    s.duration * s.world.len() as f64
+    (s.warm_up + s.duration) * s.world.len() as f64
 }
 
 fn main() -> Result<()> {
@@ -200,7 +208,9 @@ fn main() -> Result<()> {
     let scenarios = names
         .iter()
         .map(|&name| {
-            Scenario::named(name, cli.sites as usize, cli.hosts as usize, cli.seed).context("scenario")
+            let s = Scenario::named(name, cli.sites as usize, cli.hosts as usize, cli.seed)
+                .context("scenario")?;
+            Ok(Scenario { warm_up: cli.warm_up.unwrap_or(s.warm_up), ..s })
         })
         .collect::<Result<Vec<_>>>()?;
     // The scenarios are independent: run on `--jobs` threads, printed in their order. The
