@@ -489,7 +489,8 @@ impl<'a> Sim<'a> {
                 self.rec = Recorder::new(self.s, self.p).from(t_of(warm, self.p.dt));
             }
             let t = t_of(step, self.p.dt);
-            let now = t - t_of(warm, self.p.dt);
+            // Counted in steps from the scenario's 0 s, as `t` is from the warm-up's.
+            let now = (step as f64 - warm as f64) * self.p.dt;
             self.outages(t, now);
             self.follow_routes(t);
             self.ingress(now, &mut ingress);
