@@ -455,15 +455,17 @@ impl<'a> Sim<'a> {
             polled: vec![0; n * n],
             rec: Recorder::new(s, p),
         };
-        sim.warm_up();
+        sim.start_flows();
         sim
     }
 
-    /// Starts every host with the flows its demand would have at steady state, all local.
-    fn warm_up(&mut self) {
+    /// Starts every host with the flows its demand would have at steady state, all local,
+    /// at the run's first step (the warm-up's, if any).
+    fn start_flows(&mut self) {
+        let start = -self.s.warm_up;
         for h in &mut self.hosts {
             let site = &self.s.world.sites[h.site];
-            let ingress = site.home_demand * self.s.demand_factor(h.site, 0.0) / site.hosts as f64;
+            let ingress = site.home_demand * self.s.demand_factor(h.site, start) / site.hosts as f64;
             for (c, class) in CLASSES.iter().enumerate() {
                 h.local[c] = ingress * class.packets / class.pps;
             }
@@ -471,8 +473,8 @@ impl<'a> Sim<'a> {
     }
 
     pub fn run(mut self) -> Recorder {
-        // The controllers' clock `t` starts with the warm-up; the scenario's (`now`: demand,
-        // outages, partition, the figures) once it is over.
+        // The controllers' clock `t` is 0 at the warm-up's start; the scenario's (`now`:
+        // demand, outages, partition, the figures) once it is over.
         let warm = (self.s.warm_up / self.p.dt).round() as usize;
         let steps = warm + (self.s.duration / self.p.dt).round() as usize;
         let per_interval = steps_per(self.p.interval, self.p.dt);
