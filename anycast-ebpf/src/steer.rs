@@ -3,7 +3,7 @@
 //! for handshakes in flight. Every rule is in docs/datapath.md §6.
 
 use anycast_common::{
-    AddrSlot, Event, Exception, FlowKey, HashKey, LocalConfig, SiteInfo, VipKey,
+    AddrSlot, Encap, Event, Exception, Family, FlowKey, LocalConfig, SiteInfo, VipKey,
     addr::{ADDR_PORTS, filter::OVERFLOW},
     flow::maglev_slot,
     flow_hash,
@@ -155,13 +155,26 @@ fn bucket(entry: u32, hash: u64, record: Record, new_flow: bool) -> Result<Route
     Ok(Route::Remote { site, info, hash, record, new_flow })
 }
 
-/// A pinned flow's route.
+/// A pinned flow's route. `hash`: the flow hash, for the outer header's entropy.
 #[inline(always)]
 fn pinned(site: u32, info: &'static SiteInfo, hash: u64) -> Route {
     if info.flags & SITE_LOCAL != 0 {
         Route::Local { site }
     } else {
         Route::Remote { site, info, hash, record: Record::Nothing, new_flow: false }
+    }
+}
+
+/// What the outer header towards `info` takes from the flow hash: the GUE source port
+/// (receive-side spreading over queues and ECMP paths) and the IPv6 flow label (§7), which
+/// must be the same for every packet of a flow as for its first. An IPv4 IP-in-IP header
+/// has no field for it, so a pinned flow to such a site never needs the hash.
+#[inline(always)]
+fn entropy(cfg: &LocalConfig, pkt: &Packet, info: &SiteInfo) -> u64 {
+    if info.encap == Encap::Gue as u8 || info.tunnel_family == Family::V6 as u8 {
+        flow_hash(&pkt.key, &cfg.hash_key)
+    } else {
+        0
     }
 }
 
@@ -190,29 +203,58 @@ pub fn route(
         }
     }
 
-    let key: &HashKey = &cfg.hash_key;
-    let hash = flow_hash(&pkt.key, key);
-    let entry = maglev(&table, hash)?;
+    // The flow hash and its bucket.
+    let bucket_of = || -> Result<(u64, u32), Exception> {
+        let hash = flow_hash(&pkt.key, &cfg.hash_key);
+        Ok((hash, maglev(&table, hash)?))
+    };
 
     // A SYN starts a flow: its bucket decides, with no lookup. Towards a remote site it
     // leaves an embryo, so that its handshake ACK is pinned there whatever the weights do
     // meanwhile.
     if pkt.tcp_syn {
+        let (hash, entry) = bucket_of()?;
         return bucket(entry, hash, Record::Embryo, true);
     }
 
     if !pinnable {
+        let (hash, entry) = bucket_of()?;
         return bucket(entry, hash, Record::Nothing, true);
     }
 
-    if tcp && !pkt.fragment {
+    // The flow table first: a pinned flow then needs neither its bucket nor (towards an
+    // IPv4 IP-in-IP site) the hash, 18 of the 65 ns a pinned forwarded packet cost with
+    // the bucket first (README, "Performance"). The price is a flow-table miss (~13 ns) for
+    // a mid-flow local packet of a shared table, which then goes on into the local stack,
+    // whose own cost for it is about a hundred times that; a forwarded packet costs the host little
+    // more than this program. A pinned UDP flow or fragment follows its pin whatever its
+    // bucket. A mid-flow TCP pin that is alive (its client never closed) is followed too:
+    // its bucket cannot be local and clean, since the controller clears a bucket's check
+    // flag only once none of its pins may be alive (docs/datapath.md §6, "The check
+    // flag"). A closing pin waits for its bucket: in a clean local bucket the flow is the
+    // host's (rule 1).
+    let tcp_mid_flow = tcp && !pkt.fragment;
+    let pin = affinity::pinned(pkt);
+    if let Pin::Site(site, info, entry) = &pin {
+        if !tcp_mid_flow || !affinity::closing(entry) {
+            let route = pinned(*site, *info, entropy(cfg, pkt, info));
+            if tcp_mid_flow && matches!(route, Route::Remote { .. }) {
+                affinity::note(entry, pkt.tcp_closing);
+            }
+            return Ok(route);
+        }
+    }
+    let (hash, entry) = bucket_of()?;
+
+    if tcp_mid_flow {
         // A mid-flow TCP packet (or an ICMP error about a TCP flow). A local bucket that
         // never was remote since the flow table was last proven free of its flows holds
         // only local flows: the local stack, no lookup at all.
         if clean_local(entry) {
             return Ok(Route::Local { site: entry & MAGLEV_SITE });
         }
-        let replace = match affinity::pinned(pkt) {
+        let replace = match pin {
+            // Only a closing pin is left here (an alive one was followed above).
             Pin::Site(site, info, entry) => {
                 let route = pinned(site, info, hash);
                 if let Route::Remote { .. } = route {
@@ -224,8 +266,7 @@ pub fn route(
                     // full socket, or a SYN cookie this host sent), which no packet from
                     // off the path can make; a request socket any SYN makes, and a
                     // time-wait one is an older connection's.
-                    if affinity::closing(&entry)
-                        && !pkt.icmp_error
+                    if !pkt.icmp_error
                         && socket::is_local(ctx, frame, pkt, cfg.socket_netns, Proof::Handshake)
                     {
                         affinity::unpin(pkt);
@@ -267,12 +308,9 @@ pub fn route(
         return bucket(entry, hash, Record::Nothing, false);
     }
 
-    // UDP of an `affinity = "flow"` VIP, and fragments: pinned on their first packet.
-    let replace = match affinity::pinned(pkt) {
-        Pin::Site(site, info, _) => return Ok(pinned(site, info, hash)),
-        Pin::Stale => true,
-        Pin::None => false,
-    };
+    // UDP of an `affinity = "flow"` VIP, and fragments, unpinned (a pin was followed
+    // above): pinned on their first packet.
+    let replace = matches!(pin, Pin::Stale);
     if pkt.icmp_error {
         return bucket(entry, hash, Record::Nothing, false);
     }

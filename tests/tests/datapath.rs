@@ -384,6 +384,40 @@ fn scenarios() -> Vec<Case> {
             ],
         ),
         own(
+            "a_shared_table_looks_at_the_flow_table_first_a_closing_pin_waits_for_its_bucket",
+            None,
+            vec![
+                // A table of two slots (not a whole-local one), the flow's bucket local and
+                // clean: the flow table is read before the hash. An alive pin is followed
+                // (the controller never clears the flag of a bucket holding one); a closing
+                // pin in a clean local bucket is the host's flow (rule 1).
+                Step::Maps(
+                    "flow 43100 pinned to site 1; VIP 1's table two slots, the flow's local and clean",
+                    Box::new(|m| {
+                        m.set_flow(
+                            &tcp(C4, "10.200.0.1", 43100, 80, ACK).key(),
+                            &FlowValue { site: S_IPIP as u16, state: 0, generation: 1 },
+                        )?;
+                        let flow = tcp(C4, "10.200.0.1", 43100, 80, ACK);
+                        Ok(m.set_maglev(1, &shared_with(flow, S_LOCAL | MAGLEV_LOCAL))?)
+                    }),
+                ),
+                send_to_ev(f4(43100, ACK), 1, S_IPIP, &[]),
+                Step::Check("an alive pin followed notes nothing", state_is(f4(43100, ACK), S_IPIP, false)),
+                Step::Maps("the pin closing, seen long ago", set_closing_long_ago(f4(43100, ACK))),
+                send_to_ev(f4(43100, ACK), 1, S_LOCAL, &[]),
+                Step::Maps(
+                    "its bucket flagged",
+                    Box::new(|m| {
+                        let flow = tcp(C4, "10.200.0.1", 43100, 80, ACK);
+                        Ok(m.set_maglev(1, &shared_with(flow, S_LOCAL | MAGLEV_LOCAL | MAGLEV_CHECK))?)
+                    }),
+                ),
+                send_to_ev(f4(43100, ACK), 1, S_IPIP, &[]),
+                Step::Check("a closing pin followed is seen now", state_is(f4(43100, ACK), S_IPIP, true)),
+            ],
+        ),
+        own(
             "a_forwarded_pinned_tcp_flow_is_noted_closing_in_its_flow_entry",
             None,
             vec![
@@ -1041,6 +1075,14 @@ fn set_closing_long_ago(p: Packet) -> MapsOp {
         v.state = 0x8000 | (coarse_units().wrapping_sub(100) & 0x7fff);
         Ok(m.set_flow(&p.key(), &v)?)
     })
+}
+
+/// A table of two slots: `entry` in the one `p`'s flow falls in (by the reference hash under
+/// the fixtures' key), the IPIP site in the other.
+fn shared_with(p: Packet, entry: u32) -> [u32; 2] {
+    let mut table = [S_IPIP; 2];
+    table[reference::maglev_slot(reference::flow_hash(&p.key(), &KEY), 2)] = entry;
+    table
 }
 
 fn flows_are(want: Vec<(FlowKey, Option<(u32, u32)>)>) -> MapsCheck {

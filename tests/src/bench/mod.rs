@@ -103,12 +103,12 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
          a site that sheds none of the VIP's flows), a new client address each run (the harness stamps \
          a run counter into the IPv4 source); vip_local_established = TCP ACK to :8080 of a real connection the bench holds \
          (no hash, no lookup); vip_local_established_shared = the same ACK to :8082, whose 65537-slot table spreads new \
-         flows over this host and the three sites, its bucket local and clean (the hash and the bucket, no lookup); vip_local_moved_bucket = TCP ACK to :8081 of a real connection whose \
+         flows over this host and the three sites, its bucket local and clean (a flow-table miss, then the hash and the bucket); vip_local_moved_bucket = TCP ACK to :8081 of a real connection whose \
          bucket names a remote site (flow table miss, then bpf_skc_lookup_tcp finds the socket); vip_forward_new = TCP SYN \
          to :80 over three IPIP sites (65537-slot weighted Maglev), a new client each run: an embryo written, XDP_TX after a \
          real bpf_fib_lookup (next hop cached, docs/datapath.md §7); vip_forward_handshake = the first ACK of each of 4096 \
          such SYNs (stamped alike): the promotion, a flow-table insert into an emptied table; vip_forward_established = TCP \
-         ACK of a pinned forwarded flow; vip_forward_established_many = the same ACK from a new client each run, each \
+         ACK of a pinned forwarded flow (the flow table first: no hash, no bucket); vip_forward_established_many = the same ACK from a new client each run, each \
          of 65536 clients' flows pinned beforehand (a flow entry of its own per packet, as under many flows); vip_udp_stateless = UDP to :53 (affinity = \"none\", served locally), a new client \
          each run; vip_forward_new_evicting = UDP to :5353 (affinity = \"flow\", remote buckets), a new client each run, the \
          flow table first filled to capacity: each first packet pins and evicts (the steady state under a flood of new \
