@@ -110,7 +110,8 @@ pub fn run(scale: Scale, mode: &'static str, anycast: &Path) -> Result<Report> {
          such SYNs (stamped alike): the promotion, a flow-table insert into an emptied table; vip_forward_established = TCP \
          ACK of a pinned forwarded flow (the flow table first: no hash, no bucket); vip_forward_established_many = the same ACK from a new client each run, each \
          of 65536 clients' flows pinned beforehand (a flow entry of its own per packet, as under many flows); vip_udp_stateless = UDP to :53 (affinity = \"none\", served locally), a new client \
-         each run; vip_forward_new_evicting = UDP to :5353 (affinity = \"flow\", remote buckets), a new client each run, the \
+         each run; vip_forward_udp_pinned = UDP to :5353 (affinity = \"flow\", remote buckets) of a flow its first \
+         packet pinned (a QUIC connection's later packets: the flow table first, no hash, no bucket); vip_forward_new_evicting = UDP to :5353 (affinity = \"flow\", remote buckets), a new client each run, the \
          flow table first filled to capacity: each first packet pins and evicts (the steady state under a flood of new \
          pinned flows); decap = IPIP from 10.0.0.2 carrying the anchor SYN; malformed_drop = anchor UDP with IHL 4 (counted \
          bad_header and passed, docs/datapath.md §2)"

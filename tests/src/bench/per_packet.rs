@@ -187,6 +187,10 @@ fn cases() -> Vec<Case> {
         },
         stamped(case("vip_udp_stateless", udp.clone(), Kind::Local, VIP_UDP)),
         Case {
+            prime: Prime::Frames(vec![to_port(&udp, PORT_UDP_PINNED)]),
+            ..case("vip_forward_udp_pinned", to_port(&udp, PORT_UDP_PINNED), Kind::Forward, VIP_UDP_PINNED)
+        },
+        Case {
             table: Table::Full,
             ..stamped(case(
                 "vip_forward_new_evicting",
