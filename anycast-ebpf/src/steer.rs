@@ -224,15 +224,15 @@ pub fn route(
 
     // The flow table first: a pinned flow then needs neither its bucket nor (towards an
     // IPv4 IP-in-IP site) the hash, 18 of the 65 ns a pinned forwarded packet cost with
-    // the bucket first (README, "Performance"). The price is a flow-table miss (~13 ns) for
-    // a mid-flow local packet of a shared table, which then goes on into the local stack,
-    // whose own cost for it is about a hundred times that; a forwarded packet costs the host little
-    // more than this program. A pinned UDP flow or fragment follows its pin whatever its
-    // bucket. A mid-flow TCP pin that is alive (its client never closed) is followed too:
-    // its bucket cannot be local and clean, since the controller clears a bucket's check
-    // flag only once none of its pins may be alive (docs/datapath.md §6, "The check
-    // flag"). A closing pin waits for its bucket: in a clean local bucket the flow is the
-    // host's (rule 1).
+    // the bucket first (README, "Performance"). The price is a flow-table miss (~13 ns)
+    // for a mid-flow local packet of a shared table, which then goes on into the local
+    // stack, whose own cost for it is about a hundred times that; a forwarded packet costs
+    // the host little more than this program. A pinned UDP flow or fragment follows its
+    // pin whatever its bucket. A mid-flow TCP pin that is alive (its client never closed)
+    // is followed too: its bucket cannot be local and clean, since the controller clears a
+    // bucket's check flag only once none of its pins may be alive (docs/datapath.md §6,
+    // "The check flag"). A closing pin waits for its bucket: in a clean local bucket the
+    // flow is the host's (rule 1).
     let tcp_mid_flow = tcp && !pkt.fragment;
     let pin = affinity::pinned(pkt);
     if let Pin::Site(site, info, entry) = &pin {
@@ -249,7 +249,7 @@ pub fn route(
     if tcp_mid_flow {
         // A mid-flow TCP packet (or an ICMP error about a TCP flow). A local bucket that
         // never was remote since the flow table was last proven free of its flows holds
-        // only local flows: the local stack, no lookup at all.
+        // only local flows: the local stack, no lookup beyond the flow table's above.
         if clean_local(entry) {
             return Ok(Route::Local { site: entry & MAGLEV_SITE });
         }
