@@ -18,14 +18,15 @@ pub const MAGLEV_LOCAL: u32 = 1 << 30;
 /// The entry names the local site, but flows of this bucket may be pinned to another site
 /// (the bucket was remote while they started) or be in the middle of a handshake towards
 /// one: a mid-flow TCP packet must consult the flow table and the embryonic table before
-/// it may go to the local stack. A local entry without this flag skips both (docs
-/// datapath §6). The controller sets it on every local bucket that was remote since the
+/// it may go to the local stack. A local entry without this flag skips the embryonic table
+/// and passes a flow whose pin is closing (the flow table is read first and an alive pin
+/// followed: docs/datapath.md §6). The controller sets it on every local bucket that was remote since the
 /// flow table was last proven free of such flows.
 pub const MAGLEV_CHECK: u32 = 1 << 31;
 
 /// A local entry without [`MAGLEV_CHECK`]: its bucket's flows that need no state go to the
-/// local stack with no lookup (docs/datapath.md §6, rule 1; a table of such entries alone is
-/// installed as one slot).
+/// local stack with no lookup beyond the flow table's, read first (docs/datapath.md §6,
+/// rule 1; a table of such entries alone is installed as one slot, and skips that too).
 #[inline(always)]
 pub const fn clean_local(entry: u32) -> bool {
     entry & (MAGLEV_LOCAL | MAGLEV_CHECK) == MAGLEV_LOCAL
