@@ -370,13 +370,7 @@ fn scenarios() -> Vec<Case> {
             vec![
                 Step::Maps(
                     "flow 43000 pinned to site 1; VIP 1's bucket local and clean",
-                    Box::new(|m| {
-                        m.set_flow(
-                            &tcp(C4, "10.200.0.1", 43000, 80, ACK).key(),
-                            &FlowValue { site: S_IPIP as u16, state: 0, generation: 1 },
-                        )?;
-                        Ok(m.set_maglev(1, LOCAL_CLEAN)?)
-                    }),
+                    pinned_with_table(f4(43000, ACK), S_IPIP, LOCAL_CLEAN.to_vec()),
                 ),
                 send_to_ev(f4(43000, ACK), 1, S_LOCAL, &[]),
                 Step::Maps("the bucket flagged", swap(1, LOCAL_CHECK)),
@@ -393,14 +387,11 @@ fn scenarios() -> Vec<Case> {
                 // pin in a clean local bucket is the host's flow (rule 1).
                 Step::Maps(
                     "flow 43100 pinned to site 1; VIP 1's table two slots, the flow's local and clean",
-                    Box::new(|m| {
-                        m.set_flow(
-                            &tcp(C4, "10.200.0.1", 43100, 80, ACK).key(),
-                            &FlowValue { site: S_IPIP as u16, state: 0, generation: 1 },
-                        )?;
-                        let flow = tcp(C4, "10.200.0.1", 43100, 80, ACK);
-                        Ok(m.set_maglev(1, &shared_with(flow, S_LOCAL | MAGLEV_LOCAL))?)
-                    }),
+                    pinned_with_table(
+                        f4(43100, ACK),
+                        S_IPIP,
+                        shared_with(f4(43100, ACK), S_LOCAL | MAGLEV_LOCAL),
+                    ),
                 ),
                 send_to_ev(f4(43100, ACK), 1, S_IPIP, &[]),
                 Step::Check("an alive pin followed notes nothing", state_is(f4(43100, ACK), S_IPIP, false)),
@@ -408,10 +399,7 @@ fn scenarios() -> Vec<Case> {
                 send_to_ev(f4(43100, ACK), 1, S_LOCAL, &[]),
                 Step::Maps(
                     "its bucket flagged",
-                    Box::new(|m| {
-                        let flow = tcp(C4, "10.200.0.1", 43100, 80, ACK);
-                        Ok(m.set_maglev(1, &shared_with(flow, S_LOCAL | MAGLEV_LOCAL | MAGLEV_CHECK))?)
-                    }),
+                    table_of_vip_1(shared_with(f4(43100, ACK), S_LOCAL | MAGLEV_LOCAL | MAGLEV_CHECK)),
                 ),
                 send_to_ev(f4(43100, ACK), 1, S_IPIP, &[]),
                 Step::Check("a closing pin followed is seen now", state_is(f4(43100, ACK), S_IPIP, true)),
@@ -1079,10 +1067,24 @@ fn set_closing_long_ago(p: Packet) -> MapsOp {
 
 /// A table of two slots: `entry` in the one `p`'s flow falls in (by the reference hash under
 /// the fixtures' key), the IPIP site in the other.
-fn shared_with(p: Packet, entry: u32) -> [u32; 2] {
-    let mut table = [S_IPIP; 2];
+fn shared_with(p: Packet, entry: u32) -> Vec<u32> {
+    let mut table = vec![S_IPIP; 2];
     table[reference::maglev_slot(reference::flow_hash(&p.key(), &KEY), 2)] = entry;
     table
+}
+
+/// VIP 1's table replaced by `table`.
+fn table_of_vip_1(table: Vec<u32>) -> MapsOp {
+    Box::new(move |m: &mut DataPathMaps| Ok(m.set_maglev(1, &table)?))
+}
+
+/// `p`'s flow pinned to `site` (generation 1, not closing), then VIP 1's table replaced by
+/// `table`.
+fn pinned_with_table(p: Packet, site: u32, table: Vec<u32>) -> MapsOp {
+    Box::new(move |m: &mut DataPathMaps| {
+        m.set_flow(&p.key(), &FlowValue { site: site as u16, state: 0, generation: 1 })?;
+        Ok(m.set_maglev(1, &table)?)
+    })
 }
 
 fn flows_are(want: Vec<(FlowKey, Option<(u32, u32)>)>) -> MapsCheck {
