@@ -71,6 +71,8 @@ pub struct Params {
     pub maglev_size: u32,
     pub steering: Steering,
     pub seed: u64,
+    /// The site whose decisions go to stderr, by name (`--trace`).
+    pub trace: Option<String>,
 }
 
 /// A class of pinned (TCP) flows.
@@ -351,8 +353,8 @@ pub struct Sim<'a> {
     side: Vec<usize>,
     /// Steps completed.
     done: usize,
-    /// `SIM_DEBUG` set: the first focus site's decisions on stderr.
-    debug: bool,
+    /// The site whose decisions go to stderr (`Params::trace`), if this world has it.
+    trace: Option<usize>,
     buffers: Buffers,
     /// Per (poller, site): the host of the site it polls, as an index into the site's
     /// hosts. Every host of a site serves the site's report (the others relay the deciding
@@ -450,7 +452,7 @@ impl<'a> Sim<'a> {
             parked_to: vec![[[0.0; C]; 2]; n],
             side: (0..n).map(|i| s.partition.as_ref().map_or(0, |p| p.side[i] as usize)).collect(),
             done: 0,
-            debug: std::env::var_os("SIM_DEBUG").is_some(),
+            trace: p.trace.as_ref().and_then(|name| s.world.sites.iter().position(|x| &x.name == name)),
             buffers: Buffers::default(),
             polled: vec![0; n * n],
             rec: Recorder::new(s, p),
@@ -1216,6 +1218,7 @@ impl<'a> Sim<'a> {
             (sibling.others_want, sibling.others_send) = b.claimed[j];
         }
         let siblings = &b.siblings;
+        let keep_before = state.keep;
         let decision = policy::decide(&self.p.knobs, state, local, siblings);
         let mut weights = vec![0u32; n];
         let (local_weight, sibling_weights) = policy::split(&decision);
@@ -1230,20 +1233,8 @@ impl<'a> Sim<'a> {
                 b.claims.push((j, decision.wants[k], siblings[k].ours));
             }
         }
-        if self.debug && site == self.s.focus[0] && self.site_hosts[site][0] == h {
-            eprintln!(
-                "t {t:.1} keep {:.3} shed {} u {:.3} recent {:.3} off {:.0} served {:.0} cap {:.0} over {} nohead {} moved {:.3}",
-                state.keep,
-                state.shedding,
-                local.utilisation(),
-                local.recent.served / local.capacity,
-                local.smoothed.offered,
-                local.smoothed.served,
-                local.capacity,
-                decision.overloaded,
-                decision.no_headroom,
-                decision.moved,
-            );
+        if self.trace == Some(site) && self.site_hosts[site].iter().find(|&&k| self.alive[k]) == Some(&h) {
+            self.trace_decision(site, t, keep_before, (local, state), &decision, siblings);
         }
         // Per host, a site's report is its first host alive's (what a poll of any of its
         // hosts brings); per site, the deciding host's.
@@ -1260,6 +1251,45 @@ impl<'a> Sim<'a> {
         }
         self.buffers = b;
         (weights, decision)
+    }
+
+    /// One line on stderr for a decision of the traced site: scenario time, keep before and
+    /// after, the figures it decided on, and every sibling it sends new flows to, with that
+    /// sibling's report as held and what the other shedders claim of it.
+    fn trace_decision(
+        &self,
+        site: usize,
+        t: f64,
+        keep_before: f64,
+        (local, state): (&policy::Local, &policy::State),
+        decision: &Decision,
+        siblings: &[Sibling],
+    ) {
+        let sites = &self.s.world.sites;
+        let mut line = format!(
+            "trace {} {:.1} s {}: keep {keep_before:.4} -> {:.4} shedding {} utilisation {:.3} offered {:.0} moved {:.4}",
+            self.s.name,
+            t - self.s.warm_up,
+            sites[site].name,
+            decision.keep,
+            state.shedding,
+            local.utilisation(),
+            local.smoothed.offered,
+            decision.moved,
+        );
+        let others = (0..sites.len()).filter(|&j| j != site);
+        for ((sibling, &share), j) in siblings.iter().zip(&decision.shares).zip(others) {
+            if share == 0.0 {
+                continue;
+            }
+            let report =
+                sibling.report.map_or("no report".into(), |r| format!("at {:.3}", r.served / r.capacity));
+            line += &format!(
+                "; {} {:.4} ({report}, sent {:.0}, others claim {:.0})",
+                sites[j].name, share, sibling.ours, sibling.others_want,
+            );
+        }
+        eprintln!("{line}");
     }
 
     /// Host `h` installs `weights` (whose digest is `digest`).
@@ -1435,6 +1465,7 @@ mod tests {
             maglev_size: 4099,
             steering: Steering::PerHost,
             seed: 7,
+            trace: None,
         }
     }
 
@@ -1492,5 +1523,18 @@ mod tests {
         // table differs from the ones those were steered by, so some are moved.
         assert!(f.lost_with_failures > 0.0);
         assert!(f.established_moved > 0.0, "{f:?}");
+    }
+
+    #[test]
+    fn tracing_a_site_changes_no_figure() {
+        let s = Scenario::named("flash", 20, 2, 3).unwrap();
+        let focus = s.world.sites[s.focus[0]].name.clone();
+        let run = |trace: Option<String>| {
+            let p = Params { trace, ..params() };
+            let sim = Sim::new(&s, &p);
+            assert_eq!(sim.trace.is_some(), p.trace.is_some(), "the site is found in its world");
+            serde_json::to_string(&sim.run().finish(&s, &p, 200, 2, "per host")).unwrap()
+        };
+        assert_eq!(run(Some(focus)), run(None));
     }
 }

@@ -69,6 +69,10 @@ struct Cli {
     /// scenario's own; 0: every controller starts cold at 0 s, all flows kept).
     #[arg(long, value_name = "SECONDS")]
     warm_up: Option<f64>,
+    /// Print every decision of the site of this name on stderr (e.g. eu-078: the sites
+    /// are named for their region and numbered).
+    #[arg(long, value_name = "SITE")]
+    trace: Option<String>,
     /// Scenarios run at once (default: one per CPU).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
@@ -131,6 +135,7 @@ fn params(cli: &Cli) -> Result<Params> {
         maglev_size: 65537,
         steering: if cli.per_host { Steering::PerHost } else { Steering::PerSite },
         seed: cli.seed,
+        trace: cli.trace.clone(),
     })
 }
 
@@ -213,6 +218,14 @@ fn main() -> Result<()> {
             Ok(Scenario { warm_up: cli.warm_up.unwrap_or(s.warm_up), ..s })
         })
         .collect::<Result<Vec<_>>>()?;
+    if let Some(name) = &cli.trace {
+        if !scenarios.iter().any(|s| s.world.sites.iter().any(|x| &x.name == name)) {
+            let example = scenarios.first().and_then(|s| s.world.sites.first()).map_or("", |x| &x.name);
+            bail!(
+                "--trace {name}: no site of that name in the scenarios run (their sites are named like {example})"
+            );
+        }
+    }
     // The scenarios are independent: run on `--jobs` threads, printed in their order. The
     // longest (simulated seconds × sites) start first: the others fill the other threads
     // meanwhile, instead of the longest starting last and running alone.
